@@ -1,0 +1,100 @@
+/*
+ * The JSON configuration: global settings and the list of MCP servers.
+ *
+ * config_load() reads one file and either returns a complete, validated
+ * struct config or fails with a message that names the file, the field path
+ * and what is wrong ("config.json: mcpServers.github.url: must be an http or
+ * https URL"). Unknown fields are warned about through log_warn() with the
+ * same file/path naming, and otherwise ignored.
+ *
+ * Secrets in the config (oauth.client_secret, header values) are ordinary
+ * heap strings here: the config file itself holds them in clear.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum config_protocol {
+	CONFIG_PROTOCOL_STREAMABLE_HTTP,
+	CONFIG_PROTOCOL_SSE,
+	CONFIG_PROTOCOL_STDIO,
+};
+
+struct config_kv {
+	char *key;
+	char *value;
+};
+
+struct config_oauth {
+	char *client_id;	/* NULL: dynamic client registration */
+	char *client_secret;	/* NULL: public client */
+	char **scopes;		/* NULL-terminated; NULL when none configured */
+	size_t n_scopes;
+	int redirect_port;	/* 0: choose a free port */
+	char *resource;		/* NULL: the server URL (RFC 8707) */
+};
+
+struct config_server {
+	char *name;
+	enum config_protocol protocol;
+	char *url;		/* http(s) servers; NULL for stdio */
+	char *command;		/* stdio servers; NULL otherwise */
+	char **args;		/* NULL-terminated, possibly empty (never NULL for stdio) */
+	size_t n_args;
+	struct config_kv *env;	/* stdio: extra environment */
+	size_t n_env;
+	struct config_kv *headers; /* http: static request headers */
+	size_t n_headers;
+	bool enabled;		/* default true */
+	bool eager;		/* default false */
+	/*
+	 * OAuth applies to streamable-http and sse servers unless "oauth": false;
+	 * never to stdio. oauth_enabled says whether it applies; oauth holds the
+	 * optional settings (all defaults when no "oauth" object was given).
+	 */
+	bool oauth_enabled;
+	struct config_oauth oauth;
+};
+
+struct config_refresh {
+	double threshold;	/* fraction of lifetime, (0, 1); default 0.8 */
+	int max_retries;	/* fast retries after the first attempt; default 3 */
+	int timeout_sec;	/* total timeout of one token request; default 30 */
+	int max_in_flight;	/* global cap on concurrent refreshes; default 16 */
+};
+
+struct config {
+	char *path;		/* the file this was loaded from */
+	bool system_mode;
+	char *data_dir;		/* state: database, master.key */
+	char *runtime_dir;	/* control.sock */
+	char *listen;		/* HTTP API "127.0.0.1:PORT" (port may be 0) */
+	char *group;		/* control socket group allowed everything; NULL: none */
+	char *worker_user;	/* system mode: user the children run as */
+	int idle_timeout_sec;	/* worker idle timeout; default 300 */
+	bool disable_management;
+	struct config_refresh refresh;
+	struct config_server *servers;
+	size_t n_servers;
+};
+
+/*
+ * Loads and validates path. system_mode selects the defaults for data_dir and
+ * runtime_dir when the file does not set them (see paths.h).
+ * Returns 0 and *out, or a negative errno value with a one-line message in
+ * err (always NUL-terminated) naming the file, field and problem.
+ */
+int config_load(const char *path, bool system_mode, struct config **out, char *err, size_t errlen);
+
+/* Same, from a string; name stands for the file name in messages. */
+int config_parse(const char *name, const char *text, size_t len, bool system_mode,
+		 struct config **out, char *err, size_t errlen);
+
+struct config *config_free(struct config *c);
+void config_freep(struct config **c);
+
+/* Exact name match; NULL when absent. */
+const struct config_server *config_find_server(const struct config *c, const char *name);
+
+const char *config_protocol_name(enum config_protocol p);

@@ -1,0 +1,34 @@
+/*
+ * Where things live, per mode (DESIGN.md, Configuration).
+ *
+ * System mode (--system, or started by systemd: INVOCATION_ID or
+ * LISTEN_PID/NOTIFY_SOCKET set): /etc/mcpkeeper/config.json,
+ * /var/lib/mcpkeeper, /run/mcpkeeper.
+ * User mode: $XDG_CONFIG_HOME/mcpkeeper/config.json (~/.config),
+ * $XDG_STATE_HOME/mcpkeeper (~/.local/state), $XDG_RUNTIME_DIR/mcpkeeper.
+ * Without XDG_RUNTIME_DIR, a private directory /tmp/mcpkeeper-UID that the user
+ * owns, created 0700 and checked (owner, mode, not a symlink); a directory
+ * that fails the check is refused, never used.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* True when --system was given or systemd started this process. */
+bool paths_system_mode(bool flag_system);
+
+/* Each returns 0 and writes a NUL-terminated path into buf, or a negative
+ * errno value (-ENAMETOOLONG, -ENOENT when HOME is needed and unset). */
+int paths_config_file(bool system_mode, char *buf, size_t len);
+int paths_data_dir(bool system_mode, char *buf, size_t len);
+int paths_runtime_dir(bool system_mode, char *buf, size_t len);
+
+/*
+ * Creates dir (and missing parents) 0700 if absent, then checks that it is a
+ * real directory (not a symlink), owned by the effective uid and not
+ * accessible to group or others. Returns 0, or a negative errno value with a
+ * message in err: -EPERM wrong owner, -EACCES mode too open, -ELOOP symlink,
+ * -ENOTDIR not a directory.
+ */
+int paths_ensure_private_dir(const char *dir, char *err, size_t errlen);

@@ -1,0 +1,54 @@
+/*
+ * Unix stream sockets: listen, connect, peer credentials and descriptor
+ * passing. Every descriptor this module creates is close-on-exec and
+ * non-blocking unless the function says otherwise.
+ */
+#pragma once
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Named outcomes (positive) the caller must decide on. */
+#define SOCK_E_IN_USE 1 /* another process answers on that path */
+
+/*
+ * Binds and listens on path with the given mode (chmod after bind).
+ * A socket file nobody answers on (stale) is replaced; a live one gives
+ * SOCK_E_IN_USE and leaves it alone; a path that exists and is not a socket
+ * gives -EEXIST. Returns 0 and *fd, or a negative errno value.
+ */
+int sock_listen_unix(const char *path, mode_t mode, int backlog, int *fd);
+
+/* Connects (blocking connect, then the descriptor is made non-blocking when
+ * nonblock is set). Returns 0 and *fd, or a negative errno value
+ * (-ENOENT, -ECONNREFUSED, -EACCES, -ENAMETOOLONG ...). */
+int sock_connect_unix(const char *path, int nonblock, int *fd);
+
+/* SO_PEERCRED of a connected Unix socket. */
+int sock_peer_cred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/*
+ * SO_PEERGROUPS: the peer's supplementary groups at connect time, in a
+ * malloc'ed array (*groups, *n). Returns 0, or a negative errno value
+ * (-ENOPROTOOPT on kernels without SO_PEERGROUPS).
+ */
+int sock_peer_groups(int fd, gid_t **groups, size_t *n);
+
+/*
+ * Sends len bytes (len >= 1) with one descriptor attached (SCM_RIGHTS).
+ * Retries on EINTR; returns 0 when all bytes went in one sendmsg, -EAGAIN
+ * when the socket is full, another negative errno value otherwise.
+ */
+int sock_send_fd(int fd, int pass_fd, const void *data, size_t len);
+
+/*
+ * Receives up to len bytes and at most one descriptor. *received is the byte
+ * count (0 at end of stream), *pass_fd the descriptor made close-on-exec or -1
+ * when none came. Extra descriptors and truncated control data are closed and
+ * reported as -EBADMSG. Returns 0 or a negative errno value (-EAGAIN).
+ */
+int sock_recv_fd(int fd, void *data, size_t len, size_t *received, int *pass_fd);
+
+/* socketpair(AF_UNIX, SOCK_STREAM) with both ends close-on-exec;
+ * nonblock applies to both. */
+int sock_pair(int nonblock, int fds[2]);

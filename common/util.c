@@ -1,0 +1,27 @@
+#include <fcntl.h>
+
+#include "util.h"
+
+int fd_set_cloexec(int fd, int on)
+{
+	int flags = fcntl(fd, F_GETFD);
+
+	if (flags < 0)
+		return -errno;
+	flags = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC;
+	if (fcntl(fd, F_SETFD, flags) < 0)
+		return -errno;
+	return 0;
+}
+
+int fd_set_nonblock(int fd, int on)
+{
+	int flags = fcntl(fd, F_GETFL);
+
+	if (flags < 0)
+		return -errno;
+	flags = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK;
+	if (fcntl(fd, F_SETFL, flags) < 0)
+		return -errno;
+	return 0;
+}
