@@ -1,0 +1,63 @@
+/*
+ * The mcpkeeper protocol in one place: version, method names, event names,
+ * error codes and error kinds. The keeper, its children and mcpctl all
+ * include this header, so they cannot disagree.
+ *
+ * Every channel carries JSON-RPC 2.0, one compact JSON object per line.
+ * The first message on each keeper<->child channel is a hello carrying
+ * PROTO_VERSION; a peer speaking another version is refused.
+ */
+#pragma once
+
+#define PROTO_VERSION 1
+
+/* Largest message on any channel unless a reader is told otherwise. */
+#define PROTO_MAX_MESSAGE (1024 * 1024)
+
+/* Control socket methods (mcpctl and other local clients -> keeper). */
+#define METHOD_STATUS "status"
+#define METHOD_SERVERS_LIST "servers.list"
+#define METHOD_AUTH_LOGIN "auth.login"
+#define METHOD_AUTH_LOGOUT "auth.logout"
+#define METHOD_AUTH_STATUS "auth.status"
+#define METHOD_EVENTS_SUBSCRIBE "events.subscribe"
+#define METHOD_CONNECT "connect"
+
+/* Notifications from the keeper to a subscribed control client. */
+#define METHOD_EVENT "event"
+
+/* Keeper <-> child channel (fd 3). */
+#define METHOD_HELLO "hello"
+#define METHOD_READY "ready"
+#define METHOD_TOKEN_UPDATE "token.update"
+#define METHOD_TOKEN_CLEAR "token.clear"
+#define METHOD_TOKEN_INVALID "token.invalid"
+#define METHOD_OAUTH_REFRESH "oauth.refresh"
+
+/* Event types: the same payload on the control socket and over SSE. */
+#define EVENT_TOKEN_REFRESHED "oauth.token_refreshed"
+#define EVENT_REFRESH_FAILED "oauth.refresh_failed"
+#define EVENT_SERVERS_CHANGED "servers.changed"
+
+/* JSON-RPC 2.0 error codes. */
+#define RPC_PARSE_ERROR -32700
+#define RPC_INVALID_REQUEST -32600
+#define RPC_METHOD_NOT_FOUND -32601
+#define RPC_INVALID_PARAMS -32602
+#define RPC_INTERNAL_ERROR -32603
+/* Application errors; error.data.kind tells which. */
+#define RPC_APP_ERROR -32000
+
+/* Stable error kinds, in error.data.kind. */
+#define KIND_NOT_FOUND "not_found"
+#define KIND_NOT_OAUTH "not_oauth"
+#define KIND_FORBIDDEN "forbidden"
+#define KIND_INVALID_PARAMS "invalid_params"
+#define KIND_BUSY "busy"
+#define KIND_UNAVAILABLE "unavailable"
+/* Framing-level kinds: the message never reached a method. */
+#define KIND_PARSE_ERROR "parse_error"
+#define KIND_TOO_LARGE "too_large"
+#define KIND_INVALID_REQUEST "invalid_request"
+#define KIND_UNKNOWN_METHOD "unknown_method"
+#define KIND_INTERNAL "internal"

@@ -1,0 +1,1024 @@
+/*
+ * See store.h. Everything Berkeley DB is behind this file; nothing else in
+ * mcpkeeper includes db.h (a test tool does, to die inside a
+ * transaction on purpose). The store sees only sealed bytes on disk and
+ * hands out unsealed records in secret buffers.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <db.h>
+#include <sodium.h>
+
+#include "log.h"
+#include "paths.h"
+#include "secret.h"
+#include "store.h"
+#include "util.h"
+
+#define SEAL_VERSION 1
+#define SEAL_NONCE crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define SEAL_TAG crypto_aead_xchacha20poly1305_ietf_ABYTES
+#define SEAL_OVERHEAD (1 + SEAL_NONCE + SEAL_TAG)
+
+#define SCHEMA_VERSION 1
+#define KEY_CHECK_CONTEXT "mcpkeeper key check v1"
+
+/* Largest record accepted (sealed); token records are far smaller. */
+#define RECORD_MAX (64 * 1024)
+#define KEY_FILE_MAX 1024
+
+/* How long one operation keeps retrying while another process holds its locks. */
+#define STORE_BUSY_USEC (10 * 1000000)
+
+/*
+ * Not DB_FAILCHK: at open it waits on mutexes that a killed process may hold
+ * and hangs; DB_REGISTER's recovery rebuilds the regions instead. failchk runs
+ * later, when a lock conflict suggests a dead holder.
+ */
+#define ENV_OPEN_FLAGS \
+	(DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK | DB_INIT_MPOOL | DB_RECOVER | DB_REGISTER)
+
+static const char *const db_files[STORE_DB_COUNT] = {
+	[STORE_TOKENS] = "tokens.db",
+	[STORE_CLIENTS] = "clients.db",
+};
+
+static const char *const db_names[STORE_DB_COUNT] = {
+	[STORE_TOKENS] = "tokens",
+	[STORE_CLIENTS] = "clients",
+};
+
+struct store {
+	char *dir;
+	struct secret *key;
+	DB_ENV *env;
+	DB *db[STORE_DB_COUNT];
+	DB *meta;
+	unsigned reopens;
+};
+
+const char *store_db_name(enum store_db db)
+{
+	return db < STORE_DB_COUNT ? db_names[db] : "?";
+}
+
+const char *store_strerror(int status)
+{
+	switch (status) {
+	case 0:
+		return "ok";
+	case STORE_E_NOT_FOUND:
+		return "no such record";
+	case STORE_E_CORRUPT:
+		return "record does not open (tampered, moved or damaged)";
+	case STORE_E_WRONG_KEY:
+		return "wrong master key";
+	case STORE_E_CONFLICT:
+		return "record changed concurrently";
+	case STORE_E_SCHEMA:
+		return "store written by a newer mcpkeeper";
+	default:
+		return status < 0 ? strerror(-status) : "unknown store outcome";
+	}
+}
+
+static void errf(char *err, size_t len, const char *fmt, ...) _printf_(3, 4);
+static void errf(char *err, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err || !len)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, len, fmt, ap);
+	va_end(ap);
+}
+
+/* Berkeley DB returns errno values and its own negative codes. */
+static int db_to_errno(int ret)
+{
+	if (ret > 0)
+		return -ret;
+	switch (ret) {
+	case 0:
+		return 0;
+	case DB_NOTFOUND:
+	case DB_KEYEMPTY:
+		return -ENOENT;
+	case DB_LOCK_DEADLOCK:
+	case DB_LOCK_NOTGRANTED:
+		return -EDEADLK;
+	default:
+		return -EIO;
+	}
+}
+
+int store_server_key(const char *name, const char *url, char *buf, size_t len)
+{
+	unsigned char hash[16];
+	int r;
+
+	crypto_generichash(hash, sizeof(hash), (const unsigned char *)(url ? url : ""), url ? strlen(url) : 0,
+			   NULL, 0);
+	r = snprintf(buf, len, "%s#%02x%02x%02x%02x", name, hash[0], hash[1], hash[2], hash[3]);
+	if (r < 0 || (size_t)r >= len)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+/* ---- sealing ---- */
+
+static int make_ad(enum store_db db, const char *key, unsigned char *ad, size_t adlen, size_t *out)
+{
+	size_t a = strlen(db_names[db]), b = strlen(key);
+
+	if (a + 1 + b > adlen)
+		return -ENAMETOOLONG;
+	memcpy(ad, db_names[db], a);
+	ad[a] = '\0';
+	memcpy(ad + a + 1, key, b);
+	*out = a + 1 + b;
+	return 0;
+}
+
+static int seal(const struct store *s, enum store_db db, const char *key, const struct secret *plain,
+		unsigned char **out, size_t *out_len)
+{
+	unsigned char ad[STORE_SERVER_KEY_MAX + 16];
+	unsigned long long clen;
+	unsigned char *buf;
+	size_t adlen;
+	int r;
+
+	r = make_ad(db, key, ad, sizeof(ad), &adlen);
+	if (r)
+		return r;
+	if (plain->len > RECORD_MAX - SEAL_OVERHEAD)
+		return -EMSGSIZE;
+	buf = malloc(plain->len + SEAL_OVERHEAD);
+	if (!buf)
+		return -ENOMEM;
+	buf[0] = SEAL_VERSION;
+	randombytes_buf(buf + 1, SEAL_NONCE);
+	crypto_aead_xchacha20poly1305_ietf_encrypt(buf + 1 + SEAL_NONCE, &clen, plain->data, plain->len, ad,
+						   adlen, NULL, buf + 1, s->key->data);
+	*out = buf;
+	*out_len = 1 + SEAL_NONCE + (size_t)clen;
+	return 0;
+}
+
+static int unseal(const struct store *s, enum store_db db, const char *key, const unsigned char *sealed,
+		  size_t len, struct secret **plain)
+{
+	unsigned char ad[STORE_SERVER_KEY_MAX + 16];
+	struct secret *p;
+	unsigned long long mlen;
+	size_t adlen;
+
+	if (make_ad(db, key, ad, sizeof(ad), &adlen))
+		return STORE_E_CORRUPT;
+	if (len < SEAL_OVERHEAD || sealed[0] != SEAL_VERSION)
+		return STORE_E_CORRUPT;
+	p = secret_new(len - SEAL_OVERHEAD);
+	if (!p)
+		return -ENOMEM;
+	if (crypto_aead_xchacha20poly1305_ietf_decrypt(p->data, &mlen, NULL, sealed + 1 + SEAL_NONCE,
+						       len - 1 - SEAL_NONCE, ad, adlen, sealed + 1,
+						       s->key->data) != 0) {
+		secret_free(p);
+		return STORE_E_CORRUPT;
+	}
+	*plain = p;
+	return 0;
+}
+
+/* ---- the master key ---- */
+
+static int parse_key(const unsigned char *raw, size_t n, struct secret *key)
+{
+	size_t bin_len = 0;
+
+	if (n == STORE_KEY_LEN) {
+		memcpy(key->data, raw, STORE_KEY_LEN);
+		return 0;
+	}
+	while (n > 0 && (raw[n - 1] == '\n' || raw[n - 1] == '\r'))
+		n--;
+	if (n != 2 * STORE_KEY_LEN)
+		return -EINVAL;
+	if (sodium_hex2bin(key->data, STORE_KEY_LEN, (const char *)raw, n, NULL, &bin_len, NULL) != 0 ||
+	    bin_len != STORE_KEY_LEN)
+		return -EINVAL;
+	return 0;
+}
+
+static int read_key_file(const char *path, int check_mode, struct secret **out, char *err, size_t errlen)
+{
+	_cleanup_(closep) int fd = -1;
+	_cleanup_(secret_freep) struct secret *raw = NULL, *key = NULL;
+	struct stat st;
+	size_t n = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+	if (fd < 0) {
+		int e = errno;
+
+		errf(err, errlen, "master key %s: %s", path, strerror(e));
+		return -e;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		errf(err, errlen, "master key %s: not a regular file", path);
+		return -EINVAL;
+	}
+	if (check_mode && (st.st_mode & 077)) {
+		errf(err, errlen, "master key %s: readable by group or others (mode %04o); chmod 600 it",
+		     path, (unsigned)(st.st_mode & 07777));
+		return -EACCES;
+	}
+	raw = secret_new(KEY_FILE_MAX);
+	key = secret_new(STORE_KEY_LEN);
+	if (!raw || !key)
+		return -ENOMEM;
+	for (;;) {
+		ssize_t r = read(fd, raw->data + n, KEY_FILE_MAX - n);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int e = errno;
+
+			errf(err, errlen, "master key %s: %s", path, strerror(e));
+			return -e;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n == KEY_FILE_MAX) {
+			errf(err, errlen, "master key %s: file too large", path);
+			return -EINVAL;
+		}
+	}
+	if (parse_key(raw->data, n, key) < 0) {
+		errf(err, errlen, "master key %s: must hold 32 bytes, raw or as 64 hex digits", path);
+		return -EINVAL;
+	}
+	*out = TAKE_PTR(key);
+	return 0;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+
+	while (len) {
+		ssize_t w = write(fd, p, len);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+/* The state directory holds the master key and the database: ours alone. */
+static int ensure_dir(const char *dir, char *err, size_t errlen)
+{
+	char msg[512];
+	int r = paths_ensure_private_dir(dir, msg, sizeof(msg));
+
+	if (r < 0)
+		errf(err, errlen, "state directory %s", msg);
+	return r;
+}
+
+/*
+ * A new key is written to a temporary file and linked into place, so that two
+ * processes starting at once agree on one key and neither reads a half-written
+ * file.
+ */
+static int create_key_file(const char *path, char *err, size_t errlen)
+{
+	_cleanup_(secret_freep) struct secret *key = secret_new(STORE_KEY_LEN);
+	char tmp[4096];
+	int fd, r;
+
+	if (!key)
+		return -ENOMEM;
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	randombytes_buf(key->data, STORE_KEY_LEN);
+	unlink(tmp);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		r = -errno;
+		errf(err, errlen, "master key %s: %s", tmp, strerror(-r));
+		return r;
+	}
+	r = write_all(fd, key->data, STORE_KEY_LEN);
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	if (r == 0 && link(tmp, path) < 0 && errno != EEXIST)
+		r = -errno;
+	unlink(tmp);
+	if (r < 0)
+		errf(err, errlen, "master key %s: %s", path, strerror(-r));
+	return r;
+}
+
+int store_load_master_key(const char *data_dir, struct secret **key, char *err, size_t errlen)
+{
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	char path[4096];
+	int r;
+
+	if (sodium_init() < 0) {
+		errf(err, errlen, "libsodium failed to initialise");
+		return -EIO;
+	}
+	if (creds && *creds) {
+		if (snprintf(path, sizeof(path), "%s/master-key", creds) >= (int)sizeof(path))
+			return -ENAMETOOLONG;
+		/* systemd owns that directory and the file's mode. */
+		return read_key_file(path, 0, key, err, errlen);
+	}
+	if (snprintf(path, sizeof(path), "%s/master.key", data_dir) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	r = read_key_file(path, 1, key, err, errlen);
+	if (r != -ENOENT)
+		return r;
+	r = ensure_dir(data_dir, err, errlen);
+	if (r < 0)
+		return r;
+	r = create_key_file(path, err, errlen);
+	if (r < 0)
+		return r;
+	log_info("created a new master key in %s", path);
+	return read_key_file(path, 1, key, err, errlen);
+}
+
+/* ---- environment ---- */
+
+static void db_errcall(const DB_ENV *env, const char *prefix, const char *msg)
+{
+	/* Berkeley DB's messages name files and states, never record contents. */
+	log_warn("store: %s", msg);
+}
+
+static void db_msgcall(const DB_ENV *env, const char *msg)
+{
+	log_debug("store: %s", msg);
+}
+
+static int is_alive(DB_ENV *env, pid_t pid, db_threadid_t tid, u_int32_t flags)
+{
+	/* Our processes are single-threaded: the process is the thread. */
+	return kill(pid, 0) == 0 || errno == EPERM;
+}
+
+static void env_close(struct store *s)
+{
+	for (int i = 0; i < STORE_DB_COUNT; i++) {
+		if (s->db[i])
+			s->db[i]->close(s->db[i], 0);
+		s->db[i] = NULL;
+	}
+	if (s->meta)
+		s->meta->close(s->meta, 0);
+	s->meta = NULL;
+	if (s->env)
+		s->env->close(s->env, 0);
+	s->env = NULL;
+}
+
+static int open_db(struct store *s, DB **out, const char *file)
+{
+	DB *db;
+	int ret;
+
+	ret = db_create(&db, s->env, 0);
+	if (ret)
+		return ret;
+	ret = db->open(db, NULL, file, NULL, DB_BTREE, DB_CREATE | DB_AUTO_COMMIT, 0600);
+	if (ret) {
+		db->close(db, 0);
+		return ret;
+	}
+	*out = db;
+	return 0;
+}
+
+static int env_open(struct store *s, char *err, size_t errlen)
+{
+	DB_ENV *env;
+	int ret;
+
+	ret = db_env_create(&env, 0);
+	if (ret) {
+		errf(err, errlen, "store %s: %s", s->dir, db_strerror(ret));
+		return db_to_errno(ret);
+	}
+	s->env = env;
+	env->set_errcall(env, db_errcall);
+	env->set_msgcall(env, db_msgcall);
+	env->set_lk_detect(env, DB_LOCK_DEFAULT);
+	env->set_thread_count(env, 256);
+	env->set_isalive(env, is_alive);
+	env->set_cachesize(env, 0, 16 * 1024 * 1024, 1);
+	env->set_lg_max(env, 4 * 1024 * 1024);
+	env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1);
+
+	ret = env->open(env, s->dir, ENV_OPEN_FLAGS, 0600);
+	if (ret)
+		goto fail;
+	for (int i = 0; i < STORE_DB_COUNT; i++) {
+		ret = open_db(s, &s->db[i], db_files[i]);
+		if (ret)
+			goto fail;
+	}
+	ret = open_db(s, &s->meta, "meta.db");
+	if (ret)
+		goto fail;
+	return 0;
+fail:
+	errf(err, errlen, "store %s: %s", s->dir, db_strerror(ret));
+	env_close(s);
+	return db_to_errno(ret);
+}
+
+/* Recovery ran under us (another opener found a dead process): start over. */
+static int env_reopen(struct store *s)
+{
+	char err[256];
+	int r;
+
+	env_close(s);
+	r = env_open(s, err, sizeof(err));
+	if (r < 0) {
+		log_error("store: reopening after recovery failed: %s", err);
+		return r;
+	}
+	s->reopens++;
+	log_warn("store %s: another process died inside the database environment; reopened it", s->dir);
+	return 0;
+}
+
+static uint64_t now_usec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/*
+ * Runs op in a transaction. op returns a Berkeley DB code (0, DB_*, or a
+ * positive errno value) and may set *outcome to a STORE_E_* value: the
+ * transaction commits when both are 0 and aborts otherwise.
+ *
+ * Transactions never wait for a lock (DB_TXN_NOWAIT). Berkeley DB wakes a
+ * waiter only when another locker runs deadlock detection, so a lock held by
+ * a process that died would block us forever; instead a conflict returns at
+ * once, failchk releases what dead processes held (aborting their
+ * transactions), and we retry after a short, growing pause. Recovery run
+ * under us (DB_RUNRECOVERY) leads to a reopen and a retry.
+ * Returns 0, the outcome, -EBUSY after STORE_BUSY_USEC of conflicts, or
+ * another negative errno value.
+ */
+typedef int (*txn_op)(struct store *s, DB_TXN *txn, void *arg, int *outcome);
+
+static int store_txn(struct store *s, txn_op op, void *arg, u_int32_t txn_flags)
+{
+	uint64_t deadline = now_usec() + STORE_BUSY_USEC;
+	useconds_t pause_us = 200;
+	int ret = 0;
+
+	for (;;) {
+		DB_TXN *txn = NULL;
+		int outcome = 0;
+
+		if (!s->env) {
+			int r = env_reopen(s);
+
+			if (r < 0)
+				return r;
+		}
+		ret = s->env->txn_begin(s->env, NULL, &txn, txn_flags | DB_TXN_NOWAIT);
+		if (ret == 0) {
+			ret = op(s, txn, arg, &outcome);
+			if (ret == 0 && outcome == 0) {
+				ret = txn->commit(txn, 0);
+			} else {
+				txn->abort(txn);
+				if (ret == 0)
+					return outcome;
+			}
+			if (ret == 0)
+				return 0;
+		}
+		switch (ret) {
+		case DB_LOCK_DEADLOCK:
+		case DB_LOCK_NOTGRANTED:
+			/* Someone holds what we need: a live writer, or a dead one. */
+			if (s->env->failchk(s->env, 0) == DB_RUNRECOVERY)
+				env_close(s);
+			break;
+		case DB_RUNRECOVERY:
+			env_close(s);
+			continue;
+		default:
+			log_warn("store %s: %s", s->dir, db_strerror(ret));
+			return db_to_errno(ret);
+		}
+		if (now_usec() > deadline) {
+			log_warn("store %s: still locked by another process; giving up", s->dir);
+			return -EBUSY;
+		}
+		usleep(pause_us);
+		if (pause_us < 20000)
+			pause_us *= 2;
+	}
+}
+
+/* ---- key check ---- */
+
+struct key_check_arg {
+	const unsigned char *kcv;
+};
+
+static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
+{
+	struct key_check_arg *arg = varg;
+	char schema_buf[16];
+	DBT k = { 0 }, v = { 0 }, sk = { 0 }, sv = { 0 };
+	unsigned char stored[crypto_generichash_BYTES];
+	DBC *cur;
+	int ret, schema;
+
+	sk.data = "schema";
+	sk.size = 6;
+	sv.data = schema_buf;
+	sv.ulen = sizeof(schema_buf) - 1;
+	sv.flags = DB_DBT_USERMEM;
+	ret = s->meta->get(s->meta, txn, &sk, &sv, DB_RMW);
+	if (ret == 0) {
+		schema_buf[sv.size] = '\0';
+		schema = atoi(schema_buf);
+		if (schema > SCHEMA_VERSION) {
+			*outcome = STORE_E_SCHEMA;
+			return 0;
+		}
+	} else if (ret != DB_NOTFOUND) {
+		return ret;
+	}
+
+	k.data = "key-check";
+	k.size = 9;
+	v.data = stored;
+	v.ulen = sizeof(stored);
+	v.flags = DB_DBT_USERMEM;
+	ret = s->meta->get(s->meta, txn, &k, &v, DB_RMW);
+	if (ret == 0) {
+		if (v.size != sizeof(stored) || sodium_memcmp(stored, arg->kcv, sizeof(stored)) != 0)
+			*outcome = STORE_E_WRONG_KEY;
+		return 0;
+	}
+	if (ret != DB_NOTFOUND)
+		return ret;
+
+	/* No key check value: only a store with no records may get one now. */
+	for (int i = 0; i < STORE_DB_COUNT; i++) {
+		DBT ck = { 0 }, cv = { 0 };
+
+		ret = s->db[i]->cursor(s->db[i], txn, &cur, 0);
+		if (ret)
+			return ret;
+		cv.flags = DB_DBT_PARTIAL;
+		ret = cur->get(cur, &ck, &cv, DB_FIRST);
+		cur->close(cur);
+		if (ret == 0) {
+			*outcome = STORE_E_CORRUPT;
+			return 0;
+		}
+		if (ret != DB_NOTFOUND)
+			return ret;
+	}
+	v.data = (void *)arg->kcv;
+	v.size = crypto_generichash_BYTES;
+	v.flags = 0;
+	ret = s->meta->put(s->meta, txn, &k, &v, 0);
+	if (ret)
+		return ret;
+	snprintf(schema_buf, sizeof(schema_buf), "%d", SCHEMA_VERSION);
+	sv.data = schema_buf;
+	sv.size = (u_int32_t)strlen(schema_buf);
+	sv.flags = 0;
+	return s->meta->put(s->meta, txn, &sk, &sv, 0);
+}
+
+/* ---- ownership ---- */
+
+/* A root opener of another user's state directory becomes that user. */
+static int switch_to_owner(const char *dir, char *err, size_t errlen)
+{
+	struct passwd *pw;
+	struct stat st;
+	gid_t gid;
+
+	if (geteuid() != 0 || stat(dir, &st) < 0 || st.st_uid == 0)
+		return 0;
+	pw = getpwuid(st.st_uid);
+	gid = pw ? pw->pw_gid : st.st_gid;
+	if ((pw ? initgroups(pw->pw_name, gid) : setgroups(0, NULL)) < 0 || setgid(gid) < 0 ||
+	    setuid(st.st_uid) < 0) {
+		int e = errno;
+
+		errf(err, errlen, "store %s: cannot switch to its owner (uid %u): %s", dir,
+		     (unsigned)st.st_uid, strerror(e));
+		return -e;
+	}
+	if (setuid(0) == 0) {
+		errf(err, errlen, "store %s: dropping root failed", dir);
+		return -EPERM;
+	}
+	log_debug("store %s: switched to its owner, uid %u", dir, (unsigned)st.st_uid);
+	return 0;
+}
+
+/* ---- open / close ---- */
+
+int store_open(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen)
+{
+	struct key_check_arg kc;
+	unsigned char kcv[crypto_generichash_BYTES];
+	struct store *s;
+	int r;
+
+	if (sodium_init() < 0) {
+		errf(err, errlen, "libsodium failed to initialise");
+		return -EIO;
+	}
+	if (key->len != STORE_KEY_LEN) {
+		errf(err, errlen, "store %s: master key must be %d bytes", dir, STORE_KEY_LEN);
+		return -EINVAL;
+	}
+	r = switch_to_owner(dir, err, errlen);
+	if (r < 0)
+		return r;
+	r = ensure_dir(dir, err, errlen);
+	if (r < 0)
+		return r;
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->dir = strdup(dir);
+	s->key = secret_from(key->data, key->len);
+	if (!s->dir || !s->key) {
+		store_close(s);
+		return -ENOMEM;
+	}
+	r = env_open(s, err, errlen);
+	if (r < 0) {
+		store_close(s);
+		return r;
+	}
+
+	crypto_generichash(kcv, sizeof(kcv), (const unsigned char *)KEY_CHECK_CONTEXT,
+			   strlen(KEY_CHECK_CONTEXT), s->key->data, s->key->len);
+	kc.kcv = kcv;
+	r = store_txn(s, key_check_op, &kc, 0);
+	if (r) {
+		if (r == STORE_E_WRONG_KEY)
+			errf(err, errlen, "store %s: wrong master key", dir);
+		else if (r == STORE_E_SCHEMA)
+			errf(err, errlen, "store %s: written by a newer mcpkeeper (schema above %d)", dir,
+			     SCHEMA_VERSION);
+		else if (r == STORE_E_CORRUPT)
+			errf(err, errlen, "store %s: holds records but no key check value", dir);
+		else
+			errf(err, errlen, "store %s: %s", dir, strerror(-r));
+		store_close(s);
+		return r;
+	}
+	*out = s;
+	return 0;
+}
+
+int store_checkpoint(struct store *s)
+{
+	int ret;
+
+	if (!s->env)
+		return -EIO;
+	ret = s->env->txn_checkpoint(s->env, 0, 0, 0);
+	return db_to_errno(ret);
+}
+
+struct store *store_close(struct store *s)
+{
+	if (!s)
+		return NULL;
+	if (s->env)
+		s->env->txn_checkpoint(s->env, 0, 0, 0);
+	env_close(s);
+	secret_free(s->key);
+	free(s->dir);
+	free(s);
+	return NULL;
+}
+
+void store_closep(struct store **s)
+{
+	*s = store_close(*s);
+}
+
+unsigned store_reopen_count(const struct store *s)
+{
+	return s->reopens;
+}
+
+/* ---- records ---- */
+
+static int check_key(enum store_db db, const char *key)
+{
+	size_t n;
+
+	if (db >= STORE_DB_COUNT || !key)
+		return -EINVAL;
+	n = strlen(key);
+	if (n == 0 || n > STORE_SERVER_KEY_MAX)
+		return -EINVAL;
+	return 0;
+}
+
+struct get_arg {
+	enum store_db db;
+	const char *key;
+	u_int32_t flags;
+	unsigned char *sealed; /* malloc'ed by Berkeley DB */
+	size_t len;
+};
+
+static int get_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
+{
+	struct get_arg *a = varg;
+	DBT k = { 0 }, v = { 0 };
+	int ret;
+
+	k.data = (void *)a->key;
+	k.size = (u_int32_t)strlen(a->key);
+	v.flags = DB_DBT_MALLOC;
+	free(a->sealed);
+	a->sealed = NULL;
+	ret = s->db[a->db]->get(s->db[a->db], txn, &k, &v, a->flags);
+	if (ret == DB_NOTFOUND) {
+		*outcome = STORE_E_NOT_FOUND;
+		return 0;
+	}
+	if (ret)
+		return ret;
+	a->sealed = v.data;
+	a->len = v.size;
+	return 0;
+}
+
+int store_get(struct store *s, enum store_db db, const char *key, struct secret **plain)
+{
+	struct get_arg a = { .db = db, .key = key };
+	int r;
+
+	r = check_key(db, key);
+	if (r)
+		return r;
+	r = store_txn(s, get_op, &a, 0);
+	if (r == 0)
+		r = unseal(s, db, key, a.sealed, a.len, plain);
+	free(a.sealed);
+	return r;
+}
+
+struct put_arg {
+	enum store_db db;
+	const char *key;
+	const unsigned char *sealed;
+	size_t len;
+	const struct secret *expected;
+	int cas;
+};
+
+static int put_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
+{
+	struct put_arg *a = varg;
+	DBT k = { 0 }, v = { 0 };
+	int ret;
+
+	k.data = (void *)a->key;
+	k.size = (u_int32_t)strlen(a->key);
+	if (a->cas) {
+		struct get_arg g = { .db = a->db, .key = a->key, .flags = DB_RMW };
+		struct secret *cur = NULL;
+		int found = 0, r;
+
+		ret = get_op(s, txn, &g, &found);
+		if (ret)
+			return ret;
+		if (found == STORE_E_NOT_FOUND) {
+			if (a->expected)
+				*outcome = STORE_E_CONFLICT;
+		} else {
+			r = unseal(s, a->db, a->key, g.sealed, g.len, &cur);
+			free(g.sealed);
+			if (r < 0)
+				return -r;
+			if (r > 0)
+				*outcome = r;
+			else if (!a->expected || !secret_equal(cur, a->expected))
+				*outcome = STORE_E_CONFLICT;
+			secret_free(cur);
+		}
+		if (*outcome)
+			return 0;
+	}
+	v.data = (void *)a->sealed;
+	v.size = (u_int32_t)a->len;
+	return s->db[a->db]->put(s->db[a->db], txn, &k, &v, 0);
+}
+
+static int write_record(struct store *s, enum store_db db, const char *key, const struct secret *expected,
+			const struct secret *plain, int cas)
+{
+	struct put_arg a = { .db = db, .key = key, .expected = expected, .cas = cas };
+	unsigned char *sealed;
+	int r;
+
+	r = check_key(db, key);
+	if (r)
+		return r;
+	r = seal(s, db, key, plain, &sealed, &a.len);
+	if (r)
+		return r;
+	a.sealed = sealed;
+	r = store_txn(s, put_op, &a, 0);
+	free(sealed);
+	/* Checkpoint once enough log has accumulated; old log files then go. */
+	if (r == 0 && s->env)
+		s->env->txn_checkpoint(s->env, 1024, 0, 0);
+	return r;
+}
+
+int store_put(struct store *s, enum store_db db, const char *key, const struct secret *plain)
+{
+	return write_record(s, db, key, NULL, plain, 0);
+}
+
+int store_update(struct store *s, enum store_db db, const char *key, const struct secret *expected,
+		 const struct secret *plain)
+{
+	return write_record(s, db, key, expected, plain, 1);
+}
+
+struct delete_arg {
+	enum store_db db;
+	const char *key;
+};
+
+static int delete_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
+{
+	struct delete_arg *a = varg;
+	DBT k = { 0 };
+	int ret;
+
+	k.data = (void *)a->key;
+	k.size = (u_int32_t)strlen(a->key);
+	ret = s->db[a->db]->del(s->db[a->db], txn, &k, 0);
+	if (ret == DB_NOTFOUND) {
+		*outcome = STORE_E_NOT_FOUND;
+		return 0;
+	}
+	return ret;
+}
+
+int store_delete(struct store *s, enum store_db db, const char *key)
+{
+	struct delete_arg a = { .db = db, .key = key };
+	int r;
+
+	r = check_key(db, key);
+	if (r)
+		return r;
+	r = store_txn(s, delete_op, &a, 0);
+	if (r == 0 && s->env)
+		s->env->txn_checkpoint(s->env, 1024, 0, 0);
+	return r;
+}
+
+/* ---- listing ---- */
+
+struct list_entry {
+	char *key;
+	unsigned char *sealed;
+	size_t len;
+};
+
+struct list_arg {
+	enum store_db db;
+	struct list_entry *e;
+	size_t n, cap;
+};
+
+static void list_arg_reset(struct list_arg *a)
+{
+	for (size_t i = 0; i < a->n; i++) {
+		free(a->e[i].key);
+		free(a->e[i].sealed);
+	}
+	a->n = 0;
+}
+
+static int list_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
+{
+	struct list_arg *a = varg;
+	DBT k = { 0 }, v = { 0 };
+	DBC *cur;
+	int ret;
+
+	/* A retry starts over. */
+	list_arg_reset(a);
+	ret = s->db[a->db]->cursor(s->db[a->db], txn, &cur, DB_READ_COMMITTED);
+	if (ret)
+		return ret;
+	k.flags = DB_DBT_REALLOC;
+	v.flags = DB_DBT_REALLOC;
+	while ((ret = cur->get(cur, &k, &v, DB_NEXT)) == 0) {
+		struct list_entry *e;
+
+		if (a->n == a->cap) {
+			size_t cap = a->cap ? a->cap * 2 : 64;
+			struct list_entry *ne = realloc(a->e, cap * sizeof(*ne));
+
+			if (!ne) {
+				ret = ENOMEM;
+				break;
+			}
+			a->e = ne;
+			a->cap = cap;
+		}
+		e = &a->e[a->n];
+		e->key = strndup(k.data, k.size);
+		e->sealed = malloc(v.size ? v.size : 1);
+		if (!e->key || !e->sealed) {
+			free(e->key);
+			free(e->sealed);
+			ret = ENOMEM;
+			break;
+		}
+		memcpy(e->sealed, v.data, v.size);
+		e->len = v.size;
+		a->n++;
+	}
+	free(k.data);
+	free(v.data);
+	cur->close(cur);
+	return ret == DB_NOTFOUND ? 0 : ret;
+}
+
+int store_list(struct store *s, enum store_db db, store_list_fn fn, void *ctx)
+{
+	struct list_arg a = { .db = db };
+	int r;
+
+	if (db >= STORE_DB_COUNT)
+		return -EINVAL;
+	/* Collect sealed records first so that fn runs outside the transaction
+	 * and may itself use the store. */
+	r = store_txn(s, list_op, &a, DB_READ_COMMITTED);
+	for (size_t i = 0; r == 0 && i < a.n; i++) {
+		struct secret *plain = NULL;
+		int status = unseal(s, db, a.e[i].key, a.e[i].sealed, a.e[i].len, &plain);
+
+		if (status < 0) {
+			r = status;
+			break;
+		}
+		r = fn(a.e[i].key, plain, status, ctx);
+		secret_free(plain);
+	}
+	list_arg_reset(&a);
+	free(a.e);
+	return r;
+}

@@ -1,0 +1,123 @@
+/*
+ * The token store: a Berkeley DB transactional environment in the state
+ * directory holding three databases.
+ *
+ *   tokens   server key -> sealed token record (token.h)
+ *   clients  server key -> sealed registered OAuth client (token.h)
+ *   meta     "schema" -> schema version; "key-check" -> key check value
+ *
+ * Every value in tokens and clients is sealed with XChaCha20-Poly1305
+ * (libsodium's IETF construction): version byte | 24-byte nonce | ciphertext,
+ * a fresh random nonce per write, and "<database>\0<key>" as associated data
+ * so that a record copied under another key or database fails to open.
+ *
+ * The environment is opened with DB_RECOVER | DB_REGISTER by every opener
+ * (keeper and mcpctl), so recovery runs only when a process died inside it.
+ * Transactions never wait for locks: a conflict is retried after failchk has
+ * released what dead processes held, so a peer that died holding locks cannot
+ * wedge the survivors (a live one makes us retry for up to 10 s, then
+ * -EBUSY). When recovery ran
+ * under a live store (DB_RUNRECOVERY), the store closes and reopens its
+ * environment and retries the operation: callers never see it.
+ *
+ * Lookups and deletes use the exact key; there is no prefix matching.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct secret;
+struct store;
+
+enum store_db {
+	STORE_TOKENS,
+	STORE_CLIENTS,
+	STORE_DB_COUNT,
+};
+
+/* Named outcomes (positive) the caller decides on. */
+enum {
+	STORE_E_NOT_FOUND = 1,	/* no record under that key */
+	STORE_E_CORRUPT,	/* the record does not open: tampered, moved or damaged */
+	STORE_E_WRONG_KEY,	/* the master key does not match this store */
+	STORE_E_CONFLICT,	/* compare-and-swap: the record changed */
+	STORE_E_SCHEMA,		/* written by a newer mcpkeeper */
+};
+
+#define STORE_KEY_LEN 32	/* master key length (crypto_aead_xchacha20poly1305_ietf_KEYBYTES) */
+#define STORE_SERVER_KEY_MAX 96
+
+/*
+ * Loads the master key: $CREDENTIALS_DIRECTORY/master-key when that variable
+ * is set (systemd LoadCredential[Encrypted]=), else <data_dir>/master.key,
+ * created with 32 random bytes and mode 0600 when absent. A key file holds 32
+ * raw bytes or 64 hex digits (a trailing newline is allowed). A key file that
+ * group or others can read is refused. Returns 0 or a negative errno value
+ * with a message in err.
+ */
+int store_load_master_key(const char *data_dir, struct secret **key, char *err, size_t errlen);
+
+/*
+ * Opens (creating when absent) the store in dir with the master key (copied).
+ * Returns 0 and *out; STORE_E_WRONG_KEY when the key check fails (nothing is
+ * written); STORE_E_SCHEMA for a newer schema; a negative errno value
+ * otherwise. err gets a message in every failure case.
+ *
+ * When the effective uid is root and dir belongs to another user, the
+ * process switches to that user (groups, gid, uid) before touching the
+ * environment, so that no file in it ends up owned by root. That switch is
+ * for the whole process and cannot be undone.
+ */
+int store_open(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen);
+struct store *store_close(struct store *s);
+void store_closep(struct store **s);
+
+/*
+ * Reads and unseals the record under key. Returns 0 and *plain (a secret the
+ * caller frees), STORE_E_NOT_FOUND, STORE_E_CORRUPT, or a negative errno value.
+ */
+int store_get(struct store *s, enum store_db db, const char *key, struct secret **plain);
+
+/* Seals and writes plain under key, replacing any record, in one synced
+ * transaction. */
+int store_put(struct store *s, enum store_db db, const char *key, const struct secret *plain);
+
+/*
+ * Compare-and-swap in one transaction: writes plain only when the current
+ * record equals expected (NULL: only when there is no record). Returns 0,
+ * STORE_E_CONFLICT, STORE_E_CORRUPT (the current record does not open), or a
+ * negative errno value.
+ */
+int store_update(struct store *s, enum store_db db, const char *key, const struct secret *expected,
+		 const struct secret *plain);
+
+/* Deletes the record under exactly key. Returns 0 or STORE_E_NOT_FOUND. */
+int store_delete(struct store *s, enum store_db db, const char *key);
+
+/*
+ * Calls fn for every record in key order with its unsealed content, or with
+ * plain NULL and status STORE_E_CORRUPT for a record that does not open (the
+ * others are still listed). fn returns 0 to go on, non-zero to stop (that
+ * value is returned). Returns 0 or a negative errno value.
+ */
+typedef int (*store_list_fn)(const char *key, const struct secret *plain, int status, void *ctx);
+int store_list(struct store *s, enum store_db db, store_list_fn fn, void *ctx);
+
+/* Writes a checkpoint and lets the environment remove log files it no
+ * longer needs. Also done at close. */
+int store_checkpoint(struct store *s);
+
+/* How many times this handle reopened its environment after recovery. */
+unsigned store_reopen_count(const struct store *s);
+
+const char *store_db_name(enum store_db db);
+const char *store_strerror(int status);
+
+/*
+ * The server key: "<name>#<8 hex digits of a BLAKE2b hash of url>". Distinct
+ * URLs under one name get distinct keys; the name stays readable in the
+ * database for people running db_dump. Returns 0 or -ENAMETOOLONG.
+ */
+int store_server_key(const char *name, const char *url, char *buf, size_t len);

@@ -1,0 +1,51 @@
+/*
+ * What the store keeps per server, as plain records: the token record (in
+ * "tokens") and the registered OAuth client (in "clients"). Encoding is a
+ * small tag-length-value format written into a secret buffer; decoding
+ * points the string fields into that buffer, so a decoded record makes no
+ * copies of its secrets outside sodium_malloc'ed memory.
+ *
+ * Format: version byte 1, then fields: tag (1 byte), length (4 bytes, little
+ * endian), value. A string value ends in a NUL that the length counts;
+ * integer values are 8 bytes little endian. Unknown tags are
+ * skipped, so a newer writer's extra fields do not break an older reader.
+ */
+#pragma once
+
+#include <stdint.h>
+
+struct secret;
+
+struct token {
+	const char *access_token;
+	const char *refresh_token;	/* NULL: none issued */
+	const char *token_type;		/* "Bearer" */
+	const char *scope;
+	const char *token_endpoint;	/* where refreshes go */
+	const char *revocation_endpoint;/* NULL: provider has none (RFC 7009) */
+	const char *resource;		/* RFC 8707 resource indicator */
+	const char *issuer;
+	int64_t obtained_at;		/* unix seconds */
+	int64_t expires_at;		/* unix seconds; 0: no expiry given */
+	struct secret *plain;		/* owns the strings after token_decode() */
+};
+
+struct oauth_client {
+	const char *client_id;
+	const char *client_secret;	/* NULL: public client */
+	const char *auth_method;	/* client_secret_basic, client_secret_post, none */
+	const char *issuer;
+	int64_t registered_at;
+	int64_t secret_expires_at;	/* 0: does not expire */
+	struct secret *plain;
+};
+
+/* Encode into a new secret. Returns 0 or -ENOMEM / -EINVAL (no access token). */
+int token_encode(const struct token *t, struct secret **out);
+/* Decode plain (ownership passes to t, also on failure). Returns 0 or -EBADMSG. */
+int token_decode(struct secret *plain, struct token *t);
+void token_clear(struct token *t);
+
+int client_encode(const struct oauth_client *c, struct secret **out);
+int client_decode(struct secret *plain, struct oauth_client *c);
+void client_clear(struct oauth_client *c);

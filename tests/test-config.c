@@ -1,0 +1,1033 @@
+/*
+ * Unit tests for common/config.c and common/paths.c, linked against the real
+ * modules. Every error class the parser knows gets at least one case that
+ * checks the exact message, because those messages are the user interface
+ * of a config file. Everything is created under a mkdtemp directory, except
+ * the /tmp/mcpkeeper-UID fallback, which is only removed when this test
+ * created it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "paths.h"
+
+#define CHECK(expr)                                                                        \
+	do {                                                                               \
+		if (!(expr)) {                                                             \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #expr); \
+			exit(1);                                                           \
+		}                                                                          \
+	} while (0)
+
+#define CHECK_STREQ(a, b)                                                                  \
+	do {                                                                               \
+		const char *_a = (a), *_b = (b);                                           \
+		if (!_a || !_b || strcmp(_a, _b) != 0) {                                   \
+			fprintf(stderr, "%s:%d: check failed: %s == %s\n  got:      %s\n  expected: %s\n", \
+				__FILE__, __LINE__, #a, #b, _a ? _a : "(null)", _b ? _b : "(null)"); \
+			exit(1);                                                           \
+		}                                                                          \
+	} while (0)
+
+#define TEST(name) printf("test: %s\n", name), fflush(stdout)
+
+static char tmpdir[] = "/tmp/test-config-XXXXXX";
+static bool tmpdir_made;
+/* Set while this test owns /tmp/mcpkeeper-UID, so a failure still removes it. */
+static char fallback_made[600];
+
+static char *tmp_path(const char *leaf)
+{
+	static char buf[4][512];
+	static unsigned slot;
+	char *p = buf[slot++ % ARRAY_SIZE(buf)];
+
+	snprintf(p, sizeof(buf[0]), "%s/%s", tmpdir, leaf);
+	return p;
+}
+
+static void write_file(const char *path, const char *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	CHECK(fd >= 0);
+	CHECK(write(fd, data, len) == (ssize_t)len);
+	CHECK(close(fd) == 0);
+}
+
+/* Parses json as "config.json" in user mode and insists on success. */
+static struct config *parse_ok_at(const char *json, int line)
+{
+	struct config *c = NULL;
+	char err[512];
+	int r;
+
+	r = config_parse("config.json", json, strlen(json), false, &c, err, sizeof(err));
+	if (r < 0 || !c) {
+		fprintf(stderr, "%s:%d: parse failed (%d): %s\n  input: %s\n", __FILE__, line, r,
+			err, json);
+		exit(1);
+	}
+	return c;
+}
+#define parse_ok(json) parse_ok_at(json, __LINE__)
+
+/* Parses json and insists on failure r with exactly message msg. */
+static void parse_fails_at(const char *json, int r_want, const char *msg, int line)
+{
+	struct config *c = (struct config *)1;
+	char err[512];
+	int r;
+
+	r = config_parse("config.json", json, strlen(json), false, &c, err, sizeof(err));
+	if (r != r_want || c != NULL || strcmp(err, msg) != 0) {
+		fprintf(stderr,
+			"%s:%d: expected failure %d \"%s\"\n  got %d \"%s\" (config %s)\n  input: %s\n",
+			__FILE__, line, r_want, msg, r, err, c ? "set" : "NULL", json);
+		exit(1);
+	}
+}
+#define parse_fails(json, msg) parse_fails_at(json, -EINVAL, msg, __LINE__)
+
+/* The message a server entry gets, in the object form. */
+#define SERVER(body) "{\"mcpServers\": {\"a\": " body "}}"
+
+static void test_bad_json(void)
+{
+	TEST("bad JSON reports the line");
+	parse_fails("{\n  \"listen\": \"127.0.0.1:0\",\n  \"mcpServers\": {\n"
+		    "    \"a\": {\"url\": \"https://x.example\",}\n  }\n}\n",
+		    "config.json: line 4: unexpected character");
+	parse_fails("{\n  \"mcpServers\": {\n    \"a\": {\"url\": \"https://x.example\"}\n",
+		    "config.json: line 4: unexpected end of data");
+	parse_fails("{\"a\": tru}", "config.json: line 1: boolean expected");
+	parse_fails("{\"a\": 1} trailing", "config.json: line 1: unexpected character");
+	parse_fails("", "config.json: file is empty");
+	parse_fails(" \n\t", "config.json: file is empty");
+	parse_fails("{\"a\": \"\xff\"}", "config.json: line 1: invalid utf-8 string");
+
+	/* A NUL inside the buffer is refused before json-c sees it. */
+	{
+		static const char text[] = "{\n\"a\": 1\0}";
+		struct config *c = NULL;
+		char err[256];
+
+		CHECK(config_parse("config.json", text, sizeof(text) - 1, false, &c, err,
+				   sizeof(err)) == -EINVAL);
+		CHECK(!c);
+		CHECK_STREQ(err, "config.json: line 2: NUL byte in the file");
+	}
+}
+
+static void test_root_not_object(void)
+{
+	TEST("root must be an object");
+	parse_fails("[1, 2]", "config.json: the top level must be a JSON object");
+	parse_fails("42", "config.json: the top level must be a JSON object");
+	parse_fails("\"x\"", "config.json: the top level must be a JSON object");
+	parse_fails("null", "config.json: the top level must be a JSON object");
+}
+
+static void test_wrong_types(void)
+{
+	TEST("wrong types name the field");
+	parse_fails("{\"idle_timeout\": \"300\"}",
+		    "config.json: idle_timeout: must be an integer between 0 and 86400");
+	parse_fails("{\"idle_timeout\": 1.5}",
+		    "config.json: idle_timeout: must be an integer between 0 and 86400");
+	parse_fails("{\"disable_management\": 1}",
+		    "config.json: disable_management: must be a boolean");
+	parse_fails("{\"listen\": 8080}", "config.json: listen: must be a string");
+	parse_fails("{\"group\": \"\"}", "config.json: group: must not be empty");
+	parse_fails("{\"refresh\": []}", "config.json: refresh: must be an object");
+	parse_fails("{\"data_dir\": \"relative/dir\"}",
+		    "config.json: data_dir: must be an absolute path");
+	parse_fails("{\"mcpServers\": 3}",
+		    "config.json: mcpServers: must be an object or an array");
+	parse_fails(SERVER("{\"url\": 5}"), "config.json: mcpServers.a.url: must be a string");
+	parse_fails(SERVER("[]"), "config.json: mcpServers.a: must be an object");
+	parse_fails("{\"mcpServers\": [{\"name\": 3}]}",
+		    "config.json: mcpServers[0].name: must be a string");
+	parse_fails("{\"mcpServers\": [{\"url\": \"https://x.example\"}]}",
+		    "config.json: mcpServers[0].name: missing");
+	parse_fails("{\"mcpServers\": [7]}", "config.json: mcpServers[0]: must be an object");
+	parse_fails(SERVER("{\"command\": \"x\", \"args\": [\"-v\", 2]}"),
+		    "config.json: mcpServers.a.args[1]: must be a string");
+	parse_fails(SERVER("{\"command\": \"x\", \"args\": \"-v\"}"),
+		    "config.json: mcpServers.a.args: must be an array of strings");
+	parse_fails(SERVER("{\"command\": \"x\", \"env\": {\"A\": 1}}"),
+		    "config.json: mcpServers.a.env.A: must be a string");
+	parse_fails(SERVER("{\"command\": \"x\", \"env\": {\"A=B\": \"1\"}}"),
+		    "config.json: mcpServers.a.env.A=B: not a valid environment variable name "
+		    "(empty or contains '=')");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"enabled\": \"yes\"}"),
+		    "config.json: mcpServers.a.enabled: must be a boolean");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": \"on\"}"),
+		    "config.json: mcpServers.a.oauth: must be an object or false");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"headers\": {\"X\": \"a\\r\\nB: c\"}}"),
+		    "config.json: mcpServers.a.headers.X: must not contain line breaks");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"headers\": {\"X Y\": \"a\"}}"),
+		    "config.json: mcpServers.a.headers.X?Y: not a valid HTTP header name");
+	parse_fails(SERVER("{\"command\": \"x\\u0000y\"}"),
+		    "config.json: mcpServers.a.command: must not contain NUL characters");
+}
+
+static void test_bad_url(void)
+{
+	TEST("url must be http or https");
+	parse_fails("{\"mcpServers\": {\"github\": {\"url\": \"ftp://example.com/mcp\"}}}",
+		    "config.json: mcpServers.github.url: must be an http or https URL");
+	parse_fails("{\"mcpServers\": [{\"name\": \"github\", \"url\": \"example.com\"}]}",
+		    "config.json: mcpServers.github.url: must be an http or https URL");
+	parse_fails(SERVER("{\"url\": \"\"}"),
+		    "config.json: mcpServers.a.url: must be an http or https URL");
+	parse_fails(SERVER("{\"url\": \"https:///mcp\"}"),
+		    "config.json: mcpServers.a.url: must be an http or https URL (no host)");
+	parse_fails(SERVER("{\"url\": \"https://x.example:99999/\"}"),
+		    "config.json: mcpServers.a.url: must be an http or https URL (bad port)");
+	parse_fails(SERVER("{\"url\": \"https://x.example/a b\"}"),
+		    "config.json: mcpServers.a.url: must be an http or https URL "
+		    "(no spaces or control characters)");
+	parse_fails(SERVER("{\"url\": \"https://me:pw@x.example/\"}"),
+		    "config.json: mcpServers.a.url: must not contain credentials; use headers or oauth");
+	parse_fails(SERVER("{\"url\": \"https://x.example/mcp#x\"}"),
+		    "config.json: mcpServers.a.url: must not contain a fragment");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"resource\": \"urn:x\"}}"),
+		    "config.json: mcpServers.a.oauth.resource: must be an http or https URL");
+
+	struct config *c = parse_ok(SERVER("{\"url\": \"HTTPS://[::1]:8443/mcp?x=1\"}"));
+	CHECK_STREQ(c->servers[0].url, "HTTPS://[::1]:8443/mcp?x=1");
+	config_free(c);
+}
+
+static void test_protocol(void)
+{
+	TEST("bad protocol, type alias and inference");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"protocol\": \"websocket\"}"),
+		    "config.json: mcpServers.a.protocol: must be one of \"streamable-http\" "
+		    "(or \"http\"), \"sse\", \"stdio\"");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"type\": \"ws\"}"),
+		    "config.json: mcpServers.a.type: must be one of \"streamable-http\" "
+		    "(or \"http\"), \"sse\", \"stdio\"");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"protocol\": \"sse\", \"type\": \"http\"}"),
+		    "config.json: mcpServers.a.type: \"http\" conflicts with protocol \"sse\"");
+
+	static const struct {
+		const char *body;
+		enum config_protocol want;
+	} cases[] = {
+		{ SERVER("{\"url\": \"https://x.example\"}"), CONFIG_PROTOCOL_STREAMABLE_HTTP },
+		{ SERVER("{\"url\": \"https://x.example\", \"type\": \"http\"}"),
+		  CONFIG_PROTOCOL_STREAMABLE_HTTP },
+		{ SERVER("{\"url\": \"https://x.example\", \"type\": \"streamableHttp\"}"),
+		  CONFIG_PROTOCOL_STREAMABLE_HTTP },
+		{ SERVER("{\"url\": \"https://x.example\", \"type\": \"streamable-http\"}"),
+		  CONFIG_PROTOCOL_STREAMABLE_HTTP },
+		{ SERVER("{\"url\": \"https://x.example\", \"type\": \"sse\"}"), CONFIG_PROTOCOL_SSE },
+		{ SERVER("{\"url\": \"https://x.example\", \"protocol\": \"sse\", \"type\": \"sse\"}"),
+		  CONFIG_PROTOCOL_SSE },
+		{ SERVER("{\"command\": \"npx\", \"type\": \"stdio\"}"), CONFIG_PROTOCOL_STDIO },
+		{ SERVER("{\"command\": \"npx\"}"), CONFIG_PROTOCOL_STDIO },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct config *c = parse_ok(cases[i].body);
+
+		CHECK(c->n_servers == 1);
+		if (c->servers[0].protocol != cases[i].want) {
+			fprintf(stderr, "%s:%d: case %zu: protocol %s, expected %s\n", __FILE__,
+				__LINE__, i, config_protocol_name(c->servers[0].protocol),
+				config_protocol_name(cases[i].want));
+			exit(1);
+		}
+		config_free(c);
+	}
+	CHECK_STREQ(config_protocol_name(CONFIG_PROTOCOL_STREAMABLE_HTTP), "streamable-http");
+	CHECK_STREQ(config_protocol_name(CONFIG_PROTOCOL_SSE), "sse");
+	CHECK_STREQ(config_protocol_name(CONFIG_PROTOCOL_STDIO), "stdio");
+}
+
+static void test_missing_url_command(void)
+{
+	TEST("missing url, missing command, url with command");
+	parse_fails(SERVER("{\"protocol\": \"sse\"}"),
+		    "config.json: mcpServers.a.url: missing, required for sse servers");
+	parse_fails(SERVER("{\"type\": \"http\", \"headers\": {}}"),
+		    "config.json: mcpServers.a.url: missing, required for streamable-http servers");
+	parse_fails(SERVER("{\"type\": \"stdio\", \"args\": []}"),
+		    "config.json: mcpServers.a.command: missing, required for stdio servers");
+	parse_fails(SERVER("{\"enabled\": true}"),
+		    "config.json: mcpServers.a: needs url (http servers) or command (stdio servers)");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"command\": \"npx\"}"),
+		    "config.json: mcpServers.a: has both url and command; an http server needs url, "
+		    "a stdio server command");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"type\": \"stdio\"}"),
+		    "config.json: mcpServers.a.url: not used by stdio servers (they run command)");
+	parse_fails(SERVER("{\"command\": \"npx\", \"type\": \"sse\"}"),
+		    "config.json: mcpServers.a.command: not used by http servers (they use url)");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"args\": []}"),
+		    "config.json: mcpServers.a.args: only for stdio servers");
+	parse_fails(SERVER("{\"command\": \"npx\", \"headers\": {}}"),
+		    "config.json: mcpServers.a.headers: only for http servers");
+	parse_fails(SERVER("{\"command\": \"\"}"),
+		    "config.json: mcpServers.a.command: must not be empty");
+}
+
+static void test_oauth(void)
+{
+	struct config *c;
+
+	TEST("oauth: stdio refuses it, false disables it, default for http");
+	parse_fails(SERVER("{\"command\": \"npx\", \"oauth\": {\"client_id\": \"x\"}}"),
+		    "config.json: mcpServers.a.oauth: OAuth does not apply to stdio servers");
+	parse_fails(SERVER("{\"command\": \"npx\", \"oauth\": true}"),
+		    "config.json: mcpServers.a.oauth: OAuth does not apply to stdio servers");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"client_secret\": \"s\"}}"),
+		    "config.json: mcpServers.a.oauth.client_secret: requires client_id");
+
+	c = parse_ok("{\"mcpServers\": {"
+		     "\"http\": {\"url\": \"https://x.example\"},"
+		     "\"sse\": {\"url\": \"https://x.example\", \"type\": \"sse\"},"
+		     "\"off\": {\"url\": \"https://x.example\", \"oauth\": false},"
+		     "\"on\": {\"url\": \"https://x.example\", \"oauth\": true},"
+		     "\"local\": {\"command\": \"npx\"},"
+		     "\"local-off\": {\"command\": \"npx\", \"oauth\": false}}}");
+	CHECK(c->n_servers == 6);
+	CHECK(config_find_server(c, "http")->oauth_enabled);
+	CHECK(config_find_server(c, "sse")->oauth_enabled);
+	CHECK(!config_find_server(c, "off")->oauth_enabled);
+	CHECK(config_find_server(c, "on")->oauth_enabled);
+	CHECK(!config_find_server(c, "local")->oauth_enabled);
+	CHECK(!config_find_server(c, "local-off")->oauth_enabled);
+	/* No oauth block: every setting at its "discover it" default. */
+	const struct config_oauth *o = &config_find_server(c, "http")->oauth;
+	CHECK(!o->client_id && !o->client_secret && !o->scopes && o->n_scopes == 0);
+	CHECK(o->redirect_port == 0 && !o->resource);
+	config_free(c);
+
+	c = parse_ok(SERVER("{\"url\": \"https://x.example/mcp\", \"oauth\": {"
+			    "\"client_id\": \"id\", \"client_secret\": \"secret\","
+			    "\"redirect_port\": 33418, \"resource\": \"https://x.example\"}}"));
+	o = &c->servers[0].oauth;
+	CHECK(c->servers[0].oauth_enabled);
+	CHECK_STREQ(o->client_id, "id");
+	CHECK_STREQ(o->client_secret, "secret");
+	CHECK(o->redirect_port == 33418);
+	CHECK_STREQ(o->resource, "https://x.example");
+	config_free(c);
+
+	TEST("oauth.redirect_port out of range");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"redirect_port\": 65536}}"),
+		    "config.json: mcpServers.a.oauth.redirect_port: must be an integer between 0 "
+		    "and 65535");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"redirect_port\": -1}}"),
+		    "config.json: mcpServers.a.oauth.redirect_port: must be an integer between 0 "
+		    "and 65535");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"redirect_port\": \"80\"}}"),
+		    "config.json: mcpServers.a.oauth.redirect_port: must be an integer between 0 "
+		    "and 65535");
+}
+
+static void test_scopes(void)
+{
+	struct config *c;
+	const struct config_oauth *o;
+
+	TEST("scopes as a string and as an array");
+	c = parse_ok(SERVER("{\"url\": \"https://x.example\", \"oauth\": {"
+			    "\"scopes\": \"  repo read:org\\tuser  \"}}"));
+	o = &c->servers[0].oauth;
+	CHECK(o->n_scopes == 3);
+	CHECK_STREQ(o->scopes[0], "repo");
+	CHECK_STREQ(o->scopes[1], "read:org");
+	CHECK_STREQ(o->scopes[2], "user");
+	CHECK(o->scopes[3] == NULL);
+	config_free(c);
+
+	c = parse_ok(SERVER("{\"url\": \"https://x.example\", \"oauth\": {"
+			    "\"scopes\": [\"repo\", \"read:org\"]}}"));
+	o = &c->servers[0].oauth;
+	CHECK(o->n_scopes == 2);
+	CHECK_STREQ(o->scopes[0], "repo");
+	CHECK_STREQ(o->scopes[1], "read:org");
+	CHECK(o->scopes[2] == NULL);
+	config_free(c);
+
+	/* Nothing configured means NULL, whichever way it was spelled. */
+	c = parse_ok(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"scopes\": \" \"}}"));
+	CHECK(c->servers[0].oauth.scopes == NULL && c->servers[0].oauth.n_scopes == 0);
+	config_free(c);
+	c = parse_ok(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"scopes\": []}}"));
+	CHECK(c->servers[0].oauth.scopes == NULL && c->servers[0].oauth.n_scopes == 0);
+	config_free(c);
+
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"scopes\": [\"a b\"]}}"),
+		    "config.json: mcpServers.a.oauth.scopes[0]: must be a non-empty scope without "
+		    "spaces");
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"scopes\": 3}}"),
+		    "config.json: mcpServers.a.oauth.scopes: must be an array of strings or a "
+		    "space-separated string");
+}
+
+static void test_names(void)
+{
+	TEST("server names");
+	parse_fails("{\"mcpServers\": {\"bad name\": {\"url\": \"https://x.example\"}}}",
+		    "config.json: mcpServers.bad?name: invalid server name: must be 1 to 64 "
+		    "characters of A-Z a-z 0-9 . _ -, not starting with . or -");
+	parse_fails("{\"mcpServers\": {\"\": {\"url\": \"https://x.example\"}}}",
+		    "config.json: mcpServers.: invalid server name: must be 1 to 64 "
+		    "characters of A-Z a-z 0-9 . _ -, not starting with . or -");
+	parse_fails("{\"mcpServers\": [{\"name\": \".hidden\", \"url\": \"https://x.example\"}]}",
+		    "config.json: mcpServers[0].name: must be 1 to 64 characters of A-Z a-z 0-9 . _ -, "
+		    "not starting with . or -");
+	parse_fails("{\"mcpServers\": [{\"name\": \"-x\", \"url\": \"https://x.example\"}]}",
+		    "config.json: mcpServers[0].name: must be 1 to 64 characters of A-Z a-z 0-9 . _ -, "
+		    "not starting with . or -");
+	parse_fails("{\"mcpServers\": [{\"name\": \"a/b\", \"url\": \"https://x.example\"}]}",
+		    "config.json: mcpServers[0].name: must be 1 to 64 characters of A-Z a-z 0-9 . _ -, "
+		    "not starting with . or -");
+
+	char name64[65], name65[66], json[256], msg[256];
+	memset(name64, 'n', 64);
+	name64[64] = '\0';
+	memset(name65, 'n', 65);
+	name65[65] = '\0';
+	snprintf(json, sizeof(json), "{\"mcpServers\": [{\"name\": \"%s\", \"command\": \"x\"}]}",
+		 name64);
+	config_free(parse_ok(json));
+	snprintf(json, sizeof(json), "{\"mcpServers\": [{\"name\": \"%s\", \"command\": \"x\"}]}",
+		 name65);
+	parse_fails(json, "config.json: mcpServers[0].name: must be 1 to 64 characters of "
+			  "A-Z a-z 0-9 . _ -, not starting with . or -");
+	snprintf(json, sizeof(json), "{\"mcpServers\": {\"%s\": {\"command\": \"x\"}}}", name65);
+	snprintf(msg, sizeof(msg), "config.json: mcpServers.%s...: invalid server name: must be "
+		 "1 to 64 characters of A-Z a-z 0-9 . _ -, not starting with . or -", name64);
+	parse_fails(json, msg);
+
+	struct config *c = parse_ok("{\"mcpServers\": {\"A.b_c-9\": {\"command\": \"x\"}, "
+				    "\"_x\": {\"command\": \"x\"}}}");
+	CHECK(config_find_server(c, "A.b_c-9") && config_find_server(c, "_x"));
+	config_free(c);
+
+	TEST("duplicate server names");
+	parse_fails("{\"mcpServers\": [{\"name\": \"github\", \"url\": \"https://a.example\"},\n"
+		    "{\"name\": \"x\", \"command\": \"x\"},\n"
+		    "{\"name\": \"github\", \"url\": \"https://b.example\"}]}",
+		    "config.json: mcpServers[2].name: duplicate server name \"github\"");
+	/* json-c would keep the second silently; the raw scan finds it with its line. */
+	parse_fails("{\"mcpServers\": {\n  \"github\": {\"url\": \"https://a.example\"},\n"
+		    "  \"github\": {\"url\": \"https://b.example\"}\n}}",
+		    "config.json: mcpServers.github: duplicate server name (line 3)");
+	parse_fails("{\"mcpServers\": {\"github\": {\"url\": \"https://a.example\"},"
+		    " \"gith\\u0075b\": {\"url\": \"https://b.example\"}}}",
+		    "config.json: mcpServers.github: duplicate server name (line 1)");
+	parse_fails("{\"listen\": \"127.0.0.1:1\",\n\"listen\": \"127.0.0.1:2\"}",
+		    "config.json: listen: duplicate key (line 2)");
+	parse_fails("{\"mcpServers\": [{\"name\": \"a\", \"command\": \"x\",\n"
+		    " \"args\": [{\"k\": 1, \"k\": 2}]}]}",
+		    "config.json: mcpServers[0].args[0].k: duplicate key (line 2)");
+	/* Equal keys in different objects are not duplicates. */
+	c = parse_ok("{\"mcpServers\": {\"a\": {\"command\": \"x\", \"env\": {\"url\": \"1\"}},"
+		     " \"b\": {\"command\": \"x\", \"env\": {\"url\": \"1\"}}}}");
+	CHECK(c->n_servers == 2);
+	config_free(c);
+
+	TEST("config_find_server matches exactly");
+	c = parse_ok("{\"mcpServers\": {\"github-enterprise\": {\"url\": \"https://a.example\"}}}");
+	CHECK(config_find_server(c, "github") == NULL);
+	CHECK(config_find_server(c, "github-enterprise") == &c->servers[0]);
+	config_free(c);
+}
+
+static void test_refresh_ranges(void)
+{
+	struct config *c;
+
+	TEST("refresh.threshold range");
+	parse_fails("{\"refresh\": {\"threshold\": 1}}",
+		    "config.json: refresh.threshold: must be a number greater than 0 and less than 1");
+	parse_fails("{\"refresh\": {\"threshold\": 1.0}}",
+		    "config.json: refresh.threshold: must be a number greater than 0 and less than 1");
+	parse_fails("{\"refresh\": {\"threshold\": 0}}",
+		    "config.json: refresh.threshold: must be a number greater than 0 and less than 1");
+	parse_fails("{\"refresh\": {\"threshold\": -0.5}}",
+		    "config.json: refresh.threshold: must be a number greater than 0 and less than 1");
+	parse_fails("{\"refresh\": {\"threshold\": \"0.5\"}}",
+		    "config.json: refresh.threshold: must be a number greater than 0 and less than 1");
+	parse_fails("{\"refresh\": {\"threshold\": NaN}}",
+		    "config.json: refresh.threshold: must be a number greater than 0 and less than 1");
+	c = parse_ok("{\"refresh\": {\"threshold\": 0.5}}");
+	CHECK(c->refresh.threshold == 0.5);
+	config_free(c);
+
+	TEST("refresh.max_retries, timeout, max_in_flight ranges");
+	parse_fails("{\"refresh\": {\"max_retries\": 21}}",
+		    "config.json: refresh.max_retries: must be an integer between 0 and 20");
+	parse_fails("{\"refresh\": {\"max_retries\": -1}}",
+		    "config.json: refresh.max_retries: must be an integer between 0 and 20");
+	parse_fails("{\"refresh\": {\"max_retries\": 99999999999999999999}}",
+		    "config.json: refresh.max_retries: must be an integer between 0 and 20");
+	parse_fails("{\"refresh\": {\"timeout\": 0}}",
+		    "config.json: refresh.timeout: must be an integer between 1 and 600");
+	parse_fails("{\"refresh\": {\"max_in_flight\": 4097}}",
+		    "config.json: refresh.max_in_flight: must be an integer between 1 and 4096");
+	c = parse_ok("{\"refresh\": {\"max_retries\": 0, \"timeout\": 600, \"max_in_flight\": 1}}");
+	CHECK(c->refresh.max_retries == 0);
+	CHECK(c->refresh.timeout_sec == 600);
+	CHECK(c->refresh.max_in_flight == 1);
+	config_free(c);
+	c = parse_ok("{\"refresh\": {\"max_retries\": 20}}");
+	CHECK(c->refresh.max_retries == 20);
+	config_free(c);
+}
+
+static void test_listen(void)
+{
+	static const char *const bad[] = {
+		"0.0.0.0:8080", "192.168.1.1:80", "localhost:80", "127.0.0.1", "127.0.0.1:",
+		"127.0.0.1:-1", "127.0.0.1:80x", "[::]:80", "[::1]80", "::1:80",
+		"[::ffff:127.0.0.1]:80", ":80", "",
+	};
+	static const char *const good[] = {
+		"127.0.0.1:0", "127.0.0.1:8080", "127.1.2.3:65535", "[::1]:0", "[::1]:8080",
+	};
+	char json[128];
+	struct config *c;
+
+	TEST("listen must be a loopback address with a port");
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		snprintf(json, sizeof(json), "{\"listen\": \"%s\"}", bad[i]);
+		parse_fails(json, "config.json: listen: must be a loopback address and port, "
+				  "e.g. 127.0.0.1:0 or [::1]:8080");
+	}
+	parse_fails("{\"listen\": \"127.0.0.1:65536\"}",
+		    "config.json: listen: port must be between 0 and 65535");
+	for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+		snprintf(json, sizeof(json), "{\"listen\": \"%s\"}", good[i]);
+		c = parse_ok(json);
+		CHECK_STREQ(c->listen, good[i]);
+		config_free(c);
+	}
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static bool strv_eq(char **a, size_t na, char **b, size_t nb)
+{
+	if (na != nb || !a != !b)
+		return false;
+	for (size_t i = 0; i < na; i++)
+		if (!str_eq(a[i], b[i]))
+			return false;
+	return !a || (a[na] == NULL && b[nb] == NULL);
+}
+
+static bool kv_eq(const struct config_kv *a, size_t na, const struct config_kv *b, size_t nb)
+{
+	if (na != nb)
+		return false;
+	for (size_t i = 0; i < na; i++)
+		if (!str_eq(a[i].key, b[i].key) || !str_eq(a[i].value, b[i].value))
+			return false;
+	return true;
+}
+
+static void check_server_eq(const struct config_server *a, const struct config_server *b)
+{
+	CHECK_STREQ(a->name, b->name);
+	CHECK(a->protocol == b->protocol);
+	CHECK(str_eq(a->url, b->url));
+	CHECK(str_eq(a->command, b->command));
+	CHECK(strv_eq(a->args, a->n_args, b->args, b->n_args));
+	CHECK(kv_eq(a->env, a->n_env, b->env, b->n_env));
+	CHECK(kv_eq(a->headers, a->n_headers, b->headers, b->n_headers));
+	CHECK(a->enabled == b->enabled);
+	CHECK(a->eager == b->eager);
+	CHECK(a->oauth_enabled == b->oauth_enabled);
+	CHECK(str_eq(a->oauth.client_id, b->oauth.client_id));
+	CHECK(str_eq(a->oauth.client_secret, b->oauth.client_secret));
+	CHECK(strv_eq(a->oauth.scopes, a->oauth.n_scopes, b->oauth.scopes, b->oauth.n_scopes));
+	CHECK(a->oauth.redirect_port == b->oauth.redirect_port);
+	CHECK(str_eq(a->oauth.resource, b->oauth.resource));
+}
+
+static void test_forms_equal(void)
+{
+	static const char list_form[] =
+		"{\"mcpServers\": [\n"
+		" {\"name\": \"github\", \"url\": \"https://api.github.example/mcp\",\n"
+		"  \"headers\": {\"X-Trace\": \"1\"}, \"eager\": true,\n"
+		"  \"oauth\": {\"client_id\": \"cid\", \"scopes\": \"repo user\", \"redirect_port\": 8765}},\n"
+		" {\"name\": \"linear\", \"type\": \"sse\", \"url\": \"http://127.0.0.1:9000/sse\",\n"
+		"  \"enabled\": false, \"oauth\": false},\n"
+		" {\"name\": \"files\", \"command\": \"npx\", \"args\": [\"-y\", \"server-fs\", \"/tmp\"],\n"
+		"  \"env\": {\"DEBUG\": \"1\", \"EMPTY\": \"\"}}\n"
+		"]}";
+	static const char object_form[] =
+		"{\"mcpServers\": {\n"
+		" \"github\": {\"url\": \"https://api.github.example/mcp\",\n"
+		"  \"headers\": {\"X-Trace\": \"1\"}, \"eager\": true,\n"
+		"  \"oauth\": {\"client_id\": \"cid\", \"scopes\": [\"repo\", \"user\"], \"redirect_port\": 8765}},\n"
+		" \"linear\": {\"protocol\": \"sse\", \"url\": \"http://127.0.0.1:9000/sse\",\n"
+		"  \"enabled\": false, \"oauth\": false},\n"
+		" \"files\": {\"type\": \"stdio\", \"command\": \"npx\", \"args\": [\"-y\", \"server-fs\", \"/tmp\"],\n"
+		"  \"env\": {\"DEBUG\": \"1\", \"EMPTY\": \"\"}}\n"
+		"}}";
+	struct config *a, *b;
+
+	TEST("list and object forms of mcpServers give the same servers");
+	a = parse_ok(list_form);
+	b = parse_ok(object_form);
+	CHECK(a->n_servers == 3 && b->n_servers == 3);
+	for (size_t i = 0; i < a->n_servers; i++)
+		check_server_eq(&a->servers[i], &b->servers[i]);
+
+	/* And the values are the ones written, not just equal to each other. */
+	const struct config_server *s = &a->servers[0];
+	CHECK_STREQ(s->name, "github");
+	CHECK(s->protocol == CONFIG_PROTOCOL_STREAMABLE_HTTP);
+	CHECK(s->eager && s->enabled && s->oauth_enabled);
+	CHECK(s->n_headers == 1);
+	CHECK_STREQ(s->headers[0].key, "X-Trace");
+	CHECK_STREQ(s->headers[0].value, "1");
+	CHECK(s->args == NULL && s->n_args == 0);
+	s = &a->servers[1];
+	CHECK_STREQ(s->name, "linear");
+	CHECK(s->protocol == CONFIG_PROTOCOL_SSE);
+	CHECK(!s->enabled && !s->oauth_enabled);
+	s = &a->servers[2];
+	CHECK_STREQ(s->name, "files");
+	CHECK(s->protocol == CONFIG_PROTOCOL_STDIO);
+	CHECK(!s->url);
+	CHECK(s->n_args == 3);
+	CHECK_STREQ(s->args[2], "/tmp");
+	CHECK(s->args[3] == NULL);
+	CHECK(s->n_env == 2);
+	CHECK_STREQ(s->env[1].key, "EMPTY");
+	CHECK_STREQ(s->env[1].value, "");
+	config_free(a);
+	config_free(b);
+}
+
+static void test_defaults(void)
+{
+	struct config *c;
+	char want[600];
+
+	TEST("global defaults, user mode");
+	c = parse_ok("{}");
+	CHECK_STREQ(c->path, "config.json");
+	CHECK(!c->system_mode);
+	CHECK_STREQ(c->listen, "127.0.0.1:0");
+	CHECK_STREQ(c->worker_user, "mcpkeeper-worker");
+	CHECK(c->group == NULL);
+	CHECK(c->idle_timeout_sec == 300);
+	CHECK(!c->disable_management);
+	CHECK(c->refresh.threshold == 0.8);
+	CHECK(c->refresh.max_retries == 3);
+	CHECK(c->refresh.timeout_sec == 30);
+	CHECK(c->refresh.max_in_flight == 16);
+	CHECK(c->n_servers == 0 && c->servers == NULL);
+	snprintf(want, sizeof(want), "%s/state/mcpkeeper", tmpdir);
+	CHECK_STREQ(c->data_dir, want);
+	snprintf(want, sizeof(want), "%s/run/mcpkeeper", tmpdir);
+	CHECK_STREQ(c->runtime_dir, want);
+	c = config_free(c);
+	CHECK(c == NULL);
+
+	TEST("global defaults, system mode");
+	{
+		char err[256];
+
+		CHECK(config_parse("config.json", "{}", 2, true, &c, err, sizeof(err)) == 0);
+		CHECK(c->system_mode);
+		CHECK_STREQ(c->data_dir, "/var/lib/mcpkeeper");
+		CHECK_STREQ(c->runtime_dir, "/run/mcpkeeper");
+		config_free(c);
+	}
+
+	TEST("globals as written");
+	c = parse_ok("\xef\xbb\xbf{\"data_dir\": \"/srv/keeper\", \"runtime_dir\": \"/run/k\","
+		     " \"listen\": \"127.0.0.1:7000\", \"group\": \"mcp\", \"worker_user\": \"nobody\","
+		     " \"idle_timeout\": 0, \"disable_management\": true, \"mcpServers\": []}");
+	CHECK_STREQ(c->data_dir, "/srv/keeper");
+	CHECK_STREQ(c->runtime_dir, "/run/k");
+	CHECK_STREQ(c->listen, "127.0.0.1:7000");
+	CHECK_STREQ(c->group, "mcp");
+	CHECK_STREQ(c->worker_user, "nobody");
+	CHECK(c->idle_timeout_sec == 0);
+	CHECK(c->disable_management);
+	CHECK(c->n_servers == 0);
+	config_free(c);
+
+	TEST("server defaults");
+	c = parse_ok("{\"mcpServers\": {\"h\": {\"url\": \"https://x.example\"},"
+		     " \"s\": {\"command\": \"x\"}}}");
+	CHECK(c->servers[0].enabled && !c->servers[0].eager);
+	CHECK(c->servers[0].n_headers == 0 && c->servers[0].headers == NULL);
+	CHECK(c->servers[1].enabled && !c->servers[1].eager);
+	CHECK(c->servers[1].args != NULL && c->servers[1].args[0] == NULL);
+	CHECK(c->servers[1].n_args == 0);
+	CHECK(c->servers[1].n_env == 0);
+	config_free(c);
+}
+
+/* Runs a parse with fd 2 pointed at a file and returns what was logged. */
+static char *parse_capturing_stderr(const char *json)
+{
+	const char *path = tmp_path("stderr.log");
+	static char buf[8192];
+	struct config *c;
+	int saved, fd;
+	ssize_t n;
+
+	fflush(stderr);
+	saved = dup(STDERR_FILENO);
+	CHECK(saved >= 0);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	CHECK(fd >= 0);
+	CHECK(dup2(fd, STDERR_FILENO) == STDERR_FILENO);
+	c = parse_ok(json);
+	CHECK(dup2(saved, STDERR_FILENO) == STDERR_FILENO);
+	close(saved);
+	config_free(c);
+
+	CHECK(lseek(fd, 0, SEEK_SET) == 0);
+	n = read(fd, buf, sizeof(buf) - 1);
+	CHECK(n >= 0);
+	buf[n] = '\0';
+	close(fd);
+	return buf;
+}
+
+static void test_unknown_fields(void)
+{
+	const char *log;
+
+	TEST("unknown fields are warned about and ignored");
+	log = parse_capturing_stderr(
+		"{\"$schema\": \"x\", \"mcpServers\": {\"github\": {\"url\": \"https://x.example\","
+		" \"foo\": 1, \"oauth\": {\"client_id\": \"x\", \"audience\": \"y\"}}},"
+		" \"refresh\": {\"jitter\": true}}");
+	CHECK(strstr(log, "warning: config.json: mcpServers.github.foo: unknown field, ignored\n"));
+	CHECK(strstr(log, "config.json: $schema: unknown field, ignored\n"));
+	CHECK(strstr(log, "config.json: mcpServers.github.oauth.audience: unknown field, ignored\n"));
+	CHECK(strstr(log, "config.json: refresh.jitter: unknown field, ignored\n"));
+	CHECK(!strstr(log, "url"));
+
+	/* In the object form the key is the name, so "name" is not one of ours. */
+	log = parse_capturing_stderr(
+		"{\"mcpServers\": [{\"name\": \"x\", \"command\": \"a\", \"cwd\": \"/\"}]}");
+	CHECK(strstr(log, "config.json: mcpServers.x.cwd: unknown field, ignored\n"));
+	CHECK(!strstr(log, "mcpServers.x.name"));
+	log = parse_capturing_stderr("{\"mcpServers\": {\"x\": {\"name\": \"x\", \"command\": \"a\"}}}");
+	CHECK(strstr(log, "config.json: mcpServers.x.name: unknown field, ignored\n"));
+
+	/* Nothing is logged for a clean file. */
+	log = parse_capturing_stderr("{\"mcpServers\": {\"x\": {\"command\": \"a\"}}}");
+	CHECK(log[0] == '\0');
+}
+
+static void test_size_and_files(void)
+{
+	size_t big = 4 * 1024 * 1024 + 1;
+	struct config *c = NULL;
+	char err[512], want[600];
+	char *text;
+
+	TEST("files larger than 4 MiB are refused");
+	text = malloc(big);
+	CHECK(text);
+	memset(text, ' ', big);
+	text[0] = '{';
+	text[big - 1] = '}';
+	CHECK(config_parse("config.json", text, big, false, &c, err, sizeof(err)) == -EFBIG);
+	CHECK(!c);
+	CHECK_STREQ(err, "config.json: file is larger than the 4 MiB limit");
+	/* One byte less is whitespace inside an object, and fine. */
+	text[big - 2] = '}';
+	c = NULL;
+	CHECK(config_parse("config.json", text, big - 1, false, &c, err, sizeof(err)) == 0);
+	c = config_free(c);
+
+	write_file(tmp_path("big.json"), text, big);
+	CHECK(config_load(tmp_path("big.json"), false, &c, err, sizeof(err)) == -EFBIG);
+	CHECK(!c);
+	snprintf(want, sizeof(want), "%s: file is larger than the 4 MiB limit (4194305 bytes)",
+		 tmp_path("big.json"));
+	CHECK_STREQ(err, want);
+	free(text);
+
+	TEST("a missing file is -ENOENT and named");
+	CHECK(config_load(tmp_path("nope/config.json"), false, &c, err, sizeof(err)) == -ENOENT);
+	CHECK(!c);
+	snprintf(want, sizeof(want), "%s: cannot open: No such file or directory",
+		 tmp_path("nope/config.json"));
+	CHECK_STREQ(err, want);
+
+	TEST("a directory or a FIFO is not a config file");
+	CHECK(config_load(tmpdir, false, &c, err, sizeof(err)) == -EINVAL);
+	snprintf(want, sizeof(want), "%s: not a regular file", tmpdir);
+	CHECK_STREQ(err, want);
+	/* Opening a FIFO must not block waiting for a writer. */
+	CHECK(mkfifo(tmp_path("fifo"), 0600) == 0);
+	CHECK(config_load(tmp_path("fifo"), false, &c, err, sizeof(err)) == -EINVAL);
+	snprintf(want, sizeof(want), "%s: not a regular file", tmp_path("fifo"));
+	CHECK_STREQ(err, want);
+
+	TEST("config_load names the file by its base name in field errors");
+	{
+		static const char bad[] = "{\n\"mcpServers\": {\"a\": {\"url\": \"gopher://x\"}}}";
+		static const char good[] = "{\"mcpServers\": {\"a\": {\"url\": \"https://x.example\"}}}";
+
+		write_file(tmp_path("mine.json"), bad, sizeof(bad) - 1);
+		CHECK(config_load(tmp_path("mine.json"), false, &c, err, sizeof(err)) == -EINVAL);
+		CHECK_STREQ(err, "mine.json: mcpServers.a.url: must be an http or https URL");
+		write_file(tmp_path("mine.json"), good, sizeof(good) - 1);
+		CHECK(config_load(tmp_path("mine.json"), false, &c, err, sizeof(err)) == 0);
+		CHECK_STREQ(c->path, tmp_path("mine.json"));
+		CHECK(c->n_servers == 1);
+		config_freep(&c);
+		CHECK(c == NULL);
+	}
+}
+
+static void check_mode(const char *path, mode_t want)
+{
+	struct stat st;
+
+	CHECK(lstat(path, &st) == 0);
+	CHECK(S_ISDIR(st.st_mode));
+	if ((st.st_mode & 07777) != want) {
+		fprintf(stderr, "%s: mode %04o, expected %04o\n", path,
+			(unsigned)(st.st_mode & 07777), (unsigned)want);
+		exit(1);
+	}
+}
+
+static void test_private_dir(void)
+{
+	char err[512], want[600];
+	const char *p;
+
+	TEST("paths_ensure_private_dir creates 0700 directories");
+	p = tmp_path("priv/a/b");
+	CHECK(paths_ensure_private_dir(p, err, sizeof(err)) == 0);
+	check_mode(tmp_path("priv"), 0700);
+	check_mode(tmp_path("priv/a"), 0700);
+	check_mode(p, 0700);
+	/* Again, now that it exists; a trailing slash names the same directory. */
+	CHECK(paths_ensure_private_dir(tmp_path("priv/a/b/"), err, sizeof(err)) == 0);
+
+	TEST("paths_ensure_private_dir refuses a 0755 directory");
+	p = tmp_path("open");
+	CHECK(mkdir(p, 0700) == 0 && chmod(p, 0755) == 0);
+	CHECK(paths_ensure_private_dir(p, err, sizeof(err)) == -EACCES);
+	snprintf(want, sizeof(want), "%s: mode 0755 gives group or others access, expected "
+		 "0700; refusing to use it", p);
+	CHECK_STREQ(err, want);
+	check_mode(p, 0755);
+
+	TEST("paths_ensure_private_dir refuses a symlink");
+	CHECK(symlink(tmp_path("priv"), tmp_path("link")) == 0);
+	CHECK(paths_ensure_private_dir(tmp_path("link"), err, sizeof(err)) == -ELOOP);
+	snprintf(want, sizeof(want),
+		 "%s: is a symbolic link, refusing to use it as a private directory",
+		 tmp_path("link"));
+	CHECK_STREQ(err, want);
+	CHECK(paths_ensure_private_dir(tmp_path("link/"), err, sizeof(err)) == -ELOOP);
+
+	TEST("paths_ensure_private_dir refuses a file");
+	write_file(tmp_path("file"), "x", 1);
+	CHECK(paths_ensure_private_dir(tmp_path("file"), err, sizeof(err)) == -ENOTDIR);
+	snprintf(want, sizeof(want), "%s: exists and is not a directory", tmp_path("file"));
+	CHECK_STREQ(err, want);
+
+	TEST("paths_ensure_private_dir refuses another user's directory");
+	if (geteuid() != 0) {
+		printf("  skipped: needs root to chown\n");
+		return;
+	}
+	p = tmp_path("theirs");
+	CHECK(mkdir(p, 0700) == 0 && chown(p, 65534, 65534) == 0);
+	CHECK(paths_ensure_private_dir(p, err, sizeof(err)) == -EPERM);
+	snprintf(want, sizeof(want), "%s: owned by uid 65534, not by uid 0; refusing to use it", p);
+	CHECK_STREQ(err, want);
+}
+
+static void test_system_mode(void)
+{
+	char pid[32];
+
+	TEST("paths_system_mode");
+	unsetenv("INVOCATION_ID");
+	unsetenv("NOTIFY_SOCKET");
+	unsetenv("LISTEN_PID");
+	CHECK(!paths_system_mode(false));
+	CHECK(paths_system_mode(true));
+	setenv("INVOCATION_ID", "0123456789abcdef", 1);
+	CHECK(paths_system_mode(false));
+	unsetenv("INVOCATION_ID");
+	setenv("NOTIFY_SOCKET", "/run/systemd/notify", 1);
+	CHECK(paths_system_mode(false));
+	unsetenv("NOTIFY_SOCKET");
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	setenv("LISTEN_PID", pid, 1);
+	CHECK(paths_system_mode(false));
+	/* LISTEN_PID of some other process was not meant for us. */
+	snprintf(pid, sizeof(pid), "%d", (int)getpid() + 1);
+	setenv("LISTEN_PID", pid, 1);
+	CHECK(!paths_system_mode(false));
+	setenv("LISTEN_PID", "x", 1);
+	CHECK(!paths_system_mode(false));
+	unsetenv("LISTEN_PID");
+}
+
+static void test_paths_defaults(void)
+{
+	char buf[600], want[600];
+
+	TEST("paths in system mode");
+	CHECK(paths_config_file(true, buf, sizeof(buf)) == 0);
+	CHECK_STREQ(buf, "/etc/mcpkeeper/config.json");
+	CHECK(paths_data_dir(true, buf, sizeof(buf)) == 0);
+	CHECK_STREQ(buf, "/var/lib/mcpkeeper");
+	CHECK(paths_runtime_dir(true, buf, sizeof(buf)) == 0);
+	CHECK_STREQ(buf, "/run/mcpkeeper");
+
+	TEST("paths from XDG variables");
+	setenv("XDG_CONFIG_HOME", "/x/cfg", 1);
+	setenv("XDG_STATE_HOME", "/x/state", 1);
+	setenv("XDG_RUNTIME_DIR", "/x/run", 1);
+	CHECK(paths_config_file(false, buf, sizeof(buf)) == 0);
+	CHECK_STREQ(buf, "/x/cfg/mcpkeeper/config.json");
+	CHECK(paths_data_dir(false, buf, sizeof(buf)) == 0);
+	CHECK_STREQ(buf, "/x/state/mcpkeeper");
+	CHECK(paths_runtime_dir(false, buf, sizeof(buf)) == 0);
+	CHECK_STREQ(buf, "/x/run/mcpkeeper");
+	CHECK(paths_config_file(false, buf, 10) == -ENAMETOOLONG);
+
+	TEST("paths from HOME when XDG is unset or relative");
+	setenv("HOME", "/home/u", 1);
+	unsetenv("XDG_CONFIG_HOME");
+	setenv("XDG_STATE_HOME", "relative/state", 1);
+	CHECK(paths_config_file(false, buf, sizeof(buf)) == 0);
+	CHECK_STREQ(buf, "/home/u/.config/mcpkeeper/config.json");
+	CHECK(paths_data_dir(false, buf, sizeof(buf)) == 0);
+	CHECK_STREQ(buf, "/home/u/.local/state/mcpkeeper");
+	unsetenv("HOME");
+	CHECK(paths_config_file(false, buf, sizeof(buf)) == -ENOENT);
+	CHECK(paths_data_dir(false, buf, sizeof(buf)) == -ENOENT);
+
+	TEST("config data_dir without any default");
+	{
+		struct config *c = NULL;
+		char err[256];
+
+		CHECK(config_parse("config.json", "{}", 2, false, &c, err, sizeof(err)) == -ENOENT);
+		CHECK(!c);
+		CHECK_STREQ(err, "config.json: data_dir: not set, and there is no default without HOME");
+	}
+
+	TEST("runtime dir falls back to a private /tmp/mcpkeeper-UID");
+	{
+		struct stat st;
+		bool existed;
+		int r;
+
+		unsetenv("XDG_RUNTIME_DIR");
+		snprintf(want, sizeof(want), "/tmp/mcpkeeper-%u", (unsigned)geteuid());
+		existed = lstat(want, &st) == 0;
+		r = paths_runtime_dir(false, buf, sizeof(buf));
+		if (existed) {
+			char err[512];
+
+			/* Not ours to change: only agree with the check. */
+			CHECK(r == paths_ensure_private_dir(want, err, sizeof(err)));
+			printf("  %s existed before this test (check result %d)\n", want, r);
+			if (r == 0)
+				CHECK_STREQ(buf, want);
+		} else {
+			if (r == 0)
+				snprintf(fallback_made, sizeof(fallback_made), "%s", want);
+			CHECK(r == 0);
+			CHECK_STREQ(buf, want);
+			check_mode(want, 0700);
+			CHECK(lstat(want, &st) == 0 && st.st_uid == geteuid());
+
+			/* Opened up behind our back, it is refused rather than used. */
+			CHECK(chmod(want, 0755) == 0);
+			CHECK(paths_runtime_dir(false, buf, sizeof(buf)) == -EACCES);
+			CHECK(buf[0] == '\0');
+			CHECK(rmdir(want) == 0);
+			fallback_made[0] = '\0';
+		}
+	}
+}
+
+static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	return type == FTW_DP ? rmdir(path) : unlink(path);
+}
+
+/* Also runs when a CHECK exits, so a failed run leaves nothing behind. */
+static void cleanup(void)
+{
+	if (fallback_made[0])
+		rmdir(fallback_made);
+	if (tmpdir_made)
+		nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int main(void)
+{
+	char path[600];
+
+	log_init("test-config");
+	CHECK(mkdtemp(tmpdir) != NULL);
+	tmpdir_made = true;
+	atexit(cleanup);
+	/* Defaults must come from here, never from the caller's environment. */
+	snprintf(path, sizeof(path), "%s/cfg", tmpdir);
+	setenv("XDG_CONFIG_HOME", path, 1);
+	snprintf(path, sizeof(path), "%s/state", tmpdir);
+	setenv("XDG_STATE_HOME", path, 1);
+	snprintf(path, sizeof(path), "%s/run", tmpdir);
+	setenv("XDG_RUNTIME_DIR", path, 1);
+
+	test_bad_json();
+	test_root_not_object();
+	test_wrong_types();
+	test_bad_url();
+	test_protocol();
+	test_missing_url_command();
+	test_oauth();
+	test_scopes();
+	test_names();
+	test_refresh_ranges();
+	test_listen();
+	test_forms_equal();
+	test_defaults();
+	test_unknown_fields();
+	test_size_and_files();
+	test_private_dir();
+	test_system_mode();
+	test_paths_defaults();
+
+	CHECK(nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS) == 0);
+	tmpdir_made = false;
+	printf("all config tests passed\n");
+	return 0;
+}
