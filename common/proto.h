@@ -26,13 +26,39 @@
 /* Notifications from the keeper to a subscribed control client. */
 #define METHOD_EVENT "event"
 
-/* Keeper <-> child channel (fd 3). */
+/*
+ * Keeper <-> child channel (fd 3).
+ *
+ * hello (keeper -> child, request), the first message on the channel:
+ *   params {"version": PROTO_VERSION, "role": "oauth"|"http"|"worker",
+ *           "name": upstream name (workers), "log_level": "info"|"debug"|...}
+ *   result {"version": PROTO_VERSION, "pid": N,
+ *           "landlock": "enforced"|"unavailable"}
+ *   A child that sees another version answers an error and exits.
+ *
+ * oauth.refresh (keeper -> oauth child, request): one refresh_token grant.
+ *   params {"server": name, "token_endpoint": url, "refresh_token": ...,
+ *           "client_id": ..., "client_secret": ... (optional),
+ *           "auth_method": "client_secret_basic"|"client_secret_post"|"none",
+ *           "resource": ... (optional, RFC 8707), "scope": ... (optional),
+ *           "timeout_ms": total request timeout}
+ *   result {"access_token", "token_type", "expires_in" (optional),
+ *           "refresh_token" (optional: absent means keep the old one),
+ *           "scope" (optional), "http_status"}
+ *   error  code RPC_APP_ERROR, a message without token bytes, and
+ *          data {"kind": KIND_TRANSIENT|KIND_TERMINAL,
+ *                "oauth_error": "invalid_grant"... (when the provider said),
+ *                "http_status": N (when there was a response)}
+ */
 #define METHOD_HELLO "hello"
-#define METHOD_READY "ready"
 #define METHOD_TOKEN_UPDATE "token.update"
 #define METHOD_TOKEN_CLEAR "token.clear"
 #define METHOD_TOKEN_INVALID "token.invalid"
 #define METHOD_OAUTH_REFRESH "oauth.refresh"
+
+#define ROLE_OAUTH "oauth"
+#define ROLE_HTTP "http"
+#define ROLE_WORKER "worker"
 
 /* Event types: the same payload on the control socket and over SSE. */
 #define EVENT_TOKEN_REFRESHED "oauth.token_refreshed"
@@ -61,3 +87,10 @@
 #define KIND_INVALID_REQUEST "invalid_request"
 #define KIND_UNKNOWN_METHOD "unknown_method"
 #define KIND_INTERNAL "internal"
+/* oauth.refresh failures: retry later, or give up until the next login. */
+#define KIND_TRANSIENT "transient"
+#define KIND_TERMINAL "terminal"
+
+/* Child processes (libexec). */
+#define CHILD_OAUTH_BIN "mcpkeeper-oauth"
+#define CHILD_WORKER_BIN "mcpkeeper-worker"
