@@ -73,6 +73,7 @@ struct config {
 	char *group;		/* control socket group allowed everything; NULL: none */
 	char *worker_user;	/* system mode: user the children run as */
 	int idle_timeout_sec;	/* worker idle timeout; default 300 */
+	int max_conns_per_uid;	/* control connections one uid may hold; default 128 */
 	bool disable_management;
 	struct config_refresh refresh;
 	struct config_server *servers;

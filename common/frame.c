@@ -497,6 +497,36 @@ struct json_object *rpc_error_for_frame(int status, const char *detail)
 	}
 }
 
+static void wipe_strings(struct json_object *obj)
+{
+	switch (json_object_get_type(obj)) {
+	case json_type_string:
+		sodium_memzero((char *)json_object_get_string(obj), (size_t)json_object_get_string_len(obj));
+		break;
+	case json_type_object: {
+		json_object_object_foreach(obj, key, val) {
+			(void)key;
+			wipe_strings(val);
+		}
+		break;
+	}
+	case json_type_array:
+		for (size_t i = 0; i < json_object_array_length(obj); i++)
+			wipe_strings(json_object_array_get_idx(obj, i));
+		break;
+	default:
+		break;
+	}
+}
+
+void rpc_wipe_put(struct json_object *obj)
+{
+	if (!obj)
+		return;
+	wipe_strings(obj);
+	json_object_put(obj);
+}
+
 int rpc_error_code(const struct rpc_msg *m)
 {
 	struct json_object *code;

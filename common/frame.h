@@ -111,6 +111,12 @@ struct json_object *rpc_error(struct json_object *id, int code, const char *kind
 /* The JSON-RPC error that answers a FRAME_E_* outcome (with id null). */
 struct json_object *rpc_error_for_frame(int status, const char *detail);
 
+/*
+ * Zeroes every string inside obj (recursively), then drops the reference.
+ * For messages that carried tokens: json-c frees its strings unwiped.
+ */
+void rpc_wipe_put(struct json_object *obj);
+
 /* Accessors for error responses: code, data.kind and message (NULL when absent). */
 int rpc_error_code(const struct rpc_msg *m);
 const char *rpc_error_kind(const struct rpc_msg *m);

@@ -1,8 +1,6 @@
 /*
- * mcpkeeperd: the keeper. Holds the configuration, the token store and the
- * master key, and will supervise every child. At this stage it validates a
- * configuration and opens the store (--check), which is what the quick start
- * runs; the control socket and the refresh engine come next.
+ * mcpkeeperd: the keeper's command line. keeper.c is the process itself;
+ * --check validates a configuration and the store without starting it.
  */
 #include <getopt.h>
 #include <stdbool.h>
@@ -12,6 +10,7 @@
 #include <sys/resource.h>
 
 #include "config.h"
+#include "keeper.h"
 #include "log.h"
 #include "paths.h"
 #include "secret.h"
@@ -20,8 +19,10 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: mcpkeeperd [--config FILE] [--system] --check\n"
+		"Usage: mcpkeeperd [--config FILE] [--system] [--verbose] [--check]\n"
 		"       mcpkeeperd --version | --help\n"
+		"\n"
+		"Runs the keeper in the foreground, logging to stderr.\n"
 		"\n"
 		"  -c, --config FILE   configuration file (default: the mode's config.json)\n"
 		"      --system        system mode (/etc/mcpkeeper, /var/lib/mcpkeeper)\n"
@@ -129,11 +130,10 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind < argc || !do_check) {
+	if (optind < argc) {
 		usage(stderr);
 		return 2;
 	}
-	no_core_dumps();
 	bool system_mode = paths_system_mode(system_flag);
 
 	if (!config_path) {
@@ -141,5 +141,9 @@ int main(int argc, char **argv)
 			fatal("cannot work out the default configuration path (is HOME set?)");
 		config_path = path;
 	}
-	return check(config_path, system_mode);
+	if (do_check) {
+		no_core_dumps();
+		return check(config_path, system_mode);
+	}
+	return keeper_run(config_path, system_mode);
 }

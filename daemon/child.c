@@ -1,0 +1,493 @@
+/*
+ * Children of the keeper: fork+exec with the channel on fd 3, a cleaned
+ * environment, another uid in system mode; a hello handshake before any
+ * other message; requests matched to replies by id; restart with backoff
+ * when a child dies (0.1 s doubling to 30 s, reset after 60 s of health).
+ *
+ * Trust: a child is a sibling. A malformed message from it is a bug: it is
+ * logged and the child is killed, and the restart logic brings it back.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <json-c/json.h>
+
+#include "config-paths.h"
+#include "config.h"
+#include "frame.h"
+#include "keeper.h"
+#include "log.h"
+#include "proto.h"
+#include "sock.h"
+#include "util.h"
+
+#define RESTART_MIN_MS 100
+#define RESTART_MAX_MS 30000
+#define HEALTHY_MS 60000
+
+struct pending {
+	int64_t id;
+	child_reply_fn fn;
+	void *ctx;
+	struct pending *next;
+};
+
+enum child_state { CHILD_STOPPED, CHILD_STARTING, CHILD_READY, CHILD_RESTARTING };
+
+struct child {
+	struct keeper *k;
+	char *role;
+	char *binary;
+	enum child_state state;
+	pid_t pid;
+	struct bufferevent *bev;
+	int64_t next_id;
+	int64_t hello_id;
+	struct pending *pending;
+	struct event *restart_timer;
+	int restart_ms;
+	unsigned restarts;
+	int64_t started_ms;
+	char last_exit[128];
+};
+
+static void child_lost(struct child *c, const char *why);
+
+/* Where the child binaries are: $MCPKEEPER_LIBEXECDIR, beside our own
+ * executable (a build tree), or the installed libexec directory. */
+static char *find_binary(const char *name)
+{
+	const char *env = getenv("MCPKEEPER_LIBEXECDIR");
+	char self[PATH_MAX], path[PATH_MAX + 64];
+	ssize_t n;
+
+	if (env && *env) {
+		snprintf(path, sizeof(path), "%s/%s", env, name);
+		if (access(path, X_OK) == 0)
+			return strdup(path);
+	}
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n > 0) {
+		char *slash;
+
+		self[n] = '\0';
+		slash = strrchr(self, '/');
+		if (slash) {
+			*slash = '\0';
+			snprintf(path, sizeof(path), "%s/%s", self, name);
+			if (access(path, X_OK) == 0)
+				return strdup(path);
+		}
+	}
+	snprintf(path, sizeof(path), "%s/%s", LIBEXECDIR, name);
+	return strdup(path);
+}
+
+struct child *child_new(struct keeper *k, const char *role, const char *binary)
+{
+	struct child *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->k = k;
+	c->role = strdup(role);
+	c->binary = find_binary(binary);
+	c->pid = -1;
+	c->next_id = 1;
+	c->restart_ms = RESTART_MIN_MS;
+	return c;
+}
+
+static void fail_pending(struct child *c, const char *why)
+{
+	struct pending *p = c->pending;
+
+	c->pending = NULL;
+	while (p) {
+		struct pending *next = p->next;
+
+		if (p->fn) {
+			struct json_object *err = rpc_error(NULL, RPC_APP_ERROR, KIND_TRANSIENT, why);
+			struct json_object *e = NULL;
+
+			json_object_object_get_ex(err, "error", &e);
+			p->fn(c->k, p->ctx, NULL, e);
+			json_object_put(err);
+		}
+		free(p);
+		p = next;
+	}
+}
+
+struct child *child_free(struct child *c)
+{
+	if (!c)
+		return NULL;
+	if (c->bev)
+		bufferevent_free(c->bev);
+	c->bev = NULL;
+	if (c->pid > 0) {
+		int status;
+
+		/* Closing fd 3 ends it; wait a moment, then make sure. */
+		for (int i = 0; i < 50 && waitpid(c->pid, &status, WNOHANG) == 0; i++)
+			usleep(20000);
+		if (waitpid(c->pid, &status, WNOHANG) == 0) {
+			kill(c->pid, SIGKILL);
+			waitpid(c->pid, &status, 0);
+		}
+	}
+	fail_pending(c, "keeper stopping");
+	if (c->restart_timer)
+		event_free(c->restart_timer);
+	free(c->role);
+	free(c->binary);
+	free(c);
+	return NULL;
+}
+
+bool child_ready(const struct child *c)
+{
+	return c && c->state == CHILD_READY;
+}
+
+pid_t child_pid(const struct child *c)
+{
+	return c ? c->pid : -1;
+}
+
+static int send_msg(struct child *c, struct json_object *msg)
+{
+	int r = frame_write(bufferevent_get_output(c->bev), msg, PROTO_MAX_MESSAGE);
+
+	if (r)
+		log_error("%s child: cannot queue a message: %s", c->role, frame_strerror(r));
+	return r ? -EIO : 0;
+}
+
+static struct pending *take_pending(struct child *c, int64_t id)
+{
+	for (struct pending **pp = &c->pending; *pp; pp = &(*pp)->next) {
+		if ((*pp)->id == id) {
+			struct pending *p = *pp;
+
+			*pp = p->next;
+			return p;
+		}
+	}
+	return NULL;
+}
+
+static void handle_message(struct child *c, struct rpc_msg *m)
+{
+	int64_t id;
+
+	if (m->type != RPC_RESULT && m->type != RPC_ERROR) {
+		/* Children only answer, for now. */
+		log_error("%s child sent an unexpected %s; restarting it", c->role,
+			  m->method ? m->method : "message");
+		child_lost(c, "protocol violation");
+		return;
+	}
+	if (!m->id || !json_object_is_type(m->id, json_type_int)) {
+		log_error("%s child answered without a valid id; restarting it", c->role);
+		child_lost(c, "protocol violation");
+		return;
+	}
+	id = json_object_get_int64(m->id);
+	if (c->state == CHILD_STARTING && id == c->hello_id) {
+		struct json_object *v, *ll;
+
+		if (m->type == RPC_ERROR || !json_object_object_get_ex(m->result, "version", &v) ||
+		    json_object_get_int(v) != PROTO_VERSION) {
+			log_error("%s child refused the hello or speaks another protocol version", c->role);
+			child_lost(c, "handshake failed");
+			return;
+		}
+		c->state = CHILD_READY;
+		if (json_object_object_get_ex(m->result, "landlock", &ll) &&
+		    strcmp(json_object_get_string(ll), "enforced") != 0)
+			log_info("%s child: Landlock %s on this kernel: it relies on its uid and file modes",
+				 c->role, json_object_get_string(ll));
+		log_info("%s child ready, pid %d", c->role, (int)c->pid);
+		if (strcmp(c->role, ROLE_OAUTH) == 0)
+			refresh_child_ready(c->k);
+		return;
+	}
+	{
+		struct pending *p = take_pending(c, id);
+
+		if (!p) {
+			log_debug("%s child: reply to a forgotten request %lld", c->role, (long long)id);
+			return;
+		}
+		if (p->fn)
+			p->fn(c->k, p->ctx, m->type == RPC_RESULT ? m->result : NULL,
+			      m->type == RPC_ERROR ? m->error : NULL);
+		free(p);
+	}
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	struct child *c = arg;
+
+	for (;;) {
+		struct rpc_msg m;
+		char detail[128];
+		int r = frame_read(bufferevent_get_input(bev), PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
+
+		if (r == FRAME_NEED_MORE)
+			return;
+		if (r != 0) {
+			log_error("%s child sent a bad message (%s); restarting it", c->role, detail);
+			rpc_msg_clear(&m);
+			child_lost(c, "protocol violation");
+			return;
+		}
+		handle_message(c, &m);
+		/* Replies may carry tokens. */
+		rpc_wipe_put(m.root);
+		m.root = NULL;
+		if (c->bev != bev)
+			return; /* the child was lost while handling */
+	}
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct child *c = arg;
+
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		child_lost(c, "channel closed");
+}
+
+static void restart_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct child *c = arg;
+
+	if (child_start(c) < 0)
+		child_lost(c, "could not start");
+}
+
+/* The channel is gone or untrustworthy: stop talking, kill, schedule a restart. */
+static void child_lost(struct child *c, const char *why)
+{
+	struct timeval tv;
+
+	if (c->bev) {
+		bufferevent_free(c->bev);
+		c->bev = NULL;
+	}
+	if (c->pid > 0)
+		kill(c->pid, SIGKILL); /* reaped in child_reap() */
+	if (c->state == CHILD_READY || c->state == CHILD_STARTING)
+		log_warn("%s child lost (%s)", c->role, why);
+	snprintf(c->last_exit, sizeof(c->last_exit), "%s", why);
+	fail_pending(c, "oauth child exited");
+	if (strcmp(c->role, ROLE_OAUTH) == 0)
+		refresh_child_lost(c->k);
+	if (c->k->stopping) {
+		c->state = CHILD_STOPPED;
+		return;
+	}
+	if (c->state != CHILD_RESTARTING) {
+		if (keeper_now_ms() - c->started_ms > HEALTHY_MS)
+			c->restart_ms = RESTART_MIN_MS;
+		c->state = CHILD_RESTARTING;
+		if (!c->restart_timer)
+			c->restart_timer = evtimer_new(c->k->base, restart_cb, c);
+		tv.tv_sec = c->restart_ms / 1000;
+		tv.tv_usec = (c->restart_ms % 1000) * 1000;
+		evtimer_add(c->restart_timer, &tv);
+		c->restart_ms = c->restart_ms * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : c->restart_ms * 2;
+		c->restarts++;
+	}
+}
+
+/* In the forked child, before exec: nothing of the keeper may leak. */
+static _noreturn_ void exec_child(struct child *c, int fd)
+{
+	static const char *const keep[] = { "PATH", "LANG", "LC_ALL", "TZ", "JOURNAL_STREAM",
+					    "MCPKEEPER_LIBEXECDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+					    "HOME", "USER", NULL };
+	char *envp[ARRAY_SIZE(keep) + 1];
+	size_t n = 0;
+	sigset_t all;
+	int devnull;
+
+	/* Signal dispositions and mask as a fresh process expects them. */
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+
+	if (fd != 3) {
+		if (dup2(fd, 3) < 0)
+			_exit(127);
+	} else {
+		fd_set_cloexec(3, 0);
+	}
+	fd_set_nonblock(3, 0);
+	devnull = open("/dev/null", O_RDONLY);
+	if (devnull >= 0 && devnull != STDIN_FILENO) {
+		dup2(devnull, STDIN_FILENO);
+		close(devnull);
+	}
+	/* Everything above 3 closes: the store, the control socket, other channels. */
+	for (int i = 4; i < 1024; i++)
+		close(i);
+
+	/* System mode: children run as worker_user and cannot read the state directory. */
+	if (c->k->system_mode && c->k->cfg->worker_user) {
+		struct passwd *pw = getpwnam(c->k->cfg->worker_user);
+
+		if (!pw || setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+			log_error("%s child: cannot switch to user %s: %m", c->role, c->k->cfg->worker_user);
+			_exit(127);
+		}
+	}
+
+	for (size_t i = 0; keep[i]; i++) {
+		const char *v = getenv(keep[i]);
+
+		if (v) {
+			size_t len = strlen(keep[i]) + strlen(v) + 2;
+			char *e = malloc(len);
+
+			if (!e)
+				_exit(127);
+			snprintf(e, len, "%s=%s", keep[i], v);
+			envp[n++] = e;
+		}
+	}
+	envp[n] = NULL;
+	execve(c->binary, (char *[]){ c->binary, NULL }, envp);
+	log_error("%s child: cannot run %s: %m", c->role, c->binary);
+	_exit(127);
+}
+
+int child_start(struct child *c)
+{
+	struct json_object *params, *hello;
+	int sv[2], r;
+	pid_t pid;
+
+	r = sock_pair(0, sv);
+	if (r < 0) {
+		log_error("%s child: socketpair: %s", c->role, strerror(-r));
+		return r;
+	}
+	pid = fork();
+	if (pid < 0) {
+		r = -errno;
+		close(sv[0]);
+		close(sv[1]);
+		log_error("%s child: fork: %s", c->role, strerror(-r));
+		return r;
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		exec_child(c, sv[1]);
+	}
+	close(sv[1]);
+	fd_set_nonblock(sv[0], 1);
+	c->pid = pid;
+	c->started_ms = keeper_now_ms();
+	c->state = CHILD_STARTING;
+	c->bev = bufferevent_socket_new(c->k->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+	if (!c->bev) {
+		close(sv[0]);
+		return -ENOMEM;
+	}
+	frame_bev_setup(c->bev, PROTO_MAX_MESSAGE);
+	bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+
+	params = json_object_new_object();
+	json_object_object_add(params, "version", json_object_new_int(PROTO_VERSION));
+	json_object_object_add(params, "role", json_object_new_string(c->role));
+	json_object_object_add(params, "log_level",
+			       json_object_new_string(log_get_level() == LOG_LEVEL_DEBUG ? "debug" : "info"));
+	c->hello_id = c->next_id++;
+	hello = rpc_request(METHOD_HELLO, params, c->hello_id);
+	r = send_msg(c, hello);
+	json_object_put(hello);
+	log_debug("%s child started, pid %d", c->role, (int)pid);
+	return r;
+}
+
+int child_request(struct child *c, const char *method, struct json_object *params, child_reply_fn fn,
+		  void *ctx, int64_t *id)
+{
+	struct json_object *req;
+	struct pending *p;
+	int r;
+
+	if (!child_ready(c)) {
+		rpc_wipe_put(params);
+		return -EAGAIN;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		rpc_wipe_put(params);
+		return -ENOMEM;
+	}
+	p->id = c->next_id++;
+	p->fn = fn;
+	p->ctx = ctx;
+	req = rpc_request(method, params, p->id);
+	r = send_msg(c, req);
+	rpc_wipe_put(req);
+	if (r < 0) {
+		free(p);
+		return r;
+	}
+	p->next = c->pending;
+	c->pending = p;
+	if (id)
+		*id = p->id;
+	return 0;
+}
+
+void child_cancel(struct child *c, int64_t id)
+{
+	for (struct pending *p = c->pending; p; p = p->next)
+		if (p->id == id)
+			p->fn = NULL;
+}
+
+void child_reap(struct keeper *k)
+{
+	int status;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		struct child *c = k->oauth;
+		char why[64];
+
+		if (WIFEXITED(status))
+			snprintf(why, sizeof(why), "exited with status %d", WEXITSTATUS(status));
+		else
+			snprintf(why, sizeof(why), "killed by signal %d", WTERMSIG(status));
+		if (c && c->pid == pid) {
+			c->pid = -1;
+			if (c->state != CHILD_RESTARTING)
+				log_warn("%s child %s", c->role, why);
+			child_lost(c, why);
+		}
+	}
+}

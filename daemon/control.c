@@ -1,0 +1,563 @@
+/*
+ * The control socket: local clients (mcpctl, scripts via socat) speak
+ * newline-delimited JSON-RPC 2.0 with the keeper.
+ *
+ * Peers are authorised by the kernel's credentials (SO_PEERCRED and
+ * SO_PEERGROUPS), never by anything they send: root, the keeper's own uid
+ * and members of the configured group may do everything; anyone else gets
+ * one "forbidden" error line and the connection closes. Each uid may hold a
+ * limited number of connections, and when descriptors run out the keeper
+ * stops accepting for a moment instead of spinning.
+ *
+ * A client is untrusted: a bad message gets a JSON-RPC error and at most
+ * closes that connection. Replies and events carry metadata only, never
+ * token bytes.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <json-c/json.h>
+
+#include "config.h"
+#include "frame.h"
+#include "keeper.h"
+#include "log.h"
+#include "proto.h"
+#include "sock.h"
+#include "util.h"
+
+/* A subscriber that lets this much pile up is not reading: drop it. */
+#define CONN_OUTPUT_MAX (4 * 1024 * 1024)
+#define ACCEPT_RETRY_MS 500
+
+struct conn {
+	struct control *ctl;
+	struct bufferevent *bev;
+	uid_t uid;
+	pid_t pid;
+	bool subscribed;
+	bool closing;
+	struct conn *prev, *next;
+};
+
+struct control {
+	struct keeper *k;
+	int fd;
+	struct event *accept_ev;
+	struct event *retry_timer;
+	struct conn *conns;
+	bool have_group;
+	gid_t group;
+};
+
+static void conn_free(struct conn *c)
+{
+	struct control *ctl = c->ctl;
+
+	if (c->subscribed)
+		events_unsubscribe(ctl->k, c);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		ctl->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	bufferevent_free(c->bev);
+	free(c);
+}
+
+static size_t conns_of_uid(struct control *ctl, uid_t uid)
+{
+	size_t n = 0;
+
+	for (struct conn *c = ctl->conns; c; c = c->next)
+		if (c->uid == uid && !c->closing)
+			n++;
+	return n;
+}
+
+static void send_msg(struct conn *c, struct json_object *msg)
+{
+	int r = frame_write(bufferevent_get_output(c->bev), msg, PROTO_MAX_MESSAGE);
+
+	if (r)
+		log_warn("control: reply to pid %d not sent: %s", (int)c->pid, frame_strerror(r));
+}
+
+/* Write what is queued, then close. */
+static void conn_close_after_flush(struct conn *c)
+{
+	c->closing = true;
+	bufferevent_disable(c->bev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_free(c);
+}
+
+static void reply_error(struct conn *c, struct json_object *id, int code, const char *kind, const char *fmt, ...)
+	_printf_(5, 6);
+static void reply_error(struct conn *c, struct json_object *id, int code, const char *kind, const char *fmt, ...)
+{
+	char msg[512];
+	struct json_object *e;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	e = rpc_error(id, code, kind, msg);
+	send_msg(c, e);
+	json_object_put(e);
+}
+
+static void reply_result(struct conn *c, struct json_object *id, struct json_object *result)
+{
+	struct json_object *r = rpc_result(id, result);
+
+	send_msg(c, r);
+	json_object_put(r);
+}
+
+/* ---- the JSON of a server ---- */
+
+static struct json_object *time_or_null(int64_t t)
+{
+	return t ? json_object_new_int64(t) : NULL;
+}
+
+struct json_object *control_server_json(const struct server *s, bool full)
+{
+	const struct config_server *cs = s->conf;
+	struct json_object *o = json_object_new_object(), *r, *w;
+
+	json_object_object_add(o, "name", json_object_new_string(s->name));
+	if (full) {
+		json_object_object_add(o, "protocol", json_object_new_string(config_protocol_name(cs->protocol)));
+		json_object_object_add(o, "url", cs->url ? json_object_new_string(cs->url) : NULL);
+		json_object_object_add(o, "enabled", json_object_new_boolean(cs->enabled));
+		json_object_object_add(o, "oauth", json_object_new_boolean(cs->oauth_enabled));
+	}
+	json_object_object_add(o, "oauth_status",
+			       cs->oauth_enabled ? json_object_new_string(oauth_status_name(s->status)) : NULL);
+	json_object_object_add(o, "token_expires_at", time_or_null(s->expires_at));
+	if (full) {
+		w = json_object_new_object();
+		json_object_object_add(w, "state", json_object_new_string("idle"));
+		json_object_object_add(o, "worker", w);
+	}
+	r = json_object_new_object();
+	json_object_object_add(r, "state", json_object_new_string(refresh_state_name(s->rstate)));
+	json_object_object_add(r, "retry_count", json_object_new_int(s->retry_count));
+	json_object_object_add(r, "next_at", time_or_null(s->next_at_ms ? (s->next_at_ms + 999) / 1000 : 0));
+	json_object_object_add(r, "last_error", s->last_error[0] ? json_object_new_string(s->last_error) : NULL);
+	json_object_object_add(o, "refresh", r);
+	return o;
+}
+
+/* ---- methods ---- */
+
+static void do_status(struct conn *c, struct json_object *id)
+{
+	struct keeper *k = c->ctl->k;
+	struct json_object *res = json_object_new_object(), *arr = json_object_new_array();
+
+	json_object_object_add(res, "version", json_object_new_string(MCPKEEPER_VERSION));
+	json_object_object_add(res, "pid", json_object_new_int((int)getpid()));
+	json_object_object_add(res, "mode", json_object_new_string(k->system_mode ? "system" : "user"));
+	json_object_object_add(res, "config", json_object_new_string(k->config_path));
+	for (size_t i = 0; i < k->n_servers; i++)
+		json_object_array_add(arr, control_server_json(k->servers[i], true));
+	json_object_object_add(res, "servers", arr);
+	reply_result(c, id, res);
+}
+
+static void do_servers_list(struct conn *c, struct json_object *id)
+{
+	struct keeper *k = c->ctl->k;
+	struct json_object *res = json_object_new_object(), *arr = json_object_new_array();
+
+	for (size_t i = 0; i < k->n_servers; i++) {
+		const struct config_server *cs = k->servers[i]->conf;
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "name", json_object_new_string(cs->name));
+		json_object_object_add(o, "protocol", json_object_new_string(config_protocol_name(cs->protocol)));
+		json_object_object_add(o, "url", cs->url ? json_object_new_string(cs->url) : NULL);
+		json_object_object_add(o, "enabled", json_object_new_boolean(cs->enabled));
+		json_object_object_add(o, "oauth", json_object_new_boolean(cs->oauth_enabled));
+		json_object_array_add(arr, o);
+	}
+	json_object_object_add(res, "servers", arr);
+	reply_result(c, id, res);
+}
+
+/*
+ * Reads the optional "server" parameter. Returns 0 with *s (NULL when the
+ * parameter is absent), or -1 after answering the error itself.
+ */
+static int param_server(struct conn *c, struct json_object *id, struct json_object *params, bool need_oauth,
+			struct server **s)
+{
+	struct json_object *v;
+
+	*s = NULL;
+	if (!params || !json_object_object_get_ex(params, "server", &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_string)) {
+		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"server\" must be a string");
+		return -1;
+	}
+	*s = keeper_find_server(c->ctl->k, json_object_get_string(v));
+	if (!*s) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_NOT_FOUND, "no server named \"%.64s\"",
+			    json_object_get_string(v));
+		return -1;
+	}
+	if (need_oauth && !(*s)->conf->oauth_enabled) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_NOT_OAUTH, "server \"%s\" does not use OAuth", (*s)->name);
+		return -1;
+	}
+	return 0;
+}
+
+static void do_auth_status(struct conn *c, struct json_object *id, struct json_object *params)
+{
+	struct keeper *k = c->ctl->k;
+	struct json_object *res, *arr;
+	struct server *one;
+
+	if (param_server(c, id, params, true, &one) < 0)
+		return;
+	res = json_object_new_object();
+	arr = json_object_new_array();
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+
+		if ((one && s != one) || !s->conf->oauth_enabled)
+			continue;
+		json_object_array_add(arr, control_server_json(s, false));
+	}
+	json_object_object_add(res, "servers", arr);
+	reply_result(c, id, res);
+}
+
+static struct json_object *logout_one(struct keeper *k, struct server *s)
+{
+	struct json_object *o = json_object_new_object();
+	int r = refresh_logout(k, s);
+
+	json_object_object_add(o, "server", json_object_new_string(s->name));
+	if (r < 0) {
+		struct json_object *e = json_object_new_object();
+
+		json_object_object_add(e, "kind", json_object_new_string(KIND_UNAVAILABLE));
+		json_object_object_add(e, "message", json_object_new_string("the token store failed"));
+		json_object_object_add(o, "error", e);
+	} else {
+		json_object_object_add(o, "logged_out", json_object_new_boolean(1));
+		json_object_object_add(o, "had_token", json_object_new_boolean(r == 0));
+	}
+	return o;
+}
+
+static void do_auth_logout(struct conn *c, struct json_object *id, struct json_object *params)
+{
+	struct keeper *k = c->ctl->k;
+	struct json_object *all = NULL;
+	struct server *s;
+
+	if (k->cfg->disable_management) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_FORBIDDEN, "management is disabled in the configuration");
+		return;
+	}
+	if (param_server(c, id, params, true, &s) < 0)
+		return;
+	if (params)
+		json_object_object_get_ex(params, "all", &all);
+	if (all && (!json_object_is_type(all, json_type_boolean) || !json_object_get_boolean(all))) {
+		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"all\" must be true when given");
+		return;
+	}
+	if (!s == !all) {
+		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS,
+			    "give either \"server\": NAME or \"all\": true");
+		return;
+	}
+	if (s) {
+		struct json_object *o = logout_one(k, s), *e;
+
+		if (json_object_object_get_ex(o, "error", &e)) {
+			json_object_put(o);
+			reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "logout of \"%s\" failed: the token store failed",
+				    s->name);
+			return;
+		}
+		reply_result(c, id, o);
+		return;
+	}
+	{
+		struct json_object *res = json_object_new_object(), *arr = json_object_new_array();
+
+		for (size_t i = 0; i < k->n_servers; i++)
+			if (k->servers[i]->conf->oauth_enabled)
+				json_object_array_add(arr, logout_one(k, k->servers[i]));
+		json_object_object_add(res, "results", arr);
+		reply_result(c, id, res);
+	}
+}
+
+static void event_sink(void *ctx, struct json_object *note)
+{
+	struct conn *c = ctx;
+
+	if (c->closing)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > CONN_OUTPUT_MAX) {
+		log_warn("control: subscriber pid %d is not reading events; closing it", (int)c->pid);
+		events_unsubscribe(c->ctl->k, c);
+		c->subscribed = false;
+		conn_close_after_flush(c);
+		return;
+	}
+	send_msg(c, note);
+}
+
+static void do_subscribe(struct conn *c, struct json_object *id)
+{
+	struct json_object *res = json_object_new_object();
+
+	if (!c->subscribed && events_subscribe(c->ctl->k, event_sink, c) == 0)
+		c->subscribed = true;
+	json_object_object_add(res, "subscribed", json_object_new_boolean(c->subscribed));
+	reply_result(c, id, res);
+}
+
+static void dispatch(struct conn *c, struct rpc_msg *m)
+{
+	const char *method = m->method;
+
+	if (m->type != RPC_REQUEST) {
+		/* Notifications and stray responses need no answer. */
+		return;
+	}
+	if (m->params && !json_object_is_type(m->params, json_type_object)) {
+		reply_error(c, m->id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "params must be an object");
+		return;
+	}
+	if (strcmp(method, METHOD_STATUS) == 0)
+		do_status(c, m->id);
+	else if (strcmp(method, METHOD_SERVERS_LIST) == 0)
+		do_servers_list(c, m->id);
+	else if (strcmp(method, METHOD_AUTH_STATUS) == 0)
+		do_auth_status(c, m->id, m->params);
+	else if (strcmp(method, METHOD_AUTH_LOGOUT) == 0)
+		do_auth_logout(c, m->id, m->params);
+	else if (strcmp(method, METHOD_EVENTS_SUBSCRIBE) == 0)
+		do_subscribe(c, m->id);
+	else
+		reply_error(c, m->id, RPC_METHOD_NOT_FOUND, KIND_UNKNOWN_METHOD, "unknown method \"%.64s\"", method);
+}
+
+/* ---- connections ---- */
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	while (!c->closing) {
+		struct rpc_msg m;
+		char detail[160] = "";
+		int r = frame_read(bufferevent_get_input(bev), PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
+
+		if (r == FRAME_NEED_MORE)
+			return;
+		if (r != 0) {
+			struct json_object *e = rpc_error_for_frame(r, detail);
+
+			/* Answer with the request's id when it could be read. */
+			if (r == FRAME_E_INVALID_RPC && m.id) {
+				json_object_put(e);
+				e = rpc_error(m.id, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST, detail);
+			}
+			log_info("control: pid %d uid %u: %s; closing", (int)c->pid, (unsigned)c->uid,
+				 detail[0] ? detail : frame_strerror(r));
+			send_msg(c, e);
+			json_object_put(e);
+			rpc_msg_clear(&m);
+			conn_close_after_flush(c);
+			return;
+		}
+		dispatch(c, &m);
+		rpc_msg_clear(&m);
+	}
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		conn_free(c);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		conn_free(c);
+}
+
+static bool peer_allowed(struct control *ctl, int fd, uid_t uid, gid_t gid)
+{
+	gid_t *groups = NULL;
+	size_t n = 0;
+	bool ok = false;
+
+	if (uid == 0 || uid == geteuid())
+		return true;
+	if (!ctl->have_group)
+		return false;
+	if (gid == ctl->group)
+		return true;
+	if (sock_peer_groups(fd, &groups, &n) == 0) {
+		for (size_t i = 0; i < n && !ok; i++)
+			ok = groups[i] == ctl->group;
+		free(groups);
+	}
+	return ok;
+}
+
+static void refuse(struct conn *c, const char *kind, const char *msg)
+{
+	struct json_object *e = rpc_error(NULL, RPC_APP_ERROR, kind, msg);
+
+	send_msg(c, e);
+	json_object_put(e);
+	conn_close_after_flush(c);
+}
+
+static void retry_accept(evutil_socket_t fd, short what, void *arg)
+{
+	struct control *ctl = arg;
+
+	event_add(ctl->accept_ev, NULL);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+	struct control *ctl = arg;
+
+	for (int burst = 0; burst < 64; burst++) {
+		struct conn *c;
+		pid_t pid;
+		uid_t uid;
+		gid_t gid;
+		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				struct timeval tv = { 0, ACCEPT_RETRY_MS * 1000 };
+
+				log_warn("control: cannot accept (%m); pausing for %d ms", ACCEPT_RETRY_MS);
+				event_del(ctl->accept_ev);
+				evtimer_add(ctl->retry_timer, &tv);
+			}
+			return;
+		}
+		if (sock_peer_cred(fd, &pid, &uid, &gid) < 0) {
+			close(fd);
+			continue;
+		}
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->ctl = ctl;
+		c->uid = uid;
+		c->pid = pid;
+		c->bev = bufferevent_socket_new(ctl->k->base, fd, BEV_OPT_CLOSE_ON_FREE);
+		if (!c->bev) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		frame_bev_setup(c->bev, PROTO_MAX_MESSAGE);
+		bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+		c->next = ctl->conns;
+		if (ctl->conns)
+			ctl->conns->prev = c;
+		ctl->conns = c;
+
+		if (!peer_allowed(ctl, fd, uid, gid)) {
+			log_warn("control: refused pid %d uid %u (not root, not uid %u, not in the configured group)",
+				 (int)pid, (unsigned)uid, (unsigned)geteuid());
+			bufferevent_enable(c->bev, EV_WRITE);
+			refuse(c, KIND_FORBIDDEN, "permission denied: this user may not use the keeper");
+			continue;
+		}
+		if (conns_of_uid(ctl, uid) > (size_t)ctl->k->cfg->max_conns_per_uid) {
+			log_warn("control: uid %u holds too many connections; refused pid %d", (unsigned)uid, (int)pid);
+			bufferevent_enable(c->bev, EV_WRITE);
+			refuse(c, KIND_BUSY, "too many connections from this user");
+			continue;
+		}
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+		log_debug("control: pid %d uid %u connected", (int)pid, (unsigned)uid);
+	}
+}
+
+int control_start(struct keeper *k, int listen_fd)
+{
+	struct control *ctl = calloc(1, sizeof(*ctl));
+
+	if (!ctl)
+		return -ENOMEM;
+	ctl->k = k;
+	ctl->fd = listen_fd;
+	if (k->cfg->group) {
+		struct group *gr = getgrnam(k->cfg->group);
+
+		if (!gr) {
+			log_error("control: group \"%s\" does not exist; only root and uid %u may connect",
+				  k->cfg->group, (unsigned)geteuid());
+		} else {
+			ctl->have_group = true;
+			ctl->group = gr->gr_gid;
+		}
+	}
+	fd_set_nonblock(listen_fd, 1);
+	fd_set_cloexec(listen_fd, 1);
+	ctl->accept_ev = event_new(k->base, listen_fd, EV_READ | EV_PERSIST, on_accept, ctl);
+	ctl->retry_timer = evtimer_new(k->base, retry_accept, ctl);
+	if (!ctl->accept_ev || !ctl->retry_timer || event_add(ctl->accept_ev, NULL) < 0) {
+		control_free(ctl);
+		return -ENOMEM;
+	}
+	k->control = ctl;
+	return 0;
+}
+
+struct control *control_free(struct control *ctl)
+{
+	if (!ctl)
+		return NULL;
+	while (ctl->conns)
+		conn_free(ctl->conns);
+	if (ctl->accept_ev)
+		event_free(ctl->accept_ev);
+	if (ctl->retry_timer)
+		event_free(ctl->retry_timer);
+	if (ctl->fd >= 0)
+		close(ctl->fd);
+	free(ctl);
+	return NULL;
+}

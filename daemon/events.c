@@ -1,0 +1,104 @@
+/*
+ * The event bus: one payload per event, delivered to every subscriber as a
+ * JSON-RPC notification `event` {type, data, timestamp}. Subscribers are
+ * control connections now and the http child's SSE stream later; events never
+ * carry token bytes (callers put names, times and error words in data).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <json-c/json.h>
+
+#include "frame.h"
+#include "keeper.h"
+#include "log.h"
+#include "proto.h"
+
+struct sink {
+	events_sink_fn fn;
+	void *ctx;
+};
+
+struct events {
+	struct sink *sinks;
+	size_t n, cap;
+};
+
+struct events *events_new(struct keeper *k)
+{
+	return calloc(1, sizeof(struct events));
+}
+
+struct events *events_free(struct events *ev)
+{
+	if (ev) {
+		free(ev->sinks);
+		free(ev);
+	}
+	return NULL;
+}
+
+int events_subscribe(struct keeper *k, events_sink_fn fn, void *ctx)
+{
+	struct events *ev = k->events;
+
+	if (ev->n == ev->cap) {
+		size_t cap = ev->cap ? ev->cap * 2 : 8;
+		struct sink *s = realloc(ev->sinks, cap * sizeof(*s));
+
+		if (!s)
+			return -ENOMEM;
+		ev->sinks = s;
+		ev->cap = cap;
+	}
+	ev->sinks[ev->n++] = (struct sink){ fn, ctx };
+	return 0;
+}
+
+void events_unsubscribe(struct keeper *k, void *ctx)
+{
+	struct events *ev = k->events;
+
+	for (size_t i = 0; i < ev->n;) {
+		if (ev->sinks[i].ctx == ctx)
+			ev->sinks[i] = ev->sinks[--ev->n];
+		else
+			i++;
+	}
+}
+
+static struct json_object *timestamp_now(void)
+{
+	struct timespec ts;
+	struct tm tm;
+	char buf[32], out[64];
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out, sizeof(out), "%s.%03dZ", buf, (int)(ts.tv_nsec / 1000000));
+	return json_object_new_string(out);
+}
+
+void events_emit(struct keeper *k, const char *type, struct json_object *data)
+{
+	struct events *ev = k->events;
+	struct json_object *params, *note;
+
+	params = json_object_new_object();
+	json_object_object_add(params, "type", json_object_new_string(type));
+	json_object_object_add(params, "data", data ? data : json_object_new_object());
+	json_object_object_add(params, "timestamp", timestamp_now());
+	note = rpc_notification(METHOD_EVENT, params);
+	if (!note)
+		return;
+	log_debug("event %s", type);
+	/* A sink may unsubscribe itself (a dead connection); walk a snapshot. */
+	for (size_t i = ev->n; i > 0; i--) {
+		if (i <= ev->n)
+			ev->sinks[i - 1].fn(ev->sinks[i - 1].ctx, note);
+	}
+	json_object_put(note);
+}

@@ -1,0 +1,372 @@
+/*
+ * The keeper's life: load the configuration, open the store, take the
+ * control socket (systemd's or our own), start the oauth child, load every
+ * server's schedule, then run one libevent loop until SIGTERM.
+ *
+ * SIGHUP reloads the configuration: servers added are scheduled, removed
+ * ones unscheduled, changed ones reloaded; a bad new file is logged and the
+ * old configuration stays.
+ *
+ * Under systemd: READY=1 once the socket and the store are up, STOPPING=1 on
+ * the way out, WATCHDOG=1 at half the watchdog interval.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <systemd/sd-daemon.h>
+
+#include "config.h"
+#include "keeper.h"
+#include "log.h"
+#include "paths.h"
+#include "proto.h"
+#include "secret.h"
+#include "sock.h"
+#include "store.h"
+
+/* Clock checks and log checkpoints. */
+#define MAINTENANCE_SEC 2
+#define CLOCK_JUMP_MS 1500
+#define CHECKPOINT_EVERY 150 /* maintenance ticks: 5 min */
+
+int64_t keeper_now(void)
+{
+	return (int64_t)time(NULL);
+}
+
+int64_t keeper_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct server *keeper_find_server(struct keeper *k, const char *name)
+{
+	for (size_t i = 0; i < k->n_servers; i++)
+		if (strcmp(k->servers[i]->name, name) == 0)
+			return k->servers[i];
+	return NULL;
+}
+
+static struct server *server_new(struct keeper *k, const struct config_server *cs)
+{
+	struct server *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	s->k = k;
+	s->name = strdup(cs->name);
+	s->conf = cs;
+	s->heap_idx = -1;
+	if (!s->name || store_server_key(cs->name, cs->url, s->key, sizeof(s->key)) < 0) {
+		free(s->name);
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+static void server_free(struct keeper *k, struct server *s)
+{
+	refresh_forget(k, s);
+	free(s->name);
+	free(s);
+}
+
+/* Whether a server's OAuth identity (and so its schedule) survives a reload. */
+static bool same_oauth(const struct config_server *a, const struct config_server *b)
+{
+	return a->oauth_enabled == b->oauth_enabled && a->enabled == b->enabled &&
+	       !strcmp(a->url ? a->url : "", b->url ? b->url : "");
+}
+
+/*
+ * Makes k->servers match cfg, keeping the state of servers whose identity did
+ * not change. Takes ownership of cfg.
+ */
+static int apply_config(struct keeper *k, struct config *cfg)
+{
+	struct server **next = calloc(cfg->n_servers ? cfg->n_servers : 1, sizeof(*next));
+	bool *fresh = calloc(cfg->n_servers ? cfg->n_servers : 1, sizeof(*fresh));
+	struct config *old = k->cfg;
+
+	if (!next || !fresh) {
+		free(next);
+		free(fresh);
+		config_free(cfg);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < cfg->n_servers; i++) {
+		const struct config_server *cs = &cfg->servers[i];
+		struct server *s = keeper_find_server(k, cs->name);
+
+		if (s && same_oauth(s->conf, cs)) {
+			s->conf = cs;
+			/* Taken over: remove from the old list. */
+			for (size_t j = 0; j < k->n_servers; j++)
+				if (k->servers[j] == s)
+					k->servers[j] = NULL;
+			next[i] = s;
+			continue;
+		}
+		next[i] = server_new(k, cs);
+		if (!next[i])
+			fatal("out of memory");
+		fresh[i] = true;
+		if (s)
+			log_info("%s: settings changed; reloading its token", cs->name);
+		else if (old)
+			log_info("%s: added", cs->name);
+	}
+	for (size_t j = 0; j < k->n_servers; j++) {
+		if (k->servers[j]) {
+			const struct config_server *still = config_find_server(cfg, k->servers[j]->name);
+
+			if (!still)
+				log_info("%s: removed", k->servers[j]->name);
+			server_free(k, k->servers[j]);
+		}
+	}
+	free(k->servers);
+	k->servers = next;
+	k->n_servers = cfg->n_servers;
+	k->cfg = cfg;
+	/* New servers (and changed ones) read their record now. */
+	for (size_t i = 0; i < k->n_servers; i++)
+		if (fresh[i])
+			refresh_load(k, k->servers[i]);
+	free(fresh);
+	config_free(old);
+	return 0;
+}
+
+static void reload(struct keeper *k)
+{
+	struct config *cfg = NULL;
+	char err[1024];
+
+	log_info("reloading %s", k->config_path);
+	if (config_load(k->config_path, k->system_mode, &cfg, err, sizeof(err)) < 0) {
+		log_error("reload refused, keeping the running configuration: %s", err);
+		return;
+	}
+	if (strcmp(cfg->data_dir, k->cfg->data_dir) != 0 || strcmp(cfg->runtime_dir, k->cfg->runtime_dir) != 0)
+		log_warn("reload: data_dir and runtime_dir changes take effect at the next start");
+	sd_notify(0, "RELOADING=1");
+	apply_config(k, cfg);
+	sd_notify(0, "READY=1");
+	log_info("configuration reloaded: %zu server(s)", k->n_servers);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct keeper *k = arg;
+
+	switch (sig) {
+	case SIGTERM:
+	case SIGINT:
+		log_info("stopping (signal %d)", (int)sig);
+		k->stopping = true;
+		sd_notify(0, "STOPPING=1");
+		event_base_loopexit(k->base, NULL);
+		break;
+	case SIGHUP:
+		reload(k);
+		break;
+	case SIGCHLD:
+		child_reap(k);
+		break;
+	}
+}
+
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	sd_notify(0, "WATCHDOG=1");
+}
+
+static void on_maintenance(evutil_socket_t fd, short what, void *arg)
+{
+	static int64_t offset;
+	static bool have_offset;
+	static unsigned ticks;
+	struct keeper *k = arg;
+	int64_t now = keeper_now_ms() - mono_ms();
+
+	/* The wall clock moved against the monotonic one: a jump or a resume. */
+	if (have_offset && llabs(now - offset) > CLOCK_JUMP_MS) {
+		log_info("wall clock moved by %+lld s; re-arming refresh timers", (long long)((now - offset) / 1000));
+		refresh_rearm_all(k);
+	}
+	offset = now;
+	have_offset = true;
+	if (++ticks % CHECKPOINT_EVERY == 0)
+		store_checkpoint(k->store);
+}
+
+/* The control socket: systemd's (LISTEN_FDS, name "control") or our own. */
+static int control_socket(struct keeper *k, int *fd)
+{
+	char **names = NULL, path[4096];
+	int n, r;
+
+	n = sd_listen_fds_with_names(1, &names);
+	if (n < 0)
+		log_warn("socket activation: %s", strerror(-n));
+	for (int i = 0; i < n; i++) {
+		bool take = *fd < 0 && (n == 1 || (names && strcmp(names[i], "control") == 0));
+
+		if (take)
+			*fd = SD_LISTEN_FDS_START + i;
+		else
+			close(SD_LISTEN_FDS_START + i);
+	}
+	if (names) {
+		for (int i = 0; i < n; i++)
+			free(names[i]);
+		free(names);
+	}
+	if (*fd >= 0) {
+		log_info("control socket from systemd");
+		return 0;
+	}
+
+	if (k->system_mode) {
+		if (mkdir(k->cfg->runtime_dir, 0750) < 0 && errno != EEXIST)
+			fatal("runtime directory %s: %m", k->cfg->runtime_dir);
+	} else {
+		char err[512];
+
+		if (paths_ensure_private_dir(k->cfg->runtime_dir, err, sizeof(err)) < 0 &&
+		    access(k->cfg->runtime_dir, W_OK) < 0)
+			fatal("runtime directory %s", err);
+	}
+	if (snprintf(path, sizeof(path), "%s/control.sock", k->cfg->runtime_dir) >= (int)sizeof(path))
+		fatal("runtime directory path too long");
+	r = sock_listen_unix(path, 0660, 128, fd);
+	if (r == SOCK_E_IN_USE)
+		fatal("another mcpkeeperd already answers on %s", path);
+	if (r < 0)
+		fatal("control socket %s: %s", path, strerror(-r));
+	log_info("control socket %s", path);
+	return 0;
+}
+
+static void no_core_dumps(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	if (setrlimit(RLIMIT_CORE, &rl) < 0)
+		fatal("setrlimit(RLIMIT_CORE): %m");
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		fatal("prctl(PR_SET_DUMPABLE): %m");
+}
+
+int keeper_run(const char *config_path, bool system_mode)
+{
+	struct keeper k = { .system_mode = system_mode };
+	struct config *cfg = NULL;
+	char err[1024];
+	int lfd = -1, r;
+
+	no_core_dumps();
+	signal(SIGPIPE, SIG_IGN);
+	k.config_path = strdup(config_path);
+	if (config_load(config_path, system_mode, &cfg, err, sizeof(err)) < 0)
+		fatal("%s", err);
+
+	k.base = event_base_new();
+	if (!k.base)
+		fatal("event_base_new failed");
+	k.cfg = cfg;
+	/* The socket first: a second keeper must stop before touching the store. */
+	control_socket(&k, &lfd);
+
+	if (store_load_master_key(cfg->data_dir, &k.master_key, err, sizeof(err)) < 0)
+		fatal("%s", err);
+	r = store_open(cfg->data_dir, k.master_key, &k.store, err, sizeof(err));
+	if (r)
+		fatal("%s", err);
+
+	k.events = events_new(&k);
+	k.refresh = refresh_new(&k);
+	k.oauth = child_new(&k, ROLE_OAUTH, CHILD_OAUTH_BIN);
+	if (!k.events || !k.refresh || !k.oauth)
+		fatal("out of memory");
+
+	k.sig_term = evsignal_new(k.base, SIGTERM, on_signal, &k);
+	k.sig_int = evsignal_new(k.base, SIGINT, on_signal, &k);
+	k.sig_hup = evsignal_new(k.base, SIGHUP, on_signal, &k);
+	k.sig_chld = evsignal_new(k.base, SIGCHLD, on_signal, &k);
+	evsignal_add(k.sig_term, NULL);
+	evsignal_add(k.sig_int, NULL);
+	evsignal_add(k.sig_hup, NULL);
+	evsignal_add(k.sig_chld, NULL);
+
+	k.cfg = NULL;
+	apply_config(&k, cfg);
+	if (control_start(&k, lfd) < 0)
+		fatal("control socket: out of memory");
+	if (child_start(k.oauth) < 0)
+		log_error("oauth child did not start; retrying with backoff");
+
+	{
+		struct timeval tv = { MAINTENANCE_SEC, 0 };
+
+		k.maintenance = event_new(k.base, -1, EV_PERSIST, on_maintenance, &k);
+		event_add(k.maintenance, &tv);
+	}
+	if (sd_watchdog_enabled(0, &k.watchdog_usec) > 0) {
+		struct timeval tv = { (time_t)(k.watchdog_usec / 2 / 1000000),
+				      (suseconds_t)(k.watchdog_usec / 2 % 1000000) };
+
+		k.watchdog = event_new(k.base, -1, EV_PERSIST, on_watchdog, &k);
+		event_add(k.watchdog, &tv);
+	}
+	sd_notifyf(0, "READY=1\nSTATUS=%zu server(s)\nMAINPID=%d", k.n_servers, (int)getpid());
+	log_info("mcpkeeperd %s ready: %zu server(s), %s mode", MCPKEEPER_VERSION, k.n_servers,
+		 system_mode ? "system" : "user");
+
+	event_base_dispatch(k.base);
+
+	k.stopping = true;
+	k.control = control_free(k.control);
+	for (size_t i = 0; i < k.n_servers; i++)
+		server_free(&k, k.servers[i]);
+	free(k.servers);
+	k.oauth = child_free(k.oauth);
+	k.refresh = refresh_free(k.refresh);
+	k.events = events_free(k.events);
+	k.store = store_close(k.store);
+	k.master_key = secret_free(k.master_key);
+	if (k.watchdog)
+		event_free(k.watchdog);
+	event_free(k.maintenance);
+	event_free(k.sig_term);
+	event_free(k.sig_int);
+	event_free(k.sig_hup);
+	event_free(k.sig_chld);
+	event_base_free(k.base);
+	config_free(k.cfg);
+	free(k.config_path);
+	log_info("stopped");
+	return 0;
+}

@@ -1,0 +1,139 @@
+/*
+ * The keeper's shared context. One struct keeper per process, passed
+ * explicitly; each module of mcpkeeperd (control.c, refresh.c, events.c,
+ * child.c) works on it through the functions declared here.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "store.h"
+
+struct event;
+struct event_base;
+struct json_object;
+struct config;
+struct config_server;
+struct secret;
+struct control;
+struct child;
+
+enum oauth_status {
+	OAUTH_NONE,		/* never logged in (no token record) */
+	OAUTH_AUTHENTICATED,
+	OAUTH_EXPIRED,		/* login needed */
+	OAUTH_ERROR,		/* refreshing keeps failing */
+};
+
+enum refresh_state {
+	REFRESH_IDLE,		/* nothing to refresh */
+	REFRESH_SCHEDULED,
+	REFRESH_REFRESHING,
+	REFRESH_RETRYING,
+	REFRESH_FAILED,		/* terminal: login needed */
+};
+
+/* Runtime state of one configured server. Schedule metadata only: token
+ * bytes stay sealed in the store until a refresh needs them. */
+struct server {
+	struct keeper *k;
+	char *name;
+	char key[STORE_SERVER_KEY_MAX];
+	const struct config_server *conf;	/* points into k->cfg */
+
+	enum oauth_status status;
+	int64_t obtained_at, expires_at;	/* unix seconds; 0: unknown */
+	bool has_refresh;
+
+	enum refresh_state rstate;
+	int retry_count;			/* failed attempts since the last success */
+	bool failed_reported;			/* oauth.refresh_failed sent for this run */
+	int64_t next_at_ms;			/* wall-clock due time; 0: none */
+	int heap_idx;				/* position in the ready queue; -1: not queued */
+	char last_error[256];
+	bool login_active;
+
+	struct event *timer;
+	bool in_flight;
+	int64_t request_id;			/* outstanding oauth.refresh */
+	struct secret *request_plain;		/* the record the refresh started from */
+};
+
+struct keeper {
+	struct event_base *base;
+	char *config_path;
+	bool system_mode;
+	struct config *cfg;
+	struct store *store;
+	struct secret *master_key;
+
+	struct server **servers;
+	size_t n_servers;
+
+	struct control *control;
+	struct child *oauth;
+	struct refresh *refresh;
+	struct events *events;
+
+	struct event *sig_term, *sig_int, *sig_hup, *sig_chld;
+	struct event *watchdog, *maintenance;
+	uint64_t watchdog_usec;
+	bool stopping;
+};
+
+/* keeper.c */
+int keeper_run(const char *config_path, bool system_mode);
+struct server *keeper_find_server(struct keeper *k, const char *name);
+int64_t keeper_now(void);	/* wall clock, unix seconds */
+int64_t keeper_now_ms(void);
+
+/* events.c: one payload, delivered to control subscribers (and later SSE). */
+struct events *events_new(struct keeper *k);
+struct events *events_free(struct events *ev);
+/* Takes ownership of data. */
+void events_emit(struct keeper *k, const char *type, struct json_object *data);
+typedef void (*events_sink_fn)(void *ctx, struct json_object *notification);
+int events_subscribe(struct keeper *k, events_sink_fn fn, void *ctx);
+void events_unsubscribe(struct keeper *k, void *ctx);
+
+/* control.c */
+int control_start(struct keeper *k, int listen_fd);
+struct control *control_free(struct control *c);
+/* The JSON of one server as status / auth.status report it. */
+struct json_object *control_server_json(const struct server *s, bool full);
+
+/* refresh.c */
+struct refresh *refresh_new(struct keeper *k);
+struct refresh *refresh_free(struct refresh *r);
+/* Reads the server's token record and puts it on its schedule. */
+void refresh_load(struct keeper *k, struct server *s);
+/* Drops a server from every queue and cancels what is in flight. */
+void refresh_forget(struct keeper *k, struct server *s);
+/* Re-arms every timer from wall-clock due times (clock jump, resume). */
+void refresh_rearm_all(struct keeper *k);
+/* Logout: delete the exact record, cancel, emit. 0, STORE_E_NOT_FOUND or -errno. */
+int refresh_logout(struct keeper *k, struct server *s);
+/* The oauth child (re)started or went away. */
+void refresh_child_ready(struct keeper *k);
+void refresh_child_lost(struct keeper *k);
+const char *oauth_status_name(enum oauth_status st);
+const char *refresh_state_name(enum refresh_state st);
+
+/* child.c: the oauth child (workers and the http child come later). */
+typedef void (*child_reply_fn)(struct keeper *k, void *ctx, struct json_object *result,
+			       struct json_object *error);
+struct child *child_new(struct keeper *k, const char *role, const char *binary);
+struct child *child_free(struct child *c);
+int child_start(struct child *c);
+bool child_ready(const struct child *c);
+pid_t child_pid(const struct child *c);
+/* Sends a request; fn runs once with the result or the error (also when the
+ * child dies: error kind "transient"). Takes ownership of params. */
+int child_request(struct child *c, const char *method, struct json_object *params, child_reply_fn fn,
+		  void *ctx, int64_t *id);
+/* Forgets the callback of an outstanding request (its reply is dropped). */
+void child_cancel(struct child *c, int64_t id);
+/* SIGCHLD: reap and restart with backoff. */
+void child_reap(struct keeper *k);

@@ -1,0 +1,656 @@
+/*
+ * The refresh engine. Every OAuth server with a token has a wall-clock due
+ * time: obtained_at + threshold x lifetime. When it comes, the server joins
+ * a ready queue ordered by token expiry (earliest deadline first), and at
+ * most refresh.max_in_flight refreshes run at once through the oauth child.
+ *
+ * Failures: transient ones get refresh.max_retries fast retries (1 s, 2 s,
+ * 4 s ...); when the last fast retry fails the server turns `error`, one
+ * oauth.refresh_failed is emitted, and retries go on with capped exponential
+ * backoff (30 s doubling to 5 min, with jitter) until one succeeds, the
+ * provider says invalid_grant, or the user logs out. Terminal failures stop
+ * at once: status `expired`, login needed.
+ *
+ * A successful refresh commits the new record with a compare-and-swap
+ * against the record the refresh started from, so a logout or login that
+ * happened meanwhile is never overwritten, and a rotated refresh token is
+ * durable before anything else learns of the new access token.
+ *
+ * Only schedule metadata lives here; a record is unsealed for the duration of
+ * one refresh.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <json-c/json.h>
+#include <sodium.h>
+
+#include "config.h"
+#include "frame.h"
+#include "keeper.h"
+#include "log.h"
+#include "proto.h"
+#include "secret.h"
+#include "store.h"
+#include "token.h"
+
+#define FAST_RETRY_BASE_MS 1000
+#define SLOW_RETRY_MIN_MS 30000
+#define SLOW_RETRY_MAX_MS 300000
+/* How long the keeper waits for the oauth child beyond the request timeout. */
+#define CHILD_GRACE_MS 15000
+
+struct refresh {
+	struct server **heap;	/* ready queue: min-heap on token expiry */
+	size_t n, cap;
+	int in_flight;
+};
+
+const char *oauth_status_name(enum oauth_status st)
+{
+	switch (st) {
+	case OAUTH_NONE:
+		return "none";
+	case OAUTH_AUTHENTICATED:
+		return "authenticated";
+	case OAUTH_EXPIRED:
+		return "expired";
+	case OAUTH_ERROR:
+		return "error";
+	}
+	return "?";
+}
+
+const char *refresh_state_name(enum refresh_state st)
+{
+	switch (st) {
+	case REFRESH_IDLE:
+		return "idle";
+	case REFRESH_SCHEDULED:
+		return "scheduled";
+	case REFRESH_REFRESHING:
+		return "refreshing";
+	case REFRESH_RETRYING:
+		return "retrying";
+	case REFRESH_FAILED:
+		return "failed";
+	}
+	return "?";
+}
+
+struct refresh *refresh_new(struct keeper *k)
+{
+	return calloc(1, sizeof(struct refresh));
+}
+
+struct refresh *refresh_free(struct refresh *r)
+{
+	if (r) {
+		free(r->heap);
+		free(r);
+	}
+	return NULL;
+}
+
+/* ---- ready queue ---- */
+
+static int64_t deadline(const struct server *s)
+{
+	return s->expires_at ? s->expires_at : INT64_MAX;
+}
+
+static void heap_swap(struct refresh *r, size_t a, size_t b)
+{
+	struct server *t = r->heap[a];
+
+	r->heap[a] = r->heap[b];
+	r->heap[b] = t;
+	r->heap[a]->heap_idx = (int)a;
+	r->heap[b]->heap_idx = (int)b;
+}
+
+static void heap_up(struct refresh *r, size_t i)
+{
+	while (i > 0 && deadline(r->heap[(i - 1) / 2]) > deadline(r->heap[i])) {
+		heap_swap(r, i, (i - 1) / 2);
+		i = (i - 1) / 2;
+	}
+}
+
+static void heap_down(struct refresh *r, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, m = i;
+
+		if (l < r->n && deadline(r->heap[l]) < deadline(r->heap[m]))
+			m = l;
+		if (l + 1 < r->n && deadline(r->heap[l + 1]) < deadline(r->heap[m]))
+			m = l + 1;
+		if (m == i)
+			return;
+		heap_swap(r, i, m);
+		i = m;
+	}
+}
+
+static int heap_push(struct refresh *r, struct server *s)
+{
+	if (s->heap_idx >= 0)
+		return 0;
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? r->cap * 2 : 64;
+		struct server **h = realloc(r->heap, cap * sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		r->heap = h;
+		r->cap = cap;
+	}
+	r->heap[r->n] = s;
+	s->heap_idx = (int)r->n++;
+	heap_up(r, r->n - 1);
+	return 0;
+}
+
+static void heap_remove(struct refresh *r, struct server *s)
+{
+	size_t i;
+
+	if (s->heap_idx < 0)
+		return;
+	i = (size_t)s->heap_idx;
+	s->heap_idx = -1;
+	if (i != --r->n) {
+		r->heap[i] = r->heap[r->n];
+		r->heap[i]->heap_idx = (int)i;
+		heap_down(r, i);
+		heap_up(r, i);
+	}
+}
+
+static struct server *heap_pop(struct refresh *r)
+{
+	struct server *s;
+
+	if (r->n == 0)
+		return NULL;
+	s = r->heap[0];
+	heap_remove(r, s);
+	return s;
+}
+
+/* ---- timers ---- */
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static void arm_at(struct server *s, int64_t at_ms)
+{
+	int64_t delay = at_ms - keeper_now_ms();
+	struct timeval tv;
+
+	if (!s->timer)
+		s->timer = evtimer_new(s->k->base, timer_cb, s);
+	if (delay < 0)
+		delay = 0;
+	tv.tv_sec = delay / 1000;
+	tv.tv_usec = (delay % 1000) * 1000;
+	evtimer_add(s->timer, &tv);
+}
+
+static void disarm(struct server *s)
+{
+	if (s->timer)
+		evtimer_del(s->timer);
+}
+
+static void dispatch(struct keeper *k);
+
+/* Puts the server on its regular schedule from its token's times. */
+static void schedule(struct keeper *k, struct server *s)
+{
+	double threshold = k->cfg->refresh.threshold;
+
+	s->next_at_ms = 0;
+	disarm(s);
+	if (!s->conf->enabled || s->status == OAUTH_NONE) {
+		s->rstate = REFRESH_IDLE;
+		return;
+	}
+	if (!s->has_refresh || s->expires_at == 0) {
+		/* Nothing to refresh with (or nothing expires): only watch expiry. */
+		s->rstate = REFRESH_IDLE;
+		if (s->expires_at && s->status == OAUTH_AUTHENTICATED)
+			arm_at(s, s->expires_at * 1000);
+		return;
+	}
+	s->next_at_ms = (int64_t)((double)s->obtained_at * 1000.0 +
+				  threshold * (double)(s->expires_at - s->obtained_at) * 1000.0);
+	s->rstate = REFRESH_SCHEDULED;
+	arm_at(s, s->next_at_ms);
+}
+
+static void enqueue(struct keeper *k, struct server *s)
+{
+	if (s->in_flight || s->heap_idx >= 0)
+		return;
+	if (heap_push(k->refresh, s) < 0) {
+		log_error("%s: out of memory queueing a refresh", s->name);
+		return;
+	}
+	dispatch(k);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+	struct keeper *k = s->k;
+
+	if (s->in_flight) {
+		/* The oauth child has not answered well past its own timeout. */
+		log_error("%s: the oauth child did not answer a refresh; restarting it", s->name);
+		if (k->oauth && child_pid(k->oauth) > 0)
+			kill(child_pid(k->oauth), SIGKILL);
+		return;
+	}
+	if (s->rstate == REFRESH_SCHEDULED || s->rstate == REFRESH_RETRYING) {
+		enqueue(k, s);
+		return;
+	}
+	if (s->status == OAUTH_AUTHENTICATED && s->expires_at && s->expires_at <= keeper_now()) {
+		log_info("%s: access token expired and there is no refresh token: login needed", s->name);
+		s->status = OAUTH_EXPIRED;
+	}
+}
+
+void refresh_rearm_all(struct keeper *k)
+{
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+
+		if (s->in_flight || s->heap_idx >= 0)
+			continue;
+		if (s->next_at_ms)
+			arm_at(s, s->next_at_ms);
+		else if (s->status == OAUTH_AUTHENTICATED && s->expires_at && !s->has_refresh)
+			arm_at(s, s->expires_at * 1000);
+	}
+}
+
+/* ---- outcomes ---- */
+
+static struct json_object *event_data(const struct server *s)
+{
+	struct json_object *d = json_object_new_object();
+
+	json_object_object_add(d, "server_name", json_object_new_string(s->name));
+	return d;
+}
+
+/* Ends the in-flight state; returns the record the refresh started from. */
+static struct secret *finish_request(struct keeper *k, struct server *s)
+{
+	struct secret *plain = s->request_plain;
+
+	s->request_plain = NULL;
+	if (s->in_flight) {
+		s->in_flight = false;
+		k->refresh->in_flight--;
+	}
+	disarm(s);
+	return plain;
+}
+
+static void refresh_failed(struct keeper *k, struct server *s, bool terminal, const char *error)
+{
+	struct json_object *d;
+	int64_t delay;
+	int max = k->cfg->refresh.max_retries;
+
+	snprintf(s->last_error, sizeof(s->last_error), "%s", error);
+	if (terminal) {
+		log_warn("%s: refresh refused (%s): login needed", s->name, error);
+		s->status = OAUTH_EXPIRED;
+		s->rstate = REFRESH_FAILED;
+		s->next_at_ms = 0;
+		d = event_data(s);
+		json_object_object_add(d, "error", json_object_new_string(error));
+		events_emit(k, EVENT_REFRESH_FAILED, d);
+		return;
+	}
+
+	s->retry_count++;
+	if (s->retry_count <= max) {
+		delay = (int64_t)FAST_RETRY_BASE_MS << (s->retry_count - 1);
+		log_warn("%s: refresh failed (%s); retry %d of %d in %lld s", s->name, error, s->retry_count,
+			 max, (long long)(delay / 1000));
+	} else {
+		int slow = s->retry_count - max - 1;
+
+		delay = SLOW_RETRY_MIN_MS;
+		while (slow-- > 0 && delay < SLOW_RETRY_MAX_MS)
+			delay *= 2;
+		if (delay > SLOW_RETRY_MAX_MS)
+			delay = SLOW_RETRY_MAX_MS;
+		/* +-10 % so that many servers failing together do not retry together. */
+		delay += (int64_t)randombytes_uniform((uint32_t)(delay / 5)) - delay / 10;
+		s->status = OAUTH_ERROR;
+		if (!s->failed_reported) {
+			s->failed_reported = true;
+			d = event_data(s);
+			json_object_object_add(d, "error", json_object_new_string(error));
+			events_emit(k, EVENT_REFRESH_FAILED, d);
+		}
+		log_warn("%s: refresh failed (%s) after %d attempts; next try in %lld s", s->name, error,
+			 s->retry_count, (long long)(delay / 1000));
+	}
+	s->rstate = REFRESH_RETRYING;
+	s->next_at_ms = keeper_now_ms() + delay;
+	arm_at(s, s->next_at_ms);
+}
+
+static void apply_token(struct server *s, const struct token *t)
+{
+	s->obtained_at = t->obtained_at;
+	s->expires_at = t->expires_at;
+	s->has_refresh = t->refresh_token != NULL;
+	if (t->expires_at && t->expires_at <= keeper_now())
+		s->status = t->refresh_token ? OAUTH_AUTHENTICATED : OAUTH_EXPIRED;
+	else
+		s->status = OAUTH_AUTHENTICATED;
+}
+
+static void refresh_succeeded(struct keeper *k, struct server *s, const struct secret *started,
+			      struct json_object *result)
+{
+	struct json_object *v;
+	struct secret *copy, *plain = NULL;
+	struct token old, t;
+	int64_t now = keeper_now(), expires_in = 0;
+	int r;
+
+	copy = secret_from(started->data, started->len);
+	if (!copy || token_decode(copy, &old) < 0) {
+		refresh_failed(k, s, false, "internal error decoding the token record");
+		return;
+	}
+	t = old;
+	t.plain = NULL;
+	if (!json_object_object_get_ex(result, "access_token", &v) || !json_object_is_type(v, json_type_string)) {
+		token_clear(&old);
+		refresh_failed(k, s, false, "oauth child returned no access token");
+		return;
+	}
+	t.access_token = json_object_get_string(v);
+	if (json_object_object_get_ex(result, "token_type", &v) && json_object_is_type(v, json_type_string))
+		t.token_type = json_object_get_string(v);
+	/* No refresh_token in the response: keep the one we have (RFC 6749 6). */
+	if (json_object_object_get_ex(result, "refresh_token", &v) && json_object_is_type(v, json_type_string))
+		t.refresh_token = json_object_get_string(v);
+	if (json_object_object_get_ex(result, "scope", &v) && json_object_is_type(v, json_type_string))
+		t.scope = json_object_get_string(v);
+	if (json_object_object_get_ex(result, "expires_in", &v))
+		expires_in = json_object_get_int64(v);
+	t.obtained_at = now;
+	t.expires_at = expires_in > 0 ? now + expires_in : 0;
+
+	r = token_encode(&t, &plain);
+	if (r == 0)
+		r = store_update(k->store, STORE_TOKENS, s->key, started, plain);
+	secret_free(plain);
+	if (r == STORE_E_CONFLICT) {
+		token_clear(&old);
+		log_info("%s: the token record changed during the refresh (logout or login); result dropped",
+			 s->name);
+		refresh_load(k, s);
+		return;
+	}
+	if (r != 0) {
+		token_clear(&old);
+		log_error("%s: storing the refreshed token failed: %s", s->name, store_strerror(r));
+		refresh_failed(k, s, false, "storing the refreshed token failed");
+		return;
+	}
+	apply_token(s, &t);
+	token_clear(&old);
+	s->retry_count = 0;
+	s->failed_reported = false;
+	s->last_error[0] = '\0';
+	log_info("%s: token refreshed, expires in %lld s", s->name, (long long)expires_in);
+	schedule(k, s);
+	{
+		struct json_object *d = event_data(s);
+
+		json_object_object_add(d, "expires_at", s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
+		events_emit(k, EVENT_TOKEN_REFRESHED, d);
+	}
+}
+
+static void on_reply(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct server *s = ctx;
+	struct secret *started;
+
+	if (!s->in_flight)
+		return;
+	started = finish_request(k, s);
+	if (result) {
+		refresh_succeeded(k, s, started, result);
+	} else {
+		struct json_object *data = NULL, *kind = NULL, *oerr = NULL, *msg = NULL;
+		bool terminal;
+		const char *why;
+
+		json_object_object_get_ex(error, "data", &data);
+		json_object_object_get_ex(data, "kind", &kind);
+		json_object_object_get_ex(data, "oauth_error", &oerr);
+		json_object_object_get_ex(error, "message", &msg);
+		terminal = kind && strcmp(json_object_get_string(kind), KIND_TERMINAL) == 0;
+		why = oerr ? json_object_get_string(oerr) : msg ? json_object_get_string(msg) : "unknown error";
+		refresh_failed(k, s, terminal, why);
+	}
+	secret_free(started);
+	dispatch(k);
+}
+
+/* ---- starting a refresh ---- */
+
+static void add_str(struct json_object *o, const char *key, const char *val)
+{
+	if (val)
+		json_object_object_add(o, key, json_object_new_string(val));
+}
+
+/* Starts one refresh, or settles why it cannot run. */
+static void start_refresh(struct keeper *k, struct server *s)
+{
+	const struct config_oauth *co = &s->conf->oauth;
+	struct secret *plain = NULL, *cplain = NULL, *copy;
+	struct oauth_client client = { 0 };
+	struct json_object *params;
+	struct token t;
+	const char *client_id, *client_secret, *method;
+	int r;
+
+	if (s->login_active || !s->conf->enabled)
+		return; /* login will reschedule; disabled servers wait */
+
+	r = store_get(k->store, STORE_TOKENS, s->key, &plain);
+	if (r == STORE_E_NOT_FOUND) {
+		s->status = OAUTH_NONE;
+		s->rstate = REFRESH_IDLE;
+		return;
+	}
+	if (r != 0) {
+		log_error("%s: token record %s: %s", s->name, s->key, store_strerror(r));
+		snprintf(s->last_error, sizeof(s->last_error), "token record: %s", store_strerror(r));
+		s->status = OAUTH_ERROR;
+		s->rstate = REFRESH_FAILED;
+		return;
+	}
+	copy = secret_from(plain->data, plain->len);
+	if (!copy || token_decode(copy, &t) < 0) {
+		secret_free(plain);
+		log_error("%s: token record %s does not decode", s->name, s->key);
+		s->status = OAUTH_ERROR;
+		s->rstate = REFRESH_FAILED;
+		snprintf(s->last_error, sizeof(s->last_error), "token record does not decode");
+		return;
+	}
+	if (!t.refresh_token || !t.token_endpoint) {
+		apply_token(s, &t);
+		token_clear(&t);
+		secret_free(plain);
+		schedule(k, s);
+		return;
+	}
+
+	client_id = co->client_id;
+	client_secret = co->client_secret;
+	if (store_get(k->store, STORE_CLIENTS, s->key, &cplain) == 0 && client_decode(cplain, &client) == 0) {
+		client_id = client.client_id;
+		client_secret = client.client_secret;
+	}
+	if (!client_id) {
+		token_clear(&t);
+		secret_free(plain);
+		client_clear(&client);
+		refresh_failed(k, s, true, "no client_id (configure oauth.client_id or log in again)");
+		return;
+	}
+	method = client.auth_method ? client.auth_method : client_secret ? "client_secret_basic" : "none";
+
+	params = json_object_new_object();
+	add_str(params, "server", s->name);
+	add_str(params, "token_endpoint", t.token_endpoint);
+	add_str(params, "refresh_token", t.refresh_token);
+	add_str(params, "client_id", client_id);
+	add_str(params, "client_secret", client_secret);
+	add_str(params, "auth_method", method);
+	add_str(params, "resource", t.resource ? t.resource : co->resource ? co->resource : s->conf->url);
+	json_object_object_add(params, "timeout_ms", json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
+	token_clear(&t);
+	client_clear(&client);
+
+	r = child_request(k->oauth, METHOD_OAUTH_REFRESH, params, on_reply, s, &s->request_id);
+	if (r < 0) {
+		secret_free(plain);
+		/* The child went away between dispatch and now: wait for it. */
+		heap_push(k->refresh, s);
+		return;
+	}
+	s->request_plain = plain;
+	s->in_flight = true;
+	s->rstate = REFRESH_REFRESHING;
+	k->refresh->in_flight++;
+	log_debug("%s: refreshing (attempt %d)", s->name, s->retry_count + 1);
+	/* Watch the child: it owes an answer within its own timeout. */
+	arm_at(s, keeper_now_ms() + (int64_t)k->cfg->refresh.timeout_sec * 1000 + CHILD_GRACE_MS);
+}
+
+static void dispatch(struct keeper *k)
+{
+	struct refresh *r = k->refresh;
+
+	while (r->in_flight < k->cfg->refresh.max_in_flight && child_ready(k->oauth)) {
+		struct server *s = heap_pop(r);
+
+		if (!s)
+			return;
+		start_refresh(k, s);
+	}
+}
+
+void refresh_child_ready(struct keeper *k)
+{
+	dispatch(k);
+}
+
+void refresh_child_lost(struct keeper *k)
+{
+	/* Outstanding requests fail through their callbacks (transient). */
+}
+
+/* ---- loading, forgetting, logout ---- */
+
+void refresh_load(struct keeper *k, struct server *s)
+{
+	struct secret *plain = NULL;
+	struct token t;
+	int r;
+
+	s->status = OAUTH_NONE;
+	s->obtained_at = s->expires_at = 0;
+	s->has_refresh = false;
+	if (!s->conf->oauth_enabled) {
+		s->rstate = REFRESH_IDLE;
+		return;
+	}
+	r = store_get(k->store, STORE_TOKENS, s->key, &plain);
+	if (r == STORE_E_NOT_FOUND) {
+		schedule(k, s);
+		return;
+	}
+	if (r != 0 || token_decode(plain, &t) < 0) {
+		log_error("%s: token record %s: %s", s->name, s->key,
+			  r ? store_strerror(r) : "does not decode");
+		snprintf(s->last_error, sizeof(s->last_error), "token record: %s",
+			 r ? store_strerror(r) : "does not decode");
+		s->status = OAUTH_ERROR;
+		s->rstate = REFRESH_FAILED;
+		if (r)
+			secret_free(plain);
+		return;
+	}
+	apply_token(s, &t);
+	token_clear(&t);
+	schedule(k, s);
+	if (s->expires_at && s->expires_at <= keeper_now() && s->has_refresh)
+		log_info("%s: token expired while the keeper was away; refreshing now", s->name);
+}
+
+void refresh_forget(struct keeper *k, struct server *s)
+{
+	heap_remove(k->refresh, s);
+	if (s->in_flight) {
+		child_cancel(k->oauth, s->request_id);
+		secret_free(finish_request(k, s));
+		dispatch(k);
+	}
+	disarm(s);
+	if (s->timer) {
+		event_free(s->timer);
+		s->timer = NULL;
+	}
+	s->next_at_ms = 0;
+}
+
+int refresh_logout(struct keeper *k, struct server *s)
+{
+	struct json_object *d;
+	int r;
+
+	refresh_forget(k, s);
+	r = store_delete(k->store, STORE_TOKENS, s->key);
+	if (r < 0) {
+		log_error("%s: deleting the token record failed: %s", s->name, store_strerror(r));
+		refresh_load(k, s);
+		return r;
+	}
+	s->status = OAUTH_NONE;
+	s->rstate = REFRESH_IDLE;
+	s->obtained_at = s->expires_at = 0;
+	s->has_refresh = false;
+	s->retry_count = 0;
+	s->failed_reported = false;
+	s->last_error[0] = '\0';
+	log_info("%s: logged out%s", s->name, r == STORE_E_NOT_FOUND ? " (there was no token)" : "");
+	d = json_object_new_object();
+	json_object_object_add(d, "reason", json_object_new_string("oauth_logout"));
+	json_object_object_add(d, "server", json_object_new_string(s->name));
+	events_emit(k, EVENT_SERVERS_CHANGED, d);
+	return r;
+}
