@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -359,6 +360,15 @@ static _noreturn_ void exec_child(struct child *c, int fd)
 			log_error("%s child: cannot switch to user %s: %m", c->role, c->k->cfg->worker_user);
 			_exit(127);
 		}
+	}
+	/*
+	 * The unit gives the keeper CAP_SETUID/CAP_SETGID as ambient capabilities.
+	 * A switch between two non-root uids keeps ambient capabilities across
+	 * execve, which would let a child switch back to the keeper's user.
+	 */
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
+		log_error("%s child: cannot drop ambient capabilities: %m", c->role);
+		_exit(127);
 	}
 
 	for (size_t i = 0; keep[i]; i++) {
