@@ -1071,8 +1071,8 @@ static int json_parse(struct parser *p, const char *text, size_t len, struct jso
 /*
  * Duplicate key scan over text that json-c has accepted, so the grammar is
  * known to be good; every step still checks bounds and gives up cleanly if
- * something does not fit. json-c in strict mode also takes single-quoted
- * strings, hence both quote characters.
+ * something does not fit. json-c in strict mode still takes single-quoted
+ * object keys: the scan finds them and refuses them.
  */
 struct dupscan {
 	struct parser *p;
@@ -1155,6 +1155,10 @@ static int dup_object(struct dupscan *d, const char *path, unsigned depth)
 		dup_ws(d);
 		if (dup_string(d, &start, &end, &escaped) < 0)
 			return -EINVAL;
+		/* json-c lets single-quoted keys through; JSON does not. */
+		if (d->text[start] == '\'')
+			return fail(d->p, -EINVAL, NULL, "line %u: keys must be in double quotes",
+				    line_at(d->text, start));
 		key = dup_key(d->text + start, end - start, escaped);
 		if (!key)
 			return fail_oom(d->p);

@@ -111,6 +111,9 @@ static void test_bad_json(void)
 		    "config.json: line 4: unexpected end of data");
 	parse_fails("{\"a\": tru}", "config.json: line 1: boolean expected");
 	parse_fails("{\"a\": 1} trailing", "config.json: line 1: unexpected character");
+	/* json-c accepts single-quoted keys; JSON does not. */
+	parse_fails("{\n'a\\\\b': 1}", "config.json: line 2: keys must be in double quotes");
+	parse_fails("{'mcpServers': {}}", "config.json: line 1: keys must be in double quotes");
 	parse_fails("", "config.json: file is empty");
 	parse_fails(" \n\t", "config.json: file is empty");
 	parse_fails("{\"a\": \"\xff\"}", "config.json: line 1: invalid utf-8 string");
