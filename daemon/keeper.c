@@ -61,8 +61,9 @@ static int64_t mono_ms(void)
 
 struct server *keeper_find_server(struct keeper *k, const char *name)
 {
+	/* During a reload, servers already taken over are NULL here. */
 	for (size_t i = 0; i < k->n_servers; i++)
-		if (strcmp(k->servers[i]->name, name) == 0)
+		if (k->servers[i] && strcmp(k->servers[i]->name, name) == 0)
 			return k->servers[i];
 	return NULL;
 }
