@@ -47,8 +47,16 @@ static bool listen_pid_is_ours(void)
 
 bool paths_system_mode(bool flag_system)
 {
-	return flag_system || env_set("INVOCATION_ID") || env_set("NOTIFY_SOCKET") ||
-	       listen_pid_is_ours();
+	if (flag_system)
+		return true;
+	/*
+	 * A user manager (systemctl --user) starts its services with
+	 * XDG_RUNTIME_DIR set; the system manager does not. That tells a user
+	 * service, which stays in user mode, from the system service.
+	 */
+	if (env_set("XDG_RUNTIME_DIR"))
+		return false;
+	return env_set("INVOCATION_ID") || env_set("NOTIFY_SOCKET") || listen_pid_is_ours();
 }
 
 static int path_format(char *buf, size_t len, const char *fmt, ...) _printf_(3, 4);

@@ -1,8 +1,9 @@
 /*
  * Where things live, per mode (DESIGN.md, Configuration).
  *
- * System mode (--system, or started by systemd: INVOCATION_ID or
- * LISTEN_PID/NOTIFY_SOCKET set): /etc/mcpkeeper/config.json,
+ * System mode (--system, or started by the system's systemd: INVOCATION_ID,
+ * NOTIFY_SOCKET or our LISTEN_PID set, and no XDG_RUNTIME_DIR, which a user
+ * manager would have set): /etc/mcpkeeper/config.json,
  * /var/lib/mcpkeeper, /run/mcpkeeper.
  * User mode: $XDG_CONFIG_HOME/mcpkeeper/config.json (~/.config),
  * $XDG_STATE_HOME/mcpkeeper (~/.local/state), $XDG_RUNTIME_DIR/mcpkeeper.

@@ -29,6 +29,7 @@ static const struct field token_fields[] = {
 	{ 8, FIELD_STR, offsetof(struct token, issuer) },
 	{ 64, FIELD_INT, offsetof(struct token, obtained_at) },
 	{ 65, FIELD_INT, offsetof(struct token, expires_at) },
+	{ 66, FIELD_INT, offsetof(struct token, refused_at) },
 };
 
 static const struct field client_fields[] = {

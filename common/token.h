@@ -27,6 +27,8 @@ struct token {
 	const char *issuer;
 	int64_t obtained_at;		/* unix seconds */
 	int64_t expires_at;		/* unix seconds; 0: no expiry given */
+	int64_t refused_at;		/* the provider refused the refresh token
+					 * (invalid_grant): login needed; 0: no */
 	struct secret *plain;		/* owns the strings after token_decode() */
 };
 

@@ -46,6 +46,7 @@ struct server {
 	enum oauth_status status;
 	int64_t obtained_at, expires_at;	/* unix seconds; 0: unknown */
 	bool has_refresh;
+	bool refused;				/* provider refused the refresh token: login needed */
 
 	enum refresh_state rstate;
 	int retry_count;			/* failed attempts since the last success */

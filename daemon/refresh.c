@@ -220,6 +220,11 @@ static void schedule(struct keeper *k, struct server *s)
 		s->rstate = REFRESH_IDLE;
 		return;
 	}
+	if (s->refused) {
+		/* The provider refused the refresh token earlier: login needed. */
+		s->rstate = REFRESH_FAILED;
+		return;
+	}
 	if (!s->has_refresh || s->expires_at == 0) {
 		/* Nothing to refresh with (or nothing expires): only watch expiry. */
 		s->rstate = REFRESH_IDLE;
@@ -356,7 +361,13 @@ static void apply_token(struct server *s, const struct token *t)
 {
 	s->obtained_at = t->obtained_at;
 	s->expires_at = t->expires_at;
-	s->has_refresh = t->refresh_token != NULL;
+	s->has_refresh = t->refresh_token != NULL && !t->refused_at;
+	s->refused = t->refused_at != 0;
+	if (s->refused) {
+		s->status = OAUTH_EXPIRED;
+		snprintf(s->last_error, sizeof(s->last_error), "invalid_grant");
+		return;
+	}
 	if (t->expires_at && t->expires_at <= keeper_now())
 		s->status = t->refresh_token ? OAUTH_AUTHENTICATED : OAUTH_EXPIRED;
 	else
@@ -429,6 +440,29 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	}
 }
 
+/*
+ * Remembers in the record that the provider refused its refresh token, so a
+ * restarted keeper does not present the dead token again: login needed.
+ */
+static void mark_refused(struct keeper *k, struct server *s, const struct secret *started)
+{
+	struct secret *copy = secret_from(started->data, started->len), *plain = NULL;
+	struct token t;
+	int r;
+
+	if (!copy || token_decode(copy, &t) < 0)
+		return;
+	t.refused_at = keeper_now();
+	r = token_encode(&t, &plain);
+	if (r == 0)
+		r = store_update(k->store, STORE_TOKENS, s->key, started, plain);
+	if (r != 0 && r != STORE_E_CONFLICT)
+		log_warn("%s: could not record that the refresh token was refused: %s", s->name,
+			 store_strerror(r));
+	secret_free(plain);
+	token_clear(&t);
+}
+
 static void on_reply(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
 {
 	struct server *s = ctx;
@@ -450,6 +484,8 @@ static void on_reply(struct keeper *k, void *ctx, struct json_object *result, st
 		json_object_object_get_ex(error, "message", &msg);
 		terminal = kind && strcmp(json_object_get_string(kind), KIND_TERMINAL) == 0;
 		why = oerr ? json_object_get_string(oerr) : msg ? json_object_get_string(msg) : "unknown error";
+		if (terminal)
+			mark_refused(k, s, started);
 		refresh_failed(k, s, terminal, why);
 	}
 	secret_free(started);
@@ -585,6 +621,7 @@ void refresh_load(struct keeper *k, struct server *s)
 	s->status = OAUTH_NONE;
 	s->obtained_at = s->expires_at = 0;
 	s->has_refresh = false;
+	s->refused = false;
 	if (!s->conf->oauth_enabled) {
 		s->rstate = REFRESH_IDLE;
 		return;
@@ -644,6 +681,7 @@ int refresh_logout(struct keeper *k, struct server *s)
 	s->rstate = REFRESH_IDLE;
 	s->obtained_at = s->expires_at = 0;
 	s->has_refresh = false;
+	s->refused = false;
 	s->retry_count = 0;
 	s->failed_reported = false;
 	s->last_error[0] = '\0';

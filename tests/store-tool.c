@@ -11,6 +11,9 @@
  *                                                printing each index once committed
  *   store-tool DIR hold KEY                      write KEY in a transaction, print
  *                                                "holding", never commit (raw Berkeley DB)
+ *   store-tool DIR put-many FILE                 one token per line, tab-separated:
+ *       NAME URL ACCESS REFRESH OBTAINED_AT EXPIRES_AT TOKEN_ENDPOINT
+ *       (unix seconds; REFRESH or TOKEN_ENDPOINT "-" for none); prints the count
  *
  * It prints no token bytes: check-token compares inside the tool.
  */
@@ -23,6 +26,7 @@
 #include <unistd.h>
 
 #include <db.h>
+#include <sodium.h>
 
 #include "log.h"
 #include "secret.h"
@@ -87,6 +91,59 @@ static int list_one(const char *key, const struct secret *plain, int status, voi
 	       t.refresh_token ? "yes" : "no");
 	token_clear(&t);
 	return 0;
+}
+
+/* put-many: each line through store_put, as put-token does, with given times. */
+static int put_many(struct store *s, const char *file)
+{
+	FILE *f = strcmp(file, "-") == 0 ? stdin : fopen(file, "r");
+	char *line = NULL;
+	size_t cap = 0;
+	long n = 0, lineno = 0;
+	int r = 0;
+
+	if (!f)
+		fatal("%s: %m", file);
+	while (getline(&line, &cap, f) >= 0) {
+		char *field[7], *save = NULL, *p = line, key[STORE_SERVER_KEY_MAX];
+		struct secret *plain = NULL;
+		struct token t = { 0 };
+		int nf = 0;
+
+		lineno++;
+		line[strcspn(line, "\r\n")] = '\0';
+		if (!*line)
+			continue;
+		for (char *tok; nf < 7 && (tok = strtok_r(p, "\t", &save)); p = NULL)
+			field[nf++] = tok;
+		if (nf != 7 || strtok_r(NULL, "\t", &save))
+			fatal("%s:%ld: expected 7 tab-separated fields", file, lineno);
+		if (store_server_key(field[0], field[1], key, sizeof(key)))
+			fatal("%s:%ld: server name too long", file, lineno);
+		t.access_token = field[2];
+		t.refresh_token = strcmp(field[3], "-") ? field[3] : NULL;
+		t.token_type = "Bearer";
+		t.obtained_at = atoll(field[4]);
+		t.expires_at = atoll(field[5]);
+		t.token_endpoint = strcmp(field[6], "-") ? field[6] : NULL;
+		r = token_encode(&t, &plain);
+		if (r == 0)
+			r = store_put(s, STORE_TOKENS, key, plain);
+		secret_free(plain);
+		if (r) {
+			fprintf(stderr, "store-tool: %s:%ld: %s\n", file, lineno, store_strerror(r));
+			break;
+		}
+		n++;
+	}
+	if (line)
+		sodium_memzero(line, cap);
+	free(line);
+	if (f != stdin)
+		fclose(f);
+	if (r == 0)
+		printf("%ld\n", n);
+	return r;
 }
 
 /* Dies inside a write transaction on purpose, the way a crashed peer would. */
@@ -172,6 +229,8 @@ int main(int argc, char **argv)
 		r = store_list(s, STORE_TOKENS, list_one, NULL);
 	} else if (strcmp(cmd, "delete") == 0 && argc == 4) {
 		r = store_delete(s, STORE_TOKENS, argv[3]);
+	} else if (strcmp(cmd, "put-many") == 0 && argc == 4) {
+		r = put_many(s, argv[3]);
 	} else if (strcmp(cmd, "putloop") == 0 && argc == 4) {
 		setvbuf(stdout, NULL, _IOLBF, 0);
 		for (long i = 0;; i++) {

@@ -875,6 +875,7 @@ static void test_system_mode(void)
 	char pid[32];
 
 	TEST("paths_system_mode");
+	unsetenv("XDG_RUNTIME_DIR");
 	unsetenv("INVOCATION_ID");
 	unsetenv("NOTIFY_SOCKET");
 	unsetenv("LISTEN_PID");
@@ -896,6 +897,13 @@ static void test_system_mode(void)
 	setenv("LISTEN_PID", "x", 1);
 	CHECK(!paths_system_mode(false));
 	unsetenv("LISTEN_PID");
+	/* A user manager's service: started by systemd, but in user mode. */
+	setenv("INVOCATION_ID", "0123456789abcdef", 1);
+	setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
+	CHECK(!paths_system_mode(false));
+	CHECK(paths_system_mode(true));
+	unsetenv("INVOCATION_ID");
+	unsetenv("XDG_RUNTIME_DIR");
 }
 
 static void test_paths_defaults(void)

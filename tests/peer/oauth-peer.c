@@ -1,0 +1,2270 @@
+/*
+ * mcpkeeper-test-peer: the upstream that mcpkeeper's tests and benchmarks run
+ * against. One process, one libevent loop, no threads: an OAuth 2.1
+ * authorization server (discovery, dynamic registration, authorization code
+ * with PKCE, refresh with rotation and reuse detection, revocation) and an MCP
+ * server on streamable HTTP that trusts only the access tokens it issued.
+ *
+ * It is a test tool, not a product: tokens are random strings held in plain
+ * heap memory, state lives only in memory, and running out of memory ends the
+ * process. What it must get right is the protocol behaviour the keeper relies
+ * on, and it must never block its loop, so that it can take a thousand
+ * concurrent refreshes and still report how many it saw at once.
+ *
+ * Listens on 127.0.0.1 only, so the /test/ endpoints are reachable only from
+ * this host. Prints "PORT <n>" on stdout once listening, and with --port-file
+ * writes "PORT <n>\nPID <pid>\n" there (atomically, by rename).
+ *
+ * Endpoints:
+ *   GET  /.well-known/oauth-protected-resource[/mcp]   RFC 9728
+ *   GET  /.well-known/oauth-authorization-server       RFC 8414
+ *   GET  /.well-known/openid-configuration             the same document
+ *   POST /register    RFC 7591; default token_endpoint_auth_method is
+ *                     client_secret_basic, as the RFC says
+ *   GET  /authorize   auto-approves: 302 to redirect_uri with code, state, iss
+ *   POST /token       authorization_code and refresh_token grants
+ *   POST /revoke      RFC 7009; a refresh token revokes its whole family
+ *   POST|DELETE /mcp  MCP (GET: 405, no server-initiated stream)
+ *   POST /test/fail   {"mode": "500"|"429"|"hang"|"malformed"|"invalid_grant",
+ *                      "count": N} queues failures for the next token requests
+ *   GET  /test/stats  counters; POST /test/reset zeroes them and drops queued
+ *                     failures; POST /test/config changes token_lifetime,
+ *                     grace, rotate, require_resource, hang_seconds, sse
+ *
+ * Choices a test may rely on:
+ * - A dynamically registered confidential client must authenticate the way it
+ *   registered (basic or post); the --client-id client may use either.
+ * - Rotation: every successful refresh issues a new refresh token and retires
+ *   the presented one. Presenting a retired one is reuse: invalid_grant, and
+ *   the whole family (every access and refresh token from that login) is
+ *   revoked. With --grace N, the refresh token retired most recently is
+ *   accepted once within N seconds of its retirement; that exchange is treated
+ *   as a refresh of the family's current token: a fresh access token and a
+ *   fresh refresh token, the current one being retired in turn. The keeper
+ *   losing a rotated token in a crash thus recovers with a usable pair.
+ * - Injected failures apply at arrival, in the order queued, to any POST
+ *   /token whose form parses; they consume no code and rotate nothing.
+ *   "hang" answers 503 after --hang-seconds; a client normally gives up first.
+ * - /mcp requires Mcp-Session-Id after initialize (400 without, 404 unknown);
+ *   sessions are not bound to a token, so a refresh mid-session keeps working.
+ * - mcp_requests counts every request on /mcp, authorized or not.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <json-c/json.h>
+#include <sodium.h>
+
+#include "frame.h"
+#include "log.h"
+#include "proto.h"
+#include "util.h"
+
+#define PEER_NAME "mcpkeeper-test-peer"
+#define PEER_MAX_BODY (1024 * 1024)
+#define PEER_MAX_HEADERS (64 * 1024)
+#define PEER_CONN_TIMEOUT_S 300
+#define CODE_LIFETIME_MS 60000
+#define SWEEP_INTERVAL_S 10
+#define MAX_FORM_PARAMS 32
+#define SLOW_MAX_MS 600000
+#define LIMIT_SECONDS 10000000L
+#define DEFAULT_SCOPE "mcp"
+/* 32 random bytes in base64url without padding: 43 characters and a NUL. */
+#define TOKEN_CHARS sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_URLSAFE_NO_PADDING)
+
+static const char *const mcp_versions[] = { "2025-06-18", "2025-03-26", "2024-11-05" };
+
+/* ---- state ---------------------------------------------------------- */
+
+/* A string-keyed hash table (chained, SipHash via libsodium). The key is
+ * borrowed from the value, which must outlive its entry. */
+struct tentry {
+	struct tentry *next;
+	const char *key;
+	void *val;
+};
+
+struct table {
+	struct tentry **buckets;
+	size_t nbuckets;
+	size_t count;
+	void (*free_val)(void *val);
+	unsigned char hkey[crypto_shorthash_KEYBYTES];
+};
+
+enum auth_method {
+	AUTH_NONE,		/* public client */
+	AUTH_BASIC,
+	AUTH_POST,
+	AUTH_ANY,		/* --client-id: basic or post */
+};
+
+struct client {
+	char *id;
+	char *secret;			/* NULL for a public client */
+	enum auth_method method;
+	struct json_object *redirect_uris; /* NULL: any loopback URI */
+};
+
+struct code {
+	char code[TOKEN_CHARS];
+	char *client_id;
+	char *redirect_uri;
+	char *challenge;
+	char *scope;
+	char *resource;			/* NULL when authorize had none */
+	int64_t expires_ms;
+};
+
+struct rtoken;
+
+/* Everything issued from one authorization code: revoking the family
+ * invalidates all its access and refresh tokens. Families live until exit,
+ * because retired refresh tokens point at them for reuse detection. */
+struct family {
+	struct family *next;
+	char *client_id;
+	char *scope;
+	char *resource;
+	struct rtoken *current;		/* the refresh token the client should hold */
+	int revoked;
+};
+
+struct atoken {
+	char token[TOKEN_CHARS];
+	struct family *fam;
+	int64_t expires_ms;
+	int revoked;
+};
+
+/* Refresh tokens are kept until exit, retired ones too: that is what makes
+ * reuse detectable. */
+struct rtoken {
+	char token[TOKEN_CHARS];
+	struct family *fam;
+	struct rtoken *successor;	/* set when rotated away */
+	int64_t rotated_ms;
+	int grace_used;
+};
+
+enum fail_mode {
+	FAIL_500,
+	FAIL_429,
+	FAIL_HANG,
+	FAIL_MALFORMED,
+	FAIL_INVALID_GRANT,
+};
+
+static const char *const fail_names[] = {
+	[FAIL_500] = "500",
+	[FAIL_429] = "429",
+	[FAIL_HANG] = "hang",
+	[FAIL_MALFORMED] = "malformed",
+	[FAIL_INVALID_GRANT] = "invalid_grant",
+};
+
+struct failure {
+	struct failure *next;
+	enum fail_mode mode;
+	long remaining;
+};
+
+/* A request answered later from a timer: a hung token request or a slow
+ * tool call. Every pending request is answered exactly once, at the latest
+ * at shutdown, because libevent frees a request only after its reply. */
+enum pending_kind {
+	PENDING_HANG,
+	PENDING_SLOW,
+};
+
+struct pending {
+	struct pending *next, *prev;
+	struct peer *peer;
+	struct evhttp_request *req;
+	struct event *timer;
+	enum pending_kind kind;
+	int sse;			/* slow: the SSE stream has been started */
+	struct json_object *reply;	/* slow: the JSON-RPC response to send */
+};
+
+struct stats {
+	long long token_grants;
+	long long refresh_grants;
+	long long refresh_requests;
+	long long failures_injected;
+	long long reused_refresh_tokens;
+	long long unauthorized;
+	long long mcp_requests;
+	long long in_flight;
+	long long max_in_flight;
+	long long registrations;
+	long long revocations;
+};
+
+struct peer_options {
+	long port;
+	const char *port_file;
+	long token_lifetime;
+	long grace;
+	long hang_seconds;
+	int rotate;
+	int require_resource;
+	int sse;
+	int verbose;
+	const char *client_id;
+	const char *client_secret;
+};
+
+struct peer {
+	struct peer_options opt;
+	struct event_base *base;
+	struct evhttp *http;
+	struct event *sigterm, *sigint, *sweep;
+	int port;
+	char issuer[64];
+	char resource[80];
+	char *prm_json;			/* RFC 9728 document */
+	char *as_json;			/* RFC 8414 document */
+	struct table clients, codes, atokens, rtokens, sessions;
+	struct family *families;
+	struct failure *fail_head, *fail_tail;
+	struct pending *pending;
+	struct stats stats;
+};
+
+/* ---- small helpers -------------------------------------------------- */
+
+static void *xmalloc(size_t n)
+{
+	void *p = calloc(1, n);
+
+	if (!p)
+		fatal("out of memory");
+	return p;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *d;
+
+	if (!s)
+		return NULL;
+	d = strdup(s);
+	if (!d)
+		fatal("out of memory");
+	return d;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* nbytes random bytes as base64url without padding into out. */
+static void random_b64(char *out, size_t outlen, size_t nbytes)
+{
+	unsigned char bin[32];
+
+	if (nbytes > sizeof(bin))
+		nbytes = sizeof(bin);
+	randombytes_buf(bin, nbytes);
+	sodium_bin2base64(out, outlen, bin, nbytes, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+}
+
+static int streq(const char *a, const char *b)
+{
+	return a && b && strcmp(a, b) == 0;
+}
+
+static int str_in_array(struct json_object *arr, const char *s)
+{
+	size_t n = json_object_array_length(arr);
+
+	for (size_t i = 0; i < n; i++)
+		if (streq(json_object_get_string(json_object_array_get_idx(arr, i)), s))
+			return 1;
+	return 0;
+}
+
+static int parse_long(const char *s, long min, long max, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < min || v > max)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* ---- hash table ----------------------------------------------------- */
+
+static void table_init(struct table *t, void (*free_val)(void *))
+{
+	t->nbuckets = 64;
+	t->buckets = xmalloc(t->nbuckets * sizeof(*t->buckets));
+	t->count = 0;
+	t->free_val = free_val;
+	crypto_shorthash_keygen(t->hkey);
+}
+
+static size_t table_slot(const struct table *t, const char *key, size_t nbuckets)
+{
+	unsigned char h[crypto_shorthash_BYTES];
+	uint64_t v;
+
+	crypto_shorthash(h, (const unsigned char *)key, strlen(key), t->hkey);
+	memcpy(&v, h, sizeof(v));
+	return (size_t)(v % nbuckets);
+}
+
+static struct tentry **table_find(struct table *t, const char *key)
+{
+	struct tentry **e = &t->buckets[table_slot(t, key, t->nbuckets)];
+
+	while (*e && strcmp((*e)->key, key) != 0)
+		e = &(*e)->next;
+	return e;
+}
+
+static void *table_get(struct table *t, const char *key)
+{
+	struct tentry *e;
+
+	if (!key)
+		return NULL;
+	e = *table_find(t, key);
+	return e ? e->val : NULL;
+}
+
+static void table_put(struct table *t, const char *key, void *val)
+{
+	struct tentry *e;
+	size_t slot;
+
+	if (t->count >= t->nbuckets) {
+		size_t n = t->nbuckets * 2;
+		struct tentry **b = xmalloc(n * sizeof(*b));
+
+		for (size_t i = 0; i < t->nbuckets; i++) {
+			while ((e = t->buckets[i])) {
+				t->buckets[i] = e->next;
+				slot = table_slot(t, e->key, n);
+				e->next = b[slot];
+				b[slot] = e;
+			}
+		}
+		free(t->buckets);
+		t->buckets = b;
+		t->nbuckets = n;
+	}
+	e = xmalloc(sizeof(*e));
+	e->key = key;
+	e->val = val;
+	slot = table_slot(t, key, t->nbuckets);
+	e->next = t->buckets[slot];
+	t->buckets[slot] = e;
+	t->count++;
+}
+
+/* Removes key's entry and hands its value to the caller. */
+static void *table_take(struct table *t, const char *key)
+{
+	struct tentry **pe = table_find(t, key), *e = *pe;
+	void *val;
+
+	if (!e)
+		return NULL;
+	*pe = e->next;
+	val = e->val;
+	free(e);
+	t->count--;
+	return val;
+}
+
+/* Frees every entry for which dead() says so (all of them when dead is NULL). */
+static void table_sweep(struct table *t, int (*dead)(const void *val, int64_t now), int64_t now)
+{
+	for (size_t i = 0; i < t->nbuckets; i++) {
+		struct tentry **pe = &t->buckets[i];
+
+		while (*pe) {
+			struct tentry *e = *pe;
+
+			if (dead && !dead(e->val, now)) {
+				pe = &e->next;
+				continue;
+			}
+			*pe = e->next;
+			t->free_val(e->val);
+			free(e);
+			t->count--;
+		}
+	}
+}
+
+static void table_free(struct table *t)
+{
+	table_sweep(t, NULL, 0);
+	free(t->buckets);
+	t->buckets = NULL;
+}
+
+static void client_free(void *v)
+{
+	struct client *c = v;
+
+	free(c->id);
+	free(c->secret);
+	json_object_put(c->redirect_uris);
+	free(c);
+}
+
+static void code_free(void *v)
+{
+	struct code *c = v;
+
+	if (!c)
+		return;
+	free(c->client_id);
+	free(c->redirect_uri);
+	free(c->challenge);
+	free(c->scope);
+	free(c->resource);
+	free(c);
+}
+
+static int code_dead(const void *v, int64_t now)
+{
+	return ((const struct code *)v)->expires_ms <= now;
+}
+
+static int atoken_dead(const void *v, int64_t now)
+{
+	const struct atoken *a = v;
+
+	return a->revoked || a->fam->revoked || a->expires_ms <= now;
+}
+
+/* ---- replies -------------------------------------------------------- */
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+	switch (cmd) {
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_DELETE:
+		return "DELETE";
+	default:
+		return "OTHER";
+	}
+}
+
+static const char *request_path(struct evhttp_request *req)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+
+	return path && *path ? path : "/";
+}
+
+/* Method, path (never the query: it may carry a code) and status only. */
+static void log_request(struct evhttp_request *req, int code)
+{
+	if (log_get_level() >= LOG_LEVEL_INFO)
+		log_info("%s %s %d", method_name(evhttp_request_get_command(req)), request_path(req), code);
+}
+
+static void add_header(struct evhttp_request *req, const char *key, const char *value)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(req), key, value);
+}
+
+static void reply_raw(struct evhttp_request *req, int code, const char *ctype, const char *body, size_t len)
+{
+	if (ctype)
+		add_header(req, "Content-Type", ctype);
+	if (body && len)
+		evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+	log_request(req, code);
+	evhttp_send_reply(req, code, NULL, NULL);
+}
+
+static void reply_text(struct evhttp_request *req, int code, const char *text)
+{
+	reply_raw(req, code, "text/plain; charset=utf-8", text, strlen(text));
+}
+
+/* Sends obj as the JSON body and drops the caller's reference. */
+static void reply_json(struct evhttp_request *req, int code, struct json_object *obj)
+{
+	const char *s;
+
+	if (!obj) {
+		reply_text(req, 500, "out of memory\n");
+		return;
+	}
+	s = json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	reply_raw(req, code, "application/json", s, strlen(s));
+	json_object_put(obj);
+}
+
+/* RFC 6749 5.2 error; token-endpoint answers are never cached. */
+static void oauth_error(struct evhttp_request *req, int code, const char *error, const char *description)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "error", json_object_new_string(error));
+	if (description)
+		json_object_object_add(o, "error_description", json_object_new_string(description));
+	add_header(req, "Cache-Control", "no-store");
+	add_header(req, "Pragma", "no-cache");
+	if (code == 401)
+		add_header(req, "WWW-Authenticate", "Basic realm=\"" PEER_NAME "\"");
+	reply_json(req, code, o);
+}
+
+static void reply_method_not_allowed(struct evhttp_request *req, const char *allow)
+{
+	add_header(req, "Allow", allow);
+	reply_text(req, 405, "method not allowed\n");
+}
+
+/* ---- request bodies ------------------------------------------------- */
+
+/*
+ * The body as a NUL-terminated copy. libevent already refuses bodies over
+ * PEER_MAX_BODY with 413 before buffering them (evhttp_set_max_body_size);
+ * the check here keeps that true should the server setup ever change.
+ * Returns 0, or the HTTP status to answer with.
+ */
+static int body_string(struct evhttp_request *req, char **out, size_t *len_out)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(in);
+	char *s;
+
+	*out = NULL;
+	if (len > PEER_MAX_BODY)
+		return 413;
+	s = xmalloc(len + 1);
+	if (evbuffer_copyout(in, s, len) != (ev_ssize_t)len) {
+		free(s);
+		return 500;
+	}
+	s[len] = '\0';
+	*out = s;
+	if (len_out)
+		*len_out = len;
+	return 0;
+}
+
+static int has_duplicates(const struct evkeyvalq *q)
+{
+	const struct evkeyval *a, *b;
+	int n = 0;
+
+	TAILQ_FOREACH(a, q, next) {
+		if (++n > MAX_FORM_PARAMS)
+			return 1;
+		for (b = TAILQ_NEXT(a, next); b; b = TAILQ_NEXT(b, next))
+			if (strcmp(a->key, b->key) == 0)
+				return 1;
+	}
+	return 0;
+}
+
+/* RFC 6749 3.1: a parameter sent without a value counts as omitted. */
+static const char *form_get(const struct evkeyvalq *q, const char *key)
+{
+	const char *v = evhttp_find_header(q, key);
+
+	return v && *v ? v : NULL;
+}
+
+/* Parses an application/x-www-form-urlencoded body into q (always
+ * initialised; clear it with evhttp_clear_headers). Returns 0 or a status. */
+static int form_parse(struct evhttp_request *req, struct evkeyvalq *q)
+{
+	const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+	_cleanup_(freep) char *body = NULL;
+	size_t len;
+	int r;
+
+	TAILQ_INIT(q);
+	if (!ctype || strncasecmp(ctype, "application/x-www-form-urlencoded", 33) != 0)
+		return 415;
+	r = body_string(req, &body, &len);
+	if (r)
+		return r;
+	if (strlen(body) != len)
+		return 400;
+	if (evhttp_parse_query_str(body, q) < 0 || has_duplicates(q))
+		return 400;
+	return 0;
+}
+
+/* A JSON object body, or NULL with *status set. */
+static struct json_object *json_body(struct evhttp_request *req, int *status)
+{
+	_cleanup_(freep) char *body = NULL;
+	struct json_tokener *tok;
+	struct json_object *obj;
+	size_t len;
+
+	*status = body_string(req, &body, &len);
+	if (*status)
+		return NULL;
+	while (len > 0 && strchr(" \t\r\n", body[len - 1]))
+		len--;
+	*status = 400;
+	if (len == 0 || len > INT32_MAX)
+		return NULL;
+	tok = json_tokener_new_ex(64);
+	if (!tok)
+		return NULL;
+	obj = json_tokener_parse_ex(tok, body, (int)len);
+	if (obj && json_tokener_get_parse_end(tok) != len) {
+		json_object_put(obj);
+		obj = NULL;
+	}
+	json_tokener_free(tok);
+	if (obj && !json_object_is_type(obj, json_type_object)) {
+		json_object_put(obj);
+		obj = NULL;
+	}
+	if (obj)
+		*status = 0;
+	return obj;
+}
+
+/* ---- discovery ------------------------------------------------------ */
+
+static struct json_object *string_array(const char *const *items, size_t n)
+{
+	struct json_object *a = json_object_new_array();
+
+	for (size_t i = 0; i < n; i++)
+		json_object_array_add(a, json_object_new_string(items[i]));
+	return a;
+}
+
+static char *json_dup(struct json_object *o)
+{
+	char *s = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+
+	json_object_put(o);
+	return s;
+}
+
+static void add_endpoint(struct json_object *o, const char *key, const char *issuer, const char *path)
+{
+	char url[128];
+
+	snprintf(url, sizeof(url), "%s%s", issuer, path);
+	json_object_object_add(o, key, json_object_new_string(url));
+}
+
+static void discovery_build(struct peer *p)
+{
+	static const char *const grants[] = { "authorization_code", "refresh_token" };
+	static const char *const auths[] = { "none", "client_secret_basic", "client_secret_post" };
+	static const char *const s256[] = { "S256" };
+	static const char *const code[] = { "code" };
+	static const char *const scopes[] = { DEFAULT_SCOPE };
+	static const char *const header[] = { "header" };
+	struct json_object *o;
+
+	snprintf(p->issuer, sizeof(p->issuer), "http://127.0.0.1:%d", p->port);
+	snprintf(p->resource, sizeof(p->resource), "%s/mcp", p->issuer);
+
+	o = json_object_new_object();
+	json_object_object_add(o, "resource", json_object_new_string(p->resource));
+	json_object_object_add(o, "authorization_servers", string_array((const char *const[]){ p->issuer }, 1));
+	json_object_object_add(o, "bearer_methods_supported", string_array(header, 1));
+	json_object_object_add(o, "scopes_supported", string_array(scopes, 1));
+	p->prm_json = json_dup(o);
+
+	o = json_object_new_object();
+	json_object_object_add(o, "issuer", json_object_new_string(p->issuer));
+	add_endpoint(o, "authorization_endpoint", p->issuer, "/authorize");
+	add_endpoint(o, "token_endpoint", p->issuer, "/token");
+	add_endpoint(o, "registration_endpoint", p->issuer, "/register");
+	add_endpoint(o, "revocation_endpoint", p->issuer, "/revoke");
+	json_object_object_add(o, "response_types_supported", string_array(code, 1));
+	json_object_object_add(o, "grant_types_supported", string_array(grants, ARRAY_SIZE(grants)));
+	json_object_object_add(o, "code_challenge_methods_supported", string_array(s256, 1));
+	json_object_object_add(o, "token_endpoint_auth_methods_supported", string_array(auths, ARRAY_SIZE(auths)));
+	json_object_object_add(o, "revocation_endpoint_auth_methods_supported",
+			       string_array(auths, ARRAY_SIZE(auths)));
+	json_object_object_add(o, "scopes_supported", string_array(scopes, 1));
+	json_object_object_add(o, "authorization_response_iss_parameter_supported", json_object_new_boolean(1));
+	p->as_json = json_dup(o);
+}
+
+static void handle_discovery(struct evhttp_request *req, const char *doc)
+{
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		reply_method_not_allowed(req, "GET");
+		return;
+	}
+	reply_raw(req, 200, "application/json", doc, strlen(doc));
+}
+
+/* ---- clients and redirect URIs -------------------------------------- */
+
+/* OAuth for native apps (RFC 8252 7.3): plain http on a loopback host only. */
+static int loopback_uri(const char *s, struct evhttp_uri **out)
+{
+	struct evhttp_uri *u = evhttp_uri_parse(s);
+	const char *host;
+
+	if (!u)
+		return 0;
+	host = evhttp_uri_get_host(u);
+	if (!streq(evhttp_uri_get_scheme(u), "http") || !host || evhttp_uri_get_fragment(u) ||
+	    evhttp_uri_get_userinfo(u) ||
+	    !(streq(host, "127.0.0.1") || streq(host, "localhost") || streq(host, "[::1]") || streq(host, "::1"))) {
+		evhttp_uri_free(u);
+		return 0;
+	}
+	if (out)
+		*out = u;
+	else
+		evhttp_uri_free(u);
+	return 1;
+}
+
+static int same_part(const char *a, const char *b)
+{
+	return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+/* A registered loopback redirect matches whatever port the client picks
+ * (RFC 8252 7.3); everything else about it must be equal. */
+static int redirect_matches(const char *registered, const char *given)
+{
+	struct evhttp_uri *r = NULL, *g = NULL;
+	int ok;
+
+	if (strcmp(registered, given) == 0)
+		return 1;
+	if (!loopback_uri(registered, &r))
+		return 0;
+	if (!loopback_uri(given, &g)) {
+		evhttp_uri_free(r);
+		return 0;
+	}
+	ok = same_part(evhttp_uri_get_host(r), evhttp_uri_get_host(g)) &&
+	     same_part(evhttp_uri_get_path(r), evhttp_uri_get_path(g)) &&
+	     same_part(evhttp_uri_get_query(r), evhttp_uri_get_query(g));
+	evhttp_uri_free(r);
+	evhttp_uri_free(g);
+	return ok;
+}
+
+static int client_redirect_ok(const struct client *c, const char *uri)
+{
+	size_t n;
+
+	if (!loopback_uri(uri, NULL))
+		return 0;
+	if (!c->redirect_uris)
+		return 1;
+	n = json_object_array_length(c->redirect_uris);
+	for (size_t i = 0; i < n; i++) {
+		const char *r = json_object_get_string(json_object_array_get_idx(c->redirect_uris, i));
+
+		if (r && redirect_matches(r, uri))
+			return 1;
+	}
+	return 0;
+}
+
+static const char *auth_method_name(enum auth_method m)
+{
+	switch (m) {
+	case AUTH_NONE:
+		return "none";
+	case AUTH_POST:
+		return "client_secret_post";
+	case AUTH_BASIC:
+	case AUTH_ANY:
+		break;
+	}
+	return "client_secret_basic";
+}
+
+static void handle_register(struct peer *p, struct evhttp_request *req)
+{
+	struct json_object *meta, *v, *uris, *o;
+	enum auth_method method = AUTH_BASIC;
+	struct client *c;
+	char id[TOKEN_CHARS], secret[TOKEN_CHARS];
+	int status;
+	size_t n;
+
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		reply_method_not_allowed(req, "POST");
+		return;
+	}
+	meta = json_body(req, &status);
+	if (!meta) {
+		oauth_error(req, status, "invalid_client_metadata", "body must be a JSON object");
+		return;
+	}
+	if (!json_object_object_get_ex(meta, "redirect_uris", &uris) || !json_object_is_type(uris, json_type_array) ||
+	    (n = json_object_array_length(uris)) == 0) {
+		oauth_error(req, 400, "invalid_redirect_uri", "redirect_uris must be a non-empty array");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *u = json_object_array_get_idx(uris, i);
+
+		if (!json_object_is_type(u, json_type_string) || !loopback_uri(json_object_get_string(u), NULL)) {
+			oauth_error(req, 400, "invalid_redirect_uri", "redirect URIs must be loopback http URIs");
+			goto out;
+		}
+	}
+	if (json_object_object_get_ex(meta, "token_endpoint_auth_method", &v)) {
+		const char *m = json_object_get_string(v);
+
+		if (streq(m, "none"))
+			method = AUTH_NONE;
+		else if (streq(m, "client_secret_post"))
+			method = AUTH_POST;
+		else if (!streq(m, "client_secret_basic")) {
+			oauth_error(req, 400, "invalid_client_metadata", "unsupported token_endpoint_auth_method");
+			goto out;
+		}
+	}
+	if (json_object_object_get_ex(meta, "grant_types", &v)) {
+		if (!json_object_is_type(v, json_type_array))
+			goto bad_grants;
+		n = json_object_array_length(v);
+		for (size_t i = 0; i < n; i++) {
+			const char *g = json_object_get_string(json_object_array_get_idx(v, i));
+
+			if (!streq(g, "authorization_code") && !streq(g, "refresh_token"))
+				goto bad_grants;
+		}
+	}
+	if (json_object_object_get_ex(meta, "response_types", &v) &&
+	    (!json_object_is_type(v, json_type_array) || json_object_array_length(v) != 1 ||
+	     !str_in_array(v, "code"))) {
+		oauth_error(req, 400, "invalid_client_metadata", "response_types must be [\"code\"]");
+		goto out;
+	}
+
+	random_b64(id, sizeof(id), 16);
+	c = xmalloc(sizeof(*c));
+	c->id = xstrdup(id);
+	c->method = method;
+	c->redirect_uris = json_object_get(uris);
+	if (method != AUTH_NONE) {
+		random_b64(secret, sizeof(secret), 32);
+		c->secret = xstrdup(secret);
+	}
+	table_put(&p->clients, c->id, c);
+	p->stats.registrations++;
+
+	/* RFC 7591 3.2.1: the registered metadata, plus what the server chose. */
+	o = json_object_new_object();
+	json_object_object_foreach(meta, key, val) {
+		if (strcmp(key, "client_id") != 0 && strcmp(key, "client_secret") != 0)
+			json_object_object_add(o, key, json_object_get(val));
+	}
+	json_object_object_add(o, "client_id", json_object_new_string(c->id));
+	json_object_object_add(o, "client_id_issued_at", json_object_new_int64((int64_t)time(NULL)));
+	json_object_object_add(o, "token_endpoint_auth_method", json_object_new_string(auth_method_name(method)));
+	if (c->secret) {
+		json_object_object_add(o, "client_secret", json_object_new_string(c->secret));
+		json_object_object_add(o, "client_secret_expires_at", json_object_new_int(0));
+	}
+	add_header(req, "Cache-Control", "no-store");
+	reply_json(req, 201, o);
+	sodium_memzero(secret, sizeof(secret));
+	goto out;
+
+bad_grants:
+	oauth_error(req, 400, "invalid_client_metadata", "grant_types may hold authorization_code and refresh_token");
+out:
+	json_object_put(meta);
+}
+
+/* ---- /authorize ----------------------------------------------------- */
+
+/* uri + (? or &) + key=value pairs, each value percent-encoded. */
+static char *uri_with_params(const char *uri, const char *const *kv, size_t n)
+{
+	struct evbuffer *b = evbuffer_new();
+	char sep = strchr(uri, '?') ? '&' : '?';
+	char *s;
+	size_t len;
+
+	if (!b)
+		fatal("out of memory");
+	evbuffer_add_printf(b, "%s", uri);
+	for (size_t i = 0; i + 1 < n; i += 2) {
+		char *enc;
+
+		if (!kv[i + 1])
+			continue;
+		enc = evhttp_encode_uri(kv[i + 1]);
+		if (!enc)
+			fatal("out of memory");
+		evbuffer_add_printf(b, "%c%s=%s", sep, kv[i], enc);
+		free(enc);
+		sep = '&';
+	}
+	len = evbuffer_get_length(b);
+	s = xmalloc(len + 1);
+	evbuffer_remove(b, s, len);
+	evbuffer_free(b);
+	return s;
+}
+
+static void authorize_redirect(struct evhttp_request *req, const char *redirect_uri, const char *const *kv,
+			       size_t n)
+{
+	_cleanup_(freep) char *location = uri_with_params(redirect_uri, kv, n);
+
+	add_header(req, "Location", location);
+	add_header(req, "Cache-Control", "no-store");
+	reply_raw(req, 302, NULL, NULL, 0);
+}
+
+/* RFC 6749 4.1.2.1: once client and redirect URI are trusted, errors go back
+ * to the client through the redirect. */
+static void authorize_error(struct peer *p, struct evhttp_request *req, const char *redirect_uri,
+			    const char *error, const char *state)
+{
+	const char *kv[] = { "error", error, "state", state, "iss", p->issuer };
+
+	authorize_redirect(req, redirect_uri, kv, ARRAY_SIZE(kv));
+}
+
+static int b64url_chars(const char *s, size_t min, size_t max)
+{
+	size_t n = strlen(s);
+
+	if (n < min || n > max)
+		return 0;
+	return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == n;
+}
+
+static void handle_authorize(struct peer *p, struct evhttp_request *req)
+{
+	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	const char *redirect_uri, *state, *challenge, *resource, *scope;
+	struct evkeyvalq q;
+	struct client *c;
+	struct code *code;
+
+	TAILQ_INIT(&q);
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		reply_method_not_allowed(req, "GET");
+		return;
+	}
+	if (!query || evhttp_parse_query_str(query, &q) < 0 || has_duplicates(&q)) {
+		reply_text(req, 400, "malformed authorization request\n");
+		goto out;
+	}
+	/* An unknown client or a redirect URI it did not register must not be
+	 * redirected to (RFC 6749 4.1.2.1): answer here instead. */
+	c = table_get(&p->clients, form_get(&q, "client_id"));
+	if (!c) {
+		reply_text(req, 400, "unknown client_id\n");
+		goto out;
+	}
+	redirect_uri = form_get(&q, "redirect_uri");
+	if (!redirect_uri || !client_redirect_ok(c, redirect_uri)) {
+		reply_text(req, 400, "redirect_uri missing, not loopback http, or not registered\n");
+		goto out;
+	}
+	state = form_get(&q, "state");
+	if (!streq(form_get(&q, "response_type"), "code")) {
+		authorize_error(p, req, redirect_uri, "unsupported_response_type", state);
+		goto out;
+	}
+	challenge = form_get(&q, "code_challenge");
+	if (!state || !challenge || !b64url_chars(challenge, 43, 43) ||
+	    !streq(form_get(&q, "code_challenge_method"), "S256")) {
+		authorize_error(p, req, redirect_uri, "invalid_request", state);
+		goto out;
+	}
+	resource = form_get(&q, "resource");
+	if (resource && !streq(resource, p->resource)) {
+		authorize_error(p, req, redirect_uri, "invalid_target", state);
+		goto out;
+	}
+	scope = form_get(&q, "scope");
+
+	code = xmalloc(sizeof(*code));
+	random_b64(code->code, sizeof(code->code), 32);
+	code->client_id = xstrdup(c->id);
+	code->redirect_uri = xstrdup(redirect_uri);
+	code->challenge = xstrdup(challenge);
+	code->scope = xstrdup(scope ? scope : DEFAULT_SCOPE);
+	code->resource = xstrdup(resource);
+	code->expires_ms = now_ms() + CODE_LIFETIME_MS;
+	table_put(&p->codes, code->code, code);
+	{
+		const char *kv[] = { "code", code->code, "state", state, "iss", p->issuer };
+
+		authorize_redirect(req, redirect_uri, kv, ARRAY_SIZE(kv));
+	}
+out:
+	evhttp_clear_headers(&q);
+}
+
+/* ---- /token: client authentication ----------------------------------- */
+
+static int secret_equal(const char *a, const char *b)
+{
+	size_t n = strlen(a);
+
+	return n == strlen(b) && sodium_memcmp(a, b, n) == 0;
+}
+
+/* Splits "Basic base64(id:secret)" (RFC 6749 2.3.1: each part form-encoded). */
+static int basic_credentials(const char *header, char **id, char **secret)
+{
+	unsigned char bin[1024];
+	size_t binlen;
+	const char *b64 = header + 6;
+	char *colon, *raw;
+
+	*id = *secret = NULL;
+	if (strncasecmp(header, "Basic ", 6) != 0)
+		return -EINVAL;
+	while (*b64 == ' ')
+		b64++;
+	if (sodium_base642bin(bin, sizeof(bin) - 1, b64, strlen(b64), NULL, &binlen, NULL,
+			      sodium_base64_VARIANT_ORIGINAL) < 0)
+		return -EINVAL;
+	bin[binlen] = '\0';
+	raw = (char *)bin;
+	colon = strchr(raw, ':');
+	if (!colon || memchr(bin, '\0', binlen))
+		return -EINVAL;
+	*colon = '\0';
+	*id = evhttp_uridecode(raw, 1, NULL);
+	*secret = evhttp_uridecode(colon + 1, 1, NULL);
+	sodium_memzero(bin, sizeof(bin));
+	if (!*id || !*secret) {
+		free(*id);
+		free(*secret);
+		*id = *secret = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/*
+ * Identifies and authenticates the client of a token or revocation request:
+ * client_secret_basic, client_secret_post, or a public client's client_id.
+ * On failure answers the request itself and returns NULL.
+ */
+static struct client *client_authenticate(struct peer *p, struct evhttp_request *req, const struct evkeyvalq *form)
+{
+	const char *authz = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	const char *form_id = form_get(form, "client_id"), *form_secret = form_get(form, "client_secret");
+	_cleanup_(freep) char *basic_id = NULL;
+	char *basic_secret = NULL;
+	const char *id, *secret;
+	enum auth_method used;
+	struct client *c = NULL;
+
+	if (authz) {
+		if (basic_credentials(authz, &basic_id, &basic_secret) < 0) {
+			oauth_error(req, 401, "invalid_client", "malformed Basic credentials");
+			return NULL;
+		}
+		/* RFC 6749 2.3: one authentication method per request. */
+		if (form_secret || (form_id && !streq(form_id, basic_id))) {
+			oauth_error(req, 400, "invalid_request", "more than one client authentication method");
+			goto out;
+		}
+		id = basic_id;
+		secret = basic_secret;
+		used = AUTH_BASIC;
+	} else {
+		id = form_id;
+		secret = form_secret;
+		used = secret ? AUTH_POST : AUTH_NONE;
+	}
+
+	c = table_get(&p->clients, id);
+	if (!c) {
+		oauth_error(req, 401, "invalid_client", "unknown client");
+		goto out;
+	}
+	if (!c->secret) {
+		if (used != AUTH_NONE) {
+			oauth_error(req, 401, "invalid_client", "public client presented a secret");
+			c = NULL;
+		}
+		goto out;
+	}
+	if (used == AUTH_NONE || (c->method != AUTH_ANY && c->method != used) || !secret_equal(c->secret, secret)) {
+		oauth_error(req, 401, "invalid_client", "client authentication failed");
+		c = NULL;
+	}
+out:
+	if (basic_secret) {
+		sodium_memzero(basic_secret, strlen(basic_secret));
+		free(basic_secret);
+	}
+	return c;
+}
+
+/* ---- /token: grants -------------------------------------------------- */
+
+static int pkce_verify(const char *verifier, const char *challenge)
+{
+	unsigned char hash[crypto_hash_sha256_BYTES];
+	char expect[sodium_base64_ENCODED_LEN(crypto_hash_sha256_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+	size_t n = strlen(verifier);
+
+	/* RFC 7636 4.1: 43 to 128 unreserved characters. */
+	if (n < 43 || n > 128 ||
+	    strspn(verifier, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~") != n)
+		return 0;
+	crypto_hash_sha256(hash, (const unsigned char *)verifier, n);
+	sodium_bin2base64(expect, sizeof(expect), hash, sizeof(hash), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+	return secret_equal(expect, challenge);
+}
+
+/* RFC 8707: a resource, when given or required, must name our MCP endpoint.
+ * Returns 0 when acceptable, or answers invalid_target and returns -1. */
+static int resource_check(struct peer *p, struct evhttp_request *req, const char *resource, const char *bound)
+{
+	const char *why = NULL;
+
+	if (!resource && p->opt.require_resource)
+		why = "resource is required";
+	else if (resource && !streq(resource, p->resource))
+		why = "unknown resource";
+	else if (resource && bound && !streq(resource, bound))
+		why = "resource differs from the authorization";
+	if (!why)
+		return 0;
+	oauth_error(req, 400, "invalid_target", why);
+	return -1;
+}
+
+/* Each space-separated scope of asked appears in granted. */
+static int scope_subset(const char *asked, const char *granted)
+{
+	_cleanup_(freep) char *a = xstrdup(asked);
+	char *save = NULL;
+
+	for (char *s = strtok_r(a, " ", &save); s; s = strtok_r(NULL, " ", &save)) {
+		size_t n = strlen(s);
+		const char *g = granted;
+		int found = 0;
+
+		while (!found && (g = strstr(g, s))) {
+			found = (g == granted || g[-1] == ' ') && (g[n] == '\0' || g[n] == ' ');
+			g += n;
+		}
+		if (!found)
+			return 0;
+	}
+	return 1;
+}
+
+static struct rtoken *rtoken_new(struct peer *p, struct family *fam)
+{
+	struct rtoken *rt = xmalloc(sizeof(*rt));
+
+	random_b64(rt->token, sizeof(rt->token), 32);
+	rt->fam = fam;
+	table_put(&p->rtokens, rt->token, rt);
+	return rt;
+}
+
+/*
+ * Issues an access token for fam and answers the token request. base is the
+ * refresh token being exchanged (NULL for a new login): with rotation on it
+ * is retired in favour of a new one.
+ */
+static void tokens_issue(struct peer *p, struct evhttp_request *req, struct family *fam, struct rtoken *base,
+			 const char *scope)
+{
+	struct atoken *at = xmalloc(sizeof(*at));
+	struct json_object *o = json_object_new_object();
+	int64_t now = now_ms();
+
+	random_b64(at->token, sizeof(at->token), 32);
+	at->fam = fam;
+	at->expires_ms = now + p->opt.token_lifetime * 1000;
+	table_put(&p->atokens, at->token, at);
+
+	if (!base || p->opt.rotate) {
+		struct rtoken *rt = rtoken_new(p, fam);
+
+		if (base) {
+			base->successor = rt;
+			base->rotated_ms = now;
+		}
+		fam->current = rt;
+	}
+
+	json_object_object_add(o, "access_token", json_object_new_string(at->token));
+	json_object_object_add(o, "token_type", json_object_new_string("Bearer"));
+	json_object_object_add(o, "expires_in", json_object_new_int64(p->opt.token_lifetime));
+	json_object_object_add(o, "refresh_token", json_object_new_string(fam->current->token));
+	json_object_object_add(o, "scope", json_object_new_string(scope ? scope : fam->scope));
+	add_header(req, "Cache-Control", "no-store");
+	add_header(req, "Pragma", "no-cache");
+	reply_json(req, 200, o);
+}
+
+static void grant_code(struct peer *p, struct evhttp_request *req, const struct evkeyvalq *form,
+		       const struct client *c)
+{
+	const char *code_str = form_get(form, "code"), *verifier = form_get(form, "code_verifier");
+	const char *redirect_uri = form_get(form, "redirect_uri"), *resource = form_get(form, "resource");
+	struct code *code;
+	struct family *fam;
+
+	if (!code_str || !verifier || !redirect_uri) {
+		oauth_error(req, 400, "invalid_request", "code, code_verifier and redirect_uri are required");
+		return;
+	}
+	/* Taken out first: a code is spent by any attempt, failed or not. */
+	code = table_take(&p->codes, code_str);
+	if (!code || code->expires_ms <= now_ms() || !streq(code->client_id, c->id)) {
+		oauth_error(req, 400, "invalid_grant", "unknown, expired or used code");
+		goto out;
+	}
+	if (!streq(code->redirect_uri, redirect_uri)) {
+		oauth_error(req, 400, "invalid_grant", "redirect_uri does not match");
+		goto out;
+	}
+	if (!pkce_verify(verifier, code->challenge)) {
+		oauth_error(req, 400, "invalid_grant", "code_verifier does not match");
+		goto out;
+	}
+	if (resource_check(p, req, resource, code->resource) < 0)
+		goto out;
+
+	fam = xmalloc(sizeof(*fam));
+	fam->client_id = xstrdup(c->id);
+	fam->scope = TAKE_PTR(code->scope);
+	fam->resource = xstrdup(resource ? resource : code->resource);
+	fam->next = p->families;
+	p->families = fam;
+	p->stats.token_grants++;
+	tokens_issue(p, req, fam, NULL, NULL);
+out:
+	code_free(code);
+}
+
+static void grant_refresh(struct peer *p, struct evhttp_request *req, const struct evkeyvalq *form,
+			  const struct client *c)
+{
+	struct rtoken *rt = table_get(&p->rtokens, form_get(form, "refresh_token"));
+	const char *scope = form_get(form, "scope");
+	struct family *fam;
+
+	if (!form_get(form, "refresh_token")) {
+		oauth_error(req, 400, "invalid_request", "refresh_token is required");
+		return;
+	}
+	fam = rt ? rt->fam : NULL;
+	if (!rt || fam->revoked || !streq(fam->client_id, c->id)) {
+		oauth_error(req, 400, "invalid_grant", "unknown or revoked refresh token");
+		return;
+	}
+	if (resource_check(p, req, form_get(form, "resource"), fam->resource) < 0)
+		return;
+	if (scope && !scope_subset(scope, fam->scope)) {
+		oauth_error(req, 400, "invalid_scope", "scope exceeds the grant");
+		return;
+	}
+	if (rt->successor) {
+		int64_t age = now_ms() - rt->rotated_ms;
+
+		if (p->opt.grace > 0 && !rt->grace_used && rt->successor == fam->current &&
+		    age <= p->opt.grace * 1000) {
+			rt->grace_used = 1;
+			rt = fam->current;
+		} else {
+			/* Reuse: someone holds a token they should not. Like real
+			 * providers, distrust the whole grant. */
+			p->stats.reused_refresh_tokens++;
+			fam->revoked = 1;
+			log_info("refresh token reuse: token family revoked");
+			oauth_error(req, 400, "invalid_grant", "refresh token reused");
+			return;
+		}
+	}
+	p->stats.refresh_grants++;
+	tokens_issue(p, req, fam, rt, scope);
+}
+
+/* ---- /token: failure injection -------------------------------------- */
+
+static int failure_take(struct peer *p, enum fail_mode *mode)
+{
+	struct failure *f = p->fail_head;
+
+	if (!f)
+		return 0;
+	*mode = f->mode;
+	if (--f->remaining == 0) {
+		p->fail_head = f->next;
+		if (!p->fail_head)
+			p->fail_tail = NULL;
+		free(f);
+	}
+	return 1;
+}
+
+static void failures_clear(struct peer *p)
+{
+	enum fail_mode m;
+
+	while (failure_take(p, &m))
+		;
+}
+
+static void token_done(struct peer *p)
+{
+	p->stats.in_flight--;
+}
+
+static void pending_fire(evutil_socket_t fd, short what, void *arg);
+
+static struct pending *pending_add(struct peer *p, struct evhttp_request *req, enum pending_kind kind,
+				   long delay_ms)
+{
+	struct pending *pd = xmalloc(sizeof(*pd));
+	struct timeval tv = { .tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000 };
+
+	pd->peer = p;
+	pd->req = req;
+	pd->kind = kind;
+	pd->timer = evtimer_new(p->base, pending_fire, pd);
+	if (!pd->timer || evtimer_add(pd->timer, &tv) < 0)
+		fatal("cannot arm a timer");
+	pd->next = p->pending;
+	if (p->pending)
+		p->pending->prev = pd;
+	p->pending = pd;
+	return pd;
+}
+
+/* Answers with an injected failure. Returns 1 when the request is held. */
+static int failure_apply(struct peer *p, struct evhttp_request *req, enum fail_mode mode)
+{
+	static const char malformed[] = "<html><body>502 upstream confused</body>";
+
+	p->stats.failures_injected++;
+	switch (mode) {
+	case FAIL_500:
+		oauth_error(req, 500, "server_error", "injected failure");
+		break;
+	case FAIL_429:
+		add_header(req, "Retry-After", "1");
+		oauth_error(req, 429, "slow_down", "injected failure");
+		break;
+	case FAIL_MALFORMED:
+		reply_raw(req, 200, "application/json", malformed, sizeof(malformed) - 1);
+		break;
+	case FAIL_INVALID_GRANT:
+		oauth_error(req, 400, "invalid_grant", "injected failure");
+		break;
+	case FAIL_HANG:
+		pending_add(p, req, PENDING_HANG, p->opt.hang_seconds * 1000);
+		return 1;
+	}
+	return 0;
+}
+
+/* Returns 1 when the request is held (a hang), 0 once it has been answered. */
+static int token_process(struct peer *p, struct evhttp_request *req)
+{
+	struct evkeyvalq form;
+	const struct client *c;
+	const char *grant;
+	enum fail_mode mode;
+	int held = 0, r;
+
+	TAILQ_INIT(&form);
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		reply_method_not_allowed(req, "POST");
+		return 0;
+	}
+	r = form_parse(req, &form);
+	if (r) {
+		oauth_error(req, r, "invalid_request", "body must be a form with each parameter once");
+		goto out;
+	}
+	grant = form_get(&form, "grant_type");
+	if (streq(grant, "refresh_token"))
+		p->stats.refresh_requests++;
+	if (failure_take(p, &mode)) {
+		held = failure_apply(p, req, mode);
+		goto out;
+	}
+	if (!grant) {
+		oauth_error(req, 400, "invalid_request", "grant_type is required");
+		goto out;
+	}
+	if (!streq(grant, "authorization_code") && !streq(grant, "refresh_token")) {
+		oauth_error(req, 400, "unsupported_grant_type", NULL);
+		goto out;
+	}
+	c = client_authenticate(p, req, &form);
+	if (!c)
+		goto out;
+	if (streq(grant, "authorization_code"))
+		grant_code(p, req, &form, c);
+	else
+		grant_refresh(p, req, &form, c);
+out:
+	evhttp_clear_headers(&form);
+	return held;
+}
+
+/* A token request is in flight from its arrival to its reply, hangs included:
+ * that is what lets a test check the keeper's cap on concurrent refreshes. */
+static void handle_token(struct peer *p, struct evhttp_request *req)
+{
+	if (++p->stats.in_flight > p->stats.max_in_flight)
+		p->stats.max_in_flight = p->stats.in_flight;
+	if (!token_process(p, req))
+		token_done(p);
+}
+
+/* ---- /revoke --------------------------------------------------------- */
+
+static void handle_revoke(struct peer *p, struct evhttp_request *req)
+{
+	struct evkeyvalq form;
+	const struct client *c;
+	const char *token;
+	struct atoken *at;
+	struct rtoken *rt;
+	int r;
+
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		reply_method_not_allowed(req, "POST");
+		return;
+	}
+	r = form_parse(req, &form);
+	token = form_get(&form, "token");
+	if (r || !token) {
+		oauth_error(req, r ? r : 400, "invalid_request", "a form with a token parameter is required");
+		goto out;
+	}
+	/* RFC 7009 2.1: the client authenticates as for the token endpoint. */
+	c = client_authenticate(p, req, &form);
+	if (!c)
+		goto out;
+	/* 2.2: unknown tokens, and other clients' tokens, get 200 all the same.
+	 * A refresh token takes its access tokens with it (the family). */
+	at = table_get(&p->atokens, token);
+	rt = table_get(&p->rtokens, token);
+	if (at && streq(at->fam->client_id, c->id))
+		at->revoked = 1;
+	if (rt && streq(rt->fam->client_id, c->id))
+		rt->fam->revoked = 1;
+	p->stats.revocations++;
+	add_header(req, "Cache-Control", "no-store");
+	reply_raw(req, 200, NULL, NULL, 0);
+out:
+	evhttp_clear_headers(&form);
+}
+
+/* ---- MCP -------------------------------------------------------------- */
+
+static void mcp_headers(struct evhttp_request *req, const char *session, int sse)
+{
+	if (session)
+		add_header(req, "Mcp-Session-Id", session);
+	if (sse) {
+		add_header(req, "Content-Type", "text/event-stream");
+		add_header(req, "Cache-Control", "no-cache");
+	}
+}
+
+/* SSE replies go out chunked, as a streaming server would send them. */
+static void mcp_sse_start(struct evhttp_request *req, const char *session)
+{
+	mcp_headers(req, session, 1);
+	log_request(req, 200);
+	evhttp_send_reply_start(req, 200, NULL);
+}
+
+static void mcp_sse_finish(struct evhttp_request *req, struct json_object *msg)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	if (!b)
+		fatal("out of memory");
+	evbuffer_add_printf(b, "event: message\ndata: %s\n\n",
+			    json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	evhttp_send_reply_chunk(req, b);
+	evbuffer_free(b);
+	evhttp_send_reply_end(req);
+	json_object_put(msg);
+}
+
+static void mcp_send(struct evhttp_request *req, struct json_object *msg, const char *session, int sse)
+{
+	if (!msg) {
+		reply_text(req, 500, "out of memory\n");
+		return;
+	}
+	if (sse) {
+		mcp_sse_start(req, session);
+		mcp_sse_finish(req, msg);
+	} else {
+		mcp_headers(req, session, 0);
+		reply_json(req, 200, msg);
+	}
+}
+
+/* SSE when the client accepts only an event stream, or when told to. */
+static int mcp_wants_sse(struct peer *p, struct evhttp_request *req)
+{
+	const char *accept = evhttp_find_header(evhttp_request_get_input_headers(req), "Accept");
+
+	if (p->opt.sse)
+		return 1;
+	return accept && strcasestr(accept, "text/event-stream") && !strcasestr(accept, "application/json") &&
+	       !strstr(accept, "*/*");
+}
+
+/* RFC 6750 3 and RFC 9728 5.1: the challenge names the resource metadata. */
+static int mcp_authorized(struct peer *p, struct evhttp_request *req)
+{
+	const char *authz = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	const char *token = NULL;
+	struct atoken *at;
+	char challenge[256];
+
+	if (authz && strncasecmp(authz, "Bearer ", 7) == 0) {
+		token = authz + 7;
+		while (*token == ' ')
+			token++;
+	}
+	at = table_get(&p->atokens, token);
+	if (at && !at->revoked && !at->fam->revoked && at->expires_ms > now_ms())
+		return 1;
+
+	snprintf(challenge, sizeof(challenge), "Bearer resource_metadata=\"%s/.well-known/oauth-protected-resource\"%s",
+		 p->issuer, authz ? ", error=\"invalid_token\"" : "");
+	add_header(req, "WWW-Authenticate", challenge);
+	p->stats.unauthorized++;
+	reply_json(req, 401, rpc_error(NULL, RPC_APP_ERROR, NULL, "unauthorized"));
+	return 0;
+}
+
+static struct json_object *text_content(const char *text)
+{
+	struct json_object *r = json_object_new_object(), *content = json_object_new_array(),
+			   *item = json_object_new_object();
+
+	json_object_object_add(item, "type", json_object_new_string("text"));
+	json_object_object_add(item, "text", json_object_new_string(text));
+	json_object_array_add(content, item);
+	json_object_object_add(r, "content", content);
+	return r;
+}
+
+static struct json_object *tool_def(const char *name, const char *description, const char *schema)
+{
+	struct json_object *t = json_object_new_object();
+
+	json_object_object_add(t, "name", json_object_new_string(name));
+	json_object_object_add(t, "description", json_object_new_string(description));
+	json_object_object_add(t, "inputSchema", json_tokener_parse(schema));
+	return t;
+}
+
+static struct json_object *mcp_tools_list(void)
+{
+	struct json_object *r = json_object_new_object(), *tools = json_object_new_array();
+
+	json_object_array_add(tools, tool_def("echo", "Returns its text.",
+					      "{\"type\":\"object\",\"properties\":{\"text\":{\"type\":\"string\"}},"
+					      "\"required\":[\"text\"]}"));
+	json_object_array_add(tools, tool_def("add", "Adds two numbers.",
+					      "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"number\"},"
+					      "\"b\":{\"type\":\"number\"}},\"required\":[\"a\",\"b\"]}"));
+	json_object_array_add(tools, tool_def("slow", "Answers after ms milliseconds.",
+					      "{\"type\":\"object\",\"properties\":{\"ms\":{\"type\":\"integer\","
+					      "\"minimum\":0,\"maximum\":600000}},\"required\":[\"ms\"]}"));
+	json_object_object_add(r, "tools", tools);
+	return r;
+}
+
+static int is_number(struct json_object *v)
+{
+	return json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double);
+}
+
+/*
+ * tools/call. Returns the response to send now, or NULL for the slow tool:
+ * then *later is the response to send after *delay_ms.
+ */
+static struct json_object *mcp_tools_call(struct json_object *id, struct json_object *params, long *delay_ms,
+					  struct json_object **later)
+{
+	struct json_object *name, *args = NULL, *a, *b, *v;
+	const char *tool;
+	char text[64];
+
+	if (!params || !json_object_object_get_ex(params, "name", &name) ||
+	    !json_object_is_type(name, json_type_string))
+		return rpc_error(id, RPC_INVALID_PARAMS, NULL, "params.name must be a string");
+	tool = json_object_get_string(name);
+	json_object_object_get_ex(params, "arguments", &args);
+	if (args && !json_object_is_type(args, json_type_object))
+		return rpc_error(id, RPC_INVALID_PARAMS, NULL, "params.arguments must be an object");
+
+	if (strcmp(tool, "echo") == 0) {
+		if (!args || !json_object_object_get_ex(args, "text", &v) || !json_object_is_type(v, json_type_string))
+			return rpc_error(id, RPC_INVALID_PARAMS, NULL, "echo needs a string \"text\"");
+		return rpc_result(id, text_content(json_object_get_string(v)));
+	}
+	if (strcmp(tool, "add") == 0) {
+		if (!args || !json_object_object_get_ex(args, "a", &a) || !json_object_object_get_ex(args, "b", &b) ||
+		    !is_number(a) || !is_number(b))
+			return rpc_error(id, RPC_INVALID_PARAMS, NULL, "add needs numbers \"a\" and \"b\"");
+		if (json_object_is_type(a, json_type_int) && json_object_is_type(b, json_type_int)) {
+			int64_t sum;
+
+			if (__builtin_add_overflow(json_object_get_int64(a), json_object_get_int64(b), &sum))
+				return rpc_error(id, RPC_INVALID_PARAMS, NULL, "sum overflows");
+			snprintf(text, sizeof(text), "%" PRId64, sum);
+		} else {
+			snprintf(text, sizeof(text), "%.17g", json_object_get_double(a) + json_object_get_double(b));
+		}
+		return rpc_result(id, text_content(text));
+	}
+	if (strcmp(tool, "slow") == 0) {
+		int64_t ms;
+
+		if (!args || !json_object_object_get_ex(args, "ms", &v) || !json_object_is_type(v, json_type_int) ||
+		    (ms = json_object_get_int64(v)) < 0 || ms > SLOW_MAX_MS)
+			return rpc_error(id, RPC_INVALID_PARAMS, NULL, "slow needs an integer \"ms\" in 0..600000");
+		snprintf(text, sizeof(text), "slept %" PRId64 " ms", ms);
+		*delay_ms = (long)ms;
+		*later = rpc_result(id, text_content(text));
+		return NULL;
+	}
+	return rpc_error(id, RPC_INVALID_PARAMS, NULL, "unknown tool");
+}
+
+static struct json_object *mcp_initialize(struct json_object *id, struct json_object *params)
+{
+	struct json_object *r = json_object_new_object(), *caps = json_object_new_object(),
+			   *info = json_object_new_object(), *v;
+	const char *version = mcp_versions[0];
+
+	if (params && json_object_object_get_ex(params, "protocolVersion", &v)) {
+		for (size_t i = 0; i < ARRAY_SIZE(mcp_versions); i++)
+			if (streq(json_object_get_string(v), mcp_versions[i]))
+				version = mcp_versions[i];
+	}
+	json_object_object_add(caps, "tools", json_object_new_object());
+	json_object_object_add(info, "name", json_object_new_string(PEER_NAME));
+	json_object_object_add(info, "version", json_object_new_string(MCPKEEPER_VERSION));
+	json_object_object_add(r, "protocolVersion", json_object_new_string(version));
+	json_object_object_add(r, "capabilities", caps);
+	json_object_object_add(r, "serverInfo", info);
+	return rpc_result(id, r);
+}
+
+/* Returns 0 when the request names a live session, else answers it. */
+static int mcp_session_check(struct peer *p, struct evhttp_request *req)
+{
+	const char *sid = evhttp_find_header(evhttp_request_get_input_headers(req), "Mcp-Session-Id");
+
+	if (!sid) {
+		reply_json(req, 400, rpc_error(NULL, RPC_INVALID_REQUEST, NULL, "Mcp-Session-Id required"));
+		return -1;
+	}
+	if (!table_get(&p->sessions, sid)) {
+		reply_json(req, 404, rpc_error(NULL, RPC_INVALID_REQUEST, NULL, "unknown session"));
+		return -1;
+	}
+	return 0;
+}
+
+static void mcp_post(struct peer *p, struct evhttp_request *req)
+{
+	_cleanup_(freep) char *body = NULL;
+	struct rpc_msg m = { 0 };
+	struct json_object *reply = NULL, *later = NULL;
+	const char *session = NULL;
+	char detail[128] = "";
+	int sse = mcp_wants_sse(p, req), r;
+	long delay_ms = 0;
+	size_t len;
+
+	r = body_string(req, &body, &len);
+	if (r) {
+		reply_text(req, r, "cannot read body\n");
+		return;
+	}
+	while (len > 0 && strchr(" \t\r\n", body[len - 1]))
+		len--;
+	r = frame_parse_line(body, len, &m, detail, sizeof(detail));
+	if (r) {
+		reply_json(req, 400, rpc_error_for_frame(r, detail));
+		goto out;
+	}
+	if (m.type == RPC_REQUEST && strcmp(m.method, "initialize") == 0) {
+		char *sid = xmalloc(2 * 16 + 1);
+		unsigned char bin[16];
+
+		randombytes_buf(bin, sizeof(bin));
+		sodium_bin2hex(sid, 2 * 16 + 1, bin, sizeof(bin));
+		table_put(&p->sessions, sid, sid);
+		session = sid;
+		reply = mcp_initialize(m.id, m.params);
+	} else {
+		if (mcp_session_check(p, req) < 0)
+			goto out;
+		if (m.type != RPC_REQUEST) {
+			/* Notifications and responses: accepted, nothing to say. */
+			reply_raw(req, 202, NULL, NULL, 0);
+			goto out;
+		}
+		if (strcmp(m.method, "ping") == 0)
+			reply = rpc_result(m.id, NULL);
+		else if (strcmp(m.method, "tools/list") == 0)
+			reply = rpc_result(m.id, mcp_tools_list());
+		else if (strcmp(m.method, "tools/call") == 0)
+			reply = mcp_tools_call(m.id, m.params, &delay_ms, &later);
+		else
+			reply = rpc_error(m.id, RPC_METHOD_NOT_FOUND, NULL, "method not found");
+	}
+	if (later) {
+		struct pending *pd = pending_add(p, req, PENDING_SLOW, delay_ms);
+
+		pd->reply = later;
+		if (sse) {
+			/* Headers now, the event when the tool is done. */
+			pd->sse = 1;
+			mcp_sse_start(req, NULL);
+		}
+		goto out;
+	}
+	mcp_send(req, reply, session, sse);
+out:
+	rpc_msg_clear(&m);
+}
+
+static void handle_mcp(struct peer *p, struct evhttp_request *req)
+{
+	p->stats.mcp_requests++;
+	if (!mcp_authorized(p, req))
+		return;
+	switch (evhttp_request_get_command(req)) {
+	case EVHTTP_REQ_POST:
+		mcp_post(p, req);
+		break;
+	case EVHTTP_REQ_DELETE:
+		if (mcp_session_check(p, req) == 0) {
+			free(table_take(&p->sessions,
+					evhttp_find_header(evhttp_request_get_input_headers(req), "Mcp-Session-Id")));
+			reply_raw(req, 200, NULL, NULL, 0);
+		}
+		break;
+	default:
+		/* No server-initiated stream (GET) on this peer. */
+		reply_method_not_allowed(req, "POST, DELETE");
+		break;
+	}
+}
+
+/* ---- pending replies -------------------------------------------------- */
+
+static void pending_fire(evutil_socket_t fd, short what, void *arg)
+{
+	struct pending *pd = arg;
+	struct peer *p = pd->peer;
+
+	switch (pd->kind) {
+	case PENDING_HANG:
+		oauth_error(pd->req, 503, "temporarily_unavailable", "injected hang");
+		token_done(p);
+		break;
+	case PENDING_SLOW:
+		if (pd->sse)
+			mcp_sse_finish(pd->req, pd->reply);
+		else
+			mcp_send(pd->req, pd->reply, NULL, 0);
+		break;
+	}
+	if (pd->prev)
+		pd->prev->next = pd->next;
+	else
+		p->pending = pd->next;
+	if (pd->next)
+		pd->next->prev = pd->prev;
+	event_free(pd->timer);
+	free(pd);
+}
+
+/* ---- /test ------------------------------------------------------------ */
+
+static struct json_object *stats_json(const struct stats *s)
+{
+	struct json_object *o = json_object_new_object();
+
+#define STAT(name) json_object_object_add(o, #name, json_object_new_int64(s->name))
+	STAT(token_grants);
+	STAT(refresh_grants);
+	STAT(refresh_requests);
+	STAT(failures_injected);
+	STAT(reused_refresh_tokens);
+	STAT(unauthorized);
+	STAT(mcp_requests);
+	STAT(in_flight);
+	STAT(max_in_flight);
+	STAT(registrations);
+	STAT(revocations);
+#undef STAT
+	return o;
+}
+
+static struct json_object *config_json(const struct peer *p)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "token_lifetime", json_object_new_int64(p->opt.token_lifetime));
+	json_object_object_add(o, "grace", json_object_new_int64(p->opt.grace));
+	json_object_object_add(o, "hang_seconds", json_object_new_int64(p->opt.hang_seconds));
+	json_object_object_add(o, "rotate", json_object_new_boolean(p->opt.rotate));
+	json_object_object_add(o, "require_resource", json_object_new_boolean(p->opt.require_resource));
+	json_object_object_add(o, "sse", json_object_new_boolean(p->opt.sse));
+	return o;
+}
+
+static int json_long(struct json_object *o, const char *key, long min, long max, long *out)
+{
+	struct json_object *v;
+	int64_t n;
+
+	if (!json_object_object_get_ex(o, key, &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_int) || (n = json_object_get_int64(v)) < min || n > max)
+		return -EINVAL;
+	*out = (long)n;
+	return 0;
+}
+
+static int json_flag(struct json_object *o, const char *key, int *out)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_boolean))
+		return -EINVAL;
+	*out = json_object_get_boolean(v);
+	return 0;
+}
+
+static void test_fail(struct peer *p, struct evhttp_request *req, struct json_object *body)
+{
+	struct json_object *v;
+	struct failure *f;
+	long count = 1;
+	size_t mode;
+
+	for (mode = 0; mode < ARRAY_SIZE(fail_names); mode++)
+		if (json_object_object_get_ex(body, "mode", &v) && streq(json_object_get_string(v), fail_names[mode]))
+			break;
+	if (mode == ARRAY_SIZE(fail_names) || json_long(body, "count", 1, 1000000, &count) < 0) {
+		reply_text(req, 400, "need mode (500, 429, hang, malformed, invalid_grant) and count 1..1000000\n");
+		return;
+	}
+	f = xmalloc(sizeof(*f));
+	f->mode = (enum fail_mode)mode;
+	f->remaining = count;
+	if (p->fail_tail)
+		p->fail_tail->next = f;
+	else
+		p->fail_head = f;
+	p->fail_tail = f;
+	reply_json(req, 200, json_object_new_object());
+}
+
+static void test_config(struct peer *p, struct evhttp_request *req, struct json_object *body)
+{
+	struct peer_options o = p->opt;
+
+	if (json_long(body, "token_lifetime", 1, LIMIT_SECONDS, &o.token_lifetime) < 0 ||
+	    json_long(body, "grace", 0, LIMIT_SECONDS, &o.grace) < 0 ||
+	    json_long(body, "hang_seconds", 0, LIMIT_SECONDS, &o.hang_seconds) < 0 ||
+	    json_flag(body, "rotate", &o.rotate) < 0 || json_flag(body, "require_resource", &o.require_resource) < 0 ||
+	    json_flag(body, "sse", &o.sse) < 0) {
+		reply_text(req, 400, "bad config value\n");
+		return;
+	}
+	p->opt = o;
+	reply_json(req, 200, config_json(p));
+}
+
+static void handle_test(struct peer *p, struct evhttp_request *req, const char *what)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	struct json_object *body;
+	char *addr = NULL;
+	ev_uint16_t port;
+	int status;
+
+	/* Bound to loopback already; checked again so that a change of the
+	 * listen address can never expose the control endpoints. */
+	evhttp_connection_get_peer(evhttp_request_get_connection(req), &addr, &port);
+	if (!streq(addr, "127.0.0.1")) {
+		reply_text(req, 403, "forbidden\n");
+		return;
+	}
+	if (strcmp(what, "stats") == 0) {
+		if (cmd != EVHTTP_REQ_GET)
+			reply_method_not_allowed(req, "GET");
+		else
+			reply_json(req, 200, stats_json(&p->stats));
+		return;
+	}
+	if (strcmp(what, "reset") == 0) {
+		if (cmd != EVHTTP_REQ_POST) {
+			reply_method_not_allowed(req, "POST");
+			return;
+		}
+		/* in_flight is a fact, not a counter: requests held now stay counted. */
+		long long in_flight = p->stats.in_flight;
+
+		memset(&p->stats, 0, sizeof(p->stats));
+		p->stats.in_flight = p->stats.max_in_flight = in_flight;
+		failures_clear(p);
+		reply_json(req, 200, json_object_new_object());
+		return;
+	}
+	if (strcmp(what, "fail") != 0 && strcmp(what, "config") != 0) {
+		reply_text(req, 404, "not found\n");
+		return;
+	}
+	if (cmd != EVHTTP_REQ_POST) {
+		reply_method_not_allowed(req, "POST");
+		return;
+	}
+	body = json_body(req, &status);
+	if (!body) {
+		reply_text(req, status, "body must be a JSON object\n");
+		return;
+	}
+	if (strcmp(what, "fail") == 0)
+		test_fail(p, req, body);
+	else
+		test_config(p, req, body);
+	json_object_put(body);
+}
+
+/* ---- dispatch and main ------------------------------------------------ */
+
+static void peer_dispatch(struct evhttp_request *req, void *arg)
+{
+	struct peer *p = arg;
+	const char *path = request_path(req);
+
+	if (strcmp(path, "/mcp") == 0)
+		handle_mcp(p, req);
+	else if (strcmp(path, "/token") == 0)
+		handle_token(p, req);
+	else if (strcmp(path, "/authorize") == 0)
+		handle_authorize(p, req);
+	else if (strcmp(path, "/register") == 0)
+		handle_register(p, req);
+	else if (strcmp(path, "/revoke") == 0)
+		handle_revoke(p, req);
+	else if (strcmp(path, "/.well-known/oauth-protected-resource") == 0 ||
+		 strcmp(path, "/.well-known/oauth-protected-resource/mcp") == 0)
+		handle_discovery(req, p->prm_json);
+	else if (strcmp(path, "/.well-known/oauth-authorization-server") == 0 ||
+		 strcmp(path, "/.well-known/openid-configuration") == 0)
+		handle_discovery(req, p->as_json);
+	else if (strncmp(path, "/test/", 6) == 0)
+		handle_test(p, req, path + 6);
+	else
+		reply_text(req, 404, "not found\n");
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct peer *p = arg;
+
+	log_info("signal %d: stopping", (int)sig);
+	event_base_loopexit(p->base, NULL);
+}
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+	struct peer *p = arg;
+	int64_t now = now_ms();
+
+	table_sweep(&p->atokens, atoken_dead, now);
+	table_sweep(&p->codes, code_dead, now);
+}
+
+static void write_port_file(const char *path, int port)
+{
+	_cleanup_(freep) char *tmp = NULL;
+	FILE *f;
+
+	if (asprintf(&tmp, "%s.tmp", path) < 0)
+		fatal("out of memory");
+	f = fopen(tmp, "we");
+	if (!f)
+		fatal("cannot write %s: %m", tmp);
+	fprintf(f, "PORT %d\nPID %d\n", port, (int)getpid());
+	if (fclose(f) != 0 || rename(tmp, path) < 0)
+		fatal("cannot write %s: %m", path);
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: " PEER_NAME " [options]\n"
+		"  --port N               listen on 127.0.0.1:N (default 0: any free port)\n"
+		"  --port-file FILE       write \"PORT n\" and \"PID p\" lines to FILE\n"
+		"  --token-lifetime SEC   access token expires_in (default 3600)\n"
+		"  --grace SEC            accept the previous refresh token once for SEC after\n"
+		"                         rotation (default 0)\n"
+		"  --rotate, --no-rotate  rotate refresh tokens (default: rotate)\n"
+		"  --require-resource     refuse token requests without an RFC 8707 resource\n"
+		"  --client-id ID         a pre-registered client (public unless --client-secret)\n"
+		"  --client-secret S      its secret (client_secret_basic or client_secret_post)\n"
+		"  --hang-seconds N       how long an injected hang holds a request (default 60)\n"
+		"  --sse                  answer MCP requests as SSE streams\n"
+		"  --verbose              one log line per request (method, path, status)\n");
+}
+
+static void options_parse(struct peer_options *o, int argc, char **argv)
+{
+	enum { OPT_PORT = 256, OPT_PORT_FILE, OPT_LIFETIME, OPT_GRACE, OPT_ROTATE, OPT_NO_ROTATE, OPT_REQ_RES,
+	       OPT_CLIENT_ID, OPT_CLIENT_SECRET, OPT_HANG, OPT_SSE, OPT_VERBOSE, OPT_HELP, OPT_VERSION };
+	static const struct option longopts[] = {
+		{ "port", required_argument, NULL, OPT_PORT },
+		{ "port-file", required_argument, NULL, OPT_PORT_FILE },
+		{ "token-lifetime", required_argument, NULL, OPT_LIFETIME },
+		{ "grace", required_argument, NULL, OPT_GRACE },
+		{ "rotate", no_argument, NULL, OPT_ROTATE },
+		{ "no-rotate", no_argument, NULL, OPT_NO_ROTATE },
+		{ "require-resource", no_argument, NULL, OPT_REQ_RES },
+		{ "client-id", required_argument, NULL, OPT_CLIENT_ID },
+		{ "client-secret", required_argument, NULL, OPT_CLIENT_SECRET },
+		{ "hang-seconds", required_argument, NULL, OPT_HANG },
+		{ "sse", no_argument, NULL, OPT_SSE },
+		{ "verbose", no_argument, NULL, OPT_VERBOSE },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ "version", no_argument, NULL, OPT_VERSION },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	*o = (struct peer_options){ .token_lifetime = 3600, .hang_seconds = 60, .rotate = 1 };
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (c) {
+		case OPT_PORT:
+			if (parse_long(optarg, 0, 65535, &o->port) < 0)
+				fatal("--port: expected 0..65535, got \"%s\"", optarg);
+			break;
+		case OPT_PORT_FILE:
+			o->port_file = optarg;
+			break;
+		case OPT_LIFETIME:
+			if (parse_long(optarg, 1, LIMIT_SECONDS, &o->token_lifetime) < 0)
+				fatal("--token-lifetime: expected seconds >= 1, got \"%s\"", optarg);
+			break;
+		case OPT_GRACE:
+			if (parse_long(optarg, 0, LIMIT_SECONDS, &o->grace) < 0)
+				fatal("--grace: expected seconds >= 0, got \"%s\"", optarg);
+			break;
+		case OPT_ROTATE:
+			o->rotate = 1;
+			break;
+		case OPT_NO_ROTATE:
+			o->rotate = 0;
+			break;
+		case OPT_REQ_RES:
+			o->require_resource = 1;
+			break;
+		case OPT_CLIENT_ID:
+			o->client_id = optarg;
+			break;
+		case OPT_CLIENT_SECRET:
+			o->client_secret = optarg;
+			break;
+		case OPT_HANG:
+			if (parse_long(optarg, 0, LIMIT_SECONDS, &o->hang_seconds) < 0)
+				fatal("--hang-seconds: expected seconds >= 0, got \"%s\"", optarg);
+			break;
+		case OPT_SSE:
+			o->sse = 1;
+			break;
+		case OPT_VERBOSE:
+			o->verbose = 1;
+			break;
+		case OPT_HELP:
+			usage(stdout);
+			exit(0);
+		case OPT_VERSION:
+			printf(PEER_NAME " " MCPKEEPER_VERSION "\n");
+			exit(0);
+		default:
+			usage(stderr);
+			exit(2);
+		}
+	}
+	if (optind < argc)
+		fatal("unexpected argument \"%s\"", argv[optind]);
+	if (o->client_secret && !o->client_id)
+		fatal("--client-secret needs --client-id");
+}
+
+static void peer_listen(struct peer *p)
+{
+	struct evhttp_bound_socket *bound;
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+
+	p->http = evhttp_new(p->base);
+	if (!p->http)
+		fatal("evhttp_new failed");
+	evhttp_set_allowed_methods(p->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE |
+						    EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT);
+	/* Sizes are refused before buffering: 413 for a body, 400 for headers.
+	 * Lingering close reads the rest of an oversized body first, so the
+	 * client sees the 413 rather than a reset. */
+	evhttp_set_max_body_size(p->http, PEER_MAX_BODY);
+	evhttp_set_max_headers_size(p->http, PEER_MAX_HEADERS);
+	evhttp_set_flags(p->http, EVHTTP_SERVER_LINGERING_CLOSE);
+	evhttp_set_timeout(p->http, PEER_CONN_TIMEOUT_S);
+	evhttp_set_gencb(p->http, peer_dispatch, p);
+
+	bound = evhttp_bind_socket_with_handle(p->http, "127.0.0.1", (ev_uint16_t)p->opt.port);
+	if (!bound)
+		fatal("cannot listen on 127.0.0.1:%ld: %m", p->opt.port);
+	if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&sin, &len) < 0)
+		fatal("getsockname: %m");
+	p->port = ntohs(sin.sin_port);
+}
+
+static void peer_free(struct peer *p)
+{
+	/* Answer whatever is still held, then let libevent free the requests. */
+	while (p->pending)
+		pending_fire(-1, 0, p->pending);
+	evhttp_free(p->http);
+	event_free(p->sigterm);
+	event_free(p->sigint);
+	event_free(p->sweep);
+	event_base_free(p->base);
+	table_free(&p->clients);
+	table_free(&p->codes);
+	table_free(&p->atokens);
+	table_free(&p->rtokens);
+	table_free(&p->sessions);
+	while (p->families) {
+		struct family *f = p->families;
+
+		p->families = f->next;
+		free(f->client_id);
+		free(f->scope);
+		free(f->resource);
+		free(f);
+	}
+	failures_clear(p);
+	free(p->prm_json);
+	free(p->as_json);
+}
+
+int main(int argc, char **argv)
+{
+	struct peer p = { 0 };
+	struct timeval sweep = { .tv_sec = SWEEP_INTERVAL_S };
+
+	log_init(PEER_NAME);
+	options_parse(&p.opt, argc, argv);
+	log_set_level(p.opt.verbose ? LOG_LEVEL_INFO : LOG_LEVEL_WARN);
+	if (sodium_init() < 0)
+		fatal("libsodium failed to initialise");
+	signal(SIGPIPE, SIG_IGN);
+
+	table_init(&p.clients, client_free);
+	table_init(&p.codes, code_free);
+	table_init(&p.atokens, free);
+	table_init(&p.rtokens, free);
+	table_init(&p.sessions, free);
+	if (p.opt.client_id) {
+		struct client *c = xmalloc(sizeof(*c));
+
+		c->id = xstrdup(p.opt.client_id);
+		c->secret = xstrdup(p.opt.client_secret);
+		c->method = c->secret ? AUTH_ANY : AUTH_NONE;
+		table_put(&p.clients, c->id, c);
+	}
+
+	p.base = event_base_new();
+	if (!p.base)
+		fatal("event_base_new failed");
+	peer_listen(&p);
+	discovery_build(&p);
+
+	p.sigterm = evsignal_new(p.base, SIGTERM, on_signal, &p);
+	p.sigint = evsignal_new(p.base, SIGINT, on_signal, &p);
+	p.sweep = event_new(p.base, -1, EV_PERSIST, on_sweep, &p);
+	if (!p.sigterm || !p.sigint || !p.sweep || evsignal_add(p.sigterm, NULL) < 0 ||
+	    evsignal_add(p.sigint, NULL) < 0 || evtimer_add(p.sweep, &sweep) < 0)
+		fatal("cannot set up signal and timer events");
+
+	if (p.opt.port_file)
+		write_port_file(p.opt.port_file, p.port);
+	printf("PORT %d\n", p.port);
+	fflush(stdout);
+	log_info("listening on %s", p.issuer);
+
+	event_base_dispatch(p.base);
+
+	peer_free(&p);
+	return 0;
+}
