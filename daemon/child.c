@@ -137,18 +137,25 @@ struct child *child_free(struct child *c)
 {
 	if (!c)
 		return NULL;
-	if (c->bev)
+	if (c->bev) {
+		/* libevent may defer the close past this loop's end: shut the
+		 * channel now so that the child sees end of stream and exits. */
+		shutdown(bufferevent_getfd(c->bev), SHUT_RDWR);
 		bufferevent_free(c->bev);
+	}
 	c->bev = NULL;
 	if (c->pid > 0) {
 		int status;
 
-		/* Closing fd 3 ends it; wait a moment, then make sure. */
-		for (int i = 0; i < 50 && waitpid(c->pid, &status, WNOHANG) == 0; i++)
+		for (int i = 0; i < 100 && waitpid(c->pid, &status, WNOHANG) == 0; i++)
 			usleep(20000);
 		if (waitpid(c->pid, &status, WNOHANG) == 0) {
-			kill(c->pid, SIGKILL);
-			waitpid(c->pid, &status, 0);
+			/* Under another uid our SIGKILL may be refused: then leave it,
+			 * it has lost its channel and ends by itself. */
+			if (kill(c->pid, SIGKILL) == 0)
+				waitpid(c->pid, &status, 0);
+			else
+				log_warn("%s child %d did not exit: %m", c->role, (int)c->pid);
 		}
 	}
 	fail_pending(c, "keeper stopping");
@@ -290,11 +297,12 @@ static void child_lost(struct child *c, const char *why)
 	struct timeval tv;
 
 	if (c->bev) {
+		shutdown(bufferevent_getfd(c->bev), SHUT_RDWR);
 		bufferevent_free(c->bev);
 		c->bev = NULL;
 	}
 	if (c->pid > 0)
-		kill(c->pid, SIGKILL); /* reaped in child_reap() */
+		kill(c->pid, SIGKILL); /* reaped in child_reap(); under another uid the EOF ends it */
 	if (c->state == CHILD_READY || c->state == CHILD_STARTING)
 		log_warn("%s child lost (%s)", c->role, why);
 	snprintf(c->last_exit, sizeof(c->last_exit), "%s", why);
@@ -349,8 +357,10 @@ static _noreturn_ void exec_child(struct child *c, int fd)
 		close(devnull);
 	}
 	/* Everything above 3 closes: the store, the control socket, other channels. */
-	for (int i = 4; i < 1024; i++)
-		close(i);
+	if (close_range(4, ~0U, 0) < 0) {
+		for (int i = 4; i < 65536; i++)
+			close(i);
+	}
 
 	/* System mode: children run as worker_user and cannot read the state directory. */
 	if (c->k->system_mode && c->k->cfg->worker_user) {

@@ -15,7 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <pwd.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -271,6 +275,35 @@ static int control_socket(struct keeper *k, int *fd)
 	return 0;
 }
 
+/*
+ * Started as root in system mode (by hand, not by the unit): become the owner
+ * of the state directory as the unit would have made us, keeping only
+ * CAP_SETUID and CAP_SETGID so that children can still be started as
+ * worker_user. Without this the store would switch to the owner itself and
+ * drop every capability with root.
+ */
+static void drop_root(const char *data_dir)
+{
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct data[2] = { { 0 } };
+	struct passwd *pw;
+	struct stat st;
+
+	if (geteuid() != 0 || stat(data_dir, &st) < 0 || st.st_uid == 0)
+		return;
+	pw = getpwuid(st.st_uid);
+	if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 ||
+	    (pw ? initgroups(pw->pw_name, pw->pw_gid) : setgroups(0, NULL)) < 0 ||
+	    setgid(pw ? pw->pw_gid : st.st_gid) < 0 || setuid(st.st_uid) < 0)
+		fatal("cannot switch to the owner of %s (uid %u): %m", data_dir, (unsigned)st.st_uid);
+	data[0].permitted = data[0].effective = (1u << CAP_SETUID) | (1u << CAP_SETGID);
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		fatal("capset: %m");
+	prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+	log_info("running as uid %u (owner of %s) with CAP_SETUID and CAP_SETGID only", (unsigned)st.st_uid,
+		 data_dir);
+}
+
 static void no_core_dumps(void)
 {
 	struct rlimit rl = { 0, 0 };
@@ -301,6 +334,8 @@ int keeper_run(const char *config_path, bool system_mode)
 	/* The socket first: a second keeper must stop before touching the store. */
 	control_socket(&k, &lfd);
 
+	if (system_mode)
+		drop_root(cfg->data_dir);
 	if (store_load_master_key(cfg->data_dir, &k.master_key, err, sizeof(err)) < 0)
 		fatal("%s", err);
 	r = store_open(cfg->data_dir, k.master_key, &k.store, err, sizeof(err));

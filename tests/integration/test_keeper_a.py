@@ -11,6 +11,7 @@ suite also runs under ASan on 2 cores) and are never the thing under test.
 import json
 import shutil
 import os
+import pwd
 import select
 import signal
 import socket
@@ -393,6 +394,59 @@ class TestPeerPolicy(kl.KeeperTestCase):
 # h: malformed input on the control socket
 
 REQ_PREFIX = b'{"jsonrpc":"2.0","id":1,"method":"status","params":{"pad":"'
+
+
+def proc_status(pid):
+    fields = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            key, _, val = line.partition(":")
+            fields[key] = val.split()
+    return fields
+
+
+def children_of(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(proc_status(int(entry))["PPid"][0]) == pid:
+                    kids.append(int(entry))
+            except (OSError, KeyError, IndexError):
+                pass
+    return kids
+
+
+class TestSystemMode(kl.KeeperTestCase):
+    """Started as root with --system: the keeper becomes the state directory's
+    owner keeping only CAP_SETUID/CAP_SETGID, and its oauth child runs as
+    worker_user with no capabilities, unable to enter the state directory."""
+
+    def test_m_root_start_drops_to_owner(self):
+        if os.geteuid() != 0:
+            self.skipTest("needs root")
+        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}}, extra_config={"worker_user": "daemon"})
+        for d in (self.tmp, k.dir):
+            os.chmod(d, 0o755)
+        os.chown(k.data_dir, NOBODY, NOBODY)
+        k.start(args=["--system"])
+        try:
+            keeper = proc_status(k.proc.pid)
+            self.assertEqual(keeper["Uid"][:2], [str(NOBODY)] * 2, keeper["Uid"])
+            self.assertEqual(int(keeper["CapEff"][0], 16), (1 << 6) | (1 << 7), keeper["CapEff"])
+            kids = []
+            kl.wait_until(lambda: kids.extend(children_of(k.proc.pid)) or kids, 20, 0.1, "the oauth child")
+            child = proc_status(kids[0])
+            daemon_uid = str(pwd.getpwnam("daemon").pw_uid)
+            self.assertEqual(child["Uid"][:2], [daemon_uid] * 2, child["Uid"])
+            for cap in ("CapEff", "CapPrm", "CapAmb"):
+                self.assertEqual(int(child[cap][0], 16), 0, (cap, child[cap]))
+            for name in os.listdir(k.data_dir):
+                st = os.stat(os.path.join(k.data_dir, name))
+                self.assertEqual(st.st_uid, NOBODY, name)
+            self.assertIn("with CAP_SETUID and CAP_SETGID only", k.log())
+        finally:
+            k.stop()
 
 
 class TestMalformed(kl.KeeperTestCase):
