@@ -373,6 +373,18 @@ class TestPeerPolicy(kl.KeeperTestCase):
         # Another primary group and no supplementary one: refused.
         self.assert_refused(k2, gid=NOBODY - 1)
 
+    def test_g3_mcpctl_refused_exit_4(self):
+        if not os.path.exists(kl.MCPCTL):
+            self.skipTest("mcpctl not built")
+        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}})
+        k.start()
+        self.open_up(k)
+        r = subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
+                            kl.MCPCTL, "--socket", k.socket_path, "status"],
+                           capture_output=True, timeout=30, cwd="/", env=kl.child_env())
+        self.assertEqual(r.returncode, 4, r.stderr.decode(errors="replace"))
+        self.assertIn("refused", r.stderr.decode(errors="replace"))
+
     def test_g2_supplementary_group_allows(self):
         if not shutil.which("groupadd") or not shutil.which("groupdel"):
             self.skipTest("groupadd/groupdel not installed")
@@ -667,6 +679,43 @@ class TestProcess(OAuthKeeperCase):
         self.assertEqual(k.server("gh")["oauth_status"], "authenticated")
         self.assertEqual(k.server("gh")["refresh"]["state"], "scheduled")
         self.assertTrue(k.running())
+    def test_n_oauth_child_restarted(self):
+        # A dead oauth child is restarted and refreshing goes on.
+        self.setup_oauth(lifetime=10)
+        first = []
+        kl.wait_until(lambda: first.extend(children_of(self.k.proc.pid)) or first, 20, 0.1, "the oauth child")
+        os.kill(first[0], signal.SIGKILL)
+        later = []
+        kl.wait_until(lambda: later.extend(p for p in children_of(self.k.proc.pid) if p != first[0]) or later,
+                      30, 0.1, "a new oauth child")
+        self.sub.wait_for(EV_REFRESHED, for_server("gh"), 40)
+        self.assertGreaterEqual(self.k.log().count("oauth child ready"), 2)
+        self.assertEqual(self.k.server("gh")["oauth_status"], "authenticated")
+
+    def test_o_descriptors_run_out(self):
+        # With few descriptors the keeper stops accepting for a moment
+        # instead of spinning or dying, and serves again once they are back.
+        if not shutil.which("prlimit"):
+            self.skipTest("prlimit not installed")
+        self.setup_oauth(lifetime=3600, start=False, extra_config={"max_connections_per_uid": 1000})
+        self.k.start()
+        subprocess.run(["prlimit", "--pid", str(self.k.proc.pid), "--nofile=48:48"], check=True, timeout=10)
+        conns = []
+        for _ in range(80):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.settimeout(5)
+            try:
+                c.connect(self.k.socket_path)
+            except OSError:
+                c.close()
+                break
+            conns.append(c)
+        kl.wait_until(lambda: "cannot accept" in self.k.log(), 20, 0.1, "the keeper to pause accepting")
+        for c in conns:
+            c.close()
+        kl.wait_until(lambda: self.k.rpc("status", timeout=5) is not None, 30, 0.2, "status after the burst")
+        self.k.assert_alive()
+
     def test_k_second_keeper_refuses(self):
         k = self.make_keeper(servers={"files": {"command": "/bin/cat"}})
         k.start()
