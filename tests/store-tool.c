@@ -4,6 +4,8 @@
  * and for the crash tests, which kill it on purpose.
  *
  *   store-tool DIR put-token NAME URL ACCESS REFRESH LIFETIME_SEC [TOKEN_ENDPOINT]
+ *                                                ACCESS "-": read the access and the refresh
+ *                                                token from two lines of stdin (kept off argv)
  *   store-tool DIR check-token NAME URL ACCESS   exit 0 when the access token matches
  *   store-tool DIR list                          key, status, expiry per record
  *   store-tool DIR delete KEY
@@ -207,7 +209,19 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "put-token") == 0 && (argc == 8 || argc == 9)) {
 		if (store_server_key(argv[3], argv[4], key, sizeof(key)))
 			fatal("server name too long");
-		r = put_token(s, key, argv[5], argv[6], atol(argv[7]), argc == 9 ? argv[8] : NULL);
+		if (strcmp(argv[5], "-") == 0) {
+			char access[4096], refresh[4096];
+
+			if (!fgets(access, sizeof(access), stdin) || !fgets(refresh, sizeof(refresh), stdin))
+				fatal("put-token: expected the access and the refresh token on two lines of stdin");
+			access[strcspn(access, "\n")] = '\0';
+			refresh[strcspn(refresh, "\n")] = '\0';
+			r = put_token(s, key, access, refresh, atol(argv[7]), argc == 9 ? argv[8] : NULL);
+			explicit_bzero(access, sizeof(access));
+			explicit_bzero(refresh, sizeof(refresh));
+		} else {
+			r = put_token(s, key, argv[5], argv[6], atol(argv[7]), argc == 9 ? argv[8] : NULL);
+		}
 		if (r == 0)
 			printf("%s\n", key);
 	} else if (strcmp(cmd, "check-token") == 0 && argc == 6) {
