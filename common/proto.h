@@ -49,8 +49,32 @@
  *          data {"kind": KIND_TRANSIENT|KIND_TERMINAL,
  *                "oauth_error": "invalid_grant"... (when the provider said),
  *                "http_status": N (when there was a response)}
+ *
+ * Workers (one per upstream; the keeper -> worker hello carries the upstream
+ * as the keeper assigns it, never as the worker would claim it):
+ *   hello params add {"name": NAME, "transport": {"protocol":
+ *           "streamable-http"|"sse"|"stdio", "url", "headers": {..},
+ *           "command", "args": [..], "env": {..}, "request_timeout_ms",
+ *           "oauth": bool}}
+ *   fd 4 of a worker is a SOCK_SEQPACKET socket that carries nothing but
+ *   client descriptors: each packet is the 8-byte little-endian client
+ *   number with one descriptor attached (SCM_RIGHTS). The client on it has
+ *   already had its `connect` reply from the keeper; its next bytes are MCP.
+ *   token.update (keeper -> worker, notification):
+ *           {"access_token", "token_type", "expires_at"}: use from now on.
+ *   token.clear (keeper -> worker, notification) {}: logged out; end the
+ *           upstream sessions, answer calls with a "not logged in" error
+ *           naming `mcpctl auth login --server NAME`.
+ *   token.invalid (worker -> keeper, request) {"access_token": the one that
+ *           got a 401}: the result is {"access_token", "token_type",
+ *           "expires_at"} once a current token exists (after a refresh when
+ *           the rejected one was current), or an error (kind
+ *           "unavailable": no login).
+ *   client.closed (worker -> keeper, notification) {"clients": N}: how many
+ *           clients remain, for the idle timeout.
  */
 #define METHOD_HELLO "hello"
+#define METHOD_CLIENT_CLOSED "client.closed"
 #define METHOD_TOKEN_UPDATE "token.update"
 #define METHOD_TOKEN_CLEAR "token.clear"
 #define METHOD_TOKEN_INVALID "token.invalid"
