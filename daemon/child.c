@@ -8,6 +8,7 @@
  * logged and the child is killed, and the restart logic brings it back.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
@@ -50,11 +51,15 @@ enum child_state { CHILD_STOPPED, CHILD_STARTING, CHILD_READY, CHILD_RESTARTING 
 
 struct child {
 	struct keeper *k;
+	struct child *next;		/* in k->children */
+	const struct child_ops *ops;
+	void *ctx;
 	char *role;
 	char *binary;
 	enum child_state state;
 	pid_t pid;
 	struct bufferevent *bev;
+	int desc_fd;			/* keeper end of fd 4, or -1 */
 	int64_t next_id;
 	int64_t hello_id;
 	struct pending *pending;
@@ -97,19 +102,65 @@ static char *find_binary(const char *name)
 	return strdup(path);
 }
 
-struct child *child_new(struct keeper *k, const char *role, const char *binary)
+struct child *child_new(struct keeper *k, const char *role, const char *binary, const struct child_ops *ops,
+			void *ctx)
 {
 	struct child *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		return NULL;
 	c->k = k;
+	c->ops = ops;
+	c->ctx = ctx;
 	c->role = strdup(role);
 	c->binary = find_binary(binary);
 	c->pid = -1;
+	c->desc_fd = -1;
 	c->next_id = 1;
 	c->restart_ms = RESTART_MIN_MS;
+	c->next = k->children;
+	k->children = c;
 	return c;
+}
+
+unsigned child_restarts(const struct child *c)
+{
+	return c->restarts;
+}
+
+const char *child_last_exit(const struct child *c)
+{
+	return c->last_exit[0] ? c->last_exit : NULL;
+}
+
+const char *child_state_name(const struct child *c)
+{
+	switch (c->state) {
+	case CHILD_STOPPED:
+		return "stopped";
+	case CHILD_STARTING:
+		return "starting";
+	case CHILD_READY:
+		return "running";
+	case CHILD_RESTARTING:
+		return "restarting";
+	}
+	return "?";
+}
+
+static void close_channels(struct child *c)
+{
+	if (c->bev) {
+		/* libevent may defer the close past this loop's end: shut the
+		 * channel now so that the child sees end of stream and exits. */
+		shutdown(bufferevent_getfd(c->bev), SHUT_RDWR);
+		bufferevent_free(c->bev);
+		c->bev = NULL;
+	}
+	if (c->desc_fd >= 0) {
+		close(c->desc_fd);
+		c->desc_fd = -1;
+	}
 }
 
 static void fail_pending(struct child *c, const char *why)
@@ -137,13 +188,7 @@ struct child *child_free(struct child *c)
 {
 	if (!c)
 		return NULL;
-	if (c->bev) {
-		/* libevent may defer the close past this loop's end: shut the
-		 * channel now so that the child sees end of stream and exits. */
-		shutdown(bufferevent_getfd(c->bev), SHUT_RDWR);
-		bufferevent_free(c->bev);
-	}
-	c->bev = NULL;
+	close_channels(c);
 	if (c->pid > 0) {
 		int status;
 
@@ -159,12 +204,28 @@ struct child *child_free(struct child *c)
 		}
 	}
 	fail_pending(c, "keeper stopping");
+	for (struct child **pp = &c->k->children; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
 	if (c->restart_timer)
 		event_free(c->restart_timer);
 	free(c->role);
 	free(c->binary);
 	free(c);
 	return NULL;
+}
+
+void child_stop(struct child *c)
+{
+	close_channels(c);
+	if (c->restart_timer)
+		evtimer_del(c->restart_timer);
+	c->state = CHILD_STOPPED;
+	fail_pending(c, "child stopped");
+	/* The child exits at end of stream; child_reap() collects it. */
 }
 
 bool child_ready(const struct child *c)
@@ -203,11 +264,11 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 {
 	int64_t id;
 
-	if (m->type != RPC_RESULT && m->type != RPC_ERROR) {
-		/* Children only answer, for now. */
-		log_error("%s child sent an unexpected %s; restarting it", c->role,
-			  m->method ? m->method : "message");
-		child_lost(c, "protocol violation");
+	if (m->type == RPC_REQUEST || m->type == RPC_NOTIFICATION) {
+		if (c->state != CHILD_READY || !c->ops || !c->ops->message || c->ops->message(c, c->ctx, m) < 0) {
+			log_error("%s child sent an unexpected %s; restarting it", c->role, m->method);
+			child_lost(c, "protocol violation");
+		}
 		return;
 	}
 	if (!m->id || !json_object_is_type(m->id, json_type_int)) {
@@ -231,8 +292,8 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 			log_info("%s child: Landlock %s on this kernel: it relies on its uid and file modes",
 				 c->role, json_object_get_string(ll));
 		log_info("%s child ready, pid %d", c->role, (int)c->pid);
-		if (strcmp(c->role, ROLE_OAUTH) == 0)
-			refresh_child_ready(c->k);
+		if (c->ops && c->ops->ready)
+			c->ops->ready(c, c->ctx);
 		return;
 	}
 	{
@@ -296,19 +357,15 @@ static void child_lost(struct child *c, const char *why)
 {
 	struct timeval tv;
 
-	if (c->bev) {
-		shutdown(bufferevent_getfd(c->bev), SHUT_RDWR);
-		bufferevent_free(c->bev);
-		c->bev = NULL;
-	}
+	close_channels(c);
 	if (c->pid > 0)
 		kill(c->pid, SIGKILL); /* reaped in child_reap(); under another uid the EOF ends it */
 	if (c->state == CHILD_READY || c->state == CHILD_STARTING)
 		log_warn("%s child lost (%s)", c->role, why);
 	snprintf(c->last_exit, sizeof(c->last_exit), "%s", why);
-	fail_pending(c, "oauth child exited");
-	if (strcmp(c->role, ROLE_OAUTH) == 0)
-		refresh_child_lost(c->k);
+	fail_pending(c, "child exited");
+	if (c->ops && c->ops->lost)
+		c->ops->lost(c, c->ctx);
 	if (c->k->stopping) {
 		c->state = CHILD_STOPPED;
 		return;
@@ -328,7 +385,7 @@ static void child_lost(struct child *c, const char *why)
 }
 
 /* In the forked child, before exec: nothing of the keeper may leak. */
-static _noreturn_ void exec_child(struct child *c, int fd)
+static _noreturn_ void exec_child(struct child *c, int fd, int desc)
 {
 	static const char *const keep[] = { "PATH", "LANG", "LC_ALL", "TZ", "JOURNAL_STREAM",
 					    "MCPKEEPER_LIBEXECDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
@@ -344,21 +401,22 @@ static _noreturn_ void exec_child(struct child *c, int fd)
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
 
-	if (fd != 3) {
-		if (dup2(fd, 3) < 0)
-			_exit(127);
-	} else {
-		fd_set_cloexec(3, 0);
-	}
+	/* Move both ends out of the way of 3 and 4 first, then into place. */
+	fd = fcntl(fd, F_DUPFD, 10);
+	if (desc >= 0)
+		desc = fcntl(desc, F_DUPFD, 10);
+	if (fd < 0 || dup2(fd, 3) < 0 || (desc >= 0 && dup2(desc, 4) < 0))
+		_exit(127);
 	fd_set_nonblock(3, 0);
 	devnull = open("/dev/null", O_RDONLY);
 	if (devnull >= 0 && devnull != STDIN_FILENO) {
 		dup2(devnull, STDIN_FILENO);
 		close(devnull);
 	}
-	/* Everything above 3 closes: the store, the control socket, other channels. */
-	if (close_range(4, ~0U, 0) < 0) {
-		for (int i = 4; i < 65536; i++)
+	/* Everything above the channels closes: the store, the control socket,
+	 * other children's channels. */
+	if (close_range(desc >= 0 ? 5 : 4, ~0U, 0) < 0) {
+		for (int i = desc >= 0 ? 5 : 4; i < 65536; i++)
 			close(i);
 	}
 
@@ -403,11 +461,19 @@ static _noreturn_ void exec_child(struct child *c, int fd)
 int child_start(struct child *c)
 {
 	struct json_object *params, *hello;
-	int sv[2], r;
+	int sv[2], dv[2] = { -1, -1 }, r;
 	pid_t pid;
 
 	r = sock_pair(0, sv);
 	if (r < 0) {
+		log_error("%s child: socketpair: %s", c->role, strerror(-r));
+		return r;
+	}
+	if (c->ops && c->ops->desc_channel &&
+	    socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, dv) < 0) {
+		r = -errno;
+		close(sv[0]);
+		close(sv[1]);
 		log_error("%s child: socketpair: %s", c->role, strerror(-r));
 		return r;
 	}
@@ -416,14 +482,16 @@ int child_start(struct child *c)
 		r = -errno;
 		close(sv[0]);
 		close(sv[1]);
+		fd_close(dv[0]);
+		fd_close(dv[1]);
 		log_error("%s child: fork: %s", c->role, strerror(-r));
 		return r;
 	}
-	if (pid == 0) {
-		close(sv[0]);
-		exec_child(c, sv[1]);
-	}
+	if (pid == 0)
+		exec_child(c, sv[1], dv[1]);
 	close(sv[1]);
+	fd_close(dv[1]);
+	c->desc_fd = dv[0];
 	fd_set_nonblock(sv[0], 1);
 	c->pid = pid;
 	c->started_ms = keeper_now_ms();
@@ -442,6 +510,8 @@ int child_start(struct child *c)
 	json_object_object_add(params, "role", json_object_new_string(c->role));
 	json_object_object_add(params, "log_level",
 			       json_object_new_string(log_get_level() == LOG_LEVEL_DEBUG ? "debug" : "info"));
+	if (c->ops && c->ops->hello)
+		c->ops->hello(c, c->ctx, params);
 	c->hello_id = c->next_id++;
 	hello = rpc_request(METHOD_HELLO, params, c->hello_id);
 	r = send_msg(c, hello);
@@ -483,6 +553,48 @@ int child_request(struct child *c, const char *method, struct json_object *param
 	return 0;
 }
 
+int child_notify(struct child *c, const char *method, struct json_object *params)
+{
+	struct json_object *msg;
+	int r;
+
+	if (!child_ready(c)) {
+		rpc_wipe_put(params);
+		return -EAGAIN;
+	}
+	msg = rpc_notification(method, params);
+	r = msg ? send_msg(c, msg) : -ENOMEM;
+	rpc_wipe_put(msg);
+	return r;
+}
+
+int child_reply(struct child *c, struct json_object *id, struct json_object *result, struct json_object *error)
+{
+	struct json_object *msg;
+	int r;
+
+	if (!child_ready(c)) {
+		rpc_wipe_put(result);
+		json_object_put(error);
+		return -EAGAIN;
+	}
+	msg = error ? error : rpc_result(id, result);
+	r = msg ? send_msg(c, msg) : -ENOMEM;
+	rpc_wipe_put(msg);
+	return r;
+}
+
+int child_send_fd(struct child *c, uint64_t number, int fd)
+{
+	unsigned char buf[8];
+
+	if (!child_ready(c) || c->desc_fd < 0)
+		return -EAGAIN;
+	for (int i = 0; i < 8; i++)
+		buf[i] = (unsigned char)(number >> (8 * i));
+	return sock_send_fd(c->desc_fd, fd, buf, sizeof(buf));
+}
+
 void child_cancel(struct child *c, int64_t id)
 {
 	for (struct pending *p = c->pending; p; p = p->next)
@@ -496,18 +608,24 @@ void child_reap(struct keeper *k)
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-		struct child *c = k->oauth;
 		char why[64];
 
 		if (WIFEXITED(status))
 			snprintf(why, sizeof(why), "exited with status %d", WEXITSTATUS(status));
 		else
 			snprintf(why, sizeof(why), "killed by signal %d", WTERMSIG(status));
-		if (c && c->pid == pid) {
+		for (struct child *c = k->children; c; c = c->next) {
+			if (c->pid != pid)
+				continue;
 			c->pid = -1;
+			if (c->state == CHILD_STOPPED) {
+				snprintf(c->last_exit, sizeof(c->last_exit), "%s", why);
+				break;
+			}
 			if (c->state != CHILD_RESTARTING)
 				log_warn("%s child %s", c->role, why);
 			child_lost(c, why);
+			break;
 		}
 	}
 }

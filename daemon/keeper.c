@@ -344,7 +344,7 @@ int keeper_run(const char *config_path, bool system_mode)
 
 	k.events = events_new(&k);
 	k.refresh = refresh_new(&k);
-	k.oauth = child_new(&k, ROLE_OAUTH, CHILD_OAUTH_BIN);
+	k.oauth = child_new(&k, ROLE_OAUTH, CHILD_OAUTH_BIN, &refresh_oauth_ops, &k);
 	if (!k.events || !k.refresh || !k.oauth)
 		fatal("out of memory");
 

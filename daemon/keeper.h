@@ -75,6 +75,7 @@ struct keeper {
 
 	struct control *control;
 	struct child *oauth;
+	struct child *children;		/* every child, for reaping */
 	struct refresh *refresh;
 	struct events *events;
 
@@ -116,24 +117,51 @@ void refresh_forget(struct keeper *k, struct server *s);
 void refresh_rearm_all(struct keeper *k);
 /* Logout: delete the exact record, cancel, emit. 0, STORE_E_NOT_FOUND or -errno. */
 int refresh_logout(struct keeper *k, struct server *s);
-/* The oauth child (re)started or went away. */
-void refresh_child_ready(struct keeper *k);
-void refresh_child_lost(struct keeper *k);
+/* How the oauth child's life reaches the engine (ctx: the keeper). */
+extern const struct child_ops refresh_oauth_ops;
 const char *oauth_status_name(enum oauth_status st);
 const char *refresh_state_name(enum refresh_state st);
 
-/* child.c: the oauth child (workers and the http child come later). */
+/*
+ * child.c: fork+exec'd children with a JSON-RPC channel on fd 3 (and, for
+ * workers, a descriptor channel on fd 4), a hello handshake, replies matched
+ * by id, and restart with backoff while the child is wanted.
+ */
+struct rpc_msg;
+struct child_ops {
+	/* Extra hello params (name, transport) before the hello is sent. */
+	void (*hello)(struct child *c, void *ctx, struct json_object *params);
+	void (*ready)(struct child *c, void *ctx);
+	/* The channel is gone; pending requests have already failed. */
+	void (*lost)(struct child *c, void *ctx);
+	/* A request or notification from the child. Return -1 for a message
+	 * the child had no business sending (the child is then restarted). */
+	int (*message)(struct child *c, void *ctx, struct rpc_msg *m);
+	bool desc_channel;	/* fd 4: SOCK_SEQPACKET for client descriptors */
+};
+
 typedef void (*child_reply_fn)(struct keeper *k, void *ctx, struct json_object *result,
 			       struct json_object *error);
-struct child *child_new(struct keeper *k, const char *role, const char *binary);
+struct child *child_new(struct keeper *k, const char *role, const char *binary, const struct child_ops *ops,
+			void *ctx);
 struct child *child_free(struct child *c);
 int child_start(struct child *c);
+/* Closes the channel and lets the child end; no restart until child_start(). */
+void child_stop(struct child *c);
 bool child_ready(const struct child *c);
 pid_t child_pid(const struct child *c);
+unsigned child_restarts(const struct child *c);
+const char *child_last_exit(const struct child *c);
+const char *child_state_name(const struct child *c);
 /* Sends a request; fn runs once with the result or the error (also when the
  * child dies: error kind "transient"). Takes ownership of params. */
 int child_request(struct child *c, const char *method, struct json_object *params, child_reply_fn fn,
 		  void *ctx, int64_t *id);
+/* Sends a notification, or a reply to the child's request. Takes ownership. */
+int child_notify(struct child *c, const char *method, struct json_object *params);
+int child_reply(struct child *c, struct json_object *id, struct json_object *result, struct json_object *error);
+/* Passes a client descriptor on fd 4 with its 8-byte number. */
+int child_send_fd(struct child *c, uint64_t number, int fd);
 /* Forgets the callback of an outstanding request (its reply is dropped). */
 void child_cancel(struct child *c, int64_t id);
 /* SIGCHLD: reap and restart with backoff. */

@@ -600,15 +600,15 @@ static void dispatch(struct keeper *k)
 	}
 }
 
-void refresh_child_ready(struct keeper *k)
+static void oauth_ready(struct child *c, void *ctx)
 {
-	dispatch(k);
+	dispatch(ctx);
 }
 
-void refresh_child_lost(struct keeper *k)
-{
-	/* Outstanding requests fail through their callbacks (transient). */
-}
+/* Outstanding requests fail through their callbacks (transient). */
+const struct child_ops refresh_oauth_ops = {
+	.ready = oauth_ready,
+};
 
 /* ---- loading, forgetting, logout ---- */
 
