@@ -14,6 +14,8 @@
  * token bytes.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +47,7 @@ struct conn {
 	pid_t pid;
 	bool subscribed;
 	bool closing;
+	bool handed_off;	/* its descriptor now belongs to a worker */
 	struct conn *prev, *next;
 };
 
@@ -148,8 +151,7 @@ struct json_object *control_server_json(const struct server *s, bool full)
 			       cs->oauth_enabled ? json_object_new_string(oauth_status_name(s->status)) : NULL);
 	json_object_object_add(o, "token_expires_at", time_or_null(s->expires_at));
 	if (full) {
-		w = json_object_new_object();
-		json_object_object_add(w, "state", json_object_new_string("idle"));
+		w = workers_status_json(s);
 		json_object_object_add(o, "worker", w);
 	}
 	r = json_object_new_object();
@@ -339,6 +341,75 @@ static void do_subscribe(struct conn *c, struct json_object *id)
 	reply_result(c, id, res);
 }
 
+/* Writes what is queued now, waiting a little if the socket is full. */
+static int flush_now(struct conn *c)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	int fd = bufferevent_getfd(c->bev);
+
+	for (int tries = 0; evbuffer_get_length(out) > 0 && tries < 100; tries++) {
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
+
+		if (evbuffer_write(out, fd) < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		if (evbuffer_get_length(out) > 0)
+			poll(&p, 1, 10);
+	}
+	return evbuffer_get_length(out) > 0 ? -ETIMEDOUT : 0;
+}
+
+/*
+ * connect {server}: the client's socket goes to the server's worker. The
+ * client sends nothing more until this reply, so the keeper has read exactly
+ * the one line; anything else already buffered is refused. After the reply
+ * the keeper hands the descriptor over and forgets the connection.
+ */
+static void do_connect(struct conn *c, struct json_object *id, struct json_object *params)
+{
+	struct keeper *k = c->ctl->k;
+	struct json_object *res;
+	struct server *s;
+	int fd, r;
+
+	if (param_server(c, id, params, false, &s) < 0)
+		return;
+	if (!s) {
+		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "connect needs \"server\": NAME");
+		return;
+	}
+	if (!s->conf->enabled) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "server \"%s\" is disabled in the configuration",
+			    s->name);
+		return;
+	}
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+		reply_error(c, id, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST,
+			    "send nothing after connect until its reply");
+		conn_close_after_flush(c);
+		return;
+	}
+	bufferevent_disable(c->bev, EV_READ);
+	res = json_object_new_object();
+	json_object_object_add(res, "server", json_object_new_string(s->name));
+	reply_result(c, id, res);
+	if (flush_now(c) < 0) {
+		conn_close_after_flush(c);
+		return;
+	}
+	fd = fcntl(bufferevent_getfd(c->bev), F_DUPFD_CLOEXEC, 3);
+	c->handed_off = true;
+	c->closing = true;
+	if (fd < 0) {
+		log_error("control: connect %s: %m", s->name);
+		return;
+	}
+	r = workers_connect(k, s, fd);
+	if (r < 0)
+		log_error("%s: could not hand a client to its worker: %s", s->name, strerror(-r));
+	else
+		log_debug("%s: client pid %d handed to the worker", s->name, (int)c->pid);
+}
+
 static void dispatch(struct conn *c, struct rpc_msg *m)
 {
 	const char *method = m->method;
@@ -361,6 +432,8 @@ static void dispatch(struct conn *c, struct rpc_msg *m)
 		do_auth_logout(c, m->id, m->params);
 	else if (strcmp(method, METHOD_EVENTS_SUBSCRIBE) == 0)
 		do_subscribe(c, m->id);
+	else if (strcmp(method, METHOD_CONNECT) == 0)
+		do_connect(c, m->id, m->params);
 	else
 		reply_error(c, m->id, RPC_METHOD_NOT_FOUND, KIND_UNKNOWN_METHOD, "unknown method \"%.64s\"", method);
 }
@@ -396,6 +469,10 @@ static void on_read(struct bufferevent *bev, void *arg)
 		}
 		dispatch(c, &m);
 		rpc_msg_clear(&m);
+		if (c->handed_off) {
+			conn_free(c);
+			return;
+		}
 	}
 }
 

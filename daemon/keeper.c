@@ -92,6 +92,7 @@ static struct server *server_new(struct keeper *k, const struct config_server *c
 
 static void server_free(struct keeper *k, struct server *s)
 {
+	workers_forget(k, s);
 	refresh_forget(k, s);
 	free(s->name);
 	free(s);
@@ -125,6 +126,10 @@ static int apply_config(struct keeper *k, struct config *cfg)
 		struct server *s = keeper_find_server(k, cs->name);
 
 		if (s && same_oauth(s->conf, cs)) {
+			if (!workers_settings_equal(s->conf, cs) && s->worker) {
+				log_info("%s: upstream settings changed; restarting its worker", cs->name);
+				workers_forget(k, s);
+			}
 			s->conf = cs;
 			/* Taken over: remove from the old list. */
 			for (size_t j = 0; j < k->n_servers; j++)
@@ -161,6 +166,7 @@ static int apply_config(struct keeper *k, struct config *cfg)
 			refresh_load(k, k->servers[i]);
 	free(fresh);
 	config_free(old);
+	workers_start_eager(k);
 	return 0;
 }
 

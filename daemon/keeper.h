@@ -60,6 +60,14 @@ struct server {
 	bool in_flight;
 	int64_t request_id;			/* outstanding oauth.refresh */
 	struct secret *request_plain;		/* the record the refresh started from */
+
+	/* workers.c */
+	struct child *worker;			/* NULL until the first connect (or eager) */
+	int clients;				/* as the worker last reported */
+	struct event *idle_timer;
+	struct pending_fd *pending_fds;		/* clients waiting for the worker's hello */
+	struct token_waiter *token_waiters;	/* token.invalid requests waiting for a refresh */
+	bool needs_login;			/* upstream answered 401 without an oauth block */
 };
 
 struct keeper {
@@ -121,6 +129,23 @@ int refresh_logout(struct keeper *k, struct server *s);
 extern const struct child_ops refresh_oauth_ops;
 const char *oauth_status_name(enum oauth_status st);
 const char *refresh_state_name(enum refresh_state st);
+
+/* workers.c: one mcpkeeper-worker per upstream, started on demand. */
+/* Hands a connected client descriptor (ownership passes) to the server's
+ * worker, starting it when needed. 0 or a negative errno value. */
+int workers_connect(struct keeper *k, struct server *s, int fd);
+void workers_start_eager(struct keeper *k);
+/* The server's access token changed (refresh, login) or went away (logout). */
+void workers_token_changed(struct keeper *k, struct server *s);
+void workers_token_cleared(struct keeper *k, struct server *s);
+/* A refresh the workers may be waiting for ended; error NULL on success. */
+void workers_refresh_done(struct keeper *k, struct server *s, const char *error);
+/* Server removed or its transport changed (reload), or keeper stopping. */
+void workers_forget(struct keeper *k, struct server *s);
+struct json_object *workers_status_json(const struct server *s);
+bool workers_settings_equal(const struct config_server *a, const struct config_server *b);
+/* refresh.c: refresh now (a worker saw a 401 with the current token). */
+void refresh_now(struct keeper *k, struct server *s);
 
 /*
  * child.c: fork+exec'd children with a JSON-RPC channel on fd 3 (and, for

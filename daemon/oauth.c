@@ -38,6 +38,7 @@
 #include <json-c/json.h>
 #include <sodium.h>
 
+#include "curlev.h"
 #include "frame.h"
 #include "log.h"
 #include "proto.h"
@@ -57,8 +58,7 @@ struct refresh;
 struct oauth {
 	struct event_base *base;
 	struct bufferevent *bev;
-	CURLM *multi;
-	struct event *curl_timer;
+	struct curlev *curl;
 	struct refresh *refreshes;	/* in flight */
 	bool hello_done;
 	int exit_code;			/* -1 while running */
@@ -188,7 +188,7 @@ static struct refresh *refresh_free(struct refresh *r)
 			r->next->pprev = r->pprev;
 	}
 	if (r->easy) {
-		curl_multi_remove_handle(r->o->multi, r->easy);
+		curl_multi_remove_handle(curlev_multi(r->o->curl), r->easy);
 		curl_easy_cleanup(r->easy);
 	}
 	/* The Authorization header holds the client secret. */
@@ -463,86 +463,19 @@ static void refresh_done(struct refresh *r, CURLcode code)
 	rpc_wipe_put(body);
 }
 
-/* -- libcurl multi on the libevent loop -- */
+/* -- libcurl multi on the libevent loop (common/curlev.c) -- */
 
-static void oauth_check_done(struct oauth *o)
-{
-	CURLMsg *msg;
-	int left;
-
-	while ((msg = curl_multi_info_read(o->multi, &left))) {
-		struct refresh *r;
-		char *priv = NULL;
-
-		if (msg->msg != CURLMSG_DONE)
-			continue;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-		r = (struct refresh *)priv;
-		if (o->exit_code < 0)
-			refresh_done(r, msg->data.result);
-		refresh_free(r);
-	}
-}
-
-static void curl_event_cb(evutil_socket_t fd, short what, void *arg)
+static void oauth_transfer_done(CURL *easy, CURLcode result, void *arg)
 {
 	struct oauth *o = arg;
-	int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
-	int running;
+	struct refresh *r;
+	char *priv = NULL;
 
-	curl_multi_socket_action(o->multi, fd, action, &running);
-	oauth_check_done(o);
-}
-
-static void curl_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct oauth *o = arg;
-	int running;
-
-	curl_multi_socket_action(o->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-	oauth_check_done(o);
-}
-
-/* CURLMOPT_SOCKETFUNCTION: one persistent event per socket, kept in curl's
- * per-socket pointer. */
-static int curl_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
-{
-	struct oauth *o = userp;
-	struct event *ev = socketp;
-	short events;
-
-	if (what == CURL_POLL_REMOVE) {
-		if (ev)
-			event_free(ev);
-		return 0;
-	}
-	events = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
-	if (ev) {
-		event_del(ev);
-		event_assign(ev, o->base, s, events, curl_event_cb, o);
-	} else {
-		ev = event_new(o->base, s, events, curl_event_cb, o);
-		if (!ev)
-			return -1;
-		curl_multi_assign(o->multi, s, ev);
-	}
-	return event_add(ev, NULL) < 0 ? -1 : 0;
-}
-
-/* CURLMOPT_TIMERFUNCTION: -1 cancels, 0 means as soon as possible (from the
- * loop, never from inside this callback). */
-static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
-{
-	struct oauth *o = userp;
-	struct timeval tv;
-
-	if (timeout_ms < 0) {
-		evtimer_del(o->curl_timer);
-		return 0;
-	}
-	tv.tv_sec = timeout_ms / 1000;
-	tv.tv_usec = (timeout_ms % 1000) * 1000;
-	return evtimer_add(o->curl_timer, &tv) < 0 ? -1 : 0;
+	curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
+	r = (struct refresh *)priv;
+	if (o->exit_code < 0)
+		refresh_done(r, result);
+	refresh_free(r);
 }
 
 /* -- messages from the keeper -- */
@@ -708,7 +641,7 @@ static void oauth_refresh(struct oauth *o, struct rpc_msg *m)
 	}
 	if (ret < 0)
 		fatal("out of memory preparing a refresh");
-	if (curl_multi_add_handle(o->multi, r->easy) != CURLM_OK)
+	if (curl_multi_add_handle(curlev_multi(o->curl), r->easy) != CURLM_OK)
 		fatal("curl_multi_add_handle failed");
 	log_debug("oauth: %s: refreshing", r->server);
 	r->next = o->refreshes;
@@ -929,17 +862,12 @@ int main(int argc, char **argv)
 		fatal("libcurl initialisation failed");
 
 	o.base = event_base_new();
-	o.multi = curl_multi_init();
-	if (!o.base || !o.multi)
+	if (!o.base)
 		fatal("out of memory");
-	o.curl_timer = evtimer_new(o.base, curl_timeout_cb, &o);
+	o.curl = curlev_new(o.base, oauth_transfer_done, &o);
 	o.bev = bufferevent_socket_new(o.base, CHANNEL_FD, BEV_OPT_CLOSE_ON_FREE);
-	if (!o.curl_timer || !o.bev)
+	if (!o.curl || !o.bev)
 		fatal("out of memory");
-	curl_multi_setopt(o.multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
-	curl_multi_setopt(o.multi, CURLMOPT_SOCKETDATA, &o);
-	curl_multi_setopt(o.multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
-	curl_multi_setopt(o.multi, CURLMOPT_TIMERDATA, &o);
 
 	frame_bev_setup(o.bev, PROTO_MAX_MESSAGE);
 	bufferevent_setcb(o.bev, channel_read_cb, channel_write_cb, channel_event_cb, &o);
@@ -950,10 +878,9 @@ int main(int argc, char **argv)
 
 	while (o.refreshes)
 		refresh_free(o.refreshes);
-	curl_multi_cleanup(o.multi);
+	curlev_free(o.curl);
 	curl_global_cleanup();
 	bufferevent_free(o.bev);
-	event_free(o.curl_timer);
 	event_base_free(o.base);
 	return o.exit_code < 0 ? 0 : o.exit_code;
 }

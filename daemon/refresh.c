@@ -271,6 +271,16 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+void refresh_now(struct keeper *k, struct server *s)
+{
+	if (s->in_flight || s->heap_idx >= 0)
+		return; /* single flight: the waiters get its outcome */
+	disarm(s);
+	s->rstate = REFRESH_SCHEDULED;
+	s->next_at_ms = keeper_now_ms();
+	enqueue(k, s);
+}
+
 void refresh_rearm_all(struct keeper *k)
 {
 	for (size_t i = 0; i < k->n_servers; i++) {
@@ -432,6 +442,9 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	s->last_error[0] = '\0';
 	log_info("%s: token refreshed, expires in %lld s", s->name, (long long)expires_in);
 	schedule(k, s);
+	/* Committed above: only now may a worker use the new token. */
+	workers_token_changed(k, s);
+	workers_refresh_done(k, s, NULL);
 	{
 		struct json_object *d = event_data(s);
 
@@ -487,6 +500,7 @@ static void on_reply(struct keeper *k, void *ctx, struct json_object *result, st
 		if (terminal)
 			mark_refused(k, s, started);
 		refresh_failed(k, s, terminal, why);
+		workers_refresh_done(k, s, why);
 	}
 	secret_free(started);
 	dispatch(k);
@@ -686,6 +700,7 @@ int refresh_logout(struct keeper *k, struct server *s)
 	s->failed_reported = false;
 	s->last_error[0] = '\0';
 	log_info("%s: logged out%s", s->name, r == STORE_E_NOT_FOUND ? " (there was no token)" : "");
+	workers_token_cleared(k, s);
 	d = json_object_new_object();
 	json_object_object_add(d, "reason", json_object_new_string("oauth_logout"));
 	json_object_object_add(d, "server", json_object_new_string(s->name));

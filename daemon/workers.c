@@ -1,0 +1,390 @@
+/*
+ * Workers: one mcpkeeper-worker per upstream that has clients (or is
+ * "eager"), started at the first connect, stopped once its last client has
+ * gone and the idle timeout passed, restarted with backoff when it dies.
+ *
+ * The keeper hands each connected client descriptor to the worker on fd 4;
+ * from then on client and worker talk directly. A worker gets the access
+ * token of its own upstream and nothing else: never a refresh token, never a
+ * client secret, never another upstream's token.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <json-c/json.h>
+
+#include "config.h"
+#include "frame.h"
+#include "keeper.h"
+#include "log.h"
+#include "proto.h"
+#include "secret.h"
+#include "store.h"
+#include "token.h"
+
+#define REQUEST_TIMEOUT_MS 60000
+
+struct pending_fd {
+	int fd;
+	uint64_t number;
+	struct pending_fd *next;
+};
+
+struct token_waiter {
+	struct json_object *id;
+	struct token_waiter *next;
+};
+
+static uint64_t next_client_number = 1;
+
+static struct json_object *kv_object(const struct config_kv *kv, size_t n)
+{
+	struct json_object *o = json_object_new_object();
+
+	for (size_t i = 0; i < n; i++)
+		json_object_object_add(o, kv[i].key, json_object_new_string(kv[i].value));
+	return o;
+}
+
+/* The upstream as the keeper assigns it: the worker never chooses. */
+static void worker_hello(struct child *c, void *ctx, struct json_object *params)
+{
+	struct server *s = ctx;
+	const struct config_server *cs = s->conf;
+	struct json_object *t = json_object_new_object(), *args = json_object_new_array();
+
+	json_object_object_add(params, "name", json_object_new_string(s->name));
+	json_object_object_add(t, "protocol", json_object_new_string(config_protocol_name(cs->protocol)));
+	if (cs->url)
+		json_object_object_add(t, "url", json_object_new_string(cs->url));
+	json_object_object_add(t, "headers", kv_object(cs->headers, cs->n_headers));
+	if (cs->command)
+		json_object_object_add(t, "command", json_object_new_string(cs->command));
+	for (size_t i = 0; i < cs->n_args; i++)
+		json_object_array_add(args, json_object_new_string(cs->args[i]));
+	json_object_object_add(t, "args", args);
+	json_object_object_add(t, "env", kv_object(cs->env, cs->n_env));
+	json_object_object_add(t, "request_timeout_ms", json_object_new_int(REQUEST_TIMEOUT_MS));
+	json_object_object_add(t, "oauth", json_object_new_boolean(cs->oauth_enabled));
+	json_object_object_add(params, "transport", t);
+}
+
+/* The current access token as token.update params; NULL when there is none. */
+static struct json_object *current_token(struct keeper *k, struct server *s)
+{
+	struct secret *plain = NULL;
+	struct json_object *o;
+	struct token t;
+
+	if (!s->conf->oauth_enabled || s->status == OAUTH_NONE || s->refused)
+		return NULL;
+	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0 || token_decode(plain, &t) < 0)
+		return NULL;
+	o = json_object_new_object();
+	json_object_object_add(o, "access_token", json_object_new_string(t.access_token));
+	json_object_object_add(o, "token_type", json_object_new_string(t.token_type ? t.token_type : "Bearer"));
+	json_object_object_add(o, "expires_at", t.expires_at ? json_object_new_int64(t.expires_at) : NULL);
+	token_clear(&t);
+	return o;
+}
+
+static void push_token(struct keeper *k, struct server *s)
+{
+	struct json_object *tok;
+
+	if (!s->worker || !child_ready(s->worker) || !s->conf->oauth_enabled)
+		return;
+	tok = current_token(k, s);
+	if (tok)
+		child_notify(s->worker, METHOD_TOKEN_UPDATE, tok);
+	else
+		child_notify(s->worker, METHOD_TOKEN_CLEAR, json_object_new_object());
+}
+
+static void flush_fds(struct server *s)
+{
+	while (s->pending_fds && child_ready(s->worker)) {
+		struct pending_fd *p = s->pending_fds;
+		int r = child_send_fd(s->worker, p->number, p->fd);
+
+		if (r == -EAGAIN)
+			return; /* the descriptor channel is full: next time */
+		if (r < 0)
+			log_warn("%s: handing client %llu to the worker failed: %s", s->name,
+				 (unsigned long long)p->number, strerror(-r));
+		close(p->fd);
+		s->pending_fds = p->next;
+		free(p);
+		s->clients++;
+	}
+}
+
+static void worker_ready(struct child *c, void *ctx)
+{
+	struct server *s = ctx;
+
+	push_token(s->k, s);
+	flush_fds(s);
+}
+
+static void reply_waiters(struct keeper *k, struct server *s, const char *error)
+{
+	struct token_waiter *w = s->token_waiters;
+
+	s->token_waiters = NULL;
+	while (w) {
+		struct token_waiter *next = w->next;
+		struct json_object *tok = error ? NULL : current_token(k, s);
+
+		if (s->worker) {
+			if (tok) {
+				child_reply(s->worker, w->id, tok, NULL);
+			} else {
+				char msg[300];
+
+				snprintf(msg, sizeof(msg), "no current token for %s%s%s", s->name,
+					 error ? ": " : "", error ? error : "");
+				child_reply(s->worker, w->id, NULL, rpc_error(w->id, RPC_APP_ERROR, KIND_UNAVAILABLE, msg));
+			}
+		} else {
+			rpc_wipe_put(tok);
+		}
+		json_object_put(w->id);
+		free(w);
+		w = next;
+	}
+}
+
+/* token.invalid: refresh when the rejected token is the current one. */
+static int on_token_invalid(struct keeper *k, struct server *s, struct rpc_msg *m)
+{
+	struct json_object *v;
+	struct secret *plain = NULL;
+	struct token_waiter *w;
+	struct token t;
+	bool current = false;
+
+	if (m->type != RPC_REQUEST || !m->params || !json_object_object_get_ex(m->params, "access_token", &v) ||
+	    !json_object_is_type(v, json_type_string))
+		return -1;
+	if (store_get(k->store, STORE_TOKENS, s->key, &plain) == 0 && token_decode(plain, &t) == 0) {
+		size_t n = strlen(t.access_token);
+
+		current = n == (size_t)json_object_get_string_len(v) &&
+			  secret_equal_bytes(&(struct secret){ n, (unsigned char *)t.access_token },
+					     json_object_get_string(v), n);
+		token_clear(&t);
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return 0;
+	w->id = json_object_get(m->id);
+	w->next = s->token_waiters;
+	s->token_waiters = w;
+	if (current && !s->refused && s->has_refresh) {
+		log_info("%s: the worker's token was rejected upstream; refreshing now", s->name);
+		refresh_now(k, s);
+	} else {
+		/* An older token, or nothing to refresh with: answer at once. */
+		reply_waiters(k, s, current ? "the token was rejected and cannot be refreshed: log in again" : NULL);
+	}
+	return 0;
+}
+
+static void idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+
+	if (s->clients > 0 || s->pending_fds || !s->worker || s->conf->eager)
+		return;
+	log_info("%s: no clients for %d s; stopping its worker", s->name, s->k->cfg->idle_timeout_sec);
+	child_stop(s->worker);
+}
+
+static void arm_idle(struct server *s)
+{
+	struct timeval tv = { s->k->cfg->idle_timeout_sec, 0 };
+
+	if (s->conf->eager)
+		return;
+	if (!s->idle_timer)
+		s->idle_timer = evtimer_new(s->k->base, idle_cb, s);
+	evtimer_add(s->idle_timer, &tv);
+}
+
+static int worker_message(struct child *c, void *ctx, struct rpc_msg *m)
+{
+	struct server *s = ctx;
+	struct json_object *v;
+
+	if (strcmp(m->method, METHOD_TOKEN_INVALID) == 0)
+		return on_token_invalid(s->k, s, m);
+	if (strcmp(m->method, METHOD_CLIENT_CLOSED) == 0) {
+		if (!m->params || !json_object_object_get_ex(m->params, "clients", &v) ||
+		    !json_object_is_type(v, json_type_int))
+			return -1;
+		s->clients = json_object_get_int(v);
+		if (s->clients <= 0 && !s->pending_fds)
+			arm_idle(s);
+		return 0;
+	}
+	if (strcmp(m->method, "upstream.needs_login") == 0) {
+		if (!s->needs_login)
+			log_warn("%s: the upstream asks for OAuth; run: mcpctl auth login --server %s", s->name, s->name);
+		s->needs_login = true;
+		return 0;
+	}
+	return -1;
+}
+
+static void worker_lost(struct child *c, void *ctx)
+{
+	struct server *s = ctx;
+
+	/* Its clients went with it; waiting descriptors stay for the restart. */
+	s->clients = 0;
+	reply_waiters(s->k, s, "the worker restarted");
+}
+
+static const struct child_ops worker_ops = {
+	.hello = worker_hello,
+	.ready = worker_ready,
+	.lost = worker_lost,
+	.message = worker_message,
+	.desc_channel = true,
+};
+
+static int ensure_worker(struct keeper *k, struct server *s)
+{
+	if (!s->worker) {
+		s->worker = child_new(k, ROLE_WORKER, CHILD_WORKER_BIN, &worker_ops, s);
+		if (!s->worker)
+			return -ENOMEM;
+	}
+	if (strcmp(child_state_name(s->worker), "stopped") == 0)
+		return child_start(s->worker);
+	return 0;
+}
+
+int workers_connect(struct keeper *k, struct server *s, int fd)
+{
+	struct pending_fd *p, **tail;
+	int r;
+
+	r = ensure_worker(k, s);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		close(fd);
+		return -ENOMEM;
+	}
+	p->fd = fd;
+	p->number = next_client_number++;
+	for (tail = &s->pending_fds; *tail; tail = &(*tail)->next)
+		;
+	*tail = p;
+	if (s->idle_timer)
+		evtimer_del(s->idle_timer);
+	flush_fds(s);
+	return 0;
+}
+
+void workers_start_eager(struct keeper *k)
+{
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+
+		if (s->conf->eager && s->conf->enabled && ensure_worker(k, s) < 0)
+			log_error("%s: the eager worker did not start", s->name);
+	}
+}
+
+void workers_token_changed(struct keeper *k, struct server *s)
+{
+	push_token(k, s);
+}
+
+void workers_token_cleared(struct keeper *k, struct server *s)
+{
+	if (s->worker && child_ready(s->worker))
+		child_notify(s->worker, METHOD_TOKEN_CLEAR, json_object_new_object());
+	reply_waiters(k, s, "logged out");
+}
+
+void workers_refresh_done(struct keeper *k, struct server *s, const char *error)
+{
+	if (s->token_waiters)
+		reply_waiters(k, s, error);
+}
+
+void workers_forget(struct keeper *k, struct server *s)
+{
+	reply_waiters(k, s, "server removed");
+	while (s->pending_fds) {
+		struct pending_fd *p = s->pending_fds;
+
+		s->pending_fds = p->next;
+		close(p->fd);
+		free(p);
+	}
+	if (s->idle_timer) {
+		event_free(s->idle_timer);
+		s->idle_timer = NULL;
+	}
+	s->worker = child_free(s->worker);
+}
+
+static bool kv_equal(const struct config_kv *a, size_t na, const struct config_kv *b, size_t nb)
+{
+	if (na != nb)
+		return false;
+	for (size_t i = 0; i < na; i++)
+		if (strcmp(a[i].key, b[i].key) || strcmp(a[i].value, b[i].value))
+			return false;
+	return true;
+}
+
+static bool str_equal(const char *a, const char *b)
+{
+	return !strcmp(a ? a : "", b ? b : "");
+}
+
+bool workers_settings_equal(const struct config_server *a, const struct config_server *b)
+{
+	if (a->protocol != b->protocol || !str_equal(a->url, b->url) || !str_equal(a->command, b->command) ||
+	    a->n_args != b->n_args || a->oauth_enabled != b->oauth_enabled || a->enabled != b->enabled ||
+	    !kv_equal(a->env, a->n_env, b->env, b->n_env) ||
+	    !kv_equal(a->headers, a->n_headers, b->headers, b->n_headers))
+		return false;
+	for (size_t i = 0; i < a->n_args; i++)
+		if (strcmp(a->args[i], b->args[i]))
+			return false;
+	return true;
+}
+
+struct json_object *workers_status_json(const struct server *s)
+{
+	struct json_object *w = json_object_new_object();
+	const char *exit_reason = s->worker ? child_last_exit(s->worker) : NULL;
+	bool running = s->worker && child_pid(s->worker) > 0;
+
+	const char *state = s->worker ? child_state_name(s->worker) : "idle";
+
+	/* A stopped worker is simply not running: idle until the next client. */
+	if (strcmp(state, "stopped") == 0)
+		state = "idle";
+	json_object_object_add(w, "state", json_object_new_string(state));
+	json_object_object_add(w, "pid", running ? json_object_new_int((int)child_pid(s->worker)) : NULL);
+	json_object_object_add(w, "restarts", json_object_new_int(s->worker ? (int)child_restarts(s->worker) : 0));
+	json_object_object_add(w, "last_exit", exit_reason ? json_object_new_string(exit_reason) : NULL);
+	json_object_object_add(w, "clients", json_object_new_int(s->clients));
+	if (s->needs_login)
+		json_object_object_add(w, "needs_login", json_object_new_boolean(1));
+	return w;
+}
