@@ -17,6 +17,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -74,6 +75,9 @@ static void usage(FILE *f)
 		"  status [--json]     the keeper and each server: OAuth status, token\n"
 		"                      expiry, refresh schedule, worker\n"
 		"  servers [--json]    the configured servers\n"
+		"  connect NAME        the stdio bridge an MCP client runs: relays stdin and\n"
+		"                      stdout to NAME's worker (MCP client config:\n"
+		"                      \"command\": \"mcpctl\", \"args\": [\"connect\", \"NAME\"])\n"
 		"\n"
 		"  --json prints the keeper's reply as JSON instead of a table.\n"
 		"\n"
@@ -357,7 +361,12 @@ static void evbuffer_freep(struct evbuffer **b)
  * notifications. Returns 0 with the result in *reply (the caller clears it),
  * or an exit code after saying why.
  */
-static int ctl_call(struct ctl *c, const char *method, struct rpc_msg *reply)
+/*
+ * One request, one reply. keep_fd/keep_buf (both or neither) receive the
+ * connection and whatever arrived after the reply, for `connect`.
+ */
+static int ctl_exchange(struct ctl *c, const char *method, struct json_object *params, struct rpc_msg *reply,
+			int *keep_fd, struct evbuffer **keep_buf)
 {
 	_cleanup_(closep) int fd = -1;
 	_cleanup_(evbuffer_freep) struct evbuffer *buf = NULL;
@@ -366,10 +375,12 @@ static int ctl_call(struct ctl *c, const char *method, struct rpc_msg *reply)
 	int r;
 
 	r = ctl_connect(c, &fd);
-	if (r)
+	if (r) {
+		json_object_put(params);
 		return r;
+	}
 
-	req = rpc_request(method, NULL, CTL_REQUEST_ID);
+	req = rpc_request(method, params, CTL_REQUEST_ID);
 	if (!req)
 		out_of_memory();
 	r = frame_write_fd(fd, req, PROTO_MAX_MESSAGE, ctl_remaining_ms(c));
@@ -414,6 +425,10 @@ static int ctl_call(struct ctl *c, const char *method, struct rpc_msg *reply)
 		}
 		if (m.type == RPC_RESULT && id_is_ours(m.id)) {
 			*reply = m;
+			if (keep_fd) {
+				*keep_fd = TAKE_FD(fd);
+				*keep_buf = TAKE_PTR(buf);
+			}
 			return 0;
 		}
 		if (m.type == RPC_ERROR && id_is_ours(m.id)) {
@@ -448,6 +463,11 @@ static int ctl_call(struct ctl *c, const char *method, struct rpc_msg *reply)
 		rpc_msg_clear(&m);
 		return CTL_EXIT_PROTOCOL;
 	}
+}
+
+static int ctl_call(struct ctl *c, const char *method, struct rpc_msg *reply)
+{
+	return ctl_exchange(c, method, NULL, reply, NULL, NULL);
 }
 
 /* ---- Output ---- */
@@ -832,12 +852,248 @@ static int cmd_servers(struct ctl *c, int argc, char **argv)
 	return run_query(c, argc, argv, METHOD_SERVERS_LIST, servers_print);
 }
 
+
+/* ---- connect: the stdio bridge an MCP client launches ---- */
+
+#define RELAY_LIMIT PROTO_MAX_MESSAGE
+
+struct relay {
+	const char *server;
+	int sock;
+	struct evbuffer *from_client, *to_sock, *from_sock, *to_client;
+	struct json_object *in_flight;	/* requests sent upstream, keyed by their id's JSON */
+	bool client_eof, sock_eof;
+};
+
+static const char *id_key(struct json_object *id)
+{
+	return json_object_to_json_string_ext(id, JSON_C_TO_STRING_PLAIN);
+}
+
+/* An error response for id on stdout (written by the relay loop). */
+static void relay_error(struct relay *rl, struct json_object *id, int code, const char *message)
+{
+	struct json_object *e = rpc_error(id, code, KIND_UNAVAILABLE, message);
+
+	if (e)
+		frame_write(rl->to_client, e, RELAY_LIMIT);
+	json_object_put(e);
+}
+
+static void relay_from_client(struct relay *rl)
+{
+	for (;;) {
+		struct rpc_msg m;
+		char detail[160] = "";
+		int r = frame_read(rl->from_client, RELAY_LIMIT, &m, detail, sizeof(detail));
+
+		if (r == FRAME_NEED_MORE)
+			return;
+		if (r) {
+			struct json_object *e = rpc_error_for_frame(r, detail);
+
+			frame_write(rl->to_client, e, RELAY_LIMIT);
+			json_object_put(e);
+			rpc_msg_clear(&m);
+			if (r == FRAME_E_TOO_LARGE)
+				evbuffer_drain(rl->from_client, evbuffer_get_length(rl->from_client));
+			continue;
+		}
+		if (m.type == RPC_REQUEST)
+			json_object_object_add(rl->in_flight, id_key(m.id), NULL);
+		frame_write(rl->to_sock, m.root, RELAY_LIMIT);
+		rpc_msg_clear(&m);
+	}
+}
+
+static int relay_from_sock(struct relay *rl)
+{
+	for (;;) {
+		struct rpc_msg m;
+		int r = frame_read(rl->from_sock, RELAY_LIMIT, &m, NULL, 0);
+
+		if (r == FRAME_NEED_MORE)
+			return 0;
+		if (r) {
+			rpc_msg_clear(&m);
+			fprintf(stderr, "mcpctl: connect %s: the worker sent a malformed message (%s)\n", rl->server,
+				frame_strerror(r));
+			return -1;
+		}
+		if ((m.type == RPC_RESULT || m.type == RPC_ERROR) && m.id)
+			json_object_object_del(rl->in_flight, id_key(m.id));
+		frame_write(rl->to_client, m.root, RELAY_LIMIT);
+		rpc_msg_clear(&m);
+	}
+}
+
+/* The worker side went away: every request still in flight gets an error. */
+static void relay_fail_in_flight(struct relay *rl, const char *why)
+{
+	char msg[256];
+
+	snprintf(msg, sizeof(msg), "mcpkeeper: the connection to %s was lost (%s); retry", rl->server, why);
+	json_object_object_foreach(rl->in_flight, key, val) {
+		struct json_object *id = json_tokener_parse(key);
+
+		(void)val;
+		relay_error(rl, id, RPC_INTERNAL_ERROR, msg);
+		json_object_put(id);
+	}
+}
+
+static void write_all_fd(int fd, struct evbuffer *b)
+{
+	while (evbuffer_get_length(b) > 0) {
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
+
+		if (evbuffer_write(b, fd) < 0 && errno != EAGAIN && errno != EINTR)
+			return;
+		if (evbuffer_get_length(b) > 0)
+			poll(&p, 1, 1000);
+	}
+}
+
+static int relay_run(struct relay *rl)
+{
+	fd_set_nonblock(STDIN_FILENO, 1);
+	fd_set_nonblock(STDOUT_FILENO, 1);
+	fd_set_nonblock(rl->sock, 1);
+	if (relay_from_sock(rl) < 0)
+		return CTL_EXIT_PROTOCOL;
+	while (!rl->sock_eof) {
+		struct pollfd p[3] = {
+			{ .fd = rl->client_eof ? -1 : STDIN_FILENO, .events = POLLIN },
+			{ .fd = rl->sock, .events = POLLIN | (evbuffer_get_length(rl->to_sock) ? POLLOUT : 0) },
+			{ .fd = evbuffer_get_length(rl->to_client) ? STDOUT_FILENO : -1, .events = POLLOUT },
+		};
+
+		/* Do not read more of one side than the other side can take. */
+		if (evbuffer_get_length(rl->to_sock) > 4 * RELAY_LIMIT)
+			p[0].fd = -1;
+		if (evbuffer_get_length(rl->to_client) > 4 * RELAY_LIMIT)
+			p[1].events &= ~POLLIN;
+		if (poll(p, 3, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return CTL_EXIT_KEEPER_ERROR;
+		}
+		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			int n = evbuffer_read(rl->from_client, STDIN_FILENO, 65536);
+
+			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+				rl->client_eof = true;
+				write_all_fd(rl->sock, rl->to_sock);
+				shutdown(rl->sock, SHUT_WR);
+			}
+			relay_from_client(rl);
+		}
+		if (p[1].revents & POLLOUT)
+			evbuffer_write(rl->to_sock, rl->sock);
+		if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+			int n = evbuffer_read(rl->from_sock, rl->sock, 65536);
+
+			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+				rl->sock_eof = true;
+			if (relay_from_sock(rl) < 0)
+				rl->sock_eof = true;
+		}
+		if (p[2].revents & POLLOUT)
+			evbuffer_write(rl->to_client, STDOUT_FILENO);
+		if (p[2].revents & (POLLHUP | POLLERR))
+			return CTL_EXIT_OK; /* the MCP client is gone */
+	}
+	if (json_object_object_length(rl->in_flight) > 0 || !rl->client_eof) {
+		relay_fail_in_flight(rl, "the worker closed the connection");
+		write_all_fd(STDOUT_FILENO, rl->to_client);
+		fprintf(stderr, "mcpctl: connect %s: the worker closed the connection\n", rl->server);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	write_all_fd(STDOUT_FILENO, rl->to_client);
+	return CTL_EXIT_OK;
+}
+
+/* The keeper could not connect us: answer what the client already asked. */
+static void answer_pending_stdin(const char *server, const char *why)
+{
+	struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+	struct pollfd p = { .fd = STDIN_FILENO, .events = POLLIN };
+	char msg[512];
+
+	if (!in || !out)
+		return;
+	snprintf(msg, sizeof(msg), "mcpkeeper: cannot connect to %s: %s", server, why);
+	fd_set_nonblock(STDIN_FILENO, 1);
+	while (poll(&p, 1, 100) > 0 && evbuffer_read(in, STDIN_FILENO, 65536) > 0) {
+		struct rpc_msg m;
+
+		while (frame_read(in, RELAY_LIMIT, &m, NULL, 0) != FRAME_NEED_MORE) {
+			if (m.root && m.type == RPC_REQUEST) {
+				struct json_object *e = rpc_error(m.id, RPC_INTERNAL_ERROR, KIND_UNAVAILABLE, msg);
+
+				frame_write(out, e, RELAY_LIMIT);
+				json_object_put(e);
+			}
+			rpc_msg_clear(&m);
+			if (!evbuffer_get_length(in))
+				break;
+		}
+	}
+	write_all_fd(STDOUT_FILENO, out);
+	evbuffer_free(in);
+	evbuffer_free(out);
+}
+
+static int cmd_connect(struct ctl *c, int argc, char **argv)
+{
+	struct relay rl = { 0 };
+	struct rpc_msg reply = { 0 };
+	struct json_object *params;
+	int r;
+
+	if (argc != 2)
+		return usage_error("connect takes one server name");
+	rl.server = argv[1];
+	r = ctl_find_socket(c);
+	if (r) {
+		answer_pending_stdin(rl.server, "the keeper's socket cannot be found");
+		return r;
+	}
+	params = json_object_new_object();
+	json_object_object_add(params, "server", json_object_new_string(rl.server));
+	rl.from_sock = NULL;
+	r = ctl_exchange(c, METHOD_CONNECT, params, &reply, &rl.sock, &rl.from_sock);
+	if (r) {
+		answer_pending_stdin(rl.server, r == CTL_EXIT_UNREACHABLE ? "the keeper is not running"
+						: "the keeper refused the connection (see mcpctl's stderr)");
+		return r;
+	}
+	rpc_msg_clear(&reply);
+	/* From here on the keeper is out of the path: this socket is the worker's. */
+	c->deadline_ms = 0;
+	rl.from_client = evbuffer_new();
+	rl.to_sock = evbuffer_new();
+	rl.to_client = evbuffer_new();
+	rl.in_flight = json_object_new_object();
+	if (!rl.from_client || !rl.to_sock || !rl.to_client || !rl.in_flight)
+		out_of_memory();
+	r = relay_run(&rl);
+	close(rl.sock);
+	evbuffer_free(rl.from_client);
+	evbuffer_free(rl.to_sock);
+	evbuffer_free(rl.from_sock);
+	evbuffer_free(rl.to_client);
+	json_object_put(rl.in_flight);
+	return r;
+}
+
 static const struct {
 	const char *name;
 	int (*run)(struct ctl *c, int argc, char **argv);
 } commands[] = {
 	{ "status", cmd_status },
 	{ "servers", cmd_servers },
+	{ "connect", cmd_connect },
 };
 
 static int parse_timeout(const char *s, double *out)

@@ -55,6 +55,7 @@ struct child {
 	const struct child_ops *ops;
 	void *ctx;
 	char *role;
+	char *label;			/* for logs: "oauth", "github worker" */
 	char *binary;
 	enum child_state state;
 	pid_t pid;
@@ -96,6 +97,10 @@ static char *find_binary(const char *name)
 			snprintf(path, sizeof(path), "%s/%s", self, name);
 			if (access(path, X_OK) == 0)
 				return strdup(path);
+			/* A build tree keeps the worker in worker/ beside daemon/. */
+			snprintf(path, sizeof(path), "%s/../worker/%s", self, name);
+			if (access(path, X_OK) == 0)
+				return strdup(path);
 		}
 	}
 	snprintf(path, sizeof(path), "%s/%s", LIBEXECDIR, name);
@@ -113,6 +118,7 @@ struct child *child_new(struct keeper *k, const char *role, const char *binary, 
 	c->ops = ops;
 	c->ctx = ctx;
 	c->role = strdup(role);
+	c->label = strdup(role);
 	c->binary = find_binary(binary);
 	c->pid = -1;
 	c->desc_fd = -1;
@@ -200,7 +206,7 @@ struct child *child_free(struct child *c)
 			if (kill(c->pid, SIGKILL) == 0)
 				waitpid(c->pid, &status, 0);
 			else
-				log_warn("%s child %d did not exit: %m", c->role, (int)c->pid);
+				log_warn("%s child %d did not exit: %m", c->label, (int)c->pid);
 		}
 	}
 	fail_pending(c, "keeper stopping");
@@ -213,9 +219,20 @@ struct child *child_free(struct child *c)
 	if (c->restart_timer)
 		event_free(c->restart_timer);
 	free(c->role);
+	free(c->label);
 	free(c->binary);
 	free(c);
 	return NULL;
+}
+
+void child_set_label(struct child *c, const char *label)
+{
+	char *l = strdup(label);
+
+	if (l) {
+		free(c->label);
+		c->label = l;
+	}
 }
 
 void child_stop(struct child *c)
@@ -243,7 +260,7 @@ static int send_msg(struct child *c, struct json_object *msg)
 	int r = frame_write(bufferevent_get_output(c->bev), msg, PROTO_MAX_MESSAGE);
 
 	if (r)
-		log_error("%s child: cannot queue a message: %s", c->role, frame_strerror(r));
+		log_error("%s child: cannot queue a message: %s", c->label, frame_strerror(r));
 	return r ? -EIO : 0;
 }
 
@@ -266,13 +283,13 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 
 	if (m->type == RPC_REQUEST || m->type == RPC_NOTIFICATION) {
 		if (c->state != CHILD_READY || !c->ops || !c->ops->message || c->ops->message(c, c->ctx, m) < 0) {
-			log_error("%s child sent an unexpected %s; restarting it", c->role, m->method);
+			log_error("%s child sent an unexpected %s; restarting it", c->label, m->method);
 			child_lost(c, "protocol violation");
 		}
 		return;
 	}
 	if (!m->id || !json_object_is_type(m->id, json_type_int)) {
-		log_error("%s child answered without a valid id; restarting it", c->role);
+		log_error("%s child answered without a valid id; restarting it", c->label);
 		child_lost(c, "protocol violation");
 		return;
 	}
@@ -282,7 +299,7 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 
 		if (m->type == RPC_ERROR || !json_object_object_get_ex(m->result, "version", &v) ||
 		    json_object_get_int(v) != PROTO_VERSION) {
-			log_error("%s child refused the hello or speaks another protocol version", c->role);
+			log_error("%s child refused the hello or speaks another protocol version", c->label);
 			child_lost(c, "handshake failed");
 			return;
 		}
@@ -290,8 +307,8 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 		if (json_object_object_get_ex(m->result, "landlock", &ll) &&
 		    strcmp(json_object_get_string(ll), "enforced") != 0)
 			log_info("%s child: Landlock %s on this kernel: it relies on its uid and file modes",
-				 c->role, json_object_get_string(ll));
-		log_info("%s child ready, pid %d", c->role, (int)c->pid);
+				 c->label, json_object_get_string(ll));
+		log_info("%s child ready, pid %d", c->label, (int)c->pid);
 		if (c->ops && c->ops->ready)
 			c->ops->ready(c, c->ctx);
 		return;
@@ -300,7 +317,7 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 		struct pending *p = take_pending(c, id);
 
 		if (!p) {
-			log_debug("%s child: reply to a forgotten request %lld", c->role, (long long)id);
+			log_debug("%s child: reply to a forgotten request %lld", c->label, (long long)id);
 			return;
 		}
 		if (p->fn)
@@ -322,7 +339,7 @@ static void on_read(struct bufferevent *bev, void *arg)
 		if (r == FRAME_NEED_MORE)
 			return;
 		if (r != 0) {
-			log_error("%s child sent a bad message (%s); restarting it", c->role, detail);
+			log_error("%s child sent a bad message (%s); restarting it", c->label, detail);
 			rpc_msg_clear(&m);
 			child_lost(c, "protocol violation");
 			return;
@@ -361,7 +378,7 @@ static void child_lost(struct child *c, const char *why)
 	if (c->pid > 0)
 		kill(c->pid, SIGKILL); /* reaped in child_reap(); under another uid the EOF ends it */
 	if (c->state == CHILD_READY || c->state == CHILD_STARTING)
-		log_warn("%s child lost (%s)", c->role, why);
+		log_warn("%s child lost (%s)", c->label, why);
 	snprintf(c->last_exit, sizeof(c->last_exit), "%s", why);
 	fail_pending(c, "child exited");
 	if (c->ops && c->ops->lost)
@@ -425,7 +442,7 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc)
 		struct passwd *pw = getpwnam(c->k->cfg->worker_user);
 
 		if (!pw || setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
-			log_error("%s child: cannot switch to user %s: %m", c->role, c->k->cfg->worker_user);
+			log_error("%s child: cannot switch to user %s: %m", c->label, c->k->cfg->worker_user);
 			_exit(127);
 		}
 	}
@@ -435,7 +452,7 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc)
 	 * execve, which would let a child switch back to the keeper's user.
 	 */
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
-		log_error("%s child: cannot drop ambient capabilities: %m", c->role);
+		log_error("%s child: cannot drop ambient capabilities: %m", c->label);
 		_exit(127);
 	}
 
@@ -454,7 +471,7 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc)
 	}
 	envp[n] = NULL;
 	execve(c->binary, (char *[]){ c->binary, NULL }, envp);
-	log_error("%s child: cannot run %s: %m", c->role, c->binary);
+	log_error("%s child: cannot run %s: %m", c->label, c->binary);
 	_exit(127);
 }
 
@@ -466,7 +483,7 @@ int child_start(struct child *c)
 
 	r = sock_pair(0, sv);
 	if (r < 0) {
-		log_error("%s child: socketpair: %s", c->role, strerror(-r));
+		log_error("%s child: socketpair: %s", c->label, strerror(-r));
 		return r;
 	}
 	if (c->ops && c->ops->desc_channel &&
@@ -474,7 +491,7 @@ int child_start(struct child *c)
 		r = -errno;
 		close(sv[0]);
 		close(sv[1]);
-		log_error("%s child: socketpair: %s", c->role, strerror(-r));
+		log_error("%s child: socketpair: %s", c->label, strerror(-r));
 		return r;
 	}
 	pid = fork();
@@ -484,7 +501,7 @@ int child_start(struct child *c)
 		close(sv[1]);
 		fd_close(dv[0]);
 		fd_close(dv[1]);
-		log_error("%s child: fork: %s", c->role, strerror(-r));
+		log_error("%s child: fork: %s", c->label, strerror(-r));
 		return r;
 	}
 	if (pid == 0)
@@ -516,7 +533,7 @@ int child_start(struct child *c)
 	hello = rpc_request(METHOD_HELLO, params, c->hello_id);
 	r = send_msg(c, hello);
 	json_object_put(hello);
-	log_debug("%s child started, pid %d", c->role, (int)pid);
+	log_debug("%s child started, pid %d", c->label, (int)pid);
 	return r;
 }
 
@@ -623,7 +640,7 @@ void child_reap(struct keeper *k)
 				break;
 			}
 			if (c->state != CHILD_RESTARTING)
-				log_warn("%s child %s", c->role, why);
+				log_warn("%s child %s", c->label, why);
 			child_lost(c, why);
 			break;
 		}

@@ -171,6 +171,7 @@ struct child *child_new(struct keeper *k, const char *role, const char *binary, 
 			void *ctx);
 struct child *child_free(struct child *c);
 int child_start(struct child *c);
+void child_set_label(struct child *c, const char *label);
 /* Closes the channel and lets the child end; no restart until child_start(). */
 void child_stop(struct child *c);
 bool child_ready(const struct child *c);

@@ -260,9 +260,13 @@ static const struct child_ops worker_ops = {
 static int ensure_worker(struct keeper *k, struct server *s)
 {
 	if (!s->worker) {
+		char label[128];
+
 		s->worker = child_new(k, ROLE_WORKER, CHILD_WORKER_BIN, &worker_ops, s);
 		if (!s->worker)
 			return -ENOMEM;
+		snprintf(label, sizeof(label), "%s worker", s->name);
+		child_set_label(s->worker, label);
 	}
 	if (strcmp(child_state_name(s->worker), "stopped") == 0)
 		return child_start(s->worker);
