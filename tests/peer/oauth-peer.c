@@ -24,12 +24,37 @@
  *   GET  /authorize   auto-approves: 302 to redirect_uri with code, state, iss
  *   POST /token       authorization_code and refresh_token grants
  *   POST /revoke      RFC 7009; a refresh token revokes its whole family
- *   POST|DELETE /mcp  MCP (GET: 405, no server-initiated stream)
+ *   POST|DELETE /mcp  MCP, streamable HTTP
+ *   GET  /mcp         with Accept: text/event-stream, a token and a session:
+ *                     the session's long-lived SSE stream for server-initiated
+ *                     messages (405 when Accept lacks text/event-stream)
+ *   GET  /sse         the HTTP+SSE transport (2024-11-05): an event stream
+ *                     whose first event is "endpoint" with data
+ *                     /messages?session_id=ID; the stream is the session
+ *   POST /messages?session_id=ID   a JSON-RPC message for that session:
+ *                     202, and a request's response arrives on the stream as
+ *                     an "event: message"
+ *   GET  /.well-known/oauth-protected-resource/sse   RFC 9728 for /sse
  *   POST /test/fail   {"mode": "500"|"429"|"hang"|"malformed"|"invalid_grant",
  *                      "count": N} queues failures for the next token requests
- *   GET  /test/stats  counters; POST /test/reset zeroes them and drops queued
- *                     failures; POST /test/config changes token_lifetime,
+ *   GET  /test/stats  counters; POST /test/reset zeroes them, drops queued
+ *                     failures and forgets recorded responses;
+ *                     POST /test/config changes token_lifetime,
  *                     grace, rotate, require_resource, hang_seconds, sse
+ *   POST /test/notify  {"session": ID | "*", "method": M, "params": {...}}
+ *                     sends a notification on the session's stream (GET /mcp
+ *                     or /sse); answers {"delivered": N}, 404 when the named
+ *                     session has no open stream
+ *   POST /test/request {"session": ID | "*", "method": M, "params": {...},
+ *                     "id": optional}: a server-initiated request with a fresh
+ *                     integer id (or the given one); answers {"delivered": N,
+ *                     "ids": [...]}
+ *   GET  /test/responses  the responses clients sent back so far, in order:
+ *                     [{"session": ID, "method": M or null, "response": MSG}]
+ *   POST /test/revoke-all         revokes every access and refresh token
+ *                     issued so far (a provider-side "all sessions revoked")
+ *   POST /test/revoke-access-all  revokes every access token issued so far;
+ *                     refresh tokens stay valid, so clients recover by refresh
  *
  * Choices a test may rely on:
  * - A dynamically registered confidential client must authenticate the way it
@@ -47,7 +72,25 @@
  *   "hang" answers 503 after --hang-seconds; a client normally gives up first.
  * - /mcp requires Mcp-Session-Id after initialize (400 without, 404 unknown);
  *   sessions are not bound to a token, so a refresh mid-session keeps working.
- * - mcp_requests counts every request on /mcp, authorized or not.
+ * - mcp_requests counts every request on /mcp, authorized or not;
+ *   sse_requests every request on /sse and /messages. unauthorized counts
+ *   the 401s of all three.
+ * - Streams (GET /mcp and GET /sse) are authorized when they open and are not
+ *   bound to a token afterwards: they survive refresh, expiry and revocation
+ *   of the token that opened them. They end (cleanly, with the last chunk) on
+ *   DELETE of their session (GET /mcp streams), at shutdown, or when the
+ *   client goes; an HTTP+SSE session ends with its stream. A session may hold
+ *   several GET streams; each message goes on one of them, the newest, as the
+ *   MCP spec asks. get_streams and sse_streams in /test/stats count the open
+ *   ones (facts, like in_flight: /test/reset leaves them).
+ * - A message for a client (a notification, a request, or an HTTP+SSE
+ *   response) goes out as "event: message" with the JSON on one data line.
+ *   Events carry no ids: there is no resumption (Last-Event-ID is ignored).
+ * - A response a client POSTs (to /mcp or /messages) is answered 202 and
+ *   recorded, with the method of the server request whose id and session it
+ *   matches (null when it matches none).
+ * - Tokens for resource .../mcp and .../sse are accepted on /mcp, /sse and
+ *   /messages alike; the resource only has to be one of the two.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -84,6 +127,11 @@
 #define SLOW_MAX_MS 600000
 #define LIMIT_SECONDS 10000000L
 #define DEFAULT_SCOPE "mcp"
+/* An open stream is idle by design: its connection may stay quiet this long. */
+#define STREAM_TIMEOUT_S 86400
+/* At shutdown, time for the last chunk of every open stream to go out. */
+#define SHUTDOWN_FLUSH_MS 200
+#define SESSION_CHARS (2 * 16 + 1)
 /* 32 random bytes in base64url without padding: 43 characters and a NUL. */
 #define TOKEN_CHARS sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_URLSAFE_NO_PADDING)
 
@@ -190,6 +238,7 @@ struct failure {
 enum pending_kind {
 	PENDING_HANG,
 	PENDING_SLOW,
+	PENDING_EVENT,		/* slow over HTTP+SSE: an event for a session's stream */
 };
 
 struct pending {
@@ -199,7 +248,33 @@ struct pending {
 	struct event *timer;
 	enum pending_kind kind;
 	int sse;			/* slow: the SSE stream has been started */
-	struct json_object *reply;	/* slow: the JSON-RPC response to send */
+	struct json_object *reply;	/* slow, event: the JSON-RPC response to send */
+	char *session;			/* event: the HTTP+SSE session (req is NULL) */
+};
+
+/*
+ * A long-lived SSE stream: a GET /mcp stream of a streamable-HTTP session, or
+ * the event stream of an HTTP+SSE session (legacy), which is that session.
+ * The connection is remembered apart from the request because libevent
+ * detaches the request from a connection the client closed.
+ */
+struct stream {
+	TAILQ_ENTRY(stream) link;
+	struct peer *peer;
+	struct evhttp_request *req;
+	struct evhttp_connection *evcon;
+	char session[SESSION_CHARS];
+	int legacy;
+};
+
+TAILQ_HEAD(stream_list, stream);
+
+/* A server-initiated request still waiting for its response. */
+struct srv_request {
+	struct srv_request *next;
+	char session[SESSION_CHARS];
+	struct json_object *id;
+	char *method;
 };
 
 struct stats {
@@ -214,6 +289,14 @@ struct stats {
 	long long max_in_flight;
 	long long registrations;
 	long long revocations;
+	long long sse_requests;
+	long long get_streams;		/* open GET /mcp streams (a fact) */
+	long long sse_streams;		/* open GET /sse streams (a fact) */
+	long long notifications_sent;
+	long long requests_sent;
+	long long responses_received;
+	long long revoke_all;
+	long long revoke_access_all;
 };
 
 struct peer_options {
@@ -238,12 +321,19 @@ struct peer {
 	int port;
 	char issuer[64];
 	char resource[80];
+	char resource_sse[80];		/* the HTTP+SSE endpoint, also a resource */
 	char *prm_json;			/* RFC 9728 document */
+	char *prm_sse_json;		/* the same for /sse */
 	char *as_json;			/* RFC 8414 document */
 	struct table clients, codes, atokens, rtokens, sessions;
 	struct family *families;
 	struct failure *fail_head, *fail_tail;
 	struct pending *pending;
+	struct stream_list streams;
+	struct srv_request *srv_requests;
+	struct json_object *responses;	/* what /test/responses shows */
+	int64_t next_request_id;
+	int stopping;
 	struct stats stats;
 };
 
@@ -421,6 +511,13 @@ static void table_sweep(struct table *t, int (*dead)(const void *val, int64_t no
 			t->count--;
 		}
 	}
+}
+
+static void table_foreach(struct table *t, void (*fn)(void *val, void *arg), void *arg)
+{
+	for (size_t i = 0; i < t->nbuckets; i++)
+		for (struct tentry *e = t->buckets[i]; e; e = e->next)
+			fn(e->val, arg);
 }
 
 static void table_free(struct table *t)
@@ -703,13 +800,17 @@ static void discovery_build(struct peer *p)
 
 	snprintf(p->issuer, sizeof(p->issuer), "http://127.0.0.1:%d", p->port);
 	snprintf(p->resource, sizeof(p->resource), "%s/mcp", p->issuer);
+	snprintf(p->resource_sse, sizeof(p->resource_sse), "%s/sse", p->issuer);
 
-	o = json_object_new_object();
-	json_object_object_add(o, "resource", json_object_new_string(p->resource));
-	json_object_object_add(o, "authorization_servers", string_array((const char *const[]){ p->issuer }, 1));
-	json_object_object_add(o, "bearer_methods_supported", string_array(header, 1));
-	json_object_object_add(o, "scopes_supported", string_array(scopes, 1));
-	p->prm_json = json_dup(o);
+	for (int i = 0; i < 2; i++) {
+		o = json_object_new_object();
+		json_object_object_add(o, "resource", json_object_new_string(i ? p->resource_sse : p->resource));
+		json_object_object_add(o, "authorization_servers",
+				       string_array((const char *const[]){ p->issuer }, 1));
+		json_object_object_add(o, "bearer_methods_supported", string_array(header, 1));
+		json_object_object_add(o, "scopes_supported", string_array(scopes, 1));
+		*(i ? &p->prm_sse_json : &p->prm_json) = json_dup(o);
+	}
 
 	o = json_object_new_object();
 	json_object_object_add(o, "issuer", json_object_new_string(p->issuer));
@@ -735,6 +836,12 @@ static void handle_discovery(struct evhttp_request *req, const char *doc)
 		return;
 	}
 	reply_raw(req, 200, "application/json", doc, strlen(doc));
+}
+
+/* One of the two endpoints this server protects (RFC 8707). */
+static int resource_known(const struct peer *p, const char *resource)
+{
+	return streq(resource, p->resource) || streq(resource, p->resource_sse);
 }
 
 /* ---- clients and redirect URIs -------------------------------------- */
@@ -1020,7 +1127,7 @@ static void handle_authorize(struct peer *p, struct evhttp_request *req)
 		goto out;
 	}
 	resource = form_get(&q, "resource");
-	if (resource && !streq(resource, p->resource)) {
+	if (resource && !resource_known(p, resource)) {
 		authorize_error(p, req, redirect_uri, "invalid_target", state);
 		goto out;
 	}
@@ -1170,7 +1277,7 @@ static int resource_check(struct peer *p, struct evhttp_request *req, const char
 
 	if (!resource && p->opt.require_resource)
 		why = "resource is required";
-	else if (resource && !streq(resource, p->resource))
+	else if (resource && !resource_known(p, resource))
 		why = "unknown resource";
 	else if (resource && bound && !streq(resource, bound))
 		why = "resource differs from the authorization";
@@ -1567,8 +1674,12 @@ static int mcp_wants_sse(struct peer *p, struct evhttp_request *req)
 	       !strstr(accept, "*/*");
 }
 
-/* RFC 6750 3 and RFC 9728 5.1: the challenge names the resource metadata. */
-static int mcp_authorized(struct peer *p, struct evhttp_request *req)
+#define PRM_PATH "/.well-known/oauth-protected-resource"
+#define PRM_SSE_PATH "/.well-known/oauth-protected-resource/sse"
+
+/* RFC 6750 3 and RFC 9728 5.1: the challenge names the resource metadata
+ * (prm_path) of the endpoint asked for. */
+static int mcp_authorized(struct peer *p, struct evhttp_request *req, const char *prm_path)
 {
 	const char *authz = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
 	const char *token = NULL;
@@ -1584,8 +1695,8 @@ static int mcp_authorized(struct peer *p, struct evhttp_request *req)
 	if (at && !at->revoked && !at->fam->revoked && at->expires_ms > now_ms())
 		return 1;
 
-	snprintf(challenge, sizeof(challenge), "Bearer resource_metadata=\"%s/.well-known/oauth-protected-resource\"%s",
-		 p->issuer, authz ? ", error=\"invalid_token\"" : "");
+	snprintf(challenge, sizeof(challenge), "Bearer resource_metadata=\"%s%s\"%s", p->issuer, prm_path,
+		 authz ? ", error=\"invalid_token\"" : "");
 	add_header(req, "WWW-Authenticate", challenge);
 	p->stats.unauthorized++;
 	reply_json(req, 401, rpc_error(NULL, RPC_APP_ERROR, NULL, "unauthorized"));
@@ -1709,11 +1820,14 @@ static struct json_object *mcp_initialize(struct json_object *id, struct json_ob
 	return rpc_result(id, r);
 }
 
-/* Returns 0 when the request names a live session, else answers it. */
-static int mcp_session_check(struct peer *p, struct evhttp_request *req)
+/* Returns 0 when the request names a live session (then *sid_out, when not
+ * NULL, is that id, borrowed from the request), else answers it. */
+static int mcp_session_check(struct peer *p, struct evhttp_request *req, const char **sid_out)
 {
 	const char *sid = evhttp_find_header(evhttp_request_get_input_headers(req), "Mcp-Session-Id");
 
+	if (sid_out)
+		*sid_out = sid;
 	if (!sid) {
 		reply_json(req, 400, rpc_error(NULL, RPC_INVALID_REQUEST, NULL, "Mcp-Session-Id required"));
 		return -1;
@@ -1725,54 +1839,232 @@ static int mcp_session_check(struct peer *p, struct evhttp_request *req)
 	return 0;
 }
 
-static void mcp_post(struct peer *p, struct evhttp_request *req)
+static void session_new(char out[SESSION_CHARS])
+{
+	unsigned char bin[16];
+
+	randombytes_buf(bin, sizeof(bin));
+	sodium_bin2hex(out, SESSION_CHARS, bin, sizeof(bin));
+}
+
+/*
+ * Reads a JSON-RPC message body into *m. Returns 0, or answers the request
+ * (400 with a JSON-RPC error for a bad message) and returns -1.
+ */
+static int rpc_body(struct evhttp_request *req, struct rpc_msg *m)
 {
 	_cleanup_(freep) char *body = NULL;
-	struct rpc_msg m = { 0 };
-	struct json_object *reply = NULL, *later = NULL;
-	const char *session = NULL;
 	char detail[128] = "";
-	int sse = mcp_wants_sse(p, req), r;
-	long delay_ms = 0;
 	size_t len;
+	int r;
 
 	r = body_string(req, &body, &len);
 	if (r) {
 		reply_text(req, r, "cannot read body\n");
-		return;
+		return -1;
 	}
 	while (len > 0 && strchr(" \t\r\n", body[len - 1]))
 		len--;
-	r = frame_parse_line(body, len, &m, detail, sizeof(detail));
+	r = frame_parse_line(body, len, m, detail, sizeof(detail));
 	if (r) {
 		reply_json(req, 400, rpc_error_for_frame(r, detail));
-		goto out;
+		rpc_msg_clear(m);
+		return -1;
 	}
-	if (m.type == RPC_REQUEST && strcmp(m.method, "initialize") == 0) {
-		char *sid = xmalloc(2 * 16 + 1);
-		unsigned char bin[16];
+	return 0;
+}
 
-		randombytes_buf(bin, sizeof(bin));
-		sodium_bin2hex(sid, 2 * 16 + 1, bin, sizeof(bin));
+/*
+ * Answers a request other than initialize: the response to send now, or NULL
+ * for the slow tool, with *later to send after *delay_ms.
+ */
+static struct json_object *mcp_request(const struct rpc_msg *m, long *delay_ms, struct json_object **later)
+{
+	if (strcmp(m->method, "ping") == 0)
+		return rpc_result(m->id, NULL);
+	if (strcmp(m->method, "tools/list") == 0)
+		return rpc_result(m->id, mcp_tools_list());
+	if (strcmp(m->method, "tools/call") == 0)
+		return mcp_tools_call(m->id, m->params, delay_ms, later);
+	return rpc_error(m->id, RPC_METHOD_NOT_FOUND, NULL, "method not found");
+}
+
+/* ---- streams and server-initiated messages ------------------------------ */
+
+static void stream_count(struct peer *p, const struct stream *s, long long delta)
+{
+	if (s->legacy)
+		p->stats.sse_streams += delta;
+	else
+		p->stats.get_streams += delta;
+}
+
+static void stream_unlink(struct stream *s)
+{
+	TAILQ_REMOVE(&s->peer->streams, s, link);
+	stream_count(s->peer, s, -1);
+}
+
+/* The client went away and libevent is freeing the connection. */
+static void stream_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct stream *s = arg;
+
+	log_info("%s stream of a session closed by the client", s->legacy ? "SSE" : "GET");
+	stream_unlink(s);
+	/* A request the connection let go of is ours to free (ending a reply
+	 * without a connection frees it); one still attached goes with it. */
+	if (!evhttp_request_get_connection(s->req))
+		evhttp_send_reply_end(s->req);
+	free(s);
+}
+
+/* Ends a stream from this side: the last chunk, and the connection is an
+ * ordinary one again. */
+static void stream_end(struct stream *s)
+{
+	stream_unlink(s);
+	evhttp_connection_set_closecb(s->evcon, NULL, NULL);
+	evhttp_connection_set_timeout(s->evcon, PEER_CONN_TIMEOUT_S);
+	evhttp_send_reply_end(s->req);
+	free(s);
+}
+
+/* Ends the streams of session (of that transport), or all when NULL.
+ * Returns how many. */
+static int streams_end(struct peer *p, const char *session, int legacy)
+{
+	struct stream *s, *next;
+	int n = 0;
+
+	for (s = TAILQ_FIRST(&p->streams); s; s = next) {
+		next = TAILQ_NEXT(s, link);
+		if (!session || (streq(s->session, session) && s->legacy == legacy)) {
+			stream_end(s);
+			n++;
+		}
+	}
+	return n;
+}
+
+/* The newest open stream of session; legacy < 0: of either transport. */
+static struct stream *stream_find(struct peer *p, const char *session, int legacy)
+{
+	struct stream *s;
+
+	TAILQ_FOREACH_REVERSE(s, &p->streams, stream_list, link)
+		if (streq(s->session, session) && (legacy < 0 || s->legacy == legacy))
+			return s;
+	return NULL;
+}
+
+static void stream_event(struct stream *s, const char *event, const char *data)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	if (!b)
+		fatal("out of memory");
+	evbuffer_add_printf(b, "event: %s\ndata: %s\n\n", event, data);
+	evhttp_send_reply_chunk(s->req, b);
+	evbuffer_free(b);
+}
+
+/* Sends msg as one "message" event and drops the caller's reference. */
+static void stream_send(struct stream *s, struct json_object *msg)
+{
+	if (!msg)
+		fatal("out of memory");
+	stream_event(s, "message",
+		     json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(msg);
+}
+
+/* Starts the event stream that answers req. An HTTP+SSE stream first tells
+ * the client where to post its messages. */
+static void stream_open(struct peer *p, struct evhttp_request *req, const char *session, int legacy)
+{
+	struct stream *s = xmalloc(sizeof(*s));
+
+	s->peer = p;
+	s->req = req;
+	s->evcon = evhttp_request_get_connection(req);
+	s->legacy = legacy;
+	snprintf(s->session, sizeof(s->session), "%s", session);
+	TAILQ_INSERT_TAIL(&p->streams, s, link);
+	stream_count(p, s, 1);
+	evhttp_connection_set_closecb(s->evcon, stream_closed, s);
+	evhttp_connection_set_timeout(s->evcon, STREAM_TIMEOUT_S);
+	mcp_sse_start(req, NULL);
+	if (legacy) {
+		char endpoint[64];
+
+		snprintf(endpoint, sizeof(endpoint), "/messages?session_id=%s", session);
+		stream_event(s, "endpoint", endpoint);
+	}
+}
+
+static void srv_request_free(struct srv_request *r)
+{
+	json_object_put(r->id);
+	free(r->method);
+	free(r);
+}
+
+/* Records a response a client sent back, with the method of the server
+ * request it answers (matched by session and id). */
+static void response_record(struct peer *p, const char *session, const struct rpc_msg *m)
+{
+	struct json_object *e = json_object_new_object();
+	struct srv_request **pr, *r = NULL;
+
+	for (pr = &p->srv_requests; *pr; pr = &(*pr)->next) {
+		if (streq((*pr)->session, session) && json_object_equal((*pr)->id, m->id)) {
+			r = *pr;
+			*pr = r->next;
+			break;
+		}
+	}
+	json_object_object_add(e, "session", json_object_new_string(session));
+	json_object_object_add(e, "method", r ? json_object_new_string(r->method) : NULL);
+	json_object_object_add(e, "response", json_object_get(m->root));
+	json_object_array_add(p->responses, e);
+	p->stats.responses_received++;
+	if (r)
+		srv_request_free(r);
+}
+
+/* ---- MCP over streamable HTTP ------------------------------------------- */
+
+static void mcp_post(struct peer *p, struct evhttp_request *req)
+{
+	struct rpc_msg m = { 0 };
+	struct json_object *reply = NULL, *later = NULL;
+	const char *session = NULL;
+	int sse = mcp_wants_sse(p, req);
+	long delay_ms = 0;
+
+	if (rpc_body(req, &m) < 0)
+		return;
+	if (m.type == RPC_REQUEST && strcmp(m.method, "initialize") == 0) {
+		char *sid = xmalloc(SESSION_CHARS);
+
+		session_new(sid);
 		table_put(&p->sessions, sid, sid);
 		session = sid;
 		reply = mcp_initialize(m.id, m.params);
 	} else {
-		if (mcp_session_check(p, req) < 0)
+		const char *sid;
+
+		if (mcp_session_check(p, req, &sid) < 0)
 			goto out;
+		if (m.type == RPC_RESULT || m.type == RPC_ERROR)
+			response_record(p, sid, &m);
 		if (m.type != RPC_REQUEST) {
 			/* Notifications and responses: accepted, nothing to say. */
 			reply_raw(req, 202, NULL, NULL, 0);
 			goto out;
 		}
-		if (strcmp(m.method, "ping") == 0)
-			reply = rpc_result(m.id, NULL);
-		else if (strcmp(m.method, "tools/list") == 0)
-			reply = rpc_result(m.id, mcp_tools_list());
-		else if (strcmp(m.method, "tools/call") == 0)
-			reply = mcp_tools_call(m.id, m.params, &delay_ms, &later);
-		else
-			reply = rpc_error(m.id, RPC_METHOD_NOT_FOUND, NULL, "method not found");
+		reply = mcp_request(&m, &delay_ms, &later);
 	}
 	if (later) {
 		struct pending *pd = pending_add(p, req, PENDING_SLOW, delay_ms);
@@ -1790,27 +2082,126 @@ out:
 	rpc_msg_clear(&m);
 }
 
+static int accepts_event_stream(struct evhttp_request *req)
+{
+	const char *accept = evhttp_find_header(evhttp_request_get_input_headers(req), "Accept");
+
+	return accept && strcasestr(accept, "text/event-stream");
+}
+
 static void handle_mcp(struct peer *p, struct evhttp_request *req)
 {
+	const char *sid;
+
 	p->stats.mcp_requests++;
-	if (!mcp_authorized(p, req))
+	if (!mcp_authorized(p, req, PRM_PATH))
 		return;
 	switch (evhttp_request_get_command(req)) {
 	case EVHTTP_REQ_POST:
 		mcp_post(p, req);
 		break;
 	case EVHTTP_REQ_DELETE:
-		if (mcp_session_check(p, req) == 0) {
-			free(table_take(&p->sessions,
-					evhttp_find_header(evhttp_request_get_input_headers(req), "Mcp-Session-Id")));
+		if (mcp_session_check(p, req, &sid) == 0) {
+			streams_end(p, sid, 0);
+			free(table_take(&p->sessions, sid));
 			reply_raw(req, 200, NULL, NULL, 0);
 		}
 		break;
+	case EVHTTP_REQ_GET:
+		/* The server-initiated stream is for clients that can read one. */
+		if (!accepts_event_stream(req)) {
+			reply_method_not_allowed(req, "GET, POST, DELETE");
+			break;
+		}
+		if (p->stopping) {
+			reply_text(req, 503, "shutting down\n");
+			break;
+		}
+		if (mcp_session_check(p, req, &sid) == 0)
+			stream_open(p, req, sid, 0);
+		break;
 	default:
-		/* No server-initiated stream (GET) on this peer. */
-		reply_method_not_allowed(req, "POST, DELETE");
+		reply_method_not_allowed(req, "GET, POST, DELETE");
 		break;
 	}
+}
+
+/* ---- MCP over HTTP+SSE (2024-11-05) --------------------------------------- */
+
+static void handle_sse(struct peer *p, struct evhttp_request *req)
+{
+	char sid[SESSION_CHARS];
+
+	p->stats.sse_requests++;
+	if (!mcp_authorized(p, req, PRM_SSE_PATH))
+		return;
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		reply_method_not_allowed(req, "GET");
+		return;
+	}
+	if (p->stopping) {
+		reply_text(req, 503, "shutting down\n");
+		return;
+	}
+	session_new(sid);
+	stream_open(p, req, sid, 1);
+}
+
+static void handle_messages(struct peer *p, struct evhttp_request *req)
+{
+	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	struct json_object *reply = NULL, *later = NULL;
+	struct rpc_msg m = { 0 };
+	const char *sid;
+	struct stream *s;
+	struct evkeyvalq q;
+	long delay_ms = 0;
+
+	TAILQ_INIT(&q);
+	p->stats.sse_requests++;
+	if (!mcp_authorized(p, req, PRM_SSE_PATH))
+		return;
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		reply_method_not_allowed(req, "POST");
+		return;
+	}
+	if (!query || evhttp_parse_query_str(query, &q) < 0 || !(sid = form_get(&q, "session_id"))) {
+		reply_json(req, 400, rpc_error(NULL, RPC_INVALID_REQUEST, NULL, "session_id required"));
+		goto out;
+	}
+	s = stream_find(p, sid, 1);
+	if (!s) {
+		reply_json(req, 404, rpc_error(NULL, RPC_INVALID_REQUEST, NULL, "unknown session"));
+		goto out;
+	}
+	if (rpc_body(req, &m) < 0)
+		goto out;
+	reply_raw(req, 202, NULL, NULL, 0);
+	switch (m.type) {
+	case RPC_RESULT:
+	case RPC_ERROR:
+		response_record(p, sid, &m);
+		break;
+	case RPC_NOTIFICATION:
+		break;
+	case RPC_REQUEST:
+		if (strcmp(m.method, "initialize") == 0)
+			reply = mcp_initialize(m.id, m.params);
+		else
+			reply = mcp_request(&m, &delay_ms, &later);
+		if (later) {
+			struct pending *pd = pending_add(p, NULL, PENDING_EVENT, delay_ms);
+
+			pd->reply = later;
+			pd->session = xstrdup(sid);
+		} else {
+			stream_send(s, reply);
+		}
+		break;
+	}
+	rpc_msg_clear(&m);
+out:
+	evhttp_clear_headers(&q);
 }
 
 /* ---- pending replies -------------------------------------------------- */
@@ -1831,6 +2222,17 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
 		else
 			mcp_send(pd->req, pd->reply, NULL, 0);
 		break;
+	case PENDING_EVENT: {
+		/* The session may have ended meanwhile: then nobody waits. */
+		struct stream *s = stream_find(p, pd->session, 1);
+
+		if (s)
+			stream_send(s, pd->reply);
+		else
+			json_object_put(pd->reply);
+		free(pd->session);
+		break;
+	}
 	}
 	if (pd->prev)
 		pd->prev->next = pd->next;
@@ -1860,6 +2262,14 @@ static struct json_object *stats_json(const struct stats *s)
 	STAT(max_in_flight);
 	STAT(registrations);
 	STAT(revocations);
+	STAT(sse_requests);
+	STAT(get_streams);
+	STAT(sse_streams);
+	STAT(notifications_sent);
+	STAT(requests_sent);
+	STAT(responses_received);
+	STAT(revoke_all);
+	STAT(revoke_access_all);
 #undef STAT
 	return o;
 }
@@ -1943,6 +2353,112 @@ static void test_config(struct peer *p, struct evhttp_request *req, struct json_
 	reply_json(req, 200, config_json(p));
 }
 
+/*
+ * /test/notify and /test/request: one message for the newest stream of the
+ * named session, or of every session that has one ("*"). Requests get a fresh
+ * id each (or the one given) and are remembered until their response.
+ */
+static void test_push(struct peer *p, struct evhttp_request *req, struct json_object *body, int request)
+{
+	struct json_object *v, *params = NULL, *given_id = NULL, *ids, *o;
+	const char *session = NULL, *method = NULL;
+	long long delivered = 0;
+	struct stream *s;
+	int all;
+
+	if (json_object_object_get_ex(body, "session", &v) && json_object_is_type(v, json_type_string))
+		session = json_object_get_string(v);
+	if (json_object_object_get_ex(body, "method", &v) && json_object_is_type(v, json_type_string))
+		method = json_object_get_string(v);
+	if (!session || !*session || !method || !*method ||
+	    (json_object_object_get_ex(body, "params", &params) && !json_object_is_type(params, json_type_object)) ||
+	    (request && json_object_object_get_ex(body, "id", &given_id) &&
+	     !json_object_is_type(given_id, json_type_int) && !json_object_is_type(given_id, json_type_string))) {
+		reply_text(req, 400, "need session (an id or \"*\"), method, optional params (an object)"
+				     " and for a request an optional id (integer or string)\n");
+		return;
+	}
+	all = strcmp(session, "*") == 0;
+	ids = json_object_new_array();
+	TAILQ_FOREACH(s, &p->streams, link) {
+		struct json_object *msg, *id;
+
+		/* One stream per session: the newest (MCP: never broadcast). */
+		if ((!all && !streq(s->session, session)) || stream_find(p, s->session, -1) != s)
+			continue;
+		if (!request) {
+			msg = rpc_notification(method, json_object_get(params));
+			p->stats.notifications_sent++;
+		} else {
+			struct srv_request *r = xmalloc(sizeof(*r));
+
+			id = given_id ? json_object_get(given_id) : json_object_new_int64(++p->next_request_id);
+			msg = rpc_request(method, json_object_get(params), 0);
+			if (!msg || !id)
+				fatal("out of memory");
+			json_object_object_add(msg, "id", json_object_get(id));
+			snprintf(r->session, sizeof(r->session), "%s", s->session);
+			r->id = json_object_get(id);
+			r->method = xstrdup(method);
+			r->next = p->srv_requests;
+			p->srv_requests = r;
+			json_object_array_add(ids, id);
+			p->stats.requests_sent++;
+		}
+		stream_send(s, msg);
+		delivered++;
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, "delivered", json_object_new_int64(delivered));
+	if (request) {
+		if (delivered == 1)
+			json_object_object_add(o, "id", json_object_get(json_object_array_get_idx(ids, 0)));
+		json_object_object_add(o, "ids", ids);
+	} else {
+		json_object_put(ids);
+	}
+	if (!all && !delivered)
+		json_object_object_add(o, "error", json_object_new_string("no open stream for that session"));
+	reply_json(req, all || delivered ? 200 : 404, o);
+}
+
+static void atoken_revoke(void *val, void *arg)
+{
+	struct atoken *a = val;
+	long long *n = arg;
+
+	if (!a->revoked) {
+		a->revoked = 1;
+		(*n)++;
+	}
+}
+
+/* A provider-side mass revocation: every access token issued so far, and
+ * with refresh every token family (so every refresh token) too. */
+static void test_revoke_all(struct peer *p, struct evhttp_request *req, int refresh)
+{
+	struct json_object *o = json_object_new_object();
+	long long access = 0, families = 0;
+
+	table_foreach(&p->atokens, atoken_revoke, &access);
+	json_object_object_add(o, "access_tokens", json_object_new_int64(access));
+	if (refresh) {
+		for (struct family *f = p->families; f; f = f->next) {
+			if (!f->revoked) {
+				f->revoked = 1;
+				families++;
+			}
+		}
+		json_object_object_add(o, "families", json_object_new_int64(families));
+		p->stats.revoke_all++;
+	} else {
+		p->stats.revoke_access_all++;
+	}
+	log_info("revoked every access token%s (%lld access tokens, %lld families)",
+		 refresh ? " and refresh token" : "", access, families);
+	reply_json(req, 200, o);
+}
+
 static void handle_test(struct peer *p, struct evhttp_request *req, const char *what)
 {
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -1970,16 +2486,37 @@ static void handle_test(struct peer *p, struct evhttp_request *req, const char *
 			reply_method_not_allowed(req, "POST");
 			return;
 		}
-		/* in_flight is a fact, not a counter: requests held now stay counted. */
+		/* in_flight and the open streams are facts, not counters:
+		 * requests held and streams open now stay counted. */
 		long long in_flight = p->stats.in_flight;
+		long long get_streams = p->stats.get_streams, sse_streams = p->stats.sse_streams;
 
 		memset(&p->stats, 0, sizeof(p->stats));
 		p->stats.in_flight = p->stats.max_in_flight = in_flight;
+		p->stats.get_streams = get_streams;
+		p->stats.sse_streams = sse_streams;
 		failures_clear(p);
+		json_object_put(p->responses);
+		p->responses = json_object_new_array();
 		reply_json(req, 200, json_object_new_object());
 		return;
 	}
-	if (strcmp(what, "fail") != 0 && strcmp(what, "config") != 0) {
+	if (strcmp(what, "responses") == 0) {
+		if (cmd != EVHTTP_REQ_GET)
+			reply_method_not_allowed(req, "GET");
+		else
+			reply_json(req, 200, json_object_get(p->responses));
+		return;
+	}
+	if (strcmp(what, "revoke-all") == 0 || strcmp(what, "revoke-access-all") == 0) {
+		if (cmd != EVHTTP_REQ_POST)
+			reply_method_not_allowed(req, "POST");
+		else
+			test_revoke_all(p, req, strcmp(what, "revoke-all") == 0);
+		return;
+	}
+	if (strcmp(what, "fail") != 0 && strcmp(what, "config") != 0 && strcmp(what, "notify") != 0 &&
+	    strcmp(what, "request") != 0) {
 		reply_text(req, 404, "not found\n");
 		return;
 	}
@@ -1994,8 +2531,10 @@ static void handle_test(struct peer *p, struct evhttp_request *req, const char *
 	}
 	if (strcmp(what, "fail") == 0)
 		test_fail(p, req, body);
-	else
+	else if (strcmp(what, "config") == 0)
 		test_config(p, req, body);
+	else
+		test_push(p, req, body, strcmp(what, "request") == 0);
 	json_object_put(body);
 }
 
@@ -2008,6 +2547,10 @@ static void peer_dispatch(struct evhttp_request *req, void *arg)
 
 	if (strcmp(path, "/mcp") == 0)
 		handle_mcp(p, req);
+	else if (strcmp(path, "/sse") == 0)
+		handle_sse(p, req);
+	else if (strcmp(path, "/messages") == 0)
+		handle_messages(p, req);
 	else if (strcmp(path, "/token") == 0)
 		handle_token(p, req);
 	else if (strcmp(path, "/authorize") == 0)
@@ -2019,6 +2562,8 @@ static void peer_dispatch(struct evhttp_request *req, void *arg)
 	else if (strcmp(path, "/.well-known/oauth-protected-resource") == 0 ||
 		 strcmp(path, "/.well-known/oauth-protected-resource/mcp") == 0)
 		handle_discovery(req, p->prm_json);
+	else if (strcmp(path, PRM_SSE_PATH) == 0)
+		handle_discovery(req, p->prm_sse_json);
 	else if (strcmp(path, "/.well-known/oauth-authorization-server") == 0 ||
 		 strcmp(path, "/.well-known/openid-configuration") == 0)
 		handle_discovery(req, p->as_json);
@@ -2033,7 +2578,15 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	struct peer *p = arg;
 
 	log_info("signal %d: stopping", (int)sig);
-	event_base_loopexit(p->base, NULL);
+	p->stopping = 1;
+	/* Open streams end cleanly; give their last chunks a moment to leave. */
+	if (streams_end(p, NULL, 0) > 0) {
+		struct timeval tv = { .tv_usec = SHUTDOWN_FLUSH_MS * 1000 };
+
+		event_base_loopexit(p->base, &tv);
+	} else {
+		event_base_loopexit(p->base, NULL);
+	}
 }
 
 static void on_sweep(evutil_socket_t fd, short what, void *arg)
@@ -2194,6 +2747,7 @@ static void peer_free(struct peer *p)
 	/* Answer whatever is still held, then let libevent free the requests. */
 	while (p->pending)
 		pending_fire(-1, 0, p->pending);
+	streams_end(p, NULL, 0);
 	evhttp_free(p->http);
 	event_free(p->sigterm);
 	event_free(p->sigint);
@@ -2214,7 +2768,15 @@ static void peer_free(struct peer *p)
 		free(f);
 	}
 	failures_clear(p);
+	while (p->srv_requests) {
+		struct srv_request *r = p->srv_requests;
+
+		p->srv_requests = r->next;
+		srv_request_free(r);
+	}
+	json_object_put(p->responses);
 	free(p->prm_json);
+	free(p->prm_sse_json);
 	free(p->as_json);
 }
 
@@ -2235,6 +2797,8 @@ int main(int argc, char **argv)
 	table_init(&p.atokens, free);
 	table_init(&p.rtokens, free);
 	table_init(&p.sessions, free);
+	TAILQ_INIT(&p.streams);
+	p.responses = json_object_new_array();
 	if (p.opt.client_id) {
 		struct client *c = xmalloc(sizeof(*c));
 

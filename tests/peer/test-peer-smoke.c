@@ -2,9 +2,16 @@
  * peer-smoke: starts the real test peer and walks it through what later
  * integration tests lean on — discovery, registration, the authorization code
  * flow with PKCE, MCP over JSON and SSE, refresh rotation with reuse
- * detection, failure injection, revocation, size limits — and checks its
- * counters exactly. Every request is sequential, so the counts are exact and
- * no step depends on timing except the bounded wait for an injected hang.
+ * detection, failure injection, revocation, size limits, server-initiated
+ * messages on the GET stream, the older HTTP+SSE transport, mass revocation
+ * — and checks its counters exactly. Every request is sequential, so the
+ * counts are exact and no step depends on timing except bounded waits (an
+ * injected hang, a closed stream being noticed).
+ *
+ * Long-lived event streams run on a curl multi handle that the test pumps
+ * itself, next to the ordinary blocking requests: what the peer writes on a
+ * stream waits in the socket until the test reads it, and every wait for an
+ * event has a deadline.
  *
  * Usage: test-peer-smoke PATH-TO-mcpkeeper-test-peer
  */
@@ -34,6 +41,8 @@ extern char **environ;
 
 #define HANG_SECONDS 2
 #define REDIRECT_URI "http://127.0.0.1:8765/callback"
+#define EVENT_WAIT_MS 10000
+#define QUIET_MS 300
 
 static char base[64];
 static CURL *curl;
@@ -43,7 +52,8 @@ static pid_t peer_pid = -1;
 /* What /test/stats must say, kept in step with every request sent. */
 static struct {
 	long long token_grants, refresh_grants, refresh_requests, failures_injected, reused_refresh_tokens,
-		unauthorized, mcp_requests, registrations, revocations;
+		unauthorized, mcp_requests, registrations, revocations, sse_requests, notifications_sent,
+		requests_sent, responses_received, revoke_all, revoke_access_all;
 } expect;
 
 struct resp {
@@ -424,6 +434,203 @@ static const char *tool_text(struct json_object *msg)
 	return jstr(item, "text");
 }
 
+/* ---- event streams (curl multi) ------------------------------------------ */
+
+static CURLM *multi;
+
+struct stream {
+	CURL *easy;
+	struct curl_slist *headers;
+	struct resp r;
+	int headers_done;
+	int done;
+	CURLcode result;
+	size_t parsed;		/* bytes of r.body already taken as events */
+};
+
+static size_t stream_on_header(char *line, size_t size, size_t n, void *arg)
+{
+	struct stream *s = arg;
+	size_t len = size * n;
+
+	on_header(line, size, n, &s->r);
+	if (len <= 2 && (line[0] == '\r' || line[0] == '\n'))
+		s->headers_done = 1;
+	return len;
+}
+
+/* Lets curl move data for up to ms, and notes finished transfers. */
+static void pump(int ms)
+{
+	CURLMsg *msg;
+	int running, left;
+
+	CHECK(curl_multi_perform(multi, &running) == CURLM_OK);
+	if (ms > 0 && running) {
+		CHECK(curl_multi_poll(multi, NULL, 0, ms, NULL) == CURLM_OK);
+		CHECK(curl_multi_perform(multi, &running) == CURLM_OK);
+	}
+	while ((msg = curl_multi_info_read(multi, &left))) {
+		struct stream *s;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		CHECK(curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s) == CURLE_OK);
+		s->done = 1;
+		s->result = msg->data.result;
+	}
+}
+
+static long long ms_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * GET path as an event stream with a bearer token (may be NULL) and an
+ * Mcp-Session-Id (may be NULL); waits (bounded) until the response headers
+ * are in, or the transfer ended. s->r.status is the HTTP status.
+ */
+static void stream_open(struct stream *s, const char *path, const char *token, const char *session)
+{
+	char url[512], line[256];
+	long long deadline = ms_now() + EVENT_WAIT_MS;
+
+	memset(s, 0, sizeof(*s));
+	CHECK(snprintf(url, sizeof(url), "%s%s", base, path) < (int)sizeof(url));
+	s->easy = curl_easy_init();
+	CHECK(s->easy != NULL);
+	curl_easy_setopt(s->easy, CURLOPT_URL, url);
+	curl_easy_setopt(s->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(s->easy, CURLOPT_TIMEOUT_MS, 40000L);
+	curl_easy_setopt(s->easy, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(s->easy, CURLOPT_WRITEDATA, &s->r);
+	curl_easy_setopt(s->easy, CURLOPT_HEADERFUNCTION, stream_on_header);
+	curl_easy_setopt(s->easy, CURLOPT_HEADERDATA, s);
+	curl_easy_setopt(s->easy, CURLOPT_PRIVATE, s);
+	s->headers = curl_slist_append(s->headers, "Accept: text/event-stream");
+	if (token) {
+		snprintf(line, sizeof(line), "Authorization: Bearer %s", token);
+		s->headers = curl_slist_append(s->headers, line);
+	}
+	if (session) {
+		snprintf(line, sizeof(line), "Mcp-Session-Id: %s", session);
+		s->headers = curl_slist_append(s->headers, line);
+	}
+	curl_easy_setopt(s->easy, CURLOPT_HTTPHEADER, s->headers);
+	CHECK(curl_multi_add_handle(multi, s->easy) == CURLM_OK);
+	while (!s->headers_done && !s->done) {
+		CHECK(ms_now() < deadline);
+		pump(100);
+	}
+	curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->r.status);
+}
+
+/* Drops the stream from this side (the connection closes). */
+static void stream_close(struct stream *s)
+{
+	curl_multi_remove_handle(multi, s->easy);
+	curl_easy_cleanup(s->easy);
+	curl_slist_free_all(s->headers);
+	resp_clear(&s->r);
+	memset(s, 0, sizeof(*s));
+}
+
+/*
+ * The next event: its name (default "message") in event and its data
+ * (data lines joined by newlines) as the return value, which the caller
+ * frees. NULL when none arrives within wait_ms or the stream ended.
+ */
+static char *stream_next(struct stream *s, char *event, size_t evlen, int wait_ms)
+{
+	long long deadline = ms_now() + wait_ms;
+
+	for (;;) {
+		char *start = s->r.body ? s->r.body + s->parsed : NULL, *end, *line, *data = NULL;
+		size_t dlen = 0;
+
+		end = start ? strstr(start, "\n\n") : NULL;
+		if (end) {
+			*end = '\0';
+			s->parsed = (size_t)(end + 2 - s->r.body);
+			snprintf(event, evlen, "message");
+			for (line = start; line && *line;) {
+				char *nl = strchr(line, '\n');
+
+				if (nl)
+					*nl = '\0';
+				if (strncmp(line, "event:", 6) == 0) {
+					snprintf(event, evlen, "%s", line + 6 + (line[6] == ' '));
+				} else if (strncmp(line, "data:", 5) == 0) {
+					const char *d = line + 5 + (line[5] == ' ');
+					size_t n = strlen(d);
+
+					data = realloc(data, dlen + n + 2);
+					CHECK(data != NULL);
+					if (dlen)
+						data[dlen++] = '\n';
+					memcpy(data + dlen, d, n + 1);
+					dlen += n;
+				}
+				/* Comments (":...") and other fields are skipped. */
+				line = nl ? nl + 1 : NULL;
+			}
+			if (!data)
+				continue; /* an event without data is no event */
+			return data;
+		}
+		if (s->done || ms_now() >= deadline)
+			return NULL;
+		pump(50);
+	}
+}
+
+/* The next event must be a "message" with a JSON object. */
+static struct json_object *stream_message(struct stream *s)
+{
+	char event[64];
+	char *data = stream_next(s, event, sizeof(event), EVENT_WAIT_MS);
+	struct json_object *o;
+
+	if (!data)
+		fprintf(stderr, "no event within %d ms (stream %s)\n", EVENT_WAIT_MS, s->done ? "ended" : "open");
+	CHECK(data != NULL);
+	CHECK(streq(event, "message"));
+	o = json_tokener_parse(data);
+	CHECK(o != NULL && json_object_is_type(o, json_type_object));
+	free(data);
+	return o;
+}
+
+/* Nothing more arrives for a while. */
+static void stream_quiet(struct stream *s)
+{
+	char event[64];
+	char *data = stream_next(s, event, sizeof(event), QUIET_MS);
+
+	if (data)
+		fprintf(stderr, "unexpected event %s: %s\n", event, data);
+	CHECK(data == NULL);
+	CHECK(!s->done);
+}
+
+/* Waits for the peer to end the stream; it must end cleanly (last chunk). */
+static void stream_wait_end(struct stream *s)
+{
+	long long deadline = ms_now() + EVENT_WAIT_MS;
+
+	while (!s->done) {
+		CHECK(ms_now() < deadline);
+		pump(100);
+	}
+	if (s->result != CURLE_OK)
+		fprintf(stderr, "stream ended with %s\n", curl_easy_strerror(s->result));
+	CHECK_EQ(s->result, CURLE_OK);
+}
+
 /* ---- the peer process ----------------------------------------------------- */
 
 /* A failed CHECK exits: take the peer down too, so that nothing outlives the
@@ -707,6 +914,536 @@ static void test_mcp(const struct tokens *t)
 	resp_clear(&r);
 }
 
+/* ---- server-initiated messages, HTTP+SSE, mass revocation ----------------- */
+
+static long long stat_of(const char *name)
+{
+	struct json_object *o = stats();
+	long long v = jint(o, name);
+
+	json_object_put(o);
+	return v;
+}
+
+/* Waits (bounded) until a stats counter reaches want, pumping the streams
+ * meanwhile: the peer learns of a closed stream asynchronously. */
+static void wait_stat(const char *name, long long want)
+{
+	long long deadline = ms_now() + EVENT_WAIT_MS, v;
+
+	while ((v = stat_of(name)) != want) {
+		if (ms_now() >= deadline)
+			fprintf(stderr, "%s is %lld, waited for %lld\n", name, v, want);
+		CHECK(ms_now() < deadline);
+		pump(50);
+	}
+}
+
+/* initialize (+ notifications/initialized) on /mcp; the session id lands in session. */
+static void mcp_session(const char *token, char *session, size_t len)
+{
+	struct resp r = { 0 };
+	struct json_object *o;
+
+	o = mcp(&r, token, NULL, NULL,
+		"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\","
+		"\"capabilities\":{\"sampling\":{}},\"clientInfo\":{\"name\":\"smoke\",\"version\":\"1\"}}}");
+	CHECK(o != NULL);
+	json_object_put(o);
+	copy(session, len, r.session);
+	CHECK(mcp(&r, token, session, NULL, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}") == NULL);
+	CHECK_EQ(r.status, 202);
+	resp_clear(&r);
+}
+
+static void mcp_delete(const char *token, const char *session)
+{
+	char authz[200], sid[200];
+	const char *headers[] = { authz, sid, NULL };
+	struct resp r = { 0 };
+
+	snprintf(authz, sizeof(authz), "Authorization: Bearer %s", token);
+	snprintf(sid, sizeof(sid), "Mcp-Session-Id: %s", session);
+	http(&r, "DELETE", "/mcp", NULL, NULL, 0, headers);
+	CHECK_EQ(r.cc, CURLE_OK);
+	CHECK_EQ(r.status, 200);
+	expect.mcp_requests++;
+	resp_clear(&r);
+}
+
+/* POST /test/notify or /test/request; returns the parsed answer. */
+static struct json_object *push(const char *what, const char *session, const char *method, const char *params,
+				long want_status)
+{
+	char path[64], body[1024];
+	struct resp r = { 0 };
+	struct json_object *o;
+
+	snprintf(path, sizeof(path), "/test/%s", what);
+	snprintf(body, sizeof(body), "{\"session\":\"%s\",\"method\":\"%s\"%s%s}", session, method,
+		 params ? ",\"params\":" : "", params ? params : "");
+	post_json(&r, path, body);
+	CHECK_EQ(r.status, want_status);
+	o = json_of(&r);
+	resp_clear(&r);
+	return o;
+}
+
+/* A notification with params.data == data, as a stream message. */
+static void expect_notification(struct stream *s, const char *method, const char *data)
+{
+	struct json_object *o = stream_message(s), *params, *v;
+
+	CHECK(streq(jstr(o, "jsonrpc"), "2.0"));
+	CHECK(streq(jstr(o, "method"), method));
+	CHECK(!json_object_object_get_ex(o, "id", &v));
+	CHECK(json_object_object_get_ex(o, "params", &params));
+	CHECK(streq(jstr(params, "data"), data));
+	json_object_put(o);
+}
+
+/* A server request as a stream message; returns its id (a copy, caller puts). */
+static struct json_object *expect_request(struct stream *s, const char *method)
+{
+	struct json_object *o = stream_message(s), *id;
+
+	CHECK(streq(jstr(o, "method"), method));
+	CHECK(json_object_object_get_ex(o, "id", &id));
+	id = json_object_get(id);
+	json_object_put(o);
+	return id;
+}
+
+static struct json_object *responses(void)
+{
+	struct resp r = { 0 };
+	struct json_object *o;
+
+	get(&r, "/test/responses");
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	CHECK(json_object_is_type(o, json_type_array));
+	resp_clear(&r);
+	return o;
+}
+
+static void test_get_stream(const struct tokens *t)
+{
+	static const char sampling[] =
+		"{\"messages\":[{\"role\":\"user\",\"content\":{\"type\":\"text\",\"text\":\"2+2?\"}}],\"maxTokens\":10}";
+	struct stream a = { 0 }, a2 = { 0 }, b = { 0 };
+	char session_a[128], session_b[128], body[512];
+	struct json_object *o, *id, *v, *list, *e;
+	struct resp r = { 0 };
+	long long req_id;
+
+	TEST("GET /mcp without Accept: text/event-stream stays 405; without a token 401");
+	mcp_session(t->access, session_a, sizeof(session_a));
+	{
+		char authz[200], sid[200];
+		const char *headers[] = { authz, sid, "Accept: application/json", NULL };
+
+		snprintf(authz, sizeof(authz), "Authorization: Bearer %s", t->access);
+		snprintf(sid, sizeof(sid), "Mcp-Session-Id: %s", session_a);
+		http(&r, "GET", "/mcp", NULL, NULL, 0, headers);
+		CHECK_EQ(r.cc, CURLE_OK);
+		CHECK_EQ(r.status, 405);
+		expect.mcp_requests++;
+	}
+	stream_open(&a, "/mcp", NULL, session_a);
+	CHECK_EQ(a.r.status, 401);
+	CHECK(strstr(a.r.www_auth, "resource_metadata=") != NULL);
+	stream_close(&a);
+	expect.mcp_requests++;
+	expect.unauthorized++;
+
+	TEST("GET /mcp stream: 400 without a session, 404 for an unknown one");
+	stream_open(&a, "/mcp", t->access, NULL);
+	CHECK_EQ(a.r.status, 400);
+	stream_close(&a);
+	stream_open(&a, "/mcp", t->access, "0123456789abcdef");
+	CHECK_EQ(a.r.status, 404);
+	stream_close(&a);
+	expect.mcp_requests += 2;
+
+	TEST("GET /mcp stream opens: 200 text/event-stream, counted in get_streams");
+	stream_open(&a, "/mcp", t->access, session_a);
+	expect.mcp_requests++;
+	CHECK_EQ(a.r.status, 200);
+	CHECK(strncmp(a.r.ctype, "text/event-stream", 17) == 0);
+	CHECK(!a.done);
+	CHECK_EQ(stat_of("get_streams"), 1);
+
+	TEST("/test/notify: the notification arrives on the GET stream");
+	o = push("notify", session_a, "notifications/message", "{\"level\":\"info\",\"data\":\"hello stream\"}", 200);
+	CHECK_EQ(jint(o, "delivered"), 1);
+	json_object_put(o);
+	expect.notifications_sent++;
+	expect_notification(&a, "notifications/message", "hello stream");
+
+	TEST("/test/request: a sampling request with a fresh id arrives; the POSTed response is recorded");
+	o = push("request", session_a, "sampling/createMessage", sampling, 200);
+	CHECK_EQ(jint(o, "delivered"), 1);
+	req_id = jint(o, "id");
+	json_object_put(o);
+	expect.requests_sent++;
+	id = expect_request(&a, "sampling/createMessage");
+	CHECK(json_object_is_type(id, json_type_int));
+	CHECK_EQ(json_object_get_int64(id), req_id);
+	json_object_put(id);
+	snprintf(body, sizeof(body),
+		 "{\"jsonrpc\":\"2.0\",\"id\":%lld,\"result\":{\"role\":\"assistant\",\"content\":{\"type\":\"text\","
+		 "\"text\":\"4\"},\"model\":\"smoke-model\"}}",
+		 req_id);
+	CHECK(mcp(&r, t->access, session_a, NULL, body) == NULL);
+	CHECK_EQ(r.status, 202);
+	expect.responses_received++;
+
+	TEST("/test/request with a given string id; an error response and an unsolicited one are recorded too");
+	post_json(&r, "/test/request",
+		  "{\"session\":\"*\",\"method\":\"elicitation/create\",\"id\":\"srv-1\",\"params\":{\"message\":\"name?\"}}");
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	CHECK_EQ(jint(o, "delivered"), 1);
+	CHECK(streq(jstr(o, "id"), "srv-1"));
+	json_object_put(o);
+	expect.requests_sent++;
+	id = expect_request(&a, "elicitation/create");
+	CHECK(streq(json_object_get_string(id), "srv-1"));
+	json_object_put(id);
+	CHECK(mcp(&r, t->access, session_a, NULL,
+		  "{\"jsonrpc\":\"2.0\",\"id\":\"srv-1\",\"error\":{\"code\":-32601,\"message\":\"no elicitation\"}}") ==
+	      NULL);
+	CHECK_EQ(r.status, 202);
+	CHECK(mcp(&r, t->access, session_a, NULL, "{\"jsonrpc\":\"2.0\",\"id\":424242,\"result\":{}}") == NULL);
+	CHECK_EQ(r.status, 202);
+	expect.responses_received += 2;
+	list = responses();
+	CHECK_EQ(json_object_array_length(list), 3);
+	e = json_object_array_get_idx(list, 0);
+	CHECK(streq(jstr(e, "session"), session_a));
+	CHECK(streq(jstr(e, "method"), "sampling/createMessage"));
+	CHECK(json_object_object_get_ex(e, "response", &v));
+	CHECK_EQ(jint(v, "id"), req_id);
+	CHECK(json_object_object_get_ex(v, "result", &v));
+	CHECK(streq(jstr(v, "model"), "smoke-model"));
+	e = json_object_array_get_idx(list, 1);
+	CHECK(streq(jstr(e, "method"), "elicitation/create"));
+	CHECK(json_object_object_get_ex(e, "response", &v));
+	CHECK(json_object_object_get_ex(v, "error", &v));
+	e = json_object_array_get_idx(list, 2);
+	CHECK(json_object_object_get_ex(e, "method", &v));
+	CHECK(v == NULL);
+	json_object_put(list);
+
+	TEST("\"*\" reaches every session once; a session with two streams gets it on the newer only");
+	mcp_session(t->access, session_b, sizeof(session_b));
+	stream_open(&b, "/mcp", t->access, session_b);
+	CHECK_EQ(b.r.status, 200);
+	stream_open(&a2, "/mcp", t->access, session_a);
+	CHECK_EQ(a2.r.status, 200);
+	expect.mcp_requests += 2;
+	CHECK_EQ(stat_of("get_streams"), 3);
+	o = push("notify", "*", "notifications/message", "{\"level\":\"info\",\"data\":\"to all\"}", 200);
+	CHECK_EQ(jint(o, "delivered"), 2);
+	json_object_put(o);
+	expect.notifications_sent += 2;
+	expect_notification(&b, "notifications/message", "to all");
+	expect_notification(&a2, "notifications/message", "to all");
+	stream_quiet(&a);
+
+	TEST("a stream the client drops is noticed and no longer counted");
+	stream_close(&a2);
+	wait_stat("get_streams", 2);
+	o = push("notify", session_a, "notifications/message", "{\"data\":\"back to the first\"}", 200);
+	CHECK_EQ(jint(o, "delivered"), 1);
+	json_object_put(o);
+	expect.notifications_sent++;
+	expect_notification(&a, "notifications/message", "back to the first");
+
+	TEST("DELETE of the session ends its GET stream cleanly; /test/notify then answers 404");
+	mcp_delete(t->access, session_a);
+	stream_wait_end(&a);
+	stream_close(&a);
+	CHECK_EQ(stat_of("get_streams"), 1);
+	o = push("notify", session_a, "notifications/message", "{\"data\":\"nobody\"}", 404);
+	CHECK_EQ(jint(o, "delivered"), 0);
+	json_object_put(o);
+	mcp_delete(t->access, session_b);
+	stream_wait_end(&b);
+	stream_close(&b);
+	CHECK_EQ(stat_of("get_streams"), 0);
+	o = push("notify", "*", "notifications/message", "{\"data\":\"nobody\"}", 200);
+	CHECK_EQ(jint(o, "delivered"), 0);
+	json_object_put(o);
+
+	TEST("/test/notify and /test/request refuse a body without session or method");
+	post_json(&r, "/test/notify", "{\"method\":\"x\"}");
+	CHECK_EQ(r.status, 400);
+	post_json(&r, "/test/request", "{\"session\":\"*\",\"method\":\"x\",\"params\":[1]}");
+	CHECK_EQ(r.status, 400);
+	resp_clear(&r);
+}
+
+/* POST /messages?session_id=session (session may be NULL: no query). */
+static void messages(struct resp *r, const char *token, const char *session, const char *body)
+{
+	char authz[200], path[256];
+	const char *headers[] = { authz, NULL };
+
+	snprintf(authz, sizeof(authz), "Authorization: Bearer %s", token ? token : "");
+	if (session)
+		snprintf(path, sizeof(path), "/messages?session_id=%s", session);
+	else
+		snprintf(path, sizeof(path), "/messages");
+	http(r, "POST", path, "application/json", body, strlen(body), token ? headers : NULL);
+	CHECK_EQ(r->cc, CURLE_OK);
+	expect.sse_requests++;
+	if (r->status == 401)
+		expect.unauthorized++;
+}
+
+/* A request over HTTP+SSE: 202 for the POST, the response as a message event. */
+static struct json_object *sse_call(struct stream *s, const char *token, const char *session, const char *body)
+{
+	struct resp r = { 0 };
+
+	messages(&r, token, session, body);
+	CHECK_EQ(r.status, 202);
+	resp_clear(&r);
+	return stream_message(s);
+}
+
+static void test_sse_transport(const struct tokens *t)
+{
+	struct stream s = { 0 };
+	struct json_object *o, *result, *tools, *id, *list, *e;
+	char event[64], session[128], expected[256], body[256];
+	struct resp r = { 0 };
+	char *data;
+
+	TEST("HTTP+SSE: GET /sse without a token is 401 naming the /sse resource metadata");
+	stream_open(&s, "/sse", NULL, NULL);
+	CHECK_EQ(s.r.status, 401);
+	snprintf(expected, sizeof(expected), "Bearer resource_metadata=\"%s/.well-known/oauth-protected-resource/sse\"",
+		 base);
+	CHECK(streq(s.r.www_auth, expected));
+	stream_close(&s);
+	expect.sse_requests++;
+	expect.unauthorized++;
+	get(&r, "/.well-known/oauth-protected-resource/sse");
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	snprintf(expected, sizeof(expected), "%s/sse", base);
+	CHECK(streq(jstr(o, "resource"), expected));
+	json_object_put(o);
+
+	TEST("HTTP+SSE: the first event is the endpoint with the session id");
+	stream_open(&s, "/sse", t->access, NULL);
+	expect.sse_requests++;
+	CHECK_EQ(s.r.status, 200);
+	CHECK(strncmp(s.r.ctype, "text/event-stream", 17) == 0);
+	data = stream_next(&s, event, sizeof(event), EVENT_WAIT_MS);
+	CHECK(data != NULL);
+	CHECK(streq(event, "endpoint"));
+	CHECK(strncmp(data, "/messages?session_id=", 21) == 0);
+	copy(session, sizeof(session), data + 21);
+	CHECK_EQ(strlen(session), 32);
+	free(data);
+	CHECK_EQ(stat_of("sse_streams"), 1);
+	CHECK_EQ(stat_of("get_streams"), 0);
+
+	TEST("HTTP+SSE: initialize, tools/list, echo, add and slow answer as message events");
+	o = sse_call(&s, t->access, session,
+		     "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2024-11-05\","
+		     "\"capabilities\":{},\"clientInfo\":{\"name\":\"smoke\",\"version\":\"1\"}}}");
+	CHECK_EQ(jint(o, "id"), 1);
+	CHECK(json_object_object_get_ex(o, "result", &result));
+	CHECK(streq(jstr(result, "protocolVersion"), "2024-11-05"));
+	json_object_put(o);
+	messages(&r, t->access, session, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}");
+	CHECK_EQ(r.status, 202);
+	o = sse_call(&s, t->access, session, "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}");
+	CHECK(json_object_object_get_ex(o, "result", &result));
+	CHECK(json_object_object_get_ex(result, "tools", &tools));
+	CHECK(json_object_array_length(tools) == 3);
+	json_object_put(o);
+	o = sse_call(&s, t->access, session,
+		     "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\","
+		     "\"arguments\":{\"text\":\"old transport\"}}}");
+	CHECK_EQ(jint(o, "id"), 3);
+	CHECK(streq(tool_text(o), "old transport"));
+	json_object_put(o);
+	o = sse_call(&s, t->access, session,
+		     "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{\"name\":\"add\","
+		     "\"arguments\":{\"a\":20,\"b\":22}}}");
+	CHECK(streq(tool_text(o), "42"));
+	json_object_put(o);
+	o = sse_call(&s, t->access, session,
+		     "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/call\",\"params\":{\"name\":\"slow\","
+		     "\"arguments\":{\"ms\":30}}}");
+	CHECK_EQ(jint(o, "id"), 5);
+	CHECK(streq(tool_text(o), "slept 30 ms"));
+	json_object_put(o);
+	o = sse_call(&s, t->access, session, "{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"ping\"}");
+	CHECK_EQ(jint(o, "id"), 6);
+	CHECK(json_object_object_get_ex(o, "result", &result));
+	json_object_put(o);
+
+	TEST("HTTP+SSE: POST without a token 401, without session_id 400, unknown session 404, bad JSON 400");
+	messages(&r, NULL, session, "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}");
+	CHECK_EQ(r.status, 401);
+	CHECK(strstr(r.www_auth, "oauth-protected-resource/sse") != NULL);
+	messages(&r, t->access, NULL, "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}");
+	CHECK_EQ(r.status, 400);
+	messages(&r, t->access, "0123456789abcdef0123456789abcdef", "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}");
+	CHECK_EQ(r.status, 404);
+	messages(&r, t->access, session, "{\"jsonrpc\":");
+	CHECK_EQ(r.status, 400);
+	o = json_of(&r);
+	CHECK(json_object_object_get_ex(o, "error", &result));
+	CHECK_EQ(jint(result, "code"), -32700);
+	json_object_put(o);
+	stream_quiet(&s);
+
+	TEST("HTTP+SSE: /test/notify and /test/request reach the session; the response comes back by POST");
+	o = push("notify", session, "notifications/tools/list_changed", "{\"data\":\"changed\"}", 200);
+	CHECK_EQ(jint(o, "delivered"), 1);
+	json_object_put(o);
+	expect.notifications_sent++;
+	expect_notification(&s, "notifications/tools/list_changed", "changed");
+	o = push("request", "*", "roots/list", NULL, 200);
+	CHECK_EQ(jint(o, "delivered"), 1);
+	json_object_put(o);
+	expect.requests_sent++;
+	id = expect_request(&s, "roots/list");
+	snprintf(body, sizeof(body), "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"roots\":[]}}",
+		 json_object_to_json_string(id));
+	messages(&r, t->access, session, body);
+	CHECK_EQ(r.status, 202);
+	expect.responses_received++;
+	list = responses();
+	e = json_object_array_get_idx(list, json_object_array_length(list) - 1);
+	CHECK(streq(jstr(e, "session"), session));
+	CHECK(streq(jstr(e, "method"), "roots/list"));
+	json_object_put(list);
+	json_object_put(id);
+
+	TEST("HTTP+SSE: the session ends with its stream");
+	stream_close(&s);
+	wait_stat("sse_streams", 0);
+	messages(&r, t->access, session, "{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"ping\"}");
+	CHECK_EQ(r.status, 404);
+	resp_clear(&r);
+}
+
+/* ping on a fresh session must be refused as invalid_token. */
+static void mcp_refused(const char *token)
+{
+	struct resp r = { 0 };
+
+	CHECK(mcp(&r, token, NULL, NULL, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{}}") ==
+	      NULL);
+	CHECK_EQ(r.status, 401);
+	CHECK(strstr(r.www_auth, "error=\"invalid_token\"") != NULL);
+	resp_clear(&r);
+}
+
+static void mcp_accepted(const char *token)
+{
+	char session[128];
+
+	mcp_session(token, session, sizeof(session));
+	mcp_delete(token, session);
+}
+
+/* Leaves fresh tokens in *out for what follows. */
+static void test_revoke_all(const struct client *c, struct tokens *out)
+{
+	struct tokens t1, t1b, t2, t2b, t3;
+	struct stream s = { 0 };
+	struct resp r = { 0 };
+	struct json_object *o;
+	char session[128];
+
+	TEST("/test/revoke-access-all: every access token fails, refresh tokens still refresh");
+	login(c, &t1);
+	refresh_request(&r, c, t1.refresh);
+	tokens_from(&r, &t1b, 3600);
+	expect.refresh_grants++;
+	login(c, &t2);
+	mcp_session(t2.access, session, sizeof(session));
+	stream_open(&s, "/mcp", t2.access, session);
+	CHECK_EQ(s.r.status, 200);
+	expect.mcp_requests++;
+	post_json(&r, "/test/revoke-access-all", "{}");
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	CHECK(jint(o, "access_tokens") >= 3);
+	json_object_put(o);
+	expect.revoke_access_all++;
+	mcp_refused(t1b.access);
+	mcp_refused(t2.access);
+	refresh_request(&r, c, t2.refresh);
+	tokens_from(&r, &t2b, 3600);
+	expect.refresh_grants++;
+	mcp_accepted(t2b.access);
+
+	TEST("an open stream survives the revocation of the token that opened it");
+	o = push("notify", session, "notifications/message", "{\"data\":\"still here\"}", 200);
+	json_object_put(o);
+	expect.notifications_sent++;
+	expect_notification(&s, "notifications/message", "still here");
+
+	TEST("/test/revoke-all: access and refresh tokens all fail; a new login works");
+	post_json(&r, "/test/revoke-all", "{}");
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	CHECK_EQ(jint(o, "access_tokens"), 1);	/* t2b: the others were revoked already */
+	CHECK(jint(o, "families") >= 2);
+	json_object_put(o);
+	expect.revoke_all++;
+	mcp_refused(t2b.access);
+	refresh_request(&r, c, t2b.refresh);
+	oauth_error_is(&r, 400, "invalid_grant");
+	refresh_request(&r, c, t1b.refresh);
+	oauth_error_is(&r, 400, "invalid_grant");
+	/* A retired token is no reuse now: its family is simply revoked. */
+	CHECK_EQ(stat_of("reused_refresh_tokens"), expect.reused_refresh_tokens);
+	login(c, &t3);
+	mcp_accepted(t3.access);
+	refresh_request(&r, c, t3.refresh);
+	tokens_from(&r, out, 3600);
+	expect.refresh_grants++;
+	mcp_delete(out->access, session);
+	stream_wait_end(&s);
+	stream_close(&s);
+	CHECK_EQ(stat_of("get_streams"), 0);
+	resp_clear(&r);
+}
+
+static void test_shutdown_with_streams(const struct tokens *t, pid_t pid)
+{
+	struct stream g = { 0 }, l = { 0 };
+	char session[128], event[64];
+	char *data;
+
+	TEST("SIGTERM with a GET stream and an SSE stream open: both end cleanly, the peer exits 0");
+	mcp_session(t->access, session, sizeof(session));
+	stream_open(&g, "/mcp", t->access, session);
+	CHECK_EQ(g.r.status, 200);
+	stream_open(&l, "/sse", t->access, NULL);
+	CHECK_EQ(l.r.status, 200);
+	data = stream_next(&l, event, sizeof(event), EVENT_WAIT_MS);
+	CHECK(data != NULL && streq(event, "endpoint"));
+	free(data);
+	peer_stop(pid);
+	stream_wait_end(&g);
+	stream_wait_end(&l);
+	stream_close(&g);
+	stream_close(&l);
+}
+
 static void test_rotation(const struct client *c)
 {
 	struct tokens t0, t1, t2, dummy;
@@ -914,7 +1651,15 @@ static void test_stats(void)
 	STAT_IS(mcp_requests);
 	STAT_IS(registrations);
 	STAT_IS(revocations);
+	STAT_IS(sse_requests);
+	STAT_IS(notifications_sent);
+	STAT_IS(requests_sent);
+	STAT_IS(responses_received);
+	STAT_IS(revoke_all);
+	STAT_IS(revoke_access_all);
 #undef STAT_IS
+	CHECK_EQ(jint(o, "get_streams"), 0);
+	CHECK_EQ(jint(o, "sse_streams"), 0);
 	CHECK_EQ(jint(o, "in_flight"), 0);
 	/* Every request was sequential. */
 	CHECK_EQ(jint(o, "max_in_flight"), 1);
@@ -930,13 +1675,16 @@ static void test_stats(void)
 		CHECK_EQ(json_object_get_int64(val), 0);
 	}
 	json_object_put(o);
+	o = responses();
+	CHECK_EQ(json_object_array_length(o), 0);
+	json_object_put(o);
 	resp_clear(&r);
 }
 
 int main(int argc, char **argv)
 {
 	struct client c;
-	struct tokens t;
+	struct tokens t, fresh;
 	pid_t pid;
 	int port;
 
@@ -945,6 +1693,8 @@ int main(int argc, char **argv)
 	CHECK(curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK);
 	curl = curl_easy_init();
 	CHECK(curl != NULL);
+	multi = curl_multi_init();
+	CHECK(multi != NULL);
 
 	pid = peer_start(argv[1], &port);
 	snprintf(base, sizeof(base), "http://127.0.0.1:%d", port);
@@ -956,14 +1706,16 @@ int main(int argc, char **argv)
 	TEST("authorization code flow with PKCE; the code is single-use");
 	login(&c, &t);
 	test_mcp(&t);
+	test_get_stream(&t);
+	test_sse_transport(&t);
 	test_rotation(&c);
 	test_injection(&c);
+	test_revoke_all(&c, &fresh);
 	test_oversize(&t);
 	test_stats();
+	test_shutdown_with_streams(&fresh, pid);
 
-	TEST("SIGTERM: the peer exits 0");
-	peer_stop(pid);
-
+	curl_multi_cleanup(multi);
 	curl_easy_cleanup(curl);
 	curl_global_cleanup();
 	printf("all peer smoke tests passed\n");
