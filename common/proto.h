@@ -72,12 +72,16 @@
  *           "unavailable": no login).
  *   client.closed (worker -> keeper, notification) {"clients": N}: how many
  *           clients remain, for the idle timeout.
+ *   upstream.needs_login (worker -> keeper, notification) {}: an upstream
+ *           configured with "oauth": false answered 401 with a Bearer
+ *           challenge; status can say that it needs a login.
  */
 #define METHOD_HELLO "hello"
 #define METHOD_CLIENT_CLOSED "client.closed"
 #define METHOD_TOKEN_UPDATE "token.update"
 #define METHOD_TOKEN_CLEAR "token.clear"
 #define METHOD_TOKEN_INVALID "token.invalid"
+#define METHOD_UPSTREAM_NEEDS_LOGIN "upstream.needs_login"
 #define METHOD_OAUTH_REFRESH "oauth.refresh"
 
 #define ROLE_OAUTH "oauth"

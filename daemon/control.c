@@ -341,21 +341,31 @@ static void do_subscribe(struct conn *c, struct json_object *id)
 	reply_result(c, id, res);
 }
 
-/* Writes what is queued now, waiting a little if the socket is full. */
-static int flush_now(struct conn *c)
+/*
+ * Writes one message straight to the socket, waiting a little if it is full.
+ * (A bufferevent's output buffer may only be drained by the bufferevent.)
+ */
+static int write_now(struct conn *c, struct json_object *msg)
 {
-	struct evbuffer *out = bufferevent_get_output(c->bev);
-	int fd = bufferevent_getfd(c->bev);
+	struct evbuffer *out = evbuffer_new();
+	int fd = bufferevent_getfd(c->bev), r = 0;
 
-	for (int tries = 0; evbuffer_get_length(out) > 0 && tries < 100; tries++) {
+	if (!out)
+		return -ENOMEM;
+	if (frame_write(out, msg, PROTO_MAX_MESSAGE) != 0)
+		r = -EMSGSIZE;
+	for (int tries = 0; r == 0 && evbuffer_get_length(out) > 0 && tries < 100; tries++) {
 		struct pollfd p = { .fd = fd, .events = POLLOUT };
 
 		if (evbuffer_write(out, fd) < 0 && errno != EAGAIN && errno != EINTR)
-			return -errno;
-		if (evbuffer_get_length(out) > 0)
+			r = -errno;
+		else if (evbuffer_get_length(out) > 0)
 			poll(&p, 1, 10);
 	}
-	return evbuffer_get_length(out) > 0 ? -ETIMEDOUT : 0;
+	if (r == 0 && evbuffer_get_length(out) > 0)
+		r = -ETIMEDOUT;
+	evbuffer_free(out);
+	return r;
 }
 
 /*
@@ -367,7 +377,7 @@ static int flush_now(struct conn *c)
 static void do_connect(struct conn *c, struct json_object *id, struct json_object *params)
 {
 	struct keeper *k = c->ctl->k;
-	struct json_object *res;
+	struct json_object *res, *reply;
 	struct server *s;
 	int fd, r;
 
@@ -391,8 +401,11 @@ static void do_connect(struct conn *c, struct json_object *id, struct json_objec
 	bufferevent_disable(c->bev, EV_READ);
 	res = json_object_new_object();
 	json_object_object_add(res, "server", json_object_new_string(s->name));
-	reply_result(c, id, res);
-	if (flush_now(c) < 0) {
+	reply = rpc_result(id, res);
+	r = evbuffer_get_length(bufferevent_get_output(c->bev)) ? -EBUSY : write_now(c, reply);
+	json_object_put(reply);
+	if (r < 0) {
+		log_info("control: connect %s: the reply could not be written: %s", s->name, strerror(-r));
 		conn_close_after_flush(c);
 		return;
 	}

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Workers end to end: an MCP client's stdio through `mcpctl connect NAME`, the
+keeper handing the connection to the upstream's mcpkeeper-worker, the worker
+talking to the upstream (the C test peer over streamable HTTP, or the stdio
+test server) with the access token the keeper pushed to it."""
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keeperlib as kl  # noqa: E402
+
+STDIO_SERVER = os.path.join(kl.BUILD_ROOT, "tests", "stdio-mcp", "mcpkeeper-test-stdio-server")
+WORKER = os.path.join(kl.BUILD_ROOT, "worker", "mcpkeeper-worker")
+
+
+class Client:
+    """An MCP client at the stdio end of `mcpctl connect NAME`."""
+
+    def __init__(self, keeper, name):
+        self.proc = subprocess.Popen([kl.MCPCTL, "--socket", keeper.socket_path, "connect", name],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=kl.child_env())
+        self.next_id = 1
+        self.buf = b""
+
+    def send(self, obj):
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def read(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise kl.WaitTimeout("no message from mcpctl connect within %.0f s" % timeout)
+            r, _, _ = select.select([self.proc.stdout], [], [], left)
+            if r:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise EOFError("mcpctl connect closed its stdout")
+                self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return json.loads(line)
+
+    def call(self, method, params=None, timeout=20.0):
+        rid = self.next_id
+        self.next_id += 1
+        msg = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        while True:
+            m = self.read(timeout)
+            if m.get("id") == rid:
+                return m
+
+    def initialize(self):
+        r = self.call("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                     "clientInfo": {"name": "test", "version": "1"}})
+        assert "result" in r, r
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return r["result"]
+
+    def echo(self, text, timeout=20.0):
+        return self.call("tools/call", {"name": "echo", "arguments": {"text": text}}, timeout)
+
+    def close(self, timeout=10.0):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def text_of(resp):
+    return resp["result"]["content"][0]["text"]
+
+
+class WorkerCase(kl.KeeperTestCase):
+
+    def setUp(self):
+        super().setUp()
+        for path in (WORKER, kl.MCPCTL):
+            if not os.path.exists(path):
+                self.skipTest("%s not built" % path)
+        self.clients = []
+        self.addCleanup(self._close_clients)
+
+    def _close_clients(self):
+        for c in self.clients:
+            if c.proc.poll() is None:
+                c.proc.kill()
+                c.proc.wait()
+
+    def client(self, name):
+        c = Client(self.k, name)
+        self.clients.append(c)
+        return c
+
+    def setup_http(self, lifetime=3600, extra_config=None, peer_args=None):
+        self.peer = self.start_peer(lifetime=lifetime, extra_args=peer_args)
+        cid = self.peer.register()
+        self.k = self.make_keeper(servers={"gh": self.peer.server_conf(cid)}, extra_config=extra_config)
+        access, refresh = self.peer.login(cid)
+        self.secrets = [access, refresh]
+        self.k.put_token("gh", self.peer.mcp_url, access, refresh, lifetime, self.peer.token_endpoint)
+        self.k.start()
+
+
+class TestWorkers(WorkerCase):
+
+    def test_a_streamable_http_through_connect(self):
+        self.setup_http()
+        c = self.client("gh")
+        info = c.initialize()
+        self.assertIn("serverInfo", info)
+        tools = c.call("tools/list")["result"]["tools"]
+        self.assertEqual(sorted(t["name"] for t in tools)[:2], ["add", "echo"])
+        self.assertEqual(text_of(c.echo("hello through the keeper")), "hello through the keeper")
+        add = c.call("tools/call", {"name": "add", "arguments": {"a": 2, "b": 40}})
+        self.assertIn("42", text_of(add))
+        st = self.k.server("gh")
+        self.assertEqual(st["worker"]["state"], "running", st)
+        self.assertEqual(c.close(), 0)
+        kl.assert_no_secrets(self.k.log(), self.secrets, "keeper and worker log")
+
+    def test_b_stdio_through_connect(self):
+        if not os.path.exists(STDIO_SERVER):
+            self.skipTest("stdio test server not built")
+        self.k = self.make_keeper(servers={"files": {"command": STDIO_SERVER}})
+        self.k.start()
+        c = self.client("files")
+        c.initialize()
+        self.assertEqual(text_of(c.echo("over stdio")), "over stdio")
+        self.assertEqual(c.close(), 0)
+        kl.wait_until(lambda: "stdio-mcp: started" in self.k.log(), 10, 0.1, "the server's stderr in the log")
+
+    def test_c_logout_while_connected(self):
+        self.setup_http()
+        c = self.client("gh")
+        c.initialize()
+        self.assertEqual(text_of(c.echo("before")), "before")
+        self.k.rpc("auth.logout", {"server": "gh"})
+        r = c.echo("after")
+        self.assertIn("error", r)
+        self.assertIn("mcpctl auth login --server gh", r["error"]["message"])
+
+    def test_d_worker_killed_mid_session(self):
+        self.setup_http()
+        c = self.client("gh")
+        c.initialize()
+        c.echo("warm")
+        pid = self.k.server("gh")["worker"]["pid"]
+        c.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"ms": 5000}}})
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        r = c.read(20)
+        self.assertEqual(r.get("id"), 99, r)
+        self.assertIn("error", r)
+        self.assertNotEqual(c.close(), 0)
+        kl.wait_until(lambda: self.k.server("gh")["worker"]["restarts"] >= 1, 20, 0.1, "a restart")
+        c2 = self.client("gh")
+        c2.initialize()
+        self.assertEqual(text_of(c2.echo("again")), "again")
+
+    def test_e_fifty_clients(self):
+        self.setup_http()
+        clients = [self.client("gh") for _ in range(50)]
+        for c in clients:
+            c.initialize()
+        for i, c in enumerate(clients):
+            self.assertEqual(text_of(c.echo("client %d" % i)), "client %d" % i)
+        for c in clients:
+            self.assertEqual(c.close(), 0)
+
+    def test_f_unknown_and_disabled(self):
+        self.k = self.make_keeper(servers={"off": {"command": "/bin/cat", "enabled": False}})
+        self.k.start()
+        for name, word in (("nope", "no server named"), ("off", "disabled")):
+            c = self.client(name)
+            c.send({"jsonrpc": "2.0", "id": 1, "method": "initialize"})
+            r = c.read(10)
+            self.assertEqual(r.get("id"), 1)
+            self.assertIn("error", r)
+            rc = c.close()
+            self.assertNotEqual(rc, 0)
+            self.assertIn(word, c.proc.stderr.read().decode(errors="replace"))
+
+    def test_g_idle_worker_stops(self):
+        self.setup_http(extra_config={"idle_timeout": 1})
+        c = self.client("gh")
+        c.initialize()
+        self.assertEqual(c.close(), 0)
+        kl.wait_until(lambda: self.k.server("gh")["worker"]["state"] == "idle", 20, 0.2, "the idle worker to stop")
+
+    def test_h_tokens_refreshed_under_load(self):
+        # 10 s tokens, a call every 100 ms for 40 s: the client sees no error.
+        self.setup_http(lifetime=10)
+        c = self.client("gh")
+        c.initialize()
+        errors, calls = [], 0
+        end = time.monotonic() + 40
+        while time.monotonic() < end:
+            r = c.echo("tick %d" % calls)
+            calls += 1
+            if "error" in r:
+                errors.append(r)
+            time.sleep(0.1)
+        self.assertEqual(errors, [], "%d calls" % calls)
+        self.assertGreaterEqual(self.peer.stats()["refresh_grants"], 3)
+
+
+if __name__ == "__main__":
+    kl.main()

@@ -1,0 +1,771 @@
+/*
+ * The HTTP transports of a worker, on libcurl's multi interface.
+ *
+ * Streamable HTTP: every client message is POSTed to the upstream URL; the
+ * answer is JSON (one message or a batch), an event stream (each "message"
+ * event one JSON-RPC message) or 202. The session id the server gives at
+ * initialize travels on every later request, with the negotiated protocol
+ * version; once the client has sent notifications/initialized a GET stream
+ * carries server-initiated messages; a DELETE ends the session when the
+ * client goes.
+ *
+ * HTTP+SSE (2024-11-05): a GET event stream per client is the session; its
+ * first event ("endpoint") says where to POST messages (it must stay on the
+ * upstream's origin: the token goes there); responses arrive as "message"
+ * events on the stream. Messages sent before the endpoint is known wait.
+ *
+ * Tokens: each transfer carries the worker's current access token. A 401
+ * sends token.invalid with that token to the keeper (once per token: the
+ * transfers that meet the same 401 wait together) and replays each waiting
+ * transfer once with the token the keeper answers; a second 401 is an error.
+ * The Authorization header is built in a secret buffer and wiped with the
+ * header list when the transfer ends. Neither tokens nor bodies are logged.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <json-c/json.h>
+#include <sodium.h>
+
+#include "curlev.h"
+#include "frame.h"
+#include "log.h"
+#include "proto.h"
+#include "secret.h"
+#include "util.h"
+#include "worker.h"
+
+/* An error response worth reading is short; more is dropped unread. */
+#define HTTP_MAX_ERROR_BODY (64 * 1024)
+#define HTTP_MAX_SESSION_ID 256
+
+enum hreq_kind {
+	HREQ_POST,		/* one client message */
+	HREQ_STREAM,		/* the GET event stream */
+	HREQ_DELETE,		/* ends a session; may outlive its client */
+};
+
+enum hreq_state {
+	HREQ_QUEUED,		/* HTTP+SSE: waiting for the endpoint */
+	HREQ_RUNNING,
+	HREQ_WAITING,		/* got a 401, waiting for the keeper's new token */
+};
+
+struct hreq {
+	LIST_ENTRY(hreq) link;		/* worker->hreqs */
+	LIST_ENTRY(hreq) clink;		/* client->hreqs, when c */
+	LIST_ENTRY(hreq) wlink;		/* worker->token_waiters, when HREQ_WAITING */
+	struct worker *w;
+	struct client *c;
+	enum hreq_kind kind;
+	enum hreq_state state;
+	char *url;
+	char *body;
+	size_t body_len;
+	struct json_object *id;		/* the request's id; NULL when no answer is due */
+	bool initialize;
+	bool initialized_notif;
+	char *session_id;		/* DELETE: the session it ends */
+	uint64_t token_gen;		/* the token this transfer carried */
+	bool replayed;
+
+	CURL *easy;
+	struct curl_slist *headers;
+	long status;
+	bool started;			/* the first body bytes came */
+	bool event_stream;
+	bool too_large;
+	bool bearer;			/* WWW-Authenticate: Bearer ... */
+	char *new_session;		/* Mcp-Session-Id of the response */
+	struct evbuffer *resp;
+	struct sse sse;
+	char why[160];			/* why the write callback ended the transfer */
+	char errbuf[CURL_ERROR_SIZE];
+};
+
+static void hreq_fail(struct hreq *h, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* -- transfers -- */
+
+static void slist_wipe_free(struct curl_slist *l)
+{
+	for (struct curl_slist *h = l; h; h = h->next)
+		sodium_memzero(h->data, strlen(h->data));
+	curl_slist_free_all(l);
+}
+
+static void hreq_reset(struct hreq *h)
+{
+	if (h->easy) {
+		curl_multi_remove_handle(curlev_multi(h->w->curl), h->easy);
+		curl_easy_cleanup(h->easy);
+		h->easy = NULL;
+	}
+	slist_wipe_free(h->headers);
+	h->headers = NULL;
+	h->status = 0;
+	h->started = h->event_stream = h->too_large = h->bearer = false;
+	free(h->new_session);
+	h->new_session = NULL;
+	if (h->resp)
+		evbuffer_drain(h->resp, evbuffer_get_length(h->resp));
+	sse_clear(&h->sse);
+	h->why[0] = '\0';
+	h->errbuf[0] = '\0';
+}
+
+static struct hreq *hreq_free(struct hreq *h)
+{
+	struct worker *w = h->w;
+
+	hreq_reset(h);
+	LIST_REMOVE(h, link);
+	if (h->c) {
+		LIST_REMOVE(h, clink);
+		if (h->c->stream == h)
+			h->c->stream = NULL;
+	}
+	if (h->state == HREQ_WAITING)
+		LIST_REMOVE(h, wlink);
+	if (h->resp)
+		evbuffer_free(h->resp);
+	json_object_put(h->id);
+	free(h->url);
+	free(h->body);
+	free(h->session_id);
+	free(h);
+	worker_check_stop(w);
+	return NULL;
+}
+
+static struct hreq *hreq_new(struct worker *w, struct client *c, enum hreq_kind kind, const char *url)
+{
+	struct hreq *h = calloc(1, sizeof(*h));
+
+	if (!h || !(h->resp = evbuffer_new()) || !(h->url = strdup(url)))
+		fatal("out of memory");
+	h->w = w;
+	h->c = c;
+	h->kind = kind;
+	h->state = HREQ_QUEUED;
+	LIST_INSERT_HEAD(&w->hreqs, h, link);
+	if (c)
+		LIST_INSERT_HEAD(&c->hreqs, h, clink);
+	return h;
+}
+
+/* A header value we put on the wire: visible ASCII only. */
+static bool header_value_ok(const char *s, size_t len, size_t max)
+{
+	if (len == 0 || len > max)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] > 0x7e)
+			return false;
+	return true;
+}
+
+static size_t hreq_header_cb(char *p, size_t size, size_t nmemb, void *arg)
+{
+	struct hreq *h = arg;
+	size_t n = size * nmemb, len = n;
+	static const char sid[] = "mcp-session-id:", www[] = "www-authenticate:";
+
+	while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
+		len--;
+	if (len > sizeof(sid) - 1 && strncasecmp(p, sid, sizeof(sid) - 1) == 0) {
+		const char *v = p + sizeof(sid) - 1;
+		size_t vlen = len - (sizeof(sid) - 1);
+
+		while (vlen > 0 && (*v == ' ' || *v == '\t')) {
+			v++;
+			vlen--;
+		}
+		free(h->new_session);
+		h->new_session = header_value_ok(v, vlen, HTTP_MAX_SESSION_ID) ? strndup(v, vlen) : NULL;
+	} else if (len > sizeof(www) - 1 && strncasecmp(p, www, sizeof(www) - 1) == 0) {
+		const char *v = p + sizeof(www) - 1;
+
+		while (*v == ' ' || *v == '\t')
+			v++;
+		if ((size_t)(v - p) + 6 <= len && strncasecmp(v, "bearer", 6) == 0)
+			h->bearer = true;
+	}
+	return n;
+}
+
+/* Same scheme, host and port as the upstream URL: where the token may go. */
+static bool same_origin(const char *a, const char *b)
+{
+	CURLU *ua = curl_url(), *ub = curl_url();
+	const CURLUPart parts[] = { CURLUPART_SCHEME, CURLUPART_HOST, CURLUPART_PORT };
+	bool same = ua && ub && curl_url_set(ua, CURLUPART_URL, a, 0) == CURLUE_OK &&
+		    curl_url_set(ub, CURLUPART_URL, b, 0) == CURLUE_OK;
+
+	for (size_t i = 0; same && i < ARRAY_SIZE(parts); i++) {
+		char *pa = NULL, *pb = NULL;
+
+		same = curl_url_get(ua, parts[i], &pa, CURLU_DEFAULT_PORT) == CURLUE_OK &&
+		       curl_url_get(ub, parts[i], &pb, CURLU_DEFAULT_PORT) == CURLUE_OK && strcasecmp(pa, pb) == 0;
+		curl_free(pa);
+		curl_free(pb);
+	}
+	curl_url_cleanup(ua);
+	curl_url_cleanup(ub);
+	return same;
+}
+
+/* HTTP+SSE: the endpoint event, resolved against the upstream URL. */
+static void hreq_endpoint(struct hreq *h, const char *data)
+{
+	struct client *c = h->c;
+	CURLU *u = curl_url();
+	char *url = NULL;
+
+	if (!u)
+		fatal("out of memory");
+	if (c->endpoint) {
+		log_debug("client %llu: ignoring a second endpoint event", (unsigned long long)c->number);
+	} else if (curl_url_set(u, CURLUPART_URL, h->w->url, 0) != CURLUE_OK ||
+		   curl_url_set(u, CURLUPART_URL, data, 0) != CURLUE_OK ||
+		   curl_url_get(u, CURLUPART_URL, &url, 0) != CURLUE_OK) {
+		snprintf(h->why, sizeof(h->why), "upstream %s announced an invalid endpoint", h->w->name);
+	} else if (!same_origin(h->w->url, url)) {
+		snprintf(h->why, sizeof(h->why), "upstream %s announced an endpoint on another origin", h->w->name);
+	} else {
+		c->endpoint = strdup(url);
+		if (!c->endpoint)
+			fatal("out of memory");
+		log_debug("client %llu: HTTP+SSE session ready", (unsigned long long)c->number);
+		/* Posting is for the loop: this runs inside libcurl. */
+		event_active(c->kick, 0, 0);
+	}
+	curl_free(url);
+	curl_url_cleanup(u);
+}
+
+static void hreq_event(void *arg, const char *event, const char *data, size_t len)
+{
+	struct hreq *h = arg;
+
+	if (!h->c || h->why[0])
+		return;
+	if (strcmp(event, "message") == 0)
+		client_deliver_text(h->c, data, len);
+	else if (strcmp(event, "endpoint") == 0 && h->kind == HREQ_STREAM && h->w->transport == TRANSPORT_SSE)
+		hreq_endpoint(h, data);
+}
+
+static size_t hreq_write_cb(char *p, size_t size, size_t nmemb, void *arg)
+{
+	struct hreq *h = arg;
+	size_t n = size * nmemb;
+
+	if (!h->started) {
+		char *ctype = NULL;
+
+		h->started = true;
+		curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &h->status);
+		curl_easy_getinfo(h->easy, CURLINFO_CONTENT_TYPE, &ctype);
+		h->event_stream = h->status >= 200 && h->status < 300 && ctype &&
+				  strncasecmp(ctype, "text/event-stream", 17) == 0;
+		if (h->event_stream && sse_init(&h->sse, PROTO_MAX_MESSAGE) < 0)
+			return 0;
+	}
+	if (h->event_stream) {
+		int r = sse_feed(&h->sse, p, n, hreq_event, h);
+
+		if (r < 0) {
+			h->too_large = true;
+			return 0;
+		}
+		/* An invalid endpoint ends the stream. */
+		return h->why[0] ? 0 : n;
+	}
+	if (h->status < 200 || h->status >= 300) {
+		size_t room = HTTP_MAX_ERROR_BODY - evbuffer_get_length(h->resp);
+
+		evbuffer_add(h->resp, p, n < room ? n : room);
+		return n;
+	}
+	if (n > WORKER_MAX_BODY - evbuffer_get_length(h->resp)) {
+		h->too_large = true;
+		return 0;
+	}
+	return evbuffer_add(h->resp, p, n) < 0 ? 0 : n;
+}
+
+static int slist_add(struct curl_slist **l, const char *s)
+{
+	struct curl_slist *n = curl_slist_append(*l, s);
+
+	if (!n)
+		return -ENOMEM;
+	*l = n;
+	return 0;
+}
+
+static int slist_addf(struct curl_slist **l, const char *fmt, const char *v)
+{
+	char line[512];
+
+	snprintf(line, sizeof(line), fmt, v);
+	return slist_add(l, line);
+}
+
+/* "Authorization: Bearer TOKEN", built in a secret and wiped. */
+static int slist_add_token(struct curl_slist **l, const struct secret *token)
+{
+	static const char prefix[] = "Authorization: Bearer ";
+	struct secret *line = secret_new(sizeof(prefix) - 1 + token->len);
+	int r;
+
+	if (!line)
+		return -ENOMEM;
+	memcpy(line->data, prefix, sizeof(prefix) - 1);
+	memcpy(line->data + sizeof(prefix) - 1, token->data, token->len);
+	r = slist_add(l, (const char *)line->data);
+	secret_free(line);
+	return r;
+}
+
+/* Starts (or restarts) the transfer with the current token. -EACCES when
+ * the upstream needs a token and there is none. */
+static int hreq_start(struct hreq *h)
+{
+	struct worker *w = h->w;
+	struct client *c = h->c;
+	const char *session = c ? c->session_id : h->session_id;
+	CURL *e;
+
+	hreq_reset(h);
+	if (w->oauth && !w->token)
+		return -EACCES;
+	switch (h->kind) {
+	case HREQ_POST:
+		if (slist_add(&h->headers, "Content-Type: application/json") < 0 ||
+		    slist_add(&h->headers, "Accept: application/json, text/event-stream") < 0)
+			return -ENOMEM;
+		break;
+	case HREQ_STREAM:
+		if (slist_add(&h->headers, "Accept: text/event-stream") < 0)
+			return -ENOMEM;
+		break;
+	case HREQ_DELETE:
+		break;
+	}
+	if (w->transport == TRANSPORT_HTTP) {
+		if (session && slist_addf(&h->headers, "Mcp-Session-Id: %s", session) < 0)
+			return -ENOMEM;
+		if (c && c->protocol_version &&
+		    slist_addf(&h->headers, "MCP-Protocol-Version: %s", c->protocol_version) < 0)
+			return -ENOMEM;
+	}
+	if (slist_add(&h->headers, "Expect:") < 0)
+		return -ENOMEM;
+	for (char **hd = w->headers; hd && *hd; hd++)
+		if (slist_add(&h->headers, *hd) < 0)
+			return -ENOMEM;
+	if (w->oauth && slist_add_token(&h->headers, w->token) < 0)
+		return -ENOMEM;
+	h->token_gen = w->token_gen;
+
+	e = h->easy = curl_easy_init();
+	if (!e)
+		return -ENOMEM;
+	if (curl_easy_setopt(e, CURLOPT_URL, h->url) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, WORKER_CONNECT_TIMEOUT_S) != CURLE_OK ||
+	    /* The client's request timer answers first; this only bounds the transfer. */
+	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, h->kind == HREQ_STREAM ? 0L : w->timeout_ms + 1000) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->headers) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_USERAGENT, "mcpkeeper/" MCPKEEPER_VERSION) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, hreq_header_cb) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HEADERDATA, h) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, hreq_write_cb) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEDATA, h) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PRIVATE, h) != CURLE_OK)
+		return -ENOMEM;
+	if (h->kind == HREQ_POST &&
+	    (curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
+	     curl_easy_setopt(e, CURLOPT_POSTFIELDS, h->body) != CURLE_OK ||
+	     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)h->body_len) != CURLE_OK))
+		return -ENOMEM;
+	if (h->kind == HREQ_DELETE && curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE") != CURLE_OK)
+		return -ENOMEM;
+	if (curl_multi_add_handle(curlev_multi(w->curl), e) != CURLM_OK)
+		return -ENOMEM;
+	h->state = HREQ_RUNNING;
+	return 0;
+}
+
+/* Starts h; a failure to start is answered like any other. */
+static void hreq_go(struct hreq *h)
+{
+	char message[256];
+	int r = hreq_start(h);
+
+	if (r == -EACCES)
+		hreq_fail(h, RPC_APP_ERROR, "%s", worker_not_logged_in(h->w, message, sizeof(message)));
+	else if (r < 0)
+		hreq_fail(h, RPC_INTERNAL_ERROR, "upstream %s: cannot start a request: %s", h->w->name, strerror(-r));
+}
+
+/* HTTP+SSE: the session is gone; what waited for it fails with it. */
+static void sse_session_lost(struct client *c, const char *message)
+{
+	struct hreq *h, *next;
+
+	free(c->endpoint);
+	c->endpoint = NULL;
+	for (h = LIST_FIRST(&c->hreqs); h; h = next) {
+		next = LIST_NEXT(h, clink);
+		if (h->kind == HREQ_POST && h->state != HREQ_RUNNING) {
+			if (h->id)
+				client_fail(c, h->id, RPC_INTERNAL_ERROR, "%s", message);
+			hreq_free(h);
+		}
+	}
+	client_fail_all(c, RPC_INTERNAL_ERROR, "%s", message);
+}
+
+static void hreq_fail(struct hreq *h, int code, const char *fmt, ...)
+{
+	char message[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+	if (h->c && h->kind == HREQ_POST && h->id) {
+		client_fail(h->c, h->id, code, "%s", message);
+	} else if (h->c && h->kind == HREQ_STREAM && h->w->transport == TRANSPORT_SSE) {
+		struct client *c = h->c;
+
+		hreq_free(h);
+		sse_session_lost(c, message);
+		return;
+	} else {
+		log_info("%s", message);
+	}
+	hreq_free(h);
+}
+
+/* -- 401 -- */
+
+static void hreq_unauthorized(struct hreq *h)
+{
+	struct worker *w = h->w;
+	char message[256];
+
+	if (!w->oauth) {
+		if (h->bearer) {
+			worker_needs_login(w);
+			hreq_fail(h, RPC_APP_ERROR,
+				  "upstream %s requires an OAuth login: run `mcpctl auth login --server %s`", w->name,
+				  w->name);
+		} else {
+			hreq_fail(h, RPC_APP_ERROR, "upstream %s answered HTTP 401 (unauthorized)", w->name);
+		}
+		return;
+	}
+	if (h->replayed) {
+		hreq_fail(h, RPC_APP_ERROR, "upstream %s rejected the new token", w->name);
+		return;
+	}
+	if (!w->token) {
+		hreq_fail(h, RPC_APP_ERROR, "%s", worker_not_logged_in(w, message, sizeof(message)));
+		return;
+	}
+	hreq_reset(h);
+	if (h->token_gen != w->token_gen) {
+		/* A newer token came while this one was out: that is the replay. */
+		h->replayed = true;
+		hreq_go(h);
+		return;
+	}
+	h->state = HREQ_WAITING;
+	LIST_INSERT_HEAD(&w->token_waiters, h, wlink);
+	worker_token_invalid(w);
+}
+
+void http_token_changed(struct worker *w)
+{
+	while (!LIST_EMPTY(&w->token_waiters)) {
+		struct hreq *h = LIST_FIRST(&w->token_waiters);
+
+		LIST_REMOVE(h, wlink);
+		h->state = HREQ_QUEUED;
+		h->replayed = true;
+		hreq_go(h);
+	}
+}
+
+void http_token_unavailable(struct worker *w, const char *message)
+{
+	while (!LIST_EMPTY(&w->token_waiters)) {
+		struct hreq *h = LIST_FIRST(&w->token_waiters);
+
+		LIST_REMOVE(h, wlink);
+		h->state = HREQ_QUEUED;
+		hreq_fail(h, RPC_APP_ERROR, "%s", message);
+	}
+}
+
+/* -- transfer results -- */
+
+static void stream_open(struct client *c)
+{
+	struct hreq *h;
+
+	if (c->stream)
+		return;
+	h = hreq_new(c->w, c, HREQ_STREAM, c->w->url);
+	c->stream = h;
+	hreq_go(h);
+}
+
+/* Whether the transfer got as far as a connection (a timeout after that is
+ * the upstream being slow, not unreachable). */
+static bool hreq_connected(struct hreq *h)
+{
+	curl_off_t t = 0;
+
+	/* PRETRANSFER is set also on a reused connection (CONNECT_TIME is 0). */
+	return h->started || (curl_easy_getinfo(h->easy, CURLINFO_PRETRANSFER_TIME_T, &t) == CURLE_OK && t > 0);
+}
+
+static void post_done(struct hreq *h, CURLcode result)
+{
+	struct worker *w = h->w;
+	struct client *c = h->c;
+
+	if (result != CURLE_OK) {
+		if (h->too_large)
+			hreq_fail(h, RPC_INTERNAL_ERROR, "the response of upstream %s is larger than %d bytes",
+				  w->name, h->event_stream ? PROTO_MAX_MESSAGE : WORKER_MAX_BODY);
+		else if (result == CURLE_OPERATION_TIMEDOUT && hreq_connected(h))
+			hreq_fail(h, RPC_APP_ERROR, "upstream %s did not answer within %ld ms", w->name, w->timeout_ms);
+		else
+			hreq_fail(h, RPC_INTERNAL_ERROR, "upstream %s unreachable: %s", w->name,
+				  h->errbuf[0] ? h->errbuf : curl_easy_strerror(result));
+		return;
+	}
+	if (h->status >= 200 && h->status < 300) {
+		if (h->initialize && w->transport == TRANSPORT_HTTP && h->new_session) {
+			free(c->session_id);
+			c->session_id = TAKE_PTR(h->new_session);
+			log_info("client %llu: session started", (unsigned long long)c->number);
+		}
+		if (!h->event_stream && evbuffer_get_length(h->resp) > 0) {
+			size_t len = evbuffer_get_length(h->resp);
+
+			client_deliver_text(c, (const char *)evbuffer_pullup(h->resp, -1), len);
+		}
+		if (w->transport == TRANSPORT_HTTP && h->id && client_is_pending(c, h->id))
+			client_fail(c, h->id, RPC_INTERNAL_ERROR, "upstream %s answered HTTP %ld without a response",
+				    w->name, h->status);
+		if (h->initialized_notif && w->transport == TRANSPORT_HTTP && c->session_id)
+			stream_open(c);
+		hreq_free(h);
+		return;
+	}
+	if (h->status == 404 && w->transport == TRANSPORT_HTTP && c->session_id) {
+		free(c->session_id);
+		c->session_id = NULL;
+		hreq_fail(h, RPC_APP_ERROR, "upstream %s ended the session: initialize again", w->name);
+		return;
+	}
+	hreq_fail(h, RPC_INTERNAL_ERROR, "upstream %s answered HTTP %ld", w->name, h->status);
+}
+
+static void stream_done(struct hreq *h, CURLcode result)
+{
+	struct worker *w = h->w;
+	struct client *c = h->c;
+
+	if (w->transport == TRANSPORT_SSE) {
+		if (h->why[0])
+			hreq_fail(h, RPC_INTERNAL_ERROR, "%s", h->why);
+		else if (result != CURLE_OK && h->too_large)
+			hreq_fail(h, RPC_INTERNAL_ERROR, "upstream %s sent an event larger than %d bytes", w->name,
+				  PROTO_MAX_MESSAGE);
+		else if (result != CURLE_OK)
+			hreq_fail(h, RPC_INTERNAL_ERROR, "upstream %s unreachable: %s", w->name,
+				  h->errbuf[0] ? h->errbuf : curl_easy_strerror(result));
+		else if (h->status < 200 || h->status >= 300)
+			hreq_fail(h, RPC_INTERNAL_ERROR, "upstream %s answered HTTP %ld to the event stream", w->name,
+				  h->status);
+		else
+			hreq_fail(h, RPC_INTERNAL_ERROR, "upstream %s closed the event stream", w->name);
+		return;
+	}
+	if (result == CURLE_OK && h->status == 405)
+		log_debug("client %llu: upstream %s offers no GET stream", (unsigned long long)c->number, w->name);
+	else if (result != CURLE_OK)
+		log_info("client %llu: GET stream of upstream %s ended: %s", (unsigned long long)c->number, w->name,
+			 h->errbuf[0] ? h->errbuf : curl_easy_strerror(result));
+	else
+		log_info("client %llu: GET stream of upstream %s ended (HTTP %ld)", (unsigned long long)c->number,
+			 w->name, h->status);
+	hreq_free(h);
+}
+
+void http_transfer_done(CURL *easy, CURLcode result, void *arg)
+{
+	struct hreq *h;
+	char *priv = NULL;
+
+	curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
+	h = (struct hreq *)priv;
+	if (!h->started)
+		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &h->status);
+	if (h->kind == HREQ_DELETE) {
+		log_debug("session ended at upstream %s: %s", h->w->name,
+			  result == CURLE_OK ? "done" : curl_easy_strerror(result));
+		hreq_free(h);
+		return;
+	}
+	if (result == CURLE_OK && h->status == 401) {
+		hreq_unauthorized(h);
+		return;
+	}
+	if (h->kind == HREQ_POST)
+		post_done(h, result);
+	else
+		stream_done(h, result);
+}
+
+/* -- what client.c and the keeper channel call -- */
+
+int http_send(struct client *c, const struct rpc_msg *m, struct json_object *root)
+{
+	struct worker *w = c->w;
+	struct hreq *h;
+	const char *s;
+	size_t len;
+
+	if (w->oauth && !w->token) {
+		char message[256];
+
+		if (m->type == RPC_REQUEST)
+			client_fail(c, m->id, RPC_APP_ERROR, "%s", worker_not_logged_in(w, message, sizeof(message)));
+		else
+			log_info("client %llu: not logged in: dropping a message", (unsigned long long)c->number);
+		return 0;
+	}
+	s = json_object_to_json_string_length(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+	if (!s)
+		return -ENOMEM;
+	h = hreq_new(w, c, HREQ_POST, c->endpoint ? c->endpoint : w->url);
+	h->body = strndup(s, len);
+	if (!h->body)
+		fatal("out of memory");
+	h->body_len = len;
+	if (m->type == RPC_REQUEST) {
+		h->id = json_object_get(m->id);
+		h->initialize = strcmp(m->method, "initialize") == 0;
+	}
+	h->initialized_notif = m->type == RPC_NOTIFICATION && strcmp(m->method, "notifications/initialized") == 0;
+
+	if (w->transport == TRANSPORT_HTTP) {
+		if (h->initialize && c->session_id) {
+			/* A new initialize starts a new session. */
+			free(c->session_id);
+			free(c->protocol_version);
+			c->session_id = c->protocol_version = NULL;
+			if (c->stream)
+				hreq_free(c->stream);
+		}
+		hreq_go(h);
+		return 0;
+	}
+	/* HTTP+SSE */
+	if (c->endpoint) {
+		hreq_go(h);
+		return 0;
+	}
+	stream_open(c);
+	return 0;
+}
+
+/* HTTP+SSE: the endpoint is known; post what waited for it. */
+void http_kick(struct client *c)
+{
+	struct hreq *h;
+	bool again = true;
+
+	while (again && c->endpoint) {
+		again = false;
+		LIST_FOREACH(h, &c->hreqs, clink) {
+			if (h->kind == HREQ_POST && h->state == HREQ_QUEUED) {
+				free(h->url);
+				h->url = strdup(c->endpoint);
+				if (!h->url)
+					fatal("out of memory");
+				hreq_go(h);
+				again = true; /* the list may have changed */
+				break;
+			}
+		}
+	}
+}
+
+static void session_delete(struct worker *w, const char *session)
+{
+	struct hreq *h;
+
+	if (w->oauth && !w->token)
+		return;
+	h = hreq_new(w, NULL, HREQ_DELETE, w->url);
+	h->session_id = strdup(session);
+	if (!h->session_id)
+		fatal("out of memory");
+	hreq_go(h);
+}
+
+/* Drops every transfer of c and ends its upstream session. */
+static void http_client_end(struct client *c)
+{
+	while (!LIST_EMPTY(&c->hreqs))
+		hreq_free(LIST_FIRST(&c->hreqs));
+	if (c->w->transport == TRANSPORT_HTTP && c->session_id)
+		session_delete(c->w, c->session_id);
+	free(c->session_id);
+	free(c->protocol_version);
+	free(c->endpoint);
+	c->session_id = c->protocol_version = c->endpoint = NULL;
+}
+
+void http_client_close(struct client *c)
+{
+	http_client_end(c);
+}
+
+void http_logout(struct worker *w)
+{
+	struct client *c;
+	char message[256];
+
+	worker_not_logged_in(w, message, sizeof(message));
+	LIST_FOREACH(c, &w->clients, link) {
+		http_client_end(c);
+		client_fail_all(c, RPC_APP_ERROR, "%s", message);
+	}
+}
+
+void http_abort_all(struct worker *w)
+{
+	while (!LIST_EMPTY(&w->hreqs))
+		hreq_free(LIST_FIRST(&w->hreqs));
+}
