@@ -221,5 +221,132 @@ class TestWorkers(WorkerCase):
         self.assertGreaterEqual(self.peer.stats()["refresh_grants"], 3)
 
 
+WRAPPER = """#!/usr/bin/env python3
+# Records what the keeper sends a worker on fd 3, then runs the real worker.
+import os, socket, sys, threading
+# (The keeper gives children a cleaned environment: the log path is written in.)
+real, log = sys.argv[0] + ".real", LOG_PATH
+keeper = socket.socket(fileno=3)
+ours, theirs = socket.socketpair()
+pid = os.fork()
+if pid == 0:
+    os.dup2(theirs.fileno(), 3)
+    os.execv(real, [real])
+theirs.close()
+def pump(src, dst, record):
+    while True:
+        data = src.recv(65536)
+        if not data:
+            dst.shutdown(socket.SHUT_WR)
+            return
+        if record:
+            with open(log, "ab") as f:
+                f.write(data)
+        dst.sendall(data)
+t = threading.Thread(target=pump, args=(ours, keeper, False), daemon=True)
+t.start()
+pump(keeper, ours, True)
+os.waitpid(pid, 0)
+"""
+
+
+class TestWorkerPaths(WorkerCase):
+
+    def test_i_sse_transport_through_connect(self):
+        self.peer = self.start_peer(lifetime=3600)
+        cid = self.peer.register()
+        conf = self.peer.server_conf(cid, protocol="sse")
+        conf["url"] = self.peer.url + "/sse"
+        self.k = self.make_keeper(servers={"legacy": conf})
+        access, refresh = self.peer.login(cid)
+        self.k.put_token("legacy", conf["url"], access, refresh, 3600, self.peer.token_endpoint)
+        self.k.start()
+        c = self.client("legacy")
+        c.initialize()
+        self.assertEqual(text_of(c.echo("old transport")), "old transport")
+        self.assertEqual(c.close(), 0)
+
+    def test_j_revoked_access_tokens_recover(self):
+        self.setup_http()
+        c = self.client("gh")
+        c.initialize()
+        self.assertEqual(text_of(c.echo("before")), "before")
+        grants = self.peer.stats()["refresh_grants"]
+        kl.http("POST", self.peer.url + "/test/revoke-access-all", b"{}", {"Content-Type": "application/json"})
+        for i in range(5):
+            r = c.echo("after %d" % i)
+            self.assertNotIn("error", r, r)
+        self.assertEqual(self.peer.stats()["refresh_grants"], grants + 1, "one refresh for the 401")
+
+    def test_k_server_initiated_notification(self):
+        self.setup_http()
+        c = self.client("gh")
+        c.initialize()
+        c.echo("session up")
+        body = json.dumps({"session": "*", "method": "notifications/message",
+                           "params": {"level": "info", "data": "hello from upstream"}}).encode()
+
+        def delivered():
+            r = kl.http("POST", self.peer.url + "/test/notify", body, {"Content-Type": "application/json"})
+            return r.status == 200 and r.json().get("delivered", 0) >= 1
+        kl.wait_until(delivered, 20, 0.2, "the worker's GET stream")
+        m = c.read(20)
+        self.assertEqual(m.get("method"), "notifications/message", m)
+        self.assertEqual(m["params"]["data"], "hello from upstream")
+
+    def test_l_connect_refuses_read_ahead(self):
+        self.k = self.make_keeper(servers={"files": {"command": STDIO_SERVER}})
+        self.k.start()
+        with kl.LineConn(self.k.socket_path) as conn:
+            conn.send(b'{"jsonrpc":"2.0","id":1,"method":"connect","params":{"server":"files"}}\n'
+                      b'{"jsonrpc":"2.0","id":2,"method":"initialize"}\n')
+            r = conn.read_json()
+            self.assertEqual(r["error"]["data"]["kind"], "invalid_request", r)
+            conn.wait_closed()
+        self.assertEqual(self.k.server("files")["worker"]["state"], "idle")
+
+    def test_m_eager_worker_and_reload(self):
+        self.k = self.make_keeper(servers={"files": {"command": STDIO_SERVER, "eager": True}})
+        self.k.start()
+        kl.wait_until(lambda: self.k.server("files")["worker"]["state"] == "running", 20, 0.1, "the eager worker")
+        pid = self.k.server("files")["worker"]["pid"]
+        # Changed settings restart exactly that worker.
+        self.k.servers["files"]["args"] = ["--crash-after", "100"]
+        self.k.write_config()
+        self.k.signal(signal.SIGHUP)
+        kl.wait_until(lambda: self.k.server("files")["worker"]["pid"] not in (None, pid), 20, 0.1,
+                      "a new worker after the reload")
+
+    def test_n_worker_channel_holds_no_refresh_token(self):
+        self.peer = self.start_peer(lifetime=10)
+        cid = self.peer.register()
+        libexec = os.path.join(self.tmp, "libexec")
+        os.makedirs(libexec)
+        os.symlink(os.path.join(kl.BUILD_ROOT, "daemon", "mcpkeeper-oauth"), os.path.join(libexec, "mcpkeeper-oauth"))
+        os.symlink(WORKER, os.path.join(libexec, "mcpkeeper-worker.real"))
+        record = os.path.join(self.tmp, "channel.log")
+        with open(os.path.join(libexec, "mcpkeeper-worker"), "w") as f:
+            f.write(WRAPPER.replace("LOG_PATH", repr(record)))
+        os.chmod(os.path.join(libexec, "mcpkeeper-worker"), 0o755)
+        self.k = self.make_keeper(servers={"gh": self.peer.server_conf(cid)},
+                                  env={"MCPKEEPER_LIBEXECDIR": libexec})
+        access, refresh = self.peer.login(cid)
+        self.k.put_token("gh", self.peer.mcp_url, access, refresh, 10, self.peer.token_endpoint)
+        self.k.start()
+        sub = self.k.subscribe()
+        c = self.client("gh")
+        c.initialize()
+        c.echo("one")
+        sub.wait_for(kl.EV_REFRESHED, lambda d: d.get("server_name") == "gh", 40)
+        c.echo("two")
+        c.close()
+        channel = kl.read_text(record)
+        self.assertIn("token.update", channel)
+        self.assertIn(access, channel)
+        self.assertNotIn(refresh, channel)
+        self.assertNotIn("refresh_token", channel)
+        self.assertNotIn("client_secret", channel)
+
+
 if __name__ == "__main__":
     kl.main()
