@@ -1,4 +1,6 @@
 #include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include "util.h"
 
@@ -22,6 +24,15 @@ int fd_set_nonblock(int fd, int on)
 		return -errno;
 	flags = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK;
 	if (fcntl(fd, F_SETFL, flags) < 0)
+		return -errno;
+	return 0;
+}
+
+int proc_no_core_dumps(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	if (setrlimit(RLIMIT_CORE, &rl) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
 		return -errno;
 	return 0;
 }

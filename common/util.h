@@ -41,4 +41,7 @@ static inline void closep(int *fd)
 #define TAKE_FD(fd) ({ int _t = (fd); (fd) = -1; _t; })
 
 int fd_set_cloexec(int fd, int on);
+/* No core file and not dumpable (no ptrace, no /proc/PID/mem for peers):
+ * processes that hold secrets call it first. 0 or a negative errno value. */
+int proc_no_core_dumps(void);
 int fd_set_nonblock(int fd, int on);

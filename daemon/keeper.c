@@ -310,16 +310,6 @@ static void drop_root(const char *data_dir)
 		 data_dir);
 }
 
-static void no_core_dumps(void)
-{
-	struct rlimit rl = { 0, 0 };
-
-	if (setrlimit(RLIMIT_CORE, &rl) < 0)
-		fatal("setrlimit(RLIMIT_CORE): %m");
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-		fatal("prctl(PR_SET_DUMPABLE): %m");
-}
-
 int keeper_run(const char *config_path, bool system_mode)
 {
 	struct keeper k = { .system_mode = system_mode };
@@ -327,7 +317,8 @@ int keeper_run(const char *config_path, bool system_mode)
 	char err[1024];
 	int lfd = -1, r;
 
-	no_core_dumps();
+	if (proc_no_core_dumps() < 0)
+		fatal("cannot disable core dumps: %m");
 	signal(SIGPIPE, SIG_IGN);
 	k.config_path = strdup(config_path);
 	if (config_load(config_path, system_mode, &cfg, err, sizeof(err)) < 0)

@@ -6,8 +6,6 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 
 #include "config.h"
 #include "keeper.h"
@@ -30,17 +28,6 @@ static void usage(FILE *f)
 		"                      print what was found and exit\n"
 		"  -v, --verbose       log debug messages\n"
 		"  -V, --version       print the version and exit\n");
-}
-
-/* Core dumps would hold the master key and tokens. */
-static void no_core_dumps(void)
-{
-	struct rlimit rl = { 0, 0 };
-
-	if (setrlimit(RLIMIT_CORE, &rl) < 0)
-		fatal("setrlimit(RLIMIT_CORE): %m");
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-		fatal("prctl(PR_SET_DUMPABLE): %m");
 }
 
 static int count_token(const char *key, const struct secret *plain, int status, void *ctx)
@@ -142,7 +129,8 @@ int main(int argc, char **argv)
 		config_path = path;
 	}
 	if (do_check) {
-		no_core_dumps();
+		if (proc_no_core_dumps() < 0)
+		fatal("cannot disable core dumps: %m");
 		return check(config_path, system_mode);
 	}
 	return keeper_run(config_path, system_mode);

@@ -839,13 +839,12 @@ static void oauth_sandbox(struct oauth *o)
 int main(int argc, char **argv)
 {
 	struct oauth o = { .exit_code = -1 };
-	struct rlimit no_core = { 0, 0 };
 
 	log_init("mcpkeeper-oauth");
 	if (argc > 1)
 		fatal("takes no arguments: this program must be started by mcpkeeperd");
 	/* exec reset both: no core file, no ptrace, no /proc/PID/mem for our peers. */
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 || setrlimit(RLIMIT_CORE, &no_core) < 0)
+	if (proc_no_core_dumps() < 0)
 		fatal("cannot disable core dumps: %m");
 	channel_check();
 	signal(SIGTERM, SIG_IGN);

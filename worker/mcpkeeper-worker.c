@@ -771,7 +771,6 @@ static void worker_free(struct worker *w)
 int main(int argc, char **argv)
 {
 	struct worker w = { .exit_code = -1 };
-	struct rlimit no_core = { 0, 0 };
 
 	if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
 		printf("mcpkeeper-worker %s\n", MCPKEEPER_VERSION);
@@ -786,7 +785,7 @@ int main(int argc, char **argv)
 	if (argc > 1)
 		fatal("takes no arguments: this program must be started by mcpkeeperd");
 	/* exec reset both: no core file, no ptrace, no /proc/PID/mem for our peers. */
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 || setrlimit(RLIMIT_CORE, &no_core) < 0)
+	if (proc_no_core_dumps() < 0)
 		fatal("cannot disable core dumps: %m");
 	fd_check(CHANNEL_FD, SOCK_STREAM);
 	fd_check(CLIENTS_FD, SOCK_SEQPACKET);
