@@ -962,7 +962,7 @@ static int globals_parse(struct parser *p, struct json_object *root)
 {
 	static const char *const known[] = {
 		"data_dir", "runtime_dir", "listen", "group", "worker_user", "idle_timeout",
-		"max_connections_per_uid",
+		"max_connections_per_uid", "request_timeout",
 		"refresh", "disable_management", "mcpServers", NULL,
 	};
 	struct config *c = p->c;
@@ -998,6 +998,9 @@ static int globals_parse(struct parser *p, struct json_object *root)
 	if (r < 0)
 		return r;
 	r = get_int(p, root, NULL, "max_connections_per_uid", 1, 65536, &c->max_conns_per_uid);
+	if (r < 0)
+		return r;
+	r = get_int(p, root, NULL, "request_timeout", 1, 3600, &c->request_timeout_sec);
 	if (r < 0)
 		return r;
 	r = get_bool(p, root, NULL, "disable_management", &c->disable_management);
@@ -1331,6 +1334,7 @@ int config_parse(const char *name, const char *text, size_t len, bool system_mod
 	c->system_mode = system_mode;
 	c->idle_timeout_sec = DEFAULT_IDLE_TIMEOUT;
 	c->max_conns_per_uid = 128;
+	c->request_timeout_sec = 60;
 	c->refresh = (struct config_refresh){
 		.threshold = DEFAULT_THRESHOLD,
 		.max_retries = DEFAULT_MAX_RETRIES,

@@ -74,6 +74,7 @@ struct config {
 	char *worker_user;	/* system mode: user the children run as */
 	int idle_timeout_sec;	/* worker idle timeout; default 300 */
 	int max_conns_per_uid;	/* control connections one uid may hold; default 128 */
+	int request_timeout_sec;/* one upstream MCP request, in a worker; default 60 */
 	bool disable_management;
 	struct config_refresh refresh;
 	struct config_server *servers;

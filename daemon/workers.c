@@ -25,8 +25,6 @@
 #include "store.h"
 #include "token.h"
 
-#define REQUEST_TIMEOUT_MS 60000
-
 struct pending_fd {
 	int fd;
 	uint64_t number;
@@ -67,7 +65,7 @@ static void worker_hello(struct child *c, void *ctx, struct json_object *params)
 		json_object_array_add(args, json_object_new_string(cs->args[i]));
 	json_object_object_add(t, "args", args);
 	json_object_object_add(t, "env", kv_object(cs->env, cs->n_env));
-	json_object_object_add(t, "request_timeout_ms", json_object_new_int(REQUEST_TIMEOUT_MS));
+	json_object_object_add(t, "request_timeout_ms", json_object_new_int(s->k->cfg->request_timeout_sec * 1000));
 	json_object_object_add(t, "oauth", json_object_new_boolean(cs->oauth_enabled));
 	json_object_object_add(params, "transport", t);
 }

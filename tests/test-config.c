@@ -145,6 +145,8 @@ static void test_wrong_types(void)
 	TEST("wrong types name the field");
 	parse_fails("{\"idle_timeout\": \"300\"}",
 		    "config.json: idle_timeout: must be an integer between 0 and 86400");
+	parse_fails("{\"request_timeout\": 0}",
+		    "config.json: request_timeout: must be an integer between 1 and 3600");
 	parse_fails("{\"idle_timeout\": 1.5}",
 		    "config.json: idle_timeout: must be an integer between 0 and 86400");
 	parse_fails("{\"disable_management\": 1}",
@@ -637,6 +639,7 @@ static void test_defaults(void)
 	CHECK_STREQ(c->worker_user, "mcpkeeper-worker");
 	CHECK(c->group == NULL);
 	CHECK(c->idle_timeout_sec == 300);
+	CHECK(c->request_timeout_sec == 60);
 	CHECK(!c->disable_management);
 	CHECK(c->refresh.threshold == 0.8);
 	CHECK(c->refresh.max_retries == 3);

@@ -317,6 +317,23 @@ class TestWorkerPaths(WorkerCase):
         kl.wait_until(lambda: self.k.server("files")["worker"]["pid"] not in (None, pid), 20, 0.1,
                       "a new worker after the reload")
 
+    def test_o_request_timeout(self):
+        self.setup_http(extra_config={"request_timeout": 1})
+        c = self.client("gh")
+        c.initialize()
+        r = c.call("tools/call", {"name": "slow", "arguments": {"ms": 4000}}, timeout=30)
+        self.assertIn("error", r, r)
+        self.assertEqual(text_of(c.echo("still here")), "still here")
+
+    def test_p_keeper_not_running(self):
+        c = Client(type("K", (), {"socket_path": os.path.join(self.tmp, "none.sock")})(), "gh")
+        self.clients.append(c)
+        c.send({"jsonrpc": "2.0", "id": 5, "method": "initialize"})
+        r = c.read(10)
+        self.assertEqual(r.get("id"), 5, r)
+        self.assertIn("not running", r["error"]["message"])
+        self.assertEqual(c.close(), 3)
+
     def test_n_worker_channel_holds_no_refresh_token(self):
         self.peer = self.start_peer(lifetime=10)
         cid = self.peer.register()
