@@ -181,6 +181,8 @@ class TestWorkers(WorkerCase):
             c.initialize()
         for i, c in enumerate(clients):
             self.assertEqual(text_of(c.echo("client %d" % i)), "client %d" % i)
+        # Each client is its own upstream session, each with its own GET stream.
+        kl.wait_until(lambda: self.peer.stats()["get_streams"] == 50, 30, 0.2, "50 upstream sessions")
         for c in clients:
             self.assertEqual(c.close(), 0)
 
