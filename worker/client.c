@@ -77,6 +77,28 @@ bool client_is_pending(struct client *c, struct json_object *id)
 	return pending_find(c, id) != NULL;
 }
 
+static void drained_cb(evutil_socket_t fd, short what, void *arg)
+{
+	client_shutdown(arg, "end of input, every request answered");
+}
+
+/*
+ * A client that closed its sending side (an MCP client at the end of its
+ * input) still gets the answers to what it asked; once the last one is out,
+ * the connection closes. Deferred: this runs inside libcurl callbacks.
+ */
+static void client_check_drained(struct client *c)
+{
+	static const struct timeval now = { 0, 0 };
+
+	if (!c->input_done || c->closing || !LIST_EMPTY(&c->pending))
+		return;
+	if (!c->drained)
+		c->drained = evtimer_new(c->w->base, drained_cb, c);
+	if (c->drained)
+		evtimer_add(c->drained, &now);
+}
+
 static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct pending *p = arg;
@@ -88,6 +110,7 @@ static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	log_warn("client %llu: %s", (unsigned long long)c->number, message);
 	client_send_error(c, p->id, RPC_APP_ERROR, message);
 	pending_free(p);
+	client_check_drained(c);
 }
 
 static int pending_add(struct client *c, const struct rpc_msg *m)
@@ -126,6 +149,7 @@ void client_fail(struct client *c, struct json_object *id, int code, const char 
 	log_info("client %llu: %s: %s", (unsigned long long)c->number, p->method, message);
 	client_send_error(c, p->id, code, message);
 	pending_free(p);
+	client_check_drained(c);
 }
 
 void client_fail_all(struct client *c, int code, const char *fmt, ...)
@@ -196,6 +220,7 @@ void client_deliver(struct client *c, const struct rpc_msg *m)
 				 frame_strerror(r));
 		}
 		pending_free(p);
+		client_check_drained(c);
 		return;
 	}
 	/* A server-initiated request or notification. */
@@ -353,7 +378,11 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct client *c = arg;
 
-	if (what & BEV_EVENT_EOF)
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !LIST_EMPTY(&c->pending)) {
+		log_info("client %llu: end of input; answering what is in flight", (unsigned long long)c->number);
+		c->input_done = true;
+		bufferevent_disable(bev, EV_READ);
+	} else if (what & BEV_EVENT_EOF)
 		client_close(c, "disconnected");
 	else if (what & BEV_EVENT_ERROR)
 		client_close(c, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
@@ -423,6 +452,8 @@ void client_close(struct client *c, const char *why)
 		pending_free(LIST_FIRST(&c->pending));
 	bufferevent_free(c->bev);
 	event_free(c->kick);
+	if (c->drained)
+		event_free(c->drained);
 	free(c->session_id);
 	free(c->protocol_version);
 	free(c->endpoint);

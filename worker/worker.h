@@ -112,6 +112,8 @@ struct client {
 	struct pending_list pending;
 	struct event *kick;		/* deferred work decided inside libcurl callbacks */
 	bool closing;			/* flushing its last replies */
+	bool input_done;		/* the client closed its side: finish, then close */
+	struct event *drained;		/* deferred close once the last answer is out */
 
 	/* HTTP transports */
 	struct hreq_list hreqs;		/* this client's transfers */

@@ -327,6 +327,20 @@ class TestWorkerPaths(WorkerCase):
         self.assertIn("error", r, r)
         self.assertEqual(text_of(c.echo("still here")), "still here")
 
+    def test_q_end_of_input_still_answered(self):
+        # An MCP client that ends its input right after a request still gets
+        # the answer; then mcpctl exits 0.
+        self.setup_http()
+        c = self.client("gh")
+        c.initialize()
+        c.send({"jsonrpc": "2.0", "id": 42, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"ms": 1000}}})
+        c.proc.stdin.close()
+        r = c.read(20)
+        self.assertEqual(r.get("id"), 42, r)
+        self.assertIn("result", r, r)
+        self.assertEqual(c.proc.wait(20), 0)
+
     def test_p_keeper_not_running(self):
         c = Client(type("K", (), {"socket_path": os.path.join(self.tmp, "none.sock")})(), "gh")
         self.clients.append(c)
