@@ -180,6 +180,24 @@ class TestRefresh(OAuthKeeperCase):
         self.assertEqual(self.peer.stats()["refresh_requests"], requests, "no token request after restart")
         self.assert_log_clean()
 
+    def test_e2_disabled_server_not_refreshed(self):
+        # A disabled server keeps its token but is not refreshed, even when due.
+        self.setup_oauth(lifetime=3600, stored_lifetime=-5, start=False)
+        self.k.servers["gh"]["enabled"] = False
+        self.k.write_config()
+        self.k.start()
+        time.sleep(3)
+        self.assertEqual(self.peer.stats()["refresh_requests"], 0)
+        st = self.k.server("gh")
+        self.assertEqual(st["refresh"]["state"], "idle", st)
+        code, out = self.k.check_token("gh", self.peer.mcp_url, self.tokens["gh"][0])
+        self.assertEqual(code, 0, out)
+        # Enabled again (reload): refreshed at once.
+        self.k.servers["gh"]["enabled"] = True
+        self.k.write_config()
+        self.k.signal(signal.SIGHUP)
+        kl.wait_until(lambda: self.peer.stats()["refresh_grants"] == 1, 30, 0.2, "the refresh after enabling")
+
     def test_e_expired_at_start_refreshed_at_once(self):
         # The stored token expired 5 s ago; the peer issues hour-long ones.
         self.setup_oauth(lifetime=3600, stored_lifetime=-5, early_subscribe=True)
