@@ -19,6 +19,9 @@
  *   GET  /.well-known/oauth-protected-resource[/mcp]   RFC 9728
  *   GET  /.well-known/oauth-authorization-server       RFC 8414
  *   GET  /.well-known/openid-configuration             the same document
+ *                     (with issuer_path /P: .../oauth-authorization-server/P,
+ *                     .../openid-configuration/P and /P/.well-known/openid-
+ *                     configuration instead; the root URLs then 404)
  *   POST /register    RFC 7591; default token_endpoint_auth_method is
  *                     client_secret_basic, as the RFC says
  *   GET  /authorize   auto-approves: 302 to redirect_uri with code, state, iss
@@ -38,9 +41,59 @@
  *   POST /test/fail   {"mode": "500"|"429"|"hang"|"malformed"|"invalid_grant",
  *                      "count": N} queues failures for the next token requests
  *   GET  /test/stats  counters; POST /test/reset zeroes them, drops queued
- *                     failures and forgets recorded responses;
- *                     POST /test/config changes token_lifetime,
- *                     grace, rotate, require_resource, hang_seconds, sse
+ *                     failures and forgets recorded responses and /test/last
+ *                     (it leaves the configuration alone)
+ *   POST /test/config  changes any of the settings below (all or nothing: a
+ *                     bad value is a 400 naming it, and nothing changes);
+ *                     answers with all of them, as GET /test/config does.
+ *                     Discovery documents change on the next request.
+ *       token_lifetime, grace, rotate, require_resource, hang_seconds, sse:
+ *                     as the command-line options
+ *       s256 (true)   false: code_challenge_methods_supported is ["plain"]
+ *                     (/authorize still requires S256)
+ *       iss (true)    false: no authorization_response_iss_parameter_supported
+ *                     and no iss on /authorize redirects
+ *       wrong_iss (false)  redirects carry iss=https://evil.example (even
+ *                     with iss false)
+ *       authorize_error (null)  a string: /authorize, once client and
+ *                     redirect_uri check out, redirects with that error, an
+ *                     error_description, state and iss, and issues no code
+ *       challenge_scope (null)  scope="..." in the 401 challenges of /mcp,
+ *                     /sse and /messages; its scopes join scopes_supported
+ *       challenge_metadata (true)  false: no resource_metadata in them
+ *       prm_paths ("both")  "path": only .../oauth-protected-resource/mcp
+ *                     and /sse; "root": only .../oauth-protected-resource
+ *                     (the /mcp document); the others 404
+ *       issuer_path ("")   "/seg[/seg]": the issuer is origin + path (in the
+ *                     resource metadata, the AS metadata and iss); endpoints
+ *                     stay at the root
+ *       as_metadata ("both")  "oauth" or "openid": only that document
+ *       metadata_issuer (null)  the issuer the AS metadata claims instead
+ *       registration (true)  false: no registration_endpoint, /register 404
+ *       revocation (true)  false: no revocation_endpoint (/revoke still works)
+ *       revoke_fail (false)  /revoke answers 503 temporarily_unavailable
+ *       auth_methods (["none", "client_secret_basic", "client_secret_post"])
+ *                     token_endpoint_auth_methods_supported; /register
+ *                     refuses any other method, and one the peer does not
+ *                     implement
+ *   GET  /test/last   what the last request of each kind asked for, never a
+ *                     secret: {"authorize", "token", "register", "revoke":
+ *                     a record or null, "discovery": [{"path", "status"}]}.
+ *                     Each record has "status" and "outcome" ("ok" or the
+ *                     OAuth error; "error_description" with an error).
+ *                     authorize: client_id, redirect_uri, response_type,
+ *                     scope, resource, code_challenge_method (strings or
+ *                     null), state (present?), code_challenge_length.
+ *                     token: grant_type, client_id, auth_method, resource,
+ *                     redirect_uri, scope, pkce_ok (null until a code's PKCE
+ *                     check ran), injected (the failure mode, when one
+ *                     answered). register: the metadata document received
+ *                     (minus any client_secret; {} when it was no JSON
+ *                     object) with auth_method, the method granted, on 201.
+ *                     revoke: token_type_hint, client_id, auth_method, known
+ *                     (a token the peer still holds). discovery: every GET
+ *                     of a path holding "/.well-known/" since the reset, in
+ *                     order, 404s too (the first 1000)
  *   POST /test/notify  {"session": ID | "*", "method": M, "params": {...}}
  *                     sends a notification on the session's stream (GET /mcp
  *                     or /sse); answers {"delivered": N}, 404 when the named
@@ -91,6 +144,17 @@
  *   matches (null when it matches none).
  * - Tokens for resource .../mcp and .../sse are accepted on /mcp, /sse and
  *   /messages alike; the resource only has to be one of the two.
+ * - /authorize grants any scope as asked ("mcp" when none); a refresh may
+ *   ask for a subset of it. token_grants counts successful code exchanges,
+ *   code_requests every authorization_code request, authorizations every
+ *   code /authorize issued.
+ * - The 401 challenge names the resource metadata of the endpoint: the root
+ *   document for /mcp and .../sse for /sse and /messages, unless prm_paths
+ *   serves only the other kind, then that one.
+ * - The --client-id client may authenticate either way whatever
+ *   auth_methods says; auth_methods binds dynamic registration only.
+ * - revoke_fail answers after client authentication: a client that fails
+ *   it still gets 401.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -127,6 +191,16 @@
 #define SLOW_MAX_MS 600000
 #define LIMIT_SECONDS 10000000L
 #define DEFAULT_SCOPE "mcp"
+/* Longest string a /test/config knob takes. */
+#define KNOB_MAX 256
+#define AUTH_METHODS_MAX 8
+/* /test/last keeps the first this many discovery requests after a reset. */
+#define DISCOVERY_LOG_MAX 1000
+/* The iss of a redirect with wrong_iss set: an issuer that is not this one. */
+#define WRONG_ISS "https://evil.example"
+#define PRM_PATH "/.well-known/oauth-protected-resource"
+#define AS_OAUTH_PATH "/.well-known/oauth-authorization-server"
+#define AS_OPENID_PATH "/.well-known/openid-configuration"
 /* An open stream is idle by design: its connection may stay quiet this long. */
 #define STREAM_TIMEOUT_S 86400
 /* At shutdown, time for the last chunk of every open stream to go out. */
@@ -297,6 +371,64 @@ struct stats {
 	long long responses_received;
 	long long revoke_all;
 	long long revoke_access_all;
+	long long authorizations;	/* codes issued by /authorize */
+	long long code_requests;	/* authorization_code token requests */
+};
+
+/* Which RFC 9728 documents are served: the path-specific ones
+ * (.../oauth-protected-resource/mcp and /sse), the root one, or all. */
+enum prm_serve {
+	PRM_BOTH,
+	PRM_PATH_ONLY,
+	PRM_ROOT_ONLY,
+};
+
+static const char *const prm_serve_names[] = {
+	[PRM_BOTH] = "both",
+	[PRM_PATH_ONLY] = "path",
+	[PRM_ROOT_ONLY] = "root",
+};
+
+/* Which authorization server metadata documents are served. */
+enum as_serve {
+	AS_BOTH,
+	AS_OAUTH_ONLY,
+	AS_OPENID_ONLY,
+};
+
+static const char *const as_serve_names[] = {
+	[AS_BOTH] = "both",
+	[AS_OAUTH_ONLY] = "oauth",
+	[AS_OPENID_ONLY] = "openid",
+};
+
+/*
+ * How the login looks to a client: the knobs of /test/config that shape
+ * discovery, /authorize, /register, /revoke and the 401 challenge. Strings
+ * are owned; NULL means unset. /test/reset leaves them alone.
+ */
+struct login_config {
+	int s256;			/* advertise S256 (else only "plain") */
+	int iss;			/* RFC 9207: advertise and send iss */
+	int wrong_iss;			/* send iss = WRONG_ISS */
+	char *authorize_error;		/* /authorize redirects with this error */
+	char *challenge_scope;		/* scope="..." in the 401 challenge */
+	int challenge_metadata;		/* resource_metadata="..." in it */
+	enum prm_serve prm_paths;
+	char *issuer_path;		/* "" or "/seg[/seg...]" (never NULL) */
+	enum as_serve as_metadata;
+	char *metadata_issuer;		/* the issuer the AS documents claim */
+	int registration;
+	int revocation;			/* advertise the revocation endpoint */
+	int revoke_fail;		/* /revoke answers 503 */
+	struct json_object *auth_methods; /* token_endpoint_auth_methods_supported */
+};
+
+/* What GET /test/last shows: the last request of each kind, without any
+ * secret, and the discovery requests since the last reset. */
+struct recordings {
+	struct json_object *authorize, *token, *registration, *revoke;
+	struct json_object *discovery;	/* [{"path", "status"}] */
 };
 
 struct peer_options {
@@ -319,12 +451,18 @@ struct peer {
 	struct evhttp *http;
 	struct event *sigterm, *sigint, *sweep;
 	int port;
-	char issuer[64];
+	char origin[32];		/* http://127.0.0.1:PORT */
+	char issuer[sizeof("http://127.0.0.1:65535") + KNOB_MAX]; /* origin + issuer_path */
 	char resource[80];
 	char resource_sse[80];		/* the HTTP+SSE endpoint, also a resource */
+	struct login_config login;
 	char *prm_json;			/* RFC 9728 document */
 	char *prm_sse_json;		/* the same for /sse */
 	char *as_json;			/* RFC 8414 document */
+	struct recordings last;
+	/* The /test/last record the request being handled fills in (borrowed
+	 * from last); its first outcome ends it. NULL between requests. */
+	struct json_object *rec;
 	struct table clients, codes, atokens, rtokens, sessions;
 	struct family *families;
 	struct failure *fail_head, *fail_tail;
@@ -632,11 +770,71 @@ static void reply_json(struct evhttp_request *req, int code, struct json_object 
 	json_object_put(obj);
 }
 
+/* ---- /test/last records ----------------------------------------------- */
+
+/* Replaces *slot with a fresh record and makes it the one this request fills. */
+static struct json_object *record_start(struct peer *p, struct json_object **slot)
+{
+	json_object_put(*slot);
+	*slot = json_object_new_object();
+	if (!*slot)
+		fatal("out of memory");
+	p->rec = *slot;
+	return *slot;
+}
+
+/* A string field of the record in progress; NULL is recorded as null. */
+static void record_str(struct peer *p, const char *key, const char *value)
+{
+	if (p->rec)
+		json_object_object_add(p->rec, key, value ? json_object_new_string(value) : NULL);
+}
+
+static void record_bool(struct peer *p, const char *key, int value)
+{
+	if (p->rec)
+		json_object_object_add(p->rec, key, json_object_new_boolean(value));
+}
+
+/* The answer: status and "ok" or the OAuth error sent. The first outcome of
+ * a request is the one that counts; it ends the record. */
+static void record_outcome(struct peer *p, int status, const char *error, const char *description)
+{
+	if (!p->rec)
+		return;
+	json_object_object_add(p->rec, "status", json_object_new_int(status));
+	json_object_object_add(p->rec, "outcome", json_object_new_string(error ? error : "ok"));
+	if (error && description)
+		json_object_object_add(p->rec, "error_description", json_object_new_string(description));
+	p->rec = NULL;
+}
+
+static void recordings_free(struct recordings *r)
+{
+	json_object_put(r->authorize);
+	json_object_put(r->token);
+	json_object_put(r->registration);
+	json_object_put(r->revoke);
+	json_object_put(r->discovery);
+	memset(r, 0, sizeof(*r));
+}
+
+/* Nothing recorded: what a start and /test/reset leave. */
+static void recordings_reset(struct recordings *r)
+{
+	recordings_free(r);
+	r->discovery = json_object_new_array();
+	if (!r->discovery)
+		fatal("out of memory");
+}
+
 /* RFC 6749 5.2 error; token-endpoint answers are never cached. */
-static void oauth_error(struct evhttp_request *req, int code, const char *error, const char *description)
+static void oauth_error(struct peer *p, struct evhttp_request *req, int code, const char *error,
+			const char *description)
 {
 	struct json_object *o = json_object_new_object();
 
+	record_outcome(p, code, error, description);
 	json_object_object_add(o, "error", json_object_new_string(error));
 	if (description)
 		json_object_object_add(o, "error_description", json_object_new_string(description));
@@ -780,27 +978,42 @@ static char *json_dup(struct json_object *o)
 	return s;
 }
 
-static void add_endpoint(struct json_object *o, const char *key, const char *issuer, const char *path)
+static void add_endpoint(struct json_object *o, const char *key, const char *origin, const char *path)
 {
 	char url[128];
 
-	snprintf(url, sizeof(url), "%s%s", issuer, path);
+	snprintf(url, sizeof(url), "%s%s", origin, path);
 	json_object_object_add(o, key, json_object_new_string(url));
 }
 
+/* DEFAULT_SCOPE and every scope of challenge_scope, once each: a client that
+ * picks its scope from the metadata picks one the challenge would accept. */
+static struct json_object *scopes_supported(const struct peer *p)
+{
+	struct json_object *a = string_array((const char *const[]){ DEFAULT_SCOPE }, 1);
+	_cleanup_(freep) char *copy = xstrdup(p->login.challenge_scope);
+	char *save = NULL;
+
+	for (char *t = copy ? strtok_r(copy, " ", &save) : NULL; t; t = strtok_r(NULL, " ", &save))
+		if (!str_in_array(a, t))
+			json_object_array_add(a, json_object_new_string(t));
+	return a;
+}
+
+/* The documents as the configuration has them now: built at start and again
+ * on every /test/config, so that a change shows on the next request. */
 static void discovery_build(struct peer *p)
 {
 	static const char *const grants[] = { "authorization_code", "refresh_token" };
-	static const char *const auths[] = { "none", "client_secret_basic", "client_secret_post" };
-	static const char *const s256[] = { "S256" };
 	static const char *const code[] = { "code" };
-	static const char *const scopes[] = { DEFAULT_SCOPE };
 	static const char *const header[] = { "header" };
+	const struct login_config *l = &p->login;
 	struct json_object *o;
 
-	snprintf(p->issuer, sizeof(p->issuer), "http://127.0.0.1:%d", p->port);
-	snprintf(p->resource, sizeof(p->resource), "%s/mcp", p->issuer);
-	snprintf(p->resource_sse, sizeof(p->resource_sse), "%s/sse", p->issuer);
+	free(p->prm_json);
+	free(p->prm_sse_json);
+	free(p->as_json);
+	snprintf(p->issuer, sizeof(p->issuer), "%s%s", p->origin, l->issuer_path);
 
 	for (int i = 0; i < 2; i++) {
 		o = json_object_new_object();
@@ -808,34 +1021,91 @@ static void discovery_build(struct peer *p)
 		json_object_object_add(o, "authorization_servers",
 				       string_array((const char *const[]){ p->issuer }, 1));
 		json_object_object_add(o, "bearer_methods_supported", string_array(header, 1));
-		json_object_object_add(o, "scopes_supported", string_array(scopes, 1));
+		json_object_object_add(o, "scopes_supported", scopes_supported(p));
 		*(i ? &p->prm_sse_json : &p->prm_json) = json_dup(o);
 	}
 
 	o = json_object_new_object();
-	json_object_object_add(o, "issuer", json_object_new_string(p->issuer));
-	add_endpoint(o, "authorization_endpoint", p->issuer, "/authorize");
-	add_endpoint(o, "token_endpoint", p->issuer, "/token");
-	add_endpoint(o, "registration_endpoint", p->issuer, "/register");
-	add_endpoint(o, "revocation_endpoint", p->issuer, "/revoke");
+	json_object_object_add(o, "issuer",
+			       json_object_new_string(l->metadata_issuer ? l->metadata_issuer : p->issuer));
+	add_endpoint(o, "authorization_endpoint", p->origin, "/authorize");
+	add_endpoint(o, "token_endpoint", p->origin, "/token");
+	if (l->registration)
+		add_endpoint(o, "registration_endpoint", p->origin, "/register");
+	if (l->revocation)
+		add_endpoint(o, "revocation_endpoint", p->origin, "/revoke");
 	json_object_object_add(o, "response_types_supported", string_array(code, 1));
 	json_object_object_add(o, "grant_types_supported", string_array(grants, ARRAY_SIZE(grants)));
-	json_object_object_add(o, "code_challenge_methods_supported", string_array(s256, 1));
-	json_object_object_add(o, "token_endpoint_auth_methods_supported", string_array(auths, ARRAY_SIZE(auths)));
-	json_object_object_add(o, "revocation_endpoint_auth_methods_supported",
-			       string_array(auths, ARRAY_SIZE(auths)));
-	json_object_object_add(o, "scopes_supported", string_array(scopes, 1));
-	json_object_object_add(o, "authorization_response_iss_parameter_supported", json_object_new_boolean(1));
+	json_object_object_add(o, "code_challenge_methods_supported",
+			       string_array((const char *const[]){ l->s256 ? "S256" : "plain" }, 1));
+	json_object_object_add(o, "token_endpoint_auth_methods_supported", json_object_get(l->auth_methods));
+	if (l->revocation)
+		json_object_object_add(o, "revocation_endpoint_auth_methods_supported",
+				       json_object_get(l->auth_methods));
+	json_object_object_add(o, "scopes_supported", scopes_supported(p));
+	if (l->iss)
+		json_object_object_add(o, "authorization_response_iss_parameter_supported",
+				       json_object_new_boolean(1));
 	p->as_json = json_dup(o);
 }
 
-static void handle_discovery(struct evhttp_request *req, const char *doc)
+/* s past prefix when s starts with it, else NULL. */
+static const char *after_prefix(const char *s, const char *prefix)
 {
-	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-		reply_method_not_allowed(req, "GET");
-		return;
+	size_t n = strlen(prefix);
+
+	return strncmp(s, prefix, n) == 0 ? s + n : NULL;
+}
+
+/*
+ * The document served at path, or NULL (404). The authorization server
+ * metadata sits where RFC 8414 3.1 puts it for the issuer: the well-known
+ * segment between host and the issuer's path; OpenID Connect Discovery 4
+ * appends it to the issuer, and that form is served too.
+ */
+static const char *well_known_doc(const struct peer *p, const char *path)
+{
+	const struct login_config *l = &p->login;
+	int prm_root = l->prm_paths != PRM_PATH_ONLY, prm_path = l->prm_paths != PRM_ROOT_ONLY;
+	int oauth = l->as_metadata != AS_OPENID_ONLY, openid = l->as_metadata != AS_OAUTH_ONLY;
+	const char *rest;
+
+	if (strcmp(path, PRM_PATH) == 0)
+		return prm_root ? p->prm_json : NULL;
+	if (strcmp(path, PRM_PATH "/mcp") == 0)
+		return prm_path ? p->prm_json : NULL;
+	if (strcmp(path, PRM_PATH "/sse") == 0)
+		return prm_path ? p->prm_sse_json : NULL;
+	if ((rest = after_prefix(path, AS_OAUTH_PATH)) && strcmp(rest, l->issuer_path) == 0)
+		return oauth ? p->as_json : NULL;
+	if ((rest = after_prefix(path, AS_OPENID_PATH)) && strcmp(rest, l->issuer_path) == 0)
+		return openid ? p->as_json : NULL;
+	if (*l->issuer_path && (rest = after_prefix(path, l->issuer_path)) && strcmp(rest, AS_OPENID_PATH) == 0)
+		return openid ? p->as_json : NULL;
+	return NULL;
+}
+
+/* Every GET of a well-known path is recorded for /test/last, 404s too: the
+ * order a client tried the URLs in is what a discovery test checks. */
+static void handle_well_known(struct peer *p, struct evhttp_request *req, const char *path)
+{
+	const char *doc = well_known_doc(p, path);
+	int status = doc ? 200 : 404;
+	int get = evhttp_request_get_command(req) == EVHTTP_REQ_GET;
+
+	if (get && json_object_array_length(p->last.discovery) < DISCOVERY_LOG_MAX) {
+		struct json_object *e = json_object_new_object();
+
+		json_object_object_add(e, "path", json_object_new_string(path));
+		json_object_object_add(e, "status", json_object_new_int(status));
+		json_object_array_add(p->last.discovery, e);
 	}
-	reply_raw(req, 200, "application/json", doc, strlen(doc));
+	if (!doc)
+		reply_text(req, 404, "not found\n");
+	else if (!get)
+		reply_method_not_allowed(req, "GET");
+	else
+		reply_raw(req, 200, "application/json", doc, strlen(doc));
 }
 
 /* One of the two endpoints this server protects (RFC 8707). */
@@ -928,10 +1198,61 @@ static const char *auth_method_name(enum auth_method m)
 	return "client_secret_basic";
 }
 
+/* The methods the peer implements; 0 or -EINVAL. */
+static int auth_method_parse(const char *name, enum auth_method *out)
+{
+	if (streq(name, "none"))
+		*out = AUTH_NONE;
+	else if (streq(name, "client_secret_basic"))
+		*out = AUTH_BASIC;
+	else if (streq(name, "client_secret_post"))
+		*out = AUTH_POST;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * The token_endpoint_auth_method a registration gets: the one asked for,
+ * which must be among auth_methods; without one client_secret_basic (RFC
+ * 7591 2) when listed, else the first listed. NULL: refuse, with *why.
+ */
+static const char *register_auth_method(const struct peer *p, struct json_object *meta, const char **why)
+{
+	struct json_object *methods = p->login.auth_methods, *v;
+	const char *name;
+
+	if (json_object_object_get_ex(meta, "token_endpoint_auth_method", &v)) {
+		name = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+		if (!name || !str_in_array(methods, name)) {
+			*why = "token_endpoint_auth_method is not among token_endpoint_auth_methods_supported";
+			return NULL;
+		}
+		return name;
+	}
+	if (str_in_array(methods, "client_secret_basic"))
+		return "client_secret_basic";
+	return json_object_get_string(json_object_array_get_idx(methods, 0));
+}
+
+/* The record is the metadata document as received (the outcome is added
+ * to it); it holds no secret unless a client sends one, and that is left out. */
+static void register_record(struct peer *p, struct json_object *meta)
+{
+	record_start(p, &p->last.registration);
+	if (!meta)
+		return;
+	json_object_object_foreach(meta, key, val) {
+		if (strcmp(key, "client_secret") != 0)
+			json_object_object_add(p->rec, key, json_object_get(val));
+	}
+}
+
 static void handle_register(struct peer *p, struct evhttp_request *req)
 {
 	struct json_object *meta, *v, *uris, *o;
-	enum auth_method method = AUTH_BASIC;
+	enum auth_method method;
+	const char *method_str, *why = NULL;
 	struct client *c;
 	char id[TOKEN_CHARS], secret[TOKEN_CHARS];
 	int status;
@@ -942,34 +1263,35 @@ static void handle_register(struct peer *p, struct evhttp_request *req)
 		return;
 	}
 	meta = json_body(req, &status);
+	register_record(p, meta);
+	/* Switched off: the endpoint is not there, as for any unknown path. */
+	if (!p->login.registration) {
+		record_outcome(p, 404, "not_found", "registration is switched off");
+		reply_text(req, 404, "not found\n");
+		goto out;
+	}
 	if (!meta) {
-		oauth_error(req, status, "invalid_client_metadata", "body must be a JSON object");
+		oauth_error(p, req, status, "invalid_client_metadata", "body must be a JSON object");
 		return;
 	}
 	if (!json_object_object_get_ex(meta, "redirect_uris", &uris) || !json_object_is_type(uris, json_type_array) ||
 	    (n = json_object_array_length(uris)) == 0) {
-		oauth_error(req, 400, "invalid_redirect_uri", "redirect_uris must be a non-empty array");
+		oauth_error(p, req, 400, "invalid_redirect_uri", "redirect_uris must be a non-empty array");
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *u = json_object_array_get_idx(uris, i);
 
 		if (!json_object_is_type(u, json_type_string) || !loopback_uri(json_object_get_string(u), NULL)) {
-			oauth_error(req, 400, "invalid_redirect_uri", "redirect URIs must be loopback http URIs");
+			oauth_error(p, req, 400, "invalid_redirect_uri", "redirect URIs must be loopback http URIs");
 			goto out;
 		}
 	}
-	if (json_object_object_get_ex(meta, "token_endpoint_auth_method", &v)) {
-		const char *m = json_object_get_string(v);
-
-		if (streq(m, "none"))
-			method = AUTH_NONE;
-		else if (streq(m, "client_secret_post"))
-			method = AUTH_POST;
-		else if (!streq(m, "client_secret_basic")) {
-			oauth_error(req, 400, "invalid_client_metadata", "unsupported token_endpoint_auth_method");
-			goto out;
-		}
+	method_str = register_auth_method(p, meta, &why);
+	if (!method_str || auth_method_parse(method_str, &method) < 0) {
+		oauth_error(p, req, 400, "invalid_client_metadata",
+			    why ? why : "token_endpoint_auth_method is not one this server implements");
+		goto out;
 	}
 	if (json_object_object_get_ex(meta, "grant_types", &v)) {
 		if (!json_object_is_type(v, json_type_array))
@@ -985,7 +1307,7 @@ static void handle_register(struct peer *p, struct evhttp_request *req)
 	if (json_object_object_get_ex(meta, "response_types", &v) &&
 	    (!json_object_is_type(v, json_type_array) || json_object_array_length(v) != 1 ||
 	     !str_in_array(v, "code"))) {
-		oauth_error(req, 400, "invalid_client_metadata", "response_types must be [\"code\"]");
+		oauth_error(p, req, 400, "invalid_client_metadata", "response_types must be [\"code\"]");
 		goto out;
 	}
 
@@ -1000,6 +1322,8 @@ static void handle_register(struct peer *p, struct evhttp_request *req)
 	}
 	table_put(&p->clients, c->id, c);
 	p->stats.registrations++;
+	record_str(p, "auth_method", auth_method_name(method));
+	record_outcome(p, 201, NULL, NULL);
 
 	/* RFC 7591 3.2.1: the registered metadata, plus what the server chose. */
 	o = json_object_new_object();
@@ -1020,7 +1344,8 @@ static void handle_register(struct peer *p, struct evhttp_request *req)
 	goto out;
 
 bad_grants:
-	oauth_error(req, 400, "invalid_client_metadata", "grant_types may hold authorization_code and refresh_token");
+	oauth_error(p, req, 400, "invalid_client_metadata",
+		    "grant_types may hold authorization_code and refresh_token");
 out:
 	json_object_put(meta);
 }
@@ -1067,14 +1392,54 @@ static void authorize_redirect(struct evhttp_request *req, const char *redirect_
 	reply_raw(req, 302, NULL, NULL, 0);
 }
 
+/* RFC 9207: the iss a redirect carries, or NULL for none. */
+static const char *authorize_iss(const struct peer *p)
+{
+	if (p->login.wrong_iss)
+		return WRONG_ISS;
+	return p->login.iss ? p->issuer : NULL;
+}
+
 /* RFC 6749 4.1.2.1: once client and redirect URI are trusted, errors go back
  * to the client through the redirect. */
 static void authorize_error(struct peer *p, struct evhttp_request *req, const char *redirect_uri,
-			    const char *error, const char *state)
+			    const char *error, const char *description, const char *state)
 {
-	const char *kv[] = { "error", error, "state", state, "iss", p->issuer };
+	const char *kv[] = { "error", error, "error_description", description, "state", state,
+			     "iss", authorize_iss(p) };
 
+	record_outcome(p, 302, error, description);
 	authorize_redirect(req, redirect_uri, kv, ARRAY_SIZE(kv));
+}
+
+/* An error answered here, not redirected: client or redirect URI untrusted. */
+static void authorize_refuse(struct peer *p, struct evhttp_request *req, const char *error, const char *text)
+{
+	char line[128];
+
+	snprintf(line, sizeof(line), "%s\n", text);
+	record_outcome(p, 400, error, text);
+	reply_text(req, 400, line);
+}
+
+/* The error_description of an authorize_error set by /test/config. */
+static const char *injected_error_description(const char *error)
+{
+	static const struct {
+		const char *error, *description;
+	} known[] = {
+		{ "access_denied", "The user denied the authorization request." },
+		{ "invalid_scope", "The requested scope is invalid, unknown or malformed." },
+		{ "unauthorized_client", "This client may not request an authorization code." },
+		{ "server_error", "The authorization server met an unexpected condition." },
+		{ "temporarily_unavailable", "The authorization server is temporarily unable to handle the request." },
+		{ "invalid_request", "The authorization request is invalid." },
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(known); i++)
+		if (strcmp(error, known[i].error) == 0)
+			return known[i].description;
+	return "The authorization server refused the request.";
 }
 
 static int b64url_chars(const char *s, size_t min, size_t max)
@@ -1084,6 +1449,21 @@ static int b64url_chars(const char *s, size_t min, size_t max)
 	if (n < min || n > max)
 		return 0;
 	return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == n;
+}
+
+/* The request as /test/last shows it: parameters, not the challenge itself. */
+static void authorize_record(struct peer *p, const struct evkeyvalq *q)
+{
+	static const char *const keys[] = { "client_id", "redirect_uri", "response_type", "scope", "resource",
+					    "code_challenge_method" };
+	const char *challenge = form_get(q, "code_challenge");
+
+	record_start(p, &p->last.authorize);
+	for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+		record_str(p, keys[i], form_get(q, keys[i]));
+	record_bool(p, "state", form_get(q, "state") != NULL);
+	json_object_object_add(p->rec, "code_challenge_length",
+			       challenge ? json_object_new_int64((int64_t)strlen(challenge)) : NULL);
 }
 
 static void handle_authorize(struct peer *p, struct evhttp_request *req)
@@ -1100,37 +1480,54 @@ static void handle_authorize(struct peer *p, struct evhttp_request *req)
 		return;
 	}
 	if (!query || evhttp_parse_query_str(query, &q) < 0 || has_duplicates(&q)) {
-		reply_text(req, 400, "malformed authorization request\n");
+		evhttp_clear_headers(&q);
+		authorize_record(p, &q);
+		authorize_refuse(p, req, "invalid_request", "malformed authorization request");
 		goto out;
 	}
+	authorize_record(p, &q);
 	/* An unknown client or a redirect URI it did not register must not be
 	 * redirected to (RFC 6749 4.1.2.1): answer here instead. */
 	c = table_get(&p->clients, form_get(&q, "client_id"));
 	if (!c) {
-		reply_text(req, 400, "unknown client_id\n");
+		authorize_refuse(p, req, "invalid_client", "unknown client_id");
 		goto out;
 	}
 	redirect_uri = form_get(&q, "redirect_uri");
 	if (!redirect_uri || !client_redirect_ok(c, redirect_uri)) {
-		reply_text(req, 400, "redirect_uri missing, not loopback http, or not registered\n");
+		authorize_refuse(p, req, "invalid_request",
+				 "redirect_uri missing, not loopback http, or not registered");
 		goto out;
 	}
 	state = form_get(&q, "state");
+	if (p->login.authorize_error) {
+		authorize_error(p, req, redirect_uri, p->login.authorize_error,
+				injected_error_description(p->login.authorize_error), state);
+		goto out;
+	}
 	if (!streq(form_get(&q, "response_type"), "code")) {
-		authorize_error(p, req, redirect_uri, "unsupported_response_type", state);
+		authorize_error(p, req, redirect_uri, "unsupported_response_type", "response_type must be code", state);
 		goto out;
 	}
 	challenge = form_get(&q, "code_challenge");
-	if (!state || !challenge || !b64url_chars(challenge, 43, 43) ||
-	    !streq(form_get(&q, "code_challenge_method"), "S256")) {
-		authorize_error(p, req, redirect_uri, "invalid_request", state);
+	if (!state) {
+		authorize_error(p, req, redirect_uri, "invalid_request", "state is required", state);
+		goto out;
+	}
+	if (!challenge || !b64url_chars(challenge, 43, 43) || !streq(form_get(&q, "code_challenge_method"), "S256")) {
+		authorize_error(p, req, redirect_uri, "invalid_request",
+				"PKCE is required: code_challenge_method S256 and a 43-character code_challenge",
+				state);
 		goto out;
 	}
 	resource = form_get(&q, "resource");
 	if (resource && !resource_known(p, resource)) {
-		authorize_error(p, req, redirect_uri, "invalid_target", state);
+		authorize_error(p, req, redirect_uri, "invalid_target", "resource is not one this server protects",
+				state);
 		goto out;
 	}
+	/* Any scope is granted as asked: a test that sets challenge_scope logs
+	 * in with it, and the token response names it. */
 	scope = form_get(&q, "scope");
 
 	code = xmalloc(sizeof(*code));
@@ -1142,8 +1539,10 @@ static void handle_authorize(struct peer *p, struct evhttp_request *req)
 	code->resource = xstrdup(resource);
 	code->expires_ms = now_ms() + CODE_LIFETIME_MS;
 	table_put(&p->codes, code->code, code);
+	p->stats.authorizations++;
+	record_outcome(p, 302, NULL, NULL);
 	{
-		const char *kv[] = { "code", code->code, "state", state, "iss", p->issuer };
+		const char *kv[] = { "code", code->code, "state", state, "iss", authorize_iss(p) };
 
 		authorize_redirect(req, redirect_uri, kv, ARRAY_SIZE(kv));
 	}
@@ -1210,13 +1609,15 @@ static struct client *client_authenticate(struct peer *p, struct evhttp_request 
 	struct client *c = NULL;
 
 	if (authz) {
+		record_str(p, "auth_method", auth_method_name(AUTH_BASIC));
 		if (basic_credentials(authz, &basic_id, &basic_secret) < 0) {
-			oauth_error(req, 401, "invalid_client", "malformed Basic credentials");
+			record_str(p, "client_id", NULL);
+			oauth_error(p, req, 401, "invalid_client", "malformed Basic credentials");
 			return NULL;
 		}
 		/* RFC 6749 2.3: one authentication method per request. */
 		if (form_secret || (form_id && !streq(form_id, basic_id))) {
-			oauth_error(req, 400, "invalid_request", "more than one client authentication method");
+			oauth_error(p, req, 400, "invalid_request", "more than one client authentication method");
 			goto out;
 		}
 		id = basic_id;
@@ -1227,21 +1628,24 @@ static struct client *client_authenticate(struct peer *p, struct evhttp_request 
 		secret = form_secret;
 		used = secret ? AUTH_POST : AUTH_NONE;
 	}
+	/* Who and how, never the secret. */
+	record_str(p, "client_id", id);
+	record_str(p, "auth_method", auth_method_name(used));
 
 	c = table_get(&p->clients, id);
 	if (!c) {
-		oauth_error(req, 401, "invalid_client", "unknown client");
+		oauth_error(p, req, 401, "invalid_client", "unknown client");
 		goto out;
 	}
 	if (!c->secret) {
 		if (used != AUTH_NONE) {
-			oauth_error(req, 401, "invalid_client", "public client presented a secret");
+			oauth_error(p, req, 401, "invalid_client", "public client presented a secret");
 			c = NULL;
 		}
 		goto out;
 	}
 	if (used == AUTH_NONE || (c->method != AUTH_ANY && c->method != used) || !secret_equal(c->secret, secret)) {
-		oauth_error(req, 401, "invalid_client", "client authentication failed");
+		oauth_error(p, req, 401, "invalid_client", "client authentication failed");
 		c = NULL;
 	}
 out:
@@ -1283,7 +1687,7 @@ static int resource_check(struct peer *p, struct evhttp_request *req, const char
 		why = "resource differs from the authorization";
 	if (!why)
 		return 0;
-	oauth_error(req, 400, "invalid_target", why);
+	oauth_error(p, req, 400, "invalid_target", why);
 	return -1;
 }
 
@@ -1352,6 +1756,7 @@ static void tokens_issue(struct peer *p, struct evhttp_request *req, struct fami
 	json_object_object_add(o, "scope", json_object_new_string(scope ? scope : fam->scope));
 	add_header(req, "Cache-Control", "no-store");
 	add_header(req, "Pragma", "no-cache");
+	record_outcome(p, 200, NULL, NULL);
 	reply_json(req, 200, o);
 }
 
@@ -1362,23 +1767,36 @@ static void grant_code(struct peer *p, struct evhttp_request *req, const struct 
 	const char *redirect_uri = form_get(form, "redirect_uri"), *resource = form_get(form, "resource");
 	struct code *code;
 	struct family *fam;
+	int pkce_ok;
 
 	if (!code_str || !verifier || !redirect_uri) {
-		oauth_error(req, 400, "invalid_request", "code, code_verifier and redirect_uri are required");
+		oauth_error(p, req, 400, "invalid_request", "code, code_verifier and redirect_uri are required");
 		return;
 	}
 	/* Taken out first: a code is spent by any attempt, failed or not. */
 	code = table_take(&p->codes, code_str);
-	if (!code || code->expires_ms <= now_ms() || !streq(code->client_id, c->id)) {
-		oauth_error(req, 400, "invalid_grant", "unknown, expired or used code");
+	if (!code) {
+		oauth_error(p, req, 400, "invalid_grant", "authorization code unknown or already used");
 		goto out;
 	}
+	if (code->expires_ms <= now_ms()) {
+		oauth_error(p, req, 400, "invalid_grant", "authorization code expired");
+		goto out;
+	}
+	if (!streq(code->client_id, c->id)) {
+		oauth_error(p, req, 400, "invalid_grant", "authorization code was issued to another client");
+		goto out;
+	}
+	/* Checked before the redirect URI so that /test/last tells both. */
+	pkce_ok = pkce_verify(verifier, code->challenge);
+	record_bool(p, "pkce_ok", pkce_ok);
 	if (!streq(code->redirect_uri, redirect_uri)) {
-		oauth_error(req, 400, "invalid_grant", "redirect_uri does not match");
+		oauth_error(p, req, 400, "invalid_grant", "redirect_uri differs from the authorization request");
 		goto out;
 	}
-	if (!pkce_verify(verifier, code->challenge)) {
-		oauth_error(req, 400, "invalid_grant", "code_verifier does not match");
+	if (!pkce_ok) {
+		oauth_error(p, req, 400, "invalid_grant",
+			    "PKCE verification failed (code_verifier does not match code_challenge)");
 		goto out;
 	}
 	if (resource_check(p, req, resource, code->resource) < 0)
@@ -1404,18 +1822,19 @@ static void grant_refresh(struct peer *p, struct evhttp_request *req, const stru
 	struct family *fam;
 
 	if (!form_get(form, "refresh_token")) {
-		oauth_error(req, 400, "invalid_request", "refresh_token is required");
+		oauth_error(p, req, 400, "invalid_request", "refresh_token is required");
 		return;
 	}
 	fam = rt ? rt->fam : NULL;
 	if (!rt || fam->revoked || !streq(fam->client_id, c->id)) {
-		oauth_error(req, 400, "invalid_grant", "unknown or revoked refresh token");
+		oauth_error(p, req, 400, "invalid_grant",
+			    "refresh token unknown, revoked, or issued to another client");
 		return;
 	}
 	if (resource_check(p, req, form_get(form, "resource"), fam->resource) < 0)
 		return;
 	if (scope && !scope_subset(scope, fam->scope)) {
-		oauth_error(req, 400, "invalid_scope", "scope exceeds the grant");
+		oauth_error(p, req, 400, "invalid_scope", "scope exceeds what was granted");
 		return;
 	}
 	if (rt->successor) {
@@ -1431,7 +1850,7 @@ static void grant_refresh(struct peer *p, struct evhttp_request *req, const stru
 			p->stats.reused_refresh_tokens++;
 			fam->revoked = 1;
 			log_info("refresh token reuse: token family revoked");
-			oauth_error(req, 400, "invalid_grant", "refresh token reused");
+			oauth_error(p, req, 400, "invalid_grant", "refresh token reused");
 			return;
 		}
 	}
@@ -1497,25 +1916,42 @@ static int failure_apply(struct peer *p, struct evhttp_request *req, enum fail_m
 	static const char malformed[] = "<html><body>502 upstream confused</body>";
 
 	p->stats.failures_injected++;
+	record_str(p, "injected", fail_names[mode]);
 	switch (mode) {
 	case FAIL_500:
-		oauth_error(req, 500, "server_error", "injected failure");
+		oauth_error(p, req, 500, "server_error", "injected failure");
 		break;
 	case FAIL_429:
 		add_header(req, "Retry-After", "1");
-		oauth_error(req, 429, "slow_down", "injected failure");
+		oauth_error(p, req, 429, "slow_down", "injected failure");
 		break;
 	case FAIL_MALFORMED:
+		record_outcome(p, 200, "malformed", "injected failure: a 200 whose body is not JSON");
 		reply_raw(req, 200, "application/json", malformed, sizeof(malformed) - 1);
 		break;
 	case FAIL_INVALID_GRANT:
-		oauth_error(req, 400, "invalid_grant", "injected failure");
+		oauth_error(p, req, 400, "invalid_grant", "injected failure");
 		break;
 	case FAIL_HANG:
+		/* Recorded now: the answer, when it comes, is this one. */
+		record_outcome(p, 503, "temporarily_unavailable", "injected hang");
 		pending_add(p, req, PENDING_HANG, p->opt.hang_seconds * 1000);
 		return 1;
 	}
 	return 0;
+}
+
+/* The request as /test/last shows it: no code, verifier, token or secret.
+ * client_id and auth_method are what authentication saw (form values until
+ * then); pkce_ok is null until a code's PKCE check has run. */
+static void token_record(struct peer *p, const struct evkeyvalq *form)
+{
+	static const char *const keys[] = { "grant_type", "client_id", "resource", "redirect_uri", "scope" };
+
+	for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+		record_str(p, keys[i], form_get(form, keys[i]));
+	record_str(p, "auth_method", NULL);
+	json_object_object_add(p->rec, "pkce_ok", NULL);
 }
 
 /* Returns 1 when the request is held (a hang), 0 once it has been answered. */
@@ -1532,24 +1968,31 @@ static int token_process(struct peer *p, struct evhttp_request *req)
 		reply_method_not_allowed(req, "POST");
 		return 0;
 	}
+	record_start(p, &p->last.token);
 	r = form_parse(req, &form);
+	if (r)
+		evhttp_clear_headers(&form);
+	token_record(p, &form);
 	if (r) {
-		oauth_error(req, r, "invalid_request", "body must be a form with each parameter once");
+		oauth_error(p, req, r, "invalid_request", "body must be a form with each parameter once");
 		goto out;
 	}
 	grant = form_get(&form, "grant_type");
 	if (streq(grant, "refresh_token"))
 		p->stats.refresh_requests++;
+	else if (streq(grant, "authorization_code"))
+		p->stats.code_requests++;
 	if (failure_take(p, &mode)) {
 		held = failure_apply(p, req, mode);
 		goto out;
 	}
 	if (!grant) {
-		oauth_error(req, 400, "invalid_request", "grant_type is required");
+		oauth_error(p, req, 400, "invalid_request", "grant_type is required");
 		goto out;
 	}
 	if (!streq(grant, "authorization_code") && !streq(grant, "refresh_token")) {
-		oauth_error(req, 400, "unsupported_grant_type", NULL);
+		oauth_error(p, req, 400, "unsupported_grant_type",
+			    "grant_type must be authorization_code or refresh_token");
 		goto out;
 	}
 	c = client_authenticate(p, req, &form);
@@ -1589,25 +2032,39 @@ static void handle_revoke(struct peer *p, struct evhttp_request *req)
 		reply_method_not_allowed(req, "POST");
 		return;
 	}
+	record_start(p, &p->last.revoke);
 	r = form_parse(req, &form);
+	if (r)
+		evhttp_clear_headers(&form);
 	token = form_get(&form, "token");
+	/* "known": a token the peer issued and still holds (access tokens are
+	 * forgotten a sweep after they expire or are revoked). */
+	at = table_get(&p->atokens, token);
+	rt = table_get(&p->rtokens, token);
+	record_str(p, "token_type_hint", form_get(&form, "token_type_hint"));
+	record_str(p, "client_id", form_get(&form, "client_id"));
+	record_str(p, "auth_method", NULL);
+	record_bool(p, "known", at || rt);
 	if (r || !token) {
-		oauth_error(req, r ? r : 400, "invalid_request", "a form with a token parameter is required");
+		oauth_error(p, req, r ? r : 400, "invalid_request", "a form with a token parameter is required");
 		goto out;
 	}
 	/* RFC 7009 2.1: the client authenticates as for the token endpoint. */
 	c = client_authenticate(p, req, &form);
 	if (!c)
 		goto out;
+	if (p->login.revoke_fail) {
+		oauth_error(p, req, 503, "temporarily_unavailable", "revocation is temporarily unavailable");
+		goto out;
+	}
 	/* 2.2: unknown tokens, and other clients' tokens, get 200 all the same.
 	 * A refresh token takes its access tokens with it (the family). */
-	at = table_get(&p->atokens, token);
-	rt = table_get(&p->rtokens, token);
 	if (at && streq(at->fam->client_id, c->id))
 		at->revoked = 1;
 	if (rt && streq(rt->fam->client_id, c->id))
 		rt->fam->revoked = 1;
 	p->stats.revocations++;
+	record_outcome(p, 200, NULL, NULL);
 	add_header(req, "Cache-Control", "no-store");
 	reply_raw(req, 200, NULL, NULL, 0);
 out:
@@ -1674,17 +2131,26 @@ static int mcp_wants_sse(struct peer *p, struct evhttp_request *req)
 	       !strstr(accept, "*/*");
 }
 
-#define PRM_PATH "/.well-known/oauth-protected-resource"
-#define PRM_SSE_PATH "/.well-known/oauth-protected-resource/sse"
+/* The resource metadata a challenge names: for /mcp the root document (the
+ * path-specific one when only that is served), for /sse its own (the root
+ * one when only that is served). */
+static const char *challenge_prm_path(const struct peer *p, int sse)
+{
+	if (sse)
+		return p->login.prm_paths == PRM_ROOT_ONLY ? PRM_PATH : PRM_PATH "/sse";
+	return p->login.prm_paths == PRM_PATH_ONLY ? PRM_PATH "/mcp" : PRM_PATH;
+}
 
-/* RFC 6750 3 and RFC 9728 5.1: the challenge names the resource metadata
- * (prm_path) of the endpoint asked for. */
-static int mcp_authorized(struct peer *p, struct evhttp_request *req, const char *prm_path)
+/* RFC 6750 3 and RFC 9728 5.1: the challenge names the resource metadata of
+ * the endpoint asked for (sse: /sse and /messages), and the scope when
+ * challenge_scope is set. */
+static int mcp_authorized(struct peer *p, struct evhttp_request *req, int sse)
 {
 	const char *authz = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-	const char *token = NULL;
+	const char *token = NULL, *sep = " ";
 	struct atoken *at;
-	char challenge[256];
+	char challenge[128 + 2 * KNOB_MAX];
+	size_t n;
 
 	if (authz && strncasecmp(authz, "Bearer ", 7) == 0) {
 		token = authz + 7;
@@ -1695,8 +2161,20 @@ static int mcp_authorized(struct peer *p, struct evhttp_request *req, const char
 	if (at && !at->revoked && !at->fam->revoked && at->expires_ms > now_ms())
 		return 1;
 
-	snprintf(challenge, sizeof(challenge), "Bearer resource_metadata=\"%s%s\"%s", p->issuer, prm_path,
-		 authz ? ", error=\"invalid_token\"" : "");
+	/* Every part is bounded (KNOB_MAX), so the buffer always holds them. */
+	n = (size_t)snprintf(challenge, sizeof(challenge), "Bearer");
+	if (p->login.challenge_metadata) {
+		n += (size_t)snprintf(challenge + n, sizeof(challenge) - n, "%sresource_metadata=\"%s%s\"", sep,
+				      p->origin, challenge_prm_path(p, sse));
+		sep = ", ";
+	}
+	if (p->login.challenge_scope) {
+		n += (size_t)snprintf(challenge + n, sizeof(challenge) - n, "%sscope=\"%s\"", sep,
+				      p->login.challenge_scope);
+		sep = ", ";
+	}
+	if (authz)
+		snprintf(challenge + n, sizeof(challenge) - n, "%serror=\"invalid_token\"", sep);
 	add_header(req, "WWW-Authenticate", challenge);
 	p->stats.unauthorized++;
 	reply_json(req, 401, rpc_error(NULL, RPC_APP_ERROR, NULL, "unauthorized"));
@@ -2094,7 +2572,7 @@ static void handle_mcp(struct peer *p, struct evhttp_request *req)
 	const char *sid;
 
 	p->stats.mcp_requests++;
-	if (!mcp_authorized(p, req, PRM_PATH))
+	if (!mcp_authorized(p, req, 0))
 		return;
 	switch (evhttp_request_get_command(req)) {
 	case EVHTTP_REQ_POST:
@@ -2133,7 +2611,7 @@ static void handle_sse(struct peer *p, struct evhttp_request *req)
 	char sid[SESSION_CHARS];
 
 	p->stats.sse_requests++;
-	if (!mcp_authorized(p, req, PRM_SSE_PATH))
+	if (!mcp_authorized(p, req, 1))
 		return;
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
 		reply_method_not_allowed(req, "GET");
@@ -2159,7 +2637,7 @@ static void handle_messages(struct peer *p, struct evhttp_request *req)
 
 	TAILQ_INIT(&q);
 	p->stats.sse_requests++;
-	if (!mcp_authorized(p, req, PRM_SSE_PATH))
+	if (!mcp_authorized(p, req, 1))
 		return;
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
 		reply_method_not_allowed(req, "POST");
@@ -2213,7 +2691,7 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
 
 	switch (pd->kind) {
 	case PENDING_HANG:
-		oauth_error(pd->req, 503, "temporarily_unavailable", "injected hang");
+		oauth_error(p, pd->req, 503, "temporarily_unavailable", "injected hang");
 		token_done(p);
 		break;
 	case PENDING_SLOW:
@@ -2270,12 +2748,20 @@ static struct json_object *stats_json(const struct stats *s)
 	STAT(responses_received);
 	STAT(revoke_all);
 	STAT(revoke_access_all);
+	STAT(authorizations);
+	STAT(code_requests);
 #undef STAT
 	return o;
 }
 
+static struct json_object *string_or_null(const char *s)
+{
+	return s ? json_object_new_string(s) : NULL;
+}
+
 static struct json_object *config_json(const struct peer *p)
 {
+	const struct login_config *l = &p->login;
 	struct json_object *o = json_object_new_object();
 
 	json_object_object_add(o, "token_lifetime", json_object_new_int64(p->opt.token_lifetime));
@@ -2284,6 +2770,20 @@ static struct json_object *config_json(const struct peer *p)
 	json_object_object_add(o, "rotate", json_object_new_boolean(p->opt.rotate));
 	json_object_object_add(o, "require_resource", json_object_new_boolean(p->opt.require_resource));
 	json_object_object_add(o, "sse", json_object_new_boolean(p->opt.sse));
+	json_object_object_add(o, "s256", json_object_new_boolean(l->s256));
+	json_object_object_add(o, "iss", json_object_new_boolean(l->iss));
+	json_object_object_add(o, "wrong_iss", json_object_new_boolean(l->wrong_iss));
+	json_object_object_add(o, "authorize_error", string_or_null(l->authorize_error));
+	json_object_object_add(o, "challenge_scope", string_or_null(l->challenge_scope));
+	json_object_object_add(o, "challenge_metadata", json_object_new_boolean(l->challenge_metadata));
+	json_object_object_add(o, "prm_paths", json_object_new_string(prm_serve_names[l->prm_paths]));
+	json_object_object_add(o, "issuer_path", json_object_new_string(l->issuer_path));
+	json_object_object_add(o, "as_metadata", json_object_new_string(as_serve_names[l->as_metadata]));
+	json_object_object_add(o, "metadata_issuer", string_or_null(l->metadata_issuer));
+	json_object_object_add(o, "registration", json_object_new_boolean(l->registration));
+	json_object_object_add(o, "revocation", json_object_new_boolean(l->revocation));
+	json_object_object_add(o, "revoke_fail", json_object_new_boolean(l->revoke_fail));
+	json_object_object_add(o, "auth_methods", json_object_get(l->auth_methods));
 	return o;
 }
 
@@ -2312,6 +2812,204 @@ static int json_flag(struct json_object *o, const char *key, int *out)
 	return 0;
 }
 
+/* One of names, by its string. */
+static int json_choice(struct json_object *o, const char *key, const char *const *names, size_t n, int *out)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v))
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		if (json_object_is_type(v, json_type_string) && streq(json_object_get_string(v), names[i])) {
+			*out = (int)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+/* A string knob of at most KNOB_MAX bytes that valid() accepts; null unsets
+ * it when nullable. *out is owned and replaced. */
+static int json_knob(struct json_object *o, const char *key, int nullable, int (*valid)(const char *), char **out)
+{
+	struct json_object *v;
+	const char *s;
+
+	if (!json_object_object_get_ex(o, key, &v))
+		return 0;
+	if (!v) {
+		if (!nullable)
+			return -EINVAL;
+		free(*out);
+		*out = NULL;
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) > KNOB_MAX)
+		return -EINVAL;
+	s = json_object_get_string(v);
+	if (strlen(s) != (size_t)json_object_get_string_len(v) || !valid(s))
+		return -EINVAL;
+	free(*out);
+	*out = xstrdup(s);
+	return 0;
+}
+
+/* RFC 6749 A.7: an error code, which goes into a redirect. */
+static int valid_error_code(const char *s)
+{
+	if (!*s)
+		return 0;
+	for (; *s; s++)
+		if (*s < 0x20 || *s > 0x7e || *s == '"' || *s == '\\')
+			return 0;
+	return 1;
+}
+
+/* RFC 6749 3.3: scope tokens separated by single spaces; also what may go
+ * between the quotes of a challenge's auth-param. */
+static int valid_scope(const char *s)
+{
+	int prev_space = 1;
+
+	for (; *s; s++) {
+		if (*s == ' ') {
+			if (prev_space)
+				return 0;
+			prev_space = 1;
+		} else if (*s < 0x21 || *s > 0x7e || *s == '"' || *s == '\\') {
+			return 0;
+		} else {
+			prev_space = 0;
+		}
+	}
+	return !prev_space;
+}
+
+/* "" or "/seg[/seg...]": segments of unreserved characters, none "." or "..". */
+static int valid_issuer_path(const char *s)
+{
+	while (*s) {
+		size_t n;
+
+		if (*s++ != '/')
+			return 0;
+		n = strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~");
+		if (n == 0 || (s[0] == '.' && (n == 1 || (n == 2 && s[1] == '.'))))
+			return 0;
+		s += n;
+	}
+	return 1;
+}
+
+static int valid_nonempty(const char *s)
+{
+	return *s != '\0';
+}
+
+/* A non-empty array of distinct method names (any: a test may offer one the
+ * peer does not implement, which /register then refuses). */
+static int json_auth_methods(struct json_object *o, struct json_object **out)
+{
+	struct json_object *v, *a;
+	size_t n;
+
+	if (!json_object_object_get_ex(o, "auth_methods", &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_array) || (n = json_object_array_length(v)) == 0 ||
+	    n > AUTH_METHODS_MAX)
+		return -EINVAL;
+	a = json_object_new_array();
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *m = json_object_array_get_idx(v, i);
+		const char *name = json_object_get_string(m);
+
+		if (!json_object_is_type(m, json_type_string) || !valid_scope(name) || strchr(name, ' ') ||
+		    strlen(name) > 64 || str_in_array(a, name)) {
+			json_object_put(a);
+			return -EINVAL;
+		}
+		json_object_array_add(a, json_object_new_string(name));
+	}
+	json_object_put(*out);
+	*out = a;
+	return 0;
+}
+
+static void login_config_init(struct login_config *l)
+{
+	static const char *const auths[] = { "none", "client_secret_basic", "client_secret_post" };
+
+	*l = (struct login_config){
+		.s256 = 1,
+		.iss = 1,
+		.challenge_metadata = 1,
+		.prm_paths = PRM_BOTH,
+		.issuer_path = xstrdup(""),
+		.as_metadata = AS_BOTH,
+		.registration = 1,
+		.revocation = 1,
+		.auth_methods = string_array(auths, ARRAY_SIZE(auths)),
+	};
+}
+
+static void login_config_copy(struct login_config *dst, const struct login_config *src)
+{
+	*dst = *src;
+	dst->authorize_error = xstrdup(src->authorize_error);
+	dst->challenge_scope = xstrdup(src->challenge_scope);
+	dst->issuer_path = xstrdup(src->issuer_path);
+	dst->metadata_issuer = xstrdup(src->metadata_issuer);
+	dst->auth_methods = json_object_get(src->auth_methods);
+}
+
+static void login_config_clear(struct login_config *l)
+{
+	free(l->authorize_error);
+	free(l->challenge_scope);
+	free(l->issuer_path);
+	free(l->metadata_issuer);
+	json_object_put(l->auth_methods);
+	memset(l, 0, sizeof(*l));
+}
+
+/* The login knobs of body into *l; the name of the first bad one, or NULL. */
+static const char *login_config_parse(struct login_config *l, struct json_object *body)
+{
+	int prm = (int)l->prm_paths, as = (int)l->as_metadata;
+
+	if (json_flag(body, "s256", &l->s256) < 0)
+		return "s256";
+	if (json_flag(body, "iss", &l->iss) < 0)
+		return "iss";
+	if (json_flag(body, "wrong_iss", &l->wrong_iss) < 0)
+		return "wrong_iss";
+	if (json_knob(body, "authorize_error", 1, valid_error_code, &l->authorize_error) < 0)
+		return "authorize_error";
+	if (json_knob(body, "challenge_scope", 1, valid_scope, &l->challenge_scope) < 0)
+		return "challenge_scope";
+	if (json_flag(body, "challenge_metadata", &l->challenge_metadata) < 0)
+		return "challenge_metadata";
+	if (json_choice(body, "prm_paths", prm_serve_names, ARRAY_SIZE(prm_serve_names), &prm) < 0)
+		return "prm_paths";
+	if (json_knob(body, "issuer_path", 0, valid_issuer_path, &l->issuer_path) < 0)
+		return "issuer_path";
+	if (json_choice(body, "as_metadata", as_serve_names, ARRAY_SIZE(as_serve_names), &as) < 0)
+		return "as_metadata";
+	if (json_knob(body, "metadata_issuer", 1, valid_nonempty, &l->metadata_issuer) < 0)
+		return "metadata_issuer";
+	if (json_flag(body, "registration", &l->registration) < 0)
+		return "registration";
+	if (json_flag(body, "revocation", &l->revocation) < 0)
+		return "revocation";
+	if (json_flag(body, "revoke_fail", &l->revoke_fail) < 0)
+		return "revoke_fail";
+	if (json_auth_methods(body, &l->auth_methods) < 0)
+		return "auth_methods";
+	l->prm_paths = (enum prm_serve)prm;
+	l->as_metadata = (enum as_serve)as;
+	return NULL;
+}
+
 static void test_fail(struct peer *p, struct evhttp_request *req, struct json_object *body)
 {
 	struct json_object *v;
@@ -2337,20 +3035,52 @@ static void test_fail(struct peer *p, struct evhttp_request *req, struct json_ob
 	reply_json(req, 200, json_object_new_object());
 }
 
+/* All or nothing: a body with one bad value changes nothing. */
 static void test_config(struct peer *p, struct evhttp_request *req, struct json_object *body)
 {
 	struct peer_options o = p->opt;
+	struct login_config l;
+	const char *bad = NULL;
+	char text[64];
 
-	if (json_long(body, "token_lifetime", 1, LIMIT_SECONDS, &o.token_lifetime) < 0 ||
-	    json_long(body, "grace", 0, LIMIT_SECONDS, &o.grace) < 0 ||
-	    json_long(body, "hang_seconds", 0, LIMIT_SECONDS, &o.hang_seconds) < 0 ||
-	    json_flag(body, "rotate", &o.rotate) < 0 || json_flag(body, "require_resource", &o.require_resource) < 0 ||
-	    json_flag(body, "sse", &o.sse) < 0) {
-		reply_text(req, 400, "bad config value\n");
+	login_config_copy(&l, &p->login);
+	if (json_long(body, "token_lifetime", 1, LIMIT_SECONDS, &o.token_lifetime) < 0)
+		bad = "token_lifetime";
+	else if (json_long(body, "grace", 0, LIMIT_SECONDS, &o.grace) < 0)
+		bad = "grace";
+	else if (json_long(body, "hang_seconds", 0, LIMIT_SECONDS, &o.hang_seconds) < 0)
+		bad = "hang_seconds";
+	else if (json_flag(body, "rotate", &o.rotate) < 0)
+		bad = "rotate";
+	else if (json_flag(body, "require_resource", &o.require_resource) < 0)
+		bad = "require_resource";
+	else if (json_flag(body, "sse", &o.sse) < 0)
+		bad = "sse";
+	else
+		bad = login_config_parse(&l, body);
+	if (bad) {
+		login_config_clear(&l);
+		snprintf(text, sizeof(text), "bad config value: %s\n", bad);
+		reply_text(req, 400, text);
 		return;
 	}
 	p->opt = o;
+	login_config_clear(&p->login);
+	p->login = l;
+	discovery_build(p);
 	reply_json(req, 200, config_json(p));
+}
+
+static struct json_object *last_json(const struct peer *p)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "authorize", json_object_get(p->last.authorize));
+	json_object_object_add(o, "token", json_object_get(p->last.token));
+	json_object_object_add(o, "register", json_object_get(p->last.registration));
+	json_object_object_add(o, "revoke", json_object_get(p->last.revoke));
+	json_object_object_add(o, "discovery", json_object_get(p->last.discovery));
+	return o;
 }
 
 /*
@@ -2498,7 +3228,19 @@ static void handle_test(struct peer *p, struct evhttp_request *req, const char *
 		failures_clear(p);
 		json_object_put(p->responses);
 		p->responses = json_object_new_array();
+		recordings_reset(&p->last);
 		reply_json(req, 200, json_object_new_object());
+		return;
+	}
+	if (strcmp(what, "last") == 0) {
+		if (cmd != EVHTTP_REQ_GET)
+			reply_method_not_allowed(req, "GET");
+		else
+			reply_json(req, 200, last_json(p));
+		return;
+	}
+	if (strcmp(what, "config") == 0 && cmd == EVHTTP_REQ_GET) {
+		reply_json(req, 200, config_json(p));
 		return;
 	}
 	if (strcmp(what, "responses") == 0) {
@@ -2521,7 +3263,7 @@ static void handle_test(struct peer *p, struct evhttp_request *req, const char *
 		return;
 	}
 	if (cmd != EVHTTP_REQ_POST) {
-		reply_method_not_allowed(req, "POST");
+		reply_method_not_allowed(req, strcmp(what, "config") == 0 ? "GET, POST" : "POST");
 		return;
 	}
 	body = json_body(req, &status);
@@ -2559,18 +3301,14 @@ static void peer_dispatch(struct evhttp_request *req, void *arg)
 		handle_register(p, req);
 	else if (strcmp(path, "/revoke") == 0)
 		handle_revoke(p, req);
-	else if (strcmp(path, "/.well-known/oauth-protected-resource") == 0 ||
-		 strcmp(path, "/.well-known/oauth-protected-resource/mcp") == 0)
-		handle_discovery(req, p->prm_json);
-	else if (strcmp(path, PRM_SSE_PATH) == 0)
-		handle_discovery(req, p->prm_sse_json);
-	else if (strcmp(path, "/.well-known/oauth-authorization-server") == 0 ||
-		 strcmp(path, "/.well-known/openid-configuration") == 0)
-		handle_discovery(req, p->as_json);
+	else if (strstr(path, "/.well-known/"))
+		handle_well_known(p, req, path);
 	else if (strncmp(path, "/test/", 6) == 0)
 		handle_test(p, req, path + 6);
 	else
 		reply_text(req, 404, "not found\n");
+	/* A record not ended by an outcome (a reply elsewhere) ends here. */
+	p->rec = NULL;
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -2628,7 +3366,9 @@ static void usage(FILE *out)
 		"  --client-secret S      its secret (client_secret_basic or client_secret_post)\n"
 		"  --hang-seconds N       how long an injected hang holds a request (default 60)\n"
 		"  --sse                  answer MCP requests as SSE streams\n"
-		"  --verbose              one log line per request (method, path, status)\n");
+		"  --verbose              one log line per request (method, path, status)\n"
+		"Everything else about the login (discovery, /authorize, /register, /revoke)\n"
+		"is set at run time by POST /test/config; see the top of oauth-peer.c.\n");
 }
 
 static void options_parse(struct peer_options *o, int argc, char **argv)
@@ -2775,6 +3515,8 @@ static void peer_free(struct peer *p)
 		srv_request_free(r);
 	}
 	json_object_put(p->responses);
+	recordings_free(&p->last);
+	login_config_clear(&p->login);
 	free(p->prm_json);
 	free(p->prm_sse_json);
 	free(p->as_json);
@@ -2799,6 +3541,8 @@ int main(int argc, char **argv)
 	table_init(&p.sessions, free);
 	TAILQ_INIT(&p.streams);
 	p.responses = json_object_new_array();
+	recordings_reset(&p.last);
+	login_config_init(&p.login);
 	if (p.opt.client_id) {
 		struct client *c = xmalloc(sizeof(*c));
 
@@ -2812,6 +3556,9 @@ int main(int argc, char **argv)
 	if (!p.base)
 		fatal("event_base_new failed");
 	peer_listen(&p);
+	snprintf(p.origin, sizeof(p.origin), "http://127.0.0.1:%d", p.port);
+	snprintf(p.resource, sizeof(p.resource), "%s/mcp", p.origin);
+	snprintf(p.resource_sse, sizeof(p.resource_sse), "%s/sse", p.origin);
 	discovery_build(&p);
 
 	p.sigterm = evsignal_new(p.base, SIGTERM, on_signal, &p);
@@ -2825,7 +3572,7 @@ int main(int argc, char **argv)
 		write_port_file(p.opt.port_file, p.port);
 	printf("PORT %d\n", p.port);
 	fflush(stdout);
-	log_info("listening on %s", p.issuer);
+	log_info("listening on %s", p.origin);
 
 	event_base_dispatch(p.base);
 

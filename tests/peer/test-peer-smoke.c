@@ -3,10 +3,11 @@
  * integration tests lean on — discovery, registration, the authorization code
  * flow with PKCE, MCP over JSON and SSE, refresh rotation with reuse
  * detection, failure injection, revocation, size limits, server-initiated
- * messages on the GET stream, the older HTTP+SSE transport, mass revocation
- * — and checks its counters exactly. Every request is sequential, so the
- * counts are exact and no step depends on timing except bounded waits (an
- * injected hang, a closed stream being noticed).
+ * messages on the GET stream, the older HTTP+SSE transport, mass revocation,
+ * the login knobs of /test/config and what /test/last records — and checks
+ * its counters exactly. Every request is sequential, so the counts are exact
+ * and no step depends on timing except bounded waits (an injected hang, a
+ * closed stream being noticed). /test/reset starts the expected counts over.
  *
  * Long-lived event streams run on a curl multi handle that the test pumps
  * itself, next to the ordinary blocking requests: what the peer writes on a
@@ -53,7 +54,7 @@ static pid_t peer_pid = -1;
 static struct {
 	long long token_grants, refresh_grants, refresh_requests, failures_injected, reused_refresh_tokens,
 		unauthorized, mcp_requests, registrations, revocations, sse_requests, notifications_sent,
-		requests_sent, responses_received, revoke_all, revoke_access_all;
+		requests_sent, responses_received, revoke_all, revoke_access_all, authorizations, code_requests;
 } expect;
 
 struct resp {
@@ -77,6 +78,12 @@ struct client {
 struct tokens {
 	char access[128];
 	char refresh[128];
+};
+
+/* RFC 7636: a verifier and its S256 challenge. */
+struct pkce {
+	char verifier[64];
+	char challenge[64];
 };
 
 /* ---- HTTP --------------------------------------------------------------- */
@@ -247,12 +254,22 @@ static void form_add(char *form, size_t len, const char *key, const char *value)
 	curl_free(enc);
 }
 
-/* POST /token with client_secret_basic. r->cc tells whether it completed. */
+/* POST /token with client_secret_basic, or for a public client (no secret)
+ * with client_id in the form. r->cc tells whether it completed. */
 static void token_request(struct resp *r, const struct client *c, const char *form)
 {
 	char creds[300], b64[420], header[450];
 	const char *headers[] = { header, NULL };
 
+	if (!c->secret[0]) {
+		char public_form[2200];
+
+		CHECK(strlen(form) < 2000);
+		strcpy(public_form, form);
+		form_add(public_form, sizeof(public_form), "client_id", c->id);
+		http(r, "POST", "/token", "application/x-www-form-urlencoded", public_form, strlen(public_form), NULL);
+		return;
+	}
 	snprintf(creds, sizeof(creds), "%s:%s", c->id, c->secret);
 	sodium_bin2base64(b64, sizeof(b64), (const unsigned char *)creds, strlen(creds),
 			  sodium_base64_VARIANT_ORIGINAL);
@@ -273,8 +290,8 @@ static void refresh_request(struct resp *r, const struct client *c, const char *
 	expect.refresh_requests++;
 }
 
-/* A 200 token response: Bearer, no-store, the expected lifetime. */
-static void tokens_from(const struct resp *r, struct tokens *t, long long lifetime)
+/* A 200 token response: Bearer, no-store, the expected lifetime and scope. */
+static void tokens_scoped(const struct resp *r, struct tokens *t, long long lifetime, const char *scope)
 {
 	struct json_object *o;
 
@@ -284,11 +301,16 @@ static void tokens_from(const struct resp *r, struct tokens *t, long long lifeti
 	CHECK(strstr(r->cache, "no-store") != NULL);
 	CHECK(streq(jstr(o, "token_type"), "Bearer"));
 	CHECK_EQ(jint(o, "expires_in"), lifetime);
-	CHECK(streq(jstr(o, "scope"), "mcp"));
+	CHECK(streq(jstr(o, "scope"), scope));
 	copy(t->access, sizeof(t->access), jstr(o, "access_token"));
 	copy(t->refresh, sizeof(t->refresh), jstr(o, "refresh_token"));
 	CHECK_EQ(strlen(t->access), 43);
 	json_object_put(o);
+}
+
+static void tokens_from(const struct resp *r, struct tokens *t, long long lifetime)
+{
+	tokens_scoped(r, t, lifetime, "mcp");
 }
 
 static void oauth_error_is(const struct resp *r, long status, const char *error)
@@ -318,35 +340,81 @@ static char *query_param(const char *url, const char *key)
 	return out;
 }
 
-/*
- * The authorization code flow: /authorize (auto-approved, redirect not
- * followed), then the code exchange with PKCE. The code is single-use.
- */
-static void login(const struct client *c, struct tokens *t)
+static void pkce_new(struct pkce *k)
 {
 	unsigned char rnd[32], hash[crypto_hash_sha256_BYTES];
-	char verifier[64], challenge[64], query[2048] = "", path[2100], form[2048] = "", resource[128];
+
+	randombytes_buf(rnd, sizeof(rnd));
+	sodium_bin2base64(k->verifier, sizeof(k->verifier), rnd, sizeof(rnd), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+	crypto_hash_sha256(hash, (const unsigned char *)k->verifier, strlen(k->verifier));
+	sodium_bin2base64(k->challenge, sizeof(k->challenge), hash, sizeof(hash),
+			  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+}
+
+/*
+ * GET /authorize (auto-approved, the redirect not followed) for client_id
+ * with state "st-42", resource .../mcp, the challenge and its method, and
+ * scope (NULL: none). A redirect with a code counts as an authorization.
+ */
+static void authorize(struct resp *r, const char *client_id, const char *challenge, const char *method,
+		      const char *scope)
+{
+	char query[2048] = "", path[2100], resource[128];
+	char *code;
+
+	snprintf(resource, sizeof(resource), "%s/mcp", base);
+	form_add(query, sizeof(query), "response_type", "code");
+	form_add(query, sizeof(query), "client_id", client_id);
+	form_add(query, sizeof(query), "redirect_uri", REDIRECT_URI);
+	form_add(query, sizeof(query), "code_challenge", challenge);
+	form_add(query, sizeof(query), "code_challenge_method", method);
+	form_add(query, sizeof(query), "state", "st-42");
+	if (scope)
+		form_add(query, sizeof(query), "scope", scope);
+	form_add(query, sizeof(query), "resource", resource);
+	snprintf(path, sizeof(path), "/authorize?%s", query);
+	get(r, path);
+	code = r->status == 302 ? query_param(r->location, "code") : NULL;
+	if (code)
+		expect.authorizations++;
+	free(code);
+}
+
+/* The code's redirect target is ours: REDIRECT_URI with a query. */
+static int redirected_to_us(const struct resp *r)
+{
+	return r->status == 302 && strncmp(r->location, REDIRECT_URI "?", strlen(REDIRECT_URI) + 1) == 0;
+}
+
+/* POST /token: the authorization_code grant for code with verifier. */
+static void code_exchange(struct resp *r, const struct client *c, const char *code, const char *verifier)
+{
+	char form[2048] = "", resource[128];
+
+	snprintf(resource, sizeof(resource), "%s/mcp", base);
+	form_add(form, sizeof(form), "grant_type", "authorization_code");
+	form_add(form, sizeof(form), "code", code);
+	form_add(form, sizeof(form), "redirect_uri", REDIRECT_URI);
+	form_add(form, sizeof(form), "code_verifier", verifier);
+	form_add(form, sizeof(form), "resource", resource);
+	token_request(r, c, form);
+	CHECK_EQ(r->cc, CURLE_OK);
+	expect.code_requests++;
+}
+
+/*
+ * The authorization code flow with PKCE and scope: /authorize, then the
+ * code exchange. The code is single-use.
+ */
+static void login_scoped(const struct client *c, struct tokens *t, const char *scope)
+{
+	struct pkce k;
 	char *code, *state, *iss;
 	struct resp r = { 0 };
 
-	randombytes_buf(rnd, sizeof(rnd));
-	sodium_bin2base64(verifier, sizeof(verifier), rnd, sizeof(rnd), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-	crypto_hash_sha256(hash, (const unsigned char *)verifier, strlen(verifier));
-	sodium_bin2base64(challenge, sizeof(challenge), hash, sizeof(hash), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-	snprintf(resource, sizeof(resource), "%s/mcp", base);
-
-	form_add(query, sizeof(query), "response_type", "code");
-	form_add(query, sizeof(query), "client_id", c->id);
-	form_add(query, sizeof(query), "redirect_uri", REDIRECT_URI);
-	form_add(query, sizeof(query), "code_challenge", challenge);
-	form_add(query, sizeof(query), "code_challenge_method", "S256");
-	form_add(query, sizeof(query), "state", "st-42");
-	form_add(query, sizeof(query), "scope", "mcp");
-	form_add(query, sizeof(query), "resource", resource);
-	snprintf(path, sizeof(path), "/authorize?%s", query);
-	get(&r, path);
-	CHECK_EQ(r.status, 302);
-	CHECK(strncmp(r.location, REDIRECT_URI "?", strlen(REDIRECT_URI) + 1) == 0);
+	pkce_new(&k);
+	authorize(&r, c->id, k.challenge, "S256", scope);
+	CHECK(redirected_to_us(&r));
 	code = query_param(r.location, "code");
 	state = query_param(r.location, "state");
 	iss = query_param(r.location, "iss");
@@ -354,23 +422,23 @@ static void login(const struct client *c, struct tokens *t)
 	CHECK(streq(state, "st-42"));
 	CHECK(streq(iss, base));
 
-	form_add(form, sizeof(form), "grant_type", "authorization_code");
-	form_add(form, sizeof(form), "code", code);
-	form_add(form, sizeof(form), "redirect_uri", REDIRECT_URI);
-	form_add(form, sizeof(form), "code_verifier", verifier);
-	form_add(form, sizeof(form), "resource", resource);
-	token_request(&r, c, form);
-	tokens_from(&r, t, 3600);
+	code_exchange(&r, c, code, k.verifier);
+	tokens_scoped(&r, t, 3600, scope);
 	expect.token_grants++;
 
 	/* Single use: the same exchange again is refused. */
-	token_request(&r, c, form);
+	code_exchange(&r, c, code, k.verifier);
 	oauth_error_is(&r, 400, "invalid_grant");
 
 	free(code);
 	free(state);
 	free(iss);
 	resp_clear(&r);
+}
+
+static void login(const struct client *c, struct tokens *t)
+{
+	login_scoped(c, t, "mcp");
 }
 
 /* ---- MCP ------------------------------------------------------------------ */
@@ -1629,6 +1697,705 @@ static void test_oversize(const struct tokens *t)
 	resp_clear(&r);
 }
 
+/* ---- login knobs and /test/last ------------------------------------------- */
+
+/* Every knob of the login at its default, as /test/config echoes it. */
+static const char login_defaults[] =
+	"{\"s256\":true,\"iss\":true,\"wrong_iss\":false,\"authorize_error\":null,\"challenge_scope\":null,"
+	"\"challenge_metadata\":true,\"prm_paths\":\"both\",\"issuer_path\":\"\",\"as_metadata\":\"both\","
+	"\"metadata_issuer\":null,\"registration\":true,\"revocation\":true,\"revoke_fail\":false,"
+	"\"auth_methods\":[\"none\",\"client_secret_basic\",\"client_secret_post\"]}";
+
+/* POST /test/reset: the peer's counters and recordings start over, and so
+ * do the expected counts. */
+static void peer_reset(void)
+{
+	struct resp r = { 0 };
+
+	post_json(&r, "/test/reset", "{}");
+	CHECK_EQ(r.status, 200);
+	memset(&expect, 0, sizeof(expect));
+	resp_clear(&r);
+}
+
+/* POST /test/config; returns the configuration it answers with. */
+static struct json_object *config(const char *json)
+{
+	struct resp r = { 0 };
+	struct json_object *o;
+
+	post_json(&r, "/test/config", json);
+	if (r.status != 200)
+		fprintf(stderr, "config %s: %ld %s\n", json, r.status, r.body ? r.body : "");
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	resp_clear(&r);
+	return o;
+}
+
+static void configure(const char *json)
+{
+	json_object_put(config(json));
+}
+
+static struct json_object *last(void)
+{
+	struct resp r = { 0 };
+	struct json_object *o;
+
+	get(&r, "/test/last");
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	resp_clear(&r);
+	return o;
+}
+
+/* The member key of o, which must be there (possibly null). */
+static struct json_object *member(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v))
+		fprintf(stderr, "no member \"%s\" in %s\n", key, json_object_to_json_string(o));
+	CHECK(json_object_object_get_ex(o, key, &v));
+	return v;
+}
+
+static int jbool(struct json_object *o, const char *key)
+{
+	struct json_object *v = member(o, key);
+
+	CHECK(json_object_is_type(v, json_type_boolean));
+	return json_object_get_boolean(v);
+}
+
+/* o's key is a JSON array of exactly the n strings of items, in order. */
+static int jstrings_are(struct json_object *o, const char *key, const char *const *items, size_t n)
+{
+	struct json_object *a;
+
+	if (!json_object_object_get_ex(o, key, &a) || !json_object_is_type(a, json_type_array) ||
+	    json_object_array_length(a) != n)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!streq(json_object_get_string(json_object_array_get_idx(a, i)), items[i]))
+			return 0;
+	return 1;
+}
+
+static long status_of(const char *path)
+{
+	struct resp r = { 0 };
+	long status;
+
+	get(&r, path);
+	status = r.status;
+	resp_clear(&r);
+	return status;
+}
+
+/* GET path: 200 with a JSON object. */
+static struct json_object *document(const char *path)
+{
+	struct resp r = { 0 };
+	struct json_object *o;
+
+	get(&r, path);
+	if (r.status != 200)
+		fprintf(stderr, "GET %s: %ld\n", path, r.status);
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	resp_clear(&r);
+	return o;
+}
+
+/* base + path, in buf. */
+static const char *url_of(char *buf, size_t len, const char *path)
+{
+	CHECK(snprintf(buf, len, "%s%s", base, path) < (int)len);
+	return buf;
+}
+
+/* The redirect's query parameter key (caller frees; NULL when absent). */
+static char *redirect_param(const struct resp *r, const char *key)
+{
+	CHECK(redirected_to_us(r));
+	return query_param(r->location, key);
+}
+
+static int redirect_param_is(const struct resp *r, const char *key, const char *want)
+{
+	char *v = redirect_param(r, key);
+	int ok = want ? streq(v, want) : v == NULL;
+
+	if (!ok)
+		fprintf(stderr, "redirect %s=%s, expected %s\n", key, v ? v : "(none)", want ? want : "(none)");
+	free(v);
+	return ok;
+}
+
+static int redirect_has(const struct resp *r, const char *key)
+{
+	char *v = redirect_param(r, key);
+	int has = v != NULL;
+
+	free(v);
+	return has;
+}
+
+/* Registers a client with the given token_endpoint_auth_method (NULL: none
+ * sent); on 201 fills *c and returns the method the peer chose. */
+static long register_client(struct client *c, const char *method, char *chosen, size_t chosen_len)
+{
+	char body[512];
+	struct resp r = { 0 };
+	long status;
+
+	snprintf(body, sizeof(body), "{\"redirect_uris\":[\"" REDIRECT_URI "\"],\"client_name\":\"smoke knobs\"%s%s%s}",
+		 method ? ",\"token_endpoint_auth_method\":\"" : "", method ? method : "", method ? "\"" : "");
+	post_json(&r, "/register", body);
+	status = r.status;
+	if (status == 201) {
+		struct json_object *o = json_of(&r);
+
+		copy(c->id, sizeof(c->id), jstr(o, "client_id"));
+		c->secret[0] = '\0';
+		if (jstr(o, "client_secret"))
+			copy(c->secret, sizeof(c->secret), jstr(o, "client_secret"));
+		if (chosen)
+			copy(chosen, chosen_len, jstr(o, "token_endpoint_auth_method"));
+		json_object_put(o);
+		expect.registrations++;
+	} else {
+		oauth_error_is(&r, 400, "invalid_client_metadata");
+	}
+	resp_clear(&r);
+	return status;
+}
+
+/* POST /revoke of token by c (client_secret_basic). */
+static void revoke_token(struct resp *r, const struct client *c, const char *token)
+{
+	char form[512] = "", creds[300], b64[420], header[450];
+	const char *headers[] = { header, NULL };
+
+	snprintf(creds, sizeof(creds), "%s:%s", c->id, c->secret);
+	sodium_bin2base64(b64, sizeof(b64), (const unsigned char *)creds, strlen(creds),
+			  sodium_base64_VARIANT_ORIGINAL);
+	snprintf(header, sizeof(header), "Authorization: Basic %s", b64);
+	form_add(form, sizeof(form), "token", token);
+	form_add(form, sizeof(form), "token_type_hint", "access_token");
+	http(r, "POST", "/revoke", "application/x-www-form-urlencoded", form, strlen(form), headers);
+	CHECK_EQ(r->cc, CURLE_OK);
+}
+
+static void test_config_knobs(void)
+{
+	static const char *const auths[] = { "none", "client_secret_basic", "client_secret_post" };
+	struct json_object *o, *want, *v;
+	struct resp r = { 0 };
+
+	TEST("GET /test/config shows every login knob at its default");
+	get(&r, "/test/config");
+	CHECK_EQ(r.status, 200);
+	o = json_of(&r);
+	want = json_tokener_parse(login_defaults);
+	CHECK(want != NULL);
+	json_object_object_foreach(want, key, val) {
+		CHECK(json_object_object_get_ex(o, key, &v));
+		if (!json_object_equal(v, val))
+			fprintf(stderr, "%s is %s\n", key, json_object_to_json_string(v));
+		CHECK(json_object_equal(v, val));
+	}
+	CHECK(jstrings_are(o, "auth_methods", auths, 3));
+	json_object_put(want);
+	json_object_put(o);
+
+	TEST("/test/config refuses a bad knob value and then changes nothing at all");
+	{
+		static const char *const bad[] = {
+			"{\"s256\":false,\"prm_paths\":\"sideways\"}",
+			"{\"s256\":false,\"as_metadata\":\"saml\"}",
+			"{\"s256\":false,\"issuer_path\":\"tenant1\"}",
+			"{\"s256\":false,\"issuer_path\":\"/tenant1/\"}",
+			"{\"s256\":false,\"issuer_path\":\"/../x\"}",
+			"{\"s256\":false,\"issuer_path\":null}",
+			"{\"s256\":false,\"challenge_scope\":\"mcp \\\"x\"}",
+			"{\"s256\":false,\"challenge_scope\":\"\"}",
+			"{\"s256\":false,\"authorize_error\":\"\"}",
+			"{\"s256\":false,\"auth_methods\":[]}",
+			"{\"s256\":false,\"auth_methods\":[\"none\",\"none\"]}",
+			"{\"s256\":false,\"auth_methods\":\"none\"}",
+			"{\"s256\":false,\"registration\":\"no\"}",
+			"{\"s256\":false,\"metadata_issuer\":7}",
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			post_json(&r, "/test/config", bad[i]);
+			if (r.status != 400)
+				fprintf(stderr, "accepted %s\n", bad[i]);
+			CHECK_EQ(r.status, 400);
+		}
+	}
+	get(&r, "/test/config");
+	o = json_of(&r);
+	CHECK(jbool(o, "s256"));
+	json_object_put(o);
+	resp_clear(&r);
+}
+
+static void test_discovery_knobs(const struct client *c)
+{
+	static const char *const plain[] = { "plain" };
+	struct json_object *o, *v;
+	struct resp r = { 0 };
+	struct pkce k;
+	char url[256], url2[256];
+
+	TEST("s256 off: the metadata offers [\"plain\"] only; /authorize still wants S256, and says why");
+	configure("{\"s256\":false}");
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(jstrings_are(o, "code_challenge_methods_supported", plain, 1));
+	json_object_put(o);
+	pkce_new(&k);
+	authorize(&r, c->id, k.verifier, "plain", "mcp");
+	CHECK(redirect_param_is(&r, "error", "invalid_request"));
+	CHECK(redirect_param_is(&r, "error_description",
+				"PKCE is required: code_challenge_method S256 and a 43-character code_challenge"));
+	CHECK(redirect_param_is(&r, "state", "st-42"));
+	CHECK(redirect_param_is(&r, "iss", base));
+	CHECK(redirect_param_is(&r, "code", NULL));
+	configure("{\"s256\":true}");
+
+	TEST("iss off: the metadata does not promise RFC 9207, and the redirect has no iss");
+	configure("{\"iss\":false}");
+	o = document("/.well-known/openid-configuration");
+	CHECK(!json_object_object_get_ex(o, "authorization_response_iss_parameter_supported", &v));
+	json_object_put(o);
+	authorize(&r, c->id, k.challenge, "S256", "mcp");
+	CHECK(redirect_has(&r, "code"));
+	CHECK(redirect_param_is(&r, "iss", NULL));
+	configure("{\"iss\":true}");
+	o = document("/.well-known/openid-configuration");
+	CHECK(jbool(o, "authorization_response_iss_parameter_supported"));
+	json_object_put(o);
+
+	TEST("wrong_iss: the redirect's iss names another issuer");
+	configure("{\"wrong_iss\":true}");
+	authorize(&r, c->id, k.challenge, "S256", "mcp");
+	CHECK(redirect_param_is(&r, "iss", "https://evil.example"));
+	configure("{\"wrong_iss\":false}");
+
+	TEST("issuer_path: RFC 8414 path-inserted and OpenID issuer-relative URLs serve it; the root ones 404");
+	configure("{\"issuer_path\":\"/tenant1\"}");
+	o = document("/.well-known/oauth-protected-resource/mcp");
+	url_of(url, sizeof(url), "/tenant1");
+	CHECK(jstrings_are(o, "authorization_servers", (const char *const[]){ url }, 1));
+	json_object_put(o);
+	{
+		static const char *const served[] = { "/.well-known/oauth-authorization-server/tenant1",
+						      "/.well-known/openid-configuration/tenant1",
+						      "/tenant1/.well-known/openid-configuration" };
+
+		for (size_t i = 0; i < 3; i++) {
+			o = document(served[i]);
+			CHECK(streq(jstr(o, "issuer"), url_of(url, sizeof(url), "/tenant1")));
+			/* The endpoints stay at the root. */
+			CHECK(streq(jstr(o, "token_endpoint"), url_of(url, sizeof(url), "/token")));
+			json_object_put(o);
+		}
+	}
+	CHECK_EQ(status_of("/.well-known/oauth-authorization-server"), 404);
+	CHECK_EQ(status_of("/.well-known/openid-configuration"), 404);
+	CHECK_EQ(status_of("/tenant1/.well-known/oauth-authorization-server"), 404);
+	CHECK_EQ(status_of("/.well-known/oauth-authorization-server/tenant2"), 404);
+	authorize(&r, c->id, k.challenge, "S256", "mcp");
+	CHECK(redirect_param_is(&r, "iss", url_of(url, sizeof(url), "/tenant1")));
+
+	TEST("as_metadata: oauth or openid alone, the other 404s (with and without an issuer path)");
+	configure("{\"as_metadata\":\"openid\"}");
+	CHECK_EQ(status_of("/.well-known/oauth-authorization-server/tenant1"), 404);
+	CHECK_EQ(status_of("/.well-known/openid-configuration/tenant1"), 200);
+	CHECK_EQ(status_of("/tenant1/.well-known/openid-configuration"), 200);
+	configure("{\"issuer_path\":\"\",\"as_metadata\":\"oauth\"}");
+	CHECK_EQ(status_of("/.well-known/oauth-authorization-server"), 200);
+	CHECK_EQ(status_of("/.well-known/openid-configuration"), 404);
+	configure("{\"as_metadata\":\"openid\"}");
+	CHECK_EQ(status_of("/.well-known/oauth-authorization-server"), 404);
+	CHECK_EQ(status_of("/.well-known/openid-configuration"), 200);
+	configure("{\"as_metadata\":\"both\"}");
+	CHECK_EQ(status_of("/.well-known/oauth-authorization-server"), 200);
+
+	TEST("metadata_issuer: the documents claim another issuer; the resource metadata and iss keep the real one");
+	configure("{\"metadata_issuer\":\"http://127.0.0.1:1/other\"}");
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(streq(jstr(o, "issuer"), "http://127.0.0.1:1/other"));
+	json_object_put(o);
+	o = document("/.well-known/oauth-protected-resource");
+	CHECK(jstrings_are(o, "authorization_servers", (const char *const[]){ base }, 1));
+	json_object_put(o);
+	authorize(&r, c->id, k.challenge, "S256", "mcp");
+	CHECK(redirect_param_is(&r, "iss", base));
+	configure("{\"metadata_issuer\":null}");
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(streq(jstr(o, "issuer"), base));
+	json_object_put(o);
+
+	TEST("prm_paths: path or root alone, the other 404s; the 401 challenge names a served document");
+	configure("{\"prm_paths\":\"path\"}");
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource"), 404);
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource/mcp"), 200);
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource/sse"), 200);
+	CHECK(mcp(&r, NULL, NULL, NULL, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}") == NULL);
+	CHECK_EQ(r.status, 401);
+	snprintf(url2, sizeof(url2), "Bearer resource_metadata=\"%s\"",
+		 url_of(url, sizeof(url), "/.well-known/oauth-protected-resource/mcp"));
+	CHECK(streq(r.www_auth, url2));
+	configure("{\"prm_paths\":\"root\"}");
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource"), 200);
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource/mcp"), 404);
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource/sse"), 404);
+	messages(&r, NULL, "0123", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}");
+	CHECK_EQ(r.status, 401);
+	snprintf(url2, sizeof(url2), "Bearer resource_metadata=\"%s\"",
+		 url_of(url, sizeof(url), "/.well-known/oauth-protected-resource"));
+	CHECK(streq(r.www_auth, url2));
+	configure("{\"prm_paths\":\"both\"}");
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource"), 200);
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource/mcp"), 200);
+
+	TEST("registration off: no registration_endpoint, and POST /register is 404");
+	configure("{\"registration\":false}");
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(!json_object_object_get_ex(o, "registration_endpoint", &v));
+	json_object_put(o);
+	post_json(&r, "/register", "{\"redirect_uris\":[\"" REDIRECT_URI "\"]}");
+	CHECK_EQ(r.status, 404);
+	o = last();
+	v = member(o, "register");
+	CHECK_EQ(jint(v, "status"), 404);
+	CHECK(streq(jstr(v, "outcome"), "not_found"));
+	json_object_put(o);
+	configure("{\"registration\":true}");
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(streq(jstr(o, "registration_endpoint"), url_of(url, sizeof(url), "/register")));
+	json_object_put(o);
+	resp_clear(&r);
+}
+
+static void test_challenge_knobs(const struct client *c)
+{
+	static const char *const scopes[] = { "mcp", "tools:read" };
+	struct tokens t, t2;
+	char expected[512], form[1024] = "", session[128];
+	struct json_object *o;
+	struct resp r = { 0 };
+
+	TEST("challenge_scope: the 401 challenge carries scope=\"...\"; scopes_supported lists its scopes");
+	configure("{\"challenge_scope\":\"mcp tools:read\"}");
+	CHECK(mcp(&r, NULL, NULL, NULL, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}") == NULL);
+	CHECK_EQ(r.status, 401);
+	snprintf(expected, sizeof(expected),
+		 "Bearer resource_metadata=\"%s/.well-known/oauth-protected-resource\", scope=\"mcp tools:read\"",
+		 base);
+	CHECK(streq(r.www_auth, expected));
+	o = document("/.well-known/oauth-protected-resource/mcp");
+	CHECK(jstrings_are(o, "scopes_supported", scopes, 2));
+	json_object_put(o);
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(jstrings_are(o, "scopes_supported", scopes, 2));
+	json_object_put(o);
+
+	TEST("challenge_metadata off: no resource_metadata, only scope (and error with a bad token)");
+	configure("{\"challenge_metadata\":false}");
+	CHECK(mcp(&r, NULL, NULL, NULL, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}") == NULL);
+	CHECK(streq(r.www_auth, "Bearer scope=\"mcp tools:read\""));
+	CHECK(mcp(&r, "not-a-token", NULL, NULL, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}") == NULL);
+	CHECK(streq(r.www_auth, "Bearer scope=\"mcp tools:read\", error=\"invalid_token\""));
+	messages(&r, NULL, "0123", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}");
+	CHECK(streq(r.www_auth, "Bearer scope=\"mcp tools:read\""));
+	configure("{\"challenge_scope\":null}");
+	CHECK(mcp(&r, NULL, NULL, NULL, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}") == NULL);
+	CHECK(streq(r.www_auth, "Bearer"));
+
+	TEST("a login with the challenge's scope \"mcp tools:read\" works end to end; refresh may narrow it");
+	configure("{\"challenge_metadata\":true,\"challenge_scope\":\"mcp tools:read\"}");
+	login_scoped(c, &t, "mcp tools:read");
+	mcp_session(t.access, session, sizeof(session));
+	mcp_delete(t.access, session);
+	form_add(form, sizeof(form), "grant_type", "refresh_token");
+	form_add(form, sizeof(form), "refresh_token", t.refresh);
+	form_add(form, sizeof(form), "scope", "tools:read");
+	token_request(&r, c, form);
+	expect.refresh_requests++;
+	tokens_scoped(&r, &t2, 3600, "tools:read");
+	expect.refresh_grants++;
+	form[0] = '\0';
+	form_add(form, sizeof(form), "grant_type", "refresh_token");
+	form_add(form, sizeof(form), "refresh_token", t2.refresh);
+	form_add(form, sizeof(form), "scope", "tools:write");
+	token_request(&r, c, form);
+	expect.refresh_requests++;
+	oauth_error_is(&r, 400, "invalid_scope");
+	configure("{\"challenge_scope\":null}");
+	resp_clear(&r);
+}
+
+static void test_authorize_error(const struct client *c)
+{
+	struct resp r = { 0 };
+	struct pkce k;
+	struct json_object *o, *a;
+
+	TEST("authorize_error: a redirect with error, a readable error_description, state and iss; no code");
+	pkce_new(&k);
+	configure("{\"authorize_error\":\"access_denied\"}");
+	authorize(&r, c->id, k.challenge, "S256", "mcp");
+	CHECK(redirect_param_is(&r, "error", "access_denied"));
+	CHECK(redirect_param_is(&r, "error_description", "The user denied the authorization request."));
+	CHECK(redirect_param_is(&r, "state", "st-42"));
+	CHECK(redirect_param_is(&r, "iss", base));
+	CHECK(redirect_param_is(&r, "code", NULL));
+	o = last();
+	a = member(o, "authorize");
+	CHECK_EQ(jint(a, "status"), 302);
+	CHECK(streq(jstr(a, "outcome"), "access_denied"));
+	json_object_put(o);
+	configure("{\"authorize_error\":\"temporarily_unavailable\",\"iss\":false}");
+	authorize(&r, c->id, k.challenge, "S256", "mcp");
+	CHECK(redirect_param_is(&r, "error", "temporarily_unavailable"));
+	CHECK(redirect_param_is(&r, "iss", NULL));
+
+	TEST("authorize_error: an unknown client is still answered 400 here, never redirected");
+	authorize(&r, "no-such-client", k.challenge, "S256", "mcp");
+	CHECK_EQ(r.status, 400);
+	CHECK(r.location[0] == '\0');
+	configure("{\"authorize_error\":null,\"iss\":true}");
+	authorize(&r, c->id, k.challenge, "S256", "mcp");
+	CHECK(redirect_has(&r, "code"));
+	resp_clear(&r);
+}
+
+static void test_client_knobs(const struct client *c)
+{
+	static const char *const post_none[] = { "client_secret_post", "none" };
+	struct client d;
+	struct tokens t;
+	struct resp r = { 0 };
+	struct json_object *o, *v;
+	char chosen[64], session[128];
+
+	TEST("auth_methods: the metadata lists them; /register refuses another and defaults to the first");
+	configure("{\"auth_methods\":[\"client_secret_post\",\"none\"]}");
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(jstrings_are(o, "token_endpoint_auth_methods_supported", post_none, 2));
+	CHECK(jstrings_are(o, "revocation_endpoint_auth_methods_supported", post_none, 2));
+	json_object_put(o);
+	CHECK_EQ(register_client(&d, "client_secret_basic", NULL, 0), 400);
+	o = last();
+	v = member(o, "register");
+	CHECK(streq(jstr(v, "token_endpoint_auth_method"), "client_secret_basic"));
+	CHECK(streq(jstr(v, "client_name"), "smoke knobs"));
+	CHECK(streq(jstr(v, "outcome"), "invalid_client_metadata"));
+	CHECK(!json_object_object_get_ex(v, "auth_method", NULL));
+	json_object_put(o);
+	CHECK_EQ(register_client(&d, NULL, chosen, sizeof(chosen)), 201);
+	CHECK(streq(chosen, "client_secret_post"));
+	o = last();
+	v = member(o, "register");
+	CHECK(!json_object_object_get_ex(v, "token_endpoint_auth_method", NULL));
+	CHECK(streq(jstr(v, "auth_method"), "client_secret_post"));
+	CHECK_EQ(jint(v, "status"), 201);
+	CHECK(streq(jstr(v, "outcome"), "ok"));
+	json_object_put(o);
+	CHECK(d.secret[0] != '\0');
+	CHECK_EQ(register_client(&d, "none", chosen, sizeof(chosen)), 201);
+	CHECK(streq(chosen, "none"));
+	CHECK(d.secret[0] == '\0');
+
+	TEST("a public client's login shows in /test/last as auth_method none");
+	login(&d, &t);
+	o = last();
+	v = member(o, "token");
+	CHECK(streq(jstr(v, "client_id"), d.id));
+	CHECK(streq(jstr(v, "auth_method"), "none"));
+	json_object_put(o);
+	mcp_session(t.access, session, sizeof(session));
+	mcp_delete(t.access, session);
+
+	TEST("auth_methods: without basic listed the default is the first; an unimplemented one is refused");
+	configure("{\"auth_methods\":[\"none\",\"client_secret_basic\"]}");
+	CHECK_EQ(register_client(&d, NULL, chosen, sizeof(chosen)), 201);
+	CHECK(streq(chosen, "client_secret_basic"));
+	configure("{\"auth_methods\":[\"private_key_jwt\"]}");
+	CHECK_EQ(register_client(&d, "private_key_jwt", NULL, 0), 400);
+	CHECK_EQ(register_client(&d, NULL, NULL, 0), 400);
+	configure("{\"auth_methods\":[\"none\",\"client_secret_basic\",\"client_secret_post\"]}");
+
+	TEST("revocation off: no revocation_endpoint in the metadata (the endpoint still answers)");
+	configure("{\"revocation\":false}");
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(!json_object_object_get_ex(o, "revocation_endpoint", &v));
+	CHECK(!json_object_object_get_ex(o, "revocation_endpoint_auth_methods_supported", &v));
+	json_object_put(o);
+	configure("{\"revocation\":true}");
+
+	TEST("revoke_fail: /revoke answers 503 temporarily_unavailable and revokes nothing");
+	login(c, &t);
+	configure("{\"revoke_fail\":true}");
+	revoke_token(&r, c, t.access);
+	oauth_error_is(&r, 503, "temporarily_unavailable");
+	o = last();
+	v = member(o, "revoke");
+	CHECK(streq(jstr(v, "token_type_hint"), "access_token"));
+	CHECK(streq(jstr(v, "client_id"), c->id));
+	CHECK(streq(jstr(v, "auth_method"), "client_secret_basic"));
+	CHECK(jbool(v, "known"));
+	CHECK_EQ(jint(v, "status"), 503);
+	CHECK(streq(jstr(v, "outcome"), "temporarily_unavailable"));
+	json_object_put(o);
+	mcp_session(t.access, session, sizeof(session));
+	configure("{\"revoke_fail\":false}");
+	revoke_token(&r, c, t.access);
+	CHECK_EQ(r.status, 200);
+	expect.revocations++;
+	o = last();
+	v = member(o, "revoke");
+	CHECK(jbool(v, "known"));
+	CHECK(streq(jstr(v, "outcome"), "ok"));
+	json_object_put(o);
+	mcp_refused(t.access);
+	revoke_token(&r, c, "never-issued");
+	CHECK_EQ(r.status, 200);
+	expect.revocations++;
+	o = last();
+	CHECK(!jbool(member(o, "revoke"), "known"));
+	json_object_put(o);
+	resp_clear(&r);
+}
+
+/* /test/last holds none of the secrets of a login. */
+static void last_has_no_secret(const char *const *secrets, size_t n)
+{
+	struct resp r = { 0 };
+
+	get(&r, "/test/last");
+	CHECK_EQ(r.status, 200);
+	for (size_t i = 0; i < n; i++) {
+		if (strstr(r.body, secrets[i]))
+			fprintf(stderr, "/test/last shows secret #%zu\n", i);
+		CHECK(strstr(r.body, secrets[i]) == NULL);
+	}
+	resp_clear(&r);
+}
+
+static void test_last(const struct client *c)
+{
+	struct json_object *o, *v, *d, *e;
+	struct resp r = { 0 };
+	struct tokens t;
+	struct pkce k, wrong;
+	char url[256];
+	char *code;
+
+	TEST("/test/reset clears /test/last but keeps the config knobs");
+	configure("{\"challenge_scope\":\"mcp\"}");
+	login(c, &t);
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource"), 200);
+	peer_reset();
+	o = last();
+	CHECK(member(o, "authorize") == NULL);
+	CHECK(member(o, "token") == NULL);
+	CHECK(member(o, "register") == NULL);
+	CHECK(member(o, "revoke") == NULL);
+	CHECK(json_object_array_length(member(o, "discovery")) == 0);
+	json_object_put(o);
+	o = config("{}");
+	CHECK(streq(jstr(o, "challenge_scope"), "mcp"));
+	json_object_put(o);
+	configure(login_defaults);
+
+	TEST("/test/last after a code flow with PKCE: discovery in order, authorize, token with pkce_ok true");
+	CHECK_EQ(status_of("/.well-known/oauth-protected-resource/mcp"), 200);
+	CHECK_EQ(status_of("/.well-known/oauth-authorization-server/nope"), 404);
+	CHECK_EQ(status_of("/.well-known/oauth-authorization-server"), 200);
+	pkce_new(&k);
+	authorize(&r, c->id, k.challenge, "S256", "mcp");
+	code = redirect_param(&r, "code");
+	CHECK(code != NULL);
+	code_exchange(&r, c, code, k.verifier);
+	tokens_from(&r, &t, 3600);
+	expect.token_grants++;
+	o = last();
+	d = member(o, "discovery");
+	CHECK(json_object_array_length(d) == 3);
+	e = json_object_array_get_idx(d, 0);
+	CHECK(streq(jstr(e, "path"), "/.well-known/oauth-protected-resource/mcp"));
+	CHECK_EQ(jint(e, "status"), 200);
+	e = json_object_array_get_idx(d, 1);
+	CHECK(streq(jstr(e, "path"), "/.well-known/oauth-authorization-server/nope"));
+	CHECK_EQ(jint(e, "status"), 404);
+	e = json_object_array_get_idx(d, 2);
+	CHECK(streq(jstr(e, "path"), "/.well-known/oauth-authorization-server"));
+	v = member(o, "authorize");
+	CHECK(streq(jstr(v, "client_id"), c->id));
+	CHECK(streq(jstr(v, "redirect_uri"), REDIRECT_URI));
+	CHECK(streq(jstr(v, "response_type"), "code"));
+	CHECK(streq(jstr(v, "scope"), "mcp"));
+	CHECK(streq(jstr(v, "resource"), url_of(url, sizeof(url), "/mcp")));
+	CHECK(jbool(v, "state"));
+	CHECK(streq(jstr(v, "code_challenge_method"), "S256"));
+	CHECK_EQ(jint(v, "code_challenge_length"), 43);
+	CHECK_EQ(jint(v, "status"), 302);
+	CHECK(streq(jstr(v, "outcome"), "ok"));
+	v = member(o, "token");
+	CHECK(streq(jstr(v, "grant_type"), "authorization_code"));
+	CHECK(streq(jstr(v, "client_id"), c->id));
+	CHECK(streq(jstr(v, "auth_method"), "client_secret_basic"));
+	CHECK(streq(jstr(v, "resource"), url_of(url, sizeof(url), "/mcp")));
+	CHECK(streq(jstr(v, "redirect_uri"), REDIRECT_URI));
+	CHECK(member(v, "scope") == NULL);
+	CHECK(jbool(v, "pkce_ok"));
+	CHECK_EQ(jint(v, "status"), 200);
+	CHECK(streq(jstr(v, "outcome"), "ok"));
+	json_object_put(o);
+	last_has_no_secret((const char *const[]){ code, k.verifier, k.challenge, t.access, t.refresh, c->secret }, 6);
+	free(code);
+
+	TEST("a wrong code_verifier: invalid_grant with a readable description; /test/last says pkce_ok false");
+	pkce_new(&k);
+	pkce_new(&wrong);
+	authorize(&r, c->id, k.challenge, "S256", NULL);
+	code = redirect_param(&r, "code");
+	CHECK(code != NULL);
+	code_exchange(&r, c, code, wrong.verifier);
+	oauth_error_is(&r, 400, "invalid_grant");
+	o = json_of(&r);
+	CHECK(streq(jstr(o, "error_description"),
+		    "PKCE verification failed (code_verifier does not match code_challenge)"));
+	json_object_put(o);
+	o = last();
+	v = member(o, "authorize");
+	CHECK(member(v, "scope") == NULL);
+	v = member(o, "token");
+	CHECK(!jbool(v, "pkce_ok"));
+	CHECK_EQ(jint(v, "status"), 400);
+	CHECK(streq(jstr(v, "outcome"), "invalid_grant"));
+	CHECK(streq(jstr(v, "error_description"),
+		    "PKCE verification failed (code_verifier does not match code_challenge)"));
+	json_object_put(o);
+	last_has_no_secret((const char *const[]){ code, k.verifier, wrong.verifier, k.challenge }, 4);
+
+	TEST("the failed attempt spent the code: the right verifier now gets invalid_grant, pkce_ok null");
+	code_exchange(&r, c, code, k.verifier);
+	oauth_error_is(&r, 400, "invalid_grant");
+	o = last();
+	CHECK(member(member(o, "token"), "pkce_ok") == NULL);
+	json_object_put(o);
+	free(code);
+	resp_clear(&r);
+}
+
 static void test_stats(void)
 {
 	struct json_object *o = stats();
@@ -1657,6 +2424,8 @@ static void test_stats(void)
 	STAT_IS(responses_received);
 	STAT_IS(revoke_all);
 	STAT_IS(revoke_access_all);
+	STAT_IS(authorizations);
+	STAT_IS(code_requests);
 #undef STAT_IS
 	CHECK_EQ(jint(o, "get_streams"), 0);
 	CHECK_EQ(jint(o, "sse_streams"), 0);
@@ -1666,8 +2435,7 @@ static void test_stats(void)
 	json_object_put(o);
 
 	TEST("/test/reset zeroes the counters");
-	post_json(&r, "/test/reset", "{}");
-	CHECK_EQ(r.status, 200);
+	peer_reset();
 	o = stats();
 	json_object_object_foreach(o, key, val) {
 		if (json_object_get_int64(val) != 0)
@@ -1712,6 +2480,13 @@ int main(int argc, char **argv)
 	test_injection(&c);
 	test_revoke_all(&c, &fresh);
 	test_oversize(&t);
+	test_stats();
+	test_config_knobs();
+	test_discovery_knobs(&c);
+	test_challenge_knobs(&c);
+	test_authorize_error(&c);
+	test_client_knobs(&c);
+	test_last(&c);
 	test_stats();
 	test_shutdown_with_streams(&fresh, pid);
 
