@@ -25,6 +25,20 @@
 
 /* Notifications from the keeper to a subscribed control client. */
 #define METHOD_EVENT "event"
+/*
+ * auth.login {"server", "timeout": seconds (default 120)}: the keeper sends
+ * auth.login_url {"server", "url"} on the same connection as soon as the
+ * authorization URL exists, then the reply once the login has ended:
+ * {"server", "oauth_status", "token_expires_at", "refresh_token": bool}, or
+ * an error whose data carries "reason" (LOGIN_R_* below). Closing the
+ * connection cancels the login.
+ * auth.logout {"server"} | {"all": true}: the record goes at once; the reply
+ * waits for the provider's revocation: per server {"server", "logged_out",
+ * "had_token", "revoked": bool (absent when not attempted), "revoke_error",
+ * "revocation": why it was not attempted, "orphaned": true for a token whose
+ * server left the config}; with all, {"results": [...]}.
+ */
+#define METHOD_AUTH_LOGIN_URL "auth.login_url"
 
 /*
  * Keeper <-> child channel (fd 3).
@@ -49,6 +63,46 @@
  *          data {"kind": KIND_TRANSIENT|KIND_TERMINAL,
  *                "oauth_error": "invalid_grant"... (when the provider said),
  *                "http_status": N (when there was a response)}
+ *
+ * Login and logout (keeper -> oauth child). The keeper drives a login as
+ * a sequence of requests, one step each, and keeps everything that must
+ * persist (registered clients, the redirect port, the token); the child
+ * holds a login's secrets (PKCE verifier, state, code) only in memory and
+ * never sends them back. Every request carries "server" (the upstream name,
+ * for logs) and "timeout_ms". Errors are RPC_APP_ERROR with a message meant
+ * for the user (never token bytes) and data {"kind": KIND_TRANSIENT |
+ * KIND_TERMINAL, "reason": one of the LOGIN_R_* words below,
+ * "oauth_error": the provider's error code when it gave one,
+ * "http_status": N when there was a response}.
+ *
+ * oauth.listen {server, port (0: any free port)} -> {"port": N}
+ *   Binds 127.0.0.1:port for the redirect and keeps it for this server's
+ *   login (a second oauth.listen for the same server replaces it). Until
+ *   oauth.authorize, a request to it gets a "no login waiting" page.
+ * oauth.discover {server, url (the MCP endpoint), protocol, headers {..}}
+ *   -> {"resource", "issuer", "authorization_endpoint", "token_endpoint",
+ *       "registration_endpoint"?, "revocation_endpoint"?, "scope"? (from the
+ *       401 challenge, else the resource's scopes_supported), "iss_supported"
+ *       (RFC 9207), "token_endpoint_auth_methods" [..]?}
+ *   RFC 9728 then RFC 8414 / OpenID discovery in the MCP specification's
+ *   order; the fetched issuer must equal the expected one; an authorization
+ *   server that does not advertise S256 is refused (reason "pkce").
+ * oauth.register {server, registration_endpoint, redirect_uri, scope?,
+ *       token_endpoint_auth_methods [..]?}
+ *   -> {"client_id", "client_secret"?, "auth_method",
+ *       "client_secret_expires_at" (0: never)}   RFC 7591.
+ * oauth.authorize {server, authorization_endpoint, token_endpoint,
+ *       redirect_uri, client_id, client_secret?, auth_method, resource?,
+ *       scope?, issuer, iss_supported}
+ *   Needs this server's oauth.listen. Sends the notification
+ *   oauth.login_url {server, url} once the authorization URL exists, then
+ *   waits (up to timeout_ms) for the browser's redirect, checks state (and
+ *   iss), exchanges the code with the PKCE verifier and answers with the
+ *   token response, as oauth.refresh does, after the browser got its page.
+ * oauth.cancel (notification) {server}: abandons that server's login: the
+ *   pending oauth.authorize fails (reason "cancelled"), the port closes.
+ * oauth.revoke {server, revocation_endpoint, token, token_type_hint,
+ *       client_id, client_secret?, auth_method} -> {"http_status"}  RFC 7009.
  *
  * Workers (one per upstream; the keeper -> worker hello carries the upstream
  * as the keeper assigns it, never as the worker would claim it):
@@ -83,6 +137,28 @@
 #define METHOD_TOKEN_INVALID "token.invalid"
 #define METHOD_UPSTREAM_NEEDS_LOGIN "upstream.needs_login"
 #define METHOD_OAUTH_REFRESH "oauth.refresh"
+#define METHOD_OAUTH_LISTEN "oauth.listen"
+#define METHOD_OAUTH_DISCOVER "oauth.discover"
+#define METHOD_OAUTH_REGISTER "oauth.register"
+#define METHOD_OAUTH_AUTHORIZE "oauth.authorize"
+#define METHOD_OAUTH_LOGIN_URL "oauth.login_url"
+#define METHOD_OAUTH_CANCEL "oauth.cancel"
+#define METHOD_OAUTH_REVOKE "oauth.revoke"
+
+/* error.data.reason of login steps: what went wrong, for tests and UIs. */
+#define LOGIN_R_NETWORK "network"	/* no answer, timeout, TLS */
+#define LOGIN_R_DISCOVERY "discovery"	/* metadata missing or malformed */
+#define LOGIN_R_ISSUER "issuer_mismatch"
+#define LOGIN_R_PKCE "pkce"		/* no S256 */
+#define LOGIN_R_REGISTRATION "registration"
+#define LOGIN_R_LISTEN "listen"		/* redirect port unavailable */
+#define LOGIN_R_DENIED "denied"		/* the authorization server answered error= */
+#define LOGIN_R_STATE "state_mismatch"
+#define LOGIN_R_ISS "iss_mismatch"
+#define LOGIN_R_EXCHANGE "exchange"	/* the token endpoint refused the code */
+#define LOGIN_R_TIMEOUT "timeout"
+#define LOGIN_R_CANCELLED "cancelled"
+#define LOGIN_R_REVOKE "revoke"
 
 #define ROLE_OAUTH "oauth"
 #define ROLE_HTTP "http"
@@ -109,6 +185,8 @@
 #define KIND_INVALID_PARAMS "invalid_params"
 #define KIND_BUSY "busy"
 #define KIND_UNAVAILABLE "unavailable"
+/* auth.login: the provider refused, or the login was not safe to finish. */
+#define KIND_LOGIN_FAILED "login_failed"
 /* Framing-level kinds: the message never reached a method. */
 #define KIND_PARSE_ERROR "parse_error"
 #define KIND_TOO_LARGE "too_large"

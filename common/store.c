@@ -997,7 +997,7 @@ static int list_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 	return ret == DB_NOTFOUND ? 0 : ret;
 }
 
-int store_list(struct store *s, enum store_db db, store_list_fn fn, void *ctx)
+static int list(struct store *s, enum store_db db, bool unsealed, store_list_fn fn, void *ctx)
 {
 	struct list_arg a = { .db = db };
 	int r;
@@ -1009,7 +1009,7 @@ int store_list(struct store *s, enum store_db db, store_list_fn fn, void *ctx)
 	r = store_txn(s, list_op, &a, DB_READ_COMMITTED);
 	for (size_t i = 0; r == 0 && i < a.n; i++) {
 		struct secret *plain = NULL;
-		int status = unseal(s, db, a.e[i].key, a.e[i].sealed, a.e[i].len, &plain);
+		int status = unsealed ? unseal(s, db, a.e[i].key, a.e[i].sealed, a.e[i].len, &plain) : 0;
 
 		if (status < 0) {
 			r = status;
@@ -1021,4 +1021,32 @@ int store_list(struct store *s, enum store_db db, store_list_fn fn, void *ctx)
 	list_arg_reset(&a);
 	free(a.e);
 	return r;
+}
+
+int store_list(struct store *s, enum store_db db, store_list_fn fn, void *ctx)
+{
+	return list(s, db, true, fn, ctx);
+}
+
+int store_list_keys(struct store *s, enum store_db db, store_list_fn fn, void *ctx)
+{
+	return list(s, db, false, fn, ctx);
+}
+
+int store_derived_key(const char *prefix, const char *a, const char *b, char *buf, size_t len)
+{
+	crypto_generichash_state st;
+	unsigned char hash[16];
+	char hex[2 * sizeof(hash) + 1];
+	int r;
+
+	crypto_generichash_init(&st, NULL, 0, sizeof(hash));
+	crypto_generichash_update(&st, (const unsigned char *)a, strlen(a) + 1);
+	crypto_generichash_update(&st, (const unsigned char *)(b ? b : ""), b ? strlen(b) + 1 : 0);
+	crypto_generichash_final(&st, hash, sizeof(hash));
+	sodium_bin2hex(hex, sizeof(hex), hash, sizeof(hash));
+	r = snprintf(buf, len, "%s%s", prefix, hex);
+	if (r < 0 || (size_t)r >= len || (size_t)r > STORE_SERVER_KEY_MAX)
+		return -ENAMETOOLONG;
+	return 0;
 }

@@ -3,7 +3,9 @@
  * directory holding three databases.
  *
  *   tokens   server key -> sealed token record (token.h)
- *   clients  server key -> sealed registered OAuth client (token.h)
+ *   clients  "client:<hash of issuer, redirect URI>" -> sealed registered
+ *            OAuth client (token.h); "port:<hash of server key>" -> the
+ *            redirect port chosen for that server (decimal text), sealed
  *   meta     "schema" -> schema version; "key-check" -> key check value
  *
  * Every value in tokens and clients is sealed with XChaCha20-Poly1305
@@ -105,6 +107,9 @@ int store_delete(struct store *s, enum store_db db, const char *key);
 typedef int (*store_list_fn)(const char *key, const struct secret *plain, int status, void *ctx);
 int store_list(struct store *s, enum store_db db, store_list_fn fn, void *ctx);
 
+/* The same walk without unsealing: fn gets plain NULL and status 0. */
+int store_list_keys(struct store *s, enum store_db db, store_list_fn fn, void *ctx);
+
 /* Writes a checkpoint and lets the environment remove log files it no
  * longer needs. Also done at close. */
 int store_checkpoint(struct store *s);
@@ -121,3 +126,12 @@ const char *store_strerror(int status);
  * database for people running db_dump. Returns 0 or -ENAMETOOLONG.
  */
 int store_server_key(const char *name, const char *url, char *buf, size_t len);
+
+/*
+ * Keys of the other records in "clients": prefix + 32 hex digits of a
+ * BLAKE2b hash of a and b. Registered OAuth clients live under
+ * ("client:", issuer, redirect URI), so a registration is reused exactly
+ * where it is valid; a server's automatically chosen redirect port under
+ * ("port:", server key, NULL). Returns 0 or -ENAMETOOLONG.
+ */
+int store_derived_key(const char *prefix, const char *a, const char *b, char *buf, size_t len);

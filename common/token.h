@@ -25,6 +25,12 @@ struct token {
 	const char *revocation_endpoint;/* NULL: provider has none (RFC 7009) */
 	const char *resource;		/* RFC 8707 resource indicator */
 	const char *issuer;
+	/* The client the token was issued to: a refresh or a revocation must
+	 * present the same one. NULL in records from before logins existed:
+	 * then the configured client applies. */
+	const char *client_id;
+	const char *client_secret;
+	const char *auth_method;
 	int64_t obtained_at;		/* unix seconds */
 	int64_t expires_at;		/* unix seconds; 0: no expiry given */
 	int64_t refused_at;		/* the provider refused the refresh token

@@ -4,14 +4,15 @@
  * It finds the socket (--socket, a config file, or the mode's default),
  * sends one JSON-RPC request through the framing module, waits for the reply
  * that carries the same id and prints it, as a table or as the keeper's own
- * JSON. It holds no token and opens nothing but the config file and the
- * socket: status replies carry metadata only, and mcpctl prints no field it
- * was not given.
+ * JSON. Status replies carry metadata only, and mcpctl prints no field it
+ * was not given. It never holds a token: the one time it opens the store
+ * (auth logout while the keeper is not running) it only deletes records.
  *
  * The exit codes are an interface that scripts test: they are listed in
  * usage() and in mcpctl.1 and must stay in step with both.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,7 +38,9 @@
 #include "log.h"
 #include "paths.h"
 #include "proto.h"
+#include "secret.h"
 #include "sock.h"
+#include "store.h"
 #include "util.h"
 
 enum {
@@ -46,6 +50,8 @@ enum {
 	CTL_EXIT_UNREACHABLE = 3,
 	CTL_EXIT_REFUSED = 4,
 	CTL_EXIT_PROTOCOL = 5,
+	CTL_EXIT_NOT_FOUND = 6,		/* no such server */
+	CTL_EXIT_NOT_OAUTH = 7,		/* the server does not use OAuth */
 };
 
 #define CTL_DEFAULT_TIMEOUT_SEC 10
@@ -62,6 +68,15 @@ struct ctl {
 
 	char socket_path[PATH_MAX];
 	int64_t deadline_ms;		/* CLOCK_MONOTONIC; 0: none */
+	bool timeout_given;		/* --timeout on the command line */
+
+	/* Notifications that arrive while waiting for a reply (auth.login_url,
+	 * event); NULL: skipped. */
+	void (*on_note)(struct ctl *c, const struct rpc_msg *m);
+	bool no_browser;
+	/* auth logout: a keeper that is not running means standalone mode. */
+	bool quiet_unreachable, keeper_absent;
+	int last_error;
 };
 
 static void usage(FILE *f)
@@ -72,14 +87,26 @@ static void usage(FILE *f)
 		"Talks to the mcpkeeper keeper (mcpkeeperd) over its control socket.\n"
 		"\n"
 		"Commands:\n"
-		"  status [--json]     the keeper and each server: OAuth status, token\n"
-		"                      expiry, refresh schedule, worker\n"
+		"  status [--json] [-s NAME]\n"
+		"                      the keeper and each server: transport, worker, OAuth\n"
+		"                      status, token expiry, next refresh, last error\n"
 		"  servers [--json]    the configured servers\n"
+		"  auth login (-s NAME | --all) [--no-browser] [--timeout SEC]\n"
+		"                      log in: prints the authorization URL, opens it with\n"
+		"                      $BROWSER or xdg-open, waits (default 120 s); --all logs\n"
+		"                      in every OAuth server that is not authenticated\n"
+		"  auth logout (-s NAME | --all)\n"
+		"                      delete the token (and revoke it at the provider); with\n"
+		"                      the keeper stopped, deletes it from the store directly\n"
+		"  auth status [-s NAME] [--json]\n"
+		"                      OAuth status of the OAuth servers\n"
+		"  events [--json]     follow the keeper's events until interrupted\n"
 		"  connect NAME        the stdio bridge an MCP client runs: relays stdin and\n"
 		"                      stdout to NAME's worker (MCP client config:\n"
 		"                      \"command\": \"mcpctl\", \"args\": [\"connect\", \"NAME\"])\n"
 		"\n"
-		"  --json prints the keeper's reply as JSON instead of a table.\n"
+		"  --json prints the keeper's reply as JSON instead of a table;\n"
+		"  -s is short for --server.\n"
 		"\n"
 		"Options (before the command):\n"
 		"  --socket PATH       the keeper's control socket\n"
@@ -97,12 +124,15 @@ static void usage(FILE *f)
 		"  3  the keeper is unreachable: no socket, connection refused, timeout\n"
 		"  4  the keeper refused this user\n"
 		"  5  protocol error: malformed reply, connection closed before the reply\n"
+		"  6  no such server\n"
+		"  7  the server does not use OAuth\n"
 		"\n"
 		"See mcpctl(1) for how the socket is found.\n",
 		CTL_DEFAULT_TIMEOUT_SEC);
 }
 
 static int usage_error(const char *fmt, ...) _printf_(1, 2);
+static int parse_timeout(const char *s, double *out);
 
 static int usage_error(const char *fmt, ...)
 {
@@ -301,6 +331,11 @@ static int ctl_connect(struct ctl *c, int *fd)
 			(unsigned)getuid(), c->socket_path);
 		return CTL_EXIT_REFUSED;
 	}
+	if ((r == -ENOENT || r == -ECONNREFUSED) && c->quiet_unreachable) {
+		c->keeper_absent = true;
+		c->last_error = r;
+		return CTL_EXIT_UNREACHABLE;
+	}
 	if (r < 0)
 		return ctl_unreachable(c, r);
 	return 0;
@@ -420,6 +455,8 @@ static int ctl_exchange(struct ctl *c, const char *method, struct json_object *p
 			return CTL_EXIT_PROTOCOL;
 		}
 		if (m.type == RPC_NOTIFICATION) {
+			if (c->on_note)
+				c->on_note(c, &m);
 			rpc_msg_clear(&m);
 			continue;
 		}
@@ -434,9 +471,16 @@ static int ctl_exchange(struct ctl *c, const char *method, struct json_object *p
 		if (m.type == RPC_ERROR && id_is_ours(m.id)) {
 			/* Also kind "forbidden": then a method is refused (management
 			 * disabled), not this user. */
+			const char *kind = rpc_error_kind(&m);
+			int code = CTL_EXIT_KEEPER_ERROR;
+
+			if (kind && strcmp(kind, KIND_NOT_FOUND) == 0)
+				code = CTL_EXIT_NOT_FOUND;
+			else if (kind && strcmp(kind, KIND_NOT_OAUTH) == 0)
+				code = CTL_EXIT_NOT_OAUTH;
 			ctl_print_error(&m, "");
 			rpc_msg_clear(&m);
-			return CTL_EXIT_KEEPER_ERROR;
+			return code;
 		}
 		if (m.type == RPC_ERROR && (!m.id || json_object_is_type(m.id, json_type_null))) {
 			/* Not an answer to a method: the connection itself was refused
@@ -465,10 +509,6 @@ static int ctl_exchange(struct ctl *c, const char *method, struct json_object *p
 	}
 }
 
-static int ctl_call(struct ctl *c, const char *method, struct rpc_msg *reply)
-{
-	return ctl_exchange(c, method, NULL, reply, NULL, NULL);
-}
 
 /* ---- Output ---- */
 
@@ -517,21 +557,23 @@ static struct json_object *field_child(struct json_object *o, const char *key, e
 	return v;
 }
 
-/* "41s", "41m", "5h12m", "3d4h": coarse on purpose, a table is read at a glance. */
+/* "41s", "4m 10s", "5h 12m", "3d 4h": two units at most, read at a glance. */
 static void duration_format(int64_t s, char *buf, size_t len)
 {
 	long long v = s < 0 ? 0 : (long long)s;
 
 	if (v < 60)
 		snprintf(buf, len, "%llds", v);
+	else if (v < 3600 && v % 60)
+		snprintf(buf, len, "%lldm %llds", v / 60, v % 60);
 	else if (v < 3600)
 		snprintf(buf, len, "%lldm", v / 60);
 	else if (v < 86400 && (v % 3600) / 60)
-		snprintf(buf, len, "%lldh%lldm", v / 3600, (v % 3600) / 60);
+		snprintf(buf, len, "%lldh %lldm", v / 3600, (v % 3600) / 60);
 	else if (v < 86400)
 		snprintf(buf, len, "%lldh", v / 3600);
 	else if ((v % 86400) / 3600)
-		snprintf(buf, len, "%lldd%lldh", v / 86400, (v % 86400) / 3600);
+		snprintf(buf, len, "%lldd %lldh", v / 86400, (v % 86400) / 3600);
 	else
 		snprintf(buf, len, "%lldd", v / 86400);
 }
@@ -540,7 +582,7 @@ static void duration_format(int64_t s, char *buf, size_t len)
  * A table of text cells, columns as wide as their widest cell, and under a
  * row an optional note line. Every cell is cleaned of control characters.
  */
-#define TABLE_MAX_COLS 6
+#define TABLE_MAX_COLS 8
 
 struct table_row {
 	char *cell[TABLE_MAX_COLS];
@@ -661,41 +703,146 @@ static void expires_cell(struct json_object *srv, int64_t now, char *buf, size_t
 	snprintf(buf, len, at > now ? "in %s" : "expired %s ago", d);
 }
 
-/* "scheduled in 32m", "retrying (retry 2) in 4s", "failed". */
+/* "in 32m", "retrying in 4s (retry 2)", "failed", "-". */
 static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t len)
 {
 	struct json_object *rf = field_child(srv, "refresh", json_type_object);
 	const char *state = rf ? field_str(rf, "state") : NULL;
-	char retry[32] = "", next[48] = "", d[32];
+	char retry[32] = "", d[32];
 	int64_t n;
 
-	if (!state) {
+	if (!state || strcmp(state, "idle") == 0) {
 		snprintf(buf, len, "-");
 		return;
 	}
 	if (field_int(rf, "retry_count", &n) && n > 0)
 		snprintf(retry, sizeof(retry), " (retry %lld)", (long long)n);
-	if (field_int(rf, "next_at", &n) && n > 0) {
-		if (n > now) {
-			duration_format(n - now, d, sizeof(d));
-			snprintf(next, sizeof(next), " in %s", d);
-		} else {
-			snprintf(next, sizeof(next), " due now");
-		}
+	if (strcmp(state, "refreshing") == 0 || strcmp(state, "failed") == 0) {
+		snprintf(buf, len, "%s%s", state, retry);
+		return;
 	}
-	snprintf(buf, len, "%s%s%s", state, retry, next);
+	if (!field_int(rf, "next_at", &n) || n <= 0) {
+		snprintf(buf, len, "%s%s", state, retry);
+		return;
+	}
+	if (n <= now) {
+		snprintf(buf, len, "%s%s", strcmp(state, "retrying") == 0 ? "retrying now" : "due now", retry);
+		return;
+	}
+	duration_format(n - now, d, sizeof(d));
+	snprintf(buf, len, "%sin %s%s", strcmp(state, "retrying") == 0 ? "retrying " : "", d, retry);
 }
 
-static int status_print(struct json_object *result)
+/* authenticated / expired / error / none; "logging in" while a login runs;
+ * "-" for a server without OAuth. */
+static const char *auth_cell(struct json_object *srv)
 {
-	struct table t = {
-		.n_cols = 6,
-		.head = { "NAME", "PROTOCOL", "OAUTH", "EXPIRES", "REFRESH", "WORKER" },
-	};
-	struct json_object *servers, *worker;
+	const char *st = field_str(srv, "oauth_status");
+	bool b;
+
+	if (!st)
+		return "-";
+	if (field_bool(srv, "login_in_progress", &b) && b)
+		return "logging in";
+	return st;
+}
+
+static const char *last_error_of(struct json_object *srv)
+{
+	struct json_object *rf = field_child(srv, "refresh", json_type_object);
+	const char *e = rf ? field_str(rf, "last_error") : NULL;
+
+	return e && *e ? e : NULL;
+}
+
+/* One server (only) when name is given: CTL_EXIT_NOT_FOUND when absent. */
+static int status_print_servers(struct json_object *result, const char *method, bool full, const char *only)
+{
+	struct table t = { 0 };
+	struct json_object *servers, *orphans;
+	int64_t now = (int64_t)time(NULL);
+	size_t col = 0, n_rows = 0;
+	int r;
+
+	r = result_servers(result, method, &servers);
+	if (r)
+		return r;
+	t.head[col++] = "NAME";
+	if (full) {
+		t.head[col++] = "TRANSPORT";
+		t.head[col++] = "WORKER";
+	}
+	t.head[col++] = "AUTH";
+	t.head[col++] = "EXPIRES";
+	t.head[col++] = "NEXT REFRESH";
+	t.head[col++] = "LAST ERROR";
+	t.n_cols = col;
+
+	for (size_t i = 0; i < json_object_array_length(servers); i++) {
+		struct json_object *srv = json_object_array_get_idx(servers, i), *w;
+		struct table_row *row;
+		char cell[128];
+
+		if (only && strcmp(field_str(srv, "name"), only) != 0)
+			continue;
+		row = table_add_row(&t);
+		col = 0;
+		table_set(row, col++, field_str(srv, "name"));
+		if (full) {
+			w = field_child(srv, "worker", json_type_object);
+			table_set(row, col++, field_str(srv, "protocol"));
+			table_set(row, col++, w ? field_str(w, "state") : NULL);
+		}
+		table_set(row, col++, auth_cell(srv));
+		expires_cell(srv, now, cell, sizeof(cell));
+		table_set(row, col++, cell);
+		refresh_cell(srv, now, cell, sizeof(cell));
+		table_set(row, col++, cell);
+		table_set(row, col++, last_error_of(srv));
+		n_rows++;
+	}
+	orphans = field_child(result, "orphaned_tokens", json_type_array);
+	for (size_t i = 0; orphans && i < json_object_array_length(orphans); i++) {
+		struct json_object *o = json_object_array_get_idx(orphans, i);
+		struct table_row *row;
+
+		if (!field_str(o, "name") || (only && strcmp(field_str(o, "name"), only) != 0))
+			continue;
+		row = table_add_row(&t);
+		col = 0;
+		table_set(row, col++, field_str(o, "name"));
+		if (full) {
+			table_set(row, col++, NULL);
+			table_set(row, col++, NULL);
+		}
+		table_set(row, col++, "orphaned");
+		for (; col < t.n_cols; col++)
+			table_set(row, col, NULL);
+		if (asprintf(&row->note, "a stored token whose server left the config; "
+					 "`mcpctl auth logout --server %s` deletes it",
+			     field_str(o, "name")) < 0) {
+			row->note = NULL;
+			out_of_memory();
+		}
+		n_rows++;
+	}
+	if (only && !n_rows) {
+		table_clear(&t);
+		fprintf(stderr, "mcpctl: no server named \"%s\"\n", only);
+		return CTL_EXIT_NOT_FOUND;
+	}
+	if (n_rows)
+		table_print(&t);
+	table_clear(&t);
+	return 0;
+}
+
+static int status_print(struct json_object *result, const char *only)
+{
+	struct json_object *servers;
 	_cleanup_(freep) char *version = NULL, *mode = NULL;
 	const char *s;
-	int64_t pid, now = (int64_t)time(NULL);
+	int64_t pid;
 	size_t n;
 	int r;
 
@@ -707,44 +854,14 @@ static int status_print(struct json_object *result)
 	version = text_clean(s ? s : "?");
 	s = field_str(result, "mode");
 	mode = text_clean(s ? s : "?");
-	if (field_int(result, "pid", &pid))
-		printf("mcpkeeperd %s, pid %lld, %s mode, %zu server%s\n", version, (long long)pid,
-		       mode, n, n == 1 ? "" : "s");
-	else
-		printf("mcpkeeperd %s, %s mode, %zu server%s\n", version, mode, n,
-		       n == 1 ? "" : "s");
-	if (!n)
-		return 0;
-
-	for (size_t i = 0; i < n; i++) {
-		struct json_object *srv = json_object_array_get_idx(servers, i);
-		struct table_row *row = table_add_row(&t);
-		char cell[128];
-
-		table_set(row, 0, field_str(srv, "name"));
-		table_set(row, 1, field_str(srv, "protocol"));
-		table_set(row, 2, field_str(srv, "oauth_status"));
-		expires_cell(srv, now, cell, sizeof(cell));
-		table_set(row, 3, cell);
-		refresh_cell(srv, now, cell, sizeof(cell));
-		table_set(row, 4, cell);
-		worker = field_child(srv, "worker", json_type_object);
-		table_set(row, 5, worker ? field_str(worker, "state") : NULL);
-
-		worker = field_child(srv, "refresh", json_type_object);
-		s = worker ? field_str(worker, "last_error") : NULL;
-		if (s && *s) {
-			_cleanup_(freep) char *e = text_clean(s);
-
-			if (asprintf(&row->note, "last error: %s", e) < 0) {
-				row->note = NULL;
-				out_of_memory();
-			}
-		}
+	if (!only) {
+		if (field_int(result, "pid", &pid))
+			printf("mcpkeeperd %s, pid %lld, %s mode, %zu server%s\n", version, (long long)pid, mode, n,
+			       n == 1 ? "" : "s");
+		else
+			printf("mcpkeeperd %s, %s mode, %zu server%s\n", version, mode, n, n == 1 ? "" : "s");
 	}
-	table_print(&t);
-	table_clear(&t);
-	return 0;
+	return status_print_servers(result, METHOD_STATUS, true, only);
 }
 
 static int servers_print(struct json_object *result)
@@ -777,11 +894,26 @@ static int servers_print(struct json_object *result)
 
 /* ---- Commands ---- */
 
-/* The options every read-only command takes: --json and --help. */
-static int parse_json_flag(const char *cmd, int argc, char **argv, bool *json)
+/* getopt's complaint (o is ':' or '?'), or with o 0 an argument left over,
+ * as a usage error naming the command. */
+static int option_error(const char *cmd, int o, int argc, char **argv)
+{
+	if (o == 0)
+		return usage_error("%s: unexpected argument '%s'", cmd, argv[optind]);
+	if (o == ':')
+		return usage_error("%s: option '%s' needs an argument", cmd, argv[optind - 1]);
+	if (optopt)
+		return usage_error("%s: unknown option '-%c'", cmd, optopt);
+	return usage_error("%s: unknown option '%s'", cmd, argv[optind - 1]);
+}
+
+/* The options of the read-only commands: --json, --help and, where a
+ * server can be picked, -s/--server NAME. */
+static int parse_query_opts(const char *cmd, int argc, char **argv, bool *json, const char **server)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "server", required_argument, NULL, 's' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -789,45 +921,46 @@ static int parse_json_flag(const char *cmd, int argc, char **argv, bool *json)
 
 	optind = 0;	/* glibc: start over on the command's own arguments */
 	opterr = 0;
-	while ((o = getopt_long(argc, argv, "+:h", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "+:hs:", opts, NULL)) != -1) {
 		switch (o) {
 		case 'j':
 			*json = true;
+			break;
+		case 's':
+			if (!server)
+				return usage_error("%s: unknown option '%s'", cmd, argv[optind - 1]);
+			*server = optarg;
 			break;
 		case 'h':
 			usage(stdout);
 			return -1;
 		default:
-			if (optopt)
-				return usage_error("%s: unknown option '-%c'", cmd, optopt);
-			return usage_error("%s: unknown option '%s'", cmd, argv[optind - 1]);
+			return option_error(cmd, o, argc, argv);
 		}
 	}
 	if (optind < argc)
-		return usage_error("%s: unexpected argument '%s'", cmd, argv[optind]);
+		return option_error(cmd, 0, argc, argv);
 	return 0;
 }
 
-/* Runs a method without params and prints its result with print(). */
-static int run_query(struct ctl *c, int argc, char **argv, const char *method,
-		     int (*print)(struct json_object *result))
+/* Runs a method and prints its result with print(), or as JSON. */
+static int run_query(struct ctl *c, const char *method, struct json_object *params, bool json, const char *only,
+		     int (*print)(struct json_object *result, const char *only))
 {
 	struct rpc_msg reply = { 0 };
-	bool json = false;
 	int r;
 
-	r = parse_json_flag(argv[0], argc, argv, &json);
-	if (r)
-		return r < 0 ? CTL_EXIT_OK : r;
 	r = ctl_find_socket(c);
-	if (r)
+	if (r) {
+		json_object_put(params);
 		return r;
+	}
 
 	/* Only while the socket is open: a keeper that closes early must not
 	 * kill us before we read its reason. Afterwards, a closed stdout pipe
 	 * ends mcpctl quietly as it does any filter. */
 	signal(SIGPIPE, SIG_IGN);
-	r = ctl_call(c, method, &reply);
+	r = ctl_exchange(c, method, params, &reply, NULL, NULL);
 	signal(SIGPIPE, SIG_DFL);
 	if (r)
 		return r;
@@ -837,21 +970,659 @@ static int run_query(struct ctl *c, int argc, char **argv, const char *method,
 	else if (json)
 		print_json(reply.result);
 	else
-		r = print(reply.result);
+		r = print(reply.result, only);
 	rpc_msg_clear(&reply);
 	return r;
 }
 
 static int cmd_status(struct ctl *c, int argc, char **argv)
 {
-	return run_query(c, argc, argv, METHOD_STATUS, status_print);
+	const char *only = NULL;
+	bool json = false;
+	int r = parse_query_opts(argv[0], argc, argv, &json, &only);
+
+	if (r)
+		return r < 0 ? CTL_EXIT_OK : r;
+	if (json && only) {
+		/* The JSON of one server: filtered here, the keeper's shape kept. */
+		struct rpc_msg reply = { 0 };
+		struct json_object *servers, *one = NULL;
+
+		r = ctl_find_socket(c);
+		if (!r)
+			r = ctl_exchange(c, METHOD_STATUS, NULL, &reply, NULL, NULL);
+		if (r)
+			return r;
+		r = result_servers(reply.result, METHOD_STATUS, &servers);
+		for (size_t i = 0; !r && i < json_object_array_length(servers); i++)
+			if (strcmp(field_str(json_object_array_get_idx(servers, i), "name"), only) == 0)
+				one = json_object_array_get_idx(servers, i);
+		if (!r && !one) {
+			fprintf(stderr, "mcpctl: no server named \"%s\"\n", only);
+			r = CTL_EXIT_NOT_FOUND;
+		} else if (!r) {
+			print_json(one);
+		}
+		rpc_msg_clear(&reply);
+		return r;
+	}
+	return run_query(c, METHOD_STATUS, NULL, json, only, status_print);
+}
+
+static int servers_print_only(struct json_object *result, const char *only)
+{
+	return servers_print(result);
 }
 
 static int cmd_servers(struct ctl *c, int argc, char **argv)
 {
-	return run_query(c, argc, argv, METHOD_SERVERS_LIST, servers_print);
+	bool json = false;
+	int r = parse_query_opts(argv[0], argc, argv, &json, NULL);
+
+	if (r)
+		return r < 0 ? CTL_EXIT_OK : r;
+	return run_query(c, METHOD_SERVERS_LIST, NULL, json, NULL, servers_print_only);
 }
 
+/* ---- auth ---- */
+
+static int auth_status_print(struct json_object *result, const char *only)
+{
+	return status_print_servers(result, METHOD_AUTH_STATUS, false, NULL);
+}
+
+static int cmd_auth_status(struct ctl *c, int argc, char **argv)
+{
+	struct json_object *params = NULL;
+	const char *only = NULL;
+	bool json = false;
+	int r = parse_query_opts("auth status", argc, argv, &json, &only);
+
+	if (r)
+		return r < 0 ? CTL_EXIT_OK : r;
+	if (only) {
+		params = json_object_new_object();
+		json_object_object_add(params, "server", json_object_new_string(only));
+	}
+	return run_query(c, METHOD_AUTH_STATUS, params, json, only, auth_status_print);
+}
+
+/*
+ * Opens url in a browser without a shell: each entry of $BROWSER (':'
+ * separated; "%s" in an entry stands for the URL, else the URL is appended;
+ * words split on spaces), else xdg-open. The browser is not waited for: a
+ * short-lived intermediate child tries the candidates and reports whether
+ * one could be executed, and the browser it leaves behind is reparented.
+ * Returns 0 when a program was started.
+ */
+static int browser_open(const char *url)
+{
+	const char *env = getenv("BROWSER");
+	int pfd[2], status;
+	pid_t pid;
+	char ok;
+
+	if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)
+		return -EINVAL;
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		close(pfd[0]);
+		close(pfd[1]);
+		return -errno;
+	}
+	if (pid == 0) {
+		_cleanup_(freep) char *list = strdup(env && *env ? env : "xdg-open");
+		char *save = NULL;
+		int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+		close(pfd[0]);
+		if (!list)
+			_exit(1);
+		if (devnull >= 0) {
+			dup2(devnull, STDIN_FILENO);
+			dup2(devnull, STDOUT_FILENO);
+		}
+		setsid();
+		for (char *entry = strtok_r(list, ":", &save); entry; entry = strtok_r(NULL, ":", &save)) {
+			char *argv[32], *wsave = NULL;
+			int argc = 0, ep[2];
+			bool had_url = false;
+			pid_t g;
+
+			for (char *w = strtok_r(entry, " \t", &wsave); w && argc < 30; w = strtok_r(NULL, " \t", &wsave)) {
+				if (strcmp(w, "%s") == 0) {
+					argv[argc++] = (char *)url;
+					had_url = true;
+				} else {
+					argv[argc++] = w;
+				}
+			}
+			if (!argc)
+				continue;
+			if (!had_url)
+				argv[argc++] = (char *)url;
+			argv[argc] = NULL;
+			if (pipe2(ep, O_CLOEXEC) < 0)
+				_exit(1);
+			g = fork();
+			if (g == 0) {
+				execvp(argv[0], argv);
+				ok = 0;
+				if (write(ep[1], &ok, 1) < 0)
+					_exit(127);
+				_exit(127);
+			}
+			close(ep[1]);
+			if (g > 0 && read(ep[0], &ok, 1) == 0) {
+				/* exec succeeded: the pipe closed without a byte. */
+				ok = 1;
+				if (write(pfd[1], &ok, 1) < 0)
+					_exit(1);
+				_exit(0);
+			}
+			close(ep[0]);
+			if (g > 0)
+				waitpid(g, NULL, 0);
+		}
+		_exit(1);
+	}
+	close(pfd[1]);
+	ok = 0;
+	if (read(pfd[0], &ok, 1) != 1)
+		ok = 0;
+	close(pfd[0]);
+	waitpid(pid, &status, 0);
+	return ok ? 0 : -ENOENT;
+}
+
+static void login_note(struct ctl *c, const struct rpc_msg *m)
+{
+	struct json_object *v;
+	_cleanup_(freep) char *url = NULL, *name = NULL;
+
+	if (strcmp(m->method, METHOD_AUTH_LOGIN_URL) != 0 || !json_object_object_get_ex(m->params, "url", &v) ||
+	    !json_object_is_type(v, json_type_string))
+		return;
+	url = text_clean(json_object_get_string(v));
+	name = text_clean(json_object_object_get_ex(m->params, "server", &v) ? json_object_get_string(v) : "?");
+	printf("To log in to %s, open this URL in a browser:\n\n  %s\n\n", name, url);
+	fflush(stdout);
+	if (c->no_browser)
+		return;
+	if (browser_open(url) < 0) {
+		const char *b = getenv("BROWSER");
+
+		fprintf(stderr, "mcpctl: could not start a browser (%s%s); open the URL yourself\n",
+			b && *b ? "BROWSER=" : "xdg-open", b && *b ? b : "");
+	} else {
+		printf("Opened the browser; waiting for the login to finish...\n");
+		fflush(stdout);
+	}
+}
+
+static int login_one(struct ctl *c, const char *server, int timeout)
+{
+	struct rpc_msg reply = { 0 };
+	struct json_object *params = json_object_new_object();
+	char when[64] = "";
+	int64_t exp;
+	int r;
+
+	json_object_object_add(params, "server", json_object_new_string(server));
+	json_object_object_add(params, "timeout", json_object_new_int(timeout));
+	/* The login decides how long it may take; --timeout still bounds it. */
+	if (!c->timeout_given)
+		c->deadline_ms = now_ms() + ((int64_t)timeout + 30) * 1000;
+	c->on_note = login_note;
+	signal(SIGPIPE, SIG_IGN);
+	r = ctl_exchange(c, METHOD_AUTH_LOGIN, params, &reply, NULL, NULL);
+	signal(SIGPIPE, SIG_DFL);
+	c->on_note = NULL;
+	if (r)
+		return r;
+	if (field_int(reply.result, "token_expires_at", &exp) && exp > 0) {
+		char d[32];
+
+		duration_format(exp - (int64_t)time(NULL), d, sizeof(d));
+		snprintf(when, sizeof(when), ", token expires in %s", d);
+	}
+	printf("%s: authenticated%s\n", server, when);
+	rpc_msg_clear(&reply);
+	return CTL_EXIT_OK;
+}
+
+/* Names of the OAuth servers that need a login (--all), from auth.status. */
+static int login_targets(struct ctl *c, struct json_object **names)
+{
+	struct rpc_msg reply = { 0 };
+	struct json_object *servers;
+	int r;
+
+	r = ctl_exchange(c, METHOD_AUTH_STATUS, NULL, &reply, NULL, NULL);
+	if (r)
+		return r;
+	r = result_servers(reply.result, METHOD_AUTH_STATUS, &servers);
+	if (r) {
+		rpc_msg_clear(&reply);
+		return r;
+	}
+	*names = json_object_new_array();
+	for (size_t i = 0; i < json_object_array_length(servers); i++) {
+		struct json_object *srv = json_object_array_get_idx(servers, i);
+		const char *st = field_str(srv, "oauth_status");
+
+		bool enabled = true;
+
+		if (field_bool(srv, "enabled", &enabled) && !enabled)
+			continue;
+		if (st && strcmp(st, "authenticated") == 0) {
+			_cleanup_(freep) char *n = text_clean(field_str(srv, "name"));
+
+			printf("%s: already authenticated (log in again with --server %s)\n", n, n);
+			continue;
+		}
+		json_object_array_add(*names, json_object_new_string(field_str(srv, "name")));
+	}
+	rpc_msg_clear(&reply);
+	return 0;
+}
+
+struct auth_opts {
+	const char *server;
+	bool all, no_browser;
+	int timeout;
+};
+
+static int parse_auth_opts(const char *cmd, int argc, char **argv, bool login, struct auth_opts *a)
+{
+	static const struct option opts[] = {
+		{ "server", required_argument, NULL, 's' },
+		{ "all", no_argument, NULL, 'a' },
+		{ "no-browser", no_argument, NULL, 'n' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	double t;
+	int o;
+
+	*a = (struct auth_opts){ .timeout = 120 };
+	optind = 0;
+	opterr = 0;
+	while ((o = getopt_long(argc, argv, "+:hs:", opts, NULL)) != -1) {
+		switch (o) {
+		case 's':
+			a->server = optarg;
+			break;
+		case 'a':
+			a->all = true;
+			break;
+		case 'n':
+		case 't':
+			if (!login)
+				return usage_error("%s: unknown option '%s'", cmd, argv[optind - 1]);
+			if (o == 'n') {
+				a->no_browser = true;
+				break;
+			}
+			if (parse_timeout(optarg, &t) < 0 || t < 1 || t > 3600)
+				return usage_error("%s: --timeout: '%s' is not a number of seconds from 1 to 3600", cmd,
+						   optarg);
+			a->timeout = (int)t;
+			break;
+		case 'h':
+			usage(stdout);
+			return -1;
+		default:
+			return option_error(cmd, o, argc, argv);
+		}
+	}
+	if (optind < argc)
+		return option_error(cmd, 0, argc, argv);
+	if (!a->server == !a->all)
+		return usage_error("%s: give --server NAME or --all", cmd);
+	return 0;
+}
+
+static int cmd_auth_login(struct ctl *c, int argc, char **argv)
+{
+	struct auth_opts a;
+	struct json_object *names = NULL;
+	int r, worst = CTL_EXIT_OK;
+
+	r = parse_auth_opts("auth login", argc, argv, true, &a);
+	if (r)
+		return r < 0 ? CTL_EXIT_OK : r;
+	c->no_browser = a.no_browser;
+	r = ctl_find_socket(c);
+	if (r)
+		return r;
+	if (a.server)
+		return login_one(c, a.server, a.timeout);
+	r = login_targets(c, &names);
+	if (r)
+		return r;
+	for (size_t i = 0; i < json_object_array_length(names); i++) {
+		r = login_one(c, json_object_get_string(json_object_array_get_idx(names, i)), a.timeout);
+		if (r == CTL_EXIT_UNREACHABLE || r == CTL_EXIT_REFUSED || r == CTL_EXIT_PROTOCOL) {
+			worst = r;
+			break;
+		}
+		if (r)
+			worst = CTL_EXIT_KEEPER_ERROR;
+	}
+	if (!json_object_array_length(names))
+		printf("no server needs a login\n");
+	json_object_put(names);
+	return worst;
+}
+
+static void logout_print(struct json_object *o)
+{
+	_cleanup_(freep) char *name = text_clean(field_str(o, "server") ? field_str(o, "server") : "?");
+	const char *why;
+	bool b, had = true, orphan = false;
+
+	field_bool(o, "had_token", &had);
+	field_bool(o, "orphaned", &orphan);
+	if (field_child(o, "error", json_type_object)) {
+		fprintf(stderr, "mcpctl: %s: logout failed: the token store failed\n", name);
+		return;
+	}
+	printf("%s: %s%s\n", name, had ? "logged out" : "logged out (there was no token)",
+	       orphan ? " (orphaned token deleted)" : "");
+	if (field_bool(o, "revoked", &b)) {
+		if (b) {
+			printf("%s: tokens revoked at the provider\n", name);
+		} else {
+			_cleanup_(freep) char *e = text_clean(field_str(o, "revoke_error") ? field_str(o, "revoke_error")
+											   : "unknown error");
+
+			fprintf(stderr, "mcpctl: %s: warning: the provider did not revoke the token: %s "
+					"(the local token is deleted)\n",
+				name, e);
+		}
+	} else if ((why = field_str(o, "revocation")) && had) {
+		_cleanup_(freep) char *w = text_clean(why);
+
+		printf("%s: revocation %s\n", name, w);
+	}
+}
+
+static int logout_standalone(struct ctl *c, const struct auth_opts *a);
+
+static int cmd_auth_logout(struct ctl *c, int argc, char **argv)
+{
+	struct rpc_msg reply = { 0 };
+	struct json_object *params, *results;
+	struct auth_opts a;
+	int r;
+
+	r = parse_auth_opts("auth logout", argc, argv, false, &a);
+	if (r)
+		return r < 0 ? CTL_EXIT_OK : r;
+	r = ctl_find_socket(c);
+	if (r == CTL_EXIT_UNREACHABLE)
+		return logout_standalone(c, &a);
+	if (r)
+		return r;
+	params = json_object_new_object();
+	if (a.server)
+		json_object_object_add(params, "server", json_object_new_string(a.server));
+	else
+		json_object_object_add(params, "all", json_object_new_boolean(1));
+	if (!c->timeout_given)
+		c->deadline_ms = now_ms() + 120 * 1000;	/* revocation may take a while */
+	c->quiet_unreachable = true;
+	signal(SIGPIPE, SIG_IGN);
+	r = ctl_exchange(c, METHOD_AUTH_LOGOUT, params, &reply, NULL, NULL);
+	signal(SIGPIPE, SIG_DFL);
+	c->quiet_unreachable = false;
+	if (r == CTL_EXIT_UNREACHABLE && c->keeper_absent)
+		return logout_standalone(c, &a);
+	if (r == CTL_EXIT_UNREACHABLE)
+		return ctl_unreachable(c, c->last_error);
+	if (r)
+		return r;
+	results = field_child(reply.result, "results", json_type_array);
+	r = CTL_EXIT_OK;
+	if (results) {
+		for (size_t i = 0; i < json_object_array_length(results); i++) {
+			struct json_object *o = json_object_array_get_idx(results, i);
+
+			logout_print(o);
+			if (field_child(o, "error", json_type_object))
+				r = CTL_EXIT_KEEPER_ERROR;
+		}
+		if (!json_object_array_length(results))
+			printf("no OAuth server to log out\n");
+	} else {
+		logout_print(reply.result);
+	}
+	rpc_msg_clear(&reply);
+	return r;
+}
+
+/* ---- standalone logout: the keeper is not running ---- */
+
+struct standalone {
+	struct store *store;
+	int deleted, failed;
+};
+
+static int standalone_delete_all(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct standalone *st = ctx;
+	int r = store_delete(st->store, STORE_TOKENS, key);
+
+	if (r < 0) {
+		fprintf(stderr, "mcpctl: deleting %s failed: %s\n", key, store_strerror(r));
+		st->failed++;
+	} else if (r == 0) {
+		printf("deleted the stored token %s\n", key);
+		st->deleted++;
+	}
+	return 0;
+}
+
+static int logout_standalone(struct ctl *c, const struct auth_opts *a)
+{
+	_cleanup_(config_freep) struct config *cfg = NULL;
+	_cleanup_(store_closep) struct store *store = NULL;
+	struct secret *key = NULL;
+	struct standalone st = { 0 };
+	char conf_path[PATH_MAX], err[1024], path[PATH_MAX + 32];
+	const char *file = c->opt_config;
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	int r;
+
+	if (!file) {
+		if (paths_config_file(c->system_mode, conf_path, sizeof(conf_path)) < 0) {
+			fputs("mcpctl: the keeper is not running and no config file can be found; use --config\n", stderr);
+			return CTL_EXIT_UNREACHABLE;
+		}
+		file = conf_path;
+	}
+	r = config_load(file, c->system_mode, &cfg, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "mcpctl: the keeper is not running, and the config cannot be read: %s\n", err);
+		return CTL_EXIT_USAGE;
+	}
+	if (a->server) {
+		const struct config_server *cs = config_find_server(cfg, a->server);
+
+		if (cs && !cs->oauth_enabled) {
+			fprintf(stderr, "mcpctl: server \"%s\" does not use OAuth (not_oauth)\n", a->server);
+			return CTL_EXIT_NOT_OAUTH;
+		}
+		if (!cs) {
+			fprintf(stderr, "mcpctl: no server named \"%s\" in %s (not_found)\n", a->server, file);
+			return CTL_EXIT_NOT_FOUND;
+		}
+	}
+	/* Never create a store (or a master key) just to find it empty. */
+	snprintf(path, sizeof(path), "%s/tokens.db", cfg->data_dir);
+	if (path_missing(path)) {
+		printf("the keeper is not running; no token store in %s: nothing to delete\n", cfg->data_dir);
+		return CTL_EXIT_OK;
+	}
+	if (!(creds && *creds))
+		snprintf(path, sizeof(path), "%s/master.key", cfg->data_dir);
+	else
+		snprintf(path, sizeof(path), "%s/master-key", creds);
+	if (path_missing(path)) {
+		fprintf(stderr, "mcpctl: the keeper is not running, and the master key %s is missing\n", path);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	if (store_load_master_key(cfg->data_dir, &key, err, sizeof(err)) < 0 ||
+	    (r = store_open(cfg->data_dir, key, &store, err, sizeof(err))) != 0) {
+		secret_free(key);
+		fprintf(stderr, "mcpctl: the keeper is not running, and its store cannot be opened: %s\n", err);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	secret_free(key);
+	st.store = store;
+	if (a->all) {
+		r = store_list_keys(store, STORE_TOKENS, standalone_delete_all, &st);
+		if (r < 0) {
+			fprintf(stderr, "mcpctl: listing the stored tokens failed: %s\n", store_strerror(r));
+			return CTL_EXIT_KEEPER_ERROR;
+		}
+		printf("the keeper is not running: deleted %d stored token%s directly in %s "
+		       "(not revoked at the provider)\n",
+		       st.deleted, st.deleted == 1 ? "" : "s", cfg->data_dir);
+		return st.failed ? CTL_EXIT_KEEPER_ERROR : CTL_EXIT_OK;
+	}
+	{
+		const struct config_server *cs = config_find_server(cfg, a->server);
+		char skey[STORE_SERVER_KEY_MAX];
+
+		if (store_server_key(cs->name, cs->url, skey, sizeof(skey)) < 0) {
+			fprintf(stderr, "mcpctl: server name too long\n");
+			return CTL_EXIT_USAGE;
+		}
+		r = store_delete(store, STORE_TOKENS, skey);
+		if (r < 0) {
+			fprintf(stderr, "mcpctl: deleting the token of %s failed: %s\n", a->server, store_strerror(r));
+			return CTL_EXIT_KEEPER_ERROR;
+		}
+		if (r == STORE_E_NOT_FOUND)
+			printf("the keeper is not running; %s had no stored token\n", a->server);
+		else
+			printf("the keeper is not running: deleted the stored token of %s directly in %s "
+			       "(not revoked at the provider)\n",
+			       a->server, cfg->data_dir);
+	}
+	return CTL_EXIT_OK;
+}
+
+static int cmd_auth(struct ctl *c, int argc, char **argv)
+{
+	if (argc < 2)
+		return usage_error("auth needs a subcommand: login, logout or status");
+	if (strcmp(argv[1], "login") == 0)
+		return cmd_auth_login(c, argc - 1, argv + 1);
+	if (strcmp(argv[1], "logout") == 0)
+		return cmd_auth_logout(c, argc - 1, argv + 1);
+	if (strcmp(argv[1], "status") == 0)
+		return cmd_auth_status(c, argc - 1, argv + 1);
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		usage(stdout);
+		return CTL_EXIT_OK;
+	}
+	return usage_error("auth: unknown subcommand '%s' (login, logout or status)", argv[1]);
+}
+
+/* ---- events ---- */
+
+static bool events_json;
+
+static void event_note(struct ctl *c, const struct rpc_msg *m)
+{
+	struct json_object *type, *data, *ts = NULL;
+	char when[40] = "?";
+
+	if (strcmp(m->method, METHOD_EVENT) != 0)
+		return;
+	if (events_json) {
+		/* One event per line, for line-reading scripts. */
+		printf("%s\n", json_object_to_json_string_ext(m->params, JSON_C_TO_STRING_PLAIN));
+		fflush(stdout);
+		return;
+	}
+	if (!json_object_object_get_ex(m->params, "type", &type) || !json_object_object_get_ex(m->params, "data", &data))
+		return;
+	if (json_object_object_get_ex(m->params, "timestamp", &ts) && json_object_is_type(ts, json_type_string))
+		snprintf(when, sizeof(when), "%s", json_object_get_string(ts));
+	else if (ts && json_object_is_type(ts, json_type_int)) {
+		time_t t = (time_t)json_object_get_int64(ts);
+		struct tm tm;
+
+		if (gmtime_r(&t, &tm))
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+	{
+		_cleanup_(freep) char *ty = text_clean(json_object_get_string(type));
+
+		printf("%s  %s", when, ty);
+	}
+	json_object_object_foreach(data, key, val) {
+		_cleanup_(freep) char *k = text_clean(key), *v = text_clean(val ? json_object_get_string(val) : "null");
+
+		printf("  %s=%s", k, v);
+	}
+	printf("\n");
+	fflush(stdout);
+}
+
+/* Subscribes, then prints every event until the keeper goes away. */
+static int cmd_events(struct ctl *c, int argc, char **argv)
+{
+	struct rpc_msg reply = { 0 };
+	_cleanup_(closep) int fd = -1;
+	_cleanup_(evbuffer_freep) struct evbuffer *buf = NULL;
+	bool json = false;
+	int r = parse_query_opts("events", argc, argv, &json, NULL);
+
+	if (r)
+		return r < 0 ? CTL_EXIT_OK : r;
+	events_json = json;
+	r = ctl_find_socket(c);
+	if (r)
+		return r;
+	signal(SIGPIPE, SIG_IGN);
+	r = ctl_exchange(c, METHOD_EVENTS_SUBSCRIBE, NULL, &reply, &fd, &buf);
+	if (r)
+		return r;
+	rpc_msg_clear(&reply);
+	if (!json) {
+		printf("following events from %s (Ctrl-C ends)\n", c->socket_path);
+		fflush(stdout);
+	}
+	for (;;) {
+		struct rpc_msg m = { 0 };
+		char detail[256] = "";
+
+		r = frame_read_fd(fd, buf, PROTO_MAX_MESSAGE, &m, -1, detail, sizeof(detail));
+		if (r == -EPIPE || r == -ECONNRESET) {
+			fprintf(stderr, "mcpctl: the keeper closed the event stream\n");
+			return CTL_EXIT_UNREACHABLE;
+		}
+		if (r) {
+			rpc_msg_clear(&m);
+			fprintf(stderr, "mcpctl: malformed event from the keeper: %s\n",
+				detail[0] ? detail : frame_strerror(r));
+			return CTL_EXIT_PROTOCOL;
+		}
+		if (m.type == RPC_NOTIFICATION)
+			event_note(c, &m);
+		rpc_msg_clear(&m);
+		if (ferror(stdout))
+			return CTL_EXIT_KEEPER_ERROR;
+	}
+}
 
 /* ---- connect: the stdio bridge an MCP client launches ---- */
 
@@ -1087,12 +1858,21 @@ static int cmd_connect(struct ctl *c, int argc, char **argv)
 	return r;
 }
 
+static int cmd_help(struct ctl *c, int argc, char **argv)
+{
+	usage(stdout);
+	return CTL_EXIT_OK;
+}
+
 static const struct {
 	const char *name;
 	int (*run)(struct ctl *c, int argc, char **argv);
 } commands[] = {
+	{ "help", cmd_help },
 	{ "status", cmd_status },
 	{ "servers", cmd_servers },
+	{ "auth", cmd_auth },
+	{ "events", cmd_events },
 	{ "connect", cmd_connect },
 };
 
@@ -1146,6 +1926,7 @@ int main(int argc, char **argv)
 				return usage_error("--timeout: '%s' is not a number of seconds "
 						   "between 0 and %.0f",
 						   optarg, CTL_MAX_TIMEOUT_SEC);
+			c.timeout_given = true;
 			break;
 		case 'V':
 			printf("mcpctl %s\n", MCPKEEPER_VERSION);

@@ -48,6 +48,8 @@ struct conn {
 	bool subscribed;
 	bool closing;
 	bool handed_off;	/* its descriptor now belongs to a worker */
+	struct flow *flow;	/* a login or logout answering this connection */
+	struct json_object *flow_id;
 	struct conn *prev, *next;
 };
 
@@ -67,6 +69,9 @@ static void conn_free(struct conn *c)
 
 	if (c->subscribed)
 		events_unsubscribe(ctl->k, c);
+	if (c->flow)
+		flow_detach(c->flow);
+	json_object_put(c->flow_id);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -141,6 +146,8 @@ struct json_object *control_server_json(const struct server *s, bool full)
 	struct json_object *o = json_object_new_object(), *r, *w;
 
 	json_object_object_add(o, "name", json_object_new_string(s->name));
+	if (!full)
+		json_object_object_add(o, "enabled", json_object_new_boolean(cs->enabled));
 	if (full) {
 		json_object_object_add(o, "protocol", json_object_new_string(config_protocol_name(cs->protocol)));
 		json_object_object_add(o, "url", cs->url ? json_object_new_string(cs->url) : NULL);
@@ -160,10 +167,30 @@ struct json_object *control_server_json(const struct server *s, bool full)
 	json_object_object_add(r, "next_at", time_or_null(s->next_at_ms ? (s->next_at_ms + 999) / 1000 : 0));
 	json_object_object_add(r, "last_error", s->last_error[0] ? json_object_new_string(s->last_error) : NULL);
 	json_object_object_add(o, "refresh", r);
+	if (cs->oauth_enabled)
+		json_object_object_add(o, "login_in_progress", json_object_new_boolean(s->login_active));
 	return o;
 }
 
 /* ---- methods ---- */
+
+/* Tokens whose server left the config: names only, nothing unsealed. */
+static struct json_object *orphans_json(const struct keeper *k)
+{
+	struct json_object *arr = json_object_new_array();
+
+	for (size_t i = 0; i < k->n_orphans; i++) {
+		struct json_object *o = json_object_new_object();
+		char name[STORE_SERVER_KEY_MAX + 1];
+
+		keeper_orphan_name(k->orphans[i], name, sizeof(name));
+		json_object_object_add(o, "name", json_object_new_string(name));
+		json_object_object_add(o, "key", json_object_new_string(k->orphans[i]));
+		json_object_object_add(o, "oauth_status", json_object_new_string("orphaned"));
+		json_object_array_add(arr, o);
+	}
+	return arr;
+}
 
 static void do_status(struct conn *c, struct json_object *id)
 {
@@ -177,6 +204,7 @@ static void do_status(struct conn *c, struct json_object *id)
 	for (size_t i = 0; i < k->n_servers; i++)
 		json_object_array_add(arr, control_server_json(k->servers[i], true));
 	json_object_object_add(res, "servers", arr);
+	json_object_object_add(res, "orphaned_tokens", orphans_json(k));
 	reply_result(c, id, res);
 }
 
@@ -247,33 +275,62 @@ static void do_auth_status(struct conn *c, struct json_object *id, struct json_o
 		json_object_array_add(arr, control_server_json(s, false));
 	}
 	json_object_object_add(res, "servers", arr);
+	if (!one)
+		json_object_object_add(res, "orphaned_tokens", orphans_json(k));
 	reply_result(c, id, res);
 }
 
-static struct json_object *logout_one(struct keeper *k, struct server *s)
+/* ---- login and logout: answered when their flow ends ---- */
+
+static void flow_reply_error(struct conn *c, struct json_object *error)
 {
-	struct json_object *o = json_object_new_object();
-	int r = refresh_logout(k, s);
+	struct json_object *v, *msg, *err, *data;
+	const char *kind = KIND_INTERNAL, *message = "failed";
 
-	json_object_object_add(o, "server", json_object_new_string(s->name));
-	if (r < 0) {
-		struct json_object *e = json_object_new_object();
-
-		json_object_object_add(e, "kind", json_object_new_string(KIND_UNAVAILABLE));
-		json_object_object_add(e, "message", json_object_new_string("the token store failed"));
-		json_object_object_add(o, "error", e);
-	} else {
-		json_object_object_add(o, "logged_out", json_object_new_boolean(1));
-		json_object_object_add(o, "had_token", json_object_new_boolean(r == 0));
-	}
-	return o;
+	if (json_object_object_get_ex(error, "kind", &v))
+		kind = json_object_get_string(v);
+	if (json_object_object_get_ex(error, "message", &v))
+		message = json_object_get_string(v);
+	msg = rpc_error(c->flow_id, RPC_APP_ERROR, kind, message);
+	if (json_object_object_get_ex(error, "reason", &v) && json_object_object_get_ex(msg, "error", &err) &&
+	    json_object_object_get_ex(err, "data", &data))
+		json_object_object_add(data, "reason", json_object_get(v));
+	send_msg(c, msg);
+	json_object_put(msg);
 }
 
-static void do_auth_logout(struct conn *c, struct json_object *id, struct json_object *params)
+static void flow_url(void *ctx, const char *server, const char *url)
+{
+	struct conn *c = ctx;
+	struct json_object *p = json_object_new_object(), *n;
+
+	json_object_object_add(p, "server", json_object_new_string(server));
+	json_object_object_add(p, "url", json_object_new_string(url));
+	n = rpc_notification(METHOD_AUTH_LOGIN_URL, p);
+	send_msg(c, n);
+	json_object_put(n);
+}
+
+static void login_done(void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct conn *c = ctx;
+
+	if (error)
+		flow_reply_error(c, error);
+	else
+		reply_result(c, c->flow_id, json_object_get(result));
+	json_object_put(c->flow_id);
+	c->flow_id = NULL;
+}
+
+/* auth.login {server, timeout}: the URL comes as an auth.login_url
+ * notification, the reply when the login has ended. */
+static void do_auth_login(struct conn *c, struct json_object *id, struct json_object *params)
 {
 	struct keeper *k = c->ctl->k;
-	struct json_object *all = NULL;
+	struct json_object *v;
 	struct server *s;
+	int timeout = 0, r;
 
 	if (k->cfg->disable_management) {
 		reply_error(c, id, RPC_APP_ERROR, KIND_FORBIDDEN, "management is disabled in the configuration");
@@ -281,37 +338,122 @@ static void do_auth_logout(struct conn *c, struct json_object *id, struct json_o
 	}
 	if (param_server(c, id, params, true, &s) < 0)
 		return;
+	if (!s) {
+		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "auth.login needs \"server\": NAME");
+		return;
+	}
+	if (json_object_object_get_ex(params, "timeout", &v)) {
+		if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 1 ||
+		    json_object_get_int64(v) > 3600) {
+			reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS,
+				    "\"timeout\" must be a number of seconds from 1 to 3600");
+			return;
+		}
+		timeout = json_object_get_int(v);
+	}
+	if (!s->conf->enabled) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "server \"%s\" is disabled in the configuration",
+			    s->name);
+		return;
+	}
+	if (c->flow) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_BUSY, "this connection is already waiting for a login or logout");
+		return;
+	}
+	if (s->login) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_BUSY, "a login for \"%s\" is already running", s->name);
+		return;
+	}
+	c->flow_id = json_object_get(id);
+	r = login_start(k, s, timeout, flow_url, login_done, c, &c->flow);
+	if (r < 0) {
+		json_object_put(c->flow_id);
+		c->flow_id = NULL;
+		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "cannot start the login: %s", strerror(-r));
+	}
+}
+
+/* One server: its object as the result; --all: {"results": [...]}. */
+static void logout_done_one(void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct conn *c = ctx;
+	struct json_object *o = json_object_array_get_idx(result, 0), *e, *v;
+
+	if (!o) {
+		reply_error(c, c->flow_id, RPC_APP_ERROR, KIND_NOT_FOUND, "no token to log out");
+	} else if (json_object_object_get_ex(o, "error", &e)) {
+		json_object_object_get_ex(o, "server", &v);
+		reply_error(c, c->flow_id, RPC_APP_ERROR, KIND_UNAVAILABLE, "logout of \"%s\" failed: the token store failed",
+			    json_object_get_string(v));
+	} else {
+		reply_result(c, c->flow_id, json_object_get(o));
+	}
+	json_object_put(c->flow_id);
+	c->flow_id = NULL;
+}
+
+static void logout_done_all(void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct conn *c = ctx;
+	struct json_object *res = json_object_new_object();
+
+	json_object_object_add(res, "results", json_object_get(result));
+	reply_result(c, c->flow_id, res);
+	json_object_put(c->flow_id);
+	c->flow_id = NULL;
+}
+
+static bool orphan_named(const struct keeper *k, const char *name)
+{
+	char n[STORE_SERVER_KEY_MAX + 1];
+
+	for (size_t i = 0; i < k->n_orphans; i++) {
+		keeper_orphan_name(k->orphans[i], n, sizeof(n));
+		if (strcmp(n, name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void do_auth_logout(struct conn *c, struct json_object *id, struct json_object *params)
+{
+	struct keeper *k = c->ctl->k;
+	struct json_object *all = NULL, *v;
+	const char *orphan = NULL;
+	struct server *s = NULL;
+	int r;
+
+	if (k->cfg->disable_management) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_FORBIDDEN, "management is disabled in the configuration");
+		return;
+	}
+	/* A name that left the config may still have a token: that one goes too. */
+	if (params && json_object_object_get_ex(params, "server", &v) && json_object_is_type(v, json_type_string) &&
+	    !keeper_find_server(k, json_object_get_string(v)) && orphan_named(k, json_object_get_string(v)))
+		orphan = json_object_get_string(v);
+	else if (param_server(c, id, params, true, &s) < 0)
+		return;
 	if (params)
 		json_object_object_get_ex(params, "all", &all);
 	if (all && (!json_object_is_type(all, json_type_boolean) || !json_object_get_boolean(all))) {
 		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"all\" must be true when given");
 		return;
 	}
-	if (!s == !all) {
+	if (!(s || orphan) == !all) {
 		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS,
 			    "give either \"server\": NAME or \"all\": true");
 		return;
 	}
-	if (s) {
-		struct json_object *o = logout_one(k, s), *e;
-
-		if (json_object_object_get_ex(o, "error", &e)) {
-			json_object_put(o);
-			reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "logout of \"%s\" failed: the token store failed",
-				    s->name);
-			return;
-		}
-		reply_result(c, id, o);
+	if (c->flow) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_BUSY, "this connection is already waiting for a login or logout");
 		return;
 	}
-	{
-		struct json_object *res = json_object_new_object(), *arr = json_object_new_array();
-
-		for (size_t i = 0; i < k->n_servers; i++)
-			if (k->servers[i]->conf->oauth_enabled)
-				json_object_array_add(arr, logout_one(k, k->servers[i]));
-		json_object_object_add(res, "results", arr);
-		reply_result(c, id, res);
+	c->flow_id = json_object_get(id);
+	r = logout_start(k, s, orphan, all != NULL, all ? logout_done_all : logout_done_one, c, &c->flow);
+	if (r < 0) {
+		json_object_put(c->flow_id);
+		c->flow_id = NULL;
+		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "cannot log out: %s", strerror(-r));
 	}
 }
 
@@ -441,6 +583,8 @@ static void dispatch(struct conn *c, struct rpc_msg *m)
 		do_servers_list(c, m->id);
 	else if (strcmp(method, METHOD_AUTH_STATUS) == 0)
 		do_auth_status(c, m->id, m->params);
+	else if (strcmp(method, METHOD_AUTH_LOGIN) == 0)
+		do_auth_login(c, m->id, m->params);
 	else if (strcmp(method, METHOD_AUTH_LOGOUT) == 0)
 		do_auth_logout(c, m->id, m->params);
 	else if (strcmp(method, METHOD_EVENTS_SUBSCRIBE) == 0)

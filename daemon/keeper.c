@@ -92,10 +92,91 @@ static struct server *server_new(struct keeper *k, const struct config_server *c
 
 static void server_free(struct keeper *k, struct server *s)
 {
+	login_forget(k, s, "the server left the configuration");
 	workers_forget(k, s);
 	refresh_forget(k, s);
 	free(s->name);
 	free(s);
+}
+
+void keeper_orphan_name(const char *key, char *buf, size_t len)
+{
+	const char *hash = strrchr(key, '#');
+	size_t n = hash ? (size_t)(hash - key) : strlen(key);
+
+	snprintf(buf, len, "%.*s", (int)n, key);
+}
+
+static void orphans_clear(struct keeper *k)
+{
+	for (size_t i = 0; i < k->n_orphans; i++)
+		free(k->orphans[i]);
+	free(k->orphans);
+	k->orphans = NULL;
+	k->n_orphans = 0;
+}
+
+struct orphan_scan {
+	struct keeper *k;
+	const char **keys;	/* configured servers' keys, sorted */
+	size_t n;
+};
+
+static int key_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int orphan_collect(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct orphan_scan *scan = ctx;
+	struct keeper *k = scan->k;
+	char **more;
+
+	if (bsearch(&key, scan->keys, scan->n, sizeof(*scan->keys), key_cmp))
+		return 0;
+	more = realloc(k->orphans, (k->n_orphans + 1) * sizeof(*more));
+	if (!more)
+		return -ENOMEM;
+	k->orphans = more;
+	k->orphans[k->n_orphans] = strdup(key);
+	if (!k->orphans[k->n_orphans])
+		return -ENOMEM;
+	k->n_orphans++;
+	return 0;
+}
+
+void keeper_scan_orphans(struct keeper *k)
+{
+	struct orphan_scan scan = { .k = k, .keys = calloc(k->n_servers + 1, sizeof(char *)) };
+	int r;
+
+	orphans_clear(k);
+	if (!scan.keys) {
+		log_warn("listing stored tokens failed: out of memory");
+		return;
+	}
+	for (size_t i = 0; i < k->n_servers; i++)
+		if (k->servers[i])
+			scan.keys[scan.n++] = k->servers[i]->key;
+	qsort(scan.keys, scan.n, sizeof(*scan.keys), key_cmp);
+	r = store_list_keys(k->store, STORE_TOKENS, orphan_collect, &scan);
+	free(scan.keys);
+	if (r < 0)
+		log_warn("listing stored tokens failed: %s", store_strerror(r));
+	for (size_t i = 0; i < k->n_orphans; i++)
+		log_info("token %s belongs to no configured server: kept, shown as orphaned", k->orphans[i]);
+}
+
+void keeper_orphan_drop(struct keeper *k, const char *key)
+{
+	for (size_t i = 0; i < k->n_orphans; i++) {
+		if (strcmp(k->orphans[i], key) == 0) {
+			free(k->orphans[i]);
+			k->orphans[i] = k->orphans[--k->n_orphans];
+			return;
+		}
+	}
 }
 
 /* Whether a server's OAuth identity (and so its schedule) survives a reload. */
@@ -166,6 +247,7 @@ static int apply_config(struct keeper *k, struct config *cfg)
 			refresh_load(k, k->servers[i]);
 	free(fresh);
 	config_free(old);
+	keeper_scan_orphans(k);
 	workers_start_eager(k);
 	return 0;
 }
@@ -382,9 +464,11 @@ int keeper_run(const char *config_path, bool system_mode)
 
 	k.stopping = true;
 	k.control = control_free(k.control);
+	flows_free_all(&k);
 	for (size_t i = 0; i < k.n_servers; i++)
 		server_free(&k, k.servers[i]);
 	free(k.servers);
+	orphans_clear(&k);
 	k.oauth = child_free(k.oauth);
 	k.refresh = refresh_free(k.refresh);
 	k.events = events_free(k.events);

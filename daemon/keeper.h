@@ -55,6 +55,7 @@ struct server {
 	int heap_idx;				/* position in the ready queue; -1: not queued */
 	char last_error[256];
 	bool login_active;
+	struct flow *login;			/* login.c: the login running, if any */
 
 	struct event *timer;
 	bool in_flight;
@@ -86,6 +87,9 @@ struct keeper {
 	struct child *children;		/* every child, for reaping */
 	struct refresh *refresh;
 	struct events *events;
+	struct flow *flows;		/* login.c: logins and logouts under way */
+	char **orphans;			/* token keys of servers no longer configured */
+	size_t n_orphans;
 
 	struct event *sig_term, *sig_int, *sig_hup, *sig_chld;
 	struct event *watchdog, *maintenance;
@@ -98,6 +102,37 @@ int keeper_run(const char *config_path, bool system_mode);
 struct server *keeper_find_server(struct keeper *k, const char *name);
 int64_t keeper_now(void);	/* wall clock, unix seconds */
 int64_t keeper_now_ms(void);
+
+/* Tokens whose server left the config: kept, shown as orphaned, deleted
+ * only by a logout. */
+void keeper_scan_orphans(struct keeper *k);
+void keeper_orphan_drop(struct keeper *k, const char *key);
+/* The server name part of a token key ("name#hash"). */
+void keeper_orphan_name(const char *key, char *buf, size_t len);
+
+/*
+ * login.c: login and logout flows. A flow ends by calling done with a
+ * result or an error object {kind, reason, message} (both borrowed), then
+ * sets *slot to NULL. The caller may go away first: flow_detach() cancels a
+ * login and lets a logout finish unobserved.
+ */
+struct flow;
+typedef void (*flow_url_fn)(void *ctx, const char *server, const char *url);
+typedef void (*flow_done_fn)(void *ctx, struct json_object *result, struct json_object *error);
+/* 0, or -EBUSY when the server's login is already running. */
+int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn url_fn, flow_done_fn done_fn,
+		void *ctx, struct flow **slot);
+/* The oauth child's oauth.login_url notification. */
+void login_url(struct keeper *k, struct json_object *params);
+/* Ends the server's login, if one runs (server removed, logout). */
+void login_forget(struct keeper *k, struct server *s, const char *why);
+/* Logout of one server, or of every OAuth server (all), and of orphaned
+ * tokens (every one with all, else those named orphan_name). The result is
+ * an array of per-server objects. */
+int logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
+		 void *ctx, struct flow **slot);
+void flow_detach(struct flow *f);
+void flows_free_all(struct keeper *k);
 
 /* events.c: one payload, delivered to control subscribers (and later SSE). */
 struct events *events_new(struct keeper *k);
@@ -119,6 +154,9 @@ struct refresh *refresh_new(struct keeper *k);
 struct refresh *refresh_free(struct refresh *r);
 /* Reads the server's token record and puts it on its schedule. */
 void refresh_load(struct keeper *k, struct server *s);
+/* A login started: take the server off the queue (a refresh in flight ends
+ * on its own); refresh_load() puts it back. */
+void refresh_pause(struct keeper *k, struct server *s);
 /* Drops a server from every queue and cancels what is in flight. */
 void refresh_forget(struct keeper *k, struct server *s);
 /* Re-arms every timer from wall-clock due times (clock jump, resume). */

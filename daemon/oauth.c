@@ -1,24 +1,31 @@
 /*
- * mcpkeeper-oauth: the oauth child. It does the token-endpoint HTTP for the
- * keeper, so that the keeper parses no network input.
+ * mcpkeeper-oauth: the oauth child. It does all the OAuth HTTP for the
+ * keeper (discovery, registration, the login's code exchange, refresh,
+ * revocation) and serves the login's loopback redirect, so that the keeper
+ * parses no network input.
  *
  * Started by mcpkeeperd (fork+exec) with its channel on fd 3: a hello, then
- * any number of concurrent oauth.refresh requests, each one refresh_token
- * grant (RFC 6749 section 6) answered with the parsed token response or a
- * classified error (common/proto.h has the contract). libcurl runs in multi
- * mode driven by the one libevent loop.
+ * any number of concurrent requests (common/proto.h has the contract). This
+ * file holds main, the channel, the HTTP plumbing every request shares
+ * (struct fetch: one libcurl easy handle in multi mode on the one libevent
+ * loop, bodies capped and wiped) and oauth.refresh, one refresh_token grant
+ * (RFC 6749 section 6) answered with the parsed token response or a
+ * classified error. oauth-login.c holds the login and logout steps.
  *
- * What it may touch: fd 3, stderr for logs and the network. It holds a
- * refresh token only for the one request it is serving, never the master
- * key or the database; where the kernel offers Landlock it cannot open the
- * state directory at all (read-only access to system paths, no writes).
+ * What it may touch: fd 3, stderr for logs, the network, and TCP listeners
+ * on 127.0.0.1 for login redirects. It holds a refresh token only for the
+ * one request it is serving and a login's PKCE verifier, state and code
+ * only while that login runs, never the master key or the database; where
+ * the kernel offers Landlock it cannot open the state directory at all
+ * (read-only access to system paths, no writes; Landlock's network rules
+ * are not used, so binding the redirect port is unaffected).
  *
  * Trust: the keeper is a sibling. A message from it that is malformed or
  * unexpected is a keeper bug: log it and exit 1 (the keeper restarts us).
- * A token endpoint is the network: anything it sends ends that one request
- * with an error, and its response body is never logged, because it may hold
- * tokens. The lifetime belongs to the keeper: termination signals are
- * ignored, and end of stream on fd 3 ends the process.
+ * Servers and browsers are the network: anything they send ends that one
+ * request with an error, and response bodies are never logged, because they
+ * may hold tokens. The lifetime belongs to the keeper: termination signals
+ * are ignored, and end of stream on fd 3 ends the process.
  */
 #include <errno.h>
 #include <signal.h>
@@ -41,55 +48,24 @@
 #include "curlev.h"
 #include "frame.h"
 #include "log.h"
+#include "oauth.h"
 #include "proto.h"
 #include "sandbox.h"
 #include "util.h"
 
 #define CHANNEL_FD 3
-#define OAUTH_MAX_BODY (1024 * 1024)
-#define OAUTH_CONNECT_TIMEOUT_S 10L
-/* Far above any sane refresh.timeout; a larger value is a keeper bug. */
-#define OAUTH_MAX_TIMEOUT_MS (15L * 60 * 1000)
-/* RFC 6749 error codes are short words; anything else is not one. */
-#define OAUTH_ERROR_MAX 64
-
-struct refresh;
-
-struct oauth {
-	struct event_base *base;
-	struct bufferevent *bev;
-	struct curlev *curl;
-	struct refresh *refreshes;	/* in flight */
-	bool hello_done;
-	int exit_code;			/* -1 while running */
-	char landlock[128];
-};
-
-/* A byte buffer for bodies that may hold secrets: wiped whenever it moves. */
-struct buf {
-	char *data;
-	size_t len, cap;
-};
 
 struct refresh {
 	struct oauth *o;
 	struct refresh *next, **pprev;
 	struct json_object *id;
 	char *server;
-	long timeout_ms;
-	CURL *easy;
-	struct curl_slist *headers;
-	struct buf form;		/* request body: refresh token, maybe the client secret */
-	struct buf body;		/* response body: tokens */
-	bool too_large;
-	char errbuf[CURL_ERROR_SIZE];
+	struct fetch *fetch;		/* its form holds the refresh token, maybe the client secret */
 };
-
-static void oauth_stop(struct oauth *o, int code);
 
 /* -- buffers -- */
 
-static void buf_wipe(struct buf *b)
+void buf_wipe(struct buf *b)
 {
 	if (b->data) {
 		sodium_memzero(b->data, b->cap);
@@ -99,7 +75,7 @@ static void buf_wipe(struct buf *b)
 }
 
 /* Makes room for more bytes plus a NUL; a move wipes the old copy (no realloc). */
-static int buf_reserve(struct buf *b, size_t more)
+int buf_reserve(struct buf *b, size_t more)
 {
 	size_t cap;
 	char *data;
@@ -126,7 +102,7 @@ static int buf_reserve(struct buf *b, size_t more)
 	return 0;
 }
 
-static int buf_add(struct buf *b, const void *p, size_t n)
+int buf_add(struct buf *b, const void *p, size_t n)
 {
 	if (buf_reserve(b, n) < 0)
 		return -ENOMEM;
@@ -136,7 +112,7 @@ static int buf_add(struct buf *b, const void *p, size_t n)
 	return 0;
 }
 
-static int buf_adds(struct buf *b, const char *s)
+int buf_adds(struct buf *b, const char *s)
 {
 	return buf_add(b, s, strlen(s));
 }
@@ -144,7 +120,7 @@ static int buf_adds(struct buf *b, const char *s)
 /* application/x-www-form-urlencoded serialisation of one value (WHATWG URL,
  * as RFC 6749 appendix B asks): unreserved bytes as they are, space as '+',
  * everything else percent-encoded. */
-static int buf_add_form_encoded(struct buf *b, const char *s)
+int buf_add_form_encoded(struct buf *b, const char *s)
 {
 	static const char hex[] = "0123456789ABCDEF";
 
@@ -169,63 +145,186 @@ static int buf_add_form_encoded(struct buf *b, const char *s)
 	return 0;
 }
 
-static int form_add(struct buf *form, const char *key, const char *value)
+int form_add(struct buf *form, const char *key, const char *value)
 {
 	if ((form->len && buf_add(form, "&", 1) < 0) || buf_adds(form, key) < 0 || buf_add(form, "=", 1) < 0)
 		return -ENOMEM;
 	return buf_add_form_encoded(form, value);
 }
 
-/* -- one refresh -- */
+/* -- one HTTP transfer -- */
 
-static struct refresh *refresh_free(struct refresh *r)
+static size_t fetch_write_cb(char *p, size_t size, size_t nmemb, void *arg)
 {
-	if (!r)
-		return NULL;
-	if (r->pprev) {
-		*r->pprev = r->next;
-		if (r->next)
-			r->next->pprev = r->pprev;
-	}
-	if (r->easy) {
-		curl_multi_remove_handle(curlev_multi(r->o->curl), r->easy);
-		curl_easy_cleanup(r->easy);
-	}
-	/* The Authorization header holds the client secret. */
-	for (struct curl_slist *h = r->headers; h; h = h->next)
-		sodium_memzero(h->data, strlen(h->data));
-	curl_slist_free_all(r->headers);
-	buf_wipe(&r->form);
-	buf_wipe(&r->body);
-	if (r->id)
-		json_object_put(r->id);
-	free(r->server);
-	free(r);
-	return NULL;
-}
-
-static void refresh_freep(struct refresh **r)
-{
-	*r = refresh_free(*r);
-}
-
-static size_t refresh_write_cb(char *p, size_t size, size_t nmemb, void *arg)
-{
-	struct refresh *r = arg;
+	struct fetch *f = arg;
 	size_t n = size * nmemb;
 
-	if (n > OAUTH_MAX_BODY - r->body.len) {
-		r->too_large = true;
+	if (n > OAUTH_MAX_BODY - f->body.len) {
+		f->too_large = true;
 		return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
 	}
-	if (buf_add(&r->body, p, n) < 0)
+	if (buf_add(&f->body, p, n) < 0)
 		return 0;
 	return n;
 }
 
+/* For headers_only: the empty line after a final response's headers stops
+ * the transfer (an event stream would otherwise stay open). libcurl has
+ * stored every header by then, for curl_easy_header(). */
+static size_t fetch_header_cb(char *p, size_t size, size_t nmemb, void *arg)
+{
+	struct fetch *f = arg;
+	size_t n = size * nmemb;
+	long status = 0;
+
+	if ((n == 2 && p[0] == '\r' && p[1] == '\n') || (n == 1 && p[0] == '\n')) {
+		curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &status);
+		if (status >= 200) {
+			f->headers_seen = true;
+			return 0;
+		}
+	}
+	return n;
+}
+
+struct fetch *fetch_new(struct oauth *o, const char *url, long timeout_ms, fetch_done_fn done, void *arg)
+{
+	struct fetch *f = calloc(1, sizeof(*f));
+	CURL *e;
+
+	if (!f)
+		return NULL;
+	f->o = o;
+	f->done = done;
+	f->arg = arg;
+	e = f->easy = curl_easy_init();
+	if (!e || curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, OAUTH_CONNECT_TIMEOUT_S) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)OAUTH_MAX_BODY) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_USERAGENT, "mcpkeeper/" MCPKEEPER_VERSION) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, fetch_write_cb) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEDATA, f) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, f->errbuf) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PRIVATE, f) != CURLE_OK)
+		return fetch_free(f);
+	return f;
+}
+
+int fetch_header(struct fetch *f, const char *line)
+{
+	struct curl_slist *l = curl_slist_append(f->headers, line);
+
+	if (!l)
+		return -ENOMEM;
+	f->headers = l;
+	return 0;
+}
+
+int fetch_post(struct fetch *f, const char *content_type)
+{
+	char line[96];
+
+	snprintf(line, sizeof(line), "Content-Type: %s", content_type);
+	/* An empty body until fetch_start() hands libcurl f->req: never stdin. */
+	if (fetch_header(f, line) < 0 || fetch_header(f, "Expect:") < 0 ||
+	    curl_easy_setopt(f->easy, CURLOPT_POSTFIELDS, "") != CURLE_OK ||
+	    curl_easy_setopt(f->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0) != CURLE_OK)
+		return -ENOMEM;
+	return 0;
+}
+
+/* Basic credentials of RFC 6749 2.3.1: both parts form-urlencoded first. */
+static int fetch_basic_auth(struct fetch *f, const char *client_id, const char *client_secret)
+{
+	struct buf cred = { 0 }, header = { 0 };
+	size_t b64_len;
+	int ret = -ENOMEM;
+
+	if (buf_add_form_encoded(&cred, client_id) < 0 || buf_add(&cred, ":", 1) < 0 ||
+	    buf_add_form_encoded(&cred, client_secret) < 0)
+		goto out;
+	b64_len = sodium_base64_ENCODED_LEN(cred.len, sodium_base64_VARIANT_ORIGINAL);
+	if (buf_adds(&header, "Authorization: Basic ") < 0 || buf_reserve(&header, b64_len) < 0)
+		goto out;
+	sodium_bin2base64(header.data + header.len, b64_len, (const unsigned char *)cred.data, cred.len,
+			  sodium_base64_VARIANT_ORIGINAL);
+	ret = fetch_header(f, header.data);
+out:
+	buf_wipe(&cred);
+	buf_wipe(&header);
+	return ret;
+}
+
+int fetch_client_auth(struct fetch *f, const char *auth_method, const char *client_id, const char *client_secret)
+{
+	if (strcmp(auth_method, "client_secret_basic") == 0)
+		return fetch_basic_auth(f, client_id, client_secret);
+	if (form_add(&f->req, "client_id", client_id) < 0)
+		return -ENOMEM;
+	if (strcmp(auth_method, "client_secret_post") == 0 && form_add(&f->req, "client_secret", client_secret) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+int fetch_start(struct fetch *f)
+{
+	CURL *e = f->easy;
+
+	/* The body and the header list are final only now. */
+	if (curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->headers) != CURLE_OK)
+		return -ENOMEM;
+	if (f->req.data && (curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->req.data) != CURLE_OK ||
+			    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)f->req.len) != CURLE_OK))
+		return -ENOMEM;
+	if (f->headers_only && (curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, fetch_header_cb) != CURLE_OK ||
+				curl_easy_setopt(e, CURLOPT_HEADERDATA, f) != CURLE_OK))
+		return -ENOMEM;
+	if (curl_multi_add_handle(curlev_multi(f->o->curl), e) != CURLM_OK)
+		fatal("curl_multi_add_handle failed");
+	return 0;
+}
+
+struct fetch *fetch_free(struct fetch *f)
+{
+	if (!f)
+		return NULL;
+	if (f->easy) {
+		curl_multi_remove_handle(curlev_multi(f->o->curl), f->easy);
+		curl_easy_cleanup(f->easy);
+	}
+	for (struct curl_slist *h = f->headers; h; h = h->next)
+		sodium_memzero(h->data, strlen(h->data));
+	curl_slist_free_all(f->headers);
+	buf_wipe(&f->req);
+	buf_wipe(&f->body);
+	free(f);
+	return NULL;
+}
+
+bool fetch_answered(const struct fetch *f)
+{
+	return f->result == CURLE_OK || (f->headers_only && f->headers_seen);
+}
+
+void fetch_describe_failure(const struct fetch *f, char *out, size_t len)
+{
+	if (f->too_large || f->result == CURLE_FILESIZE_EXCEEDED)
+		snprintf(out, len, "response larger than %d bytes", OAUTH_MAX_BODY);
+	else if (f->result == CURLE_OPERATION_TIMEDOUT)
+		snprintf(out, len, "timed out: %s", f->errbuf[0] ? f->errbuf : curl_easy_strerror(f->result));
+	else
+		snprintf(out, len, "network error: %s", f->errbuf[0] ? f->errbuf : curl_easy_strerror(f->result));
+}
+
+/* -- response bodies -- */
+
 /* RFC 6749 5.2: error = 1*( %x20-21 / %x23-5B / %x5D-7E ). Anything else is
  * not an OAuth error code and is neither logged nor passed on. */
-static const char *oauth_error_of(struct json_object *obj)
+const char *oauth_error_of(struct json_object *obj)
 {
 	struct json_object *e;
 	const char *s;
@@ -249,7 +348,7 @@ static const char *oauth_error_of(struct json_object *obj)
 
 /* Token values travel back to the keeper as JSON strings: only visible ASCII
  * (RFC 6749's VSCHAR), so nothing a provider sends can break the framing. */
-static bool vschar_string(struct json_object *v, bool allow_empty)
+bool vschar_string(struct json_object *v, bool allow_empty)
 {
 	const char *s;
 	size_t len;
@@ -266,8 +365,26 @@ static bool vschar_string(struct json_object *v, bool allow_empty)
 	return true;
 }
 
+void sanitise_text(const char *s, char *out, size_t len, size_t max_chars)
+{
+	size_t n = 0, i;
+
+	if (len == 0)
+		return;
+	if (max_chars > len - 1)
+		max_chars = len - 1;
+	for (i = 0; s && s[i] && n < max_chars; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		out[n++] = c >= 0x20 && c <= 0x7e ? (char)c : '?';
+	}
+	if (s && s[i] && max_chars >= 3)
+		memcpy(out + max_chars - 3, "...", 3);
+	out[n] = '\0';
+}
+
 /* The response body as a JSON object, or NULL. */
-static struct json_object *parse_body(const struct buf *body)
+struct json_object *parse_body(const struct buf *body)
 {
 	struct json_tokener *tok;
 	struct json_object *obj;
@@ -333,7 +450,92 @@ static int64_t expires_in_of(struct json_object *v)
 	}
 }
 
-static void oauth_send(struct oauth *o, struct json_object *msg)
+/* The keeper's result for a 2xx token response (RFC 6749 5.1), or NULL when
+ * it is malformed. The token strings are shared with body. */
+static struct json_object *token_result(struct json_object *body, long http_status)
+{
+	struct json_object *v, *result;
+
+	if (!body || !json_object_object_get_ex(body, "access_token", &v) || !vschar_string(v, false))
+		return NULL;
+	result = json_object_new_object();
+	if (!result)
+		fatal("out of memory");
+	json_object_object_add(result, "access_token", json_object_get(v));
+	if (json_object_object_get_ex(body, "token_type", &v) && vschar_string(v, false))
+		json_object_object_add(result, "token_type", json_object_get(v));
+	else
+		json_object_object_add(result, "token_type", json_object_new_string("Bearer"));
+	if (json_object_object_get_ex(body, "expires_in", &v) && expires_in_of(v) >= 0)
+		json_object_object_add(result, "expires_in", json_object_new_int64(expires_in_of(v)));
+	if (json_object_object_get_ex(body, "refresh_token", &v) && vschar_string(v, false))
+		json_object_object_add(result, "refresh_token", json_object_get(v));
+	if (json_object_object_get_ex(body, "scope", &v) && vschar_string(v, true))
+		json_object_object_add(result, "scope", json_object_get(v));
+	json_object_object_add(result, "http_status", json_object_new_int((int)http_status));
+	return result;
+}
+
+void token_verdict(const struct fetch *f, struct token_verdict *v)
+{
+	long status = f->status;
+	struct json_object *d;
+
+	memset(v, 0, sizeof(*v));
+	v->http_status = status;
+	if (f->result != CURLE_OK) {
+		v->kind = KIND_TRANSIENT;
+		fetch_describe_failure(f, v->message, sizeof(v->message));
+		return;
+	}
+	v->answered = true;
+	v->body = parse_body(&f->body);
+	v->oauth_error = oauth_error_of(v->body);
+	if (v->oauth_error && json_object_object_get_ex(v->body, "error_description", &d) &&
+	    json_object_is_type(d, json_type_string))
+		v->description = json_object_get_string(d);
+
+	if (status >= 200 && status < 300 && v->oauth_error && !json_object_object_get_ex(v->body, "access_token", NULL)) {
+		/* Some providers (GitHub among them) answer a refused grant with
+		 * 200 and an "error" field: the verdict is the same as a 400's. */
+		v->kind = KIND_TERMINAL;
+		snprintf(v->message, sizeof(v->message), "HTTP %ld: %s", status, v->oauth_error);
+	} else if (status >= 200 && status < 300) {
+		v->result = token_result(v->body, status);
+		if (!v->result) {
+			/* Status and length only: the body may hold tokens. */
+			v->kind = KIND_TRANSIENT;
+			snprintf(v->message, sizeof(v->message), "HTTP %ld: malformed token response, %zu bytes",
+				 status, f->body.len);
+		}
+	} else if (status == 429 || status >= 500) {
+		v->kind = KIND_TRANSIENT;
+		snprintf(v->message, sizeof(v->message), "HTTP %ld%s%s", status, v->oauth_error ? ": " : "",
+			 v->oauth_error ? v->oauth_error : "");
+	} else if (status >= 400 && v->oauth_error) {
+		/* invalid_grant, invalid_client and every other OAuth error the
+		 * provider gives: retrying the same grant cannot help. */
+		v->kind = KIND_TERMINAL;
+		snprintf(v->message, sizeof(v->message), "HTTP %ld: %s", status, v->oauth_error);
+	} else {
+		/* Redirects (not followed) and 4xx without an OAuth error: not the
+		 * provider's verdict on the grant, so worth another try later. */
+		v->kind = KIND_TRANSIENT;
+		snprintf(v->message, sizeof(v->message), "HTTP %ld without an OAuth error response", status);
+	}
+}
+
+void token_verdict_clear(struct token_verdict *v)
+{
+	/* The result shares the token strings with body: wiping one wipes both. */
+	rpc_wipe_put(v->result);
+	rpc_wipe_put(v->body);
+	memset(v, 0, sizeof(*v));
+}
+
+/* -- the channel to the keeper -- */
+
+void oauth_send(struct oauth *o, struct json_object *msg)
 {
 	int r = frame_write(bufferevent_get_output(o->bev), msg, PROTO_MAX_MESSAGE);
 
@@ -341,6 +543,63 @@ static void oauth_send(struct oauth *o, struct json_object *msg)
 		log_error("cannot queue a reply to the keeper: %s", r < 0 ? strerror(-r) : frame_strerror(r));
 		oauth_stop(o, 1);
 	}
+}
+
+void keeper_bug(struct oauth *o, const char *what, const char *detail)
+{
+	log_error("keeper sent %s%s%s; exiting", what, detail ? ": " : "", detail ? detail : "");
+	oauth_stop(o, 1);
+}
+
+int param_string(struct json_object *params, const char *key, const char **out)
+{
+	struct json_object *v;
+
+	*out = NULL;
+	if (!json_object_object_get_ex(params, key, &v) || json_object_is_type(v, json_type_null))
+		return 0;
+	if (!json_object_is_type(v, json_type_string))
+		return -EINVAL;
+	*out = json_object_get_string(v);
+	return 0;
+}
+
+int param_timeout(struct json_object *params, long max, long *out)
+{
+	struct json_object *v;
+	int64_t t;
+
+	if (!json_object_object_get_ex(params, "timeout_ms", &v) || !json_object_is_type(v, json_type_int))
+		return -EINVAL;
+	t = json_object_get_int64(v);
+	if (t <= 0 || t > max)
+		return -EINVAL;
+	*out = (long)t;
+	return 0;
+}
+
+/* -- oauth.refresh -- */
+
+static struct refresh *refresh_free(struct refresh *r)
+{
+	if (!r)
+		return NULL;
+	if (r->pprev) {
+		*r->pprev = r->next;
+		if (r->next)
+			r->next->pprev = r->pprev;
+	}
+	fetch_free(r->fetch);
+	if (r->id)
+		json_object_put(r->id);
+	free(r->server);
+	free(r);
+	return NULL;
+}
+
+static void refresh_freep(struct refresh **r)
+{
+	*r = refresh_free(*r);
 }
 
 static void refresh_reply_error(struct refresh *r, const char *kind, const char *oauth_error, long http_status,
@@ -362,47 +621,21 @@ static void refresh_reply_error(struct refresh *r, const char *kind, const char 
 	json_object_put(msg);
 }
 
-/* A 2xx response: the token response of RFC 6749 5.1, or a transient error. */
-static void refresh_reply_tokens(struct refresh *r, struct json_object *body, long http_status)
+static void refresh_reply_tokens(struct refresh *r, struct token_verdict *v)
 {
-	struct json_object *v, *result, *msg;
-	bool rotated;
+	struct json_object *msg;
+	bool rotated = json_object_object_get_ex(v->result, "refresh_token", NULL);
 	int ret;
 
-	if (!body || !json_object_object_get_ex(body, "access_token", &v) || !vschar_string(v, false)) {
-		char message[96];
-
-		/* Status and length only: the body may hold tokens. */
-		snprintf(message, sizeof(message), "HTTP %ld: malformed token response, %zu bytes", http_status,
-			 r->body.len);
-		refresh_reply_error(r, KIND_TRANSIENT, NULL, http_status, message);
-		return;
-	}
-	result = json_object_new_object();
-	if (!result)
-		fatal("out of memory");
-	json_object_object_add(result, "access_token", json_object_get(v));
-	if (json_object_object_get_ex(body, "token_type", &v) && vschar_string(v, false))
-		json_object_object_add(result, "token_type", json_object_get(v));
-	else
-		json_object_object_add(result, "token_type", json_object_new_string("Bearer"));
-	if (json_object_object_get_ex(body, "expires_in", &v) && expires_in_of(v) >= 0)
-		json_object_object_add(result, "expires_in", json_object_new_int64(expires_in_of(v)));
-	if (json_object_object_get_ex(body, "refresh_token", &v) && vschar_string(v, false))
-		json_object_object_add(result, "refresh_token", json_object_get(v));
-	if (json_object_object_get_ex(body, "scope", &v) && vschar_string(v, true))
-		json_object_object_add(result, "scope", json_object_get(v));
-	json_object_object_add(result, "http_status", json_object_new_int((int)http_status));
-	rotated = json_object_object_get_ex(result, "refresh_token", NULL);
-
-	msg = rpc_result(r->id, result);
+	msg = rpc_result(r->id, v->result);
+	v->result = NULL;
 	if (!msg)
 		fatal("out of memory");
 	ret = frame_write(bufferevent_get_output(r->o->bev), msg, PROTO_MAX_MESSAGE);
-	/* The reply shares the token strings with body: the caller wipes those. */
+	/* The reply shares the token strings with v->body, which the caller wipes. */
 	json_object_put(msg);
 	if (ret == FRAME_E_TOO_LARGE) {
-		refresh_reply_error(r, KIND_TRANSIENT, NULL, http_status, "token response too large");
+		refresh_reply_error(r, KIND_TRANSIENT, NULL, v->http_status, "token response too large");
 		return;
 	}
 	if (ret) {
@@ -410,123 +643,23 @@ static void refresh_reply_tokens(struct refresh *r, struct json_object *body, lo
 		oauth_stop(r->o, 1);
 		return;
 	}
-	log_info("oauth: %s: refreshed (HTTP %ld%s)", r->server, http_status,
+	log_info("oauth: %s: refreshed (HTTP %ld%s)", r->server, v->http_status,
 		 rotated ? ", refresh token rotated" : "");
 }
 
-/* One transfer is over: classify it and answer the keeper. */
-static void refresh_done(struct refresh *r, CURLcode code)
+/* The transfer is over: classify it and answer the keeper. */
+static void refresh_done(struct fetch *f, void *arg)
 {
-	struct json_object *body = NULL;
-	const char *oauth_error;
-	long status = 0;
-	char message[CURL_ERROR_SIZE + 64];
+	struct refresh *r = arg;
+	struct token_verdict v;
 
-	curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
-	if (code != CURLE_OK) {
-		if (r->too_large || code == CURLE_FILESIZE_EXCEEDED)
-			snprintf(message, sizeof(message), "response larger than %d bytes", OAUTH_MAX_BODY);
-		else if (code == CURLE_OPERATION_TIMEDOUT)
-			snprintf(message, sizeof(message), "timed out: %s",
-				 r->errbuf[0] ? r->errbuf : curl_easy_strerror(code));
-		else
-			snprintf(message, sizeof(message), "network error: %s",
-				 r->errbuf[0] ? r->errbuf : curl_easy_strerror(code));
-		refresh_reply_error(r, KIND_TRANSIENT, NULL, status, message);
-		return;
-	}
-
-	body = parse_body(&r->body);
-	oauth_error = oauth_error_of(body);
-	if (status >= 200 && status < 300 && oauth_error && !json_object_object_get_ex(body, "access_token", NULL)) {
-		/* Some providers (GitHub among them) answer a refused grant with
-		 * 200 and an "error" field: the verdict is the same as a 400's. */
-		snprintf(message, sizeof(message), "HTTP %ld: %s", status, oauth_error);
-		refresh_reply_error(r, KIND_TERMINAL, oauth_error, status, message);
-	} else if (status >= 200 && status < 300) {
-		refresh_reply_tokens(r, body, status);
-	} else if (status == 429 || status >= 500) {
-		snprintf(message, sizeof(message), "HTTP %ld%s%s", status, oauth_error ? ": " : "",
-			 oauth_error ? oauth_error : "");
-		refresh_reply_error(r, KIND_TRANSIENT, oauth_error, status, message);
-	} else if (status >= 400 && oauth_error) {
-		/* invalid_grant, invalid_client and every other OAuth error the
-		 * provider gives: retrying the same grant cannot help. */
-		snprintf(message, sizeof(message), "HTTP %ld: %s", status, oauth_error);
-		refresh_reply_error(r, KIND_TERMINAL, oauth_error, status, message);
-	} else {
-		/* Redirects (not followed) and 4xx without an OAuth error: not the
-		 * provider's verdict on the grant, so worth another try later. */
-		snprintf(message, sizeof(message), "HTTP %ld without an OAuth error response", status);
-		refresh_reply_error(r, KIND_TRANSIENT, NULL, status, message);
-	}
-	rpc_wipe_put(body);
-}
-
-/* -- libcurl multi on the libevent loop (common/curlev.c) -- */
-
-static void oauth_transfer_done(CURL *easy, CURLcode result, void *arg)
-{
-	struct oauth *o = arg;
-	struct refresh *r;
-	char *priv = NULL;
-
-	curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
-	r = (struct refresh *)priv;
-	if (o->exit_code < 0)
-		refresh_done(r, result);
+	token_verdict(f, &v);
+	if (v.result)
+		refresh_reply_tokens(r, &v);
+	else
+		refresh_reply_error(r, v.kind, v.oauth_error, v.http_status, v.message);
+	token_verdict_clear(&v);
 	refresh_free(r);
-}
-
-/* -- messages from the keeper -- */
-
-/* A keeper bug: say what, and end (the keeper restarts us). */
-static void keeper_bug(struct oauth *o, const char *what, const char *detail)
-{
-	log_error("keeper sent %s%s%s; exiting", what, detail ? ": " : "", detail ? detail : "");
-	oauth_stop(o, 1);
-}
-
-/* Reads an optional string parameter: 0 (and *out NULL when absent or null),
- * or -EINVAL when it is there with another type. */
-static int param_string(struct json_object *params, const char *key, const char **out)
-{
-	struct json_object *v;
-
-	*out = NULL;
-	if (!json_object_object_get_ex(params, key, &v) || json_object_is_type(v, json_type_null))
-		return 0;
-	if (!json_object_is_type(v, json_type_string))
-		return -EINVAL;
-	*out = json_object_get_string(v);
-	return 0;
-}
-
-/* Basic credentials of RFC 6749 2.3.1: both parts form-urlencoded first. */
-static int add_basic_auth(struct refresh *r, const char *client_id, const char *client_secret)
-{
-	struct buf cred = { 0 }, header = { 0 };
-	size_t b64_len;
-	struct curl_slist *h;
-	int ret = -ENOMEM;
-
-	if (buf_add_form_encoded(&cred, client_id) < 0 || buf_add(&cred, ":", 1) < 0 ||
-	    buf_add_form_encoded(&cred, client_secret) < 0)
-		goto out;
-	b64_len = sodium_base64_ENCODED_LEN(cred.len, sodium_base64_VARIANT_ORIGINAL);
-	if (buf_adds(&header, "Authorization: Basic ") < 0 || buf_reserve(&header, b64_len) < 0)
-		goto out;
-	sodium_bin2base64(header.data + header.len, b64_len, (const unsigned char *)cred.data, cred.len,
-			  sodium_base64_VARIANT_ORIGINAL);
-	h = curl_slist_append(r->headers, header.data);
-	if (!h)
-		goto out;
-	r->headers = h;
-	ret = 0;
-out:
-	buf_wipe(&cred);
-	buf_wipe(&header);
-	return ret;
 }
 
 /* Builds the request from the keeper's params; -EINVAL names the bad field. */
@@ -534,9 +667,8 @@ static int refresh_prepare(struct refresh *r, struct json_object *params, const 
 {
 	const char *endpoint, *refresh_token, *client_id, *client_secret, *auth_method, *resource, *scope,
 		*server;
-	struct json_object *v;
-	CURL *e;
-	int64_t timeout;
+	long timeout_ms;
+	struct fetch *f;
 
 #define REQUIRE(cond, field)            \
 	do {                            \
@@ -564,61 +696,18 @@ static int refresh_prepare(struct refresh *r, struct json_object *params, const 
 	REQUIRE(strcmp(auth_method, "none") == 0 || client_secret, "client_secret");
 	REQUIRE(param_string(params, "resource", &resource) == 0, "resource");
 	REQUIRE(param_string(params, "scope", &scope) == 0, "scope");
-	REQUIRE(json_object_object_get_ex(params, "timeout_ms", &v) && json_object_is_type(v, json_type_int),
-		"timeout_ms");
-	timeout = json_object_get_int64(v);
-	REQUIRE(timeout > 0 && timeout <= OAUTH_MAX_TIMEOUT_MS, "timeout_ms");
-	r->timeout_ms = (long)timeout;
+	REQUIRE(param_timeout(params, OAUTH_MAX_TIMEOUT_MS, &timeout_ms) == 0, "timeout_ms");
 #undef REQUIRE
 
-	if (form_add(&r->form, "grant_type", "refresh_token") < 0 ||
-	    form_add(&r->form, "refresh_token", refresh_token) < 0)
+	f = r->fetch = fetch_new(r->o, endpoint, timeout_ms, refresh_done, r);
+	if (!f)
 		return -ENOMEM;
-	if (strcmp(auth_method, "client_secret_basic") == 0) {
-		if (add_basic_auth(r, client_id, client_secret) < 0)
-			return -ENOMEM;
-	} else {
-		if (form_add(&r->form, "client_id", client_id) < 0)
-			return -ENOMEM;
-		if (strcmp(auth_method, "client_secret_post") == 0 &&
-		    form_add(&r->form, "client_secret", client_secret) < 0)
-			return -ENOMEM;
-	}
-	if (resource && form_add(&r->form, "resource", resource) < 0)
-		return -ENOMEM;
-	if (scope && form_add(&r->form, "scope", scope) < 0)
-		return -ENOMEM;
-
-	for (const char *const *h = (const char *const[]){ "Accept: application/json",
-							   "Content-Type: application/x-www-form-urlencoded",
-							   "Expect:", NULL };
-	     *h; h++) {
-		struct curl_slist *l = curl_slist_append(r->headers, *h);
-
-		if (!l)
-			return -ENOMEM;
-		r->headers = l;
-	}
-
-	e = r->easy = curl_easy_init();
-	if (!e)
-		return -ENOMEM;
-	if (curl_easy_setopt(e, CURLOPT_URL, endpoint) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, OAUTH_CONNECT_TIMEOUT_S) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->timeout_ms) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)OAUTH_MAX_BODY) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->form.data) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->form.len) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_USERAGENT, "mcpkeeper/" MCPKEEPER_VERSION) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, refresh_write_cb) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_WRITEDATA, r) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_PRIVATE, r) != CURLE_OK)
+	if (form_add(&f->req, "grant_type", "refresh_token") < 0 ||
+	    form_add(&f->req, "refresh_token", refresh_token) < 0 ||
+	    fetch_client_auth(f, auth_method, client_id, client_secret) < 0 ||
+	    (resource && form_add(&f->req, "resource", resource) < 0) ||
+	    (scope && form_add(&f->req, "scope", scope) < 0) || fetch_header(f, "Accept: application/json") < 0 ||
+	    fetch_post(f, "application/x-www-form-urlencoded") < 0)
 		return -ENOMEM;
 	return 0;
 }
@@ -639,10 +728,8 @@ static void oauth_refresh(struct oauth *o, struct rpc_msg *m)
 		keeper_bug(o, "oauth.refresh with bad params", bad);
 		return;
 	}
-	if (ret < 0)
+	if (ret < 0 || fetch_start(r->fetch) < 0)
 		fatal("out of memory preparing a refresh");
-	if (curl_multi_add_handle(curlev_multi(o->curl), r->easy) != CURLM_OK)
-		fatal("curl_multi_add_handle failed");
 	log_debug("oauth: %s: refreshing", r->server);
 	r->next = o->refreshes;
 	if (r->next)
@@ -650,6 +737,27 @@ static void oauth_refresh(struct oauth *o, struct rpc_msg *m)
 	r->pprev = &o->refreshes;
 	o->refreshes = TAKE_PTR(r);
 }
+
+/* -- libcurl multi on the libevent loop (common/curlev.c) -- */
+
+static void oauth_transfer_done(CURL *easy, CURLcode result, void *arg)
+{
+	struct oauth *o = arg;
+	struct fetch *f;
+	char *priv = NULL;
+
+	curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
+	f = (struct fetch *)priv;
+	f->result = result;
+	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &f->status);
+	/* While exiting nobody is answered; main frees every owner. */
+	if (o->exit_code < 0)
+		f->done(f, f->arg);
+	else
+		curl_multi_remove_handle(curlev_multi(o->curl), easy);
+}
+
+/* -- messages from the keeper -- */
 
 static void oauth_hello(struct oauth *o, struct rpc_msg *m)
 {
@@ -710,19 +818,35 @@ static void oauth_hello(struct oauth *o, struct rpc_msg *m)
 
 static void oauth_dispatch(struct oauth *o, struct rpc_msg *m)
 {
+	static const struct {
+		const char *method;
+		void (*fn)(struct oauth *o, struct rpc_msg *m);
+	} requests[] = {
+		{ METHOD_OAUTH_REFRESH, oauth_refresh },     { METHOD_OAUTH_LISTEN, login_listen },
+		{ METHOD_OAUTH_DISCOVER, login_discover },   { METHOD_OAUTH_REGISTER, login_register },
+		{ METHOD_OAUTH_AUTHORIZE, login_authorize }, { METHOD_OAUTH_REVOKE, login_revoke },
+	};
+
 	if (!o->hello_done) {
 		oauth_hello(o, m);
 		return;
 	}
+	if (m->type == RPC_NOTIFICATION && strcmp(m->method, METHOD_OAUTH_CANCEL) == 0) {
+		login_cancel(o, m);
+		return;
+	}
 	if (m->type != RPC_REQUEST) {
-		keeper_bug(o, m->type == RPC_NOTIFICATION ? "a notification" : "a reply to no request",
+		keeper_bug(o, m->type == RPC_NOTIFICATION ? "an unknown notification" : "a reply to no request",
 			   m->type == RPC_NOTIFICATION ? m->method : NULL);
 		return;
 	}
-	if (strcmp(m->method, METHOD_OAUTH_REFRESH) == 0)
-		oauth_refresh(o, m);
-	else
-		keeper_bug(o, "an unknown method", m->method);
+	for (size_t i = 0; i < ARRAY_SIZE(requests); i++) {
+		if (strcmp(m->method, requests[i].method) == 0) {
+			requests[i].fn(o, m);
+			return;
+		}
+	}
+	keeper_bug(o, "an unknown method", m->method);
 }
 
 static void channel_read_cb(struct bufferevent *bev, void *arg)
@@ -742,7 +866,7 @@ static void channel_read_cb(struct bufferevent *bev, void *arg)
 			return;
 		}
 		oauth_dispatch(o, &m);
-		/* The request carried a refresh token and maybe a client secret. */
+		/* Requests carry refresh tokens, client secrets, tokens to revoke. */
 		rpc_wipe_put(json_object_get(m.params));
 		rpc_msg_clear(&m);
 	}
@@ -773,8 +897,7 @@ static void channel_event_cb(struct bufferevent *bev, short what, void *arg)
 	event_base_loopbreak(o->base);
 }
 
-/* Ends the loop with code once every queued reply is written. */
-static void oauth_stop(struct oauth *o, int code)
+void oauth_stop(struct oauth *o, int code)
 {
 	if (o->exit_code < 0)
 		o->exit_code = code;
@@ -811,7 +934,8 @@ static void channel_check(void)
  * directory. SSL_CERT_FILE / SSL_CERT_DIR (which the keeper passes on) name
  * other CA locations the TLS library will read. Nothing here needs /proc;
  * LeakSanitizer does (it lists our threads in /proc/PID/task at exit), so
- * sanitizer builds add our own /proc/PID directory. */
+ * sanitizer builds add our own /proc/PID directory. The ruleset handles
+ * file access only: TCP bind and connect stay allowed. */
 static void oauth_sandbox(struct oauth *o)
 {
 	const char *paths[] = { "/etc", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/dev/urandom",
@@ -877,6 +1001,7 @@ int main(int argc, char **argv)
 
 	while (o.refreshes)
 		refresh_free(o.refreshes);
+	login_free_all(&o);
 	curlev_free(o.curl);
 	curl_global_cleanup();
 	bufferevent_free(o.bev);

@@ -261,6 +261,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 			kill(child_pid(k->oauth), SIGKILL);
 		return;
 	}
+	if (s->login_active)
+		return; /* the login's end reschedules */
 	if (s->rstate == REFRESH_SCHEDULED || s->rstate == REFRESH_RETRYING) {
 		enqueue(k, s);
 		return;
@@ -518,8 +520,7 @@ static void add_str(struct json_object *o, const char *key, const char *val)
 static void start_refresh(struct keeper *k, struct server *s)
 {
 	const struct config_oauth *co = &s->conf->oauth;
-	struct secret *plain = NULL, *cplain = NULL, *copy;
-	struct oauth_client client = { 0 };
+	struct secret *plain = NULL, *copy;
 	struct json_object *params;
 	struct token t;
 	const char *client_id, *client_secret, *method;
@@ -558,20 +559,17 @@ static void start_refresh(struct keeper *k, struct server *s)
 		return;
 	}
 
-	client_id = co->client_id;
-	client_secret = co->client_secret;
-	if (store_get(k->store, STORE_CLIENTS, s->key, &cplain) == 0 && client_decode(cplain, &client) == 0) {
-		client_id = client.client_id;
-		client_secret = client.client_secret;
-	}
+	/* The client the token was issued to; older records name none: then
+	 * the configured one. */
+	client_id = t.client_id ? t.client_id : co->client_id;
+	client_secret = t.client_id ? t.client_secret : co->client_secret;
+	method = t.client_id && t.auth_method ? t.auth_method : client_secret ? "client_secret_basic" : "none";
 	if (!client_id) {
 		token_clear(&t);
 		secret_free(plain);
-		client_clear(&client);
 		refresh_failed(k, s, true, "no client_id (configure oauth.client_id or log in again)");
 		return;
 	}
-	method = client.auth_method ? client.auth_method : client_secret ? "client_secret_basic" : "none";
 
 	params = json_object_new_object();
 	add_str(params, "server", s->name);
@@ -583,7 +581,6 @@ static void start_refresh(struct keeper *k, struct server *s)
 	add_str(params, "resource", t.resource ? t.resource : co->resource ? co->resource : s->conf->url);
 	json_object_object_add(params, "timeout_ms", json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
 	token_clear(&t);
-	client_clear(&client);
 
 	r = child_request(k->oauth, METHOD_OAUTH_REFRESH, params, on_reply, s, &s->request_id);
 	if (r < 0) {
@@ -619,9 +616,19 @@ static void oauth_ready(struct child *c, void *ctx)
 	dispatch(ctx);
 }
 
+static int oauth_message(struct child *c, void *ctx, struct rpc_msg *m)
+{
+	if (m->type == RPC_NOTIFICATION && strcmp(m->method, METHOD_OAUTH_LOGIN_URL) == 0) {
+		login_url(ctx, m->params);
+		return 0;
+	}
+	return -1;
+}
+
 /* Outstanding requests fail through their callbacks (transient). */
 const struct child_ops refresh_oauth_ops = {
 	.ready = oauth_ready,
+	.message = oauth_message,
 };
 
 /* ---- loading, forgetting, logout ---- */
@@ -661,6 +668,13 @@ void refresh_load(struct keeper *k, struct server *s)
 	schedule(k, s);
 	if (s->expires_at && s->expires_at <= keeper_now() && s->has_refresh)
 		log_info("%s: token expired while the keeper was away; refreshing now", s->name);
+}
+
+void refresh_pause(struct keeper *k, struct server *s)
+{
+	heap_remove(k->refresh, s);
+	if (!s->in_flight)
+		disarm(s);
 }
 
 void refresh_forget(struct keeper *k, struct server *s)

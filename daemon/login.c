@@ -1,0 +1,959 @@
+/*
+ * Login and logout, the keeper's side.
+ *
+ * A login is a short sequence of requests to the oauth child, one step each
+ * (common/proto.h, "Login and logout"): listen on the redirect port,
+ * discover the authorization server, find or register a client, then
+ * authorize, which hands the user an URL and comes back with tokens. The
+ * child does every HTTP exchange; the keeper keeps what must outlive the
+ * login: the redirect port chosen for a server, registered clients (keyed by
+ * authorization server and redirect URI, so a registration is reused exactly
+ * where it is valid and never carried to another server), and the token.
+ *
+ * While a login runs, the server's proactive refresh is paused. Success
+ * stores the token, schedules it, hands it to the worker and emits
+ * servers.changed; failure, timeout or a caller that went away puts the old
+ * schedule back.
+ *
+ * A logout deletes the exact record first — that part never waits for the
+ * network — then asks the provider to revoke the tokens it held (RFC 7009)
+ * when it offers revocation, and reports what the provider said.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <json-c/json.h>
+
+#include "config.h"
+#include "frame.h"
+#include "keeper.h"
+#include "log.h"
+#include "proto.h"
+#include "secret.h"
+#include "store.h"
+#include "token.h"
+#include "util.h"
+
+#define LOGIN_DEFAULT_TIMEOUT_SEC 120
+#define LOGIN_MAX_TIMEOUT_SEC 3600
+/* How long the keeper waits for the oauth child beyond a step's own timeout. */
+#define LOGIN_GRACE_MS 15000
+/* A registered client whose secret expires sooner than this is registered anew. */
+#define CLIENT_EXPIRY_MARGIN_SEC 60
+
+enum flow_type { FLOW_LOGIN, FLOW_LOGOUT };
+
+enum login_step { STEP_LISTEN, STEP_DISCOVER, STEP_REGISTER, STEP_AUTHORIZE };
+
+struct flow {
+	struct keeper *k;
+	enum flow_type type;
+	flow_url_fn url_fn;
+	flow_done_fn done_fn;
+	void *ctx;
+	struct flow **slot;		/* the caller's pointer to us: NULLed when we end */
+	struct flow *next;		/* k->flows */
+
+	/* login */
+	struct server *s;
+	enum login_step step;
+	int64_t request_id;
+	bool requesting;
+	bool listening;
+	int64_t deadline_ms;		/* wall clock */
+	struct event *guard;
+	int port;
+	char redirect_uri[64];
+	struct json_object *meta;	/* the discovery result */
+	char client_key[STORE_SERVER_KEY_MAX + 1];
+	bool client_registered;		/* from the clients database (not the config) */
+	struct oauth_client client;	/* owns its strings through client.plain */
+
+	/* logout */
+	struct json_object *results;	/* one object per target */
+	int pending;			/* revocations outstanding */
+	int64_t *revoke_ids;
+	size_t n_revoke_ids, cap_revoke_ids;
+};
+
+/* ---- common ---- */
+
+static void flow_link(struct keeper *k, struct flow *f)
+{
+	f->next = k->flows;
+	k->flows = f;
+}
+
+static void flow_unlink(struct keeper *k, struct flow *f)
+{
+	for (struct flow **p = &k->flows; *p; p = &(*p)->next) {
+		if (*p == f) {
+			*p = f->next;
+			return;
+		}
+	}
+}
+
+static void flow_free(struct flow *f)
+{
+	struct keeper *k = f->k;
+
+	flow_unlink(k, f);
+	if (f->slot)
+		*f->slot = NULL;
+	if (f->requesting && k->oauth)
+		child_cancel(k->oauth, f->request_id);
+	for (size_t i = 0; i < f->n_revoke_ids; i++)
+		if (k->oauth)
+			child_cancel(k->oauth, f->revoke_ids[i]);
+	free(f->revoke_ids);
+	if (f->guard)
+		event_free(f->guard);
+	json_object_put(f->meta);
+	json_object_put(f->results);
+	client_clear(&f->client);
+	free(f);
+}
+
+static const char *meta_str(const struct flow *f, const char *key)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(f->meta, key, &v) || !json_object_is_type(v, json_type_string))
+		return NULL;
+	return json_object_get_string(v);
+}
+
+static void add_str(struct json_object *o, const char *key, const char *val)
+{
+	if (val)
+		json_object_object_add(o, key, json_object_new_string(val));
+}
+
+static struct json_object *error_json(const char *kind, const char *reason, const char *message)
+{
+	struct json_object *e = json_object_new_object();
+
+	add_str(e, "kind", kind);
+	add_str(e, "reason", reason);
+	add_str(e, "message", message);
+	return e;
+}
+
+static const char *error_field(struct json_object *error, const char *key)
+{
+	struct json_object *v, *data;
+
+	if (strcmp(key, "message") == 0)
+		return json_object_object_get_ex(error, "message", &v) ? json_object_get_string(v) : NULL;
+	if (!json_object_object_get_ex(error, "data", &data) || !json_object_object_get_ex(data, key, &v))
+		return NULL;
+	return json_object_get_string(v);
+}
+
+static int64_t step_timeout_ms(const struct flow *f)
+{
+	int64_t step = (int64_t)f->k->cfg->refresh.timeout_sec * 1000;
+	int64_t left = f->deadline_ms - keeper_now_ms();
+
+	if (left < 1000)
+		left = 1000;
+	return step < left ? step : left;
+}
+
+/* ---- login ---- */
+
+static void login_step(struct flow *f);
+
+/* Ends a login: the caller hears the outcome, the schedule comes back. */
+static void login_end(struct flow *f, struct json_object *result, struct json_object *error)
+{
+	struct keeper *k = f->k;
+	struct server *s = f->s;
+
+	if (f->listening && child_ready(k->oauth)) {
+		struct json_object *p = json_object_new_object();
+
+		add_str(p, "server", s->name);
+		child_notify(k->oauth, METHOD_OAUTH_CANCEL, p);
+	}
+	f->listening = false;
+	s->login = NULL;
+	s->login_active = false;
+	if (error) {
+		const char *msg = error_field(error, "message");
+
+		log_warn("%s: login failed: %s", s->name, msg ? msg : "unknown error");
+		/* Back on the old schedule; a refresh in flight settles it itself. */
+		if (!s->in_flight)
+			refresh_load(k, s);
+	}
+	if (f->done_fn)
+		f->done_fn(f->ctx, result, error);
+	json_object_put(result);
+	json_object_put(error);
+	flow_free(f);
+}
+
+static void login_fail(struct flow *f, const char *kind, const char *reason, const char *fmt, ...) _printf_(4, 5);
+static void login_fail(struct flow *f, const char *kind, const char *reason, const char *fmt, ...)
+{
+	char msg[600];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	login_end(f, NULL, error_json(kind, reason, msg));
+}
+
+/* A failed step: the child's message is for the user, its reason for tests. */
+static void login_fail_child(struct flow *f, const char *what, struct json_object *error)
+{
+	const char *msg = error_field(error, "message"), *reason = error_field(error, "reason");
+	const char *kind = error_field(error, "kind");
+
+	login_fail(f, kind && strcmp(kind, KIND_TRANSIENT) == 0 ? KIND_UNAVAILABLE : KIND_LOGIN_FAILED,
+		   reason ? reason : "oauth", "%s: %s", what, msg ? msg : "failed");
+}
+
+static void guard_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct flow *f = arg;
+
+	login_fail(f, KIND_UNAVAILABLE, LOGIN_R_TIMEOUT, "the oauth child did not finish the login in time");
+}
+
+static int login_request(struct flow *f, const char *method, struct json_object *params, int64_t timeout_ms,
+			 child_reply_fn fn)
+{
+	struct timeval tv;
+	int r;
+
+	add_str(params, "server", f->s->name);
+	json_object_object_add(params, "timeout_ms", json_object_new_int64(timeout_ms));
+	r = child_request(f->k->oauth, method, params, fn, f, &f->request_id);
+	if (r < 0)
+		return r;
+	f->requesting = true;
+	tv.tv_sec = (timeout_ms + LOGIN_GRACE_MS) / 1000;
+	tv.tv_usec = (timeout_ms + LOGIN_GRACE_MS) % 1000 * 1000;
+	evtimer_add(f->guard, &tv);
+	return 0;
+}
+
+/* Port records are decimal text, sealed like everything else. */
+static int stored_port(struct keeper *k, const char *key)
+{
+	struct secret *plain = NULL;
+	char buf[8];
+	int port = 0;
+
+	if (store_get(k->store, STORE_CLIENTS, key, &plain) != 0)
+		return 0;
+	if (plain->len > 0 && plain->len < sizeof(buf)) {
+		memcpy(buf, plain->data, plain->len);
+		buf[plain->len] = '\0';
+		port = atoi(buf);
+	}
+	secret_free(plain);
+	return port > 0 && port < 65536 ? port : 0;
+}
+
+static void store_port(struct keeper *k, struct server *s, const char *key, int port)
+{
+	char buf[8];
+	struct secret *plain;
+	int r;
+
+	snprintf(buf, sizeof(buf), "%d", port);
+	plain = secret_from(buf, strlen(buf));
+	if (!plain)
+		return;
+	r = store_put(k->store, STORE_CLIENTS, key, plain);
+	secret_free(plain);
+	if (r != 0)
+		log_warn("%s: could not remember redirect port %d: %s", s->name, port, store_strerror(r));
+	else
+		log_info("%s: redirect port %d chosen and stored", s->name, port);
+}
+
+static void on_listen(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct flow *f = ctx;
+	struct json_object *v;
+	char key[STORE_SERVER_KEY_MAX + 1];
+	int port;
+
+	f->requesting = false;
+	evtimer_del(f->guard);
+	if (error) {
+		login_fail_child(f, "cannot listen for the redirect", error);
+		return;
+	}
+	if (!json_object_object_get_ex(result, "port", &v) || (port = json_object_get_int(v)) <= 0 || port > 65535) {
+		login_fail(f, KIND_INTERNAL, "oauth", "the oauth child reported no port");
+		return;
+	}
+	f->listening = true;
+	if (!f->s->conf->oauth.redirect_port && port != f->port &&
+	    store_derived_key("port:", f->s->key, NULL, key, sizeof(key)) == 0)
+		store_port(k, f->s, key, port);
+	f->port = port;
+	snprintf(f->redirect_uri, sizeof(f->redirect_uri), "http://127.0.0.1:%d/oauth/callback", port);
+	f->step = STEP_DISCOVER;
+	login_step(f);
+}
+
+static void on_discover(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct flow *f = ctx;
+
+	f->requesting = false;
+	evtimer_del(f->guard);
+	if (error) {
+		login_fail_child(f, "discovery failed", error);
+		return;
+	}
+	/* The child's messages are wiped once handled: keep a copy. */
+	if (json_object_deep_copy(result, &f->meta, NULL) < 0) {
+		login_fail(f, KIND_INTERNAL, LOGIN_R_DISCOVERY, "out of memory");
+		return;
+	}
+	if (!meta_str(f, "issuer") || !meta_str(f, "authorization_endpoint") || !meta_str(f, "token_endpoint")) {
+		login_fail(f, KIND_INTERNAL, LOGIN_R_DISCOVERY, "the oauth child's discovery result is incomplete");
+		return;
+	}
+	log_info("%s: authorization server %s", f->s->name, meta_str(f, "issuer"));
+	f->step = STEP_REGISTER;
+	login_step(f);
+}
+
+/* Keeps a client record for this login (copied into a secret it owns). */
+static int client_take(struct flow *f, const struct oauth_client *c)
+{
+	struct secret *plain = NULL;
+	int r = client_encode(c, &plain);
+
+	if (r < 0)
+		return r;
+	client_clear(&f->client);
+	return client_decode(plain, &f->client);
+}
+
+static void on_register(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct flow *f = ctx;
+	struct oauth_client c = { 0 };
+	struct secret *plain = NULL;
+	struct json_object *v;
+	int r;
+
+	f->requesting = false;
+	evtimer_del(f->guard);
+	if (error) {
+		login_fail_child(f, "dynamic client registration failed", error);
+		return;
+	}
+	if (json_object_object_get_ex(result, "client_id", &v))
+		c.client_id = json_object_get_string(v);
+	if (json_object_object_get_ex(result, "client_secret", &v) && json_object_is_type(v, json_type_string))
+		c.client_secret = json_object_get_string(v);
+	if (json_object_object_get_ex(result, "auth_method", &v))
+		c.auth_method = json_object_get_string(v);
+	if (json_object_object_get_ex(result, "client_secret_expires_at", &v))
+		c.secret_expires_at = json_object_get_int64(v);
+	c.issuer = meta_str(f, "issuer");
+	c.registered_at = keeper_now();
+	if (!c.client_id || !*c.client_id || !c.auth_method) {
+		login_fail(f, KIND_INTERNAL, LOGIN_R_REGISTRATION, "the oauth child's registration result is incomplete");
+		return;
+	}
+	r = client_encode(&c, &plain);
+	if (r == 0)
+		r = store_put(k->store, STORE_CLIENTS, f->client_key, plain);
+	secret_free(plain);
+	if (r != 0) {
+		login_fail(f, KIND_UNAVAILABLE, LOGIN_R_REGISTRATION, "storing the registered client failed: %s",
+			   store_strerror(r));
+		return;
+	}
+	if (client_take(f, &c) < 0) {
+		login_fail(f, KIND_INTERNAL, LOGIN_R_REGISTRATION, "out of memory");
+		return;
+	}
+	f->client_registered = true;
+	log_info("%s: registered as a new client at %s", f->s->name, c.issuer);
+	f->step = STEP_AUTHORIZE;
+	login_step(f);
+}
+
+static bool method_listed(struct json_object *methods, const char *m)
+{
+	if (!json_object_is_type(methods, json_type_array))
+		return false;
+	for (size_t i = 0; i < json_object_array_length(methods); i++)
+		if (strcmp(json_object_get_string(json_object_array_get_idx(methods, i)), m) == 0)
+			return true;
+	return false;
+}
+
+/* The configured client, or a stored registration; 1 when neither exists. */
+static int login_find_client(struct flow *f)
+{
+	const struct config_oauth *co = &f->s->conf->oauth;
+	struct secret *plain = NULL;
+	struct oauth_client c = { 0 };
+	int r;
+
+	if (co->client_id) {
+		struct json_object *methods = NULL;
+
+		json_object_object_get_ex(f->meta, "token_endpoint_auth_methods", &methods);
+		c.client_id = co->client_id;
+		c.client_secret = co->client_secret;
+		c.auth_method = !co->client_secret ? "none"
+				: methods && !method_listed(methods, "client_secret_basic") &&
+						  method_listed(methods, "client_secret_post")
+					? "client_secret_post"
+					: "client_secret_basic";
+		c.issuer = meta_str(f, "issuer");
+		return client_take(f, &c);
+	}
+	r = store_derived_key("client:", meta_str(f, "issuer"), f->redirect_uri, f->client_key, sizeof(f->client_key));
+	if (r < 0)
+		return r;
+	r = store_get(f->k->store, STORE_CLIENTS, f->client_key, &plain);
+	if (r == STORE_E_NOT_FOUND)
+		return 1;
+	if (r != 0) {
+		log_warn("%s: stored client registration unusable (%s); registering again", f->s->name,
+			 store_strerror(r));
+		return 1;
+	}
+	if (client_decode(plain, &f->client) < 0 || !f->client.client_id || !f->client.auth_method ||
+	    (f->client.secret_expires_at && f->client.secret_expires_at < keeper_now() + CLIENT_EXPIRY_MARGIN_SEC)) {
+		client_clear(&f->client);
+		log_info("%s: stored client registration expired or unusable; registering again", f->s->name);
+		return 1;
+	}
+	f->client_registered = true;
+	log_info("%s: reusing the client registered at %s", f->s->name, meta_str(f, "issuer"));
+	return 0;
+}
+
+/* The scope to ask for: the configured scopes override what discovery found. */
+static char *login_scope(const struct flow *f)
+{
+	const struct config_oauth *co = &f->s->conf->oauth;
+	size_t len = 1;
+	char *out;
+
+	if (!co->n_scopes) {
+		const char *s = meta_str(f, "scope");
+
+		return s ? strdup(s) : NULL;
+	}
+	for (size_t i = 0; i < co->n_scopes; i++)
+		len += strlen(co->scopes[i]) + 1;
+	out = calloc(1, len);
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < co->n_scopes; i++) {
+		if (i)
+			strcat(out, " ");
+		strcat(out, co->scopes[i]);
+	}
+	return out;
+}
+
+static const char *login_resource(const struct flow *f)
+{
+	return f->s->conf->oauth.resource ? f->s->conf->oauth.resource : meta_str(f, "resource");
+}
+
+static void on_authorize(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error);
+
+static void login_step(struct flow *f)
+{
+	struct keeper *k = f->k;
+	struct json_object *p = json_object_new_object();
+	child_reply_fn fn = NULL;
+	const char *method = NULL;
+	int64_t timeout = step_timeout_ms(f);
+	int r;
+
+	if (!child_ready(k->oauth)) {
+		json_object_put(p);
+		login_fail(f, KIND_UNAVAILABLE, LOGIN_R_NETWORK, "the oauth child is not running (it is being restarted)");
+		return;
+	}
+	switch (f->step) {
+	case STEP_LISTEN:
+		json_object_object_add(p, "port", json_object_new_int(f->port));
+		method = METHOD_OAUTH_LISTEN;
+		fn = on_listen;
+		break;
+	case STEP_DISCOVER: {
+		const struct config_server *cs = f->s->conf;
+		struct json_object *h = json_object_new_object();
+
+		add_str(p, "url", cs->url);
+		add_str(p, "protocol", config_protocol_name(cs->protocol));
+		for (size_t i = 0; i < cs->n_headers; i++)
+			add_str(h, cs->headers[i].key, cs->headers[i].value);
+		json_object_object_add(p, "headers", h);
+		method = METHOD_OAUTH_DISCOVER;
+		fn = on_discover;
+		break;
+	}
+	case STEP_REGISTER: {
+		struct json_object *methods = NULL;
+		char *scope;
+
+		r = login_find_client(f);
+		if (r < 0) {
+			json_object_put(p);
+			login_fail(f, KIND_INTERNAL, LOGIN_R_REGISTRATION, "cannot prepare the client: %s", strerror(-r));
+			return;
+		}
+		if (r == 0) {
+			json_object_put(p);
+			f->step = STEP_AUTHORIZE;
+			login_step(f);
+			return;
+		}
+		if (!meta_str(f, "registration_endpoint")) {
+			json_object_put(p);
+			login_fail(f, KIND_LOGIN_FAILED, LOGIN_R_REGISTRATION,
+				   "the authorization server %s offers no dynamic client registration: "
+				   "register a client there and set oauth.client_id for \"%s\"",
+				   meta_str(f, "issuer"), f->s->name);
+			return;
+		}
+		add_str(p, "registration_endpoint", meta_str(f, "registration_endpoint"));
+		add_str(p, "redirect_uri", f->redirect_uri);
+		scope = login_scope(f);
+		add_str(p, "scope", scope);
+		free(scope);
+		if (json_object_object_get_ex(f->meta, "token_endpoint_auth_methods", &methods))
+			json_object_object_add(p, "token_endpoint_auth_methods", json_object_get(methods));
+		method = METHOD_OAUTH_REGISTER;
+		fn = on_register;
+		break;
+	}
+	case STEP_AUTHORIZE: {
+		struct json_object *iss = NULL;
+		char *scope = login_scope(f);
+
+		add_str(p, "authorization_endpoint", meta_str(f, "authorization_endpoint"));
+		add_str(p, "token_endpoint", meta_str(f, "token_endpoint"));
+		add_str(p, "redirect_uri", f->redirect_uri);
+		add_str(p, "client_id", f->client.client_id);
+		add_str(p, "client_secret", f->client.client_secret);
+		add_str(p, "auth_method", f->client.auth_method);
+		add_str(p, "resource", login_resource(f));
+		add_str(p, "scope", scope);
+		free(scope);
+		add_str(p, "issuer", meta_str(f, "issuer"));
+		json_object_object_get_ex(f->meta, "iss_supported", &iss);
+		json_object_object_add(p, "iss_supported", json_object_new_boolean(iss && json_object_get_boolean(iss)));
+		timeout = f->deadline_ms - keeper_now_ms();
+		if (timeout < 1000)
+			timeout = 1000;
+		method = METHOD_OAUTH_AUTHORIZE;
+		fn = on_authorize;
+		break;
+	}
+	}
+	r = login_request(f, method, p, timeout, fn);
+	if (r < 0)
+		login_fail(f, KIND_UNAVAILABLE, LOGIN_R_NETWORK, "the oauth child is not reachable: %s", strerror(-r));
+}
+
+static void on_authorize(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct flow *f = ctx;
+	struct server *s = f->s;
+	struct token t = { 0 };
+	struct secret *plain = NULL;
+	struct json_object *v, *res, *d;
+	int64_t now = keeper_now(), expires_in = 0;
+	char *scope;
+	int r;
+
+	f->requesting = false;
+	f->listening = false;	/* the child closes the port when authorize ends */
+	evtimer_del(f->guard);
+	if (error) {
+		const char *oerr = error_field(error, "oauth_error");
+
+		if (f->client_registered && oerr && strcmp(oerr, "invalid_client") == 0) {
+			/* The provider forgot the registration: the next login registers anew. */
+			store_delete(k->store, STORE_CLIENTS, f->client_key);
+			log_info("%s: the stored client registration was refused; dropped", s->name);
+		}
+		login_fail_child(f, "login failed", error);
+		return;
+	}
+	if (!json_object_object_get_ex(result, "access_token", &v) || !json_object_is_type(v, json_type_string)) {
+		login_fail(f, KIND_INTERNAL, LOGIN_R_EXCHANGE, "the oauth child returned no access token");
+		return;
+	}
+	scope = login_scope(f);
+	t.access_token = json_object_get_string(v);
+	t.token_type = json_object_object_get_ex(result, "token_type", &v) ? json_object_get_string(v) : "Bearer";
+	if (json_object_object_get_ex(result, "refresh_token", &v) && json_object_is_type(v, json_type_string))
+		t.refresh_token = json_object_get_string(v);
+	t.scope = json_object_object_get_ex(result, "scope", &v) && json_object_is_type(v, json_type_string)
+			  ? json_object_get_string(v)
+			  : scope;
+	if (json_object_object_get_ex(result, "expires_in", &v))
+		expires_in = json_object_get_int64(v);
+	t.token_endpoint = meta_str(f, "token_endpoint");
+	t.revocation_endpoint = meta_str(f, "revocation_endpoint");
+	t.resource = login_resource(f);
+	t.issuer = meta_str(f, "issuer");
+	t.client_id = f->client.client_id;
+	t.client_secret = f->client.client_secret;
+	t.auth_method = f->client.auth_method;
+	t.obtained_at = now;
+	t.expires_at = expires_in > 0 ? now + expires_in : 0;
+	r = token_encode(&t, &plain);
+	free(scope);
+	if (r == 0)
+		r = store_put(k->store, STORE_TOKENS, s->key, plain);
+	secret_free(plain);
+	if (r != 0) {
+		login_fail(f, KIND_UNAVAILABLE, "store", "storing the token failed: %s", store_strerror(r));
+		return;
+	}
+
+	/* The new token replaces whatever a refresh in flight would bring. */
+	refresh_forget(k, s);
+	s->retry_count = 0;
+	s->failed_reported = false;
+	s->last_error[0] = '\0';
+	s->needs_login = false;
+	s->login_active = false;
+	refresh_load(k, s);
+	log_info("%s: logged in%s, token expires in %lld s", s->name, t.refresh_token ? "" : " (no refresh token)",
+		 (long long)expires_in);
+	workers_token_changed(k, s);
+	workers_refresh_done(k, s, NULL);
+	keeper_orphan_drop(k, s->key);
+
+	d = json_object_new_object();
+	add_str(d, "reason", "oauth_login");
+	add_str(d, "server", s->name);
+	events_emit(k, EVENT_SERVERS_CHANGED, d);
+
+	res = json_object_new_object();
+	add_str(res, "server", s->name);
+	add_str(res, "oauth_status", oauth_status_name(s->status));
+	json_object_object_add(res, "token_expires_at", s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
+	json_object_object_add(res, "refresh_token", json_object_new_boolean(t.refresh_token != NULL));
+	login_end(f, res, NULL);
+}
+
+int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn url_fn, flow_done_fn done_fn,
+		void *ctx, struct flow **slot)
+{
+	struct flow *f;
+	char key[STORE_SERVER_KEY_MAX + 1];
+
+	if (s->login)
+		return -EBUSY;
+	if (timeout_sec <= 0)
+		timeout_sec = LOGIN_DEFAULT_TIMEOUT_SEC;
+	if (timeout_sec > LOGIN_MAX_TIMEOUT_SEC)
+		timeout_sec = LOGIN_MAX_TIMEOUT_SEC;
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	f->k = k;
+	f->type = FLOW_LOGIN;
+	f->s = s;
+	f->url_fn = url_fn;
+	f->done_fn = done_fn;
+	f->ctx = ctx;
+	f->deadline_ms = keeper_now_ms() + (int64_t)timeout_sec * 1000;
+	f->guard = evtimer_new(k->base, guard_cb, f);
+	if (!f->guard) {
+		free(f);
+		return -ENOMEM;
+	}
+	f->port = s->conf->oauth.redirect_port;
+	if (!f->port && store_derived_key("port:", s->key, NULL, key, sizeof(key)) == 0)
+		f->port = stored_port(k, key);
+	flow_link(k, f);
+	s->login = f;
+	s->login_active = true;
+	refresh_pause(k, s);
+	log_info("%s: login started (timeout %d s)", s->name, timeout_sec);
+	f->slot = slot;
+	*slot = f;
+	f->step = STEP_LISTEN;
+	login_step(f);
+	return 0;
+}
+
+void login_url(struct keeper *k, struct json_object *params)
+{
+	struct json_object *v;
+	struct server *s;
+	const char *url;
+
+	if (!json_object_object_get_ex(params, "server", &v) || !(s = keeper_find_server(k, json_object_get_string(v))) ||
+	    !s->login || s->login->step != STEP_AUTHORIZE)
+		return;
+	if (!json_object_object_get_ex(params, "url", &v) || !json_object_is_type(v, json_type_string))
+		return;
+	url = json_object_get_string(v);
+	if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)
+		return;
+	if (s->login->url_fn)
+		s->login->url_fn(s->login->ctx, s->name, url);
+}
+
+void login_forget(struct keeper *k, struct server *s, const char *why)
+{
+	if (s->login)
+		login_fail(s->login, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "login cancelled: %s", why);
+}
+
+/* ---- logout ---- */
+
+static void logout_maybe_done(struct flow *f)
+{
+	struct json_object *res;
+
+	if (f->pending > 0)
+		return;
+	res = TAKE_PTR(f->results);
+	if (f->done_fn)
+		f->done_fn(f->ctx, res, NULL);
+	json_object_put(res);
+	flow_free(f);
+}
+
+struct revoke_ctx {
+	struct flow *f;
+	struct json_object *target;	/* borrowed from f->results */
+};
+
+static void on_revoke(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct revoke_ctx *rc = ctx;
+	struct flow *f = rc->f;
+
+	if (error) {
+		const char *msg = error_field(error, "message");
+
+		json_object_object_add(rc->target, "revoked", json_object_new_boolean(0));
+		if (!json_object_object_get_ex(rc->target, "revoke_error", NULL))
+			add_str(rc->target, "revoke_error", msg ? msg : "revocation failed");
+	}
+	free(rc);
+	f->pending--;
+	logout_maybe_done(f);
+}
+
+static int revoke_send(struct flow *f, struct json_object *target, const char *name, const struct token *t,
+		       const char *token, const char *hint, const char *client_id, const char *secret,
+		       const char *method)
+{
+	struct keeper *k = f->k;
+	struct json_object *p = json_object_new_object();
+	struct revoke_ctx *rc = calloc(1, sizeof(*rc));
+	int64_t id;
+
+	if (!rc) {
+		json_object_put(p);
+		return -ENOMEM;
+	}
+	rc->f = f;
+	rc->target = target;
+	add_str(p, "server", name);
+	add_str(p, "revocation_endpoint", t->revocation_endpoint);
+	add_str(p, "token", token);
+	add_str(p, "token_type_hint", hint);
+	add_str(p, "client_id", client_id);
+	add_str(p, "client_secret", secret);
+	add_str(p, "auth_method", method);
+	json_object_object_add(p, "timeout_ms", json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
+	if (child_request(k->oauth, METHOD_OAUTH_REVOKE, p, on_revoke, rc, &id) < 0) {
+		free(rc);
+		return -ENOTCONN;
+	}
+	if (f->n_revoke_ids == f->cap_revoke_ids) {
+		size_t cap = f->cap_revoke_ids ? 2 * f->cap_revoke_ids : 4;
+		int64_t *ids = realloc(f->revoke_ids, cap * sizeof(*ids));
+
+		if (ids) {
+			f->revoke_ids = ids;
+			f->cap_revoke_ids = cap;
+		}
+	}
+	if (f->n_revoke_ids < f->cap_revoke_ids)
+		f->revoke_ids[f->n_revoke_ids++] = id;
+	f->pending++;
+	return 0;
+}
+
+/*
+ * One target: delete its record (through the refresh engine for a
+ * configured server, directly for an orphan), then revoke what it held.
+ */
+static void logout_target(struct flow *f, struct server *s, const char *key, const char *name)
+{
+	struct keeper *k = f->k;
+	struct json_object *o = json_object_new_object();
+	struct secret *plain = NULL;
+	struct token t = { 0 };
+	bool have = false;
+	int r;
+
+	add_str(o, "server", name);
+	if (!s)
+		json_object_object_add(o, "orphaned", json_object_new_boolean(1));
+	json_object_array_add(f->results, o);
+
+	if (store_get(k->store, STORE_TOKENS, key, &plain) == 0)
+		have = token_decode(plain, &t) == 0;
+	else
+		secret_free(plain);
+
+	if (s) {
+		login_forget(k, s, "logged out");
+		r = refresh_logout(k, s);
+	} else {
+		r = store_delete(k->store, STORE_TOKENS, key);
+		if (r >= 0) {
+			struct json_object *d = json_object_new_object();
+
+			log_info("%s: orphaned token deleted", name);
+			add_str(d, "reason", "oauth_logout");
+			add_str(d, "server", name);
+			json_object_object_add(d, "orphaned", json_object_new_boolean(1));
+			events_emit(k, EVENT_SERVERS_CHANGED, d);
+			keeper_orphan_drop(k, key);
+		}
+	}
+	if (r < 0) {
+		json_object_object_add(o, "error", error_json(KIND_UNAVAILABLE, "store", "the token store failed"));
+		token_clear(&t);
+		return;
+	}
+	json_object_object_add(o, "logged_out", json_object_new_boolean(1));
+	json_object_object_add(o, "had_token", json_object_new_boolean(r == 0));
+	if (!have || r != 0) {
+		token_clear(&t);
+		return;
+	}
+	if (!t.revocation_endpoint) {
+		add_str(o, "revocation", "not offered by the provider");
+		token_clear(&t);
+		return;
+	}
+	{
+		const char *id = t.client_id, *secret = t.client_secret, *method = t.auth_method;
+
+		if (!id && s && s->conf->oauth.client_id) {
+			id = s->conf->oauth.client_id;
+			secret = s->conf->oauth.client_secret;
+			method = secret ? "client_secret_basic" : "none";
+		}
+		if (!id) {
+			add_str(o, "revocation", "not attempted: the record names no client");
+			token_clear(&t);
+			return;
+		}
+		if (!child_ready(k->oauth)) {
+			json_object_object_add(o, "revoked", json_object_new_boolean(0));
+			add_str(o, "revoke_error", "the oauth child is not running");
+			token_clear(&t);
+			return;
+		}
+		/* "revoked" turns false when any revocation fails. The refresh
+		 * token first: revoking it usually takes its access tokens too. */
+		json_object_object_add(o, "revoked", json_object_new_boolean(1));
+		if ((t.refresh_token && revoke_send(f, o, name, &t, t.refresh_token, "refresh_token", id, secret,
+						    method) < 0) ||
+		    revoke_send(f, o, name, &t, t.access_token, "access_token", id, secret, method) < 0) {
+			json_object_object_add(o, "revoked", json_object_new_boolean(0));
+			add_str(o, "revoke_error", "the oauth child is not reachable");
+		}
+	}
+	token_clear(&t);
+}
+
+int logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
+		 void *ctx, struct flow **slot)
+{
+	struct flow *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return -ENOMEM;
+	f->k = k;
+	f->type = FLOW_LOGOUT;
+	f->done_fn = done_fn;
+	f->ctx = ctx;
+	f->results = json_object_new_array();
+	flow_link(k, f);
+	f->slot = slot;
+	*slot = f;
+	if (one) {
+		logout_target(f, one, one->key, one->name);
+		orphan_name = one->name;	/* its tokens under an older URL go too */
+	}
+	{
+		for (size_t i = 0; all && i < k->n_servers; i++)
+			if (k->servers[i]->conf->oauth_enabled)
+				logout_target(f, k->servers[i], k->servers[i]->key, k->servers[i]->name);
+		/* Orphans: every one with --all, else those under the given name. */
+		for (size_t i = 0; i < k->n_orphans;) {
+			char name[STORE_SERVER_KEY_MAX + 1], key[STORE_SERVER_KEY_MAX + 1];
+			size_t before = k->n_orphans;
+
+			keeper_orphan_name(k->orphans[i], name, sizeof(name));
+			if (all || (orphan_name && strcmp(name, orphan_name) == 0)) {
+				snprintf(key, sizeof(key), "%s", k->orphans[i]);
+				logout_target(f, NULL, key, name);
+			}
+			if (k->n_orphans == before)
+				i++;
+		}
+	}
+	logout_maybe_done(f);
+	return 0;
+}
+
+void flow_detach(struct flow *f)
+{
+	f->slot = NULL;
+	f->url_fn = NULL;
+	f->done_fn = NULL;
+	f->ctx = NULL;
+	if (f->type == FLOW_LOGIN)
+		login_fail(f, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "login cancelled: the caller went away");
+}
+
+void flows_free_all(struct keeper *k)
+{
+	while (k->flows) {
+		struct flow *f = k->flows;
+
+		f->slot = NULL;
+		f->url_fn = NULL;
+		f->done_fn = NULL;
+		if (f->type == FLOW_LOGIN)
+			login_fail(f, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "the keeper is stopping");
+		else
+			flow_free(f);
+	}
+}
