@@ -44,6 +44,8 @@
 #define LOGIN_GRACE_MS 15000
 /* A registered client whose secret expires sooner than this is registered anew. */
 #define CLIENT_EXPIRY_MARGIN_SEC 60
+/* How often a login waiting for the oauth child looks again. */
+#define CHILD_WAIT_STEP_MS 100
 
 enum flow_type { FLOW_LOGIN, FLOW_LOGOUT };
 
@@ -66,6 +68,7 @@ struct flow {
 	bool listening;
 	int64_t deadline_ms;		/* wall clock */
 	struct event *guard;
+	struct event *retry;		/* waiting for the oauth child to be ready */
 	int port;
 	char redirect_uri[64];
 	struct json_object *meta;	/* the discovery result */
@@ -113,6 +116,8 @@ static void flow_free(struct flow *f)
 	free(f->revoke_ids);
 	if (f->guard)
 		event_free(f->guard);
+	if (f->retry)
+		event_free(f->retry);
 	json_object_put(f->meta);
 	json_object_put(f->results);
 	client_clear(&f->client);
@@ -219,6 +224,11 @@ static void login_fail_child(struct flow *f, const char *what, struct json_objec
 
 	login_fail(f, kind && strcmp(kind, KIND_TRANSIENT) == 0 ? KIND_UNAVAILABLE : KIND_LOGIN_FAILED,
 		   reason ? reason : "oauth", "%s: %s", what, msg ? msg : "failed");
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	login_step(arg);
 }
 
 static void guard_cb(evutil_socket_t fd, short what, void *arg)
@@ -489,6 +499,14 @@ static void login_step(struct flow *f)
 
 	if (!child_ready(k->oauth)) {
 		json_object_put(p);
+		/* Starting or restarting: wait for it within the login's time
+		 * (a keeper that just started has not finished its hello). */
+		if (keeper_now_ms() + CHILD_WAIT_STEP_MS < f->deadline_ms) {
+			struct timeval tv = { 0, CHILD_WAIT_STEP_MS * 1000 };
+
+			evtimer_add(f->retry, &tv);
+			return;
+		}
 		login_fail(f, KIND_UNAVAILABLE, LOGIN_R_NETWORK, "the oauth child is not running (it is being restarted)");
 		return;
 	}
@@ -683,7 +701,12 @@ int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn
 	f->ctx = ctx;
 	f->deadline_ms = keeper_now_ms() + (int64_t)timeout_sec * 1000;
 	f->guard = evtimer_new(k->base, guard_cb, f);
-	if (!f->guard) {
+	f->retry = evtimer_new(k->base, retry_cb, f);
+	if (!f->guard || !f->retry) {
+		if (f->guard)
+			event_free(f->guard);
+		if (f->retry)
+			event_free(f->retry);
 		free(f);
 		return -ENOMEM;
 	}

@@ -217,6 +217,25 @@ class TestLogin(LoginCase):
         self.assertEqual(len(self.browser_records()), 2, "nobody needed a login")
 
 
+    def test_g_other_authorization_server_registers_again(self):
+        self.setup_login()
+        self.assert_logged_in(self.ctl("auth", "login", "-s", "demo"))
+        first = self.last()["token"]["client_id"]
+        regs = self.peer.stats()["registrations"]
+        # The resource metadata now names another authorization server.
+        self.peer.config(issuer_path="/tenant2")
+        self.assert_logged_in(self.ctl("auth", "login", "-s", "demo"))
+        self.assertEqual(self.peer.stats()["registrations"], regs + 1, "registered at the new server")
+        second = self.last()["token"]["client_id"]
+        self.assertNotEqual(second, first, "the old credentials are not reused")
+        self.assertEqual(self.last()["register"]["redirect_uris"], [self.last()["token"]["redirect_uri"]])
+        # Back at the first one, its own registration is reused.
+        self.peer.config(issuer_path="")
+        self.assert_logged_in(self.ctl("auth", "login", "-s", "demo"))
+        self.assertEqual(self.peer.stats()["registrations"], regs + 1)
+        self.assertEqual(self.last()["token"]["client_id"], first)
+
+
 class TestLoginFailures(LoginCase):
 
     def test_a_state_mismatch(self):
