@@ -32,6 +32,10 @@
  * {"server", "oauth_status", "token_expires_at", "refresh_token": bool}, or
  * an error whose data carries "reason" (LOGIN_R_* below). Closing the
  * connection cancels the login.
+ * With "wait": false the reply comes as soon as the URL exists, {"server",
+ * "url"}, and the login goes on in the keeper whatever the connection does;
+ * its end is an event: servers.changed {"reason": "oauth_login", "server"}
+ * or {"reason": "oauth_login_failed", "server", "error": message}.
  * auth.logout {"server"} | {"all": true}: the record goes at once; the reply
  * waits for the provider's revocation: per server {"server", "logged_out",
  * "had_token", "revoked": bool (absent when not attempted), "revoke_error",
@@ -104,6 +108,25 @@
  * oauth.revoke {server, revocation_endpoint, token, token_type_hint,
  *       client_id, client_secret?, auth_method} -> {"http_status"}  RFC 7009.
  *
+ * The http child (role "http"): the REST API, the event stream, the web UI
+ * and MCP over HTTP, on loopback. It holds no token and no master key.
+ *   hello params add {"listen": "127.0.0.1:PORT" (port 0: any), "api_key":
+ *           the key every API route requires, "ui_dir": absolute path of
+ *           the web UI's static files, "management": false when the config
+ *           says disable_management}
+ *   hello result adds {"port": the port it bound}. A child that cannot
+ *           bind answers the hello with an error (kind "unavailable") and
+ *           exits; the keeper restarts it with backoff.
+ *   control.connect (http -> keeper, request) {}: the keeper creates a
+ *           connected pair of Unix stream sockets, treats one end as a
+ *           control-socket client with the keeper's own credentials, and
+ *           sends the other on the child's fd 4 (the descriptor channel, as
+ *           for workers) under the number it answers: result {"number": N}.
+ *           On it the child speaks the control protocol exactly as mcpctl
+ *           does: status, auth.login, auth.logout, events.subscribe, and
+ *           connect (the MCP-over-HTTP sessions: the end then belongs to the
+ *           server's worker).
+ *
  * Workers (one per upstream; the keeper -> worker hello carries the upstream
  * as the keeper assigns it, never as the worker would claim it):
  *   hello params add {"name": NAME, "transport": {"protocol":
@@ -144,6 +167,7 @@
 #define METHOD_OAUTH_LOGIN_URL "oauth.login_url"
 #define METHOD_OAUTH_CANCEL "oauth.cancel"
 #define METHOD_OAUTH_REVOKE "oauth.revoke"
+#define METHOD_CONTROL_CONNECT "control.connect"
 
 /* error.data.reason of login steps: what went wrong, for tests and UIs. */
 #define LOGIN_R_NETWORK "network"	/* no answer, timeout, TLS */
@@ -200,3 +224,4 @@
 /* Child processes (libexec). */
 #define CHILD_OAUTH_BIN "mcpkeeper-oauth"
 #define CHILD_WORKER_BIN "mcpkeeper-worker"
+#define CHILD_HTTP_BIN "mcpkeeper-http"

@@ -855,11 +855,23 @@ static int status_print(struct json_object *result, const char *only)
 	s = field_str(result, "mode");
 	mode = text_clean(s ? s : "?");
 	if (!only) {
+		struct json_object *http = field_child(result, "http", json_type_object);
+
 		if (field_int(result, "pid", &pid))
 			printf("mcpkeeperd %s, pid %lld, %s mode, %zu server%s\n", version, (long long)pid, mode, n,
 			       n == 1 ? "" : "s");
 		else
 			printf("mcpkeeperd %s, %s mode, %zu server%s\n", version, mode, n, n == 1 ? "" : "s");
+		/* The key is in the URL's fragment, which browsers never send. */
+		if (field_str(result, "web_ui")) {
+			_cleanup_(freep) char *ui = text_clean(field_str(result, "web_ui"));
+
+			printf("web UI: %s\n", ui);
+		} else if (http && field_str(http, "state")) {
+			_cleanup_(freep) char *st = text_clean(field_str(http, "state"));
+
+			printf("web UI: not available (http child %s)\n", st);
+		}
 	}
 	return status_print_servers(result, METHOD_STATUS, true, only);
 }

@@ -299,11 +299,18 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 
 		if (m->type == RPC_ERROR || !json_object_object_get_ex(m->result, "version", &v) ||
 		    json_object_get_int(v) != PROTO_VERSION) {
-			log_error("%s child refused the hello or speaks another protocol version", c->label);
+			const char *why = m->type == RPC_ERROR ? rpc_error_message(m) : NULL;
+
+			if (why)
+				log_error("%s child refused the hello: %s", c->label, why);
+			else
+				log_error("%s child refused the hello or speaks another protocol version", c->label);
 			child_lost(c, "handshake failed");
 			return;
 		}
 		c->state = CHILD_READY;
+		if (c->ops && c->ops->hello_result)
+			c->ops->hello_result(c, c->ctx, m->result);
 		if (json_object_object_get_ex(m->result, "landlock", &ll) &&
 		    strcmp(json_object_get_string(ll), "enforced") != 0)
 			log_info("%s child: Landlock %s on this kernel: it relies on its uid and file modes",

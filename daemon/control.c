@@ -50,6 +50,8 @@ struct conn {
 	bool handed_off;	/* its descriptor now belongs to a worker */
 	struct flow *flow;	/* a login or logout answering this connection */
 	struct json_object *flow_id;
+	bool login_nowait;	/* auth.login "wait": false: reply with the URL */
+	bool internal;		/* from control_adopt(): the http child's */
 	struct conn *prev, *next;
 };
 
@@ -87,7 +89,7 @@ static size_t conns_of_uid(struct control *ctl, uid_t uid)
 	size_t n = 0;
 
 	for (struct conn *c = ctl->conns; c; c = c->next)
-		if (c->uid == uid && !c->closing)
+		if (c->uid == uid && !c->closing && !c->internal)
 			n++;
 	return n;
 }
@@ -205,6 +207,8 @@ static void do_status(struct conn *c, struct json_object *id)
 		json_object_array_add(arr, control_server_json(k->servers[i], true));
 	json_object_object_add(res, "servers", arr);
 	json_object_object_add(res, "orphaned_tokens", orphans_json(k));
+	json_object_object_add(res, "http", api_status_json(k));
+	json_object_object_add(res, "web_ui", api_web_ui_url(k));
 	reply_result(c, id, res);
 }
 
@@ -304,6 +308,19 @@ static void flow_url(void *ctx, const char *server, const char *url)
 	struct conn *c = ctx;
 	struct json_object *p = json_object_new_object(), *n;
 
+	if (c->login_nowait) {
+		/* The login goes on without this connection. */
+		json_object_object_add(p, "server", json_object_new_string(server));
+		json_object_object_add(p, "url", json_object_new_string(url));
+		reply_result(c, c->flow_id, p);
+		json_object_put(c->flow_id);
+		c->flow_id = NULL;
+		c->login_nowait = false;
+		flow_release(c->flow);
+		c->flow = NULL;
+		return;
+	}
+
 	json_object_object_add(p, "server", json_object_new_string(server));
 	json_object_object_add(p, "url", json_object_new_string(url));
 	n = rpc_notification(METHOD_AUTH_LOGIN_URL, p);
@@ -351,6 +368,10 @@ static void do_auth_login(struct conn *c, struct json_object *id, struct json_ob
 		}
 		timeout = json_object_get_int(v);
 	}
+	if (json_object_object_get_ex(params, "wait", &v) && !json_object_is_type(v, json_type_boolean)) {
+		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"wait\" must be true or false");
+		return;
+	}
 	if (!s->conf->enabled) {
 		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "server \"%s\" is disabled in the configuration",
 			    s->name);
@@ -365,6 +386,7 @@ static void do_auth_login(struct conn *c, struct json_object *id, struct json_ob
 		return;
 	}
 	c->flow_id = json_object_get(id);
+	c->login_nowait = json_object_object_get_ex(params, "wait", &v) && !json_object_get_boolean(v);
 	r = login_start(k, s, timeout, flow_url, login_done, c, &c->flow);
 	if (r < 0) {
 		json_object_put(c->flow_id);
@@ -747,6 +769,44 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 		log_debug("control: pid %d uid %u connected", (int)pid, (unsigned)uid);
 	}
+}
+
+int control_adopt(struct control *ctl, int fd)
+{
+	struct conn *c;
+
+	if (!ctl) {
+		close(fd);
+		return -ENOTCONN;
+	}
+	if (fd_set_nonblock(fd, 1) < 0) {
+		int e = errno;
+
+		close(fd);
+		return -e;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	c->ctl = ctl;
+	c->uid = geteuid();
+	c->internal = true;
+	c->bev = bufferevent_socket_new(ctl->k->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (!c->bev) {
+		close(fd);
+		free(c);
+		return -ENOMEM;
+	}
+	frame_bev_setup(c->bev, PROTO_MAX_MESSAGE);
+	bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+	c->next = ctl->conns;
+	if (ctl->conns)
+		ctl->conns->prev = c;
+	ctl->conns = c;
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	return 0;
 }
 
 int control_start(struct keeper *k, int listen_fd)

@@ -246,6 +246,7 @@ static int apply_config(struct keeper *k, struct config *cfg)
 		if (fresh[i])
 			refresh_load(k, k->servers[i]);
 	free(fresh);
+	api_config_changed(k, old);
 	config_free(old);
 	keeper_scan_orphans(k);
 	workers_start_eager(k);
@@ -442,6 +443,8 @@ int keeper_run(const char *config_path, bool system_mode)
 		fatal("control socket: out of memory");
 	if (child_start(k.oauth) < 0)
 		log_error("oauth child did not start; retrying with backoff");
+	if (api_start(&k) < 0)
+		fatal("cannot set up the HTTP API (API key)");
 
 	{
 		struct timeval tv = { MAINTENANCE_SEC, 0 };
@@ -469,6 +472,7 @@ int keeper_run(const char *config_path, bool system_mode)
 		server_free(&k, k.servers[i]);
 	free(k.servers);
 	orphans_clear(&k);
+	api_stop(&k);
 	k.oauth = child_free(k.oauth);
 	k.refresh = refresh_free(k.refresh);
 	k.events = events_free(k.events);

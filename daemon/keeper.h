@@ -84,6 +84,10 @@ struct keeper {
 
 	struct control *control;
 	struct child *oauth;
+	struct child *http;		/* api.c: REST API, events, web UI */
+	struct secret *api_key;
+	int http_port;			/* as the http child bound it; 0: not listening */
+	char *ui_dir;
 	struct child *children;		/* every child, for reaping */
 	struct refresh *refresh;
 	struct events *events;
@@ -132,6 +136,8 @@ void login_forget(struct keeper *k, struct server *s, const char *why);
 int logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
 		 void *ctx, struct flow **slot);
 void flow_detach(struct flow *f);
+/* Forgets the caller without cancelling: the flow runs to its end. */
+void flow_release(struct flow *f);
 void flows_free_all(struct keeper *k);
 
 /* events.c: one payload, delivered to control subscribers (and later SSE). */
@@ -145,6 +151,9 @@ void events_unsubscribe(struct keeper *k, void *ctx);
 
 /* control.c */
 int control_start(struct keeper *k, int listen_fd);
+/* A connected socket from inside (the http child's control.connect): a
+ * client with the keeper's own credentials. Takes fd. 0 or -errno. */
+int control_adopt(struct control *ctl, int fd);
 struct control *control_free(struct control *c);
 /* The JSON of one server as status / auth.status report it. */
 struct json_object *control_server_json(const struct server *s, bool full);
@@ -167,6 +176,15 @@ int refresh_logout(struct keeper *k, struct server *s);
 extern const struct child_ops refresh_oauth_ops;
 const char *oauth_status_name(enum oauth_status st);
 const char *refresh_state_name(enum refresh_state st);
+
+/* api.c: the http child (REST API, event stream, web UI, MCP over HTTP). */
+int api_start(struct keeper *k);
+void api_stop(struct keeper *k);
+/* After a reload: restarts the child when its settings changed. */
+void api_config_changed(struct keeper *k, const struct config *old);
+/* {"state", "pid", "url"} for status; "web_ui" adds the key fragment. */
+struct json_object *api_status_json(const struct keeper *k);
+struct json_object *api_web_ui_url(const struct keeper *k);
 
 /* workers.c: one mcpkeeper-worker per upstream, started on demand. */
 /* Hands a connected client descriptor (ownership passes) to the server's
@@ -194,6 +212,8 @@ struct rpc_msg;
 struct child_ops {
 	/* Extra hello params (name, transport) before the hello is sent. */
 	void (*hello)(struct child *c, void *ctx, struct json_object *params);
+	/* The hello's result, before ready (e.g. the http child's port). */
+	void (*hello_result)(struct child *c, void *ctx, struct json_object *result);
 	void (*ready)(struct child *c, void *ctx);
 	/* The channel is gone; pending requests have already failed. */
 	void (*lost)(struct child *c, void *ctx);

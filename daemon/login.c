@@ -191,8 +191,13 @@ static void login_end(struct flow *f, struct json_object *result, struct json_ob
 	s->login_active = false;
 	if (error) {
 		const char *msg = error_field(error, "message");
+		struct json_object *d = json_object_new_object();
 
 		log_warn("%s: login failed: %s", s->name, msg ? msg : "unknown error");
+		add_str(d, "reason", "oauth_login_failed");
+		add_str(d, "server", s->name);
+		add_str(d, "error", msg ? msg : "unknown error");
+		events_emit(k, EVENT_SERVERS_CHANGED, d);
 		/* Back on the old schedule; a refresh in flight settles it itself. */
 		if (!s->in_flight)
 			refresh_load(k, s);
@@ -964,6 +969,14 @@ void flow_detach(struct flow *f)
 	f->ctx = NULL;
 	if (f->type == FLOW_LOGIN)
 		login_fail(f, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "login cancelled: the caller went away");
+}
+
+void flow_release(struct flow *f)
+{
+	f->slot = NULL;
+	f->url_fn = NULL;
+	f->done_fn = NULL;
+	f->ctx = NULL;
 }
 
 void flows_free_all(struct keeper *k)

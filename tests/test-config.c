@@ -635,7 +635,7 @@ static void test_defaults(void)
 	c = parse_ok("{}");
 	CHECK_STREQ(c->path, "config.json");
 	CHECK(!c->system_mode);
-	CHECK_STREQ(c->listen, "127.0.0.1:0");
+	CHECK_STREQ(c->listen, "127.0.0.1:8080");
 	CHECK_STREQ(c->worker_user, "mcpkeeper-worker");
 	CHECK(c->group == NULL);
 	CHECK(c->idle_timeout_sec == 300);

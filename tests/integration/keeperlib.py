@@ -570,7 +570,9 @@ class Keeper:
 
     # -- config --
     def config(self):
-        cfg = {"data_dir": self.data_dir, "runtime_dir": self.runtime_dir, "mcpServers": self.servers}
+        # Port 0: keepers of parallel tests never compete for the API port.
+        cfg = {"data_dir": self.data_dir, "runtime_dir": self.runtime_dir, "listen": "127.0.0.1:0",
+               "mcpServers": self.servers}
         if self.refresh:
             cfg["refresh"] = self.refresh
         cfg.update(self.extra_config)

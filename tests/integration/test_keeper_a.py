@@ -435,12 +435,15 @@ def proc_status(pid):
     return fields
 
 
-def children_of(pid):
+def children_of(pid, name=None):
+    """The keeper's children; with name, only those that already exec'd that
+    program (before the exec a child is still a copy of the keeper)."""
     kids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if int(proc_status(int(entry))["PPid"][0]) == pid:
+                st = proc_status(int(entry))
+                if int(st["PPid"][0]) == pid and (name is None or st["Name"][0] == name[:15]):
                     kids.append(int(entry))
             except (OSError, KeyError, IndexError):
                 pass
@@ -465,7 +468,8 @@ class TestSystemMode(kl.KeeperTestCase):
             self.assertEqual(keeper["Uid"][:2], [str(NOBODY)] * 2, keeper["Uid"])
             self.assertEqual(int(keeper["CapEff"][0], 16), (1 << 6) | (1 << 7), keeper["CapEff"])
             kids = []
-            kl.wait_until(lambda: kids.extend(children_of(k.proc.pid)) or kids, 20, 0.1, "the oauth child")
+            kl.wait_until(lambda: kids.extend(children_of(k.proc.pid, "mcpkeeper-oauth")) or kids, 20, 0.1,
+                          "the oauth child")
             child = proc_status(kids[0])
             daemon_uid = str(pwd.getpwnam("daemon").pw_uid)
             self.assertEqual(child["Uid"][:2], [daemon_uid] * 2, child["Uid"])
@@ -701,11 +705,13 @@ class TestProcess(OAuthKeeperCase):
         # A dead oauth child is restarted and refreshing goes on.
         self.setup_oauth(lifetime=10)
         first = []
-        kl.wait_until(lambda: first.extend(children_of(self.k.proc.pid)) or first, 20, 0.1, "the oauth child")
+        kl.wait_until(lambda: "oauth child ready" in self.k.log(), 20, 0.1, "the oauth child's hello")
+        kl.wait_until(lambda: first.extend(children_of(self.k.proc.pid, "mcpkeeper-oauth")) or first, 20, 0.1,
+                      "the oauth child")
         os.kill(first[0], signal.SIGKILL)
         later = []
-        kl.wait_until(lambda: later.extend(p for p in children_of(self.k.proc.pid) if p != first[0]) or later,
-                      30, 0.1, "a new oauth child")
+        kl.wait_until(lambda: later.extend(p for p in children_of(self.k.proc.pid, "mcpkeeper-oauth")
+                                           if p != first[0]) or later, 30, 0.1, "a new oauth child")
         self.sub.wait_for(EV_REFRESHED, for_server("gh"), 40)
         self.assertGreaterEqual(self.k.log().count("oauth child ready"), 2)
         self.assertEqual(self.k.server("gh")["oauth_status"], "authenticated")

@@ -155,12 +155,15 @@ class KeeperB(keeperlib.KeeperTestCase):
         """oauth children of keepers this test SIGKILLed must go away by themselves
         (EOF on fd 3); report and kill any that did not, by PID. Only children
         of this test's keepers: their stderr is a log in this test's directory."""
-        oauth = os.path.join(keeperlib.BUILD_ROOT, "daemon", "mcpkeeper-oauth")
+        progs = [os.path.join(keeperlib.BUILD_ROOT, "daemon", p) for p in ("mcpkeeper-oauth", "mcpkeeper-http")]
+
+        def left_over():
+            return sorted(pid for p in progs for pid in pids_logging_under(p, self.tmp))
         try:
-            wait_until(lambda: not pids_logging_under(oauth, self.tmp), 15, 0.2)
+            wait_until(lambda: not left_over(), 15, 0.2)
         except AssertionError:
-            left = sorted(pids_logging_under(oauth, self.tmp))
-            print("    orphaned oauth children still running 15 s after the test: %r; killing them" % left,
+            left = left_over()
+            print("    orphaned oauth/http children still running 15 s after the test: %r; killing them" % left,
                   file=sys.stderr)
             for pid in left:
                 try:

@@ -447,7 +447,9 @@ class TestStatus(LoginCase):
         r = self.ctl("status", "--json")
         self.assertEqual(r.returncode, 0, r.err)
         st = json.loads(r.out)
-        self.assertEqual(set(st), {"version", "pid", "mode", "config", "servers", "orphaned_tokens"})
+        self.assertEqual(set(st), {"version", "pid", "mode", "config", "servers", "orphaned_tokens", "http",
+                                   "web_ui"})
+        self.assertEqual(set(st["http"]), {"state", "pid", "url"})
         demo = [s for s in st["servers"] if s["name"] == "demo"][0]
         self.assertEqual(set(demo), self.SERVER_KEYS)
         self.assertEqual(demo["oauth_status"], "authenticated")

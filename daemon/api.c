@@ -1,0 +1,276 @@
+/*
+ * The keeper's side of the http child (mcpkeeper-http): the REST API, the
+ * event stream, the web UI and MCP over HTTP, on loopback.
+ *
+ * The child parses every byte of HTTP; the keeper only starts it, tells it
+ * where to listen and which API key to require, and gives it control
+ * connections: on control.connect the keeper makes a pair of connected Unix
+ * sockets, keeps one end as a control client with its own credentials and
+ * passes the other on the child's descriptor channel. Through those the
+ * child asks exactly what mcpctl asks, and an MCP-over-HTTP session is
+ * handed to a worker by the same `connect` that mcpctl uses.
+ *
+ * The API key is generated at the first start and kept sealed in the store
+ * (the clients database, key "api-key"), so it survives restarts; mcpctl
+ * status shows the web UI's address with the key in the URL fragment.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+#include <sodium.h>
+
+#include "config-paths.h"
+#include "config.h"
+#include "frame.h"
+#include "keeper.h"
+#include "log.h"
+#include "proto.h"
+#include "secret.h"
+#include "store.h"
+#include "util.h"
+
+#define API_KEY_RECORD "api-key"
+#define API_KEY_BYTES 32
+
+static uint64_t next_number;
+
+/* The stored key, or a new one stored now. */
+static int api_key_load(struct keeper *k)
+{
+	unsigned char raw[API_KEY_BYTES];
+	char text[sodium_base64_ENCODED_LEN(API_KEY_BYTES, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+	struct secret *plain = NULL;
+	int r;
+
+	r = store_get(k->store, STORE_CLIENTS, API_KEY_RECORD, &plain);
+	if (r == 0 && plain->len >= 32) {
+		k->api_key = plain;
+		return 0;
+	}
+	secret_free(plain);
+	if (r != 0 && r != STORE_E_NOT_FOUND)
+		log_warn("the stored API key is unusable (%s); generating a new one", store_strerror(r));
+	randombytes_buf(raw, sizeof(raw));
+	sodium_bin2base64(text, sizeof(text), raw, sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+	sodium_memzero(raw, sizeof(raw));
+	plain = secret_from(text, strlen(text));
+	sodium_memzero(text, sizeof(text));
+	if (!plain)
+		return -ENOMEM;
+	r = store_put(k->store, STORE_CLIENTS, API_KEY_RECORD, plain);
+	if (r != 0) {
+		secret_free(plain);
+		log_error("storing the API key failed: %s", store_strerror(r));
+		return r < 0 ? r : -EIO;
+	}
+	log_info("generated the HTTP API key (mcpctl status shows the web UI address with it)");
+	k->api_key = plain;
+	return 0;
+}
+
+static bool is_dir(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* $MCPKEEPER_UI_DIR, ui/ beside our executable (a build tree), or the
+ * installed data directory. */
+static char *ui_dir_find(void)
+{
+	const char *env = getenv("MCPKEEPER_UI_DIR");
+	char self[4096], path[4200];
+	ssize_t n;
+
+	if (env && *env)
+		return strdup(env);
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n > 0) {
+		char *slash;
+
+		self[n] = '\0';
+		slash = strrchr(self, '/');
+		if (slash) {
+			*slash = '\0';
+			snprintf(path, sizeof(path), "%s/ui", self);
+			if (is_dir(path))
+				return strdup(path);
+		}
+	}
+	snprintf(path, sizeof(path), "%s/mcpkeeper/ui", DATADIR);
+	return strdup(path);
+}
+
+static void api_hello(struct child *c, void *ctx, struct json_object *params)
+{
+	struct keeper *k = ctx;
+
+	json_object_object_add(params, "listen", json_object_new_string(k->cfg->listen));
+	json_object_object_add(params, "api_key",
+			       json_object_new_string_len((const char *)k->api_key->data, (int)k->api_key->len));
+	json_object_object_add(params, "ui_dir", json_object_new_string(k->ui_dir));
+	json_object_object_add(params, "management", json_object_new_boolean(!k->cfg->disable_management));
+}
+
+static void api_hello_result(struct child *c, void *ctx, struct json_object *result)
+{
+	struct keeper *k = ctx;
+	struct json_object *v;
+
+	k->http_port = 0;
+	if (json_object_object_get_ex(result, "port", &v))
+		k->http_port = json_object_get_int(v);
+	if (k->http_port <= 0 || k->http_port > 65535) {
+		log_error("http child reported no port");
+		k->http_port = 0;
+		return;
+	}
+	log_info("HTTP API and web UI on %s (port %d)", k->cfg->listen, k->http_port);
+}
+
+static void api_lost(struct child *c, void *ctx)
+{
+	struct keeper *k = ctx;
+
+	k->http_port = 0;
+}
+
+/* control.connect: one more control connection for the child. */
+static int api_message(struct child *c, void *ctx, struct rpc_msg *m)
+{
+	struct keeper *k = ctx;
+	struct json_object *res;
+	uint64_t number;
+	int sv[2], r;
+
+	if (m->type != RPC_REQUEST || strcmp(m->method, METHOD_CONTROL_CONNECT) != 0)
+		return -1;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		log_warn("http child: control.connect: %m");
+		child_reply(c, m->id, NULL,
+			    rpc_error(m->id, RPC_APP_ERROR, KIND_UNAVAILABLE, "cannot create a socket pair"));
+		return 0;
+	}
+	r = control_adopt(k->control, sv[0]);
+	if (r < 0) {
+		close(sv[1]);
+		log_warn("http child: control.connect: %s", strerror(-r));
+		child_reply(c, m->id, NULL,
+			    rpc_error(m->id, RPC_APP_ERROR, KIND_UNAVAILABLE, "cannot add a control connection"));
+		return 0;
+	}
+	number = ++next_number;
+	res = json_object_new_object();
+	json_object_object_add(res, "number", json_object_new_int64((int64_t)number));
+	child_reply(c, m->id, res, NULL);
+	r = child_send_fd(c, number, sv[1]);
+	close(sv[1]);
+	if (r < 0)
+		log_warn("http child: passing a control connection failed: %s", strerror(-r));
+	return 0;
+}
+
+static const struct child_ops api_ops = {
+	.hello = api_hello,
+	.hello_result = api_hello_result,
+	.lost = api_lost,
+	.message = api_message,
+	.desc_channel = true,
+};
+
+int api_start(struct keeper *k)
+{
+	int r;
+
+	if (!k->api_key) {
+		r = api_key_load(k);
+		if (r < 0)
+			return r;
+	}
+	if (!k->ui_dir) {
+		k->ui_dir = ui_dir_find();
+		if (!k->ui_dir)
+			return -ENOMEM;
+		if (!is_dir(k->ui_dir))
+			log_warn("web UI files not found in %s (set MCPKEEPER_UI_DIR); the API works without them",
+				 k->ui_dir);
+	}
+	if (!k->http) {
+		k->http = child_new(k, ROLE_HTTP, CHILD_HTTP_BIN, &api_ops, k);
+		if (!k->http)
+			return -ENOMEM;
+	}
+	r = child_start(k->http);
+	if (r < 0)
+		log_error("http child did not start; retrying with backoff");
+	return 0;
+}
+
+void api_stop(struct keeper *k)
+{
+	k->http = child_free(k->http);
+	k->http_port = 0;
+	k->api_key = secret_free(k->api_key);
+	free(k->ui_dir);
+	k->ui_dir = NULL;
+}
+
+void api_config_changed(struct keeper *k, const struct config *old)
+{
+	if (!k->http || !old)
+		return;
+	if (strcmp(old->listen, k->cfg->listen) == 0 && old->disable_management == k->cfg->disable_management)
+		return;
+	log_info("HTTP API settings changed; restarting the http child");
+	child_stop(k->http);
+	k->http_port = 0;
+	if (child_start(k->http) < 0)
+		log_error("http child did not start; retrying with backoff");
+}
+
+/* "127.0.0.1:PORT" or "[::1]:PORT" with the bound port. */
+static void api_authority(const struct keeper *k, char *buf, size_t len)
+{
+	const char *listen = k->cfg->listen;
+	const char *colon = strrchr(listen, ':');
+	int n = colon ? (int)(colon - listen) : (int)strlen(listen);
+
+	snprintf(buf, len, "%.*s:%d", n, listen, k->http_port);
+}
+
+struct json_object *api_status_json(const struct keeper *k)
+{
+	struct json_object *o = json_object_new_object();
+	char auth[96], url[128];
+
+	json_object_object_add(o, "state", json_object_new_string(k->http ? child_state_name(k->http) : "stopped"));
+	json_object_object_add(o, "pid", k->http && child_pid(k->http) > 0 ? json_object_new_int(child_pid(k->http))
+									 : NULL);
+	if (k->http_port) {
+		api_authority(k, auth, sizeof(auth));
+		snprintf(url, sizeof(url), "http://%s/", auth);
+		json_object_object_add(o, "url", json_object_new_string(url));
+	} else {
+		json_object_object_add(o, "url", NULL);
+	}
+	return o;
+}
+
+struct json_object *api_web_ui_url(const struct keeper *k)
+{
+	char auth[96], url[256];
+
+	if (!k->http_port || !k->api_key)
+		return NULL;
+	api_authority(k, auth, sizeof(auth));
+	/* The key travels in the fragment: browsers never send it. */
+	snprintf(url, sizeof(url), "http://%s/#key=%.*s", auth, (int)k->api_key->len, (const char *)k->api_key->data);
+	return json_object_new_string(url);
+}

@@ -1,0 +1,166 @@
+/*
+ * The http child's shared state. http.c is the process (fd 3, fd 4, the
+ * control connections it borrows from the keeper, the HTTP front door, the
+ * REST API and the static UI); http-events.c is GET /events and the event
+ * subscription behind it; http-mcp.c is MCP over HTTP at /mcp/NAME.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "util.h"
+
+struct bufferevent;
+struct event;
+struct event_base;
+struct evhttp;
+struct evhttp_bound_socket;
+struct evhttp_request;
+struct json_object;
+struct rpc_msg;
+struct secret;
+
+#define HTTP_MAX_HEADERS (16 * 1024)
+#define HTTP_MAX_BODY (1024 * 1024)
+/* A client with this much output queued and not read is not keeping up. */
+#define HTTP_STREAM_OUTPUT_MAX (1024 * 1024)
+#define HTTP_EVENT_CLIENTS_MAX 64
+#define HTTP_PING_S 30
+/* Idle keep-alive connections, and a stream nobody reads, end after this. */
+#define HTTP_CONN_TIMEOUT_S 60
+/* How long a REST call may wait for the keeper (a logout waits for the
+ * provider's revocation, a login for discovery and registration). */
+#define HTTP_KEEPER_TIMEOUT_S 120
+#define SERVER_NAME_MAX 128
+
+#define MCP_SESSIONS_MAX 64
+#define MCP_REQUEST_TIMEOUT_S 120
+#define MCP_IDLE_S 600
+#define MCP_QUEUE_MAX 256
+#define MCP_PENDING_MAX 256
+
+struct http;
+
+/*
+ * A request answered later (a keeper call, an MCP request, a stream). The
+ * client may go away first: libevent then frees (or detaches) the request
+ * and gone() runs with req already NULL; the owner drops what it holds.
+ */
+struct held {
+	struct http *h;
+	struct evhttp_request *req;
+	struct event *closed;	/* EV_CLOSED on the client's socket */
+	void (*gone)(struct held *hd);
+	size_t unsent;		/* for gone(): bytes the client had not read */
+	bool dropped;		/* for gone(): held_stream dropped it (and said why) */
+};
+
+void held_init(struct held *hd, struct http *h, struct evhttp_request *req, void (*gone)(struct held *hd));
+/* Stops watching; returns the request to answer (NULL when it is gone). */
+struct evhttp_request *held_release(struct held *hd);
+/* Sends a chunk on a streaming reply. Returns 0, or -1 after the client was
+ * disconnected for not keeping up (gone() has run: hd may be freed). */
+int held_stream(struct held *hd, const char *data, size_t len, const char *who);
+
+/*
+ * A control connection from the keeper (control.connect on fd 3, the
+ * descriptor on fd 4), with one control-protocol exchange on it. fn runs
+ * once: reply is the keeper's result or error, or fail says why there is
+ * none. In fn the owner may take the connection over with kcall_take().
+ */
+struct kfail {
+	int status;		/* the HTTP status that reports it */
+	const char *kind;
+	char message[256];
+};
+
+typedef void (*kcall_fn)(void *arg, struct rpc_msg *reply, const struct kfail *fail);
+struct kcall;
+
+struct kcall *kcall_start(struct http *h, const char *method, struct json_object *params, int timeout_s,
+			  kcall_fn fn, void *arg);
+/* Before fn has run: fn will not run, the connection closes. */
+void kcall_cancel(struct kcall *c);
+/* In fn, after a reply: the connection is the caller's from now on. */
+struct bufferevent *kcall_take(struct kcall *c);
+
+struct mcp_session;
+struct sse_client;
+struct api_call;
+struct kwait;
+struct kfd;
+
+struct http {
+	struct event_base *base;
+	struct bufferevent *chan;	/* fd 3 */
+	struct event *fd4_ev;
+	int exit_code;			/* < 0 while running */
+	bool hello_done;
+	char landlock[128];
+
+	/* From the hello. */
+	struct secret *api_key;
+	char *ui_dir;
+	bool management;
+	char listen_host[48];		/* "127.0.0.1" or "::1" */
+	int port;
+	char hosts[2][64];		/* the Host values we answer to */
+
+	struct evhttp *evh;
+	int64_t next_id;		/* requests on fd 3 */
+	LIST_HEAD(, kwait) waits;	/* control.connect not yet completed */
+	LIST_HEAD(, kfd) stash;		/* descriptors that came before their reply */
+	size_t n_stash;
+	LIST_HEAD(, kcall) calls;
+	LIST_HEAD(, api_call) api_calls;
+
+	/* Events: one subscription, many SSE clients. */
+	struct kcall *sub_call;
+	struct bufferevent *sub_bev;
+	struct event *sub_retry;
+	int sub_backoff_ms;
+	LIST_HEAD(, sse_client) sse;
+	size_t n_sse;
+	unsigned long next_client;
+	struct event *ping;
+
+	/* MCP over HTTP. */
+	LIST_HEAD(, mcp_session) sessions;
+	size_t n_sessions;
+	struct event *idle_timer;
+};
+
+/* -- http.c: replies and helpers shared by the route files -- */
+
+int64_t http_now_ms(void);
+/* "2025-01-02T03:04:05.678Z", as the keeper stamps its events. */
+void http_timestamp(char *buf, size_t len);
+/* HTTP status for a keeper error kind (error.data.kind). */
+int http_status_for_kind(const char *kind);
+void http_log_request(struct evhttp_request *req, int status, const char *note);
+/* Headers every response carries. */
+void http_common_headers(struct evhttp_request *req);
+/* Sends a JSON body (takes body). */
+void http_send_json(struct evhttp_request *req, int status, struct json_object *body, const char *session_id);
+/* {"success": false, "error": {"kind", "message"}}. */
+void http_send_error(struct evhttp_request *req, int status, const char *kind, const char *fmt, ...)
+	_printf_(4, 5);
+/* A server name from the path, percent-decoded and checked: 0 or -1. */
+int http_server_name(const char *raw, char *out, size_t len);
+/* Printable copy of untrusted text for a log line. */
+void http_clean(const char *s, char *out, size_t len);
+
+/* -- http-events.c -- */
+void events_start(struct http *h);
+void events_handle(struct http *h, struct evhttp_request *req);
+void events_ping(struct http *h);
+void events_free_all(struct http *h);
+
+/* -- http-mcp.c -- */
+void mcp_handle(struct http *h, struct evhttp_request *req, const char *name);
+void mcp_ping(struct http *h);
+void mcp_idle_check(struct http *h);
+void mcp_free_all(struct http *h);
