@@ -139,9 +139,11 @@
  *   already had its `connect` reply from the keeper; its next bytes are MCP.
  *   token.update (keeper -> worker, notification):
  *           {"access_token", "token_type", "expires_at"}: use from now on.
- *   token.clear (keeper -> worker, notification) {}: logged out; end the
- *           upstream sessions, answer calls with a "not logged in" error
- *           naming `mcpctl auth login --server NAME`.
+ *   token.clear (keeper -> worker, notification or request) {}: logged
+ *           out; end the upstream sessions, answer calls with a "not logged
+ *           in" error naming `mcpctl auth login --server NAME`. As a request
+ *           (a logout) the worker answers {} once the token is gone, and
+ *           the keeper answers the logout only then.
  *   token.invalid (worker -> keeper, request) {"access_token": the one that
  *           got a 401}: the result is {"access_token", "token_type",
  *           "expires_at"} once a current token exists (after a refresh when

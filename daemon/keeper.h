@@ -20,6 +20,11 @@ struct secret;
 struct control;
 struct child;
 
+struct keeper;
+/* child.c: a child's answer to a request (or the error when it went away). */
+typedef void (*child_reply_fn)(struct keeper *k, void *ctx, struct json_object *result,
+			       struct json_object *error);
+
 enum oauth_status {
 	OAUTH_NONE,		/* never logged in (no token record) */
 	OAUTH_AUTHENTICATED,
@@ -170,7 +175,8 @@ void refresh_pause(struct keeper *k, struct server *s);
 void refresh_forget(struct keeper *k, struct server *s);
 /* Re-arms every timer from wall-clock due times (clock jump, resume). */
 void refresh_rearm_all(struct keeper *k);
-/* Logout: delete the exact record, cancel, emit. 0, STORE_E_NOT_FOUND or -errno. */
+/* Logout: delete the exact record, cancel, emit (the caller tells the
+ * worker: workers_token_cleared). 0, STORE_E_NOT_FOUND or -errno. */
 int refresh_logout(struct keeper *k, struct server *s);
 /* How the oauth child's life reaches the engine (ctx: the keeper). */
 extern const struct child_ops refresh_oauth_ops;
@@ -193,7 +199,10 @@ int workers_connect(struct keeper *k, struct server *s, int fd);
 void workers_start_eager(struct keeper *k);
 /* The server's access token changed (refresh, login) or went away (logout). */
 void workers_token_changed(struct keeper *k, struct server *s);
-void workers_token_cleared(struct keeper *k, struct server *s);
+/* Logged out: the worker drops its token. With fn, the worker is asked to
+ * confirm: returns 1 and fn runs once with its answer (or the error when it
+ * goes away); 0 when there is nothing to wait for. */
+int workers_token_cleared(struct keeper *k, struct server *s, child_reply_fn fn, void *ctx, int64_t *id);
 /* A refresh the workers may be waiting for ended; error NULL on success. */
 void workers_refresh_done(struct keeper *k, struct server *s, const char *error);
 /* Server removed or its transport changed (reload), or keeper stopping. */
@@ -223,8 +232,6 @@ struct child_ops {
 	bool desc_channel;	/* fd 4: SOCK_SEQPACKET for client descriptors */
 };
 
-typedef void (*child_reply_fn)(struct keeper *k, void *ctx, struct json_object *result,
-			       struct json_object *error);
 struct child *child_new(struct keeper *k, const char *role, const char *binary, const struct child_ops *ops,
 			void *ctx);
 struct child *child_free(struct child *c);

@@ -81,6 +81,14 @@ struct flow {
 	int pending;			/* revocations outstanding */
 	int64_t *revoke_ids;
 	size_t n_revoke_ids, cap_revoke_ids;
+	struct clear_ack *acks;		/* workers yet to confirm token.clear */
+};
+
+struct clear_ack {
+	struct clear_ack *next;
+	struct flow *f;
+	struct server *s;
+	int64_t id;
 };
 
 /* ---- common ---- */
@@ -114,6 +122,14 @@ static void flow_free(struct flow *f)
 		if (k->oauth)
 			child_cancel(k->oauth, f->revoke_ids[i]);
 	free(f->revoke_ids);
+	while (f->acks) {
+		struct clear_ack *a = f->acks;
+
+		f->acks = a->next;
+		if (a->s->worker)
+			child_cancel(a->s->worker, a->id);
+		free(a);
+	}
 	if (f->guard)
 		event_free(f->guard);
 	if (f->retry)
@@ -833,6 +849,23 @@ static int revoke_send(struct flow *f, struct json_object *target, const char *n
 	return 0;
 }
 
+static void on_cleared(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
+{
+	struct clear_ack *a = ctx;
+	struct flow *f = a->f;
+
+	/* An error means the worker went away: its token went with it. */
+	for (struct clear_ack **p = &f->acks; *p; p = &(*p)->next) {
+		if (*p == a) {
+			*p = a->next;
+			break;
+		}
+	}
+	free(a);
+	f->pending--;
+	logout_maybe_done(f);
+}
+
 /*
  * One target: delete its record (through the refresh engine for a
  * configured server, directly for an orphan), then revoke what it held.
@@ -857,8 +890,24 @@ static void logout_target(struct flow *f, struct server *s, const char *key, con
 		secret_free(plain);
 
 	if (s) {
+		struct clear_ack *a;
+
 		login_forget(k, s, "logged out");
 		r = refresh_logout(k, s);
+		a = calloc(1, sizeof(*a));
+		if (a) {
+			a->f = f;
+			a->s = s;
+			if (workers_token_cleared(k, s, on_cleared, a, &a->id) == 1) {
+				a->next = f->acks;
+				f->acks = a;
+				f->pending++;
+			} else {
+				free(a);
+			}
+		} else {
+			workers_token_cleared(k, s, NULL, NULL, NULL);
+		}
 	} else {
 		r = store_delete(k->store, STORE_TOKENS, key);
 		if (r >= 0) {

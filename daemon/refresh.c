@@ -714,7 +714,6 @@ int refresh_logout(struct keeper *k, struct server *s)
 	s->failed_reported = false;
 	s->last_error[0] = '\0';
 	log_info("%s: logged out%s", s->name, r == STORE_E_NOT_FOUND ? " (there was no token)" : "");
-	workers_token_cleared(k, s);
 	d = json_object_new_object();
 	json_object_object_add(d, "reason", json_object_new_string("oauth_logout"));
 	json_object_object_add(d, "server", json_object_new_string(s->name));

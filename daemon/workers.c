@@ -312,11 +312,20 @@ void workers_token_changed(struct keeper *k, struct server *s)
 	push_token(k, s);
 }
 
-void workers_token_cleared(struct keeper *k, struct server *s)
+int workers_token_cleared(struct keeper *k, struct server *s, child_reply_fn fn, void *ctx, int64_t *id)
 {
-	if (s->worker && child_ready(s->worker))
-		child_notify(s->worker, METHOD_TOKEN_CLEAR, json_object_new_object());
+	int r = 0;
+
+	if (s->worker && child_ready(s->worker)) {
+		/* As a request: the worker answers once it has dropped the token,
+		 * so a logout can answer its caller only after that. */
+		if (fn && child_request(s->worker, METHOD_TOKEN_CLEAR, json_object_new_object(), fn, ctx, id) == 0)
+			r = 1;
+		else if (!fn)
+			child_notify(s->worker, METHOD_TOKEN_CLEAR, json_object_new_object());
+	}
 	reply_waiters(k, s, "logged out");
+	return r;
 }
 
 void workers_refresh_done(struct keeper *k, struct server *s, const char *error)

@@ -574,6 +574,13 @@ static void worker_dispatch(struct worker *w, struct rpc_msg *m)
 			token_invalid_reply(w, m);
 		break;
 	case RPC_REQUEST:
+		if (strcmp(m->method, METHOD_TOKEN_CLEAR) == 0) {
+			/* The keeper waits for this answer before it tells the
+			 * user that the logout is done. */
+			token_clear(w);
+			worker_send(w, rpc_result(m->id, json_object_new_object()));
+			break;
+		}
 		worker_send(w, rpc_error(m->id, RPC_METHOD_NOT_FOUND, KIND_UNKNOWN_METHOD, "unknown method"));
 		worker_keeper_bug(w, "an unknown request", m->method);
 		break;

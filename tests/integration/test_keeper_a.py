@@ -779,6 +779,9 @@ class TestMcpctl(OAuthKeeperCase):
     def test_l_mcpctl_status(self):
         k = self.setup_oauth(names=("github", "github-enterprise"), lifetime=3600,
                              extra_servers={"files": {"command": "/bin/cat"}})
+        # The http child's start changes status: compare once it is up.
+        kl.wait_until(lambda: k.status()["http"]["state"] == "running" and k.status()["web_ui"], 30, 0.1,
+                      "the http child")
         r = self.ctl("--socket", k.socket_path, "status", "--json")
         if r.returncode == 2 and b"status" in r.stderr and b"unknown" in r.stderr.lower():
             self.skipTest("mcpctl status not implemented yet: %s" % r.stderr.decode(errors="replace"))
