@@ -625,6 +625,19 @@ class Keeper:
                 return False
         wait_until(ready, timeout, 0.1, "the keeper to answer status")
 
+    def wait_http(self, timeout=30.0):
+        """Until the http child runs and the keeper's descriptors settle (the
+        child opens its event subscription right after its hello)."""
+        wait_until(lambda: (self.rpc("status", timeout=5).get("http") or {}).get("state") == "running",
+                   timeout, 0.1, "the http child")
+        last = [None]
+
+        def settled():
+            n = self.fd_count()
+            same, last[0] = n == last[0], n
+            return same
+        wait_until(settled, timeout, 0.5, "the keeper's descriptors to settle")
+
     def assert_alive(self, grace=0.0):
         """Fails (not retried by wait_until) when the keeper process has exited."""
         if self.proc is None:

@@ -572,6 +572,7 @@ class TestMalformed(kl.KeeperTestCase):
         self.still_serving("blank lines")
 
     def test_h3_abandoned_connections(self):
+        self.k.wait_http()
         fds0 = self.k.fd_count()
         conns = []
         for i in range(100):
