@@ -130,8 +130,17 @@ static void reply_error(struct conn *c, struct json_object *id, int code, const 
 static void reply_result(struct conn *c, struct json_object *id, struct json_object *result)
 {
 	struct json_object *r = rpc_result(id, result);
+	int ret = frame_write(bufferevent_get_output(c->bev), r, PROTO_MAX_MESSAGE);
 
-	send_msg(c, r);
+	if (ret == FRAME_E_TOO_LARGE) {
+		/* The client must not wait for a reply that never comes. */
+		log_warn("control: a reply to pid %d exceeds %d bytes; answered with an error", (int)c->pid,
+			 PROTO_MAX_MESSAGE);
+		reply_error(c, id, RPC_APP_ERROR, KIND_TOO_LARGE,
+			    "the reply would exceed %d bytes (too many servers): ask for one server", PROTO_MAX_MESSAGE);
+	} else if (ret) {
+		log_warn("control: reply to pid %d not sent: %s", (int)c->pid, frame_strerror(ret));
+	}
 	json_object_put(r);
 }
 

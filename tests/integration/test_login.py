@@ -479,6 +479,27 @@ class TestStatus(LoginCase):
         r = self.ctl("auth", "status", "--json", "-s", "demo")
         self.assertEqual(json.loads(r.out)["servers"][0]["oauth_status"], "authenticated")
 
+    def test_d_status_too_large_is_an_error(self):
+        # More servers than one 1 MiB reply holds: an error, not a silent wait.
+        servers = {"s%04d" % i: {"url": "http://127.0.0.1:1/mcp/%04d" % i} for i in range(4000)}
+        self.k = self.make_keeper(servers=servers)
+        self.browser_log = os.path.join(self.tmp, "browser.jsonl")
+        self.k.start(wait=False)
+
+        def up():
+            try:
+                return self.k.rpc("servers.list", timeout=5)
+            except (OSError, kl.RpcError, kl.WaitTimeout):
+                return None
+        kl.wait_until(up, 60, 0.2, "the keeper to answer servers.list")
+        with self.assertRaises(kl.RpcError) as cm:
+            self.k.rpc("status", timeout=30)
+        self.assertEqual(cm.exception.kind, "too_large")
+        r = self.ctl("status", timeout=60)
+        self.assertEqual(r.returncode, 1, r.err)
+        self.assertIn("ask for one server", r.err)
+        self.assertEqual(self.k.auth_status("s0001")["name"], "s0001", "one server still answers")
+
     def test_c_events(self):
         self.setup_login()
         p = subprocess.Popen([kl.MCPCTL, "--config", self.k.config_path, "events", "--json"],
