@@ -38,8 +38,6 @@
 #define API_KEY_RECORD "api-key"
 #define API_KEY_BYTES 32
 
-static uint64_t next_number;
-
 /* The stored key, or a new one stored now. */
 static int api_key_load(struct keeper *k)
 {
@@ -166,7 +164,7 @@ static int api_message(struct child *c, void *ctx, struct rpc_msg *m)
 			    rpc_error(m->id, RPC_APP_ERROR, KIND_UNAVAILABLE, "cannot add a control connection"));
 		return 0;
 	}
-	number = ++next_number;
+	number = ++k->http_next_number;
 	res = json_object_new_object();
 	json_object_object_add(res, "number", json_object_new_int64((int64_t)number));
 	child_reply(c, m->id, res, NULL);

@@ -92,6 +92,7 @@ struct keeper {
 	struct child *http;		/* api.c: REST API, events, web UI */
 	struct secret *api_key;
 	int http_port;			/* as the http child bound it; 0: not listening */
+	uint64_t http_next_number;	/* control.connect: numbers the passed sockets */
 	char *ui_dir;
 	struct child *children;		/* every child, for reaping */
 	struct refresh *refresh;
