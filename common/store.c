@@ -178,26 +178,44 @@ static int seal(const struct store *s, enum store_db db, const char *key, const 
 	return 0;
 }
 
-static int unseal(const struct store *s, enum store_db db, const char *key, const unsigned char *sealed,
-		  size_t len, struct secret **plain)
+/* Opens a sealed record into out (cap bytes). Returns 0 and *out_len. */
+static int unseal_into(const struct store *s, enum store_db db, const char *key, const unsigned char *sealed,
+		       size_t len, unsigned char *out, size_t cap, size_t *out_len)
 {
 	unsigned char ad[STORE_SERVER_KEY_MAX + 16];
-	struct secret *p;
 	unsigned long long mlen;
 	size_t adlen;
 
 	if (make_ad(db, key, ad, sizeof(ad), &adlen))
 		return STORE_E_CORRUPT;
-	if (len < SEAL_OVERHEAD || sealed[0] != SEAL_VERSION)
+	if (len < SEAL_OVERHEAD || sealed[0] != SEAL_VERSION || len - SEAL_OVERHEAD > cap)
+		return STORE_E_CORRUPT;
+	if (crypto_aead_xchacha20poly1305_ietf_decrypt(out, &mlen, NULL, sealed + 1 + SEAL_NONCE,
+						       len - 1 - SEAL_NONCE, ad, adlen, sealed + 1,
+						       s->key->data) != 0) {
+		sodium_memzero(out, cap);
+		return STORE_E_CORRUPT;
+	}
+	*out_len = (size_t)mlen;
+	return 0;
+}
+
+static int unseal(const struct store *s, enum store_db db, const char *key, const unsigned char *sealed,
+		  size_t len, struct secret **plain)
+{
+	struct secret *p;
+	size_t n;
+	int r;
+
+	if (len < SEAL_OVERHEAD)
 		return STORE_E_CORRUPT;
 	p = secret_new(len - SEAL_OVERHEAD);
 	if (!p)
 		return -ENOMEM;
-	if (crypto_aead_xchacha20poly1305_ietf_decrypt(p->data, &mlen, NULL, sealed + 1 + SEAL_NONCE,
-						       len - 1 - SEAL_NONCE, ad, adlen, sealed + 1,
-						       s->key->data) != 0) {
+	r = unseal_into(s, db, key, sealed, len, p->data, p->len, &n);
+	if (r) {
 		secret_free(p);
-		return STORE_E_CORRUPT;
+		return r;
 	}
 	*plain = p;
 	return 0;
@@ -935,10 +953,21 @@ struct list_entry {
 	size_t len;
 };
 
+/*
+ * Records are read in batches of LIST_BATCH, each batch in a transaction of
+ * its own that resumes after the last key of the one before: memory stays
+ * bounded whatever the store holds, and fn runs outside any transaction, so
+ * it may use the store itself. A record put or deleted while the listing
+ * runs may or may not be seen, as with any read-committed listing.
+ */
+#define LIST_BATCH 512
+
 struct list_arg {
 	enum store_db db;
 	struct list_entry *e;
 	size_t n, cap;
+	char *after;		/* resume after this key; NULL: from the start */
+	bool more;		/* the batch filled up: there may be more */
 };
 
 static void list_arg_reset(struct list_arg *a)
@@ -954,19 +983,37 @@ static int list_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 {
 	struct list_arg *a = varg;
 	DBT k = { 0 }, v = { 0 };
+	u_int32_t how = DB_FIRST;
 	DBC *cur;
 	int ret;
 
-	/* A retry starts over. */
+	/* A retry starts the batch over. */
 	list_arg_reset(a);
+	a->more = false;
 	ret = s->db[a->db]->cursor(s->db[a->db], txn, &cur, DB_READ_COMMITTED);
 	if (ret)
 		return ret;
 	k.flags = DB_DBT_REALLOC;
 	v.flags = DB_DBT_REALLOC;
-	while ((ret = cur->get(cur, &k, &v, DB_NEXT)) == 0) {
+	if (a->after) {
+		k.data = strdup(a->after);
+		if (!k.data) {
+			cur->close(cur);
+			return ENOMEM;
+		}
+		k.size = (u_int32_t)strlen(a->after);
+		how = DB_SET_RANGE;
+	}
+	while ((ret = cur->get(cur, &k, &v, how)) == 0) {
 		struct list_entry *e;
 
+		how = DB_NEXT;
+		if (a->after && k.size == strlen(a->after) && memcmp(k.data, a->after, k.size) == 0)
+			continue;
+		if (a->n == LIST_BATCH) {
+			a->more = true;
+			break;
+		}
 		if (a->n == a->cap) {
 			size_t cap = a->cap ? a->cap * 2 : 64;
 			struct list_entry *ne = realloc(a->e, cap * sizeof(*ne));
@@ -1000,26 +1047,48 @@ static int list_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 static int list(struct store *s, enum store_db db, bool unsealed, store_list_fn fn, void *ctx)
 {
 	struct list_arg a = { .db = db };
-	int r;
+	struct secret *scratch = NULL;
+	int r = 0;
 
 	if (db >= STORE_DB_COUNT)
 		return -EINVAL;
-	/* Collect sealed records first so that fn runs outside the transaction
-	 * and may itself use the store. */
-	r = store_txn(s, list_op, &a, DB_READ_COMMITTED);
-	for (size_t i = 0; r == 0 && i < a.n; i++) {
-		struct secret *plain = NULL;
-		int status = unsealed ? unseal(s, db, a.e[i].key, a.e[i].sealed, a.e[i].len, &plain) : 0;
+	/* One guarded buffer for every record: a sodium_malloc per record
+	 * costs several system calls each (and the maps run out). */
+	if (unsealed && !(scratch = secret_new(RECORD_MAX)))
+		return -ENOMEM;
+	do {
+		r = store_txn(s, list_op, &a, DB_READ_COMMITTED);
+		for (size_t i = 0; r == 0 && i < a.n; i++) {
+			struct secret view = { 0 };
+			int status = 0;
 
-		if (status < 0) {
-			r = status;
-			break;
+			if (unsealed) {
+				status = unseal_into(s, db, a.e[i].key, a.e[i].sealed, a.e[i].len, scratch->data,
+						     scratch->len, &view.len);
+				if (status < 0) {
+					r = status;
+					break;
+				}
+				if (status == 0) {
+					view.data = scratch->data;
+					view.data[view.len] = '\0';
+				}
+			}
+			r = fn(a.e[i].key, status == 0 && unsealed ? &view : NULL, status, ctx);
+			if (view.data)
+				sodium_memzero(view.data, view.len);
 		}
-		r = fn(a.e[i].key, plain, status, ctx);
-		secret_free(plain);
-	}
+		if (r == 0 && a.more) {
+			free(a.after);
+			a.after = strdup(a.e[a.n - 1].key);
+			if (!a.after)
+				r = -ENOMEM;
+		}
+	} while (r == 0 && a.more);
 	list_arg_reset(&a);
 	free(a.e);
+	free(a.after);
+	secret_free(scratch);
 	return r;
 }
 

@@ -101,8 +101,11 @@ int store_delete(struct store *s, enum store_db db, const char *key);
 /*
  * Calls fn for every record in key order with its unsealed content, or with
  * plain NULL and status STORE_E_CORRUPT for a record that does not open (the
- * others are still listed). fn returns 0 to go on, non-zero to stop (that
- * value is returned). Returns 0 or a negative errno value.
+ * others are still listed). plain lives in one buffer reused for every
+ * record and wiped after each call: fn copies what it keeps. fn returns 0 to
+ * go on, non-zero to stop (that value is returned). Memory stays bounded
+ * however many records there are (they are read in batches). Returns 0 or a
+ * negative errno value.
  */
 typedef int (*store_list_fn)(const char *key, const struct secret *plain, int status, void *ctx);
 int store_list(struct store *s, enum store_db db, store_list_fn fn, void *ctx);

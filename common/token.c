@@ -178,6 +178,16 @@ int token_decode(struct secret *plain, struct token *t)
 	return 0;
 }
 
+int token_view(const struct secret *plain, struct token *t)
+{
+	memset(t, 0, sizeof(*t));
+	if (decode(plain, t, token_fields, ARRAY_SIZE(token_fields)) < 0 || !t->access_token) {
+		memset(t, 0, sizeof(*t));
+		return -EBADMSG;
+	}
+	return 0;
+}
+
 void token_clear(struct token *t)
 {
 	secret_free(t->plain);

@@ -52,6 +52,9 @@ struct oauth_client {
 int token_encode(const struct token *t, struct secret **out);
 /* Decode plain (ownership passes to t, also on failure). Returns 0 or -EBADMSG. */
 int token_decode(struct secret *plain, struct token *t);
+/* Decode without taking plain: the strings point into it and last as long
+ * as it does; t->plain stays NULL. Returns 0 or -EBADMSG. */
+int token_view(const struct secret *plain, struct token *t);
 void token_clear(struct token *t);
 
 int client_encode(const struct oauth_client *c, struct secret **out);

@@ -176,7 +176,7 @@ struct json_object *control_server_json(const struct server *s, bool full)
 	json_object_object_add(r, "state", json_object_new_string(refresh_state_name(s->rstate)));
 	json_object_object_add(r, "retry_count", json_object_new_int(s->retry_count));
 	json_object_object_add(r, "next_at", time_or_null(s->next_at_ms ? (s->next_at_ms + 999) / 1000 : 0));
-	json_object_object_add(r, "last_error", s->last_error[0] ? json_object_new_string(s->last_error) : NULL);
+	json_object_object_add(r, "last_error", s->last_error ? json_object_new_string(s->last_error) : NULL);
 	json_object_object_add(o, "refresh", r);
 	if (cs->oauth_enabled)
 		json_object_object_add(o, "login_in_progress", json_object_new_boolean(s->login_active));

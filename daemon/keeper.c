@@ -11,6 +11,7 @@
  * the way out, WATCHDOG=1 at half the watchdog interval.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,18 +64,84 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/*
+ * The servers by name: open addressing over positions in k->servers, so a
+ * lookup costs the same for ten servers or a hundred thousand. A position
+ * whose server was taken over or freed during a reload is NULL and never
+ * matches; probing goes on past it.
+ */
+static size_t name_hash(const char *name)
+{
+	uint64_t h = 1469598103934665603ull; /* FNV-1a */
+
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		h = (h ^ *p) * 1099511628211ull;
+	return (size_t)h;
+}
+
+static int index_build(struct keeper *k)
+{
+	size_t slots = 16;
+	uint32_t *index;
+
+	while (slots < 2 * k->n_servers)
+		slots *= 2;
+	index = calloc(slots, sizeof(*index));
+	if (!index)
+		return -ENOMEM;
+	for (size_t i = 0; i < k->n_servers; i++) {
+		size_t j = name_hash(k->servers[i]->name) & (slots - 1);
+
+		while (index[j])
+			j = (j + 1) & (slots - 1);
+		index[j] = (uint32_t)(i + 1);
+	}
+	free(k->index);
+	k->index = index;
+	k->index_mask = slots - 1;
+	return 0;
+}
+
+/* The position of the server called name, or -1. */
+static ssize_t index_find(const struct keeper *k, const char *name)
+{
+	if (!k->index)
+		return -1;
+	for (size_t j = name_hash(name) & k->index_mask; k->index[j]; j = (j + 1) & k->index_mask) {
+		size_t i = k->index[j] - 1;
+
+		if (k->servers[i] && strcmp(k->servers[i]->name, name) == 0)
+			return (ssize_t)i;
+	}
+	return -1;
+}
+
 struct server *keeper_find_server(struct keeper *k, const char *name)
 {
-	/* During a reload, servers already taken over are NULL here. */
-	for (size_t i = 0; i < k->n_servers; i++)
-		if (k->servers[i] && strcmp(k->servers[i]->name, name) == 0)
-			return k->servers[i];
-	return NULL;
+	ssize_t i = index_find(k, name);
+
+	return i < 0 ? NULL : k->servers[i];
+}
+
+void server_set_error(struct server *s, const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+
+	free(s->last_error);
+	s->last_error = NULL;
+	if (!fmt)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	s->last_error = strdup(buf); /* NULL when memory is short: no error shown */
 }
 
 static struct server *server_new(struct keeper *k, const struct config_server *cs)
 {
 	struct server *s = calloc(1, sizeof(*s));
+	char key[STORE_SERVER_KEY_MAX + 1];
 
 	if (!s)
 		return NULL;
@@ -82,7 +149,8 @@ static struct server *server_new(struct keeper *k, const struct config_server *c
 	s->name = strdup(cs->name);
 	s->conf = cs;
 	s->heap_idx = -1;
-	if (!s->name || store_server_key(cs->name, cs->url, s->key, sizeof(s->key)) < 0) {
+	s->due_idx = -1;
+	if (!s->name || store_server_key(cs->name, cs->url, key, sizeof(key)) < 0 || !(s->key = strdup(key))) {
 		free(s->name);
 		free(s);
 		return NULL;
@@ -95,6 +163,8 @@ static void server_free(struct keeper *k, struct server *s)
 	login_forget(k, s, "the server left the configuration");
 	workers_forget(k, s);
 	refresh_forget(k, s);
+	free(s->last_error);
+	free(s->key);
 	free(s->name);
 	free(s);
 }
@@ -116,29 +186,17 @@ static void orphans_clear(struct keeper *k)
 	k->n_orphans = 0;
 }
 
-struct orphan_scan {
-	struct keeper *k;
-	const char **keys;	/* configured servers' keys, sorted */
-	size_t n;
-};
-
-static int key_cmp(const void *a, const void *b)
+static int orphan_add(struct keeper *k, const char *key)
 {
-	return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-static int orphan_collect(const char *key, const struct secret *plain, int status, void *ctx)
-{
-	struct orphan_scan *scan = ctx;
-	struct keeper *k = scan->k;
 	char **more;
 
-	if (bsearch(&key, scan->keys, scan->n, sizeof(*scan->keys), key_cmp))
-		return 0;
-	more = realloc(k->orphans, (k->n_orphans + 1) * sizeof(*more));
-	if (!more)
-		return -ENOMEM;
-	k->orphans = more;
+	if ((k->n_orphans & (k->n_orphans - 1)) == 0) {
+		/* Grows at powers of two. */
+		more = realloc(k->orphans, (k->n_orphans ? 2 * k->n_orphans : 1) * sizeof(*more));
+		if (!more)
+			return -ENOMEM;
+		k->orphans = more;
+	}
 	k->orphans[k->n_orphans] = strdup(key);
 	if (!k->orphans[k->n_orphans])
 		return -ENOMEM;
@@ -146,24 +204,59 @@ static int orphan_collect(const char *key, const struct secret *plain, int statu
 	return 0;
 }
 
-void keeper_scan_orphans(struct keeper *k)
+/* The configured server a token key belongs to, or NULL (an orphan). */
+static struct server *server_of_key(struct keeper *k, const char *key)
 {
-	struct orphan_scan scan = { .k = k, .keys = calloc(k->n_servers + 1, sizeof(char *)) };
+	char name[STORE_SERVER_KEY_MAX + 1];
+	struct server *s;
+
+	keeper_orphan_name(key, name, sizeof(name));
+	s = keeper_find_server(k, name);
+	return s && strcmp(s->key, key) == 0 ? s : NULL;
+}
+
+static int load_one(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct keeper *k = ctx;
+	struct server *s = server_of_key(k, key);
+
+	if (!s)
+		return orphan_add(k, key);
+	if (s->load_pending) {
+		s->load_pending = false;
+		refresh_take_record(k, s, plain, status);
+	}
+	return 0;
+}
+
+/*
+ * Reads the records of the servers marked load_pending and finds the
+ * orphans, in one walk over the store (a read per server would cost a
+ * transaction each). Servers without a record are scheduled as such.
+ */
+static void load_tokens(struct keeper *k, size_t pending)
+{
 	int r;
 
 	orphans_clear(k);
-	if (!scan.keys) {
-		log_warn("listing stored tokens failed: out of memory");
-		return;
-	}
-	for (size_t i = 0; i < k->n_servers; i++)
-		if (k->servers[i])
-			scan.keys[scan.n++] = k->servers[i]->key;
-	qsort(scan.keys, scan.n, sizeof(*scan.keys), key_cmp);
-	r = store_list_keys(k->store, STORE_TOKENS, orphan_collect, &scan);
-	free(scan.keys);
+	if (pending)
+		r = store_list(k->store, STORE_TOKENS, load_one, k);
+	else
+		r = store_list_keys(k->store, STORE_TOKENS, load_one, k);
 	if (r < 0)
-		log_warn("listing stored tokens failed: %s", store_strerror(r));
+		log_warn("listing stored tokens failed: %s; reading each server's record instead",
+			 store_strerror(r));
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+
+		if (!s->load_pending)
+			continue;
+		s->load_pending = false;
+		if (r < 0)
+			refresh_load(k, s);
+		else
+			refresh_take_record(k, s, NULL, STORE_E_NOT_FOUND);
+	}
 	for (size_t i = 0; i < k->n_orphans; i++)
 		log_info("token %s belongs to no configured server: kept, shown as orphaned", k->orphans[i]);
 }
@@ -192,63 +285,65 @@ static bool same_oauth(const struct config_server *a, const struct config_server
  */
 static int apply_config(struct keeper *k, struct config *cfg)
 {
-	struct server **next = calloc(cfg->n_servers ? cfg->n_servers : 1, sizeof(*next));
-	bool *fresh = calloc(cfg->n_servers ? cfg->n_servers : 1, sizeof(*fresh));
+	size_t n = cfg->n_servers ? cfg->n_servers : 1, pending = 0;
+	struct server **next = calloc(n, sizeof(*next));
+	bool *named = calloc(k->n_servers ? k->n_servers : 1, sizeof(*named));
 	struct config *old = k->cfg;
 
-	if (!next || !fresh) {
+	if (!next || !named) {
 		free(next);
-		free(fresh);
+		free(named);
 		config_free(cfg);
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < cfg->n_servers; i++) {
 		const struct config_server *cs = &cfg->servers[i];
-		struct server *s = keeper_find_server(k, cs->name);
+		ssize_t j = index_find(k, cs->name);
+		struct server *s = j < 0 ? NULL : k->servers[j];
 
+		if (s)
+			named[j] = true;
 		if (s && same_oauth(s->conf, cs)) {
 			if (!workers_settings_equal(s->conf, cs) && s->worker) {
 				log_info("%s: upstream settings changed; restarting its worker", cs->name);
 				workers_forget(k, s);
 			}
 			s->conf = cs;
-			/* Taken over: remove from the old list. */
-			for (size_t j = 0; j < k->n_servers; j++)
-				if (k->servers[j] == s)
-					k->servers[j] = NULL;
+			k->servers[j] = NULL; /* taken over */
 			next[i] = s;
 			continue;
 		}
 		next[i] = server_new(k, cs);
 		if (!next[i])
 			fatal("out of memory");
-		fresh[i] = true;
+		/* New servers (and changed ones) read their record below. */
+		next[i]->load_pending = refresh_reset(k, next[i]);
+		pending += next[i]->load_pending;
 		if (s)
 			log_info("%s: settings changed; reloading its token", cs->name);
 		else if (old)
 			log_info("%s: added", cs->name);
 	}
 	for (size_t j = 0; j < k->n_servers; j++) {
-		if (k->servers[j]) {
-			const struct config_server *still = config_find_server(cfg, k->servers[j]->name);
+		struct server *gone = k->servers[j];
 
-			if (!still)
-				log_info("%s: removed", k->servers[j]->name);
-			server_free(k, k->servers[j]);
-		}
+		if (!gone)
+			continue;
+		if (!named[j])
+			log_info("%s: removed", gone->name);
+		k->servers[j] = NULL;
+		server_free(k, gone);
 	}
+	free(named);
 	free(k->servers);
 	k->servers = next;
 	k->n_servers = cfg->n_servers;
 	k->cfg = cfg;
-	/* New servers (and changed ones) read their record now. */
-	for (size_t i = 0; i < k->n_servers; i++)
-		if (fresh[i])
-			refresh_load(k, k->servers[i]);
-	free(fresh);
+	if (index_build(k) < 0)
+		fatal("out of memory");
+	load_tokens(k, pending);
 	api_config_changed(k, old);
 	config_free(old);
-	keeper_scan_orphans(k);
 	workers_start_eager(k);
 	return 0;
 }
@@ -471,6 +566,7 @@ int keeper_run(const char *config_path, bool system_mode)
 	for (size_t i = 0; i < k.n_servers; i++)
 		server_free(&k, k.servers[i]);
 	free(k.servers);
+	free(k.index);
 	orphans_clear(&k);
 	api_stop(&k);
 	k.oauth = child_free(k.oauth);

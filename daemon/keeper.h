@@ -45,7 +45,7 @@ enum refresh_state {
 struct server {
 	struct keeper *k;
 	char *name;
-	char key[STORE_SERVER_KEY_MAX];
+	char *key;				/* its token record's key, "name#hash" */
 	const struct config_server *conf;	/* points into k->cfg */
 
 	enum oauth_status status;
@@ -57,12 +57,13 @@ struct server {
 	int retry_count;			/* failed attempts since the last success */
 	bool failed_reported;			/* oauth.refresh_failed sent for this run */
 	int64_t next_at_ms;			/* wall-clock due time; 0: none */
-	int heap_idx;				/* position in the ready queue; -1: not queued */
-	char last_error[256];
+	ssize_t heap_idx;			/* position in the ready queue; -1: not queued */
+	char *last_error;			/* NULL: none; server_set_error() */
 	bool login_active;
 	struct flow *login;			/* login.c: the login running, if any */
 
-	struct event *timer;
+	ssize_t due_idx;			/* refresh.c timers: heap position; -1: not armed */
+	int64_t due_at_ms;
 	bool in_flight;
 	int64_t request_id;			/* outstanding oauth.refresh */
 	struct secret *request_plain;		/* the record the refresh started from */
@@ -74,6 +75,7 @@ struct server {
 	struct pending_fd *pending_fds;		/* clients waiting for the worker's hello */
 	struct token_waiter *token_waiters;	/* token.invalid requests waiting for a refresh */
 	bool needs_login;			/* upstream answered 401 without an oauth block */
+	bool load_pending;			/* keeper.c: its record is still to be read */
 };
 
 struct keeper {
@@ -86,6 +88,8 @@ struct keeper {
 
 	struct server **servers;
 	size_t n_servers;
+	uint32_t *index;		/* by name: position + 1 in servers; 0: empty */
+	size_t index_mask;		/* slots - 1 (a power of two minus one) */
 
 	struct control *control;
 	struct child *oauth;
@@ -113,9 +117,11 @@ struct server *keeper_find_server(struct keeper *k, const char *name);
 int64_t keeper_now(void);	/* wall clock, unix seconds */
 int64_t keeper_now_ms(void);
 
+/* Sets (fmt non-NULL) or clears a server's last error. */
+void server_set_error(struct server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Tokens whose server left the config: kept, shown as orphaned, deleted
  * only by a logout. */
-void keeper_scan_orphans(struct keeper *k);
 void keeper_orphan_drop(struct keeper *k, const char *key);
 /* The server name part of a token key ("name#hash"). */
 void keeper_orphan_name(const char *key, char *buf, size_t len);
@@ -169,6 +175,12 @@ struct refresh *refresh_new(struct keeper *k);
 struct refresh *refresh_free(struct refresh *r);
 /* Reads the server's token record and puts it on its schedule. */
 void refresh_load(struct keeper *k, struct server *s);
+/* The same in two steps, for a walk over the whole store: reset the
+ * server's token state (false: it has no OAuth, nothing to read), then hand
+ * it its record (plain NULL with the store's status when there is none or it
+ * does not open; plain is only read during the call). */
+bool refresh_reset(struct keeper *k, struct server *s);
+void refresh_take_record(struct keeper *k, struct server *s, const struct secret *plain, int status);
 /* A login started: take the server off the queue (a refresh in flight ends
  * on its own); refresh_load() puts it back. */
 void refresh_pause(struct keeper *k, struct server *s);

@@ -676,7 +676,7 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	refresh_forget(k, s);
 	s->retry_count = 0;
 	s->failed_reported = false;
-	s->last_error[0] = '\0';
+	server_set_error(s, NULL);
 	s->needs_login = false;
 	s->login_active = false;
 	refresh_load(k, s);

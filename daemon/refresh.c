@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,10 +45,31 @@
 /* How long the keeper waits for the oauth child beyond the request timeout. */
 #define CHILD_GRACE_MS 15000
 
-struct refresh {
-	struct server **heap;	/* ready queue: min-heap on token expiry */
+/*
+ * Timers: one libevent timer for the whole engine, armed for the earliest
+ * wall-clock instant in a min-heap of every server's next instant (its due
+ * time, its retry, the deadline of a refresh in flight, or the expiry it
+ * watches). One event per server would cost memory and libevent's own heap
+ * per server; this costs one index.
+ */
+#define TIMER_BATCH 256		/* servers handled per timer callback at most */
+
+/* A min-heap of servers; each keeps its position in the field at pos_off
+ * (-1: not in it), so it can leave from anywhere. */
+struct sheap {
+	struct server **v;
 	size_t n, cap;
+	int64_t (*key)(const struct server *s);
+	size_t pos_off;
+};
+
+struct refresh {
+	struct keeper *k;
+	struct sheap ready;	/* ready queue: on token expiry (heap_idx) */
 	int in_flight;
+	struct sheap due;	/* timers: on due_at_ms (due_idx) */
+	struct event *timer;
+	int64_t timer_at_ms;	/* the instant the timer is armed for; 0: none */
 };
 
 const char *oauth_status_name(enum oauth_status st)
@@ -82,129 +104,191 @@ const char *refresh_state_name(enum refresh_state st)
 	return "?";
 }
 
-struct refresh *refresh_new(struct keeper *k)
-{
-	return calloc(1, sizeof(struct refresh));
-}
+static void timer_cb(evutil_socket_t fd, short what, void *arg);
 
-struct refresh *refresh_free(struct refresh *r)
-{
-	if (r) {
-		free(r->heap);
-		free(r);
-	}
-	return NULL;
-}
-
-/* ---- ready queue ---- */
-
+/* The ready queue's order: earliest expiry first. */
 static int64_t deadline(const struct server *s)
 {
 	return s->expires_at ? s->expires_at : INT64_MAX;
 }
 
-static void heap_swap(struct refresh *r, size_t a, size_t b)
+static int64_t due_at(const struct server *s)
 {
-	struct server *t = r->heap[a];
-
-	r->heap[a] = r->heap[b];
-	r->heap[b] = t;
-	r->heap[a]->heap_idx = (int)a;
-	r->heap[b]->heap_idx = (int)b;
+	return s->due_at_ms;
 }
 
-static void heap_up(struct refresh *r, size_t i)
+struct refresh *refresh_new(struct keeper *k)
 {
-	while (i > 0 && deadline(r->heap[(i - 1) / 2]) > deadline(r->heap[i])) {
-		heap_swap(r, i, (i - 1) / 2);
+	struct refresh *r = calloc(1, sizeof(struct refresh));
+
+	if (!r)
+		return NULL;
+	r->k = k;
+	r->ready.key = deadline;
+	r->ready.pos_off = offsetof(struct server, heap_idx);
+	r->due.key = due_at;
+	r->due.pos_off = offsetof(struct server, due_idx);
+	r->timer = evtimer_new(k->base, timer_cb, r);
+	if (!r->timer) {
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+struct refresh *refresh_free(struct refresh *r)
+{
+	if (r) {
+		event_free(r->timer);
+		free(r->ready.v);
+		free(r->due.v);
+		free(r);
+	}
+	return NULL;
+}
+
+/* ---- the two heaps ---- */
+
+static ssize_t *sheap_pos(const struct sheap *h, struct server *s)
+{
+	return (ssize_t *)((char *)s + h->pos_off);
+}
+
+static void sheap_swap(struct sheap *h, size_t a, size_t b)
+{
+	struct server *t = h->v[a];
+
+	h->v[a] = h->v[b];
+	h->v[b] = t;
+	*sheap_pos(h, h->v[a]) = (ssize_t)a;
+	*sheap_pos(h, h->v[b]) = (ssize_t)b;
+}
+
+static void sheap_up(struct sheap *h, size_t i)
+{
+	while (i > 0 && h->key(h->v[(i - 1) / 2]) > h->key(h->v[i])) {
+		sheap_swap(h, i, (i - 1) / 2);
 		i = (i - 1) / 2;
 	}
 }
 
-static void heap_down(struct refresh *r, size_t i)
+static void sheap_down(struct sheap *h, size_t i)
 {
 	for (;;) {
 		size_t l = 2 * i + 1, m = i;
 
-		if (l < r->n && deadline(r->heap[l]) < deadline(r->heap[m]))
+		if (l < h->n && h->key(h->v[l]) < h->key(h->v[m]))
 			m = l;
-		if (l + 1 < r->n && deadline(r->heap[l + 1]) < deadline(r->heap[m]))
+		if (l + 1 < h->n && h->key(h->v[l + 1]) < h->key(h->v[m]))
 			m = l + 1;
 		if (m == i)
 			return;
-		heap_swap(r, i, m);
+		sheap_swap(h, i, m);
 		i = m;
 	}
 }
 
-static int heap_push(struct refresh *r, struct server *s)
+/* Adds s, or moves it to where its key now says when it is in already. */
+static int sheap_put(struct sheap *h, struct server *s)
 {
-	if (s->heap_idx >= 0)
-		return 0;
-	if (r->n == r->cap) {
-		size_t cap = r->cap ? r->cap * 2 : 64;
-		struct server **h = realloc(r->heap, cap * sizeof(*h));
+	ssize_t pos = *sheap_pos(h, s);
 
-		if (!h)
-			return -ENOMEM;
-		r->heap = h;
-		r->cap = cap;
+	if (pos >= 0) {
+		sheap_down(h, (size_t)pos);
+		sheap_up(h, (size_t)*sheap_pos(h, s));
+		return 0;
 	}
-	r->heap[r->n] = s;
-	s->heap_idx = (int)r->n++;
-	heap_up(r, r->n - 1);
+	if (h->n == h->cap) {
+		size_t cap = h->cap ? h->cap * 2 : 64;
+		struct server **v = realloc(h->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		h->v = v;
+		h->cap = cap;
+	}
+	h->v[h->n] = s;
+	*sheap_pos(h, s) = (ssize_t)h->n++;
+	sheap_up(h, h->n - 1);
 	return 0;
 }
 
-static void heap_remove(struct refresh *r, struct server *s)
+static void sheap_remove(struct sheap *h, struct server *s)
 {
+	ssize_t pos = *sheap_pos(h, s);
 	size_t i;
 
-	if (s->heap_idx < 0)
+	if (pos < 0)
 		return;
-	i = (size_t)s->heap_idx;
-	s->heap_idx = -1;
-	if (i != --r->n) {
-		r->heap[i] = r->heap[r->n];
-		r->heap[i]->heap_idx = (int)i;
-		heap_down(r, i);
-		heap_up(r, i);
+	i = (size_t)pos;
+	*sheap_pos(h, s) = -1;
+	if (i != --h->n) {
+		h->v[i] = h->v[h->n];
+		*sheap_pos(h, h->v[i]) = (ssize_t)i;
+		sheap_down(h, i);
+		sheap_up(h, (size_t)*sheap_pos(h, h->v[i]));
 	}
+}
+
+static struct server *sheap_top(const struct sheap *h)
+{
+	return h->n ? h->v[0] : NULL;
 }
 
 static struct server *heap_pop(struct refresh *r)
 {
-	struct server *s;
+	struct server *s = sheap_top(&r->ready);
 
-	if (r->n == 0)
-		return NULL;
-	s = r->heap[0];
-	heap_remove(r, s);
+	if (s)
+		sheap_remove(&r->ready, s);
 	return s;
 }
 
 /* ---- timers ---- */
 
-static void timer_cb(evutil_socket_t fd, short what, void *arg);
-
-static void arm_at(struct server *s, int64_t at_ms)
+/* Arms the one timer for the earliest instant in the heap (or none). */
+static void timer_update(struct refresh *r)
 {
-	int64_t delay = at_ms - keeper_now_ms();
+	int64_t at, delay;
 	struct timeval tv;
 
-	if (!s->timer)
-		s->timer = evtimer_new(s->k->base, timer_cb, s);
+	if (!sheap_top(&r->due)) {
+		evtimer_del(r->timer);
+		r->timer_at_ms = 0;
+		return;
+	}
+	at = sheap_top(&r->due)->due_at_ms;
+	if (at == r->timer_at_ms && evtimer_pending(r->timer, NULL))
+		return;
+	delay = at - keeper_now_ms();
 	if (delay < 0)
 		delay = 0;
 	tv.tv_sec = delay / 1000;
 	tv.tv_usec = (delay % 1000) * 1000;
-	evtimer_add(s->timer, &tv);
+	evtimer_add(r->timer, &tv);
+	r->timer_at_ms = at;
+}
+
+static void arm_at(struct server *s, int64_t at_ms)
+{
+	struct refresh *r = s->k->refresh;
+
+	s->due_at_ms = at_ms;
+	if (sheap_put(&r->due, s) < 0) {
+		log_error("%s: out of memory arming its timer", s->name);
+		return;
+	}
+	timer_update(r);
 }
 
 static void disarm(struct server *s)
 {
-	if (s->timer)
-		evtimer_del(s->timer);
+	struct refresh *r = s->k->refresh;
+
+	if (s->due_idx < 0)
+		return;
+	sheap_remove(&r->due, s);
+	timer_update(r);
 }
 
 static void dispatch(struct keeper *k);
@@ -242,18 +326,16 @@ static void enqueue(struct keeper *k, struct server *s)
 {
 	if (s->in_flight || s->heap_idx >= 0)
 		return;
-	if (heap_push(k->refresh, s) < 0) {
+	if (sheap_put(&k->refresh->ready, s) < 0) {
 		log_error("%s: out of memory queueing a refresh", s->name);
 		return;
 	}
 	dispatch(k);
 }
 
-static void timer_cb(evutil_socket_t fd, short what, void *arg)
+/* A server's instant came. */
+static void server_due(struct keeper *k, struct server *s)
 {
-	struct server *s = arg;
-	struct keeper *k = s->k;
-
 	if (s->in_flight) {
 		/* The oauth child has not answered well past its own timeout. */
 		log_error("%s: the oauth child did not answer a refresh; restarting it", s->name);
@@ -273,6 +355,25 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct refresh *r = arg;
+	int64_t now = keeper_now_ms();
+
+	r->timer_at_ms = 0;
+	/* A bounded batch per callback: what a handler arms for now waits for
+	 * the next turn of the loop, as a timer of its own would. */
+	for (int n = 0; n < TIMER_BATCH; n++) {
+		struct server *s = sheap_top(&r->due);
+
+		if (!s || s->due_at_ms > now)
+			break;
+		sheap_remove(&r->due, s);
+		server_due(r->k, s);
+	}
+	timer_update(r);
+}
+
 void refresh_now(struct keeper *k, struct server *s)
 {
 	if (s->in_flight || s->heap_idx >= 0)
@@ -285,16 +386,10 @@ void refresh_now(struct keeper *k, struct server *s)
 
 void refresh_rearm_all(struct keeper *k)
 {
-	for (size_t i = 0; i < k->n_servers; i++) {
-		struct server *s = k->servers[i];
-
-		if (s->in_flight || s->heap_idx >= 0)
-			continue;
-		if (s->next_at_ms)
-			arm_at(s, s->next_at_ms);
-		else if (s->status == OAUTH_AUTHENTICATED && s->expires_at && !s->has_refresh)
-			arm_at(s, s->expires_at * 1000);
-	}
+	/* Instants are wall-clock: only the delay to the first one changed. */
+	k->refresh->timer_at_ms = 0;
+	evtimer_del(k->refresh->timer);
+	timer_update(k->refresh);
 }
 
 /* ---- outcomes ---- */
@@ -327,7 +422,7 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 	int64_t delay;
 	int max = k->cfg->refresh.max_retries;
 
-	snprintf(s->last_error, sizeof(s->last_error), "%s", error);
+	server_set_error(s, "%s", error);
 	if (terminal) {
 		log_warn("%s: refresh refused (%s): login needed", s->name, error);
 		s->status = OAUTH_EXPIRED;
@@ -377,7 +472,7 @@ static void apply_token(struct server *s, const struct token *t)
 	s->refused = t->refused_at != 0;
 	if (s->refused) {
 		s->status = OAUTH_EXPIRED;
-		snprintf(s->last_error, sizeof(s->last_error), "invalid_grant");
+		server_set_error(s, "invalid_grant");
 		return;
 	}
 	if (t->expires_at && t->expires_at <= keeper_now())
@@ -441,7 +536,7 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	token_clear(&old);
 	s->retry_count = 0;
 	s->failed_reported = false;
-	s->last_error[0] = '\0';
+	server_set_error(s, NULL);
 	log_info("%s: token refreshed, expires in %lld s", s->name, (long long)expires_in);
 	schedule(k, s);
 	/* Committed above: only now may a worker use the new token. */
@@ -537,7 +632,7 @@ static void start_refresh(struct keeper *k, struct server *s)
 	}
 	if (r != 0) {
 		log_error("%s: token record %s: %s", s->name, s->key, store_strerror(r));
-		snprintf(s->last_error, sizeof(s->last_error), "token record: %s", store_strerror(r));
+		server_set_error(s, "token record: %s", store_strerror(r));
 		s->status = OAUTH_ERROR;
 		s->rstate = REFRESH_FAILED;
 		return;
@@ -548,7 +643,7 @@ static void start_refresh(struct keeper *k, struct server *s)
 		log_error("%s: token record %s does not decode", s->name, s->key);
 		s->status = OAUTH_ERROR;
 		s->rstate = REFRESH_FAILED;
-		snprintf(s->last_error, sizeof(s->last_error), "token record does not decode");
+		server_set_error(s, "token record does not decode");
 		return;
 	}
 	if (!t.refresh_token || !t.token_endpoint) {
@@ -586,7 +681,7 @@ static void start_refresh(struct keeper *k, struct server *s)
 	if (r < 0) {
 		secret_free(plain);
 		/* The child went away between dispatch and now: wait for it. */
-		heap_push(k->refresh, s);
+		sheap_put(&k->refresh->ready, s);
 		return;
 	}
 	s->request_plain = plain;
@@ -633,63 +728,69 @@ const struct child_ops refresh_oauth_ops = {
 
 /* ---- loading, forgetting, logout ---- */
 
-void refresh_load(struct keeper *k, struct server *s)
+bool refresh_reset(struct keeper *k, struct server *s)
 {
-	struct secret *plain = NULL;
-	struct token t;
-	int r;
-
 	s->status = OAUTH_NONE;
 	s->obtained_at = s->expires_at = 0;
 	s->has_refresh = false;
 	s->refused = false;
 	if (!s->conf->oauth_enabled) {
 		s->rstate = REFRESH_IDLE;
-		return;
+		return false;
 	}
-	r = store_get(k->store, STORE_TOKENS, s->key, &plain);
-	if (r == STORE_E_NOT_FOUND) {
+	return true;
+}
+
+void refresh_take_record(struct keeper *k, struct server *s, const struct secret *plain, int status)
+{
+	struct token t;
+
+	if (!plain && status == STORE_E_NOT_FOUND) {
 		schedule(k, s);
 		return;
 	}
-	if (r != 0 || token_decode(plain, &t) < 0) {
+	if (!plain || token_view(plain, &t) < 0) {
 		log_error("%s: token record %s: %s", s->name, s->key,
-			  r ? store_strerror(r) : "does not decode");
-		snprintf(s->last_error, sizeof(s->last_error), "token record: %s",
-			 r ? store_strerror(r) : "does not decode");
+			  plain ? "does not decode" : store_strerror(status));
+		server_set_error(s, "token record: %s", plain ? "does not decode" : store_strerror(status));
 		s->status = OAUTH_ERROR;
 		s->rstate = REFRESH_FAILED;
-		if (r)
-			secret_free(plain);
 		return;
 	}
 	apply_token(s, &t);
-	token_clear(&t);
 	schedule(k, s);
 	if (s->expires_at && s->expires_at <= keeper_now() && s->has_refresh)
 		log_info("%s: token expired while the keeper was away; refreshing now", s->name);
 }
 
+void refresh_load(struct keeper *k, struct server *s)
+{
+	struct secret *plain = NULL;
+	int r;
+
+	if (!refresh_reset(k, s))
+		return;
+	r = store_get(k->store, STORE_TOKENS, s->key, &plain);
+	refresh_take_record(k, s, r == 0 ? plain : NULL, r == 0 ? 0 : r);
+	secret_free(plain);
+}
+
 void refresh_pause(struct keeper *k, struct server *s)
 {
-	heap_remove(k->refresh, s);
+	sheap_remove(&k->refresh->ready, s);
 	if (!s->in_flight)
 		disarm(s);
 }
 
 void refresh_forget(struct keeper *k, struct server *s)
 {
-	heap_remove(k->refresh, s);
+	sheap_remove(&k->refresh->ready, s);
 	if (s->in_flight) {
 		child_cancel(k->oauth, s->request_id);
 		secret_free(finish_request(k, s));
 		dispatch(k);
 	}
 	disarm(s);
-	if (s->timer) {
-		event_free(s->timer);
-		s->timer = NULL;
-	}
 	s->next_at_ms = 0;
 }
 
@@ -712,7 +813,7 @@ int refresh_logout(struct keeper *k, struct server *s)
 	s->refused = false;
 	s->retry_count = 0;
 	s->failed_reported = false;
-	s->last_error[0] = '\0';
+	server_set_error(s, NULL);
 	log_info("%s: logged out%s", s->name, r == STORE_E_NOT_FOUND ? " (there was no token)" : "");
 	d = json_object_new_object();
 	json_object_object_add(d, "reason", json_object_new_string("oauth_logout"));

@@ -179,6 +179,95 @@ static void raw_put(struct raw *r, const char *key, const unsigned char *val, si
 	CHECK_EQ(r->db->put(r->db, NULL, &k, &v, DB_AUTO_COMMIT), 0);
 }
 
+/* Listing goes in batches (LIST_BATCH in store.c, 512): a walk over more
+ * than two batches sees every record once, in key order, with its content,
+ * reports a corrupt one in the middle and goes on, may change the store
+ * from the callback, and stops when the callback says so. */
+#define LIST_RECORDS 1300
+
+struct walk {
+	struct store *s;
+	char last[64];
+	int seen, corrupt, keys_only;
+	int stop_at;		/* return 7 at this record; 0: never */
+	bool deleted_ahead;
+};
+
+static int walk_one(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct walk *w = ctx;
+	char want[64];
+	struct token t;
+
+	CHECK(strcmp(w->last, key) < 0);
+	snprintf(w->last, sizeof(w->last), "%s", key);
+	w->seen++;
+	if (w->keys_only) {
+		CHECK(plain == NULL && status == 0);
+		return 0;
+	}
+	if (strcmp(key, "list#00000777") == 0) {
+		CHECK_EQ(status, STORE_E_CORRUPT);
+		CHECK(plain == NULL);
+		w->corrupt++;
+		return 0;
+	}
+	CHECK_EQ(status, 0);
+	CHECK_EQ(token_view(plain, &t), 0);
+	CHECK(t.plain == NULL);
+	snprintf(want, sizeof(want), "access-%s", key);
+	CHECK(strcmp(t.access_token, want) == 0);
+	if (!w->deleted_ahead && w->seen == 10) {
+		/* Far ahead (another batch): never listed. */
+		CHECK_EQ(store_delete(w->s, STORE_TOKENS, "list#00001200"), 0);
+		w->deleted_ahead = true;
+	}
+	return w->seen == w->stop_at ? 7 : 0;
+}
+
+static void test_list_batches(void)
+{
+	const char *dir = subdir("list");
+	struct secret *key = random_key();
+	struct store *s = open_ok(dir, key);
+	struct walk w = { .s = s };
+	struct raw raw;
+	char k[32], access[64];
+	unsigned char junk[64];
+
+	for (int i = 0; i < LIST_RECORDS; i++) {
+		snprintf(k, sizeof(k), "list#%08d", i);
+		snprintf(access, sizeof(access), "access-%s", k);
+		put_token(s, k, access, "refresh");
+	}
+	s = store_close(s);
+	randombytes_buf(junk, sizeof(junk));
+	raw_open(&raw, dir, "tokens.db");
+	raw_put(&raw, "list#00000777", junk, sizeof(junk));
+	raw_close(&raw);
+
+	s = open_ok(dir, key);
+	w.s = s;
+	CHECK_EQ(store_list(s, STORE_TOKENS, walk_one, &w), 0);
+	CHECK_EQ(w.seen, LIST_RECORDS - 1); /* one deleted ahead of the walk */
+	CHECK_EQ(w.corrupt, 1);
+
+	memset(&w, 0, sizeof(w));
+	w.s = s;
+	w.keys_only = 1;
+	CHECK_EQ(store_list_keys(s, STORE_TOKENS, walk_one, &w), 0);
+	CHECK_EQ(w.seen, LIST_RECORDS - 1);
+
+	memset(&w, 0, sizeof(w));
+	w.s = s;
+	w.deleted_ahead = true;
+	w.stop_at = 600; /* in the second batch */
+	CHECK_EQ(store_list(s, STORE_TOKENS, walk_one, &w), 7);
+	CHECK_EQ(w.seen, 600);
+	store_close(s);
+	secret_free(key);
+}
+
 static void test_round_trip(void)
 {
 	const char *dir = subdir("roundtrip");
@@ -560,7 +649,7 @@ static void test_kill_writer_loop(void)
 
 		for (int it = 0; it < 50; it++) {
 			for (long i = 0; i <= committed[it]; i++) {
-				char k[64], access[64];
+				char k[32], access[64];
 
 				snprintf(k, sizeof(k), "it%d-%ld", it, i);
 				snprintf(access, sizeof(access), "loop-access-%ld", i);
@@ -788,6 +877,7 @@ int main(int argc, char **argv)
 	test_server_key();
 	test_round_trip();
 	test_exact_delete();
+	test_list_batches();
 	test_wrong_key();
 	test_tamper();
 	test_no_clear_bytes();
