@@ -7,10 +7,28 @@
  * complete: defaults are filled in here, so no other module needs to know
  * them.
  *
+ * A config may name 100 000 servers, and a json-c tree costs some 25 times
+ * the text it was parsed from (a hash table per object). So the file is
+ * never one tree: a small reader here walks the top-level object and the
+ * "mcpServers" container itself (keys, ':', ',' and the brackets) and hands
+ * every value in them to json-c on its own, with the same strict flags and
+ * the depth limit less the levels already walked. Each server's tree is
+ * converted and freed before the next one is read; the other top-level values
+ * are small and kept for globals_parse(). Memory is the text and the result,
+ * and the tree of one value at a time.
+ *
+ * Read in one pass, a file must still fail as it did when it was parsed whole
+ * first: with the first syntax error in it, else the first duplicate key,
+ * else the first wrong field in the order globals_parse() checks them. So a
+ * duplicate key or a wrong server found on the way is deferred (the first of
+ * each kind is kept) while the rest of the text is still read for syntax;
+ * servers are no longer converted once something is wrong.
+ *
  * json-c keeps the last of two equal keys in an object without a word; a
  * second "github" entry pasted into "mcpServers" would silently replace the
- * first. A small scan over the raw text (run only after json-c accepted it)
- * finds duplicate keys so they can be reported with their line.
+ * first. The reader compares the keys it walks itself, and a small scan over
+ * the raw text of each value (run only after json-c accepted it) finds
+ * duplicate keys inside, so they can be reported with their line.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,7 +49,8 @@
 #include "log.h"
 #include "paths.h"
 
-#define CONFIG_MAX_SIZE (4u * 1024 * 1024)
+#define CONFIG_MAX_SIZE (16u * 1024 * 1024)
+#define CONFIG_MAX_SIZE_TEXT "16 MiB"
 #define CONFIG_NAME_MAX 64
 #define CONFIG_PATH_MAX 384	/* field paths in messages; longer ones are cut */
 #define CONFIG_JSON_DEPTH 32
@@ -45,11 +64,35 @@
 #define DEFAULT_REFRESH_TIMEOUT 30
 #define DEFAULT_MAX_IN_FLIGHT 16
 
+/* The first error of one kind, kept while the rest of the file is read. */
+struct deferred {
+	int r;
+	char *msg;		/* NULL when the caller passed no err buffer */
+};
+
+/* Names of the servers read so far: open addressing, strings in c->mem. */
+struct name_set {
+	const char **slot;
+	size_t cap;		/* a power of two, or 0 */
+	size_t n;
+};
+
 struct parser {
 	const char *name;	/* what messages call the file */
 	char *err;
 	size_t errlen;
 	struct config *c;
+
+	/* The walk over the text (which holds no NUL); see the top of the file. */
+	const char *text;
+	size_t len;
+	size_t pos;
+	struct json_tokener *tok[2];	/* values 1 and 2 containers deep */
+	struct json_object *root;	/* the top-level values but mcpServers */
+	struct name_set names;
+	size_t cap_servers;
+	struct deferred dup;		/* a duplicate or single-quoted key */
+	struct deferred servers;	/* a wrong field in mcpServers */
 };
 
 static void json_putp(struct json_object **o)
@@ -80,6 +123,115 @@ static int fail(struct parser *p, int r, const char *path, const char *fmt, ...)
 static int fail_oom(struct parser *p)
 {
 	return fail(p, -ENOMEM, NULL, "out of memory");
+}
+
+/* Keeps error r (just written to p->err) if it is the first of its kind. */
+static int defer(struct parser *p, struct deferred *d, int r)
+{
+	if (r == -ENOMEM || d->r)
+		return r == -ENOMEM ? r : 0;
+	d->r = r;
+	if (p->err && p->errlen) {
+		d->msg = strdup(p->err);
+		if (!d->msg)
+			return fail_oom(p);
+	}
+	return 0;
+}
+
+static int deferred_report(struct parser *p, const struct deferred *d)
+{
+	if (p->err && p->errlen && d->msg)
+		snprintf(p->err, p->errlen, "%s", d->msg);
+	return d->r;
+}
+
+/*
+ * The strings and arrays of one config, carved from 64 KiB blocks and freed
+ * together: a config of 100 000 servers would otherwise be half a million
+ * small mallocs, each paying for its header and rounding (a 10-byte string
+ * takes a 32-byte chunk). Memory comes zeroed. A request larger than a quarter
+ * block gets a block of its own, so the current block is not wasted.
+ */
+#define MEM_BLOCK_SIZE (64 * 1024)
+
+struct mem_block {
+	struct mem_block *next;
+	size_t used;
+	size_t size;
+	char data[];
+};
+
+struct config_mem {
+	struct mem_block *head;	/* the block being filled; older ones follow */
+};
+
+static void mem_free(struct config_mem *m)
+{
+	struct mem_block *b, *next;
+
+	if (!m)
+		return;
+	for (b = m->head; b; b = next) {
+		next = b->next;
+		free(b);
+	}
+	free(m);
+}
+
+static void *mem_alloc(struct config_mem *m, size_t size, size_t align)
+{
+	struct mem_block *b = m->head;
+	size_t pad, bsize;
+
+	if (b) {
+		pad = -(uintptr_t)(b->data + b->used) & (align - 1);
+		if (size <= b->size - b->used && pad <= b->size - b->used - size) {
+			void *ptr = b->data + b->used + pad;
+
+			b->used += pad + size;
+			return ptr;
+		}
+	}
+	if (size > SIZE_MAX / 2)
+		return NULL;
+	bsize = size > MEM_BLOCK_SIZE / 4 ? size + align : MEM_BLOCK_SIZE;
+	b = calloc(1, sizeof(*b) + bsize);
+	if (!b)
+		return NULL;
+	b->size = bsize;
+	pad = -(uintptr_t)b->data & (align - 1);
+	b->used = pad + size;
+	if (size > MEM_BLOCK_SIZE / 4 && m->head) {
+		b->next = m->head->next;
+		m->head->next = b;
+	} else {
+		b->next = m->head;
+		m->head = b;
+	}
+	return b->data + pad;
+}
+
+/* n zeroed elements of size bytes; the arrays of a config hold pointers. */
+static void *mem_array(struct config_mem *m, size_t n, size_t size)
+{
+	if (size && n > SIZE_MAX / 2 / size)
+		return NULL;
+	return mem_alloc(m, n * size, _Alignof(void *));
+}
+
+static char *mem_strndup(struct config_mem *m, const char *s, size_t len)
+{
+	char *d = mem_alloc(m, len + 1, 1);
+
+	if (d)
+		memcpy(d, s, len);
+	return d;
+}
+
+static char *mem_strdup(struct config_mem *m, const char *s)
+{
+	return mem_strndup(m, s, strlen(s));
 }
 
 /*
@@ -154,13 +306,15 @@ static void warn_unknown(struct parser *p, struct json_object *obj, const char *
 	}
 }
 
-/* JSON strings may carry \u0000; C strings cannot. */
-static int string_value(struct parser *p, struct json_object *v, const char *path, bool nonempty,
-			char **out)
+/*
+ * A string value, checked; it points into v. JSON strings may carry \u0000;
+ * C strings cannot.
+ */
+static int string_peek(struct parser *p, struct json_object *v, const char *path, bool nonempty,
+		       const char **out)
 {
 	const char *s;
 	size_t len;
-	char *dup;
 
 	if (!json_object_is_type(v, json_type_string))
 		return fail(p, -EINVAL, path, "must be a string");
@@ -170,10 +324,24 @@ static int string_value(struct parser *p, struct json_object *v, const char *pat
 		return fail(p, -EINVAL, path, "must not contain NUL characters");
 	if (nonempty && len == 0)
 		return fail(p, -EINVAL, path, "must not be empty");
-	dup = strdup(s);
+	*out = s;
+	return 0;
+}
+
+/* The same, copied into the config. */
+static int string_value(struct parser *p, struct json_object *v, const char *path, bool nonempty,
+			char **out)
+{
+	const char *s;
+	char *dup;
+	int r;
+
+	r = string_peek(p, v, path, nonempty, &s);
+	if (r < 0)
+		return r;
+	dup = mem_strdup(p->c->mem, s);
 	if (!dup)
 		return fail_oom(p);
-	free(*out);
 	*out = dup;
 	return 0;
 }
@@ -243,15 +411,6 @@ static int get_object(struct parser *p, struct json_object *obj, const char *pre
 	return 0;
 }
 
-static void strv_free(char **v)
-{
-	if (!v)
-		return;
-	for (char **s = v; *s; s++)
-		free(*s);
-	free(v);
-}
-
 /* A NULL-terminated copy of an array of strings. */
 static int strv_from_array(struct parser *p, struct json_object *v, const char *path,
 			   char ***out, size_t *n_out)
@@ -263,7 +422,7 @@ static int strv_from_array(struct parser *p, struct json_object *v, const char *
 	if (!json_object_is_type(v, json_type_array))
 		return fail(p, -EINVAL, path, "must be an array of strings");
 	n = json_object_array_length(v);
-	strv = calloc(n + 1, sizeof(*strv));
+	strv = mem_array(p->c->mem, n + 1, sizeof(*strv));
 	if (!strv)
 		return fail_oom(p);
 	for (size_t i = 0; i < n; i++) {
@@ -271,24 +430,12 @@ static int strv_from_array(struct parser *p, struct json_object *v, const char *
 
 		path_index(elem, sizeof(elem), path, i);
 		r = string_value(p, json_object_array_get_idx(v, i), elem, false, &strv[i]);
-		if (r < 0) {
-			strv_free(strv);
+		if (r < 0)
 			return r;
-		}
 	}
-	strv_free(*out);
 	*out = strv;
 	*n_out = n;
 	return 0;
-}
-
-static void kv_free(struct config_kv *kv, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		free(kv[i].key);
-		free(kv[i].value);
-	}
-	free(kv);
 }
 
 /* RFC 9110 token characters: what a header field name may consist of. */
@@ -323,7 +470,7 @@ static int kv_from_object(struct parser *p, struct json_object *v, const char *p
 
 	if (!json_object_is_type(v, json_type_object))
 		return fail(p, -EINVAL, path, "must be an object of strings");
-	kv = calloc(json_object_object_length(v) + 1, sizeof(*kv));
+	kv = mem_array(p->c->mem, (size_t)json_object_object_length(v) + 1, sizeof(*kv));
 	if (!kv)
 		return fail_oom(p);
 
@@ -333,36 +480,24 @@ static int kv_from_object(struct parser *p, struct json_object *v, const char *p
 		const char *key = json_object_iter_peek_name(&it);
 
 		path_join(elem, sizeof(elem), path, key);
-		if (kind == KV_HEADERS && !header_name_valid(key)) {
-			r = fail(p, -EINVAL, elem, "not a valid HTTP header name");
-			goto err;
-		}
-		if (kind == KV_ENV && (!*key || strchr(key, '='))) {
-			r = fail(p, -EINVAL, elem,
-				 "not a valid environment variable name (empty or contains '=')");
-			goto err;
-		}
+		if (kind == KV_HEADERS && !header_name_valid(key))
+			return fail(p, -EINVAL, elem, "not a valid HTTP header name");
+		if (kind == KV_ENV && (!*key || strchr(key, '=')))
+			return fail(p, -EINVAL, elem,
+				    "not a valid environment variable name (empty or contains '=')");
 		r = string_value(p, json_object_iter_peek_value(&it), elem, false, &kv[n].value);
 		if (r < 0)
-			goto err;
+			return r;
 		/* A line break in a header value would let the file inject headers. */
-		if (kind == KV_HEADERS && strpbrk(kv[n].value, "\r\n")) {
-			r = fail(p, -EINVAL, elem, "must not contain line breaks");
-			goto err;
-		}
-		kv[n].key = strdup(key);
-		if (!kv[n].key) {
-			r = fail_oom(p);
-			goto err;
-		}
+		if (kind == KV_HEADERS && strpbrk(kv[n].value, "\r\n"))
+			return fail(p, -EINVAL, elem, "must not contain line breaks");
+		kv[n].key = mem_strdup(p->c->mem, key);
+		if (!kv[n].key)
+			return fail_oom(p);
 	}
-	kv_free(*out, *n_out);
 	*out = kv;
 	*n_out = n;
 	return 0;
-err:
-	kv_free(kv, n + 1);
-	return r;
 }
 
 static bool port_parse(const char *s, size_t len, int *port)
@@ -536,21 +671,22 @@ static int server_protocol(struct parser *p, struct json_object *obj, const char
 			   enum config_protocol *out, bool *found)
 {
 	static const char *const keys[] = { "protocol", "type" };
-	_cleanup_(freep) char *first = NULL;
+	const char *first = NULL;
 	char path[CONFIG_PATH_MAX];
 
 	*found = false;
 	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
-		_cleanup_(freep) char *s = NULL;
+		struct json_object *v;
 		enum config_protocol proto;
+		const char *s;
 		int r;
 
-		r = get_string(p, obj, prefix, keys[i], false, &s);
-		if (r < 0)
-			return r;
-		if (!s)
+		if (!json_object_object_get_ex(obj, keys[i], &v))
 			continue;
 		path_join(path, sizeof(path), prefix, keys[i]);
+		r = string_peek(p, v, path, false, &s);
+		if (r < 0)
+			return r;
 		if (protocol_parse(s, &proto) < 0)
 			return fail(p, -EINVAL, path,
 				    "must be one of \"streamable-http\" (or \"http\"), \"sse\", \"stdio\"");
@@ -558,7 +694,7 @@ static int server_protocol(struct parser *p, struct json_object *obj, const char
 			return fail(p, -EINVAL, path, "\"%s\" conflicts with protocol \"%s\"", s,
 				    first);
 		if (!*found)
-			first = TAKE_PTR(s);
+			first = s;
 		*out = proto;
 		*found = true;
 	}
@@ -577,18 +713,16 @@ static int scopes_from_string(struct parser *p, const char *s, struct config_oau
 	}
 	if (n == 0)
 		return 0;
-	strv = calloc(n + 1, sizeof(*strv));
+	strv = mem_array(p->c->mem, n + 1, sizeof(*strv));
 	if (!strv)
 		return fail_oom(p);
 	n = 0;
 	for (const char *q = s + strspn(s, ws); *q; q += strspn(q, ws)) {
 		size_t len = strcspn(q, ws);
 
-		strv[n] = strndup(q, len);
-		if (!strv[n]) {
-			strv_free(strv);
+		strv[n] = mem_strndup(p->c->mem, q, len);
+		if (!strv[n])
 			return fail_oom(p);
-		}
 		n++;
 		q += len;
 	}
@@ -602,7 +736,7 @@ static int oauth_scopes(struct parser *p, struct json_object *obj, const char *p
 {
 	char path[CONFIG_PATH_MAX], elem[CONFIG_PATH_MAX];
 	struct json_object *v;
-	_cleanup_(freep) char *s = NULL;
+	const char *s;
 	int r;
 
 	if (!json_object_object_get_ex(obj, "scopes", &v))
@@ -610,7 +744,7 @@ static int oauth_scopes(struct parser *p, struct json_object *obj, const char *p
 	path_join(path, sizeof(path), prefix, "scopes");
 
 	if (json_object_is_type(v, json_type_string)) {
-		r = string_value(p, v, path, false, &s);
+		r = string_peek(p, v, path, false, &s);
 		if (r < 0)
 			return r;
 		return scopes_from_string(p, s, o);
@@ -628,10 +762,8 @@ static int oauth_scopes(struct parser *p, struct json_object *obj, const char *p
 			return fail(p, -EINVAL, elem, "must be a non-empty scope without spaces");
 		}
 	}
-	if (o->n_scopes == 0) {
-		strv_free(o->scopes);
+	if (o->n_scopes == 0)
 		o->scopes = NULL;
-	}
 	return 0;
 }
 
@@ -745,7 +877,7 @@ static int server_fields(struct parser *p, struct json_object *obj, const char *
 		if (r < 0)
 			return r;
 		/* args is never NULL for stdio: the worker execs it as is. */
-		s->args = calloc(1, sizeof(*s->args));
+		s->args = mem_array(p->c->mem, 1, sizeof(*s->args));
 		if (!s->args)
 			return fail_oom(p);
 		if (json_object_object_get_ex(obj, "args", &v)) {
@@ -802,12 +934,58 @@ static int server_fields(struct parser *p, struct json_object *obj, const char *
 	return 0;
 }
 
+static uint64_t name_hash(const char *s)
+{
+	uint64_t h = 0xcbf29ce484222325u;	/* FNV-1a */
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 0x100000001b3u;
+	return h;
+}
+
+static void names_free(struct name_set *set)
+{
+	free(set->slot);
+	*set = (struct name_set){ 0 };
+}
+
+/* Adds name (which must outlive the set): 1 if it was there already, else 0 or -ENOMEM. */
+static int names_add(struct name_set *set, const char *name)
+{
+	size_t i;
+
+	if (2 * (set->n + 1) > set->cap) {
+		size_t cap = set->cap ? 2 * set->cap : 64;
+		const char **slot = calloc(cap, sizeof(*slot));
+
+		if (!slot)
+			return -ENOMEM;
+		for (size_t j = 0; j < set->cap; j++) {
+			if (!set->slot[j])
+				continue;
+			for (i = name_hash(set->slot[j]) & (cap - 1); slot[i]; i = (i + 1) & (cap - 1))
+				;
+			slot[i] = set->slot[j];
+		}
+		free(set->slot);
+		set->slot = slot;
+		set->cap = cap;
+	}
+	for (i = name_hash(name) & (set->cap - 1); set->slot[i]; i = (i + 1) & (set->cap - 1))
+		if (strcmp(set->slot[i], name) == 0)
+			return 1;
+	set->slot[i] = name;
+	set->n++;
+	return 0;
+}
+
 /*
- * One entry of mcpServers. key is the name in the object form, NULL in the
- * list form (where index locates the entry until its name is known).
+ * One entry of mcpServers. key is the name in the object form (already in
+ * p->names: a repeated key is the reader's to report), NULL in the list form
+ * (where index locates the entry until its name is known).
  */
-static int server_parse(struct parser *p, struct json_object *obj, const char *key, size_t index,
-			struct json_object *seen, struct config_server *s)
+static int server_parse(struct parser *p, struct json_object *obj, char *key, size_t index,
+			struct config_server *s)
 {
 	static const char *const known[] = {
 		"name", "url", "protocol", "type", "command", "args", "env",
@@ -821,9 +999,7 @@ static int server_parse(struct parser *p, struct json_object *obj, const char *k
 		path_join(prefix, sizeof(prefix), "mcpServers", key);
 		if (!name_valid(key))
 			return fail(p, -EINVAL, prefix, "invalid server name: " NAME_RULE);
-		s->name = strdup(key);
-		if (!s->name)
-			return fail_oom(p);
+		s->name = key;
 	} else {
 		path_index(prefix, sizeof(prefix), "mcpServers", index);
 		if (!json_object_is_type(obj, json_type_object))
@@ -836,67 +1012,19 @@ static int server_parse(struct parser *p, struct json_object *obj, const char *k
 			return r;
 		if (!name_valid(s->name))
 			return fail(p, -EINVAL, path, NAME_RULE);
-		/* The object form cannot repeat a name: the raw scan already refused it. */
-		if (json_object_object_get_ex(seen, s->name, NULL))
+		r = names_add(&p->names, s->name);
+		if (r < 0)
+			return fail_oom(p);
+		if (r > 0)
 			return fail(p, -EINVAL, path, "duplicate server name \"%s\"", s->name);
 		path_join(prefix, sizeof(prefix), "mcpServers", s->name);
 	}
-	if (json_object_object_add(seen, s->name, NULL) < 0)
-		return fail_oom(p);
 	if (!json_object_is_type(obj, json_type_object))
 		return fail(p, -EINVAL, prefix, "must be an object");
 
 	/* "name" inside the object form is not ours: the key is the name. */
 	warn_unknown(p, obj, prefix, key ? known + 1 : known);
 	return server_fields(p, obj, prefix, s);
-}
-
-static int servers_parse(struct parser *p, struct json_object *v)
-{
-	_cleanup_(json_putp) struct json_object *seen = NULL;
-	struct config *c = p->c;
-	size_t n;
-	int r;
-
-	seen = json_object_new_object();
-	if (!seen)
-		return fail_oom(p);
-
-	if (json_object_is_type(v, json_type_array))
-		n = json_object_array_length(v);
-	else if (json_object_is_type(v, json_type_object))
-		n = (size_t)json_object_object_length(v);
-	else
-		return fail(p, -EINVAL, "mcpServers", "must be an object or an array");
-	if (n == 0)
-		return 0;
-	c->servers = calloc(n, sizeof(*c->servers));
-	if (!c->servers)
-		return fail_oom(p);
-
-	if (json_object_is_type(v, json_type_array)) {
-		for (size_t i = 0; i < n; i++) {
-			/* Counted before parsing so config_free sees partial entries. */
-			struct config_server *s = &c->servers[c->n_servers++];
-
-			r = server_parse(p, json_object_array_get_idx(v, i), NULL, i, seen, s);
-			if (r < 0)
-				return r;
-		}
-	} else {
-		struct json_object_iterator it = json_object_iter_begin(v);
-		struct json_object_iterator end = json_object_iter_end(v);
-
-		for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
-			struct config_server *s = &c->servers[c->n_servers++];
-
-			r = server_parse(p, json_object_iter_peek_value(&it),
-					 json_object_iter_peek_name(&it), 0, seen, s);
-			if (r < 0)
-				return r;
-		}
-	}
-	return 0;
 }
 
 static int refresh_parse(struct parser *p, struct json_object *root)
@@ -952,7 +1080,7 @@ static int dir_parse(struct parser *p, struct json_object *obj, const char *key,
 		return fail(p, r, key, "not set, and there is no default without HOME");
 	if (r < 0)
 		return fail(p, r, key, "not set, and the default cannot be used: %s", strerror(-r));
-	*out = strdup(buf);
+	*out = mem_strdup(p->c->mem, buf);
 	if (!*out)
 		return fail_oom(p);
 	return 0;
@@ -966,7 +1094,6 @@ static int globals_parse(struct parser *p, struct json_object *root)
 		"refresh", "disable_management", "mcpServers", NULL,
 	};
 	struct config *c = p->c;
-	struct json_object *v;
 	int r;
 
 	warn_unknown(p, root, NULL, known);
@@ -979,7 +1106,7 @@ static int globals_parse(struct parser *p, struct json_object *root)
 		if (r < 0)
 			return r;
 	} else {
-		c->listen = strdup(DEFAULT_LISTEN);
+		c->listen = mem_strdup(c->mem, DEFAULT_LISTEN);
 		if (!c->listen)
 			return fail_oom(p);
 	}
@@ -990,7 +1117,7 @@ static int globals_parse(struct parser *p, struct json_object *root)
 	if (r < 0)
 		return r;
 	if (!c->worker_user) {
-		c->worker_user = strdup(DEFAULT_WORKER_USER);
+		c->worker_user = mem_strdup(c->mem, DEFAULT_WORKER_USER);
 		if (!c->worker_user)
 			return fail_oom(p);
 	}
@@ -1009,11 +1136,9 @@ static int globals_parse(struct parser *p, struct json_object *root)
 	r = refresh_parse(p, root);
 	if (r < 0)
 		return r;
-	if (json_object_object_get_ex(root, "mcpServers", &v)) {
-		r = servers_parse(p, v);
-		if (r < 0)
-			return r;
-	}
+	/* The servers were converted as they were read; here is their turn to fail. */
+	if (p->servers.r)
+		return deferred_report(p, &p->servers);
 	/* Last: the user-mode runtime default may create /tmp/mcpkeeper-UID. */
 	r = dir_parse(p, root, "data_dir", &c->data_dir, paths_data_dir);
 	if (r < 0)
@@ -1166,12 +1291,9 @@ static int dup_object(struct dupscan *d, const char *path, unsigned depth)
 		if (!key)
 			return fail_oom(d->p);
 		path_join(sub, sizeof(sub), path, key);
-		if (json_object_object_get_ex(keys, key, NULL)) {
-			bool server = depth == 1 && strcmp(path, "mcpServers") == 0;
-
-			return fail(d->p, -EINVAL, sub, "duplicate %s (line %u)",
-				    server ? "server name" : "key", line_at(d->text, start));
-		}
+		if (json_object_object_get_ex(keys, key, NULL))
+			return fail(d->p, -EINVAL, sub, "duplicate key (line %u)",
+				    line_at(d->text, start));
 		if (json_object_object_add(keys, key, NULL) < 0)
 			return fail_oom(d->p);
 		dup_ws(d);
@@ -1240,44 +1362,422 @@ static int dup_value(struct dupscan *d, const char *path, unsigned depth)
 	}
 }
 
-static int dup_check(struct parser *p, const char *text, size_t len)
+/*
+ * Duplicate and single-quoted keys inside the value json-c has just accepted
+ * (start to p->pos); only the first of them in the file is kept.
+ */
+static int value_dupcheck(struct parser *p, size_t start, const char *path, unsigned depth)
 {
-	struct dupscan d = { .p = p, .text = text, .len = len };
+	struct dupscan d = { .p = p, .text = p->text, .len = p->pos, .pos = start };
 	int r;
 
-	r = dup_value(&d, "", 0);
-	if (r < 0 && p->err && p->errlen && !p->err[0])
+	/* Only objects have keys. */
+	if (p->dup.r || !memchr(p->text + start, '{', p->pos - start))
+		return 0;
+	if (p->err && p->errlen)
+		p->err[0] = '\0';
+	r = dup_value(&d, path, depth);
+	if (r >= 0)
+		return 0;
+	if (r != -ENOMEM && p->err && p->errlen && !p->err[0])
 		fail(p, r, NULL, "cannot scan the JSON text for duplicate keys");
+	return defer(p, &p->dup, r);
+}
+
+/* White space as json-c's strict mode (and RFC 8259) knows it. */
+static void skip_ws(struct parser *p)
+{
+	for (; p->pos < p->len; p->pos++) {
+		char ch = p->text[p->pos];
+
+		if (ch != ' ' && ch != '\t' && ch != '\n' && ch != '\r')
+			return;
+	}
+}
+
+static bool at(const struct parser *p, char ch)
+{
+	return p->pos < p->len && p->text[p->pos] == ch;
+}
+
+static int syntax_error(struct parser *p, size_t off, enum json_tokener_error e)
+{
+	return fail(p, -EINVAL, NULL, "line %u: %s", line_at(p->text, off),
+		    json_tokener_error_desc(e));
+}
+
+/*
+ * The walk found something else where it expected one of its own characters:
+ * json-c's message for the state it would have been in. The end of the text
+ * is the end, and json-c's UTF-8 check fails a non-ASCII byte first.
+ */
+static int unexpected(struct parser *p, enum json_tokener_error e)
+{
+	if (p->pos >= p->len)
+		return syntax_error(p, p->len, json_tokener_error_parse_eof);
+	if ((unsigned char)p->text[p->pos] >= 0x80)
+		return syntax_error(p, p->pos, json_tokener_error_parse_utf8_string);
+	return syntax_error(p, p->pos, e);
+}
+
+/*
+ * After the top-level object json-c has one more rule: a byte that starts a
+ * UTF-8 sequence is merely unexpected there, any other non-ASCII byte is bad
+ * UTF-8.
+ */
+static int trailing(struct parser *p)
+{
+	unsigned char ch = (unsigned char)p->text[p->pos];
+
+	if (ch >= 0x80 && !(ch >= 0xc0 && ch <= 0xf7))
+		return syntax_error(p, p->pos, json_tokener_error_parse_utf8_string);
+	return syntax_error(p, p->pos, json_tokener_error_parse_unexpected);
+}
+
+/*
+ * json-c parses the value at p->pos, level containers deep in the file, and
+ * p->pos moves past it and the white space after it. json-c stops there
+ * (JSON_TOKENER_ALLOW_TRAILING_CHARS): what follows is for the walk to check.
+ * *out may be NULL, for a JSON null.
+ */
+static int value_parse(struct parser *p, unsigned level, struct json_object **out)
+{
+	struct json_tokener *tok = p->tok[level - 1];
+	struct json_object *v;
+	enum json_tokener_error e;
+	size_t end;
+
+	json_tokener_reset(tok);
+	v = json_tokener_parse_ex(tok, p->text + p->pos, (int)(p->len - p->pos));
+	e = json_tokener_get_error(tok);
+	end = p->pos + json_tokener_get_parse_end(tok);
+	if (e == json_tokener_continue) {
+		/*
+		 * The text ends inside the top-level object. A NUL tells json-c
+		 * so, for its message (bad UTF-8 if a sequence was cut).
+		 */
+		json_object_put(json_tokener_parse_ex(tok, "", 1));
+		e = json_tokener_get_error(tok);
+		return syntax_error(p, p->len,
+				    e == json_tokener_success ? json_tokener_error_parse_eof : e);
+	}
+	if (e != json_tokener_success)
+		return syntax_error(p, end, e);
+	/*
+	 * Inside a container json-c refuses a number followed straight by
+	 * anything but , ] } / I i or white space; at the top of a parse of its
+	 * own it does not look, so the check is made here.
+	 */
+	if (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double)) {
+		size_t n = p->pos;
+
+		while (n < end && strchr("0123456789.eE+-", p->text[n]))
+			n++;
+		if (n == end && end < p->len && !strchr(",]}/Ii", p->text[end])) {
+			json_object_put(v);
+			return syntax_error(p, end, json_tokener_error_parse_number);
+		}
+	}
+	p->pos = end;
+	*out = v;
+	return 0;
+}
+
+/*
+ * json-c takes a single-quoted key, and the file may not have one: the first
+ * such key is an error of the same kind as a duplicate. Whether the key is
+ * well-formed, and json-c's message if not, is still json-c's to say, as in
+ * one parse of the file: "{" and the key go to json-c, then ":0}" or, if the
+ * text ends inside the key, a NUL.
+ */
+static int quoted_key_read(struct parser *p, char **out)
+{
+	_cleanup_(json_putp) struct json_object *o = NULL;
+	struct json_object_iterator it;
+	struct json_tokener *tok;
+	enum json_tokener_error e;
+	size_t start = p->pos, end = p->pos + 1, off;
+	bool closed = false;
+	char *buf;
+
+	while (end < p->len && !closed) {
+		closed = p->text[end] == '\'';
+		end += p->text[end] == '\\' && end + 1 < p->len ? 2 : 1;
+	}
+	buf = malloc(end - start + 1);
+	tok = json_tokener_new_ex(2);
+	if (!buf || !tok) {
+		free(buf);
+		if (tok)
+			json_tokener_free(tok);
+		return fail_oom(p);
+	}
+	buf[0] = '{';
+	memcpy(buf + 1, p->text + start, end - start);
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	o = json_tokener_parse_ex(tok, buf, (int)(end - start + 1));
+	e = json_tokener_get_error(tok);
+	off = json_tokener_get_parse_end(tok);
+	free(buf);
+	if (e == json_tokener_continue) {
+		o = json_tokener_parse_ex(tok, closed ? ":0}" : "", closed ? 3 : 1);
+		e = json_tokener_get_error(tok);
+		/* Only a key cut off by the end of the text fails here. */
+		off = SIZE_MAX;
+	}
+	json_tokener_free(tok);
+	if (e != json_tokener_success && off == SIZE_MAX)
+		return syntax_error(p, p->len, e == json_tokener_continue ?
+					       json_tokener_error_parse_eof : e);
+	if (e != json_tokener_success)
+		return syntax_error(p, start + (off ? off - 1 : 0), e);
+
+	it = json_object_iter_begin(o);
+	*out = mem_strdup(p->c->mem, json_object_iter_peek_name(&it));
+	if (!*out)
+		return fail_oom(p);
+	p->pos = end;
+	skip_ws(p);
+	return defer(p, &p->dup, fail(p, -EINVAL, NULL, "line %u: keys must be in double quotes",
+				      line_at(p->text, start)));
+}
+
+/*
+ * The key at p->pos, decoded by json-c as the string it is, and the ':' after
+ * it. *out is kept in the config (a server's name) and, like json-c's own
+ * keys, ends at a \u0000.
+ */
+static int key_read(struct parser *p, char **out, size_t *off)
+{
+	struct json_object *k = NULL;
+	int r;
+
+	*off = p->pos;
+	if (at(p, '\'')) {
+		r = quoted_key_read(p, out);
+		if (r < 0)
+			return r;
+	} else if (at(p, '"')) {
+		r = value_parse(p, 1, &k);
+		if (r < 0)
+			return r;
+		*out = mem_strdup(p->c->mem, json_object_get_string(k));
+		json_object_put(k);
+		if (!*out)
+			return fail_oom(p);
+	} else {
+		return unexpected(p, json_tokener_error_parse_object_key_name);
+	}
+	if (!at(p, ':'))
+		return unexpected(p, json_tokener_error_parse_object_key_sep);
+	p->pos++;
+	skip_ws(p);
+	return 0;
+}
+
+/* Called with p->pos at each value of a container; moves past it. */
+typedef int (*entry_fn)(struct parser *p, char *key, size_t key_off, size_t index);
+
+/*
+ * Walks the object or array at p->pos by json-c's grammar, with its messages:
+ * the levels of the file that are never one json-c tree.
+ */
+static int container_read(struct parser *p, entry_fn entry)
+{
+	bool object = at(p, '{');
+	char close = object ? '}' : ']';
+	int r;
+
+	p->pos++;
+	skip_ws(p);
+	if (at(p, close)) {
+		p->pos++;
+		return 0;
+	}
+	for (size_t i = 0;; i++) {
+		char *key = NULL;
+		size_t key_off = 0;
+
+		if (object) {
+			r = key_read(p, &key, &key_off);
+			if (r < 0)
+				return r;
+		}
+		r = entry(p, key, key_off, i);
+		if (r < 0)
+			return r;
+		skip_ws(p);
+		if (at(p, close)) {
+			p->pos++;
+			return 0;
+		}
+		if (!at(p, ','))
+			return unexpected(p, object ? json_tokener_error_parse_object_value_sep :
+						      json_tokener_error_parse_array);
+		p->pos++;
+		skip_ws(p);
+		/* Strict: no comma before the closing bracket. */
+		if (at(p, close))
+			return unexpected(p, json_tokener_error_parse_unexpected);
+	}
+}
+
+/* Converts one entry of mcpServers into the next struct config_server. */
+static int server_add(struct parser *p, struct json_object *v, char *key, size_t index)
+{
+	struct config *c = p->c;
+	struct config_server *s;
+	int r;
+
+	if (c->n_servers == p->cap_servers) {
+		size_t cap = p->cap_servers ? 2 * p->cap_servers : 16;
+
+		s = reallocarray(c->servers, cap, sizeof(*s));
+		if (!s)
+			return fail_oom(p);
+		c->servers = s;
+		p->cap_servers = cap;
+	}
+	s = &c->servers[c->n_servers];
+	memset(s, 0, sizeof(*s));
+	r = server_parse(p, v, key, index, s);
+	if (r < 0)
+		return defer(p, &p->servers, r);
+	c->n_servers++;
+	return 0;
+}
+
+/* One entry of mcpServers: its own json-c tree, converted, then freed. */
+static int server_read(struct parser *p, char *key, size_t key_off, size_t index)
+{
+	char path[CONFIG_PATH_MAX];
+	struct json_object *v = NULL;
+	size_t start = p->pos;
+	int r;
+
+	if (key) {
+		path_join(path, sizeof(path), "mcpServers", key);
+		r = names_add(&p->names, key);
+		if (r < 0)
+			return fail_oom(p);
+		if (r > 0) {
+			r = defer(p, &p->dup, fail(p, -EINVAL, path, "duplicate server name (line %u)",
+						   line_at(p->text, key_off)));
+			if (r < 0)
+				return r;
+		}
+	} else {
+		path_index(path, sizeof(path), "mcpServers", index);
+	}
+	r = value_parse(p, 2, &v);
+	if (r < 0)
+		return r;
+	r = value_dupcheck(p, start, path, 2);
+	/* Once something is wrong, the rest is only read for its syntax. */
+	if (r == 0 && !p->dup.r && !p->servers.r)
+		r = server_add(p, v, key, index);
+	json_object_put(v);
 	return r;
 }
 
-static void server_clear(struct config_server *s)
+static int servers_read(struct parser *p)
 {
-	free(s->name);
-	free(s->url);
-	free(s->command);
-	strv_free(s->args);
-	kv_free(s->env, s->n_env);
-	kv_free(s->headers, s->n_headers);
-	free(s->oauth.client_id);
-	free(s->oauth.client_secret);
-	strv_free(s->oauth.scopes);
-	free(s->oauth.resource);
+	struct json_object *v = NULL;
+	int r;
+
+	if (at(p, '{') || at(p, '['))
+		return container_read(p, server_read);
+	/* json-c judges the syntax of anything else; then it is the wrong type. */
+	r = value_parse(p, 1, &v);
+	if (r < 0)
+		return r;
+	json_object_put(v);
+	return defer(p, &p->servers,
+		     fail(p, -EINVAL, "mcpServers", "must be an object or an array"));
+}
+
+/* One member of the top-level object. */
+static int member_read(struct parser *p, char *key, size_t key_off, size_t index)
+{
+	char path[CONFIG_PATH_MAX];
+	struct json_object *v = NULL;
+	size_t start = p->pos;
+	int r;
+
+	path_join(path, sizeof(path), NULL, key);
+	if (json_object_object_get_ex(p->root, key, NULL)) {
+		r = defer(p, &p->dup, fail(p, -EINVAL, path, "duplicate key (line %u)",
+					   line_at(p->text, key_off)));
+		if (r < 0)
+			return r;
+	}
+	if (strcmp(key, "mcpServers") == 0) {
+		/* A place holder: a second one is a duplicate, and the key is known. */
+		if (json_object_object_add(p->root, key, NULL) < 0)
+			return fail_oom(p);
+		return servers_read(p);
+	}
+	r = value_parse(p, 1, &v);
+	if (r < 0)
+		return r;
+	r = value_dupcheck(p, start, path, 1);
+	if (r < 0) {
+		json_object_put(v);
+		return r;
+	}
+	if (json_object_object_add(p->root, key, v) < 0) {
+		json_object_put(v);
+		return fail_oom(p);
+	}
+	return 0;
+}
+
+/* The whole text, for its syntax and keys; servers converted on the way. */
+static int text_read(struct parser *p)
+{
+	struct config *c = p->c;
+	int r;
+
+	skip_ws(p);
+	if (p->pos >= p->len)
+		return fail(p, -EINVAL, NULL, "file is empty");
+	if (!at(p, '{')) {
+		_cleanup_(json_putp) struct json_object *root = NULL;
+
+		/* Not an object, so wrong anyway; json-c whole finds any syntax error first. */
+		r = json_parse(p, p->text, p->len, &root);
+		if (r < 0)
+			return r;
+		return fail(p, -EINVAL, NULL, "the top level must be a JSON object");
+	}
+	r = container_read(p, member_read);
+	if (r < 0)
+		return r;
+	skip_ws(p);
+	if (p->pos < p->len)
+		return trailing(p);
+	if (p->dup.r)
+		return deferred_report(p, &p->dup);
+
+	/* The array grew by doubling; give back the rest. */
+	if (c->n_servers == 0) {
+		free(c->servers);
+		c->servers = NULL;
+	} else if (c->n_servers < p->cap_servers) {
+		struct config_server *s = reallocarray(c->servers, c->n_servers, sizeof(*s));
+
+		if (s)
+			c->servers = s;
+	}
+	return 0;
 }
 
 struct config *config_free(struct config *c)
 {
 	if (!c)
 		return NULL;
-	for (size_t i = 0; i < c->n_servers; i++)
-		server_clear(&c->servers[i]);
 	free(c->servers);
-	free(c->path);
-	free(c->data_dir);
-	free(c->runtime_dir);
-	free(c->listen);
-	free(c->group);
-	free(c->worker_user);
+	mem_free(c->mem);
 	free(c);
 	return NULL;
 }
@@ -1287,11 +1787,51 @@ void config_freep(struct config **c)
 	*c = config_free(*c);
 }
 
+static int parse(struct parser *p, bool system_mode)
+{
+	struct config *c;
+	int r;
+
+	c = p->c = calloc(1, sizeof(*c));
+	if (!c)
+		return fail_oom(p);
+	c->mem = calloc(1, sizeof(*c->mem));
+	if (!c->mem)
+		return fail_oom(p);
+	c->path = mem_strdup(c->mem, p->name);
+	if (!c->path)
+		return fail_oom(p);
+	c->system_mode = system_mode;
+	c->idle_timeout_sec = DEFAULT_IDLE_TIMEOUT;
+	c->max_conns_per_uid = 128;
+	c->request_timeout_sec = 60;
+	c->refresh = (struct config_refresh){
+		.threshold = DEFAULT_THRESHOLD,
+		.max_retries = DEFAULT_MAX_RETRIES,
+		.timeout_sec = DEFAULT_REFRESH_TIMEOUT,
+		.max_in_flight = DEFAULT_MAX_IN_FLIGHT,
+	};
+
+	p->root = json_object_new_object();
+	if (!p->root)
+		return fail_oom(p);
+	for (size_t i = 0; i < ARRAY_SIZE(p->tok); i++) {
+		/* Values i + 1 containers deep: what is left of the file's depth limit. */
+		p->tok[i] = json_tokener_new_ex(CONFIG_JSON_DEPTH - 1 - (int)i);
+		if (!p->tok[i])
+			return fail_oom(p);
+		json_tokener_set_flags(p->tok[i], JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8 |
+						  JSON_TOKENER_ALLOW_TRAILING_CHARS);
+	}
+	r = text_read(p);
+	if (r < 0)
+		return r;
+	return globals_parse(p, p->root);
+}
+
 int config_parse(const char *name, const char *text, size_t len, bool system_mode,
 		 struct config **out, char *err, size_t errlen)
 {
-	_cleanup_(json_putp) struct json_object *root = NULL;
-	_cleanup_(config_freep) struct config *c = NULL;
 	struct parser p = {
 		.name = name && *name ? name : "config",
 		.err = err,
@@ -1304,7 +1844,7 @@ int config_parse(const char *name, const char *text, size_t len, bool system_mod
 	if (err && errlen)
 		err[0] = '\0';
 	if (len > CONFIG_MAX_SIZE)
-		return fail(&p, -EFBIG, NULL, "file is larger than the 4 MiB limit");
+		return fail(&p, -EFBIG, NULL, "file is larger than the " CONFIG_MAX_SIZE_TEXT " limit");
 	/* Editors on some systems start UTF-8 files with a byte order mark. */
 	if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0) {
 		text += 3;
@@ -1316,41 +1856,26 @@ int config_parse(const char *name, const char *text, size_t len, bool system_mod
 		return fail(&p, -EINVAL, NULL, "line %u: NUL byte in the file",
 			    line_at(text, (size_t)(nul - text)));
 
-	r = json_parse(&p, text, len, &root);
-	if (r < 0)
+	p.text = text;
+	p.len = len;
+	r = parse(&p, system_mode);
+	for (size_t i = 0; i < ARRAY_SIZE(p.tok); i++)
+		if (p.tok[i])
+			json_tokener_free(p.tok[i]);
+	json_putp(&p.root);
+	names_free(&p.names);
+	free(p.dup.msg);
+	free(p.servers.msg);
+	if (r < 0) {
+		config_free(p.c);
 		return r;
-	if (!json_object_is_type(root, json_type_object))
-		return fail(&p, -EINVAL, NULL, "the top level must be a JSON object");
-	r = dup_check(&p, text, len);
-	if (r < 0)
-		return r;
-
-	c = calloc(1, sizeof(*c));
-	if (!c)
-		return fail_oom(&p);
-	c->path = strdup(p.name);
-	if (!c->path)
-		return fail_oom(&p);
-	c->system_mode = system_mode;
-	c->idle_timeout_sec = DEFAULT_IDLE_TIMEOUT;
-	c->max_conns_per_uid = 128;
-	c->request_timeout_sec = 60;
-	c->refresh = (struct config_refresh){
-		.threshold = DEFAULT_THRESHOLD,
-		.max_retries = DEFAULT_MAX_RETRIES,
-		.timeout_sec = DEFAULT_REFRESH_TIMEOUT,
-		.max_in_flight = DEFAULT_MAX_IN_FLIGHT,
-	};
-	p.c = c;
-	r = globals_parse(&p, root);
-	if (r < 0)
-		return r;
-
-	*out = TAKE_PTR(c);
+	}
+	*out = p.c;
 	return 0;
 }
 
-static int read_all(int fd, char **out, size_t *out_len)
+/* size is what fstat() said: one read usually does, but the file may grow. */
+static int read_all(int fd, size_t size, char **out, size_t *out_len)
 {
 	_cleanup_(freep) char *buf = NULL;
 	size_t len = 0, cap = 0;
@@ -1360,11 +1885,13 @@ static int read_all(int fd, char **out, size_t *out_len)
 
 		if (len == cap) {
 			/* One byte past the limit is enough to know it is too large. */
-			size_t ncap = cap ? cap * 2 : 64 * 1024;
+			size_t ncap = cap ? cap * 2 : size + 1;
 			char *nbuf;
 
 			if (cap > CONFIG_MAX_SIZE)
 				return -EFBIG;
+			if (ncap < 4096)
+				ncap = 4096;
 			if (ncap > CONFIG_MAX_SIZE + 1)
 				ncap = CONFIG_MAX_SIZE + 1;
 			nbuf = realloc(buf, ncap);
@@ -1418,23 +1945,23 @@ int config_load(const char *path, bool system_mode, struct config **out, char *e
 	if (!S_ISREG(st.st_mode))
 		return fail(&p, -EINVAL, NULL, "not a regular file");
 	if (st.st_size > (off_t)CONFIG_MAX_SIZE)
-		return fail(&p, -EFBIG, NULL, "file is larger than the 4 MiB limit (%lld bytes)",
+		return fail(&p, -EFBIG, NULL,
+			    "file is larger than the " CONFIG_MAX_SIZE_TEXT " limit (%lld bytes)",
 			    (long long)st.st_size);
-	r = read_all(fd, &text, &len);
+	r = read_all(fd, (size_t)st.st_size, &text, &len);
 	if (r == -EFBIG)
-		return fail(&p, r, NULL, "file is larger than the 4 MiB limit");
+		return fail(&p, r, NULL, "file is larger than the " CONFIG_MAX_SIZE_TEXT " limit");
 	if (r < 0)
 		return fail(&p, r, NULL, "cannot read: %s", strerror(-r));
 
 	r = config_parse(base, text, len, system_mode, out, err, errlen);
 	if (r < 0)
 		return r;
-	dup = strdup(path);
+	dup = mem_strdup((*out)->mem, path);
 	if (!dup) {
 		*out = config_free(*out);
 		return fail_oom(&p);
 	}
-	free((*out)->path);
 	(*out)->path = dup;
 	return 0;
 }

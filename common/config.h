@@ -9,11 +9,16 @@
  *
  * Secrets in the config (oauth.client_secret, header values) are ordinary
  * heap strings here: the config file itself holds them in clear.
+ *
+ * Every string and array a struct config points to belongs to it and goes
+ * with config_free(); none may be freed, or kept past it, on its own.
  */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
+
+struct config_mem;
 
 enum config_protocol {
 	CONFIG_PROTOCOL_STREAMABLE_HTTP,
@@ -37,7 +42,6 @@ struct config_oauth {
 
 struct config_server {
 	char *name;
-	enum config_protocol protocol;
 	char *url;		/* http(s) servers; NULL for stdio */
 	char *command;		/* stdio servers; NULL otherwise */
 	char **args;		/* NULL-terminated, possibly empty (never NULL for stdio) */
@@ -46,6 +50,8 @@ struct config_server {
 	size_t n_env;
 	struct config_kv *headers; /* http: static request headers */
 	size_t n_headers;
+	/* Beside the flags rather than after name: one padding hole less per server. */
+	enum config_protocol protocol;
 	bool enabled;		/* default true */
 	bool eager;		/* default false */
 	/*
@@ -79,6 +85,7 @@ struct config {
 	struct config_refresh refresh;
 	struct config_server *servers;
 	size_t n_servers;
+	struct config_mem *mem;	/* holds every string and array above but servers */
 };
 
 /*

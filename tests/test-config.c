@@ -746,14 +746,397 @@ static void test_unknown_fields(void)
 	CHECK(log[0] == '\0');
 }
 
+/*
+ * The reader walks the top-level object and mcpServers itself and gives
+ * json-c one value at a time: the cases below are where such a walk could
+ * lose its place, or report something else than one json-c parse would.
+ */
+static void test_reader_strings(void)
+{
+	struct config *c;
+	const struct config_server *s;
+
+	TEST("reader: brackets, quotes and backslashes inside strings");
+	c = parse_ok("{\"group\": \"g}]{[\\\"\\\\\", \"mcpServers\": {\n"
+		     " \"a\": {\"command\": \"x\", \"args\": [\"}\", \"]\", \"{\", \"[\", \"\\\"\", \"\\\\\","
+		     " \"\\\\\\\"}\", \"a,b:c\"]},\n"
+		     " \"b\": {\"url\": \"https://x.example/?q={}[],:\", \"headers\": {\"X-A\": \"}\\\\\"}}},"
+		     " \"worker_user\": \"w\\\\\"}");
+	CHECK_STREQ(c->group, "g}]{[\"\\");
+	CHECK_STREQ(c->worker_user, "w\\");
+	CHECK(c->n_servers == 2);
+	s = config_find_server(c, "a");
+	CHECK(s && s->n_args == 8);
+	CHECK_STREQ(s->args[0], "}");
+	CHECK_STREQ(s->args[1], "]");
+	CHECK_STREQ(s->args[4], "\"");
+	CHECK_STREQ(s->args[5], "\\");
+	CHECK_STREQ(s->args[6], "\\\"}");
+	CHECK_STREQ(s->args[7], "a,b:c");
+	s = config_find_server(c, "b");
+	CHECK(s && s->n_headers == 1);
+	CHECK_STREQ(s->url, "https://x.example/?q={}[],:");
+	CHECK_STREQ(s->headers[0].value, "}\\");
+	config_free(c);
+
+	TEST("reader: \\u escapes in the keys it reads itself");
+	c = parse_ok("{\"mcp\\u0053ervers\": {\"gith\\u0075b\": {\"url\": \"https://x.example\"}},"
+		     " \"li\\u0073ten\": \"127.0.0.1:0\"}");
+	CHECK(c->n_servers == 1);
+	CHECK_STREQ(c->servers[0].name, "github");
+	CHECK_STREQ(c->listen, "127.0.0.1:0");
+	config_free(c);
+	/* Like json-c's own keys, a name ends at an escaped NUL. */
+	c = parse_ok("{\"mcpServers\": {\"ab\\u0000cd\": {\"command\": \"x\"}}}");
+	CHECK_STREQ(c->servers[0].name, "ab");
+	config_free(c);
+	parse_fails("{\"mcpServers\": {\"a\\u00e9\": {\"command\": \"x\"}}}",
+		    "config.json: mcpServers.a??: invalid server name: must be 1 to 64 characters of "
+		    "A-Z a-z 0-9 . _ -, not starting with . or -");
+	parse_fails("{\"mcpServers\": {\"a\\x\": {}}}", "config.json: line 1: invalid string sequence");
+	parse_fails("{\"mcpServers\": {\"a\\u00zz\": {}}}",
+		    "config.json: line 1: invalid string sequence");
+
+	TEST("reader: nested arrays and objects inside a server");
+	parse_fails(SERVER("{\"command\": \"x\", \"args\": [[\"a\"], \"b\"]}"),
+		    "config.json: mcpServers.a.args[0]: must be a string");
+	parse_fails(SERVER("{\"command\": \"x\", \"env\": {\"A\": [\"x\", [\"y\"]]}}"),
+		    "config.json: mcpServers.a.env.A: must be a string");
+	c = parse_ok("{\"mcpServers\": [{\"name\": \"a\", \"command\": \"x\","
+		     " \"x-note\": [[{\"k\": [1, {\"m\": []}]}], {}]}], \"x-top\": [[], [[{}]]]}");
+	CHECK(c->n_servers == 1);
+	CHECK(c->servers[0].n_args == 0 && c->servers[0].args[0] == NULL);
+	config_free(c);
+}
+
+static void test_reader_whitespace(void)
+{
+	static const char compact[] =
+		"{\"listen\":\"127.0.0.1:0\",\"mcpServers\":{\"a\":{\"url\":\"https://x.example\"},"
+		"\"b\":{\"command\":\"c\",\"args\":[[]]}}}";
+	static const char spaced[] =
+		" \r\n\t{ \r\n\t\"listen\" \r\n\t: \r\n\t\"127.0.0.1:0\" \r\n\t, \r\n\t"
+		"\"mcpServers\" \r\n\t: \r\n\t{ \r\n\t\"a\" \r\n\t: \r\n\t"
+		"{ \"url\" : \"https://x.example\" } \r\n\t, \r\n\t"
+		"\"b\"\t:\t{\"command\"\n:\n\"c\"}\r\n}\r\n\t} \r\n\t";
+	struct config *c;
+
+	TEST("reader: white space between every token");
+	parse_fails(compact, "config.json: mcpServers.b.args[0]: must be a string");
+	c = parse_ok(spaced);
+	CHECK(c->n_servers == 2);
+	CHECK_STREQ(c->servers[0].name, "a");
+	CHECK_STREQ(c->servers[0].url, "https://x.example");
+	CHECK_STREQ(c->servers[1].command, "c");
+	CHECK_STREQ(c->listen, "127.0.0.1:0");
+	config_free(c);
+	/* Form feed is not JSON white space. */
+	parse_fails("{\f}", "config.json: line 1: quoted object property name expected");
+	parse_fails("{\"mcpServers\": [\f]}", "config.json: line 1: unexpected character");
+
+	TEST("reader: empty mcpServers in both forms");
+	static const char *const empty[] = {
+		"{\"mcpServers\": {}}", "{\"mcpServers\": []}", "{\"mcpServers\":{ \n }}",
+		"{\"mcpServers\":[\t\r\n]}", "{\"mcpServers\": {}, \"listen\": \"127.0.0.1:1\"}",
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(empty); i++) {
+		c = parse_ok(empty[i]);
+		CHECK(c->n_servers == 0 && c->servers == NULL);
+		config_free(c);
+	}
+}
+
+/* A config using every construct the reader walks, in ASCII and on many lines. */
+static const char reader_doc[] =
+	"{\n"
+	"  \"listen\": \"127.0.0.1:0\",\n"
+	"  \"refresh\": {\"threshold\": 0.5, \"max_retries\": 2},\n"
+	"  \"mcpServers\": {\n"
+	"    \"gh\": {\"url\": \"https://x.example/?q={}[]\", \"headers\": {\"X-A\": \"b\\\"}\\\\\"},\n"
+	"           \"oauth\": {\"client_id\": \"c\", \"scopes\": [\"a\", \"b\"], \"redirect_port\": 8080}},\n"
+	"    \"fs\": {\"command\": \"npx\", \"args\": [\"-y\", \"}\", \"[\", \"\\u0041\"], \"env\": {\"K\": \"\"},\n"
+	"           \"enabled\": false},\n"
+	"    \"s\\u0033\": {\"type\": \"sse\", \"url\": \"http://127.0.0.1:1/sse\", \"oauth\": false}\n"
+	"  },\n"
+	"  \"idle_timeout\": 30,\n"
+	"  \"disable_management\": true\n"
+	"}\n";
+
+static const char reader_doc_list[] =
+	"{\"mcpServers\": [\n"
+	" {\"name\": \"gh\", \"url\": \"https://x.example/\", \"oauth\": {\"scopes\": \"a b\"}},\n"
+	" {\"name\": \"fs\", \"command\": \"npx\", \"args\": [\"]\", \"\\\"\"], \"eager\": true}\n"
+	"], \"request_timeout\": 9}";
+
+/* Every prefix of text short of its last '}' fails cleanly, with the line where it ends. */
+static void check_prefixes(const char *text)
+{
+	size_t len = (size_t)(strrchr(text, '}') - text);
+	char err[512], want[512];
+
+	for (size_t n = 0; n < len; n++) {
+		struct config *c = (struct config *)1;
+		unsigned line = 1;
+		bool blank = true;
+		int r;
+
+		for (size_t i = 0; i < n; i++) {
+			line += text[i] == '\n';
+			blank = blank && strchr(" \t\r\n", text[i]);
+		}
+		if (blank)
+			snprintf(want, sizeof(want), "config.json: file is empty");
+		else
+			snprintf(want, sizeof(want), "config.json: line %u: unexpected end of data", line);
+		r = config_parse("config.json", text, n, false, &c, err, sizeof(err));
+		if (r != -EINVAL || c || strcmp(err, want) != 0) {
+			fprintf(stderr, "prefix of %zu bytes: got %d \"%s\", expected \"%s\"\n", n, r,
+				err, want);
+			exit(1);
+		}
+	}
+}
+
+static void test_reader_truncated(void)
+{
+	struct config *c;
+	const struct config_server *s;
+
+	TEST("reader: the full documents load");
+	c = parse_ok(reader_doc);
+	CHECK(c->n_servers == 3 && c->idle_timeout_sec == 30 && c->disable_management);
+	CHECK(c->refresh.threshold == 0.5 && c->refresh.max_retries == 2);
+	s = config_find_server(c, "gh");
+	CHECK(s && s->n_headers == 1 && s->oauth.n_scopes == 2 && s->oauth.redirect_port == 8080);
+	CHECK_STREQ(s->headers[0].value, "b\"}\\");
+	s = config_find_server(c, "fs");
+	CHECK(s && s->n_args == 4 && !s->enabled && s->n_env == 1);
+	CHECK_STREQ(s->args[3], "A");
+	s = config_find_server(c, "s3");
+	CHECK(s && s->protocol == CONFIG_PROTOCOL_SSE && !s->oauth_enabled);
+	config_free(c);
+	c = parse_ok(reader_doc_list);
+	CHECK(c->n_servers == 2 && c->request_timeout_sec == 9);
+	CHECK_STREQ(c->servers[1].args[0], "]");
+	config_free(c);
+
+	TEST("reader: every prefix of a config fails cleanly");
+	check_prefixes(reader_doc);
+	check_prefixes(reader_doc_list);
+	/* Cut inside a UTF-8 sequence, the text is bad UTF-8 rather than short. */
+	parse_fails("{\"group\": \"\xc3", "config.json: line 1: invalid utf-8 string");
+	parse_fails("{\"mcpServers\": {\"\xc3", "config.json: line 1: invalid utf-8 string");
+}
+
+static void test_reader_trailing(void)
+{
+	struct config *c;
+
+	TEST("reader: anything after the top-level object");
+	parse_fails("{} x", "config.json: line 1: unexpected character");
+	parse_fails("{}\n\n]", "config.json: line 3: unexpected character");
+	parse_fails("{\"mcpServers\": {}}}", "config.json: line 1: unexpected character");
+	parse_fails("{\"mcpServers\": {\"a\": {\"command\": \"x\"}}}\n{}",
+		    "config.json: line 2: unexpected character");
+	parse_fails("{} \xc3\xa9", "config.json: line 1: unexpected character");
+	parse_fails("{}\xff", "config.json: line 1: invalid utf-8 string");
+	parse_fails("{} // comment", "config.json: line 1: unexpected character");
+	c = parse_ok("{}  \n\t\r\n");
+	config_free(c);
+
+	TEST("reader: broken punctuation where the reader reads");
+	parse_fails("{\"a\" 1}", "config.json: line 1: object property name separator ':' expected");
+	parse_fails("{\"mcpServers\": {\"a\": {\"command\": \"x\"}\n \"b\": {}}}",
+		    "config.json: line 2: object value separator ',' expected");
+	parse_fails("{\"mcpServers\": [{\"name\": \"a\", \"command\": \"x\"} {}]}",
+		    "config.json: line 1: array value separator ',' expected");
+	parse_fails("{\"a\": 1,}", "config.json: line 1: unexpected character");
+	parse_fails("{\"mcpServers\": [{\"name\": \"a\", \"command\": \"x\"},]}",
+		    "config.json: line 1: unexpected character");
+	parse_fails("{\"mcpServers\": {\"a\": {\"command\": \"x\"},}}",
+		    "config.json: line 1: unexpected character");
+	parse_fails("{,}", "config.json: line 1: quoted object property name expected");
+	parse_fails("{\"mcpServers\": {1: {}}}",
+		    "config.json: line 1: quoted object property name expected");
+	parse_fails("{\"mcpServers\": tru}", "config.json: line 1: boolean expected");
+	/* json-c refuses a number that runs straight into something else. */
+	parse_fails("{\"idle_timeout\": 300x}", "config.json: line 1: number expected");
+	parse_fails("{\"mcpServers\": [1x]}", "config.json: line 1: number expected");
+	parse_fails("{\"idle_timeout\": 300 x}",
+		    "config.json: line 1: object value separator ',' expected");
+	parse_fails("{\"mcpServers\": [1 x]}",
+		    "config.json: line 1: array value separator ',' expected");
+	parse_fails("{\"mcpServers\": {\"a\": {\"command\": \"x\"} /* c */}}",
+		    "config.json: line 1: object value separator ',' expected");
+}
+
+/* {"x": [[...]]}-style text: pre, depth times open, core, depth times close, post. */
+static char *nested(const char *pre, const char *open, const char *core, const char *close,
+		    const char *post, int depth)
+{
+	static char buf[4096];
+	size_t n = (size_t)snprintf(buf, sizeof(buf), "%s", pre);
+
+	for (int i = 0; i < depth; i++)
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s", open);
+	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s", core);
+	for (int i = 0; i < depth; i++)
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s", close);
+	snprintf(buf + n, sizeof(buf) - n, "%s", post);
+	return buf;
+}
+
+static void test_reader_depth(void)
+{
+	static const char deep[] = "config.json: line 1: nesting too deep";
+
+	/* 32 levels in all, the top-level object being the first, wherever they are. */
+	TEST("reader: the depth limit counts the levels it walks itself");
+	config_free(parse_ok(nested("{\"x\": ", "[", "", "]", "}", 31)));
+	parse_fails(nested("{\"x\": ", "[", "", "]", "}", 32), deep);
+	config_free(parse_ok(nested("{\"x\": ", "{\"k\": ", "1", "}", "}", 30)));
+	parse_fails(nested("{\"x\": ", "{\"k\": ", "1", "}", "}", 31), deep);
+	config_free(parse_ok(nested("{\"mcpServers\": {\"a\": {\"command\": \"x\", \"x-deep\": ", "[",
+				    "", "]", "}}}", 29)));
+	parse_fails(nested("{\"mcpServers\": {\"a\": {\"command\": \"x\", \"x-deep\": ", "[", "", "]", "}}}",
+			   30), deep);
+	config_free(parse_ok(nested("{\"mcpServers\": [{\"name\": \"a\", \"command\": \"x\", \"x\": ", "[",
+				    "", "]", "}]}", 29)));
+	parse_fails(nested("{\"mcpServers\": [{\"name\": \"a\", \"command\": \"x\", \"x\": ", "[", "", "]",
+			   "}]}", 30), deep);
+	parse_fails(nested("{\"mcpServers\": {\"a\": ", "[", "", "]", "}}", 30),
+		    "config.json: mcpServers.a: must be an object");
+	parse_fails(nested("{\"mcpServers\": {\"a\": ", "[", "", "]", "}}", 31), deep);
+	parse_fails(nested("{\"mcpServers\": [", "[", "", "]", "]}", 30),
+		    "config.json: mcpServers[0]: must be an object");
+	parse_fails(nested("{\"mcpServers\": [", "[", "", "]", "]}", 31), deep);
+}
+
+static void test_reader_errors(void)
+{
+	struct config *c = (struct config *)1;
+
+	/*
+	 * Servers are converted while the rest is still unread, yet a file fails
+	 * as if it had been parsed whole first: syntax, then duplicate keys, then
+	 * fields in their fixed order.
+	 */
+	TEST("reader: which error a file with several gets");
+	parse_fails("{\"mcpServers\": {\"a\": {\"url\": 5}}, \"listen\": \"x\"}",
+		    "config.json: listen: must be a loopback address and port, e.g. 127.0.0.1:0 or "
+		    "[::1]:8080");
+	parse_fails("{\"data_dir\": \"rel\", \"mcpServers\": {\"a\": {\"url\": 5}}}",
+		    "config.json: mcpServers.a.url: must be a string");
+	parse_fails("{\"mcpServers\": {\"a\": {\"url\": 5}, \"b\": {\"url\": tru}}}",
+		    "config.json: line 1: boolean expected");
+	parse_fails("{\"mcpServers\": [{\"url\": 5}, {\"name\": \"b\", \"url\": \"https://x.example\"}]\n}x",
+		    "config.json: line 2: unexpected character");
+	parse_fails("{\"mcpServers\": {\"a\": {\"url\": 5}},\n\"b\": {\"k\": 1, \"k\": 2}}",
+		    "config.json: b.k: duplicate key (line 2)");
+	parse_fails("{\"mcpServers\": {\"a\": {\"url\": 5},\n\"a\": {\"url\": \"https://x.example\"}}}",
+		    "config.json: mcpServers.a: duplicate server name (line 2)");
+	parse_fails("{\"mcpServers\": {\"a\": {\"url\": \"https://x.example\"},\n\"a\": {\"url\": 5}},"
+		    " \"x\": tru}", "config.json: line 2: boolean expected");
+	parse_fails("{\"mcpServers\": {},\n\"mcpServers\": []}",
+		    "config.json: mcpServers: duplicate key (line 2)");
+	parse_fails("{\"mcpServers\": [{\"name\": \"a\", \"command\": \"x\"}, {\"name\": \"a\", "
+		    "\"command\": \"y\"}, {\"name\": 5}]}",
+		    "config.json: mcpServers[1].name: duplicate server name \"a\"");
+	parse_fails("{\"mcpServers\": 3, \"listen\": 4}", "config.json: listen: must be a string");
+	parse_fails("{\"mcpServers\": 3, \"data_dir\": 4}",
+		    "config.json: mcpServers: must be an object or an array");
+
+	TEST("reader: single-quoted keys where the reader reads");
+	parse_fails("{\"mcpServers\": {'a': {\"url\": \"https://x.example\"}}}",
+		    "config.json: line 1: keys must be in double quotes");
+	parse_fails("{\"a\": 1, \"a\": 2,\n'b': 3}", "config.json: a: duplicate key (line 1)");
+	parse_fails("{\n'b': 3, \"a\": 1, \"a\": 2}", "config.json: line 2: keys must be in double quotes");
+	/* Only a syntax error comes before it, as in one json-c parse. */
+	parse_fails("{'a': 1, \"b\": tru}", "config.json: line 1: boolean expected");
+	parse_fails("{'a\\q': 1}", "config.json: line 1: invalid string sequence");
+	parse_fails("{\n'a", "config.json: line 2: unexpected end of data");
+
+	TEST("reader: no message buffer, several errors");
+	static const char several[] = "{\"mcpServers\": {\"a\": {\"url\": 5}, \"a\": {}}}";
+
+	CHECK(config_parse("config.json", several, strlen(several), false, &c, NULL, 0) == -EINVAL);
+	CHECK(c == NULL);
+}
+
+/* The usual shape, indented with an oauth block each: what a person writes. */
+static char *many_servers(size_t n, bool list, size_t *len)
+{
+	size_t cap = 256 + n * 160, off = 0;
+	char *text = malloc(cap);
+
+	CHECK(text);
+	off += (size_t)snprintf(text + off, cap - off, "{\n  \"mcpServers\": %s\n", list ? "[" : "{");
+	for (size_t i = 0; i < n; i++)
+		off += (size_t)snprintf(text + off, cap - off,
+					"    %s\"s%zu\"%s\"url\": \"http://127.0.0.1:1/mcp\",\n"
+					"      \"oauth\": {\"client_id\": \"bench\", \"scopes\": [\"mcp\"]}\n"
+					"    }%s\n",
+					list ? "{\"name\": " : "", i, list ? ",\n      " : ": {\n      ",
+					i + 1 < n ? "," : "");
+	off += (size_t)snprintf(text + off, cap - off, "  %s\n}\n", list ? "]" : "}");
+	CHECK(off < cap);
+	*len = off;
+	return text;
+}
+
+static void test_many_servers(void)
+{
+	struct config *c = NULL;
+	char err[512], want[512], name[32];
+	size_t len;
+	char *text;
+
+	TEST("40 000 servers, over the old 4 MiB limit, in both forms");
+	for (int list = 0; list <= 1; list++) {
+		text = many_servers(40000, list, &len);
+		CHECK(len > 4 * 1024 * 1024);
+		CHECK(config_parse("config.json", text, len, false, &c, err, sizeof(err)) == 0);
+		CHECK(c->n_servers == 40000);
+		for (size_t i = 0; i < c->n_servers; i += 9999) {
+			const struct config_server *s = &c->servers[i];
+
+			snprintf(name, sizeof(name), "s%zu", i);
+			CHECK_STREQ(s->name, name);
+			CHECK_STREQ(s->url, "http://127.0.0.1:1/mcp");
+			CHECK_STREQ(s->oauth.client_id, "bench");
+			CHECK(s->oauth.n_scopes == 1 && s->oauth.scopes[1] == NULL);
+		}
+		CHECK(config_find_server(c, "s39999") == &c->servers[39999]);
+		c = config_free(c);
+
+		/* A duplicate at the very end is still found, with its line. */
+		char *last = strstr(text, "\"s39999\"");
+		unsigned line = 1;
+
+		for (const char *q = text; q < last; q++)
+			line += *q == '\n';
+		memcpy(last, "\"s39998\"", 8);
+		if (list)
+			snprintf(want, sizeof(want), "config.json: mcpServers[39999].name: duplicate "
+				 "server name \"s39998\"");
+		else
+			snprintf(want, sizeof(want), "config.json: mcpServers.s39998: duplicate server "
+				 "name (line %u)", line);
+		CHECK(config_parse("config.json", text, len, false, &c, err, sizeof(err)) == -EINVAL);
+		CHECK(!c);
+		CHECK_STREQ(err, want);
+		free(text);
+	}
+}
+
 static void test_size_and_files(void)
 {
-	size_t big = 4 * 1024 * 1024 + 1;
+	size_t big = 16 * 1024 * 1024 + 1;
 	struct config *c = NULL;
 	char err[512], want[600];
 	char *text;
 
-	TEST("files larger than 4 MiB are refused");
+	TEST("files larger than 16 MiB are refused");
 	text = malloc(big);
 	CHECK(text);
 	memset(text, ' ', big);
@@ -761,7 +1144,7 @@ static void test_size_and_files(void)
 	text[big - 1] = '}';
 	CHECK(config_parse("config.json", text, big, false, &c, err, sizeof(err)) == -EFBIG);
 	CHECK(!c);
-	CHECK_STREQ(err, "config.json: file is larger than the 4 MiB limit");
+	CHECK_STREQ(err, "config.json: file is larger than the 16 MiB limit");
 	/* One byte less is whitespace inside an object, and fine. */
 	text[big - 2] = '}';
 	c = NULL;
@@ -771,7 +1154,7 @@ static void test_size_and_files(void)
 	write_file(tmp_path("big.json"), text, big);
 	CHECK(config_load(tmp_path("big.json"), false, &c, err, sizeof(err)) == -EFBIG);
 	CHECK(!c);
-	snprintf(want, sizeof(want), "%s: file is larger than the 4 MiB limit (4194305 bytes)",
+	snprintf(want, sizeof(want), "%s: file is larger than the 16 MiB limit (16777217 bytes)",
 		 tmp_path("big.json"));
 	CHECK_STREQ(err, want);
 	free(text);
@@ -1035,6 +1418,13 @@ int main(void)
 	test_forms_equal();
 	test_defaults();
 	test_unknown_fields();
+	test_reader_strings();
+	test_reader_whitespace();
+	test_reader_truncated();
+	test_reader_trailing();
+	test_reader_depth();
+	test_reader_errors();
+	test_many_servers();
 	test_size_and_files();
 	test_private_dir();
 	test_system_mode();
