@@ -456,7 +456,9 @@ static int env_open(struct store *s, char *err, size_t errlen)
 	env->set_lk_detect(env, DB_LOCK_DEFAULT);
 	env->set_thread_count(env, 256);
 	env->set_isalive(env, is_alive);
-	env->set_cachesize(env, 0, 16 * 1024 * 1024, 1);
+	/* Records are small and read once per refresh; the keeper's resident
+	 * memory with 100 000 of them is the budget this cache counts against. */
+	env->set_cachesize(env, 0, 4 * 1024 * 1024, 1);
 	env->set_lg_max(env, 4 * 1024 * 1024);
 	env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1);
 

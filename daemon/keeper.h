@@ -48,34 +48,34 @@ struct server {
 	char *key;				/* its token record's key, "name#hash" */
 	const struct config_server *conf;	/* points into k->cfg */
 
-	enum oauth_status status;
+	/* refresh.c (fields grouped by size: a keeper may hold 100 000 of these) */
 	int64_t obtained_at, expires_at;	/* unix seconds; 0: unknown */
-	bool has_refresh;
-	bool refused;				/* provider refused the refresh token: login needed */
-
+	enum oauth_status status;
 	enum refresh_state rstate;
 	int retry_count;			/* failed attempts since the last success */
+	bool has_refresh;
+	bool refused;				/* provider refused the refresh token: login needed */
 	bool failed_reported;			/* oauth.refresh_failed sent for this run */
+	bool in_flight;
 	int64_t next_at_ms;			/* wall-clock due time; 0: none */
 	ssize_t heap_idx;			/* position in the ready queue; -1: not queued */
-	char *last_error;			/* NULL: none; server_set_error() */
-	bool login_active;
-	struct flow *login;			/* login.c: the login running, if any */
-
-	ssize_t due_idx;			/* refresh.c timers: heap position; -1: not armed */
+	ssize_t due_idx;			/* timers: position in their heap; -1: not armed */
 	int64_t due_at_ms;
-	bool in_flight;
 	int64_t request_id;			/* outstanding oauth.refresh */
 	struct secret *request_plain;		/* the record the refresh started from */
+	char *last_error;			/* NULL: none; server_set_error() */
+
+	struct flow *login;			/* login.c: the login running, if any */
+	bool login_active;
+	bool load_pending;			/* keeper.c: its record is still to be read */
+	bool needs_login;			/* workers.c: upstream answered 401 without an oauth block */
+	int clients;				/* workers.c: as the worker last reported */
 
 	/* workers.c */
 	struct child *worker;			/* NULL until the first connect (or eager) */
-	int clients;				/* as the worker last reported */
 	struct event *idle_timer;
 	struct pending_fd *pending_fds;		/* clients waiting for the worker's hello */
 	struct token_waiter *token_waiters;	/* token.invalid requests waiting for a refresh */
-	bool needs_login;			/* upstream answered 401 without an oauth block */
-	bool load_pending;			/* keeper.c: its record is still to be read */
 };
 
 struct keeper {
