@@ -485,13 +485,12 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 			      struct json_object *result)
 {
 	struct json_object *v;
-	struct secret *copy, *plain = NULL;
+	struct secret *plain = NULL;
 	struct token old, t;
 	int64_t now = keeper_now(), expires_in = 0;
 	int r;
 
-	copy = secret_from(started->data, started->len);
-	if (!copy || token_decode(copy, &old) < 0) {
+	if (token_view(started, &old) < 0) {
 		refresh_failed(k, s, false, "internal error decoding the token record");
 		return;
 	}
@@ -556,11 +555,11 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
  */
 static void mark_refused(struct keeper *k, struct server *s, const struct secret *started)
 {
-	struct secret *copy = secret_from(started->data, started->len), *plain = NULL;
+	struct secret *plain = NULL;
 	struct token t;
 	int r;
 
-	if (!copy || token_decode(copy, &t) < 0)
+	if (token_view(started, &t) < 0)
 		return;
 	t.refused_at = keeper_now();
 	r = token_encode(&t, &plain);
@@ -615,7 +614,7 @@ static void add_str(struct json_object *o, const char *key, const char *val)
 static void start_refresh(struct keeper *k, struct server *s)
 {
 	const struct config_oauth *co = &s->conf->oauth;
-	struct secret *plain = NULL, *copy;
+	struct secret *plain = NULL;
 	struct json_object *params;
 	struct token t;
 	const char *client_id, *client_secret, *method;
@@ -637,8 +636,8 @@ static void start_refresh(struct keeper *k, struct server *s)
 		s->rstate = REFRESH_FAILED;
 		return;
 	}
-	copy = secret_from(plain->data, plain->len);
-	if (!copy || token_decode(copy, &t) < 0) {
+	/* t points into plain, which the refresh keeps (request_plain). */
+	if (token_view(plain, &t) < 0) {
 		secret_free(plain);
 		log_error("%s: token record %s does not decode", s->name, s->key);
 		s->status = OAUTH_ERROR;
