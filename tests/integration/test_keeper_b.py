@@ -16,6 +16,11 @@ keeper-b: the keeper's refresh engine under load and under abuse.
   c. socket activation with systemd-socket-activate: the first connection
                starts the keeper and is answered.
   d. a wall-clock jump (libfaketime) past a due time: the refresh runs at once.
+  e. 1500 servers with tokens (the start reads them in one walk over the
+               store, three batches) and a reload that removes 500, moves
+               100 to another URL and adds 100: kept servers keep their
+               schedule, the others' tokens show as orphaned; reloading the
+               first config finds every token again.
 
 Counts and order are asserted, not wall-clock deadlines; every wait is bounded.
 Run: meson test -C build keeper-b --print-errorlogs
@@ -540,6 +545,67 @@ class KeeperB(keeperlib.KeeperTestCase):
         self.assertGreater(s1["token_expires_at"], time.time() + 3000 + 3600 - 120)
         self.assertEqual(s1["refresh"]["state"], "scheduled")
         self.assertIn("wall clock moved", k.log())
+
+    # ------------------------------------------------------------------
+    # e. many servers: the start's walk over the store (more than one batch)
+    #    and a reload that removes, changes and adds hundreds of servers
+
+    def test_e_reload_many_servers(self):
+        n = 1500
+        peer = self.start_peer(lifetime=3600)   # never contacted: nothing is due
+        cid = peer.register()
+        names = ["s%04d" % i for i in range(n)]
+        first = {name: peer.server_conf(cid) for name in names}
+        k = self.make_keeper(servers=dict(first))
+        now = int(time.time())
+        rows = [(name, peer.mcp_url, "a%d-%s" % (i, "x" * 20), "r%d-%s" % (i, "y" * 20), now, now + 86400,
+                 peer.token_endpoint) for i, name in enumerate(names + ["gone"])]
+        self.assertEqual(put_many(k, rows), n + 1)
+        k.start()
+
+        st = k.status()
+        by = by_name(st)
+        self.assertEqual(len(by), n)
+        wrong = [name for name in names
+                 if (by[name]["oauth_status"], by[name]["refresh"]["state"]) != ("authenticated", "scheduled")]
+        self.assertEqual(wrong, [], "servers not loaded from the store")
+        self.assertEqual([o["name"] for o in st["orphaned_tokens"]], ["gone"])
+        expires = {name: by[name]["token_expires_at"] for name in names}
+
+        # Reload: s0000-s0499 removed, s0500-s0599 moved to another URL (their
+        # tokens belong to the old one), 100 servers added.
+        removed, moved, kept = names[:500], names[500:600], names[600:]
+        added = ["n%04d" % i for i in range(100)]
+        k.servers = {name: first[name] for name in kept}
+        k.servers.update({name: peer.server_conf(cid, url=peer.url + "/mcp2") for name in moved})
+        k.servers.update({name: peer.server_conf(cid) for name in added})
+        k.write_config()
+        k.signal(signal.SIGHUP)
+        wait_until(lambda: len(k.status()["servers"]) == 1100, 60, 0.2, "the reload")
+        st = k.status()
+        by = by_name(st)
+        self.assertEqual(sorted(by), sorted(kept + moved + added))
+        for name in kept:
+            self.assertEqual((by[name]["oauth_status"], by[name]["refresh"]["state"],
+                              by[name]["token_expires_at"]), ("authenticated", "scheduled", expires[name]), name)
+        for name in moved + added:
+            self.assertEqual(by[name]["oauth_status"], "none", name)
+        orphans = sorted(o["name"] for o in st["orphaned_tokens"])
+        self.assertEqual(orphans, sorted(["gone"] + removed + moved))
+
+        # And back: every token is found again under its server.
+        k.servers = dict(first)
+        k.write_config()
+        k.signal(signal.SIGHUP)
+        wait_until(lambda: len(k.status()["servers"]) == n, 60, 0.2, "the second reload")
+        st = k.status()
+        by = by_name(st)
+        wrong = [name for name in names if (by[name]["oauth_status"], by[name]["token_expires_at"]) !=
+                 ("authenticated", expires[name])]
+        self.assertEqual(wrong, [], "servers not reloaded from the store")
+        self.assertEqual([o["name"] for o in st["orphaned_tokens"]], ["gone"])
+        self.assertEqual(peer.stats()["refresh_requests"], 0)
+        self.assertEqual(k.stop(), 0, "keeper exit status")
 
 
 if __name__ == "__main__":
