@@ -58,6 +58,11 @@ struct rpc_msg {
 
 void rpc_msg_clear(struct rpc_msg *m);
 
+/* The length of the RFC 3629 UTF-8 sequence at p (1 for ASCII; no overlong
+ * forms, no surrogates, nothing above U+10FFFF), 0 when it is not one;
+ * avail bytes are readable (at least 1). */
+size_t frame_utf8_seq(const unsigned char *p, size_t avail);
+
 /*
  * Takes one line off in and parses it as a JSON-RPC 2.0 message.
  * Blank lines are skipped; a trailing '\r' is ignored.

@@ -33,6 +33,7 @@
 #include <event2/buffer.h>
 #include <json-c/json.h>
 
+#include "bridge.h"
 #include "config.h"
 #include "frame.h"
 #include "log.h"
@@ -1640,91 +1641,6 @@ static int cmd_events(struct ctl *c, int argc, char **argv)
 
 #define RELAY_LIMIT PROTO_MAX_MESSAGE
 
-struct relay {
-	const char *server;
-	int sock;
-	struct evbuffer *from_client, *to_sock, *from_sock, *to_client;
-	struct json_object *in_flight;	/* requests sent upstream, keyed by their id's JSON */
-	bool client_eof, sock_eof;
-};
-
-static const char *id_key(struct json_object *id)
-{
-	return json_object_to_json_string_ext(id, JSON_C_TO_STRING_PLAIN);
-}
-
-/* An error response for id on stdout (written by the relay loop). */
-static void relay_error(struct relay *rl, struct json_object *id, int code, const char *message)
-{
-	struct json_object *e = rpc_error(id, code, KIND_UNAVAILABLE, message);
-
-	if (e)
-		frame_write(rl->to_client, e, RELAY_LIMIT);
-	json_object_put(e);
-}
-
-static void relay_from_client(struct relay *rl)
-{
-	for (;;) {
-		struct rpc_msg m;
-		char detail[160] = "";
-		int r = frame_read(rl->from_client, RELAY_LIMIT, &m, detail, sizeof(detail));
-
-		if (r == FRAME_NEED_MORE)
-			return;
-		if (r) {
-			struct json_object *e = rpc_error_for_frame(r, detail);
-
-			frame_write(rl->to_client, e, RELAY_LIMIT);
-			json_object_put(e);
-			rpc_msg_clear(&m);
-			if (r == FRAME_E_TOO_LARGE)
-				evbuffer_drain(rl->from_client, evbuffer_get_length(rl->from_client));
-			continue;
-		}
-		if (m.type == RPC_REQUEST)
-			json_object_object_add(rl->in_flight, id_key(m.id), NULL);
-		frame_write(rl->to_sock, m.root, RELAY_LIMIT);
-		rpc_msg_clear(&m);
-	}
-}
-
-static int relay_from_sock(struct relay *rl)
-{
-	for (;;) {
-		struct rpc_msg m;
-		int r = frame_read(rl->from_sock, RELAY_LIMIT, &m, NULL, 0);
-
-		if (r == FRAME_NEED_MORE)
-			return 0;
-		if (r) {
-			rpc_msg_clear(&m);
-			fprintf(stderr, "mcpctl: connect %s: the worker sent a malformed message (%s)\n", rl->server,
-				frame_strerror(r));
-			return -1;
-		}
-		if ((m.type == RPC_RESULT || m.type == RPC_ERROR) && m.id)
-			json_object_object_del(rl->in_flight, id_key(m.id));
-		frame_write(rl->to_client, m.root, RELAY_LIMIT);
-		rpc_msg_clear(&m);
-	}
-}
-
-/* The worker side went away: every request still in flight gets an error. */
-static void relay_fail_in_flight(struct relay *rl, const char *why)
-{
-	char msg[256];
-
-	snprintf(msg, sizeof(msg), "mcpkeeper: the connection to %s was lost (%s); retry", rl->server, why);
-	json_object_object_foreach(rl->in_flight, key, val) {
-		struct json_object *id = json_tokener_parse(key);
-
-		(void)val;
-		relay_error(rl, id, RPC_INTERNAL_ERROR, msg);
-		json_object_put(id);
-	}
-}
-
 static void write_all_fd(int fd, struct evbuffer *b)
 {
 	while (evbuffer_get_length(b) > 0) {
@@ -1735,65 +1651,6 @@ static void write_all_fd(int fd, struct evbuffer *b)
 		if (evbuffer_get_length(b) > 0)
 			poll(&p, 1, 1000);
 	}
-}
-
-static int relay_run(struct relay *rl)
-{
-	fd_set_nonblock(STDIN_FILENO, 1);
-	fd_set_nonblock(STDOUT_FILENO, 1);
-	fd_set_nonblock(rl->sock, 1);
-	if (relay_from_sock(rl) < 0)
-		return CTL_EXIT_PROTOCOL;
-	while (!rl->sock_eof) {
-		struct pollfd p[3] = {
-			{ .fd = rl->client_eof ? -1 : STDIN_FILENO, .events = POLLIN },
-			{ .fd = rl->sock, .events = POLLIN | (evbuffer_get_length(rl->to_sock) ? POLLOUT : 0) },
-			{ .fd = evbuffer_get_length(rl->to_client) ? STDOUT_FILENO : -1, .events = POLLOUT },
-		};
-
-		/* Do not read more of one side than the other side can take. */
-		if (evbuffer_get_length(rl->to_sock) > 4 * RELAY_LIMIT)
-			p[0].fd = -1;
-		if (evbuffer_get_length(rl->to_client) > 4 * RELAY_LIMIT)
-			p[1].events &= ~POLLIN;
-		if (poll(p, 3, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			return CTL_EXIT_KEEPER_ERROR;
-		}
-		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-			int n = evbuffer_read(rl->from_client, STDIN_FILENO, 65536);
-
-			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-				rl->client_eof = true;
-				write_all_fd(rl->sock, rl->to_sock);
-				shutdown(rl->sock, SHUT_WR);
-			}
-			relay_from_client(rl);
-		}
-		if (p[1].revents & POLLOUT)
-			evbuffer_write(rl->to_sock, rl->sock);
-		if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-			int n = evbuffer_read(rl->from_sock, rl->sock, 65536);
-
-			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-				rl->sock_eof = true;
-			if (relay_from_sock(rl) < 0)
-				rl->sock_eof = true;
-		}
-		if (p[2].revents & POLLOUT)
-			evbuffer_write(rl->to_client, STDOUT_FILENO);
-		if (p[2].revents & (POLLHUP | POLLERR))
-			return CTL_EXIT_OK; /* the MCP client is gone */
-	}
-	if (json_object_object_length(rl->in_flight) > 0 || !rl->client_eof) {
-		relay_fail_in_flight(rl, "the worker closed the connection");
-		write_all_fd(STDOUT_FILENO, rl->to_client);
-		fprintf(stderr, "mcpctl: connect %s: the worker closed the connection\n", rl->server);
-		return CTL_EXIT_KEEPER_ERROR;
-	}
-	write_all_fd(STDOUT_FILENO, rl->to_client);
-	return CTL_EXIT_OK;
 }
 
 /* The keeper could not connect us: answer what the client already asked. */
@@ -1829,45 +1686,40 @@ static void answer_pending_stdin(const char *server, const char *why)
 
 static int cmd_connect(struct ctl *c, int argc, char **argv)
 {
-	struct relay rl = { 0 };
+	_cleanup_(closep) int sock = -1;
+	_cleanup_(evbuffer_freep) struct evbuffer *early = NULL;
 	struct rpc_msg reply = { 0 };
 	struct json_object *params;
+	const char *server;
 	int r;
 
 	if (argc != 2)
 		return usage_error("connect takes one server name");
-	rl.server = argv[1];
+	server = argv[1];
 	r = ctl_find_socket(c);
 	if (r) {
-		answer_pending_stdin(rl.server, "the keeper's socket cannot be found");
+		answer_pending_stdin(server, "the keeper's socket cannot be found");
 		return r;
 	}
 	params = json_object_new_object();
-	json_object_object_add(params, "server", json_object_new_string(rl.server));
-	rl.from_sock = NULL;
-	r = ctl_exchange(c, METHOD_CONNECT, params, &reply, &rl.sock, &rl.from_sock);
+	json_object_object_add(params, "server", json_object_new_string(server));
+	r = ctl_exchange(c, METHOD_CONNECT, params, &reply, &sock, &early);
 	if (r) {
-		answer_pending_stdin(rl.server, r == CTL_EXIT_UNREACHABLE ? "the keeper is not running"
-						: "the keeper refused the connection (see mcpctl's stderr)");
+		answer_pending_stdin(server, r == CTL_EXIT_UNREACHABLE ? "the keeper is not running"
+					     : "the keeper refused the connection (see mcpctl's stderr)");
 		return r;
 	}
 	rpc_msg_clear(&reply);
 	/* From here on the keeper is out of the path: this socket is the worker's. */
 	c->deadline_ms = 0;
-	rl.from_client = evbuffer_new();
-	rl.to_sock = evbuffer_new();
-	rl.to_client = evbuffer_new();
-	rl.in_flight = json_object_new_object();
-	if (!rl.from_client || !rl.to_sock || !rl.to_client || !rl.in_flight)
-		out_of_memory();
-	r = relay_run(&rl);
-	close(rl.sock);
-	evbuffer_free(rl.from_client);
-	evbuffer_free(rl.to_sock);
-	evbuffer_free(rl.from_sock);
-	evbuffer_free(rl.to_client);
-	json_object_put(rl.in_flight);
-	return r;
+	r = bridge_run(server, sock, early);
+	if (r == BRIDGE_DONE)
+		return CTL_EXIT_OK;
+	if (r == BRIDGE_E_PROTOCOL)
+		return CTL_EXIT_PROTOCOL;
+	if (r < 0)
+		fprintf(stderr, "mcpctl: connect %s: %s\n", server, strerror(-r));
+	return CTL_EXIT_KEEPER_ERROR;
 }
 
 static int cmd_help(struct ctl *c, int argc, char **argv)

@@ -381,5 +381,211 @@ class TestWorkerPaths(WorkerCase):
         self.assertNotIn("client_secret", channel)
 
 
+LIMIT = 1024 * 1024    # common/proto.h PROTO_MAX_MESSAGE
+
+
+def call_line(rid, tool, arguments, pad=None):
+    """A tools/call as compact JSON bytes (no newline); pad: total length wanted."""
+    args = dict(arguments)
+    line = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                       "params": {"name": tool, "arguments": args}}, separators=(",", ":")).encode()
+    if pad is not None:
+        args["pad"] = ""
+        base = len(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                               "params": {"name": tool, "arguments": args}}, separators=(",", ":")))
+        args["pad"] = "p" * (pad - base)
+        line = json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                           "params": {"name": tool, "arguments": args}}, separators=(",", ":")).encode()
+        assert len(line) == pad, (len(line), pad)
+    return line
+
+
+class TestBridge(WorkerCase):
+    """The framing `mcpctl connect` does between the client's stdio and the worker."""
+
+    def setUp(self):
+        super().setUp()
+        if not os.path.exists(STDIO_SERVER):
+            self.skipTest("stdio test server not built")
+        self.stderr_seen = {}
+        self.addCleanup(self._check_stderr)
+
+    def stderr_of(self, c):
+        """mcpctl's stderr once it has exited (read once, kept)."""
+        if c not in self.stderr_seen:
+            self.stderr_seen[c] = c.proc.stderr.read().decode(errors="replace")
+        return self.stderr_seen[c]
+
+    def _check_stderr(self):
+        # Runs before WorkerCase's cleanup kills what is left: only finished clients.
+        for c in self.clients:
+            if c.proc.poll() is not None:
+                report = kl.sanitizer_report(self.stderr_of(c))
+                self.assertIsNone(report, "sanitizer report from mcpctl connect:\n%s" % report)
+
+    def start(self, args=None):
+        conf = {"command": STDIO_SERVER}
+        if args:
+            conf["args"] = args
+        self.k = self.make_keeper(servers={"files": conf})
+        self.k.start()
+        c = self.client("files")
+        c.initialize()
+        return c
+
+    def write(self, c, data):
+        c.proc.stdin.write(data)
+        c.proc.stdin.flush()
+
+    def read_all(self, c, n, timeout=20.0):
+        return [c.read(timeout) for _ in range(n)]
+
+    def no_more_output(self, c, seconds=0.5):
+        r, _, _ = select.select([c.proc.stdout], [], [], seconds)
+        self.assertFalse(r and (c.buf or os.read(c.proc.stdout.fileno(), 65536)), "unexpected output")
+
+    def test_r_line_split_across_writes(self):
+        c = self.start()
+        text = "split \u00e9 \u2603 \U0001f600 / \\ \" end".encode().decode("unicode_escape")
+        line = call_line(1, "echo", {"text": text}) + b"\n"
+        for i in range(0, len(line), 3):
+            self.write(c, line[i:i + 3])
+            time.sleep(0.002)
+        r = c.read()
+        self.assertEqual(r.get("id"), 1, r)
+        self.assertEqual(text_of(r), text)
+        # A large message in pieces of a few KiB, with the next one starting in its last piece.
+        big = "b" * 300000
+        data = call_line(2, "echo", {"text": big}) + b"\n" + call_line(3, "echo", {"text": "next"}) + b"\n"
+        for i in range(0, len(data), 4000):
+            self.write(c, data[i:i + 4000])
+        r2, r3 = self.read_all(c, 2)
+        self.assertEqual((r2["id"], text_of(r2)), (2, big))
+        self.assertEqual((r3["id"], text_of(r3)), (3, "next"))
+        self.assertEqual(c.close(), 0)
+
+    def test_s_several_messages_in_one_write(self):
+        c = self.start()
+        ids = [10, -3, 0, "plain", "esc\u00e9\"q", 18446744073709551615, ""]
+        texts = ["t%d \u00e9 \\u00e9 / \\/" % i for i in range(len(ids))]
+        parts = []
+        for rid, text in zip(ids, texts):
+            parts.append(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                                     "params": {"name": "echo", "arguments": {"text": text}}}).encode())
+        # Python's default json.dumps: spaces after separators, \uXXXX escapes, one more with
+        # a raw UTF-8 text, a CRLF line, a blank line and a notification in the same write.
+        parts.append(b'{"jsonrpc":"2.0","id":"raw","method":"tools/call","params":{"name":"echo",'
+                     b'"arguments":{"text":"\xc3\xa9\xe2\x98\x83"}}}\r')
+        parts.append(b"")
+        parts.append(b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}')
+        self.write(c, b"\n".join(parts) + b"\n")
+        got = {json.dumps(m["id"]): m for m in self.read_all(c, len(ids) + 1)}
+        for rid, text in zip(ids, texts):
+            m = got.pop(json.dumps(rid))
+            self.assertEqual(text_of(m), text, m)
+        self.assertEqual(text_of(got.pop('"raw"')), "\u00e9\u2603")
+        self.assertEqual(got, {})
+        # A request from the server (sampling) and the client's answer pass both ways.
+        c.send({"jsonrpc": "2.0", "id": 50, "method": "tools/call",
+                "params": {"name": "sample", "arguments": {"text": "q"}}})
+        req = c.read()
+        self.assertEqual(req.get("method"), "sampling/createMessage", req)
+        c.send({"jsonrpc": "2.0", "id": req["id"], "result": {"role": "assistant", "model": "m",
+                                                             "content": {"type": "text", "text": "answer"}}})
+        r = c.read()
+        self.assertEqual((r.get("id"), text_of(r)), (50, "answer"))
+        self.no_more_output(c)
+        self.assertEqual(c.close(), 0)
+
+    def test_t_message_size_limit(self):
+        c = self.start()
+        # Exactly at the limit (the newline not counted): passed on and answered.
+        self.write(c, call_line(1, "add", {"a": 1, "b": 2}, pad=LIMIT) + b"\n")
+        r = c.read(60)
+        self.assertEqual((r.get("id"), text_of(r)), (1, "3"))
+        # One byte over: one error, nothing for the rest of that line, and the
+        # connection goes on (the next message is in the same write).
+        self.write(c, call_line(2, "add", {"a": 1, "b": 2}, pad=LIMIT + 1) + b"\n" +
+                   call_line(3, "echo", {"text": "after"}) + b"\n")
+        e, r3 = self.read_all(c, 2, 60)
+        self.assertEqual(e["error"]["code"], -32600, e)
+        self.assertEqual(e["error"]["data"]["kind"], "too_large", e)
+        self.assertIsNone(e["id"])
+        self.assertEqual((r3.get("id"), text_of(r3)), (3, "after"))
+        # Over the limit by far, arriving in pieces without a newline for a while.
+        huge = call_line(4, "echo", {"text": "h" * (2 * LIMIT)})
+        for i in range(0, len(huge), 65536):
+            self.write(c, huge[i:i + 65536])
+        self.write(c, b"\n" + call_line(5, "echo", {"text": "still here"}) + b"\n")
+        e, r5 = self.read_all(c, 2, 60)
+        self.assertEqual(e["error"]["data"]["kind"], "too_large", e)
+        self.assertEqual((r5.get("id"), text_of(r5)), (5, "still here"))
+        self.no_more_output(c)
+        self.assertEqual(c.close(), 0)
+
+    def test_u_not_json_rpc(self):
+        c = self.start()
+        bad = [
+            (b"hello", -32700, None),
+            (b'{"jsonrpc":"2.0","id":1,"method":"tools/list"} trailing', -32700, None),
+            (b'{"jsonrpc":"2.0","id":"x","method":"echo","params":{"t":"\xff"}}', -32700, None),
+            (b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', -32600, None),
+            (b'{"jsonrpc":"2.0","id":7}', -32600, 7),
+            (b'{"jsonrpc":"1.0","id":"v1","method":"ping"}', -32600, "v1"),
+            (b'{"jsonrpc":"2.0","id":8,"method":"ping","params":3}', -32600, 8),
+            (b'{"jsonrpc":"2.0","id":9,"result":null}', -32600, 9),
+        ]
+        for line, _, _ in bad:
+            self.write(c, line + b"\n")
+        for line, code, rid in bad:
+            e = c.read()
+            self.assertEqual(e.get("error", {}).get("code"), code, (line, e))
+            self.assertEqual(e.get("id"), rid, (line, e))
+        r = c.call("ping")
+        self.assertIn("result", r)
+        self.no_more_output(c)
+        self.assertEqual(c.close(), 0)
+        # The bridge answered them: none of them reached the worker.
+        for detail in ("invalid JSON", "not a JSON object", "must be", "not valid UTF-8"):
+            self.assertNotIn(detail, self.k.log())
+
+    def test_v_end_of_input_inside_a_line(self):
+        c = self.start()
+        self.write(c, call_line(1, "echo", {"text": "whole"}) + b"\n" + call_line(2, "echo", {"text": "cut"})[:40])
+        c.proc.stdin.close()
+        r = c.read()
+        self.assertEqual(r.get("id"), 1, r)
+        self.assertEqual(text_of(r), "whole")
+        self.assertEqual(c.proc.wait(20), 0)
+        self.assertEqual(c.proc.stdout.read(), b"")
+        self.assertIn("ended inside a message", self.stderr_of(c))
+
+    def test_w_worker_gone_mid_request(self):
+        c = self.start()
+        ids = [1, -3, "plain", "esc\u00e9", 18446744073709551615, None]
+        c.send({"jsonrpc": "2.0", "id": 100, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"ms": 20000}}})
+        for rid in ids:
+            c.send({"jsonrpc": "2.0", "id": rid, "method": "ping"})
+        # The same id twice: the worker refuses the second at once; the first stays in flight.
+        c.send({"jsonrpc": "2.0", "id": 100, "method": "ping"})
+        dup = c.read()
+        self.assertEqual(dup.get("id"), 100, dup)
+        self.assertIn("already in flight", dup["error"]["message"])
+        # Half a message from the client when the worker dies changes nothing.
+        self.write(c, b'{"jsonrpc":"2.0","id":555,"meth')
+        time.sleep(0.3)
+        os.kill(self.k.server("files")["worker"]["pid"], signal.SIGKILL)
+        errors = self.read_all(c, len(ids) + 1)
+        self.assertEqual(sorted(json.dumps(e["id"]) for e in errors),
+                         sorted(json.dumps(i) for i in ids + [100]))
+        for e in errors:
+            self.assertEqual(e["error"]["data"]["kind"], "unavailable", e)
+            self.assertIn("was lost", e["error"]["message"])
+        self.assertEqual(c.proc.wait(20), 1)
+        self.assertEqual(c.proc.stdout.read(), b"")
+        self.assertIn("the worker closed the connection", self.stderr_of(c))
+
+
 if __name__ == "__main__":
     kl.main()
