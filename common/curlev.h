@@ -23,3 +23,12 @@ struct curlev *curlev_new(struct event_base *base, curlev_done_fn done, void *ar
 /* Every easy handle must have been removed first. Returns NULL. */
 struct curlev *curlev_free(struct curlev *c);
 CURLM *curlev_multi(struct curlev *c);
+/*
+ * Lets the connections this handle opens stay watched while idle in
+ * libcurl's cache, instead of leaving epoll after each transfer and
+ * joining it again at the next (two system calls per request): sets the
+ * handle's CURLOPT_OPENSOCKETFUNCTION and CURLOPT_CLOSESOCKETFUNCTION,
+ * which the caller must leave alone. Call before the handle's first
+ * transfer. 0, or -1 when libcurl refuses the options.
+ */
+int curlev_easy_setup(struct curlev *c, CURL *easy);

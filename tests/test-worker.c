@@ -6,7 +6,9 @@
  * (by a real refresh at the peer, or "unavailable"). It hands the worker
  * client sockets the way the keeper does and drives MCP through them against
  * the real test peer (streamable HTTP with JSON and SSE answers, HTTP+SSE)
- * and the real stdio test server.
+ * and the real stdio test server, and against a scripted upstream of its
+ * own that reports which connection and which headers each request came
+ * with.
  *
  * Usage: test-worker WORKER TEST-PEER [STDIO-SERVER]
  *
@@ -22,6 +24,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -121,6 +124,222 @@ static void peer_stop(struct peer *p)
 	kill(p->pid, SIGTERM);
 	waitpid(p->pid, &status, 0);
 	p->pid = 0;
+}
+
+/* -- a scripted upstream -- */
+
+/*
+ * A small streamable-HTTP upstream the test controls, for what the peer
+ * does not show: which connection each request came on and which headers
+ * it carried. A forked child serving HTTP/1.1 with keep-alive on
+ * 127.0.0.1 (it stops like a peer). A POSTed request gets a result that
+ * says so: {"connection": N (the Nth connection it accepted),
+ * "authorization", "session" (Mcp-Session-Id), "version"
+ * (MCP-Protocol-Version): header values or null}. Methods steer it:
+ *   initialize    a new session, "fake-session-K", and protocolVersion
+ *   test/drop     closes the connection without an answer
+ *   test/status   answers HTTP params.status, without a body
+ *   test/big      the result has "data", params.size bytes of 'x'
+ * Notifications get 202, GET 405, DELETE 200.
+ */
+
+/* In the forked child: CHECK() would run the test's exit handler there. */
+#define FAKE_CHECK(expr)                 \
+	do {                             \
+		if (!(expr))             \
+			_exit(3);        \
+	} while (0)
+
+struct fake_conn {
+	int fd;
+	int number;
+	struct evbuffer *in;
+};
+
+/* The value of a header in a request head, or NULL. */
+static char *fake_header(const char *head, const char *name, char *out, size_t len)
+{
+	size_t n = strlen(name);
+
+	for (const char *p = strstr(head, "\r\n"); p && p[2]; p = strstr(p + 2, "\r\n")) {
+		const char *v = p + 2, *end;
+
+		if (strncasecmp(v, name, n) != 0 || v[n] != ':')
+			continue;
+		for (v += n + 1; *v == ' '; v++)
+			;
+		end = strstr(v, "\r\n");
+		snprintf(out, len, "%.*s", (int)(end - v), v);
+		return out;
+	}
+	return NULL;
+}
+
+static void fake_reply(int fd, int status, const char *headers, const char *body)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	evbuffer_add_printf(b, "HTTP/1.1 %d Whatever\r\nContent-Length: %zu\r\n%s%s\r\n", status,
+			    body ? strlen(body) : 0, body ? "Content-Type: application/json\r\n" : "",
+			    headers ? headers : "");
+	if (body)
+		evbuffer_add(b, body, strlen(body));
+	while (evbuffer_get_length(b) > 0 && evbuffer_write(b, fd) > 0)
+		;
+	evbuffer_free(b);
+}
+
+static struct json_object *header_json(const char *head, const char *name)
+{
+	char value[512];
+
+	return fake_header(head, name, value, sizeof(value)) ? json_object_new_string(value) : NULL;
+}
+
+/* One request; false: close the connection. */
+static bool fake_handle(struct fake_conn *fc, const char *head, const char *body, int *sessions)
+{
+	struct json_object *req, *id = NULL, *params = NULL, *v, *result, *msg;
+	const char *method = "";
+	char extra[128] = "";
+	bool keep = true;
+
+	if (strncmp(head, "GET ", 4) == 0 || strncmp(head, "DELETE ", 7) == 0) {
+		fake_reply(fc->fd, head[0] == 'G' ? 405 : 200, NULL, NULL);
+		return true;
+	}
+	req = json_tokener_parse(body);
+	if (!req) {
+		fake_reply(fc->fd, 400, NULL, NULL);
+		return true;
+	}
+	json_object_object_get_ex(req, "id", &id);
+	if (json_object_object_get_ex(req, "method", &v))
+		method = json_object_get_string(v);
+	json_object_object_get_ex(req, "params", &params);
+	if (!id) {
+		fake_reply(fc->fd, 202, NULL, NULL);
+	} else if (strcmp(method, "test/drop") == 0) {
+		keep = false;
+	} else if (strcmp(method, "test/status") == 0) {
+		FAKE_CHECK(json_object_object_get_ex(params, "status", &v));
+		fake_reply(fc->fd, json_object_get_int(v), NULL, NULL);
+	} else {
+		result = json_object_new_object();
+		json_object_object_add(result, "connection", json_object_new_int(fc->number));
+		json_object_object_add(result, "authorization", header_json(head, "authorization"));
+		json_object_object_add(result, "session", header_json(head, "mcp-session-id"));
+		json_object_object_add(result, "version", header_json(head, "mcp-protocol-version"));
+		if (strcmp(method, "initialize") == 0) {
+			snprintf(extra, sizeof(extra), "Mcp-Session-Id: fake-session-%d\r\n", ++*sessions);
+			json_object_object_add(result, "protocolVersion", json_object_new_string("2025-06-18"));
+		} else if (strcmp(method, "test/big") == 0) {
+			size_t n;
+			char *data;
+
+			FAKE_CHECK(json_object_object_get_ex(params, "size", &v));
+			n = (size_t)json_object_get_int(v);
+			data = malloc(n);
+			FAKE_CHECK(data);
+			memset(data, 'x', n);
+			json_object_object_add(result, "data", json_object_new_string_len(data, (int)n));
+			free(data);
+		}
+		msg = json_object_new_object();
+		json_object_object_add(msg, "jsonrpc", json_object_new_string("2.0"));
+		json_object_object_add(msg, "id", json_object_get(id));
+		json_object_object_add(msg, "result", result);
+		fake_reply(fc->fd, 200, extra, json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN));
+		json_object_put(msg);
+	}
+	json_object_put(req);
+	return keep;
+}
+
+/* Every complete request buffered on fc; false: close it. */
+static bool fake_requests(struct fake_conn *fc, int *sessions)
+{
+	for (;;) {
+		struct evbuffer_ptr end = evbuffer_search(fc->in, "\r\n\r\n", 4, NULL);
+		char head[8192], value[32], *body;
+		size_t hlen, blen = 0;
+		bool keep;
+
+		if (end.pos < 0)
+			return true;
+		hlen = (size_t)end.pos + 4;
+		if (hlen >= sizeof(head))
+			return false;
+		evbuffer_copyout(fc->in, head, hlen);
+		head[hlen] = '\0';
+		if (fake_header(head, "content-length", value, sizeof(value)))
+			blen = strtoul(value, NULL, 10);
+		if (evbuffer_get_length(fc->in) < hlen + blen)
+			return true;
+		evbuffer_drain(fc->in, hlen);
+		body = calloc(1, blen + 1);
+		FAKE_CHECK(body);
+		evbuffer_remove(fc->in, body, blen);
+		keep = fake_handle(fc, head, body, sessions);
+		free(body);
+		if (!keep)
+			return false;
+	}
+}
+
+static void fake_serve(int lfd)
+{
+	struct fake_conn conns[64];
+	struct pollfd p[65];
+	int n = 0, accepted = 0, sessions = 0;
+
+	for (;;) {
+		p[0] = (struct pollfd){ .fd = lfd, .events = POLLIN };
+		for (int i = 0; i < n; i++)
+			p[i + 1] = (struct pollfd){ .fd = conns[i].fd, .events = POLLIN };
+		if (poll(p, (nfds_t)n + 1, -1) < 0)
+			continue;
+		for (int i = n - 1; i >= 0; i--) {
+			if (!p[i + 1].revents)
+				continue;
+			if (evbuffer_read(conns[i].in, conns[i].fd, 65536) <= 0 || !fake_requests(&conns[i], &sessions)) {
+				close(conns[i].fd);
+				evbuffer_free(conns[i].in);
+				conns[i] = conns[--n];
+			}
+		}
+		if ((p[0].revents & POLLIN) && n < (int)ARRAY_SIZE(conns)) {
+			int fd = accept(lfd, NULL, NULL);
+
+			if (fd >= 0)
+				conns[n++] = (struct fake_conn){ .fd = fd, .number = ++accepted, .in = evbuffer_new() };
+		}
+	}
+}
+
+/* Started like a peer (and stopped with them). */
+static void fake_start(struct peer *p)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(sin);
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	CHECK(lfd >= 0);
+	CHECK(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+	CHECK(listen(lfd, 64) == 0);
+	CHECK(getsockname(lfd, (struct sockaddr *)&sin, &len) == 0);
+	p->port = ntohs(sin.sin_port);
+	p->pid = fork();
+	CHECK(p->pid >= 0);
+	if (p->pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		fake_serve(lfd);
+		_exit(0);
+	}
+	close(lfd);
+	snprintf(p->base, sizeof(p->base), "http://127.0.0.1:%d", p->port);
+	snprintf(p->mcp, sizeof(p->mcp), "%s/mcp", p->base);
+	peers[n_peers++] = p;
 }
 
 struct http_reply {
@@ -1100,6 +1319,181 @@ static void test_stdio(void)
 	CHECK(started);
 }
 
+/* A string (or null) of a scripted upstream's result. */
+static const char *fake_result(const struct rpc_msg *m, const char *key)
+{
+	struct json_object *v;
+
+	if (m->type != RPC_RESULT) {
+		fprintf(stderr, "expected a result, got %s\n", json_object_to_json_string(m->root));
+		CHECK(0);
+	}
+	CHECK(json_object_object_get_ex(m->result, key, &v));
+	return json_object_is_type(v, json_type_null) ? "(null)" : json_object_get_string(v);
+}
+
+static int fake_connection(const struct rpc_msg *m)
+{
+	return atoi(fake_result(m, "connection"));
+}
+
+static void fake_call(struct keeper *k, struct tclient *c, const char *method, const char *params,
+		      struct rpc_msg *m)
+{
+	client_call(k, c, method, params ? json_tokener_parse(params) : NULL, m);
+}
+
+/* A session's requests reuse what they can (the upstream connection, the
+ * handle, the header lines): never at the cost of a stale header or of
+ * a request after an error. */
+static void test_session_reuse(struct peer *f)
+{
+	struct keeper k = { .answer = ANSWER_UNAVAILABLE };
+	struct tclient c;
+	struct rpc_msg m;
+	int conns[50], distinct = 0, last = 0;
+
+	printf("# streamable-http against a scripted upstream\n");
+	snprintf(k.tok.access, sizeof(k.tok.access), "scripted-access-token-1");
+	remember(secrets, &n_secrets, ARRAY_SIZE(secrets), k.tok.access);
+	worker_ready(&k, transport("streamable-http", f->mcp, true, 10000));
+	keeper_token_update(&k);
+	client_connect(&k, &c);
+	mcp_init(&k, &c);
+
+	/* The GET stream that notifications/initialized opens may overlap
+	 * the first request and hold a second connection for a moment. */
+	TEST("one session, 50 requests in a row: kept-alive upstream connections, the session's headers on each");
+	for (int i = 0; i < 50; i++) {
+		bool known = false;
+
+		fake_call(&k, &c, "test/echo", NULL, &m);
+		last = fake_connection(&m);
+		for (int j = 0; j < distinct; j++)
+			known = known || conns[j] == last;
+		if (!known)
+			conns[distinct++] = last;
+		CHECK(strcmp(fake_result(&m, "authorization"), "Bearer scripted-access-token-1") == 0);
+		CHECK(strcmp(fake_result(&m, "session"), "fake-session-1") == 0);
+		CHECK(strcmp(fake_result(&m, "version"), "2025-06-18") == 0);
+		rpc_msg_clear(&m);
+	}
+	printf("# %d upstream connection(s) for 50 requests\n", distinct);
+	CHECK(distinct <= 2);
+
+	TEST("the upstream drops the connection mid-request: an error for it; the next request works");
+	fake_call(&k, &c, "test/drop", NULL, &m);
+	expect_error(&m, "upstream " NAME);
+	rpc_msg_clear(&m);
+	fake_call(&k, &c, "test/echo", NULL, &m);
+	last = fake_connection(&m);
+	CHECK(strcmp(fake_result(&m, "session"), "fake-session-1") == 0);
+	rpc_msg_clear(&m);
+
+	TEST("an HTTP error: an error for it; the connection stays in use");
+	fake_call(&k, &c, "test/status", "{\"status\":500}", &m);
+	expect_error(&m, "answered HTTP 500");
+	rpc_msg_clear(&m);
+	for (int i = 0; i < 5; i++) {
+		fake_call(&k, &c, "test/echo", NULL, &m);
+		/* No new connection: the numbers go up with each one accepted. */
+		CHECK(fake_connection(&m) <= last);
+		rpc_msg_clear(&m);
+	}
+
+	TEST("a new token: the next request carries it, in the same session");
+	snprintf(k.tok.access, sizeof(k.tok.access), "scripted-access-token-2");
+	remember(secrets, &n_secrets, ARRAY_SIZE(secrets), k.tok.access);
+	keeper_token_update(&k);
+	fake_call(&k, &c, "test/echo", NULL, &m);
+	CHECK(strcmp(fake_result(&m, "authorization"), "Bearer scripted-access-token-2") == 0);
+	CHECK(strcmp(fake_result(&m, "session"), "fake-session-1") == 0);
+	rpc_msg_clear(&m);
+
+	TEST("a new initialize: the next request carries the new session");
+	mcp_init(&k, &c);
+	fake_call(&k, &c, "test/echo", NULL, &m);
+	CHECK(strcmp(fake_result(&m, "session"), "fake-session-2") == 0);
+	CHECK(strcmp(fake_result(&m, "authorization"), "Bearer scripted-access-token-2") == 0);
+	rpc_msg_clear(&m);
+
+	TEST("five requests in flight on one session: five answers");
+	{
+		bool seen[5] = { false };
+		int64_t first = c.next_id;
+
+		for (int i = 0; i < 5; i++)
+			client_request(&c, "test/echo", NULL);
+		for (int i = 0; i < 5; i++) {
+			int64_t id;
+
+			CHECK_EQ(client_recv(&k, &c, &m, IO_TIMEOUT_MS), 0);
+			CHECK_EQ(m.type, RPC_RESULT);
+			id = json_object_get_int64(m.id) - first;
+			CHECK(id >= 0 && id < 5 && !seen[id]);
+			seen[id] = true;
+			rpc_msg_clear(&m);
+		}
+	}
+
+	TEST("twenty requests in one write: twenty answers");
+	{
+		struct evbuffer *b = evbuffer_new();
+		int64_t first = c.next_id;
+		bool seen[20] = { false };
+		size_t len;
+
+		for (int i = 0; i < 20; i++) {
+			struct json_object *r = rpc_request("test/echo", NULL, c.next_id++);
+
+			evbuffer_add_printf(b, "%s\n", json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
+			json_object_put(r);
+		}
+		len = evbuffer_get_length(b);
+		CHECK_EQ(write(c.fd, evbuffer_pullup(b, -1), len), (ssize_t)len);
+		evbuffer_free(b);
+		/* In flight together: answers in any order. */
+		for (int i = 0; i < 20; i++) {
+			int64_t id;
+
+			CHECK_EQ(client_recv(&k, &c, &m, IO_TIMEOUT_MS), 0);
+			CHECK_EQ(m.type, RPC_RESULT);
+			id = json_object_get_int64(m.id) - first;
+			CHECK(id >= 0 && id < 20 && !seen[id]);
+			seen[id] = true;
+			rpc_msg_clear(&m);
+		}
+	}
+
+	TEST("a reply larger than the socket takes at once: all of it, then the next");
+	{
+		struct json_object *v;
+
+		fake_call(&k, &c, "test/big", "{\"size\":900000}", &m);
+		CHECK_EQ(m.type, RPC_RESULT);
+		CHECK(json_object_object_get_ex(m.result, "data", &v));
+		CHECK_EQ(json_object_get_string_len(v), 900000);
+		rpc_msg_clear(&m);
+		fake_call(&k, &c, "test/echo", NULL, &m);
+		CHECK_EQ(m.type, RPC_RESULT);
+		rpc_msg_clear(&m);
+	}
+
+	TEST("end of input with a request in flight: its answer, then the worker closes");
+	{
+		int64_t id = client_request(&c, "test/echo", NULL);
+
+		CHECK(shutdown(c.fd, SHUT_WR) == 0);
+		CHECK_EQ(client_recv(&k, &c, &m, IO_TIMEOUT_MS), 0);
+		CHECK_EQ(json_object_get_int64(m.id), id);
+		CHECK_EQ(m.type, RPC_RESULT);
+		rpc_msg_clear(&m);
+		CHECK_EQ(client_recv(&k, &c, &m, IO_TIMEOUT_MS), -EPIPE);
+	}
+	client_close(&c);
+	worker_end(&k);
+}
+
 static void test_record_and_log(void)
 {
 	size_t len = evbuffer_get_length(record);
@@ -1162,7 +1556,7 @@ static void cleanup(void)
 
 int main(int argc, char **argv)
 {
-	struct peer pj = { 0 }, ps = { 0 };
+	struct peer pj = { 0 }, ps = { 0 }, fake = { 0 };
 
 	if (argc < 3 || argc > 4) {
 		fprintf(stderr, "usage: %s MCPKEEPER-WORKER TEST-PEER [STDIO-SERVER]\n", argv[0]);
@@ -1190,6 +1584,8 @@ int main(int argc, char **argv)
 	test_unreachable();
 	test_no_oauth_challenge(&pj);
 	test_legacy_sse(&pj);
+	fake_start(&fake);
+	test_session_reuse(&fake);
 	if (stdio_bin)
 		test_stdio();
 	else

@@ -12,6 +12,15 @@
  * connection goes on; a line over the size limit cannot be resynced and
  * closes that client only. The upstream is untrusted too: what it sends is
  * parsed and checked before it reaches the client, and never logged.
+ *
+ * The socket is read and written here rather than through a bufferevent,
+ * for the system calls a request costs: a read is one read() (no FIONREAD
+ * before it), and output is written at the end of the loop pass
+ * that queued it, straight away; only a client that does not keep up gets
+ * a write event, until it has caught up (turned on and off for every
+ * reply, one costs two epoll_ctl() calls and an epoll_wait()). Reading
+ * stops at the message size limit plus one byte: frame_read() refuses a
+ * longer line before more of it is buffered.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -19,8 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <json-c/json.h>
 
@@ -30,9 +40,70 @@
 #include "util.h"
 #include "worker.h"
 
+/* The most one read takes from a client's socket. */
+#define CLIENT_READ_SIZE 16384
+
+/* -- output -- */
+
+/* The client has all we queued: a closing client is done. */
+static void client_caught_up(struct client *c)
+{
+	if (c->closing)
+		client_close(c, "closed");
+}
+
+/* Writes what the buffer holds; 0, or a negative errno value. */
+static int client_write_out(struct client *c)
+{
+	if (evbuffer_write(c->out, c->fd) < 0 && errno != EAGAIN && errno != EINTR)
+		return -errno;
+	return 0;
+}
+
+/* At the end of the pass that queued something (see client_output_cb). */
+static void client_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct client *c = arg;
+	int r;
+
+	if (evbuffer_get_length(c->out) == 0 || event_pending(c->wev, EV_WRITE, NULL))
+		return;
+	r = client_write_out(c);
+	if (r < 0)
+		client_close(c, strerror(-r));
+	else if (evbuffer_get_length(c->out) > 0)
+		event_add(c->wev, NULL);
+	else
+		client_caught_up(c);
+}
+
+/* The socket takes more after a write that did not all go. */
+static void client_writable_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct client *c = arg;
+	int r = client_write_out(c);
+
+	if (r < 0) {
+		client_close(c, strerror(-r));
+	} else if (evbuffer_get_length(c->out) == 0) {
+		event_del(c->wev);
+		client_caught_up(c);
+	}
+}
+
+/* Anything queued, from anywhere (inside libcurl callbacks too): written
+ * once the current callback has returned. */
+static void client_output_cb(struct evbuffer *out, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct client *c = arg;
+
+	if (info->n_added > 0)
+		event_active(c->flush, EV_WRITE, 0);
+}
+
 static void client_write(struct client *c, struct json_object *msg)
 {
-	int r = frame_write(bufferevent_get_output(c->bev), msg, PROTO_MAX_MESSAGE);
+	int r = frame_write(c->out, msg, PROTO_MAX_MESSAGE);
 
 	if (r)
 		log_warn("client %llu: cannot queue a message: %s", (unsigned long long)c->number,
@@ -193,7 +264,26 @@ static void client_note_version(struct client *c, const struct rpc_msg *m)
 	c->protocol_version = strdup(s);
 }
 
-void client_deliver(struct client *c, const struct rpc_msg *m)
+/*
+ * Queues a message from upstream: its own text when that is one line
+ * already (it has been parsed and checked: only the framing matters here),
+ * else serialised by the framing module. text may be NULL.
+ */
+static int client_queue(struct client *c, const struct rpc_msg *m, const char *text, size_t len)
+{
+	struct evbuffer *out = c->out;
+
+	if (!text || memchr(text, '\n', len) || memchr(text, '\r', len))
+		return frame_write(out, m->root, PROTO_MAX_MESSAGE);
+	if (len > PROTO_MAX_MESSAGE)
+		return FRAME_E_TOO_LARGE;
+	if (evbuffer_expand(out, len + 1) < 0 || evbuffer_add(out, text, len) < 0 || evbuffer_add(out, "\n", 1) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* client_deliver, with the message's text when there is one. */
+static void client_pass(struct client *c, const struct rpc_msg *m, const char *text, size_t len)
 {
 	int r;
 
@@ -208,7 +298,7 @@ void client_deliver(struct client *c, const struct rpc_msg *m)
 		}
 		if (strcmp(p->method, "initialize") == 0 && m->type == RPC_RESULT)
 			client_note_version(c, m);
-		r = frame_write(bufferevent_get_output(c->bev), m->root, PROTO_MAX_MESSAGE);
+		r = client_queue(c, m, text, len);
 		if (r == FRAME_E_TOO_LARGE) {
 			char message[128];
 
@@ -224,10 +314,15 @@ void client_deliver(struct client *c, const struct rpc_msg *m)
 		return;
 	}
 	/* A server-initiated request or notification. */
-	r = frame_write(bufferevent_get_output(c->bev), m->root, PROTO_MAX_MESSAGE);
+	r = client_queue(c, m, text, len);
 	if (r)
 		log_warn("client %llu: dropping a message from upstream %s: %s", (unsigned long long)c->number,
 			 c->w->name, frame_strerror(r));
+}
+
+void client_deliver(struct client *c, const struct rpc_msg *m)
+{
+	client_pass(c, m, NULL, 0);
 }
 
 void client_deliver_text(struct client *c, const char *text, size_t len)
@@ -271,7 +366,7 @@ void client_deliver_text(struct client *c, const char *text, size_t len)
 	}
 	r = frame_parse_line(text, len, &m, detail, sizeof(detail));
 	if (r == 0)
-		client_deliver(c, &m);
+		client_pass(c, &m, text, len);
 	else
 		log_warn("client %llu: upstream %s sent a bad message: %s", (unsigned long long)c->number, c->w->name,
 			 r < 0 ? strerror(-r) : detail);
@@ -304,20 +399,6 @@ static void client_handle(struct client *c, const struct rpc_msg *m)
 		client_fail(c, m->id, RPC_INTERNAL_ERROR, "upstream %s: %s", c->w->name, strerror(-r));
 }
 
-static void client_flush_close_cb(struct bufferevent *bev, void *arg)
-{
-	struct client *c = arg;
-
-	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-		client_close(c, "closed");
-}
-
-static void client_closing_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-		client_close(arg, "closed");
-}
-
 void client_shutdown(struct client *c, const char *why)
 {
 	if (c->closing)
@@ -328,22 +409,20 @@ void client_shutdown(struct client *c, const char *why)
 		stdio_client_close(c);
 	else
 		http_client_close(c);
-	bufferevent_disable(c->bev, EV_READ);
-	bufferevent_setcb(c->bev, NULL, client_flush_close_cb, client_closing_event_cb, c);
-	bufferevent_enable(c->bev, EV_WRITE);
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+	event_del(c->rev);
+	/* What is queued goes out first (client_caught_up closes). */
+	if (evbuffer_get_length(c->out) == 0)
 		client_close(c, "closed");
 }
 
-static void client_read_cb(struct bufferevent *bev, void *arg)
+/* Every complete message in the input buffer. */
+static void client_take(struct client *c)
 {
-	struct client *c = arg;
-
 	for (;;) {
 		struct json_object *msg;
 		struct rpc_msg m;
 		char detail[128] = "";
-		int r = frame_read(bufferevent_get_input(bev), PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
+		int r = frame_read(c->in, PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
 
 		if (r == FRAME_NEED_MORE)
 			return;
@@ -374,18 +453,50 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
-static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+/*
+ * One read of what the socket has, up to the message size limit plus one
+ * byte buffered: bytes read, 0 at the end of the stream, or a negative
+ * errno value (-EAGAIN: nothing there now). Through a buffer on the stack:
+ * reserving the room in the evbuffer instead would allocate (and, once
+ * the line is taken, free) a chain that large for every message.
+ */
+static ssize_t client_fill(struct client *c)
+{
+	char buf[CLIENT_READ_SIZE];
+	size_t room = PROTO_MAX_MESSAGE + 1 - evbuffer_get_length(c->in);
+	ssize_t n = read(c->fd, buf, room < sizeof(buf) ? room : sizeof(buf));
+
+	if (n <= 0)
+		return n < 0 ? -errno : 0;
+	if (evbuffer_add(c->in, buf, (size_t)n) < 0)
+		return -ENOMEM;
+	return n;
+}
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
+	ssize_t n;
 
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !LIST_EMPTY(&c->pending)) {
+	if (evbuffer_get_length(c->in) > PROTO_MAX_MESSAGE) {
+		/* Cannot happen: frame_read() refuses that much without a newline. */
+		event_del(c->rev);
+		return;
+	}
+	n = client_fill(c);
+	if (n == -EAGAIN || n == -EINTR)
+		return;
+	if (n < 0) {
+		client_close(c, strerror((int)-n));
+	} else if (n > 0) {
+		client_take(c);
+	} else if (!LIST_EMPTY(&c->pending)) {
 		log_info("client %llu: end of input; answering what is in flight", (unsigned long long)c->number);
 		c->input_done = true;
-		bufferevent_disable(bev, EV_READ);
-	} else if (what & BEV_EVENT_EOF)
+		event_del(c->rev);
+	} else {
 		client_close(c, "disconnected");
-	else if (what & BEV_EVENT_ERROR)
-		client_close(c, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	}
 }
 
 static void client_kick_cb(evutil_socket_t fd, short what, void *arg)
@@ -393,30 +504,53 @@ static void client_kick_cb(evutil_socket_t fd, short what, void *arg)
 	http_kick(arg);
 }
 
+/* The socket and what serves it. */
+static void client_free_io(struct client *c)
+{
+	if (c->out)
+		evbuffer_remove_cb(c->out, client_output_cb, c);
+	if (c->rev)
+		event_free(c->rev);
+	if (c->wev)
+		event_free(c->wev);
+	if (c->kick)
+		event_free(c->kick);
+	if (c->flush)
+		event_free(c->flush);
+	if (c->in)
+		evbuffer_free(c->in);
+	/* Queued replies hold nothing secret, but frame_write() wipes its
+	 * lines when they are freed: that happens here too. */
+	if (c->out)
+		evbuffer_free(c->out);
+	c->fd = fd_close(c->fd);
+}
+
 int client_new(struct worker *w, uint64_t number, int fd)
 {
 	struct client *c = calloc(1, sizeof(*c));
 
-	if (!c)
+	if (!c) {
+		fd_close(fd);
 		return -ENOMEM;
+	}
 	c->w = w;
 	c->number = number;
+	c->fd = fd;
 	LIST_INIT(&c->pending);
 	LIST_INIT(&c->hreqs);
-	c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->in = evbuffer_new();
+	c->out = evbuffer_new();
+	c->rev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
+	c->wev = event_new(w->base, fd, EV_WRITE | EV_PERSIST, client_writable_cb, c);
 	c->kick = event_new(w->base, -1, 0, client_kick_cb, c);
-	if (!c->bev || !c->kick) {
-		if (c->bev)
-			bufferevent_free(c->bev);
-		else
-			fd_close(fd);
-		if (c->kick)
-			event_free(c->kick);
+	c->flush = event_new(w->base, -1, 0, client_flush_cb, c);
+	if (!c->in || !c->out || !c->rev || !c->wev || !c->kick || !c->flush ||
+	    !evbuffer_add_cb(c->out, client_output_cb, c)) {
+		client_free_io(c);
 		free(c);
 		return -ENOMEM;
 	}
-	frame_bev_setup(c->bev, PROTO_MAX_MESSAGE);
-	bufferevent_setcb(c->bev, client_read_cb, NULL, client_event_cb, c);
 	LIST_INSERT_HEAD(&w->clients, c, link);
 	w->n_clients++;
 	log_info("client %llu connected (%zu now)", (unsigned long long)number, w->n_clients);
@@ -430,11 +564,10 @@ int client_new(struct worker *w, uint64_t number, int fd)
 
 void client_start_reading(struct client *c)
 {
-	if (c->closing)
+	if (c->closing || c->input_done)
 		return;
-	bufferevent_enable(c->bev, EV_WRITE);
 	if (!c->w->oauth || c->w->token_known)
-		bufferevent_enable(c->bev, EV_READ);
+		event_add(c->rev, NULL);
 }
 
 void client_close(struct client *c, const char *why)
@@ -450,8 +583,7 @@ void client_close(struct client *c, const char *why)
 		http_client_close(c);
 	while (!LIST_EMPTY(&c->pending))
 		pending_free(LIST_FIRST(&c->pending));
-	bufferevent_free(c->bev);
-	event_free(c->kick);
+	client_free_io(c);
 	if (c->drained)
 		event_free(c->drained);
 	free(c->session_id);

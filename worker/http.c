@@ -18,8 +18,14 @@
  * sends token.invalid with that token to the keeper (once per token: the
  * transfers that meet the same 401 wait together) and replays each waiting
  * transfer once with the token the keeper answers; a second 401 is an error.
- * The Authorization header is built in a secret buffer and wiped with the
- * header list when the transfer ends. Neither tokens nor bodies are logged.
+ * The Authorization line is built in a buffer that is wiped at once; the
+ * header list that holds it is wiped when dropped (struct headers). Neither
+ * tokens nor bodies are logged.
+ *
+ * Per request, a session reuses what it can: its POSTs share one header
+ * list and one easy handle between them (built at its first request, again
+ * when the token or the session changes), and libcurl's connection cache
+ * keeps the connection to the upstream open between requests.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -76,7 +82,7 @@ struct hreq {
 	bool replayed;
 
 	CURL *easy;
-	struct curl_slist *headers;
+	struct headers *headers;
 	long status;
 	bool started;			/* the first body bytes came */
 	bool event_stream;
@@ -90,8 +96,27 @@ struct hreq {
 };
 
 static void hreq_fail(struct hreq *h, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static size_t hreq_header_cb(char *p, size_t size, size_t nmemb, void *arg);
+static size_t hreq_write_cb(char *p, size_t size, size_t nmemb, void *arg);
 
-/* -- transfers -- */
+/* -- request headers -- */
+
+/*
+ * The header lines of a transfer. Transfers that send the same lines share
+ * one list: a session's POSTs send the same ones until the token, the
+ * session id or the negotiated protocol version changes, so their list
+ * (with its copy of the token) is built once for all of them. Reference
+ * counted: a transfer holds the list it started with for as long as
+ * libcurl may read it. Wiped when the last holder lets go; a client drops
+ * its own as soon as the token changes.
+ */
+struct headers {
+	unsigned refs;
+	uint64_t token_gen;		/* the token in the Authorization line */
+	char *session;			/* the Mcp-Session-Id sent, or NULL */
+	char *version;			/* the MCP-Protocol-Version sent, or NULL */
+	struct curl_slist *list;
+};
 
 static void slist_wipe_free(struct curl_slist *l)
 {
@@ -100,15 +125,168 @@ static void slist_wipe_free(struct curl_slist *l)
 	curl_slist_free_all(l);
 }
 
+static struct headers *headers_unref(struct headers *hd)
+{
+	if (hd && --hd->refs == 0) {
+		slist_wipe_free(hd->list);
+		free(hd->session);
+		free(hd->version);
+		free(hd);
+	}
+	return NULL;
+}
+
+static bool same_string(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether hd still says what a request of this session must say. */
+static bool headers_hold(const struct headers *hd, const struct worker *w, const char *session, const char *version)
+{
+	return hd->token_gen == w->token_gen && same_string(hd->session, session) && same_string(hd->version, version);
+}
+
+static int slist_add(struct curl_slist **l, const char *s)
+{
+	struct curl_slist *n = curl_slist_append(*l, s);
+
+	if (!n)
+		return -ENOMEM;
+	*l = n;
+	return 0;
+}
+
+static int slist_addf(struct curl_slist **l, const char *fmt, const char *v)
+{
+	char line[512];
+
+	snprintf(line, sizeof(line), fmt, v);
+	return slist_add(l, line);
+}
+
+/*
+ * "Authorization: Bearer TOKEN". The line is built in ordinary memory and
+ * wiped: curl_slist_append copies it into curl's own memory at once, so a
+ * guarded sodium_malloc buffer here would protect nothing and cost nine
+ * system calls (measured by tests/bench: a third of the worker's time
+ * under load, when every request built its own).
+ */
+static int slist_add_token(struct curl_slist **l, const struct secret *token)
+{
+	static const char prefix[] = "Authorization: Bearer ";
+	size_t len = sizeof(prefix) - 1 + token->len + 1;
+	char *line = malloc(len);
+	int r;
+
+	if (!line)
+		return -ENOMEM;
+	memcpy(line, prefix, sizeof(prefix) - 1);
+	memcpy(line + sizeof(prefix) - 1, token->data, token->len);
+	line[len - 1] = '\0';
+	r = slist_add(l, line);
+	sodium_memzero(line, len);
+	free(line);
+	return r;
+}
+
+/* The lines of a kind of request with the current token; session and
+ * version when the transport sends them. NULL when memory is short. */
+static struct headers *headers_new(struct worker *w, enum hreq_kind kind, const char *session, const char *version)
+{
+	struct headers *hd = calloc(1, sizeof(*hd));
+	struct curl_slist **l;
+
+	if (!hd)
+		return NULL;
+	hd->refs = 1;
+	hd->token_gen = w->token_gen;
+	l = &hd->list;
+	if ((session && !(hd->session = strdup(session))) || (version && !(hd->version = strdup(version))))
+		return headers_unref(hd);
+	switch (kind) {
+	case HREQ_POST:
+		if (slist_add(l, "Content-Type: application/json") < 0 ||
+		    slist_add(l, "Accept: application/json, text/event-stream") < 0)
+			return headers_unref(hd);
+		break;
+	case HREQ_STREAM:
+		if (slist_add(l, "Accept: text/event-stream") < 0)
+			return headers_unref(hd);
+		break;
+	case HREQ_DELETE:
+		break;
+	}
+	if ((session && slist_addf(l, "Mcp-Session-Id: %s", session) < 0) ||
+	    (version && slist_addf(l, "MCP-Protocol-Version: %s", version) < 0) || slist_add(l, "Expect:") < 0)
+		return headers_unref(hd);
+	for (char **line = w->headers; line && *line; line++)
+		if (slist_add(l, *line) < 0)
+			return headers_unref(hd);
+	if (w->oauth && slist_add_token(l, w->token) < 0)
+		return headers_unref(hd);
+	return hd;
+}
+
+/* -- transfers -- */
+
+/* A handle with what every transfer of a kind has in common; a POST handle
+ * serves one request after another. NULL when memory is short. */
+static CURL *easy_new(struct worker *w, enum hreq_kind kind)
+{
+	CURL *e = curl_easy_init();
+
+	if (!e)
+		return NULL;
+	if (curlev_easy_setup(w->curl, e) < 0 ||
+	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, WORKER_CONNECT_TIMEOUT_S) != CURLE_OK ||
+	    /* The client's request timer answers first; this only bounds the transfer. */
+	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, kind == HREQ_STREAM ? 0L : w->timeout_ms + 1000) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_USERAGENT, "mcpkeeper/" MCPKEEPER_VERSION) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, hreq_header_cb) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, hreq_write_cb) != CURLE_OK ||
+	    (kind == HREQ_POST && curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK) ||
+	    (kind == HREQ_DELETE && curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE") != CURLE_OK)) {
+		curl_easy_cleanup(e);
+		return NULL;
+	}
+	return e;
+}
+
+/* Between two requests a handle points at nothing of the last one. */
+static void easy_park(CURL *e)
+{
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, NULL);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+}
+
+/* A POST of a client: it shares the client's handle and header list. */
+static bool hreq_session_post(const struct hreq *h)
+{
+	return h->kind == HREQ_POST && h->c;
+}
+
 static void hreq_reset(struct hreq *h)
 {
 	if (h->easy) {
 		curl_multi_remove_handle(curlev_multi(h->w->curl), h->easy);
-		curl_easy_cleanup(h->easy);
+		if (hreq_session_post(h) && !h->c->post_easy) {
+			easy_park(h->easy);
+			h->c->post_easy = h->easy;
+		} else {
+			curl_easy_cleanup(h->easy);
+		}
 		h->easy = NULL;
 	}
-	slist_wipe_free(h->headers);
-	h->headers = NULL;
+	h->headers = headers_unref(h->headers);
 	h->status = 0;
 	h->started = h->event_stream = h->too_large = h->bearer = false;
 	free(h->new_session);
@@ -301,116 +479,49 @@ static size_t hreq_write_cb(char *p, size_t size, size_t nmemb, void *arg)
 	return evbuffer_add(h->resp, p, n) < 0 ? 0 : n;
 }
 
-static int slist_add(struct curl_slist **l, const char *s)
-{
-	struct curl_slist *n = curl_slist_append(*l, s);
-
-	if (!n)
-		return -ENOMEM;
-	*l = n;
-	return 0;
-}
-
-static int slist_addf(struct curl_slist **l, const char *fmt, const char *v)
-{
-	char line[512];
-
-	snprintf(line, sizeof(line), fmt, v);
-	return slist_add(l, line);
-}
-
-/*
- * "Authorization: Bearer TOKEN". The line is built in ordinary memory and
- * wiped: curl_slist_append copies it into curl's own memory at once, so a
- * guarded sodium_malloc buffer here would protect nothing and cost nine
- * system calls per request (measured by tests/bench: a third of the
- * worker's time under load).
- */
-static int slist_add_token(struct curl_slist **l, const struct secret *token)
-{
-	static const char prefix[] = "Authorization: Bearer ";
-	size_t len = sizeof(prefix) - 1 + token->len + 1;
-	char *line = malloc(len);
-	int r;
-
-	if (!line)
-		return -ENOMEM;
-	memcpy(line, prefix, sizeof(prefix) - 1);
-	memcpy(line + sizeof(prefix) - 1, token->data, token->len);
-	line[len - 1] = '\0';
-	r = slist_add(l, line);
-	sodium_memzero(line, len);
-	free(line);
-	return r;
-}
-
 /* Starts (or restarts) the transfer with the current token. -EACCES when
  * the upstream needs a token and there is none. */
 static int hreq_start(struct hreq *h)
 {
 	struct worker *w = h->w;
 	struct client *c = h->c;
-	const char *session = c ? c->session_id : h->session_id;
+	const char *session = NULL, *version = NULL;
 	CURL *e;
 
 	hreq_reset(h);
 	if (w->oauth && !w->token)
 		return -EACCES;
-	switch (h->kind) {
-	case HREQ_POST:
-		if (slist_add(&h->headers, "Content-Type: application/json") < 0 ||
-		    slist_add(&h->headers, "Accept: application/json, text/event-stream") < 0)
-			return -ENOMEM;
-		break;
-	case HREQ_STREAM:
-		if (slist_add(&h->headers, "Accept: text/event-stream") < 0)
-			return -ENOMEM;
-		break;
-	case HREQ_DELETE:
-		break;
-	}
 	if (w->transport == TRANSPORT_HTTP) {
-		if (session && slist_addf(&h->headers, "Mcp-Session-Id: %s", session) < 0)
-			return -ENOMEM;
-		if (c && c->protocol_version &&
-		    slist_addf(&h->headers, "MCP-Protocol-Version: %s", c->protocol_version) < 0)
-			return -ENOMEM;
+		session = c ? c->session_id : h->session_id;
+		version = c ? c->protocol_version : NULL;
 	}
-	if (slist_add(&h->headers, "Expect:") < 0)
-		return -ENOMEM;
-	for (char **hd = w->headers; hd && *hd; hd++)
-		if (slist_add(&h->headers, *hd) < 0)
+	if (hreq_session_post(h)) {
+		if (c->post_headers && !headers_hold(c->post_headers, w, session, version))
+			c->post_headers = headers_unref(c->post_headers);
+		if (!c->post_headers && !(c->post_headers = headers_new(w, h->kind, session, version)))
 			return -ENOMEM;
-	if (w->oauth && slist_add_token(&h->headers, w->token) < 0)
-		return -ENOMEM;
+		h->headers = c->post_headers;
+		h->headers->refs++;
+		e = c->post_easy ? TAKE_PTR(c->post_easy) : easy_new(w, h->kind);
+	} else {
+		if (!(h->headers = headers_new(w, h->kind, session, version)))
+			return -ENOMEM;
+		e = easy_new(w, h->kind);
+	}
 	h->token_gen = w->token_gen;
-
-	e = h->easy = curl_easy_init();
+	h->easy = e;
 	if (!e)
 		return -ENOMEM;
 	if (curl_easy_setopt(e, CURLOPT_URL, h->url) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, WORKER_CONNECT_TIMEOUT_S) != CURLE_OK ||
-	    /* The client's request timer answers first; this only bounds the transfer. */
-	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, h->kind == HREQ_STREAM ? 0L : w->timeout_ms + 1000) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->headers) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_USERAGENT, "mcpkeeper/" MCPKEEPER_VERSION) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, hreq_header_cb) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->headers->list) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_HEADERDATA, h) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, hreq_write_cb) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_WRITEDATA, h) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_PRIVATE, h) != CURLE_OK)
 		return -ENOMEM;
 	if (h->kind == HREQ_POST &&
-	    (curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
-	     curl_easy_setopt(e, CURLOPT_POSTFIELDS, h->body) != CURLE_OK ||
+	    (curl_easy_setopt(e, CURLOPT_POSTFIELDS, h->body) != CURLE_OK ||
 	     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)h->body_len) != CURLE_OK))
-		return -ENOMEM;
-	if (h->kind == HREQ_DELETE && curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE") != CURLE_OK)
 		return -ENOMEM;
 	if (curl_multi_add_handle(curlev_multi(w->curl), e) != CURLM_OK)
 		return -ENOMEM;
@@ -510,6 +621,11 @@ static void hreq_unauthorized(struct hreq *h)
 
 void http_token_changed(struct worker *w)
 {
+	struct client *c;
+
+	/* Lists with the old token go once no transfer holds them. */
+	LIST_FOREACH(c, &w->clients, link)
+		c->post_headers = headers_unref(c->post_headers);
 	while (!LIST_EMPTY(&w->token_waiters)) {
 		struct hreq *h = LIST_FIRST(&w->token_waiters);
 
@@ -748,6 +864,11 @@ static void http_client_end(struct client *c)
 {
 	while (!LIST_EMPTY(&c->hreqs))
 		hreq_free(LIST_FIRST(&c->hreqs));
+	if (c->post_easy) {
+		curl_easy_cleanup(c->post_easy);
+		c->post_easy = NULL;
+	}
+	c->post_headers = headers_unref(c->post_headers);
 	if (c->w->transport == TRANSPORT_HTTP && c->session_id)
 		session_delete(c->w, c->session_id);
 	free(c->session_id);

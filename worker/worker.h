@@ -34,6 +34,7 @@ struct secret;
 struct curlev;
 struct client;
 struct hreq;
+struct headers;
 struct proc;
 
 /* Response bodies larger than this end the request with an error. */
@@ -108,7 +109,11 @@ struct client {
 	LIST_ENTRY(client) link;
 	struct worker *w;
 	uint64_t number;
-	struct bufferevent *bev;
+	int fd;				/* the socket (client.c reads and writes it) */
+	struct evbuffer *in, *out;
+	struct event *rev;		/* reading, while we read */
+	struct event *wev;		/* writing, while output waits for room */
+	struct event *flush;		/* writes what was queued, at the end of the pass */
 	struct pending_list pending;
 	struct event *kick;		/* deferred work decided inside libcurl callbacks */
 	bool closing;			/* flushing its last replies */
@@ -122,6 +127,10 @@ struct client {
 	struct hreq *stream;		/* the GET stream (either transport) */
 	char *endpoint;			/* HTTP+SSE: where to POST, once announced */
 	bool initialized;		/* streamable: the client sent notifications/initialized */
+	/* Kept between its requests (http.c): a handle for the next POST, and
+	 * the header lines of its POSTs while token and session hold. */
+	CURL *post_easy;
+	struct headers *post_headers;
 
 	/* stdio */
 	struct proc *proc;
