@@ -183,7 +183,7 @@ static void sub_schedule(struct http *h)
 	struct timeval tv;
 	int ms;
 
-	if (h->exit_code >= 0)
+	if (h->chan.exit_code >= 0)
 		return;
 	ms = h->sub_backoff_ms ? h->sub_backoff_ms : RESUBSCRIBE_MIN_MS;
 	h->sub_backoff_ms = ms * 2 > RESUBSCRIBE_MAX_MS ? RESUBSCRIBE_MAX_MS : ms * 2;
@@ -271,7 +271,7 @@ static void sub_done(void *arg, struct rpc_msg *reply, const struct kfail *fail)
 
 static void sub_begin(struct http *h)
 {
-	if (h->exit_code >= 0 || h->sub_call || h->sub_bev)
+	if (h->chan.exit_code >= 0 || h->sub_call || h->sub_bev)
 		return;
 	h->sub_call = kcall_start(h, METHOD_EVENTS_SUBSCRIBE, NULL, SUBSCRIBE_TIMEOUT_S, sub_done, h);
 }

@@ -400,7 +400,7 @@ static void chan_send(struct http *h, struct json_object *msg)
 
 	if (!msg)
 		fatal("out of memory");
-	r = frame_write(bufferevent_get_output(h->chan), msg, PROTO_MAX_MESSAGE);
+	r = frame_write(bufferevent_get_output(h->chan.bev), msg, PROTO_MAX_MESSAGE);
 	json_object_put(msg);
 	if (r) {
 		log_error("cannot queue a message to the keeper: %s", r < 0 ? strerror(-r) : frame_strerror(r));
@@ -416,11 +416,7 @@ static void keeper_bug(struct http *h, const char *what, const char *detail)
 
 static void http_stop(struct http *h, int code)
 {
-	if (h->exit_code < 0)
-		h->exit_code = code;
-	bufferevent_disable(h->chan, EV_READ);
-	if (evbuffer_get_length(bufferevent_get_output(h->chan)) == 0)
-		event_base_loopbreak(h->base);
+	channel_stop(&h->chan, code);
 }
 
 /* -- control connections: control.connect on fd 3, the descriptor on fd 4 -- */
@@ -543,7 +539,7 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct http *h = arg;
 
-	while (h->exit_code < 0) {
+	while (h->chan.exit_code < 0) {
 		unsigned char num[8];
 		uint64_t number = 0;
 		size_t received = 0;
@@ -1181,7 +1177,7 @@ static void http_request_cb(struct evhttp_request *req, void *arg)
 	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
 	struct route r;
 
-	if (h->exit_code >= 0) {
+	if (h->chan.exit_code >= 0) {
 		http_send_error(req, 503, KIND_UNAVAILABLE, "shutting down");
 		return;
 	}
@@ -1521,53 +1517,20 @@ static void http_dispatch(struct http *h, struct rpc_msg *m)
 	keeper_bug(h, m->type == RPC_NOTIFICATION ? "an unknown notification" : "an unknown method", m->method);
 }
 
-static void channel_read_cb(struct bufferevent *bev, void *arg)
+static void channel_dispatch(void *ctx, struct rpc_msg *m)
 {
-	struct http *h = arg;
-
-	while (h->exit_code < 0) {
-		struct rpc_msg m;
-		char detail[128];
-		int r = frame_read(bufferevent_get_input(bev), PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
-
-		if (r == FRAME_NEED_MORE)
-			return;
-		if (r != 0) {
-			rpc_msg_clear(&m);
-			keeper_bug(h, "a malformed message", r < 0 ? strerror(-r) : detail);
-			return;
-		}
-		http_dispatch(h, &m);
-		/* The hello carries the API key. */
-		rpc_wipe_put(json_object_get(m.params));
-		rpc_msg_clear(&m);
-	}
+	http_dispatch(ctx, m);
 }
 
-static void channel_write_cb(struct bufferevent *bev, void *arg)
+static void channel_bug(void *ctx, const char *what, const char *detail)
 {
-	struct http *h = arg;
-
-	/* Output drained: an exit waiting for its last message may go now. */
-	if (h->exit_code >= 0)
-		event_base_loopbreak(h->base);
+	keeper_bug(ctx, what, detail);
 }
 
-static void channel_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct http *h = arg;
-
-	if (what & BEV_EVENT_EOF) {
-		log_debug("channel closed by the keeper; exiting");
-		h->exit_code = h->exit_code > 0 ? h->exit_code : 0;
-	} else if (what & BEV_EVENT_ERROR) {
-		log_error("channel to the keeper: %s; exiting", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		h->exit_code = 1;
-	} else {
-		return;
-	}
-	event_base_loopbreak(h->base);
-}
+static const struct channel_ops channel_ops = {
+	.dispatch = channel_dispatch,
+	.bug = channel_bug,
+};
 
 static void ping_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -1634,7 +1597,7 @@ static void http_free(struct http *h)
 	if (h->fd4_ev)
 		event_free(h->fd4_ev);
 	fd_close(DESC_FD);
-	bufferevent_free(h->chan);
+	channel_close(&h->chan);
 	event_base_free(h->base);
 	h->api_key = secret_free(h->api_key);
 	free(h->ui_dir);
@@ -1642,7 +1605,7 @@ static void http_free(struct http *h)
 
 int main(int argc, char **argv)
 {
-	struct http h = { .exit_code = -1, .management = true };
+	struct http h = { .chan.exit_code = -1, .management = true };
 	struct timeval ping = { .tv_sec = HTTP_PING_S }, idle = { .tv_sec = IDLE_CHECK_S };
 
 	if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
@@ -1679,20 +1642,17 @@ int main(int argc, char **argv)
 	h.base = event_base_new();
 	if (!h.base)
 		fatal("out of memory");
-	h.chan = bufferevent_socket_new(h.base, CHANNEL_FD, BEV_OPT_CLOSE_ON_FREE);
 	h.fd4_ev = event_new(h.base, DESC_FD, EV_READ | EV_PERSIST, fd4_read_cb, &h);
 	h.ping = event_new(h.base, -1, EV_PERSIST, ping_cb, &h);
 	h.idle_timer = event_new(h.base, -1, EV_PERSIST, idle_cb, &h);
-	if (!h.chan || !h.fd4_ev || !h.ping || !h.idle_timer || event_add(h.fd4_ev, NULL) < 0 ||
+	if (!h.fd4_ev || !h.ping || !h.idle_timer || event_add(h.fd4_ev, NULL) < 0 ||
 	    event_add(h.ping, &ping) < 0 || event_add(h.idle_timer, &idle) < 0)
 		fatal("out of memory");
-	frame_bev_setup(h.chan, PROTO_MAX_MESSAGE);
-	bufferevent_setcb(h.chan, channel_read_cb, channel_write_cb, channel_event_cb, &h);
-	if (bufferevent_enable(h.chan, EV_READ | EV_WRITE) < 0)
+	if (channel_open(&h.chan, h.base, CHANNEL_FD, &channel_ops, &h) < 0)
 		fatal("cannot watch fd %d", CHANNEL_FD);
 
 	event_base_dispatch(h.base);
 
 	http_free(&h);
-	return h.exit_code < 0 ? 0 : h.exit_code;
+	return h.chan.exit_code < 0 ? 0 : h.chan.exit_code;
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include "channel.h"
 #include "util.h"
 
 struct bufferevent;
@@ -95,9 +96,8 @@ struct kfd;
 
 struct http {
 	struct event_base *base;
-	struct bufferevent *chan;	/* fd 3 */
+	struct channel chan;		/* fd 3, to the keeper */
 	struct event *fd4_ev;
-	int exit_code;			/* < 0 while running */
 	bool hello_done;
 	char landlock[128];
 

@@ -541,7 +541,7 @@ static void login_send_reply(struct login *l)
 
 	if (!msg)
 		return;
-	r = frame_write(bufferevent_get_output(l->o->bev), msg, PROTO_MAX_MESSAGE);
+	r = frame_write(bufferevent_get_output(l->o->chan.bev), msg, PROTO_MAX_MESSAGE);
 	rpc_wipe_put(msg);
 	if (r == FRAME_E_TOO_LARGE) {
 		log_warn("oauth: %s: login failed: token response too large (%s)", l->server, LOGIN_R_EXCHANGE);

@@ -537,7 +537,7 @@ void token_verdict_clear(struct token_verdict *v)
 
 void oauth_send(struct oauth *o, struct json_object *msg)
 {
-	int r = frame_write(bufferevent_get_output(o->bev), msg, PROTO_MAX_MESSAGE);
+	int r = frame_write(bufferevent_get_output(o->chan.bev), msg, PROTO_MAX_MESSAGE);
 
 	if (r) {
 		log_error("cannot queue a reply to the keeper: %s", r < 0 ? strerror(-r) : frame_strerror(r));
@@ -631,7 +631,7 @@ static void refresh_reply_tokens(struct refresh *r, struct token_verdict *v)
 	v->result = NULL;
 	if (!msg)
 		fatal("out of memory");
-	ret = frame_write(bufferevent_get_output(r->o->bev), msg, PROTO_MAX_MESSAGE);
+	ret = frame_write(bufferevent_get_output(r->o->chan.bev), msg, PROTO_MAX_MESSAGE);
 	/* The reply shares the token strings with v->body, which the caller wipes. */
 	json_object_put(msg);
 	if (ret == FRAME_E_TOO_LARGE) {
@@ -751,7 +751,7 @@ static void oauth_transfer_done(CURL *easy, CURLcode result, void *arg)
 	f->result = result;
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &f->status);
 	/* While exiting nobody is answered; main frees every owner. */
-	if (o->exit_code < 0)
+	if (o->chan.exit_code < 0)
 		f->done(f, f->arg);
 	else
 		curl_multi_remove_handle(curlev_multi(o->curl), easy);
@@ -849,61 +849,24 @@ static void oauth_dispatch(struct oauth *o, struct rpc_msg *m)
 	keeper_bug(o, "an unknown method", m->method);
 }
 
-static void channel_read_cb(struct bufferevent *bev, void *arg)
+static void channel_dispatch(void *ctx, struct rpc_msg *m)
 {
-	struct oauth *o = arg;
-
-	while (o->exit_code < 0) {
-		struct rpc_msg m;
-		char detail[128];
-		int r = frame_read(bufferevent_get_input(bev), PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
-
-		if (r == FRAME_NEED_MORE)
-			return;
-		if (r != 0) {
-			rpc_msg_clear(&m);
-			keeper_bug(o, "a malformed message", r < 0 ? strerror(-r) : detail);
-			return;
-		}
-		oauth_dispatch(o, &m);
-		/* Requests carry refresh tokens, client secrets, tokens to revoke. */
-		rpc_wipe_put(json_object_get(m.params));
-		rpc_msg_clear(&m);
-	}
+	oauth_dispatch(ctx, m);
 }
 
-static void channel_write_cb(struct bufferevent *bev, void *arg)
+static void channel_bug(void *ctx, const char *what, const char *detail)
 {
-	struct oauth *o = arg;
-
-	/* Output drained: an exit waiting for its last reply may go now. */
-	if (o->exit_code >= 0)
-		event_base_loopbreak(o->base);
+	keeper_bug(ctx, what, detail);
 }
 
-static void channel_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct oauth *o = arg;
-
-	if (what & BEV_EVENT_EOF) {
-		log_debug("channel closed by the keeper; exiting");
-		o->exit_code = o->exit_code > 0 ? o->exit_code : 0;
-	} else if (what & BEV_EVENT_ERROR) {
-		log_error("channel to the keeper: %s; exiting", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		o->exit_code = 1;
-	} else {
-		return;
-	}
-	event_base_loopbreak(o->base);
-}
+static const struct channel_ops channel_ops = {
+	.dispatch = channel_dispatch,
+	.bug = channel_bug,
+};
 
 void oauth_stop(struct oauth *o, int code)
 {
-	if (o->exit_code < 0)
-		o->exit_code = code;
-	bufferevent_disable(o->bev, EV_READ);
-	if (evbuffer_get_length(bufferevent_get_output(o->bev)) == 0)
-		event_base_loopbreak(o->base);
+	channel_stop(&o->chan, code);
 }
 
 /* -- start-up -- */
@@ -962,7 +925,7 @@ static void oauth_sandbox(struct oauth *o)
 
 int main(int argc, char **argv)
 {
-	struct oauth o = { .exit_code = -1 };
+	struct oauth o = { .chan.exit_code = -1 };
 
 	log_init("mcpkeeper-oauth");
 	if (argc > 1)
@@ -988,13 +951,9 @@ int main(int argc, char **argv)
 	if (!o.base)
 		fatal("out of memory");
 	o.curl = curlev_new(o.base, oauth_transfer_done, &o);
-	o.bev = bufferevent_socket_new(o.base, CHANNEL_FD, BEV_OPT_CLOSE_ON_FREE);
-	if (!o.curl || !o.bev)
+	if (!o.curl)
 		fatal("out of memory");
-
-	frame_bev_setup(o.bev, PROTO_MAX_MESSAGE);
-	bufferevent_setcb(o.bev, channel_read_cb, channel_write_cb, channel_event_cb, &o);
-	if (bufferevent_enable(o.bev, EV_READ | EV_WRITE) < 0)
+	if (channel_open(&o.chan, o.base, CHANNEL_FD, &channel_ops, &o) < 0)
 		fatal("cannot watch fd %d", CHANNEL_FD);
 
 	event_base_dispatch(o.base);
@@ -1004,7 +963,7 @@ int main(int argc, char **argv)
 	login_free_all(&o);
 	curlev_free(o.curl);
 	curl_global_cleanup();
-	bufferevent_free(o.bev);
+	channel_close(&o.chan);
 	event_base_free(o.base);
-	return o.exit_code < 0 ? 0 : o.exit_code;
+	return o.chan.exit_code < 0 ? 0 : o.chan.exit_code;
 }

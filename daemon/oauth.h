@@ -12,6 +12,8 @@
 
 #include <curl/curl.h>
 
+#include "channel.h"
+
 struct json_object;
 struct rpc_msg;
 
@@ -29,13 +31,12 @@ struct step;
 /* The process's one context. */
 struct oauth {
 	struct event_base *base;
-	struct bufferevent *bev;
+	struct channel chan;		/* fd 3, to the keeper */
 	struct curlev *curl;
 	struct refresh *refreshes;	/* oauth.refresh in flight */
 	struct login *logins;		/* per server: redirect listener, authorize */
 	struct step *steps;		/* discover, register, revoke in flight */
 	bool hello_done;
-	int exit_code;			/* -1 while running */
 	char landlock[128];
 };
 

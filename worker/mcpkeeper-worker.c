@@ -73,11 +73,11 @@ void worker_send(struct worker *w, struct json_object *msg)
 
 	if (!msg)
 		fatal("out of memory");
-	if (w->stopping || w->exit_code >= 0) {
+	if (w->stopping || w->chan.exit_code >= 0) {
 		rpc_wipe_put(msg);
 		return;
 	}
-	r = frame_write(bufferevent_get_output(w->chan), msg, PROTO_MAX_MESSAGE);
+	r = frame_write(bufferevent_get_output(w->chan.bev), msg, PROTO_MAX_MESSAGE);
 	/* token.invalid carries a token. */
 	rpc_wipe_put(msg);
 	if (r) {
@@ -587,37 +587,6 @@ static void worker_dispatch(struct worker *w, struct rpc_msg *m)
 	}
 }
 
-static void channel_read_cb(struct bufferevent *bev, void *arg)
-{
-	struct worker *w = arg;
-
-	while (w->exit_code < 0 && !w->stopping) {
-		struct rpc_msg m;
-		char detail[128];
-		int r = frame_read(bufferevent_get_input(bev), PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
-
-		if (r == FRAME_NEED_MORE)
-			return;
-		if (r != 0) {
-			rpc_msg_clear(&m);
-			worker_keeper_bug(w, "a malformed message", r < 0 ? strerror(-r) : detail);
-			return;
-		}
-		worker_dispatch(w, &m);
-		/* Tokens: wipe them with the message. */
-		rpc_wipe_put(json_object_get(m.root));
-		rpc_msg_clear(&m);
-	}
-}
-
-static void channel_write_cb(struct bufferevent *bev, void *arg)
-{
-	struct worker *w = arg;
-
-	if (w->exit_code >= 0)
-		event_base_loopbreak(w->base);
-}
-
 static void stop_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
@@ -632,12 +601,12 @@ static void worker_shutdown(struct worker *w)
 	struct timeval tv = { .tv_sec = STOP_GRACE_S };
 
 	w->stopping = true;
-	if (w->exit_code < 0)
-		w->exit_code = 0;
+	if (w->chan.exit_code < 0)
+		w->chan.exit_code = 0;
 	if (w->fd4_ev)
 		event_del(w->fd4_ev);
 	/* Nobody reads what we would still write. */
-	bufferevent_disable(w->chan, EV_READ | EV_WRITE);
+	bufferevent_disable(w->chan.bev, EV_READ | EV_WRITE);
 	while (!LIST_EMPTY(&w->clients))
 		client_close(LIST_FIRST(&w->clients), "the worker is stopping");
 	w->stop_timer = evtimer_new(w->base, stop_timer_cb, w);
@@ -646,34 +615,38 @@ static void worker_shutdown(struct worker *w)
 	worker_check_stop(w);
 }
 
-static void channel_event_cb(struct bufferevent *bev, short what, void *arg)
+static void channel_dispatch(void *ctx, struct rpc_msg *m)
 {
-	struct worker *w = arg;
+	worker_dispatch(ctx, m);
+}
+
+static void channel_bug(void *ctx, const char *what, const char *detail)
+{
+	worker_keeper_bug(ctx, what, detail);
+}
+
+static void channel_closed(void *ctx, int code)
+{
+	struct worker *w = ctx;
 
 	if (w->stopping)
 		return;
-	/* A keeper that closes with our messages unread resets the stream, and
-	 * one that closed before our last write breaks the pipe: both are the
-	 * same end of the channel as EOF. */
-	if ((what & BEV_EVENT_EOF) || ((what & BEV_EVENT_ERROR) && (EVUTIL_SOCKET_ERROR() == ECONNRESET ||
-								       EVUTIL_SOCKET_ERROR() == EPIPE))) {
-		log_debug("channel closed by the keeper; exiting");
-		worker_shutdown(w);
-	} else if (what & BEV_EVENT_ERROR) {
-		log_error("channel to the keeper: %s; exiting", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		w->exit_code = 1;
-		worker_shutdown(w);
-	}
+	if (code)
+		w->chan.exit_code = code;
+	worker_shutdown(w);
 }
+
+static const struct channel_ops channel_ops = {
+	.dispatch = channel_dispatch,
+	.bug = channel_bug,
+	.closed = channel_closed,
+	.wipe_all = true,	/* tokens come in token.set and in token.invalid replies */
+};
 
 /* Ends the loop with code once every queued message is written. */
 static void worker_stop(struct worker *w, int code)
 {
-	if (w->exit_code < 0)
-		w->exit_code = code;
-	bufferevent_disable(w->chan, EV_READ);
-	if (evbuffer_get_length(bufferevent_get_output(w->chan)) == 0)
-		event_base_loopbreak(w->base);
+	channel_stop(&w->chan, code);
 }
 
 /* -- client descriptors (fd 4) -- */
@@ -682,7 +655,7 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
 
-	while (w->exit_code < 0 && !w->stopping) {
+	while (w->chan.exit_code < 0 && !w->stopping) {
 		unsigned char num[8];
 		uint64_t number = 0;
 		size_t received = 0;
@@ -749,7 +722,7 @@ static void worker_free(struct worker *w)
 	http_abort_all(w);
 	w->token = secret_free(w->token);
 	curlev_free(w->curl);
-	bufferevent_free(w->chan);
+	channel_close(&w->chan);
 	if (w->fd4_ev)
 		event_free(w->fd4_ev);
 	if (w->sigchld)
@@ -777,7 +750,7 @@ static void worker_free(struct worker *w)
 
 int main(int argc, char **argv)
 {
-	struct worker w = { .exit_code = -1 };
+	struct worker w = { .chan.exit_code = -1 };
 
 	if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
 		printf("mcpkeeper-worker %s\n", MCPKEEPER_VERSION);
@@ -813,18 +786,15 @@ int main(int argc, char **argv)
 	if (!w.base)
 		fatal("out of memory");
 	w.curl = curlev_new(w.base, http_transfer_done, &w);
-	w.chan = bufferevent_socket_new(w.base, CHANNEL_FD, BEV_OPT_CLOSE_ON_FREE);
 	w.sigchld = evsignal_new(w.base, SIGCHLD, sigchld_cb, &w);
-	if (!w.curl || !w.chan || !w.sigchld || evsignal_add(w.sigchld, NULL) < 0)
+	if (!w.curl || !w.sigchld || evsignal_add(w.sigchld, NULL) < 0)
 		fatal("out of memory");
-	frame_bev_setup(w.chan, PROTO_MAX_MESSAGE);
-	bufferevent_setcb(w.chan, channel_read_cb, channel_write_cb, channel_event_cb, &w);
-	if (bufferevent_enable(w.chan, EV_READ | EV_WRITE) < 0)
+	if (channel_open(&w.chan, w.base, CHANNEL_FD, &channel_ops, &w) < 0)
 		fatal("cannot watch fd %d", CHANNEL_FD);
 
 	event_base_dispatch(w.base);
 
 	worker_free(&w);
 	curl_global_cleanup();
-	return w.exit_code < 0 ? 0 : w.exit_code;
+	return w.chan.exit_code < 0 ? 0 : w.chan.exit_code;
 }

@@ -24,6 +24,8 @@
 
 #include <curl/curl.h>
 
+#include "channel.h"
+
 struct event_base;
 struct event;
 struct bufferevent;
@@ -56,12 +58,11 @@ LIST_HEAD(pending_list, pending);
 
 struct worker {
 	struct event_base *base;
-	struct bufferevent *chan;	/* fd 3 */
+	struct channel chan;		/* fd 3, to the keeper */
 	struct event *fd4_ev;		/* fd 4: client descriptors */
 	struct event *sigchld;
 	struct event *stop_timer;	/* bounds the wait for DELETEs at exit */
 	struct curlev *curl;
-	int exit_code;			/* -1 while running */
 	bool hello_done;
 	bool stopping;
 	char landlock[128];
