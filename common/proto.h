@@ -45,6 +45,23 @@
 #define METHOD_AUTH_LOGIN_URL "auth.login_url"
 
 /*
+ * connect {"server", "stdio": bool}: the reply is {"server"}, and from then
+ * on the connection belongs to the server's worker; its next bytes are MCP.
+ * With "stdio": true the client steps out of the data path instead: right
+ * after the reply it sends one byte, 0, with two descriptors attached
+ * (SCM_RIGHTS): where the worker reads MCP (mcpctl's stdin) and where it
+ * writes it (mcpctl's stdout), each a pipe or a socket. The connection then
+ * carries nothing but the end of the session: one line from the worker,
+ * session.closed {"clean": bool, "reason": text}, and the close. "clean"
+ * means the client's input ended and every request was answered. A
+ * connection that closes without that line lost its worker (killed,
+ * crashed): the requests in flight are not answered.
+ */
+#define METHOD_SESSION_CLOSED "session.closed"
+/* The byte that carries the two descriptors. */
+#define CONNECT_STDIO_BYTE 0
+
+/*
  * Keeper <-> child channel (fd 3).
  *
  * hello (keeper -> child, request), the first message on the channel:
@@ -135,8 +152,10 @@
  *           "oauth": bool}}
  *   fd 4 of a worker is a SOCK_SEQPACKET socket that carries nothing but
  *   client descriptors: each packet is the 8-byte little-endian client
- *   number with one descriptor attached (SCM_RIGHTS). The client on it has
- *   already had its `connect` reply from the keeper; its next bytes are MCP.
+ *   number and one byte of flags (CLIENT_F_*) with one descriptor attached
+ *   (SCM_RIGHTS). The client on it has already had its `connect` reply
+ *   from the keeper; its next bytes are MCP, or, with CLIENT_F_STDIO, the
+ *   two descriptors of a "stdio" connect (see connect above).
  *   token.update (keeper -> worker, notification):
  *           {"access_token", "token_type", "expires_at"}: use from now on.
  *   token.clear (keeper -> worker, notification or request) {}: logged
@@ -155,6 +174,7 @@
  *           configured with "oauth": false answered 401 with a Bearer
  *           challenge; status can say that it needs a login.
  */
+#define CLIENT_F_STDIO 0x01
 #define METHOD_HELLO "hello"
 #define METHOD_CLIENT_CLOSED "client.closed"
 #define METHOD_TOKEN_UPDATE "token.update"

@@ -251,35 +251,36 @@ int sock_peer_groups(int fd, gid_t **groups, size_t *n)
 #endif
 }
 
-int sock_send_fd(int fd, int pass_fd, const void *data, size_t len)
+int sock_send_fds(int fd, const int *pass_fds, size_t n, const void *data, size_t len)
 {
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
+		char buf[CMSG_SPACE(SOCK_RECV_FDS_MAX * sizeof(int))];
 	} control;
 	struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
 	struct msghdr msg = {
 		.msg_iov = &iov,
 		.msg_iovlen = 1,
 		.msg_control = control.buf,
-		.msg_controllen = sizeof(control.buf),
+		.msg_controllen = CMSG_SPACE(n * sizeof(int)),
 	};
 	struct cmsghdr *cmsg;
 	ssize_t k;
 
-	/* The descriptor rides on data bytes: a stream socket has no empty
-	 * message that could carry it. */
-	if (!data || len == 0)
+	/* The descriptors ride on data bytes: a stream socket has no empty
+	 * message that could carry them. */
+	if (!data || len == 0 || n == 0 || n > SOCK_RECV_FDS_MAX)
 		return -EINVAL;
-	if (pass_fd < 0)
-		return -EBADF;
+	for (size_t i = 0; i < n; i++)
+		if (pass_fds[i] < 0)
+			return -EBADF;
 
 	memset(&control, 0, sizeof(control));
 	cmsg = CMSG_FIRSTHDR(&msg);
 	cmsg->cmsg_level = SOL_SOCKET;
 	cmsg->cmsg_type = SCM_RIGHTS;
-	cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(cmsg), &pass_fd, sizeof(int));
+	cmsg->cmsg_len = CMSG_LEN(n * sizeof(int));
+	memcpy(CMSG_DATA(cmsg), pass_fds, n * sizeof(int));
 
 	/* MSG_NOSIGNAL: a peer that went away is an error to return, not a
 	 * SIGPIPE that ends the keeper. */
@@ -289,16 +290,21 @@ int sock_send_fd(int fd, int pass_fd, const void *data, size_t len)
 	if (k < 0)
 		return -errno;
 
-	/* The descriptor went with the first bytes and the rest did not: the
-	 * stream is out of step and cannot be resumed without sending the
-	 * descriptor twice. Messages that carry a descriptor are meant to be
-	 * far smaller than a socket buffer, so this is the caller's bug. */
+	/* The descriptors went with the first bytes and the rest did not: the
+	 * stream is out of step and cannot be resumed without sending them
+	 * twice. Messages that carry descriptors are meant to be far smaller
+	 * than a socket buffer, so this is the caller's bug. */
 	if ((size_t)k != len)
 		return -EMSGSIZE;
 	return 0;
 }
 
-int sock_recv_fd(int fd, void *data, size_t len, size_t *received, int *pass_fd)
+int sock_send_fd(int fd, int pass_fd, const void *data, size_t len)
+{
+	return sock_send_fds(fd, &pass_fd, 1, data, len);
+}
+
+int sock_recv_fds(int fd, void *data, size_t len, size_t *received, int *pass_fds, size_t max, size_t *n)
 {
 	union {
 		struct cmsghdr align;
@@ -317,11 +323,11 @@ int sock_recv_fd(int fd, void *data, size_t len, size_t *received, int *pass_fd)
 	ssize_t k;
 
 	/* A zero-length read would return 0 and look like end of stream. */
-	if (!data || len == 0)
+	if (!data || len == 0 || max > SOCK_RECV_FDS_MAX)
 		return -EINVAL;
 
 	*received = 0;
-	*pass_fd = -1;
+	*n = 0;
 
 	do
 		k = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
@@ -352,15 +358,24 @@ int sock_recv_fd(int fd, void *data, size_t len, size_t *received, int *pass_fd)
 		}
 	}
 
-	if ((msg.msg_flags & MSG_CTRUNC) || nfds + extra > 1) {
+	if ((msg.msg_flags & MSG_CTRUNC) || nfds + extra > max) {
 		for (size_t i = 0; i < nfds; i++)
 			fd_close(fds[i]);
 		return -EBADMSG;
 	}
 
 	*received = (size_t)k;
-	*pass_fd = nfds == 1 ? fds[0] : -1;
+	memcpy(pass_fds, fds, nfds * sizeof(int));
+	*n = nfds;
 	return 0;
+}
+
+int sock_recv_fd(int fd, void *data, size_t len, size_t *received, int *pass_fd)
+{
+	size_t n;
+
+	*pass_fd = -1;
+	return sock_recv_fds(fd, data, len, received, pass_fd, 1, &n);
 }
 
 int sock_pair(int nonblock, int fds[2])

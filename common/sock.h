@@ -40,6 +40,8 @@ int sock_peer_groups(int fd, gid_t **groups, size_t *n);
  * when the socket is full, another negative errno value otherwise.
  */
 int sock_send_fd(int fd, int pass_fd, const void *data, size_t len);
+/* The same with n descriptors (1 to 8) attached, in that order. */
+int sock_send_fds(int fd, const int *pass_fds, size_t n, const void *data, size_t len);
 
 /*
  * Receives up to len bytes and at most one descriptor. *received is the byte
@@ -48,6 +50,9 @@ int sock_send_fd(int fd, int pass_fd, const void *data, size_t len);
  * reported as -EBADMSG. Returns 0 or a negative errno value (-EAGAIN).
  */
 int sock_recv_fd(int fd, void *data, size_t len, size_t *received, int *pass_fd);
+/* The same with up to max descriptors (at most 8): *n of them in pass_fds,
+ * in the order they were sent; more than max is -EBADMSG. */
+int sock_recv_fds(int fd, void *data, size_t len, size_t *received, int *pass_fds, size_t max, size_t *n);
 
 /* socketpair(AF_UNIX, SOCK_STREAM) with both ends close-on-exec;
  * nonblock applies to both. */

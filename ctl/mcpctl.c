@@ -102,9 +102,13 @@ static void usage(FILE *f)
 		"  auth status [-s NAME] [--json]\n"
 		"                      OAuth status of the OAuth servers\n"
 		"  events [--json]     follow the keeper's events until interrupted\n"
-		"  connect NAME        the stdio bridge an MCP client runs: relays stdin and\n"
-		"                      stdout to NAME's worker (MCP client config:\n"
-		"                      \"command\": \"mcpctl\", \"args\": [\"connect\", \"NAME\"])\n"
+		"  connect [--bridge] NAME\n"
+		"                      what an MCP client runs as its stdio server (config:\n"
+		"                      \"command\": \"mcpctl\", \"args\": [\"connect\", \"NAME\"]):\n"
+		"                      hands stdin and stdout (pipes or sockets) to NAME's\n"
+		"                      worker and waits; --bridge (and any other stdin or\n"
+		"                      stdout) relays them instead, and answers requests\n"
+		"                      in flight should the worker die\n"
 		"\n"
 		"  --json prints the keeper's reply as JSON instead of a table;\n"
 		"  -s is short for --server.\n"
@@ -1684,18 +1688,117 @@ static void answer_pending_stdin(const char *server, const char *why)
 	evbuffer_free(out);
 }
 
+/* Pipes or sockets, which the worker can wait on; a terminal or a file is
+ * bridged (and a terminal must not be made non-blocking under its shell). */
+static bool stdio_can_hand_over(void)
+{
+	struct stat in, out;
+
+	return fstat(STDIN_FILENO, &in) == 0 && fstat(STDOUT_FILENO, &out) == 0 &&
+	       (S_ISFIFO(in.st_mode) || S_ISSOCK(in.st_mode)) && (S_ISFIFO(out.st_mode) || S_ISSOCK(out.st_mode));
+}
+
+/*
+ * After the handover: nothing to relay, only the end of the session to
+ * wait for. The worker says session.closed; a socket that closes without
+ * it lost its worker.
+ */
+static int connect_wait_end(const char *server, int sock)
+{
+	_cleanup_(evbuffer_freep) struct evbuffer *in = evbuffer_new();
+	struct json_object *v;
+	struct rpc_msg m = { 0 };
+	char detail[128] = "";
+	int r;
+
+	if (!in)
+		out_of_memory();
+	r = frame_read_fd(sock, in, 4096, &m, -1, detail, sizeof(detail));
+	if (r == -EPIPE || r == -ECONNRESET) {
+		fprintf(stderr, "mcpctl: connect %s: the worker closed the connection (it was killed or crashed); "
+				"requests in flight were not answered\n", server);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	if (r < 0) {
+		fprintf(stderr, "mcpctl: connect %s: %s\n", server, strerror(-r));
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	if (r > 0 || m.type != RPC_NOTIFICATION || strcmp(m.method, METHOD_SESSION_CLOSED) != 0 || !m.params ||
+	    !json_object_object_get_ex(m.params, "clean", &v) || !json_object_is_type(v, json_type_boolean)) {
+		fprintf(stderr, "mcpctl: connect %s: the worker sent something other than the end of the session\n",
+			server);
+		rpc_msg_clear(&m);
+		return CTL_EXIT_PROTOCOL;
+	}
+	if (json_object_get_boolean(v)) {
+		rpc_msg_clear(&m);
+		return CTL_EXIT_OK;
+	}
+	if (!json_object_object_get_ex(m.params, "reason", &v) || !json_object_is_type(v, json_type_string))
+		v = NULL;
+	fprintf(stderr, "mcpctl: connect %s: the session ended: %s\n", server,
+		v ? json_object_get_string(v) : "(no reason given)");
+	rpc_msg_clear(&m);
+	return CTL_EXIT_KEEPER_ERROR;
+}
+
+/* Gives stdin and stdout to the worker on sock (proto.h, connect). */
+static int connect_hand_over(const char *server, int sock)
+{
+	static const unsigned char byte = CONNECT_STDIO_BYTE;
+	const int fds[2] = { STDIN_FILENO, STDOUT_FILENO };
+	int r = sock_send_fds(sock, fds, 2, &byte, 1), null;
+
+	if (r < 0) {
+		fprintf(stderr, "mcpctl: connect %s: cannot hand stdin and stdout to the worker: %s\n", server,
+			strerror(-r));
+		answer_pending_stdin(server, "its worker went away");
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	/* Ours would hold the client's pipes open after the worker is done. */
+	null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(null, STDOUT_FILENO) < 0) {
+		fprintf(stderr, "mcpctl: connect %s: /dev/null: %s\n", server, strerror(errno));
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	if (null > STDOUT_FILENO)
+		close(null);
+	return connect_wait_end(server, sock);
+}
+
 static int cmd_connect(struct ctl *c, int argc, char **argv)
 {
+	static const struct option opts[] = {
+		{ "bridge", no_argument, NULL, 'b' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
 	_cleanup_(closep) int sock = -1;
 	_cleanup_(evbuffer_freep) struct evbuffer *early = NULL;
 	struct rpc_msg reply = { 0 };
 	struct json_object *params;
+	bool bridge = false, hand_over;
 	const char *server;
-	int r;
+	int o, r;
 
-	if (argc != 2)
+	optind = 0;
+	opterr = 0;
+	while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (o) {
+		case 'b':
+			bridge = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return CTL_EXIT_OK;
+		default:
+			return option_error("connect", o, argc, argv);
+		}
+	}
+	if (argc - optind != 1)
 		return usage_error("connect takes one server name");
-	server = argv[1];
+	server = argv[optind];
+	hand_over = !bridge && stdio_can_hand_over();
 	r = ctl_find_socket(c);
 	if (r) {
 		answer_pending_stdin(server, "the keeper's socket cannot be found");
@@ -1703,6 +1806,8 @@ static int cmd_connect(struct ctl *c, int argc, char **argv)
 	}
 	params = json_object_new_object();
 	json_object_object_add(params, "server", json_object_new_string(server));
+	if (hand_over)
+		json_object_object_add(params, "stdio", json_object_new_boolean(1));
 	r = ctl_exchange(c, METHOD_CONNECT, params, &reply, &sock, &early);
 	if (r) {
 		answer_pending_stdin(server, r == CTL_EXIT_UNREACHABLE ? "the keeper is not running"
@@ -1712,6 +1817,14 @@ static int cmd_connect(struct ctl *c, int argc, char **argv)
 	rpc_msg_clear(&reply);
 	/* From here on the keeper is out of the path: this socket is the worker's. */
 	c->deadline_ms = 0;
+	if (hand_over) {
+		/* The worker holds its output until it has our stdout. */
+		if (early && evbuffer_get_length(early) > 0) {
+			fprintf(stderr, "mcpctl: connect %s: the worker wrote before it had stdout\n", server);
+			return CTL_EXIT_PROTOCOL;
+		}
+		return connect_hand_over(server, sock);
+	}
 	r = bridge_run(server, sock, early);
 	if (r == BRIDGE_DONE)
 		return CTL_EXIT_OK;

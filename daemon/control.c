@@ -542,15 +542,18 @@ static int write_now(struct conn *c, struct json_object *msg)
 }
 
 /*
- * connect {server}: the client's socket goes to the server's worker. The
- * client sends nothing more until this reply, so the keeper has read exactly
- * the one line; anything else already buffered is refused. After the reply
- * the keeper hands the descriptor over and forgets the connection.
+ * connect {server, stdio}: the client's socket goes to the server's worker.
+ * The client sends nothing more until this reply, so the keeper has read
+ * exactly the one line; anything else already buffered is refused. After
+ * the reply the keeper hands the descriptor over and forgets the
+ * connection. "stdio" only tells the worker what comes first on it (the
+ * client's own descriptors, proto.h): the keeper never reads them.
  */
 static void do_connect(struct conn *c, struct json_object *id, struct json_object *params)
 {
 	struct keeper *k = c->ctl->k;
-	struct json_object *res, *reply;
+	struct json_object *res, *reply, *v;
+	unsigned flags = 0;
 	struct server *s;
 	int fd, r;
 
@@ -559,6 +562,14 @@ static void do_connect(struct conn *c, struct json_object *id, struct json_objec
 	if (!s) {
 		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "connect needs \"server\": NAME");
 		return;
+	}
+	if (json_object_object_get_ex(params, "stdio", &v)) {
+		if (!json_object_is_type(v, json_type_boolean)) {
+			reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"stdio\" must be true or false");
+			return;
+		}
+		if (json_object_get_boolean(v))
+			flags |= CLIENT_F_STDIO;
 	}
 	if (!s->conf->enabled) {
 		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "server \"%s\" is disabled in the configuration",
@@ -589,7 +600,7 @@ static void do_connect(struct conn *c, struct json_object *id, struct json_objec
 		log_error("control: connect %s: %m", s->name);
 		return;
 	}
-	r = workers_connect(k, s, fd);
+	r = workers_connect(k, s, fd, flags);
 	if (r < 0)
 		log_error("%s: could not hand a client to its worker: %s", s->name, strerror(-r));
 	else

@@ -207,8 +207,9 @@ struct json_object *api_web_ui_url(const struct keeper *k);
 
 /* workers.c: one mcpkeeper-worker per upstream, started on demand. */
 /* Hands a connected client descriptor (ownership passes) to the server's
- * worker, starting it when needed. 0 or a negative errno value. */
-int workers_connect(struct keeper *k, struct server *s, int fd);
+ * worker, starting it when needed, with the CLIENT_F_* flags of its
+ * connect. 0 or a negative errno value. */
+int workers_connect(struct keeper *k, struct server *s, int fd, unsigned flags);
 void workers_start_eager(struct keeper *k);
 /* The server's access token changed (refresh, login) or went away (logout). */
 void workers_token_changed(struct keeper *k, struct server *s);
@@ -264,8 +265,11 @@ int child_request(struct child *c, const char *method, struct json_object *param
 /* Sends a notification, or a reply to the child's request. Takes ownership. */
 int child_notify(struct child *c, const char *method, struct json_object *params);
 int child_reply(struct child *c, struct json_object *id, struct json_object *result, struct json_object *error);
-/* Passes a client descriptor on fd 4 with its 8-byte number. */
+/* Passes a client descriptor on fd 4 with its 8-byte number (the http
+ * child's control connections), or with the number and a byte of
+ * CLIENT_F_* flags (a worker's clients). */
 int child_send_fd(struct child *c, uint64_t number, int fd);
+int child_send_client(struct child *c, uint64_t number, unsigned flags, int fd);
 /* Forgets the callback of an outstanding request (its reply is dropped). */
 void child_cancel(struct child *c, int64_t id);
 /* SIGCHLD: reap and restart with backoff. */

@@ -28,6 +28,7 @@
 struct pending_fd {
 	int fd;
 	uint64_t number;
+	unsigned flags;			/* CLIENT_F_* */
 	struct pending_fd *next;
 };
 
@@ -106,7 +107,7 @@ static void flush_fds(struct server *s)
 {
 	while (s->pending_fds && child_ready(s->worker)) {
 		struct pending_fd *p = s->pending_fds;
-		int r = child_send_fd(s->worker, p->number, p->fd);
+		int r = child_send_client(s->worker, p->number, p->flags, p->fd);
 
 		if (r == -EAGAIN)
 			return; /* the descriptor channel is full: next time */
@@ -271,7 +272,7 @@ static int ensure_worker(struct keeper *k, struct server *s)
 	return 0;
 }
 
-int workers_connect(struct keeper *k, struct server *s, int fd)
+int workers_connect(struct keeper *k, struct server *s, int fd, unsigned flags)
 {
 	struct pending_fd *p, **tail;
 	int r;
@@ -288,6 +289,7 @@ int workers_connect(struct keeper *k, struct server *s, int fd)
 	}
 	p->fd = fd;
 	p->number = next_client_number++;
+	p->flags = flags;
 	for (tail = &s->pending_fds; *tail; tail = &(*tail)->next)
 		;
 	*tail = p;

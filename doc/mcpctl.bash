@@ -193,8 +193,14 @@ _mcpctl()
     auth/logout) opts='-s --server --all' ;;
     auth/status) opts='-s --server --json' ;;
     connect/)
-        # One server name, nothing after it.
-        if ((cword == ci + 1)) && [[ $cur != -* ]]; then
+        # --bridge, then one server name, nothing after it.
+        if [[ $cur == -* ]]; then
+            COMPREPLY=($(compgen -W '--bridge' -- "$cur"))
+            return 0
+        fi
+        local skip=0
+        [[ ${words[ci + 1]} == --bridge ]] && skip=1
+        if ((cword == ci + 1 + skip)); then
             local names
             names=$(_mcpctl_server_names "$cmd" "${globals[@]}")
             local IFS=$'\n'

@@ -611,6 +611,45 @@ static void test_eof(void)
 	ok("end of stream gives received 0");
 }
 
+/* Two descriptors (a stdio connect's stdin and stdout) arrive in order; a
+ * reader that takes fewer gets -EBADMSG and none of them stays open. */
+static void test_pass_two_fds(void)
+{
+	_cleanup_(closep) int a = -1, b = -1, pr = -1, pw = -1;
+	int sp[2], p[2], got[2] = { -1, -1 }, fds[2];
+	struct stat st_r, st_w, st;
+	char buf[4];
+	size_t received = 0, n = 0;
+	int before;
+
+	check(sock_pair(0, sp) == 0);
+	a = sp[0];
+	b = sp[1];
+	check(pipe2(p, O_CLOEXEC) == 0);
+	pr = p[0];
+	pw = p[1];
+	check(fstat(pr, &st_r) == 0 && fstat(pw, &st_w) == 0);
+	fds[0] = pr;
+	fds[1] = pw;
+
+	check(sock_send_fds(a, fds, 2, "\0", 1) == 0);
+	check(sock_recv_fds(b, buf, sizeof(buf), &received, got, 2, &n) == 0);
+	check(received == 1 && buf[0] == 0 && n == 2);
+	check(fstat(got[0], &st) == 0 && st.st_ino == st_r.st_ino);
+	check(fstat(got[1], &st) == 0 && st.st_ino == st_w.st_ino);
+	check((fcntl(got[0], F_GETFD) & FD_CLOEXEC) && (fcntl(got[1], F_GETFD) & FD_CLOEXEC));
+	close(got[0]);
+	close(got[1]);
+
+	before = fd_count();
+	check(sock_send_fds(a, fds, 2, "x", 1) == 0);
+	check(sock_recv_fds(b, buf, sizeof(buf), &received, got, 1, &n) == -EBADMSG);
+	check(fd_count() == before);
+	check(sock_send_fds(a, fds, 0, "x", 1) == -EINVAL);
+	check(sock_send_fds(a, fds, 9, "x", 1) == -EINVAL);
+	ok("two descriptors arrive in order; more than the reader takes give -EBADMSG, none leaked");
+}
+
 static void test_send_errors(void)
 {
 	_cleanup_(closep) int a = -1, b = -1, pr = -1, pw = -1;
@@ -665,6 +704,7 @@ int main(void)
 	test_many_fds(2, "two descriptors in one message give -EBADMSG, none leaked");
 	test_many_fds(20, "twenty descriptors (truncated control data) give -EBADMSG, none leaked");
 	test_eof();
+	test_pass_two_fds();
 	test_send_errors();
 	return 0;
 }

@@ -765,11 +765,12 @@ static void worker_end(struct keeper *k)
 
 /* -- clients -- */
 
-/* As the keeper hands a `connect` client over: 8-byte number + descriptor. */
+/* As the keeper hands a `connect` client over: 8-byte number, flags (none)
+ * and the descriptor. */
 static void client_connect(struct keeper *k, struct tclient *c)
 {
 	int sv[2];
-	unsigned char num[8];
+	unsigned char num[9] = { 0 };
 	uint64_t n = k->next_client++;
 
 	for (int i = 0; i < 8; i++)

@@ -1,6 +1,10 @@
 /*
  * One MCP client connection, handed over by the keeper on fd 4: a stream
- * socket speaking newline-delimited JSON-RPC (MCP's stdio framing).
+ * socket speaking newline-delimited JSON-RPC (MCP's stdio framing), or,
+ * for a stdio connect (`mcpctl connect`, proto.h), a socket on which the
+ * client's own stdin and stdout arrive: the worker then reads and writes
+ * those, mcpctl is out of the data path, and the socket only tells each
+ * side when the other has gone (mcpctl's end; session.closed from here).
  *
  * Each client is its own upstream session. This file owns what is the same
  * for every transport: reading and checking the client's messages, the
@@ -13,21 +17,24 @@
  * closes that client only. The upstream is untrusted too: what it sends is
  * parsed and checked before it reaches the client, and never logged.
  *
- * The socket is read and written here rather than through a bufferevent,
+ * The client is read and written here rather than through a bufferevent,
  * for the system calls a request costs: a read is one read() (no FIONREAD
  * before it), and output is written at the end of the loop pass
  * that queued it, straight away; only a client that does not keep up gets
  * a write event, until it has caught up (turned on and off for every
  * reply, one costs two epoll_ctl() calls and an epoll_wait()). Reading
  * stops at the message size limit plus one byte: frame_read() refuses a
- * longer line before more of it is buffered.
+ * longer line before more of it is buffered, the client gets an error, and
+ * the rest of that line is dropped as it comes.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -37,6 +44,7 @@
 #include "frame.h"
 #include "log.h"
 #include "proto.h"
+#include "sock.h"
 #include "util.h"
 #include "worker.h"
 
@@ -55,9 +63,18 @@ static void client_caught_up(struct client *c)
 /* Writes what the buffer holds; 0, or a negative errno value. */
 static int client_write_out(struct client *c)
 {
-	if (evbuffer_write(c->out, c->fd) < 0 && errno != EAGAIN && errno != EINTR)
+	if (evbuffer_write(c->out, c->wfd) < 0 && errno != EAGAIN && errno != EINTR)
 		return -errno;
 	return 0;
+}
+
+/* A client that closed the reading end of its stdout has ended the session
+ * as much as one that closed its stdin: that is not a failure. */
+static void client_write_failed(struct client *c, int r)
+{
+	if (r == -EPIPE && c->conn_ev)
+		c->clean = true;
+	client_close(c, strerror(-r));
 }
 
 /* At the end of the pass that queued something (see client_output_cb). */
@@ -66,11 +83,12 @@ static void client_flush_cb(evutil_socket_t fd, short what, void *arg)
 	struct client *c = arg;
 	int r;
 
-	if (evbuffer_get_length(c->out) == 0 || event_pending(c->wev, EV_WRITE, NULL))
+	/* A stdio connect holds its output until its stdout has arrived. */
+	if (c->wfd < 0 || evbuffer_get_length(c->out) == 0 || event_pending(c->wev, EV_WRITE, NULL))
 		return;
 	r = client_write_out(c);
 	if (r < 0)
-		client_close(c, strerror(-r));
+		client_write_failed(c, r);
 	else if (evbuffer_get_length(c->out) > 0)
 		event_add(c->wev, NULL);
 	else
@@ -84,7 +102,7 @@ static void client_writable_cb(evutil_socket_t fd, short what, void *arg)
 	int r = client_write_out(c);
 
 	if (r < 0) {
-		client_close(c, strerror(-r));
+		client_write_failed(c, r);
 	} else if (evbuffer_get_length(c->out) == 0) {
 		event_del(c->wev);
 		client_caught_up(c);
@@ -150,7 +168,10 @@ bool client_is_pending(struct client *c, struct json_object *id)
 
 static void drained_cb(evutil_socket_t fd, short what, void *arg)
 {
-	client_shutdown(arg, "end of input, every request answered");
+	struct client *c = arg;
+
+	c->clean = true;
+	client_shutdown(c, "end of input, every request answered");
 }
 
 /*
@@ -399,20 +420,43 @@ static void client_handle(struct client *c, const struct rpc_msg *m)
 		client_fail(c, m->id, RPC_INTERNAL_ERROR, "upstream %s: %s", c->w->name, strerror(-r));
 }
 
+/* The first reason given is the one session.closed tells. */
+static void client_note_end(struct client *c, const char *why)
+{
+	if (!c->end[0])
+		snprintf(c->end, sizeof(c->end), "%s", why);
+}
+
 void client_shutdown(struct client *c, const char *why)
 {
 	if (c->closing)
 		return;
 	log_info("client %llu: closing: %s", (unsigned long long)c->number, why);
+	client_note_end(c, why);
 	c->closing = true;
 	if (c->w->transport == TRANSPORT_STDIO)
 		stdio_client_close(c);
 	else
 		http_client_close(c);
-	event_del(c->rev);
+	if (c->rev)
+		event_del(c->rev);
 	/* What is queued goes out first (client_caught_up closes). */
 	if (evbuffer_get_length(c->out) == 0)
 		client_close(c, "closed");
+}
+
+/* Drops the rest of a line over the limit: false while its end has not come. */
+static bool client_skip(struct client *c)
+{
+	struct evbuffer_ptr nl = evbuffer_search(c->in, "\n", 1, NULL);
+
+	if (nl.pos < 0) {
+		evbuffer_drain(c->in, evbuffer_get_length(c->in));
+		return false;
+	}
+	evbuffer_drain(c->in, (size_t)nl.pos + 1);
+	c->skipping = false;
+	return true;
 }
 
 /* Every complete message in the input buffer. */
@@ -422,8 +466,11 @@ static void client_take(struct client *c)
 		struct json_object *msg;
 		struct rpc_msg m;
 		char detail[128] = "";
-		int r = frame_read(c->in, PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
+		int r;
 
+		if (c->skipping && !client_skip(c))
+			return;
+		r = frame_read(c->in, PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
 		if (r == FRAME_NEED_MORE)
 			return;
 		if (r < 0) {
@@ -441,11 +488,9 @@ static void client_take(struct client *c)
 			client_write(c, msg);
 			json_object_put(msg);
 			rpc_msg_clear(&m);
-			if (r == FRAME_E_TOO_LARGE) {
-				/* No resync possible: say why, then close. */
-				client_shutdown(c, "message too large");
-				return;
-			}
+			/* Nothing of that line was taken: the next one starts after its newline. */
+			if (r == FRAME_E_TOO_LARGE)
+				c->skipping = true;
 			continue;
 		}
 		client_handle(c, &m);
@@ -464,7 +509,7 @@ static ssize_t client_fill(struct client *c)
 {
 	char buf[CLIENT_READ_SIZE];
 	size_t room = PROTO_MAX_MESSAGE + 1 - evbuffer_get_length(c->in);
-	ssize_t n = read(c->fd, buf, room < sizeof(buf) ? room : sizeof(buf));
+	ssize_t n = read(c->rfd, buf, room < sizeof(buf) ? room : sizeof(buf));
 
 	if (n <= 0)
 		return n < 0 ? -errno : 0;
@@ -486,6 +531,9 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
 	n = client_fill(c);
 	if (n == -EAGAIN || n == -EINTR)
 		return;
+	if (n == 0 && evbuffer_get_length(c->in) > 0 && !c->skipping)
+		log_info("client %llu: input ended inside a message (%zu bytes dropped)", (unsigned long long)c->number,
+			 evbuffer_get_length(c->in));
 	if (n < 0) {
 		client_close(c, strerror((int)-n));
 	} else if (n > 0) {
@@ -495,6 +543,7 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
 		c->input_done = true;
 		event_del(c->rev);
 	} else {
+		c->clean = true;
 		client_close(c, "disconnected");
 	}
 }
@@ -504,15 +553,39 @@ static void client_kick_cb(evutil_socket_t fd, short what, void *arg)
 	http_kick(arg);
 }
 
-/* The socket and what serves it. */
+/*
+ * A stdio connect's end, told to mcpctl on the socket: whether the client
+ * ended it (its input closed, every request answered) and why. Best
+ * effort: the socket is idle, so the line fits; an mcpctl that has gone
+ * does not read it.
+ */
+static void client_say_end(struct client *c)
+{
+	struct json_object *params = json_object_new_object(), *msg;
+
+	if (!params)
+		return;
+	json_object_object_add(params, "clean", json_object_new_boolean(c->clean));
+	json_object_object_add(params, "reason", json_object_new_string(c->end));
+	msg = rpc_notification(METHOD_SESSION_CLOSED, params);
+	if (msg)
+		(void)frame_write_fd(c->fd, msg, PROTO_MAX_MESSAGE, 0);
+	json_object_put(msg);
+}
+
+/* The descriptors and what serves them. */
 static void client_free_io(struct client *c)
 {
+	bool handed = c->conn_ev && c->rfd >= 0;
+
 	if (c->out)
 		evbuffer_remove_cb(c->out, client_output_cb, c);
 	if (c->rev)
 		event_free(c->rev);
 	if (c->wev)
 		event_free(c->wev);
+	if (c->conn_ev)
+		event_free(c->conn_ev);
 	if (c->kick)
 		event_free(c->kick);
 	if (c->flush)
@@ -523,12 +596,90 @@ static void client_free_io(struct client *c)
 	 * lines when they are freed: that happens here too. */
 	if (c->out)
 		evbuffer_free(c->out);
+	/* The client's stdout closes before mcpctl hears of the end, so that
+	 * the client has seen everything by the time mcpctl exits. */
+	if (c->wfd != c->fd && c->wfd != c->rfd)
+		fd_close(c->wfd);
+	if (c->rfd != c->fd)
+		fd_close(c->rfd);
+	c->rfd = c->wfd = -1;
+	if (handed)
+		client_say_end(c);
 	c->fd = fd_close(c->fd);
 }
 
-int client_new(struct worker *w, uint64_t number, int fd)
+/* Read and write events on rfd and wfd. */
+static int client_io_new(struct client *c)
+{
+	c->rev = event_new(c->w->base, c->rfd, EV_READ | EV_PERSIST, client_read_cb, c);
+	c->wev = event_new(c->w->base, c->wfd, EV_WRITE | EV_PERSIST, client_writable_cb, c);
+	return c->rev && c->wev ? 0 : -ENOMEM;
+}
+
+/* A pipe or a socket, open for reading (want O_RDONLY) or for writing. */
+static bool stdio_fd_ok(int fd, int want)
+{
+	struct stat st;
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl < 0 || fstat(fd, &st) < 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+		return false;
+	if ((fl & O_ACCMODE) != O_RDWR && (fl & O_ACCMODE) != want)
+		return false;
+	return fd_set_nonblock(fd, 1) == 0;
+}
+
+/*
+ * A stdio connect's socket: first the byte with the client's stdin and
+ * stdout on it; after that mcpctl sends nothing, so anything readable is
+ * its end (the MCP client stopped it, or it died): the session ends.
+ */
+static void client_conn_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct client *c = arg;
+	unsigned char byte = 1;
+	size_t received = 0, n = 0;
+	int fds[2] = { -1, -1 }, r;
+	const char *bad;
+
+	if (c->rfd >= 0) {
+		client_close(c, "mcpctl connect went away");
+		return;
+	}
+	r = sock_recv_fds(c->fd, &byte, 1, &received, fds, 2, &n);
+	if (r == -EAGAIN || r == -EINTR)
+		return;
+	if (r < 0)
+		bad = strerror(-r);
+	else if (received == 0)
+		bad = "closed before its descriptors came";
+	else if (byte != CONNECT_STDIO_BYTE || n != 2)
+		bad = "a stdio connect without its stdin and stdout";
+	else if (!stdio_fd_ok(fds[0], O_RDONLY) || !stdio_fd_ok(fds[1], O_WRONLY))
+		bad = "a stdio connect whose stdin or stdout is not a pipe or socket open that way";
+	else
+		bad = NULL;
+	if (bad) {
+		for (size_t i = 0; i < n; i++)
+			fd_close(fds[i]);
+		client_close(c, bad);
+		return;
+	}
+	c->rfd = fds[0];
+	c->wfd = fds[1];
+	if (client_io_new(c) < 0)
+		fatal("out of memory");
+	log_debug("client %llu: reading its stdin, writing its stdout", (unsigned long long)c->number);
+	client_start_reading(c);
+	if (evbuffer_get_length(c->out) > 0)
+		event_active(c->flush, EV_WRITE, 0);
+}
+
+int client_new(struct worker *w, uint64_t number, unsigned flags, int fd)
 {
 	struct client *c = calloc(1, sizeof(*c));
+	bool stdio = flags & CLIENT_F_STDIO;
+	int r;
 
 	if (!c) {
 		fd_close(fd);
@@ -537,23 +688,28 @@ int client_new(struct worker *w, uint64_t number, int fd)
 	c->w = w;
 	c->number = number;
 	c->fd = fd;
+	c->rfd = c->wfd = stdio ? -1 : fd;
 	LIST_INIT(&c->pending);
 	LIST_INIT(&c->hreqs);
 	c->in = evbuffer_new();
 	c->out = evbuffer_new();
-	c->rev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
-	c->wev = event_new(w->base, fd, EV_WRITE | EV_PERSIST, client_writable_cb, c);
+	if (stdio) {
+		c->conn_ev = event_new(w->base, fd, EV_READ | EV_PERSIST, client_conn_cb, c);
+		r = c->conn_ev && event_add(c->conn_ev, NULL) == 0 ? 0 : -ENOMEM;
+	} else {
+		r = client_io_new(c);
+	}
 	c->kick = event_new(w->base, -1, 0, client_kick_cb, c);
 	c->flush = event_new(w->base, -1, 0, client_flush_cb, c);
-	if (!c->in || !c->out || !c->rev || !c->wev || !c->kick || !c->flush ||
-	    !evbuffer_add_cb(c->out, client_output_cb, c)) {
+	if (r < 0 || !c->in || !c->out || !c->kick || !c->flush || evbuffer_add_cb(c->out, client_output_cb, c) == NULL) {
 		client_free_io(c);
 		free(c);
 		return -ENOMEM;
 	}
 	LIST_INSERT_HEAD(&w->clients, c, link);
 	w->n_clients++;
-	log_info("client %llu connected (%zu now)", (unsigned long long)number, w->n_clients);
+	log_info("client %llu connected%s (%zu now)", (unsigned long long)number, stdio ? " (stdio)" : "",
+		 w->n_clients);
 	if (w->transport == TRANSPORT_STDIO && stdio_open(c) < 0) {
 		client_close(c, "cannot start the command");
 		return 0;
@@ -564,7 +720,7 @@ int client_new(struct worker *w, uint64_t number, int fd)
 
 void client_start_reading(struct client *c)
 {
-	if (c->closing || c->input_done)
+	if (c->closing || c->input_done || !c->rev)
 		return;
 	if (!c->w->oauth || c->w->token_known)
 		event_add(c->rev, NULL);
@@ -575,6 +731,10 @@ void client_close(struct client *c, const char *why)
 	struct worker *w = c->w;
 
 	log_info("client %llu: %s", (unsigned long long)c->number, why);
+	client_note_end(c, why);
+	/* What is queued (errors for what was in flight) gets one try. */
+	if (c->wfd >= 0 && c->out && evbuffer_get_length(c->out) > 0)
+		(void)client_write_out(c);
 	if (c->closing)
 		; /* the upstream side has ended already */
 	else if (w->transport == TRANSPORT_STDIO)

@@ -13,7 +13,8 @@
  * HTTP and HTTP+SSE, stdio.c for a command per client). One libevent loop;
  * libcurl in multi mode on it (common/curlev.c).
  *
- * What it may touch: fd 3, fd 4, the client sockets, stderr for logs, the
+ * What it may touch: fd 3, fd 4, the client sockets (and the stdin and
+ * stdout that `mcpctl connect` hands over on one), stderr for logs, the
  * network, and for a stdio upstream its command. Where the kernel offers
  * Landlock an HTTP worker restricts itself to reading system paths (no
  * writes, not the state directory) as soon as the hello says what it is.
@@ -607,8 +608,12 @@ static void worker_shutdown(struct worker *w)
 		event_del(w->fd4_ev);
 	/* Nobody reads what we would still write. */
 	bufferevent_disable(w->chan.bev, EV_READ | EV_WRITE);
-	while (!LIST_EMPTY(&w->clients))
-		client_close(LIST_FIRST(&w->clients), "the worker is stopping");
+	while (!LIST_EMPTY(&w->clients)) {
+		struct client *c = LIST_FIRST(&w->clients);
+
+		client_fail_all(c, RPC_APP_ERROR, "the worker of %s is stopping", w->name);
+		client_close(c, "the worker is stopping");
+	}
 	w->stop_timer = evtimer_new(w->base, stop_timer_cb, w);
 	if (!w->stop_timer || evtimer_add(w->stop_timer, &tv) < 0)
 		event_base_loopbreak(w->base);
@@ -656,7 +661,7 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 	struct worker *w = arg;
 
 	while (w->chan.exit_code < 0 && !w->stopping) {
-		unsigned char num[8];
+		unsigned char num[9];		/* number, flags */
 		uint64_t number = 0;
 		size_t received = 0;
 		int cfd = -1, type = 0, r;
@@ -676,7 +681,7 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		if (received != sizeof(num) || cfd < 0) {
 			fd_close(cfd);
-			worker_keeper_bug(w, "a descriptor packet without a number and a descriptor", NULL);
+			worker_keeper_bug(w, "a descriptor packet without a number, flags and a descriptor", NULL);
 			return;
 		}
 		if (getsockopt(cfd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM) {
@@ -686,7 +691,7 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		for (int i = 7; i >= 0; i--)
 			number = (number << 8) | num[i];
-		if (fd_set_nonblock(cfd, 1) < 0 || client_new(w, number, cfd) < 0)
+		if (fd_set_nonblock(cfd, 1) < 0 || client_new(w, number, num[8], cfd) < 0)
 			fatal("cannot take on client %llu", (unsigned long long)number);
 	}
 }

@@ -110,7 +110,15 @@ struct client {
 	LIST_ENTRY(client) link;
 	struct worker *w;
 	uint64_t number;
-	int fd;				/* the socket (client.c reads and writes it) */
+	int fd;				/* the socket the keeper handed over */
+	/* Where MCP comes in and goes out (client.c reads and writes them):
+	 * fd itself, or, for a stdio connect, the client's own stdin and
+	 * stdout that arrive on fd (-1 until then). */
+	int rfd, wfd;
+	struct event *conn_ev;		/* stdio connect: fd, for the descriptors, then for its end */
+	bool skipping;			/* dropping the rest of a line over the size limit */
+	bool clean;			/* the client ended its input and had every answer */
+	char end[128];			/* why the session ended, for session.closed */
 	struct evbuffer *in, *out;
 	struct event *rev;		/* reading, while we read */
 	struct event *wev;		/* writing, while output waits for room */
@@ -151,7 +159,8 @@ const char *worker_not_logged_in(struct worker *w, char *buf, size_t len);
 /* -- client.c -- */
 /* Starts reading a client (at once, or once the token is known). */
 void client_start_reading(struct client *c);
-int client_new(struct worker *w, uint64_t number, int fd);
+/* flags: CLIENT_F_* of the descriptor packet. */
+int client_new(struct worker *w, uint64_t number, unsigned flags, int fd);
 /* Closes the connection and the client's upstream session; frees c. */
 void client_close(struct client *c, const char *why);
 /* Closes once the replies already queued have gone out; the upstream side

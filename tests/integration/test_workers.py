@@ -2,11 +2,17 @@
 """Workers end to end: an MCP client's stdio through `mcpctl connect NAME`, the
 keeper handing the connection to the upstream's mcpkeeper-worker, the worker
 talking to the upstream (the C test peer over streamable HTTP, or the stdio
-test server) with the access token the keeper pushed to it."""
+test server) with the access token the keeper pushed to it.
+
+By default `mcpctl connect` hands its stdin and stdout (pipes here) to the
+worker and only waits; with --bridge it relays them itself. Both are tested:
+TestBridge runs the framing cases through the bridge, TestHandover the same
+cases with the worker reading the client's pipes."""
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,8 +28,9 @@ WORKER = os.path.join(kl.BUILD_ROOT, "worker", "mcpkeeper-worker")
 class Client:
     """An MCP client at the stdio end of `mcpctl connect NAME`."""
 
-    def __init__(self, keeper, name):
-        self.proc = subprocess.Popen([kl.MCPCTL, "--socket", keeper.socket_path, "connect", name],
+    def __init__(self, keeper, name, bridge=False):
+        self.proc = subprocess.Popen([kl.MCPCTL, "--socket", keeper.socket_path, "connect"] +
+                                     (["--bridge"] if bridge else []) + [name],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=kl.child_env())
         self.next_id = 1
@@ -102,8 +109,8 @@ class WorkerCase(kl.KeeperTestCase):
                 c.proc.kill()
                 c.proc.wait()
 
-    def client(self, name):
-        c = Client(self.k, name)
+    def client(self, name, bridge=False):
+        c = Client(self.k, name, bridge)
         self.clients.append(c)
         return c
 
@@ -144,6 +151,8 @@ class TestWorkers(WorkerCase):
         self.assertEqual(text_of(c.echo("over stdio")), "over stdio")
         self.assertEqual(c.close(), 0)
         kl.wait_until(lambda: "stdio-mcp: started" in self.k.log(), 10, 0.1, "the server's stderr in the log")
+        # Pipes: handed over (the worker says so), not bridged.
+        self.assertIn("client 1 connected (stdio)", self.k.log())
 
     def test_c_logout_while_connected(self):
         self.setup_http()
@@ -156,8 +165,9 @@ class TestWorkers(WorkerCase):
         self.assertIn("mcpctl auth login --server gh", r["error"]["message"])
 
     def test_d_worker_killed_mid_session(self):
+        # Through the bridge: mcpctl answers the request the worker took with it.
         self.setup_http()
-        c = self.client("gh")
+        c = self.client("gh", bridge=True)
         c.initialize()
         c.echo("warm")
         pid = self.k.server("gh")["worker"]["pid"]
@@ -169,6 +179,27 @@ class TestWorkers(WorkerCase):
         self.assertEqual(r.get("id"), 99, r)
         self.assertIn("error", r)
         self.assertNotEqual(c.close(), 0)
+        kl.wait_until(lambda: self.k.server("gh")["worker"]["restarts"] >= 1, 20, 0.1, "a restart")
+        c2 = self.client("gh")
+        c2.initialize()
+        self.assertEqual(text_of(c2.echo("again")), "again")
+
+    def test_d2_worker_killed_after_handover(self):
+        # Handed over: the client's stdout ends (as when a stdio server dies)
+        # and mcpctl exits 1 saying why; the next connect gets a new worker.
+        self.setup_http()
+        c = self.client("gh")
+        c.initialize()
+        c.echo("warm")
+        pid = self.k.server("gh")["worker"]["pid"]
+        c.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"ms": 5000}}})
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        with self.assertRaises(EOFError):
+            c.read(20)
+        self.assertEqual(c.close(), 1)
+        self.assertIn("killed or crashed", c.proc.stderr.read().decode(errors="replace"))
         kl.wait_until(lambda: self.k.server("gh")["worker"]["restarts"] >= 1, 20, 0.1, "a restart")
         c2 = self.client("gh")
         c2.initialize()
@@ -401,7 +432,10 @@ def call_line(rid, tool, arguments, pad=None):
 
 
 class TestBridge(WorkerCase):
-    """The framing `mcpctl connect` does between the client's stdio and the worker."""
+    """The framing between the client's stdio and the worker, done by
+    `mcpctl connect --bridge` (TestHandover: by the worker itself)."""
+
+    BRIDGE = True
 
     def setUp(self):
         super().setUp()
@@ -429,7 +463,7 @@ class TestBridge(WorkerCase):
             conf["args"] = args
         self.k = self.make_keeper(servers={"files": conf})
         self.k.start()
-        c = self.client("files")
+        c = self.client("files", bridge=self.BRIDGE)
         c.initialize()
         return c
 
@@ -545,6 +579,9 @@ class TestBridge(WorkerCase):
         self.assertIn("result", r)
         self.no_more_output(c)
         self.assertEqual(c.close(), 0)
+        self.check_who_answered_bad_input()
+
+    def check_who_answered_bad_input(self):
         # The bridge answered them: none of them reached the worker.
         for detail in ("invalid JSON", "not a JSON object", "must be", "not valid UTF-8"):
             self.assertNotIn(detail, self.k.log())
@@ -558,6 +595,9 @@ class TestBridge(WorkerCase):
         self.assertEqual(text_of(r), "whole")
         self.assertEqual(c.proc.wait(20), 0)
         self.assertEqual(c.proc.stdout.read(), b"")
+        self.check_cut_message_noted(c)
+
+    def check_cut_message_noted(self, c):
         self.assertIn("ended inside a message", self.stderr_of(c))
 
     def test_w_worker_gone_mid_request(self):
@@ -585,6 +625,113 @@ class TestBridge(WorkerCase):
         self.assertEqual(c.proc.wait(20), 1)
         self.assertEqual(c.proc.stdout.read(), b"")
         self.assertIn("the worker closed the connection", self.stderr_of(c))
+
+
+class TestHandover(TestBridge):
+    """The same framing cases with stdin and stdout handed to the worker
+    (mcpctl's default for pipes), and what only the handover has."""
+
+    BRIDGE = False
+
+    def check_who_answered_bad_input(self):
+        # The worker read the client's pipe itself and answered each one.
+        for detail in ("invalid JSON", "not a JSON object", "must be", "not valid UTF-8"):
+            self.assertIn(detail, self.k.log())
+        self.assertIn("client 1 connected (stdio)", self.k.log())
+
+    def check_cut_message_noted(self, c):
+        self.assertIn("input ended inside a message", self.k.log())
+
+    def assert_ended(self, c, why):
+        """The client's stdout ends with nothing more; mcpctl exits 1 saying why."""
+        with self.assertRaises(EOFError):
+            c.read()
+        self.assertEqual(c.proc.wait(20), 1)
+        self.assertIn(why, self.stderr_of(c))
+
+    def test_w_worker_gone_mid_request(self):
+        # Nobody is left who knows what was in flight: the client's stdout
+        # ends, as when a stdio server dies, and mcpctl says why.
+        c = self.start()
+        c.send({"jsonrpc": "2.0", "id": 100, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"ms": 20000}}})
+        c.send({"jsonrpc": "2.0", "id": 100, "method": "ping"})
+        dup = c.read()
+        self.assertIn("already in flight", dup["error"]["message"])
+        self.write(c, b'{"jsonrpc":"2.0","id":555,"meth')
+        time.sleep(0.3)
+        os.kill(self.k.server("files")["worker"]["pid"], signal.SIGKILL)
+        self.assert_ended(c, "the worker closed the connection (it was killed or crashed)")
+
+    def test_x_worker_stopping_answers_in_flight(self):
+        # A worker that stops (here: its settings changed) answers what it
+        # holds, closes the client's stdout, and mcpctl exits 1 with the reason.
+        c = self.start()
+        c.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"ms": 20000}}})
+        time.sleep(0.3)
+        self.k.servers["files"]["args"] = ["--crash-after", "100"]
+        self.k.write_config()
+        self.k.signal(signal.SIGHUP)
+        e = c.read()
+        self.assertEqual(e.get("id"), 7, e)
+        self.assertEqual(e["error"]["data"]["kind"], "unavailable", e)
+        self.assertIn("is stopping", e["error"]["message"])
+        self.assert_ended(c, "the session ended: the worker is stopping")
+
+    def test_y_mcpctl_gone_ends_the_session(self):
+        # The MCP client kills its server process: the worker ends that
+        # session (and its stdio upstream) although the pipes stay open.
+        c = self.start()
+        self.assertEqual(text_of(c.echo("one")), "one")
+        c.proc.kill()
+        c.proc.wait()
+        kl.wait_until(lambda: "client 1: mcpctl connect went away" in self.k.log(), 10, 0.1,
+                      "the worker noticing mcpctl's end")
+        kl.wait_until(lambda: "stdio-mcp: end of input" in self.k.log(), 10, 0.1, "the upstream's end")
+
+    def test_z_bad_handovers(self):
+        self.start()
+        conn_line = b'{"jsonrpc":"2.0","id":1,"method":"connect","params":{"server":"files","stdio":true}}\n'
+        with kl.LineConn(self.k.socket_path) as conn:
+            conn.send(b'{"jsonrpc":"2.0","id":1,"method":"connect","params":{"server":"files","stdio":1}}\n')
+            r = conn.read_json()
+            self.assertEqual(r["error"]["data"]["kind"], "invalid_params", r)
+        # The byte without descriptors; then descriptors that are files.
+        with kl.LineConn(self.k.socket_path) as conn:
+            conn.send(conn_line)
+            self.assertIn("result", conn.read_json())
+            conn.send(b"\0")
+            self.assertIsNone(conn.read_line())
+        with open(os.devnull, "rb") as a, open(os.devnull, "wb") as b:
+            with kl.LineConn(self.k.socket_path) as conn:
+                conn.send(conn_line)
+                self.assertIn("result", conn.read_json())
+                socket.send_fds(conn.sock, [b"\0"], [a.fileno(), b.fileno()])
+                self.assertIsNone(conn.read_line())
+        log = self.k.log()
+        self.assertIn("a stdio connect without its stdin and stdout", log)
+        self.assertIn("is not a pipe or socket", log)
+        # The worker goes on serving.
+        c = self.client("files")
+        c.initialize()
+        self.assertEqual(text_of(c.echo("fine")), "fine")
+        self.assertEqual(c.close(), 0)
+
+    def test_za_files_are_bridged(self):
+        # stdin a regular file: no worker can wait on it, so mcpctl relays it.
+        self.start()
+        path = os.path.join(self.tmp, "requests")
+        with open(path, "wb") as f:
+            f.write(call_line(1, "echo", {"text": "from a file"}) + b"\n")
+        with open(path, "rb") as f:
+            p = subprocess.run([kl.MCPCTL, "--socket", self.k.socket_path, "connect", "files"], stdin=f,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kl.child_env(), timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        r = json.loads(p.stdout.splitlines()[0])
+        self.assertEqual(text_of(r), "from a file")
+        self.assertIn("client 2 connected (", self.k.log())
+        self.assertNotIn("client 2 connected (stdio)", self.k.log())
 
 
 if __name__ == "__main__":
