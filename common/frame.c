@@ -217,7 +217,7 @@ int frame_parse_line(const char *line, size_t len, struct rpc_msg *m, char *deta
 	return r;
 }
 
-int frame_read(struct evbuffer *in, size_t limit, struct rpc_msg *m, char *detail, size_t detail_len)
+int frame_next_line(struct evbuffer *in, size_t limit, struct frame_line *l, char *detail, size_t detail_len)
 {
 	for (;;) {
 		size_t avail = evbuffer_get_length(in);
@@ -225,9 +225,7 @@ int frame_read(struct evbuffer *in, size_t limit, struct rpc_msg *m, char *detai
 		struct evbuffer_ptr end, nl;
 		unsigned char *line;
 		size_t len;
-		int r;
 
-		memset(m, 0, sizeof(*m));
 		if (avail == 0)
 			return FRAME_NEED_MORE;
 		/* Look for the newline only where a message of at most limit bytes could end. */
@@ -253,11 +251,26 @@ int frame_read(struct evbuffer *in, size_t limit, struct rpc_msg *m, char *detai
 			evbuffer_drain(in, len + 1);
 			continue;
 		}
-		r = frame_parse_line((const char *)line, len, m, detail, detail_len);
-		sodium_memzero(line, len + 1);
-		evbuffer_drain(in, len + 1);
-		return r;
+		l->text = (char *)line;
+		l->len = len;
+		l->consumed = len + 1;
+		return 0;
 	}
+}
+
+int frame_read(struct evbuffer *in, size_t limit, struct rpc_msg *m, char *detail, size_t detail_len)
+{
+	struct frame_line l;
+	int r;
+
+	memset(m, 0, sizeof(*m));
+	r = frame_next_line(in, limit, &l, detail, detail_len);
+	if (r)
+		return r;
+	r = frame_parse_line(l.text, l.len, m, detail, detail_len);
+	sodium_memzero(l.text, l.consumed);
+	evbuffer_drain(in, l.consumed);
+	return r;
 }
 
 static void wipe_cleanup(const void *data, size_t len, void *arg)

@@ -71,6 +71,21 @@ size_t frame_utf8_seq(const unsigned char *p, size_t avail);
  */
 int frame_read(struct evbuffer *in, size_t limit, struct rpc_msg *m, char *detail, size_t detail_len);
 
+/*
+ * frame_read() without the parse, for a reader that wants the line's bytes
+ * too (the worker forwards what it accepted as it is): 0 with *l the next
+ * line that is not blank, pulled up in in (text, len: without the newline,
+ * maybe ending in '\r'), which stays there until the caller drains
+ * l->consumed bytes; or FRAME_NEED_MORE, FRAME_E_TOO_LARGE (nothing taken)
+ * or a negative errno value. Unlike frame_read() it does not wipe the line.
+ */
+struct frame_line {
+	char *text;
+	size_t len;
+	size_t consumed;	/* len plus the newline */
+};
+int frame_next_line(struct evbuffer *in, size_t limit, struct frame_line *l, char *detail, size_t detail_len);
+
 /* Parses one line that is already separated (no newline in it). */
 int frame_parse_line(const char *line, size_t len, struct rpc_msg *m, char *detail, size_t detail_len);
 

@@ -333,6 +333,31 @@ static void test_fd_helpers(void)
 	evbuffer_free(buf);
 }
 
+static void test_next_line(void)
+{
+	struct evbuffer *b = evbuffer_new();
+	struct frame_line l;
+	char big[64];
+
+	TEST("frame_next_line: the next line that is not blank, left in place until drained");
+	feed(b, "\n\r\n{\"a\": 1}\r\n{\"b\"");
+	CHECK_EQ(frame_next_line(b, 1024, &l, NULL, 0), 0);
+	CHECK_EQ(l.len, 9);
+	CHECK(memcmp(l.text, "{\"a\": 1}\r", 9) == 0);
+	CHECK_EQ(l.consumed, 10);
+	CHECK_EQ(evbuffer_get_length(b), 14);	/* the blank lines went; this one stays */
+	evbuffer_drain(b, l.consumed);
+	CHECK_EQ(frame_next_line(b, 1024, &l, NULL, 0), FRAME_NEED_MORE);
+	evbuffer_drain(b, evbuffer_get_length(b));
+
+	TEST("frame_next_line: a line over the limit takes nothing");
+	memset(big, 'x', sizeof(big));
+	evbuffer_add(b, big, sizeof(big));
+	CHECK_EQ(frame_next_line(b, 32, &l, NULL, 0), FRAME_E_TOO_LARGE);
+	CHECK_EQ(evbuffer_get_length(b), sizeof(big));
+	evbuffer_free(b);
+}
+
 int main(void)
 {
 	log_init("test-frame");
@@ -342,6 +367,7 @@ int main(void)
 	test_builders();
 	test_partial_writes();
 	test_fd_helpers();
+	test_next_line();
 	printf("all framing tests passed\n");
 	return 0;
 }

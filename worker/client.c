@@ -396,10 +396,14 @@ void client_deliver_text(struct client *c, const char *text, size_t len)
 
 /* -- client -> upstream -- */
 
-static void client_handle(struct client *c, const struct rpc_msg *m)
+/* m parsed from text (len bytes, a trailing '\r' at most): what goes
+ * upstream is text itself, byte for byte, not m serialised again. */
+static void client_handle(struct client *c, const struct rpc_msg *m, const char *text, size_t len)
 {
 	int r;
 
+	if (len > 0 && text[len - 1] == '\r')
+		len--;
 	if (m->type == RPC_REQUEST) {
 		if (pending_find(c, m->id)) {
 			struct json_object *msg = rpc_error(m->id, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST,
@@ -413,9 +417,9 @@ static void client_handle(struct client *c, const struct rpc_msg *m)
 			fatal("out of memory");
 	}
 	if (c->w->transport == TRANSPORT_STDIO)
-		r = stdio_send(c, m->root);
+		r = stdio_send(c, text, len);
 	else
-		r = http_send(c, m, m->root);
+		r = http_send(c, m, text, len);
 	if (r < 0 && m->type == RPC_REQUEST)
 		client_fail(c, m->id, RPC_INTERNAL_ERROR, "upstream %s: %s", c->w->name, strerror(-r));
 }
@@ -463,16 +467,19 @@ static bool client_skip(struct client *c)
 static void client_take(struct client *c)
 {
 	for (;;) {
+		struct frame_line l = { 0 };
 		struct json_object *msg;
-		struct rpc_msg m;
+		struct rpc_msg m = { 0 };
 		char detail[128] = "";
 		int r;
 
 		if (c->skipping && !client_skip(c))
 			return;
-		r = frame_read(c->in, PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
+		r = frame_next_line(c->in, PROTO_MAX_MESSAGE, &l, detail, sizeof(detail));
 		if (r == FRAME_NEED_MORE)
 			return;
+		if (r == 0)
+			r = frame_parse_line(l.text, l.len, &m, detail, sizeof(detail));
 		if (r < 0) {
 			rpc_msg_clear(&m);
 			client_close(c, strerror(-r));
@@ -491,10 +498,11 @@ static void client_take(struct client *c)
 			/* Nothing of that line was taken: the next one starts after its newline. */
 			if (r == FRAME_E_TOO_LARGE)
 				c->skipping = true;
-			continue;
+		} else {
+			client_handle(c, &m, l.text, l.len);
 		}
-		client_handle(c, &m);
 		rpc_msg_clear(&m);
+		evbuffer_drain(c->in, l.consumed);
 	}
 }
 

@@ -773,12 +773,10 @@ void http_transfer_done(CURL *easy, CURLcode result, void *arg)
 
 /* -- what client.c and the keeper channel call -- */
 
-int http_send(struct client *c, const struct rpc_msg *m, struct json_object *root)
+int http_send(struct client *c, const struct rpc_msg *m, const char *text, size_t len)
 {
 	struct worker *w = c->w;
 	struct hreq *h;
-	const char *s;
-	size_t len;
 
 	if (w->oauth && !w->token) {
 		char message[256];
@@ -789,13 +787,12 @@ int http_send(struct client *c, const struct rpc_msg *m, struct json_object *roo
 			log_info("client %llu: not logged in: dropping a message", (unsigned long long)c->number);
 		return 0;
 	}
-	s = json_object_to_json_string_length(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
-	if (!s)
-		return -ENOMEM;
 	h = hreq_new(w, c, HREQ_POST, c->endpoint ? c->endpoint : w->url);
-	h->body = strndup(s, len);
+	h->body = malloc(len + 1);
 	if (!h->body)
 		fatal("out of memory");
+	memcpy(h->body, text, len);
+	h->body[len] = '\0';
 	h->body_len = len;
 	if (m->type == RPC_REQUEST) {
 		h->id = json_object_get(m->id);

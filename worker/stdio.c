@@ -413,15 +413,15 @@ int stdio_open(struct client *c)
 	return 0;
 }
 
-int stdio_send(struct client *c, struct json_object *root)
+int stdio_send(struct client *c, const char *text, size_t len)
 {
 	struct proc *p = c->proc;
-	int r;
+	struct evbuffer *out;
 
 	if (!p || !p->in)
 		return -EPIPE;
-	r = frame_write(bufferevent_get_output(p->in), root, PROTO_MAX_MESSAGE);
-	if (r > 0)
-		return -EMSGSIZE;
-	return r;
+	out = bufferevent_get_output(p->in);
+	if (evbuffer_expand(out, len + 1) < 0 || evbuffer_add(out, text, len) < 0 || evbuffer_add(out, "\n", 1) < 0)
+		return -ENOMEM;
+	return 0;
 }

@@ -179,7 +179,8 @@ void client_fail_all(struct client *c, int code, const char *fmt, ...) __attribu
 bool client_is_pending(struct client *c, struct json_object *id);
 
 /* -- http.c -- */
-int http_send(struct client *c, const struct rpc_msg *m, struct json_object *root);
+/* m and the text it was parsed from, which goes upstream as it is. */
+int http_send(struct client *c, const struct rpc_msg *m, const char *text, size_t len);
 void http_client_close(struct client *c);
 void http_kick(struct client *c);
 void http_transfer_done(CURL *easy, CURLcode result, void *arg);
@@ -194,7 +195,7 @@ void http_abort_all(struct worker *w);
 
 /* -- stdio.c -- */
 int stdio_open(struct client *c);
-int stdio_send(struct client *c, struct json_object *root);
+int stdio_send(struct client *c, const char *text, size_t len);
 void stdio_client_close(struct client *c);
 void stdio_reap(struct worker *w);
 /* Exit: SIGKILL to every child still running, and forget them all. */
