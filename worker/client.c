@@ -563,9 +563,9 @@ static void client_kick_cb(evutil_socket_t fd, short what, void *arg)
 
 /*
  * A stdio connect's end, told to mcpctl on the socket: whether the client
- * ended it (its input closed, every request answered) and why. Best
- * effort: the socket is idle, so the line fits; an mcpctl that has gone
- * does not read it.
+ * ended it (its input closed, every request answered) and why, also when
+ * its descriptors were refused. Best effort: the socket is idle, so the
+ * line fits; an mcpctl that has gone does not read it.
  */
 static void client_say_end(struct client *c)
 {
@@ -584,7 +584,7 @@ static void client_say_end(struct client *c)
 /* The descriptors and what serves them. */
 static void client_free_io(struct client *c)
 {
-	bool handed = c->conn_ev && c->rfd >= 0;
+	bool stdio = c->conn_ev != NULL;
 
 	if (c->out)
 		evbuffer_remove_cb(c->out, client_output_cb, c);
@@ -611,7 +611,7 @@ static void client_free_io(struct client *c)
 	if (c->rfd != c->fd)
 		fd_close(c->rfd);
 	c->rfd = c->wfd = -1;
-	if (handed)
+	if (stdio)
 		client_say_end(c);
 	c->fd = fd_close(c->fd);
 }

@@ -697,21 +697,25 @@ class TestHandover(TestBridge):
             conn.send(b'{"jsonrpc":"2.0","id":1,"method":"connect","params":{"server":"files","stdio":1}}\n')
             r = conn.read_json()
             self.assertEqual(r["error"]["data"]["kind"], "invalid_params", r)
-        # The byte without descriptors; then descriptors that are files.
+        # The byte without descriptors; then descriptors that are files: the
+        # worker says why in session.closed and closes that connection only.
+        def refused(conn, why):
+            m = conn.read_json()
+            self.assertEqual(m.get("method"), "session.closed", m)
+            self.assertFalse(m["params"]["clean"], m)
+            self.assertIn(why, m["params"]["reason"])
+            self.assertIsNone(conn.read_line())
         with kl.LineConn(self.k.socket_path) as conn:
             conn.send(conn_line)
             self.assertIn("result", conn.read_json())
             conn.send(b"\0")
-            self.assertIsNone(conn.read_line())
+            refused(conn, "a stdio connect without its stdin and stdout")
         with open(os.devnull, "rb") as a, open(os.devnull, "wb") as b:
             with kl.LineConn(self.k.socket_path) as conn:
                 conn.send(conn_line)
                 self.assertIn("result", conn.read_json())
                 socket.send_fds(conn.sock, [b"\0"], [a.fileno(), b.fileno()])
-                self.assertIsNone(conn.read_line())
-        log = self.k.log()
-        self.assertIn("a stdio connect without its stdin and stdout", log)
-        self.assertIn("is not a pipe or socket", log)
+                refused(conn, "is not a pipe or socket")
         # The worker goes on serving.
         c = self.client("files")
         c.initialize()
