@@ -1,7 +1,9 @@
 /*
- * The stdio bridge of `mcpctl connect NAME`: an MCP client's stdin and stdout
- * on one side, the control socket that the keeper handed to the upstream's
- * worker on the other, one JSON-RPC message per line both ways.
+ * The stdio bridge of `mcpctl connect --bridge NAME` (and of a plain
+ * `connect` whose stdin or stdout is a terminal or a file, which the worker
+ * cannot take over): an MCP client's stdin and stdout on one side, the
+ * control socket that the keeper handed to the upstream's worker on the
+ * other, one JSON-RPC message per line both ways.
  *
  * The bridge gives the client the guarantees of the framing module (a line
  * over the size limit, bad UTF-8, bad JSON and what is not JSON-RPC 2.0 get a
