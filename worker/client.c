@@ -12,6 +12,12 @@
  * upstream's, or an error when the upstream fails, times out or goes away),
  * and passing the upstream's messages back.
  *
+ * Messages are checked in one pass without a JSON tree where the scanner
+ * is sure of them (common/scan.h: the same verdict, type, id and method as
+ * frame_parse_line(), which decides everything else), and forwarded as the
+ * bytes that came: json-c builds a tree only for what is unusual, and for
+ * the answer to initialize, whose protocolVersion the worker keeps.
+ *
  * Trust: the client is untrusted. Garbage gets a JSON-RPC error and the
  * connection goes on; a line over the size limit cannot be resynced and
  * closes that client only. The upstream is untrusted too: what it sends is
@@ -44,6 +50,7 @@
 #include "frame.h"
 #include "log.h"
 #include "proto.h"
+#include "scan.h"
 #include "sock.h"
 #include "util.h"
 #include "worker.h"
@@ -303,6 +310,28 @@ static int client_queue(struct client *c, const struct rpc_msg *m, const char *t
 	return 0;
 }
 
+/* A scanned id as the table of requests in flight holds ids: what json-c
+ * would have parsed (NULL for a JSON null or no id). */
+static struct json_object *id_from_scan(const struct scan_id *id)
+{
+	char digits[32];
+	struct json_object *o = NULL;
+
+	if (id->tag == 's') {
+		o = json_object_new_string_len(id->bytes, (int)id->len);
+	} else if (id->tag == 'i' && id->len < sizeof(digits)) {
+		/* At most 18 digits and a sign: an int64 (scan.c). */
+		memcpy(digits, id->bytes, id->len);
+		digits[id->len] = '\0';
+		o = json_object_new_int64(strtoll(digits, NULL, 10));
+	} else {
+		return NULL;
+	}
+	if (!o)
+		fatal("out of memory");
+	return o;
+}
+
 /* client_deliver, with the message's text when there is one. */
 static void client_pass(struct client *c, const struct rpc_msg *m, const char *text, size_t len)
 {
@@ -346,6 +375,30 @@ void client_deliver(struct client *c, const struct rpc_msg *m)
 	client_pass(c, m, NULL, 0);
 }
 
+/*
+ * The common case without a tree: a message the scanner is sure of, with no
+ * '\r' in it (the line passes as it is). False when the long way must
+ * decide, and for the answer to initialize (its result is wanted).
+ */
+static bool client_deliver_scanned(struct client *c, const char *text, size_t len)
+{
+	struct rpc_msg m = { 0 };
+	struct scan_msg sm;
+	struct pending *p;
+
+	if (memchr(text, '\r', len) || scan_message(text, len, &sm) != 0)
+		return false;
+	m.type = sm.type;
+	m.id = id_from_scan(&sm.id);
+	if (m.type == RPC_RESULT && (p = pending_find(c, m.id)) && strcmp(p->method, "initialize") == 0) {
+		json_object_put(m.id);
+		return false;
+	}
+	client_pass(c, &m, text, len);
+	json_object_put(m.id);
+	return true;
+}
+
 void client_deliver_text(struct client *c, const char *text, size_t len)
 {
 	char detail[128] = "";
@@ -385,6 +438,8 @@ void client_deliver_text(struct client *c, const char *text, size_t len)
 		json_tokener_free(tok);
 		return;
 	}
+	if (client_deliver_scanned(c, text, len))
+		return;
 	r = frame_parse_line(text, len, &m, detail, sizeof(detail));
 	if (r == 0)
 		client_pass(c, &m, text, len);
@@ -463,14 +518,38 @@ static bool client_skip(struct client *c)
 	return true;
 }
 
+/*
+ * A line the scanner is sure of, as a message without a tree: type, method
+ * (copied into method[size]) and id (the caller puts *id). False when
+ * frame_parse_line() must decide.
+ */
+static bool client_scan(const char *text, size_t len, struct rpc_msg *m, char *method, size_t size,
+			struct json_object **id)
+{
+	struct scan_msg sm;
+
+	if (len > 0 && text[len - 1] == '\r')
+		len--;
+	if (scan_message(text, len, &sm) != 0 || (sm.method && sm.method_len >= size))
+		return false;
+	m->type = sm.type;
+	if (sm.method) {
+		memcpy(method, sm.method, sm.method_len);
+		method[sm.method_len] = '\0';
+		m->method = method;
+	}
+	m->id = *id = id_from_scan(&sm.id);
+	return true;
+}
+
 /* Every complete message in the input buffer. */
 static void client_take(struct client *c)
 {
 	for (;;) {
 		struct frame_line l = { 0 };
-		struct json_object *msg;
+		struct json_object *msg, *scanned_id = NULL;
 		struct rpc_msg m = { 0 };
-		char detail[128] = "";
+		char detail[128] = "", method[256];
 		int r;
 
 		if (c->skipping && !client_skip(c))
@@ -478,7 +557,7 @@ static void client_take(struct client *c)
 		r = frame_next_line(c->in, PROTO_MAX_MESSAGE, &l, detail, sizeof(detail));
 		if (r == FRAME_NEED_MORE)
 			return;
-		if (r == 0)
+		if (r == 0 && !client_scan(l.text, l.len, &m, method, sizeof(method), &scanned_id))
 			r = frame_parse_line(l.text, l.len, &m, detail, sizeof(detail));
 		if (r < 0) {
 			rpc_msg_clear(&m);
@@ -502,6 +581,7 @@ static void client_take(struct client *c)
 			client_handle(c, &m, l.text, l.len);
 		}
 		rpc_msg_clear(&m);
+		json_object_put(scanned_id);
 		evbuffer_drain(c->in, l.consumed);
 	}
 }

@@ -1,11 +1,12 @@
 /*
- * Fuzz target for bridge_scan() (ctl/bridge.c), the one-pass check with which
- * `mcpctl connect` forwards a line without parsing it into a tree.
+ * Fuzz target for scan_message() (common/scan.c), the one-pass check with
+ * which `mcpctl connect --bridge` and the worker forward a line without
+ * parsing it into a tree.
  *
- * bridge_scan() promises to agree with frame_parse_line() wherever it
+ * scan_message() promises to agree with frame_parse_line() wherever it
  * answers: a line it accepts must parse, as the same kind of message, with
  * an id that keys the same (so that a response clears the request it
- * answers). Each line of the input is tried as it is and inside three
+ * answers) and the same method. Each line of the input is tried as it is and inside three
  * envelopes that make a well-formed message around it, as "params" of a
  * request, as the "id" of a result and as the "error" of a response, so that mutations of any JSON reach
  * the scanner's accepting paths. A disagreement abort()s like a crash.
@@ -16,39 +17,42 @@
 
 #include <json-c/json.h>
 
-#include "bridge.h"
 #include "frame.h"
 #include "fuzz.h"
+#include "scan.h"
 
 static _Noreturn void die(const char *what, const char *line, size_t len)
 {
-	fprintf(stderr, "fuzz-bridge: %s\nline: %.*s\n", what, (int)len, line);
+	fprintf(stderr, "fuzz-scan: %s\nline: %.*s\n", what, (int)len, line);
 	abort();
 }
 
 static void check_line(const char *line, size_t len)
 {
 	size_t body = len > 0 && line[len - 1] == '\r' ? len - 1 : len;
-	struct bridge_line l;
-	struct bridge_id id;
+	struct scan_msg l;
+	struct scan_id id;
 	struct rpc_msg m;
 	char detail[128];
 	int r;
 
-	if (body == 0 || bridge_scan(line, body, &l) != 0)
+	if (body == 0 || scan_message(line, body, &l) != 0)
 		return;
 	r = frame_parse_line(line, len, &m, detail, sizeof(detail));
 	if (r != 0)
-		die("bridge_scan() accepted a line frame_parse_line() refuses", line, len);
+		die("scan_message() accepted a line frame_parse_line() refuses", line, len);
 	if (m.type != l.type)
-		die("bridge_scan() saw another type of message", line, len);
+		die("scan_message() saw another type of message", line, len);
 	if (m.type != RPC_NOTIFICATION) {
-		bridge_id_of(m.id, &id);
+		scan_id_of(m.id, &id);
 		if (id.tag != l.id.tag || id.len != l.id.len || (id.len && memcmp(id.bytes, l.id.bytes, id.len) != 0))
-			die("bridge_scan() read another id", line, len);
+			die("scan_message() read another id", line, len);
 	} else if (l.id.tag) {
-		die("bridge_scan() gave a notification an id", line, len);
+		die("scan_message() gave a notification an id", line, len);
 	}
+	if (m.method ? !l.method || strlen(m.method) != l.method_len || memcmp(m.method, l.method, l.method_len) != 0
+		     : l.method != NULL)
+		die("scan_message() read another method", line, len);
 	rpc_msg_clear(&m);
 }
 
