@@ -6,6 +6,7 @@
  * else can reach into it.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +15,10 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "config-paths.h"
 #include "log.h"
 #include "paths.h"
+#include "proto.h"
 
 #define PATHS_SYSTEM_CONFIG "/etc/mcpkeeper/config.json"
 #define PATHS_SYSTEM_DATA "/var/lib/mcpkeeper"
@@ -230,4 +233,59 @@ int paths_ensure_private_dir(const char *dir, char *err, size_t errlen)
 				 "refusing to use it",
 				 path, (unsigned)(st.st_mode & 07777));
 	return 0;
+}
+
+bool paths_dev_tree(void)
+{
+#if DEV_PATHS
+	static int known = -1;
+
+	if (known < 0) {
+		char self[PATH_MAX], mine[PATH_MAX];
+
+		known = realpath("/proc/self/exe", self) && realpath(BUILD_ROOT "/daemon/mcpkeeperd", mine) &&
+			strcmp(self, mine) == 0;
+	}
+	return known;
+#else
+	return false;
+#endif
+}
+
+/* The build tree's folder of each child: the folders are the processes. */
+static const char *dev_tree_dir(const char *name)
+{
+	if (strcmp(name, CHILD_OAUTH_BIN) == 0)
+		return BUILD_ROOT "/daemon/oauth";
+	if (strcmp(name, CHILD_HTTP_BIN) == 0)
+		return BUILD_ROOT "/daemon/http";
+	if (strcmp(name, CHILD_WORKER_BIN) == 0)
+		return BUILD_ROOT "/worker";
+	return NULL;
+}
+
+int paths_child_binary(const char *name, char *buf, size_t len)
+{
+	if (paths_dev_tree()) {
+		const char *env = getenv("MCPKEEPER_LIBEXECDIR");
+		const char *dir = dev_tree_dir(name);
+
+		if (env && *env && path_format(buf, len, "%s/%s", env, name) == 0 && access(buf, F_OK) == 0)
+			return 0;
+		if (dir)
+			return path_format(buf, len, "%s/%s", dir, name);
+	}
+	return path_format(buf, len, "%s/%s", LIBEXECDIR, name);
+}
+
+int paths_ui_dir(char *buf, size_t len)
+{
+	if (paths_dev_tree()) {
+		const char *env = getenv("MCPKEEPER_UI_DIR");
+
+		if (env && *env)
+			return path_format(buf, len, "%s", env);
+		return path_format(buf, len, "%s", BUILD_ROOT "/daemon/http/ui");
+	}
+	return path_format(buf, len, "%s/mcpkeeper/ui", DATADIR);
 }

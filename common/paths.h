@@ -33,3 +33,23 @@ int paths_runtime_dir(bool system_mode, char *buf, size_t len);
  * -ENOTDIR not a directory.
  */
 int paths_ensure_private_dir(const char *dir, char *err, size_t errlen);
+
+/*
+ * Where the keeper's children and the web UI are.
+ *
+ * An installed keeper uses only the install paths: LIBEXECDIR/NAME and
+ * DATADIR/mcpkeeper/ui. A keeper that is this build tree's own
+ * daemon/mcpkeeperd (built with -Ddev_paths=true, the default) uses the
+ * tree's binaries (daemon/oauth/, daemon/http/, worker/) and daemon/http/ui,
+ * and for tests honours $MCPKEEPER_UI_DIR and $MCPKEEPER_LIBEXECDIR (a child
+ * binary that exists there wins over the tree's).
+ * Packagers build with -Ddev_paths=false, which leaves all of that out.
+ *
+ * paths_child_binary() writes the path of child binary name (CHILD_*_BIN)
+ * and paths_ui_dir() the web UI's directory; both return 0 or
+ * -ENAMETOOLONG. Whether the file exists is the caller's check, made as the
+ * keeper (child_start() opens it before any uid switch).
+ */
+bool paths_dev_tree(void);
+int paths_child_binary(const char *name, char *buf, size_t len);
+int paths_ui_dir(char *buf, size_t len);

@@ -14,7 +14,18 @@
 /* Largest message on any channel unless a reader is told otherwise. */
 #define PROTO_MAX_MESSAGE (1024 * 1024)
 
-/* Control socket methods (mcpctl and other local clients -> keeper). */
+/*
+ * Control socket methods (mcpctl and other local clients -> keeper).
+ *
+ * hello {"version": PROTO_VERSION, "client": "mcpctl 0.1.0" (optional, for
+ *   logs)} -> {"version": PROTO_VERSION, "keeper": "mcpkeeperd VERSION"}.
+ *   Optional (a person with socat may skip it), and when sent it comes
+ *   first. A client naming another version gets an error of kind
+ *   KIND_VERSION_MISMATCH whose message names both versions, and the
+ *   connection closes. mcpctl sends it on every connection, pipelined with
+ *   its request, and refuses a keeper that answers another version (or
+ *   knows no hello: older than the version check).
+ */
 #define METHOD_STATUS "status"
 #define METHOD_SERVERS_LIST "servers.list"
 #define METHOD_AUTH_LOGIN "auth.login"
@@ -175,6 +186,9 @@
  *           challenge; status can say that it needs a login.
  */
 #define CLIENT_F_STDIO 0x01
+/* The descriptors a child starts with (besides 0-2). */
+#define CHILD_FD_CHANNEL 3	/* the JSON-RPC channel to the keeper */
+#define CHILD_FD_DESCRIPTORS 4	/* workers and the http child: descriptors */
 #define METHOD_HELLO "hello"
 #define METHOD_CLIENT_CLOSED "client.closed"
 #define METHOD_TOKEN_UPDATE "token.update"
@@ -190,6 +204,81 @@
 #define METHOD_OAUTH_CANCEL "oauth.cancel"
 #define METHOD_OAUTH_REVOKE "oauth.revoke"
 #define METHOD_CONTROL_CONNECT "control.connect"
+
+/*
+ * Parameter and result keys of the channels above (control socket and
+ * keeper<->child), named once. JSON-RPC's own members (jsonrpc, id, method,
+ * params, result, error, code) and the fields of outside protocols (OAuth
+ * and MCP bodies) are not channel keys.
+ */
+#define PARAM_KEY_SERVER "server"
+#define PARAM_KEY_TIMEOUT "timeout"
+#define PARAM_KEY_WAIT "wait"
+#define PARAM_KEY_ALL "all"
+#define PARAM_KEY_STDIO "stdio"
+#define PARAM_KEY_URL "url"
+#define PARAM_KEY_CLEAN "clean"
+#define PARAM_KEY_REASON "reason"
+#define PARAM_KEY_VERSION "version"
+#define PARAM_KEY_CLIENT "client"
+#define PARAM_KEY_ROLE "role"
+#define PARAM_KEY_NAME "name"
+#define PARAM_KEY_LOG_LEVEL "log_level"
+#define PARAM_KEY_PID "pid"
+#define PARAM_KEY_LANDLOCK "landlock"
+#define PARAM_KEY_TOKEN_ENDPOINT "token_endpoint"
+#define PARAM_KEY_REFRESH_TOKEN "refresh_token"
+#define PARAM_KEY_CLIENT_ID "client_id"
+#define PARAM_KEY_CLIENT_SECRET "client_secret"
+#define PARAM_KEY_AUTH_METHOD "auth_method"
+#define PARAM_KEY_RESOURCE "resource"
+#define PARAM_KEY_SCOPE "scope"
+#define PARAM_KEY_TIMEOUT_MS "timeout_ms"
+#define PARAM_KEY_ACCESS_TOKEN "access_token"
+#define PARAM_KEY_TOKEN_TYPE "token_type"
+#define PARAM_KEY_EXPIRES_IN "expires_in"
+#define PARAM_KEY_HTTP_STATUS "http_status"
+#define PARAM_KEY_KIND "kind"
+#define PARAM_KEY_OAUTH_ERROR "oauth_error"
+#define PARAM_KEY_PORT "port"
+#define PARAM_KEY_PROTOCOL "protocol"
+#define PARAM_KEY_HEADERS "headers"
+#define PARAM_KEY_ISSUER "issuer"
+#define PARAM_KEY_AUTHORIZATION_ENDPOINT "authorization_endpoint"
+#define PARAM_KEY_REGISTRATION_ENDPOINT "registration_endpoint"
+#define PARAM_KEY_REVOCATION_ENDPOINT "revocation_endpoint"
+#define PARAM_KEY_ISS_SUPPORTED "iss_supported"
+#define PARAM_KEY_TOKEN_ENDPOINT_AUTH_METHODS "token_endpoint_auth_methods"
+#define PARAM_KEY_REDIRECT_URI "redirect_uri"
+#define PARAM_KEY_CLIENT_SECRET_EXPIRES_AT "client_secret_expires_at"
+#define PARAM_KEY_TOKEN "token"
+#define PARAM_KEY_TOKEN_TYPE_HINT "token_type_hint"
+#define PARAM_KEY_LISTEN "listen"
+#define PARAM_KEY_API_KEY "api_key"
+#define PARAM_KEY_UI_DIR "ui_dir"
+#define PARAM_KEY_MANAGEMENT "management"
+#define PARAM_KEY_NUMBER "number"
+#define PARAM_KEY_TRANSPORT "transport"
+#define PARAM_KEY_COMMAND "command"
+#define PARAM_KEY_ARGS "args"
+#define PARAM_KEY_ENV "env"
+#define PARAM_KEY_REQUEST_TIMEOUT_MS "request_timeout_ms"
+#define PARAM_KEY_OAUTH "oauth"
+#define PARAM_KEY_EXPIRES_AT "expires_at"
+#define PARAM_KEY_CLIENTS "clients"
+#define PARAM_KEY_TYPE "type"
+#define PARAM_KEY_DATA "data"
+#define PARAM_KEY_TIMESTAMP "timestamp"
+#define PARAM_KEY_SERVER_NAME "server_name"
+#define PARAM_KEY_ERROR "error"
+#define PARAM_KEY_RESULTS "results"
+#define PARAM_KEY_LOGGED_OUT "logged_out"
+#define PARAM_KEY_HAD_TOKEN "had_token"
+#define PARAM_KEY_REVOKED "revoked"
+#define PARAM_KEY_REVOKE_ERROR "revoke_error"
+#define PARAM_KEY_REVOCATION "revocation"
+#define PARAM_KEY_ORPHANED "orphaned"
+#define PARAM_KEY_MESSAGE "message"
 
 /* error.data.reason of login steps: what went wrong, for tests and UIs. */
 #define LOGIN_R_NETWORK "network"	/* no answer, timeout, TLS */
@@ -233,6 +322,8 @@
 #define KIND_UNAVAILABLE "unavailable"
 /* auth.login: the provider refused, or the login was not safe to finish. */
 #define KIND_LOGIN_FAILED "login_failed"
+/* hello: the peer speaks another protocol version. */
+#define KIND_VERSION_MISMATCH "version_mismatch"
 /* Framing-level kinds: the message never reached a method. */
 #define KIND_PARSE_ERROR "parse_error"
 #define KIND_TOO_LARGE "too_large"

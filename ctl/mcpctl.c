@@ -59,6 +59,7 @@ enum {
 #define CTL_MAX_TIMEOUT_SEC 86400.0
 /* One request per connection, so one id is enough to match the reply. */
 #define CTL_REQUEST_ID 1
+#define CTL_HELLO_ID 0
 
 struct ctl {
 	/* Parsed options. */
@@ -390,6 +391,41 @@ static bool id_is_ours(struct json_object *id)
 	       json_object_get_int64(id) == CTL_REQUEST_ID;
 }
 
+static bool id_is_hello(struct json_object *id)
+{
+	return id && json_object_is_type(id, json_type_int) && json_object_get_int64(id) == CTL_HELLO_ID;
+}
+
+/*
+ * The keeper's answer to our hello: 0 when it speaks our protocol version,
+ * else an exit code after saying which versions differ. A keeper that knows
+ * no hello is older than the version check itself.
+ */
+static int ctl_check_hello(struct ctl *c, const struct rpc_msg *m)
+{
+	struct json_object *v;
+	const char *kind;
+
+	if (m->type == RPC_RESULT) {
+		if (json_object_object_get_ex(m->result, PARAM_KEY_VERSION, &v) &&
+		    json_object_is_type(v, json_type_int) && json_object_get_int64(v) == PROTO_VERSION)
+			return 0;
+		fprintf(stderr, "mcpctl: the keeper at %s speaks control protocol version %s, this mcpctl (%s) "
+				"version %d: use the mcpctl of the keeper's release\n",
+			c->socket_path, v ? json_object_to_json_string(v) : "(none)", MCPKEEPER_VERSION, PROTO_VERSION);
+		return CTL_EXIT_PROTOCOL;
+	}
+	kind = rpc_error_kind(m);
+	if (kind && strcmp(kind, KIND_UNKNOWN_METHOD) == 0) {
+		fprintf(stderr, "mcpctl: the keeper at %s is older than this mcpctl (%s, control protocol version %d): "
+				"it speaks no protocol version; use the mcpctl of the keeper's release\n",
+			c->socket_path, MCPKEEPER_VERSION, PROTO_VERSION);
+		return CTL_EXIT_PROTOCOL;
+	}
+	ctl_print_error(m, "");
+	return CTL_EXIT_PROTOCOL;
+}
+
 static void evbuffer_freep(struct evbuffer **b)
 {
 	if (*b)
@@ -410,7 +446,7 @@ static int ctl_exchange(struct ctl *c, const char *method, struct json_object *p
 {
 	_cleanup_(closep) int fd = -1;
 	_cleanup_(evbuffer_freep) struct evbuffer *buf = NULL;
-	struct json_object *req;
+	struct json_object *req, *hello;
 	char detail[256];
 	int r;
 
@@ -420,11 +456,24 @@ static int ctl_exchange(struct ctl *c, const char *method, struct json_object *p
 		return r;
 	}
 
-	req = rpc_request(method, params, CTL_REQUEST_ID);
+	/* The hello goes first, pipelined with the request: no extra round trip. */
+	hello = json_object_new_object();
+	json_object_object_add(hello, PARAM_KEY_VERSION, json_object_new_int(PROTO_VERSION));
+	json_object_object_add(hello, PARAM_KEY_CLIENT, json_object_new_string("mcpctl " MCPKEEPER_VERSION));
+	req = rpc_request(METHOD_HELLO, hello, CTL_HELLO_ID);
 	if (!req)
 		out_of_memory();
 	r = frame_write_fd(fd, req, PROTO_MAX_MESSAGE, ctl_remaining_ms(c));
 	json_object_put(req);
+	if (r == 0) {
+		req = rpc_request(method, params, CTL_REQUEST_ID);
+		if (!req)
+			out_of_memory();
+		r = frame_write_fd(fd, req, PROTO_MAX_MESSAGE, ctl_remaining_ms(c));
+		json_object_put(req);
+	} else {
+		json_object_put(params);
+	}
 	if (r == -ETIMEDOUT)
 		return ctl_unreachable(c, r);
 	/* A keeper that refuses a peer writes one error and closes: our write
@@ -463,6 +512,13 @@ static int ctl_exchange(struct ctl *c, const char *method, struct json_object *p
 			if (c->on_note)
 				c->on_note(c, &m);
 			rpc_msg_clear(&m);
+			continue;
+		}
+		if (id_is_hello(m.id)) {
+			r = ctl_check_hello(c, &m);
+			rpc_msg_clear(&m);
+			if (r)
+				return r;
 			continue;
 		}
 		if (m.type == RPC_RESULT && id_is_ours(m.id)) {

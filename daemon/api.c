@@ -15,6 +15,7 @@
  * status shows the web UI's address with the key in the URL fragment.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,11 +26,11 @@
 #include <json-c/json.h>
 #include <sodium.h>
 
-#include "config-paths.h"
 #include "config.h"
 #include "frame.h"
 #include "keeper.h"
 #include "log.h"
+#include "paths.h"
 #include "proto.h"
 #include "secret.h"
 #include "store.h"
@@ -79,30 +80,14 @@ static bool is_dir(const char *path)
 	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* $MCPKEEPER_UI_DIR, ui/ beside our executable (a build tree), or the
- * installed data directory. */
+/* The web UI's files: paths_ui_dir() (the build tree's for a keeper run
+ * from the tree, the installed data directory otherwise). */
 static char *ui_dir_find(void)
 {
-	const char *env = getenv("MCPKEEPER_UI_DIR");
-	char self[4096], path[4200];
-	ssize_t n;
+	char path[PATH_MAX];
 
-	if (env && *env)
-		return strdup(env);
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n > 0) {
-		char *slash;
-
-		self[n] = '\0';
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			snprintf(path, sizeof(path), "%s/ui", self);
-			if (is_dir(path))
-				return strdup(path);
-		}
-	}
-	snprintf(path, sizeof(path), "%s/mcpkeeper/ui", DATADIR);
+	if (paths_ui_dir(path, sizeof(path)) < 0)
+		return NULL;
 	return strdup(path);
 }
 

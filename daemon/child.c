@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,11 +28,11 @@
 #include <event2/event.h>
 #include <json-c/json.h>
 
-#include "config-paths.h"
 #include "config.h"
 #include "frame.h"
 #include "keeper.h"
 #include "log.h"
+#include "paths.h"
 #include "proto.h"
 #include "sock.h"
 #include "util.h"
@@ -73,37 +74,14 @@ struct child {
 
 static void child_lost(struct child *c, const char *why);
 
-/* Where the child binaries are: $MCPKEEPER_LIBEXECDIR, beside our own
- * executable (a build tree), or the installed libexec directory. */
+/* The child's binary, as paths_child_binary() places it (the build tree's
+ * own for a keeper run from the tree, the install path otherwise). */
 static char *find_binary(const char *name)
 {
-	const char *env = getenv("MCPKEEPER_LIBEXECDIR");
-	char self[PATH_MAX], path[PATH_MAX + 64];
-	ssize_t n;
+	char path[PATH_MAX];
 
-	if (env && *env) {
-		snprintf(path, sizeof(path), "%s/%s", env, name);
-		if (access(path, X_OK) == 0)
-			return strdup(path);
-	}
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n > 0) {
-		char *slash;
-
-		self[n] = '\0';
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			snprintf(path, sizeof(path), "%s/%s", self, name);
-			if (access(path, X_OK) == 0)
-				return strdup(path);
-			/* A build tree keeps the worker in worker/ beside daemon/. */
-			snprintf(path, sizeof(path), "%s/../worker/%s", self, name);
-			if (access(path, X_OK) == 0)
-				return strdup(path);
-		}
-	}
-	snprintf(path, sizeof(path), "%s/%s", LIBEXECDIR, name);
+	if (paths_child_binary(name, path, sizeof(path)) < 0)
+		return NULL;
 	return strdup(path);
 }
 
@@ -409,7 +387,7 @@ static void child_lost(struct child *c, const char *why)
 }
 
 /* In the forked child, before exec: nothing of the keeper may leak. */
-static _noreturn_ void exec_child(struct child *c, int fd, int desc)
+static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 {
 	static const char *const keep[] = { "PATH", "LANG", "LC_ALL", "TZ", "JOURNAL_STREAM",
 					    "MCPKEEPER_LIBEXECDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
@@ -417,7 +395,7 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc)
 	char *envp[ARRAY_SIZE(keep) + 1];
 	size_t n = 0;
 	sigset_t all;
-	int devnull;
+	int devnull, first_free;
 
 	/* Signal dispositions and mask as a fresh process expects them. */
 	sigemptyset(&all);
@@ -429,9 +407,17 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc)
 	fd = fcntl(fd, F_DUPFD, 10);
 	if (desc >= 0)
 		desc = fcntl(desc, F_DUPFD, 10);
-	if (fd < 0 || dup2(fd, 3) < 0 || (desc >= 0 && dup2(desc, 4) < 0))
+	bin = fcntl(bin, F_DUPFD_CLOEXEC, 10);
+	if (fd < 0 || bin < 0 || dup2(fd, CHILD_FD_CHANNEL) < 0 ||
+	    (desc >= 0 && dup2(desc, CHILD_FD_DESCRIPTORS) < 0))
 		_exit(127);
-	fd_set_nonblock(3, 0);
+	/* The binary, opened by the keeper, goes right above the channels; it
+	 * closes at exec (O_CLOEXEC), which fexecve() allows for a binary. */
+	first_free = desc >= 0 ? CHILD_FD_DESCRIPTORS + 1 : CHILD_FD_DESCRIPTORS;
+	if (dup3(bin, first_free, O_CLOEXEC) < 0)
+		_exit(127);
+	bin = first_free++;
+	fd_set_nonblock(CHILD_FD_CHANNEL, 0);
 	devnull = open("/dev/null", O_RDONLY);
 	if (devnull >= 0 && devnull != STDIN_FILENO) {
 		dup2(devnull, STDIN_FILENO);
@@ -439,8 +425,8 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc)
 	}
 	/* Everything above the channels closes: the store, the control socket,
 	 * other children's channels. */
-	if (close_range(desc >= 0 ? 5 : 4, ~0U, 0) < 0) {
-		for (int i = desc >= 0 ? 5 : 4; i < 65536; i++)
+	if (close_range((unsigned)first_free, ~0U, 0) < 0) {
+		for (int i = first_free; i < 65536; i++)
 			close(i);
 	}
 
@@ -477,9 +463,37 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc)
 		}
 	}
 	envp[n] = NULL;
-	execve(c->binary, (char *[]){ c->binary, NULL }, envp);
-	log_error("%s child: cannot run %s: %m", c->label, c->binary);
+	fexecve(bin, (char *[]){ c->binary, NULL }, envp);
+	if (c->k->system_mode && c->k->cfg->worker_user)
+		log_error("%s child: cannot run %s as user %s: %m", c->label, c->binary, c->k->cfg->worker_user);
+	else
+		log_error("%s child: cannot run %s: %m", c->label, c->binary);
 	_exit(127);
+}
+
+/* Opens path for fexecve(): a regular file that someone may execute. */
+static int child_binary_open(const char *path, int *fd)
+{
+	struct stat st;
+	int f;
+
+	if (!path)
+		return -ENAMETOOLONG;
+	f = open(path, O_PATH | O_CLOEXEC);
+	if (f < 0)
+		return -errno;
+	if (fstat(f, &st) < 0) {
+		int r = -errno;
+
+		close(f);
+		return r;
+	}
+	if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
+		close(f);
+		return S_ISDIR(st.st_mode) ? -EISDIR : -EACCES;
+	}
+	*fd = f;
+	return 0;
 }
 
 int child_start(struct child *c)
@@ -487,7 +501,17 @@ int child_start(struct child *c)
 	struct json_object *params, *hello;
 	int sv[2], dv[2] = { -1, -1 }, r;
 	pid_t pid;
+	_cleanup_(closep) int bin = -1;
 
+	/* The binary is found and opened as the keeper, before any uid switch:
+	 * the child's user need not be able to reach its path (a build tree
+	 * under /root), only to execute the file itself. */
+	r = child_binary_open(c->binary, &bin);
+	if (r < 0) {
+		log_error("%s child: cannot run %s: %s", c->label, c->binary ? c->binary : "(path too long)",
+			  strerror(-r));
+		return r;
+	}
 	r = sock_pair(0, sv);
 	if (r < 0) {
 		log_error("%s child: socketpair: %s", c->label, strerror(-r));
@@ -512,7 +536,7 @@ int child_start(struct child *c)
 		return r;
 	}
 	if (pid == 0)
-		exec_child(c, sv[1], dv[1]);
+		exec_child(c, sv[1], dv[1], bin);
 	close(sv[1]);
 	fd_close(dv[1]);
 	c->desc_fd = dv[0];

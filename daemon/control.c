@@ -32,6 +32,7 @@
 #include "frame.h"
 #include "keeper.h"
 #include "log.h"
+#include "params.h"
 #include "proto.h"
 #include "sock.h"
 #include "util.h"
@@ -515,8 +516,9 @@ static void do_subscribe(struct conn *c, struct json_object *id)
 }
 
 /*
- * Writes one message straight to the socket, waiting a little if it is full.
- * (A bufferevent's output buffer may only be drained by the bufferevent.)
+ * Writes what the bufferevent has queued and then msg straight to the
+ * socket, waiting a little if it is full: the connection is about to leave
+ * the keeper, so nothing may stay behind in the bufferevent.
  */
 static int write_now(struct conn *c, struct json_object *msg)
 {
@@ -525,7 +527,9 @@ static int write_now(struct conn *c, struct json_object *msg)
 
 	if (!out)
 		return -ENOMEM;
-	if (frame_write(out, msg, PROTO_MAX_MESSAGE) != 0)
+	/* What is queued before it (the answer to a pipelined hello) goes first. */
+	if (evbuffer_add_buffer(out, bufferevent_get_output(c->bev)) < 0 ||
+	    frame_write(out, msg, PROTO_MAX_MESSAGE) != 0)
 		r = -EMSGSIZE;
 	for (int tries = 0; r == 0 && evbuffer_get_length(out) > 0 && tries < 100; tries++) {
 		struct pollfd p = { .fd = fd, .events = POLLOUT };
@@ -586,7 +590,7 @@ static void do_connect(struct conn *c, struct json_object *id, struct json_objec
 	res = json_object_new_object();
 	json_object_object_add(res, "server", json_object_new_string(s->name));
 	reply = rpc_result(id, res);
-	r = evbuffer_get_length(bufferevent_get_output(c->bev)) ? -EBUSY : write_now(c, reply);
+	r = write_now(c, reply);
 	json_object_put(reply);
 	if (r < 0) {
 		log_info("control: connect %s: the reply could not be written: %s", s->name, strerror(-r));
@@ -607,6 +611,45 @@ static void do_connect(struct conn *c, struct json_object *id, struct json_objec
 		log_debug("%s: client pid %d handed to the worker", s->name, (int)c->pid);
 }
 
+/* hello {version, client}: refuses another protocol version, by name. */
+struct hello_params {
+	int64_t version;
+	const char *client;
+};
+
+static const struct param_spec hello_spec[] = {
+	PARAM_INT(struct hello_params, version, PARAM_KEY_VERSION, PARAM_REQUIRED, 0, 0),
+	PARAM_STRING(struct hello_params, client, PARAM_KEY_CLIENT, 0),
+};
+
+static void do_hello(struct conn *c, struct json_object *id, struct json_object *params)
+{
+	struct hello_params p = { 0 };
+	struct json_object *res;
+	const char *bad;
+	char why[128];
+
+	if (params_parse(params, hello_spec, ARRAY_SIZE(hello_spec), &p, &bad) < 0) {
+		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "hello: %s",
+			    params_strerror(hello_spec, ARRAY_SIZE(hello_spec), bad, why, sizeof(why)));
+		return;
+	}
+	if (p.version != PROTO_VERSION) {
+		log_info("control: pid %d uid %u speaks protocol version %lld, not %d; closing", (int)c->pid,
+			 (unsigned)c->uid, (long long)p.version, PROTO_VERSION);
+		reply_error(c, id, RPC_APP_ERROR, KIND_VERSION_MISMATCH,
+			    "this keeper (mcpkeeperd %s) speaks control protocol version %d, the client version %lld: "
+			    "use the mcpctl of the same release",
+			    MCPKEEPER_VERSION, PROTO_VERSION, (long long)p.version);
+		conn_close_after_flush(c);
+		return;
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, PARAM_KEY_VERSION, json_object_new_int(PROTO_VERSION));
+	json_object_object_add(res, "keeper", json_object_new_string("mcpkeeperd " MCPKEEPER_VERSION));
+	reply_result(c, id, res);
+}
+
 static void dispatch(struct conn *c, struct rpc_msg *m)
 {
 	const char *method = m->method;
@@ -619,7 +662,9 @@ static void dispatch(struct conn *c, struct rpc_msg *m)
 		reply_error(c, m->id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "params must be an object");
 		return;
 	}
-	if (strcmp(method, METHOD_STATUS) == 0)
+	if (strcmp(method, METHOD_HELLO) == 0)
+		do_hello(c, m->id, m->params);
+	else if (strcmp(method, METHOD_STATUS) == 0)
 		do_status(c, m->id);
 	else if (strcmp(method, METHOD_SERVERS_LIST) == 0)
 		do_servers_list(c, m->id);

@@ -57,8 +57,8 @@
 #include "util.h"
 #include "worker.h"
 
-#define CHANNEL_FD 3
-#define CLIENTS_FD 4
+#define CHANNEL_FD CHILD_FD_CHANNEL
+#define CLIENTS_FD CHILD_FD_DESCRIPTORS
 /* At exit, how long DELETEs and stdio children may take to finish. */
 #define STOP_GRACE_S 3
 #define MAX_NAME 128

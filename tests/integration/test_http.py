@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keeperlib as kl  # noqa: E402
 from keeperlib import EV_CHANGED, EV_FAILED, EV_REFRESHED  # noqa: E402
 
-HTTP_BIN = os.path.join(kl.BUILD_ROOT, "daemon", "mcpkeeper-http")
+HTTP_BIN = os.path.join(kl.BUILD_ROOT, "daemon", "http", "mcpkeeper-http")
 STDIO_SERVER = os.path.join(kl.BUILD_ROOT, "tests", "stdio-mcp", "mcpkeeper-test-stdio-server")
 
 MIB = 1024 * 1024
@@ -480,12 +480,12 @@ class TestAddressAndPublic(HttpCase):
             self.assertIn(r.headers.get("Content-Type", "").split(";")[0], ctype, path)
             self.assertGreater(len(r.body), 100, path)
             self.assertTrue(r.headers.get("Content-Security-Policy"), "%s has a Content-Security-Policy" % path)
-            with open(os.path.join(kl.SOURCE_ROOT, "daemon", "ui", path[4:]), "rb") as f:
-                self.assertEqual(r.body, f.read(), "%s is the file from daemon/ui" % path)
+            with open(os.path.join(kl.SOURCE_ROOT, "daemon", "http", "ui", path[4:]), "rb") as f:
+                self.assertEqual(r.body, f.read(), "%s is the file from daemon/http/ui" % path)
         # Nothing else of the file system: traversal and unknown files.
-        # (The UI directory is BUILD/daemon/ui: ../mcpkeeperd and ../../build.ninja exist.)
-        for path in ("/ui/../mcpkeeperd", "/ui/%2e%2e/mcpkeeperd", "/ui/%2e%2e%2fmcpkeeperd",
-                     "/ui/..%2f..%2fbuild.ninja", "/ui/%2e%2e/%2e%2e/build.ninja", "/ui//etc/passwd",
+        # (The UI directory is BUILD/daemon/http/ui: ../mcpkeeper-http and ../../../build.ninja exist.)
+        for path in ("/ui/../mcpkeeper-http", "/ui/%2e%2e/mcpkeeper-http", "/ui/%2e%2e%2fmcpkeeper-http",
+                     "/ui/..%2f..%2f..%2fbuild.ninja", "/ui/%2e%2e/%2e%2e/%2e%2e/build.ninja", "/ui//etc/passwd",
                      "/ui/nosuch.js", "/ui/", "/ui/.", "/ui/app.js%00.png"):
             r = self.req("GET", path, key=None)
             self.assertIn(r.status, (400, 401, 403, 404), "%s: HTTP %d %r" % (path, r.status, r.body[:100]))

@@ -558,6 +558,31 @@ class TestMalformed(kl.KeeperTestCase):
                       "invalid_params", "server not a string", code=-32602, req_id="s")
         self.assertTrue(self.k.running())
 
+    def test_h5_protocol_version(self):
+        # Another version is refused by name, and the connection closes.
+        msg = self.send_bad(b'{"jsonrpc":"2.0","id":3,"method":"hello","params":{"version":99}}\n'
+                            b'{"jsonrpc":"2.0","id":4,"method":"status"}\n',
+                            "version_mismatch", "hello with version 99", code=-32000, req_id=3, closes=True)
+        self.assertIn("version 1", msg["error"]["message"])
+        self.assertIn("version 99", msg["error"]["message"])
+        self.send_bad(b'{"jsonrpc":"2.0","id":5,"method":"hello","params":{"version":"1"}}\n', "invalid_params",
+                      "hello with a string version", code=-32602, req_id=5)
+        self.send_bad(b'{"jsonrpc":"2.0","id":6,"method":"hello"}\n', "invalid_params", "hello without params",
+                      code=-32602, req_id=6)
+        # The same version: the hello is answered and the connection serves on.
+        with self.k.connect(30) as c:
+            c.send(b'{"jsonrpc":"2.0","id":1,"method":"hello","params":{"version":1,"client":"test"}}\n'
+                   b'{"jsonrpc":"2.0","id":2,"method":"status"}\n')
+            hello = c.read_json(30)
+            self.assertEqual(hello.get("id"), 1, hello)
+            self.assertEqual(hello["result"]["version"], 1, hello)
+            self.assertTrue(hello["result"]["keeper"].startswith("mcpkeeperd "), hello)
+            status = c.read_json(30)
+            self.assertEqual(status.get("id"), 2, status)
+            self.assertEqual(len(status["result"]["servers"]), 2, status)
+        # Without a hello (socat): served as before.
+        self.still_serving("hello tests")
+
     def test_h2_large_message_under_limit_is_served(self):
         with self.k.connect(30) as c:
             line = REQ_PREFIX + b"x" * (MiB - len(REQ_PREFIX) - 1024) + b'"}}\n'
@@ -776,6 +801,53 @@ class TestMcpctl(OAuthKeeperCase):
         if isinstance(obj, list):
             return [self.strip_timing(v) for v in obj]
         return obj
+
+    def fake_keeper(self, answer):
+        """A control socket that answers the hello with answer(id) and nothing
+        else: the keeper of another release, as mcpctl meets it."""
+        path = os.path.join(self.tmp, "fake-%d.sock" % len(os.listdir(self.tmp)))
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(4)
+        srv.settimeout(30)
+        self.addCleanup(srv.close)
+
+        def serve():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                buf = b""
+                while b"\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                hello = json.loads(buf.split(b"\n")[0])
+                conn.sendall(json.dumps(answer(hello)).encode() + b"\n")
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        self.addCleanup(t.join, 30)
+        return path
+
+    def test_l2_mcpctl_refuses_another_protocol_version(self):
+        cases = [
+            (lambda h: {"jsonrpc": "2.0", "id": h["id"], "result": {"version": 2, "keeper": "mcpkeeperd 9"}},
+             ("version 2", "version 1")),
+            (lambda h: {"jsonrpc": "2.0", "id": h["id"],
+                        "error": {"code": -32601, "message": "unknown method \"hello\"",
+                                  "data": {"kind": "unknown_method"}}},
+             ("older than this mcpctl", "version 1")),
+        ]
+        for answer, words in cases:
+            path = self.fake_keeper(answer)
+            r = self.ctl("--socket", path, "status", "--json")
+            err = r.stderr.decode(errors="replace")
+            self.assertEqual(r.returncode, 5, err)
+            for w in words:
+                self.assertIn(w, err)
+            self.assertEqual(r.stdout, b"")
 
     def test_l_mcpctl_status(self):
         k = self.setup_oauth(names=("github", "github-enterprise"), lifetime=3600,

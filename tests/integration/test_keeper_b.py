@@ -160,7 +160,7 @@ class KeeperB(keeperlib.KeeperTestCase):
         """oauth children of keepers this test SIGKILLed must go away by themselves
         (EOF on fd 3); report and kill any that did not, by PID. Only children
         of this test's keepers: their stderr is a log in this test's directory."""
-        progs = [os.path.join(keeperlib.BUILD_ROOT, "daemon", p) for p in ("mcpkeeper-oauth", "mcpkeeper-http")]
+        progs = [os.path.join(keeperlib.BUILD_ROOT, "daemon", d, p) for d, p in (("oauth", "mcpkeeper-oauth"), ("http", "mcpkeeper-http"))]
 
         def left_over():
             return sorted(pid for p in progs for pid in pids_logging_under(p, self.tmp))
@@ -415,8 +415,7 @@ class KeeperB(keeperlib.KeeperTestCase):
         k = self.make_keeper(servers={"plain": {"url": "http://127.0.0.1:9/mcp", "oauth": False}},
                              extra_config={"worker_user": pwd.getpwuid(os.geteuid()).pw_name})
         os.makedirs(k.runtime_dir, mode=0o700, exist_ok=True)
-        env = {"MCPKEEPER_LIBEXECDIR": os.path.join(keeperlib.BUILD_ROOT, "daemon")}
-        env.update(sanitizer_env())
+        env = sanitizer_env()
         argv = [act, "-l", k.socket_path, "--fdname=control"]
         for name, val in sorted(env.items()):
             argv += ["-E", "%s=%s" % (name, val)]

@@ -386,7 +386,7 @@ class TestWorkerPaths(WorkerCase):
         cid = self.peer.register()
         libexec = os.path.join(self.tmp, "libexec")
         os.makedirs(libexec)
-        os.symlink(os.path.join(kl.BUILD_ROOT, "daemon", "mcpkeeper-oauth"), os.path.join(libexec, "mcpkeeper-oauth"))
+        os.symlink(os.path.join(kl.BUILD_ROOT, "daemon", "oauth", "mcpkeeper-oauth"), os.path.join(libexec, "mcpkeeper-oauth"))
         os.symlink(WORKER, os.path.join(libexec, "mcpkeeper-worker.real"))
         record = os.path.join(self.tmp, "channel.log")
         with open(os.path.join(libexec, "mcpkeeper-worker"), "w") as f:

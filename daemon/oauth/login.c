@@ -51,6 +51,7 @@
 #include "log.h"
 #include "oauth.h"
 #include "proto.h"
+#include "request.h"
 #include "util.h"
 
 #define CALLBACK_PATH "/oauth/callback"
@@ -713,21 +714,6 @@ static void query_wipe(struct evkeyvalq *q)
 	TAILQ_FOREACH(kv, q, next)
 		sodium_memzero(kv->value, strlen(kv->value));
 	evhttp_clear_headers(q);
-}
-
-/* libevent keeps the request line and its parsed URI until the request is
- * freed; their query holds the code. Nothing reads them after dispatch, so
- * the query bytes are wiped in place (same length, still terminated). */
-static void request_wipe_query(struct evhttp_request *req)
-{
-	char *uri = (char *)evhttp_request_get_uri(req), *q;
-	const struct evhttp_uri *parsed = evhttp_request_get_evhttp_uri(req);
-	char *pq = parsed ? (char *)evhttp_uri_get_query(parsed) : NULL;
-
-	if (uri && (q = strchr(uri, '?')))
-		sodium_memzero(q + 1, strlen(q + 1));
-	if (pq)
-		sodium_memzero(pq, strlen(pq));
 }
 
 /* The browser's redirect (RFC 6749 4.1.2, RFC 9207): checked in the order

@@ -61,13 +61,14 @@
 #include "http.h"
 #include "log.h"
 #include "proto.h"
+#include "request.h"
 #include "sandbox.h"
 #include "secret.h"
 #include "sock.h"
 #include "util.h"
 
-#define CHANNEL_FD 3
-#define DESC_FD 4
+#define CHANNEL_FD CHILD_FD_CHANNEL
+#define DESC_FD CHILD_FD_DESCRIPTORS
 /* Descriptors that arrived before the reply naming them. */
 #define STASH_MAX 64
 #define API_KEY_MIN 32
@@ -762,21 +763,6 @@ static bool key_matches(struct http *h, const char *key)
 	return key && secret_equal_bytes(h->api_key, key, strlen(key));
 }
 
-/* libevent keeps the request line and its parsed URI until the request is
- * freed; their query may hold the key. Nothing reads it after this, so the
- * bytes are wiped in place (same length, still terminated). */
-static void wipe_query(struct evhttp_request *req)
-{
-	char *uri = (char *)evhttp_request_get_uri(req), *q;
-	const struct evhttp_uri *parsed = evhttp_request_get_evhttp_uri(req);
-	char *pq = parsed ? (char *)evhttp_uri_get_query(parsed) : NULL;
-
-	if (uri && (q = strchr(uri, '?')))
-		sodium_memzero(q + 1, strlen(q + 1));
-	if (pq)
-		sodium_memzero(pq, strlen(pq));
-}
-
 /* X-API-Key, or else ?apikey= (for tools). Both are wiped once checked. */
 static bool authorized(struct http *h, struct evhttp_request *req)
 {
@@ -818,7 +804,7 @@ static bool authorized(struct http *h, struct evhttp_request *req)
 	TAILQ_FOREACH(kv, in, next)
 		if (evutil_ascii_strcasecmp(kv->key, "X-API-Key") == 0)
 			sodium_memzero(kv->value, strlen(kv->value));
-	wipe_query(req);
+	request_wipe_query(req);
 	return ok;
 }
 

@@ -53,7 +53,7 @@
 #include "sandbox.h"
 #include "util.h"
 
-#define CHANNEL_FD 3
+#define CHANNEL_FD CHILD_FD_CHANNEL
 
 struct refresh {
 	struct oauth *o;

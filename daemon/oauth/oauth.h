@@ -2,7 +2,7 @@
  * Shared between the two files of the oauth child: oauth.c (main, the
  * channel to the keeper, oauth.refresh, and the HTTP plumbing below) and
  * oauth-login.c (oauth.listen, discover, register, authorize, cancel and
- * revoke). Nothing outside daemon/oauth*.c includes it.
+ * revoke). Nothing outside daemon/oauth/ includes it.
  */
 #pragma once
 
