@@ -1,7 +1,10 @@
 #include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
+#include "log.h"
 #include "util.h"
 
 int fd_set_cloexec(int fd, int on)
@@ -35,4 +38,36 @@ int proc_no_core_dumps(void)
 	if (setrlimit(RLIMIT_CORE, &rl) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
 		return -errno;
 	return 0;
+}
+
+static void *checked(void *p)
+{
+	if (!p)
+		fatal("out of memory");
+	return p;
+}
+
+void *xmalloc(size_t n)
+{
+	return checked(malloc(n ? n : 1));
+}
+
+void *xcalloc(size_t n, size_t size)
+{
+	return checked(calloc(n ? n : 1, size ? size : 1));
+}
+
+void *xrealloc(void *p, size_t n)
+{
+	return checked(realloc(p, n ? n : 1));
+}
+
+char *xstrdup(const char *s)
+{
+	return s ? checked(strdup(s)) : NULL;
+}
+
+char *xstrndup(const char *s, size_t n)
+{
+	return s ? checked(strndup(s, n)) : NULL;
 }

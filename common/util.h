@@ -40,6 +40,19 @@ static inline void closep(int *fd)
 #define TAKE_PTR(p) ({ __typeof__(p) _t = (p); (p) = NULL; _t; })
 #define TAKE_FD(fd) ({ int _t = (fd); (fd) = -1; _t; })
 
+/*
+ * Out of memory is fatal (HACKING.md, "Out of memory"): every allocation
+ * outside sodium_malloc goes through these, which log and exit 1 instead of
+ * returning NULL. xstrdup(NULL) is NULL. A keeper reload builds the new
+ * configuration completely before it swaps it in, so dying here never
+ * leaves a half-applied state behind.
+ */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
 int fd_set_cloexec(int fd, int on);
 /* No core file and not dumpable (no ptrace, no /proc/PID/mem for peers):
  * processes that hold secrets call it first. 0 or a negative errno value. */

@@ -302,15 +302,6 @@ static char **strv_new(size_t n)
 	return v;
 }
 
-static char *xstrdup(const char *s)
-{
-	char *d = strdup(s);
-
-	if (!d)
-		fatal("out of memory");
-	return d;
-}
-
 /* The environment of a stdio command: PATH, HOME and LANG from ours, with
  * the configured env merged over them. */
 static int hello_env(struct worker *w, struct json_object *env, const char **bad)

@@ -137,15 +137,6 @@ struct step {
 
 /* -- small helpers -- */
 
-static char *xstrdup(const char *s)
-{
-	char *d = s ? strdup(s) : NULL;
-
-	if (s && !d)
-		fatal("out of memory");
-	return d;
-}
-
 static char *secret_dup(const char *s)
 {
 	size_t n;

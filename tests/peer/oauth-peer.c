@@ -477,27 +477,6 @@ struct peer {
 
 /* ---- small helpers -------------------------------------------------- */
 
-static void *xmalloc(size_t n)
-{
-	void *p = calloc(1, n);
-
-	if (!p)
-		fatal("out of memory");
-	return p;
-}
-
-static char *xstrdup(const char *s)
-{
-	char *d;
-
-	if (!s)
-		return NULL;
-	d = strdup(s);
-	if (!d)
-		fatal("out of memory");
-	return d;
-}
-
 static int64_t now_ms(void)
 {
 	struct timespec ts;
@@ -550,7 +529,7 @@ static int parse_long(const char *s, long min, long max, long *out)
 static void table_init(struct table *t, void (*free_val)(void *))
 {
 	t->nbuckets = 64;
-	t->buckets = xmalloc(t->nbuckets * sizeof(*t->buckets));
+	t->buckets = xcalloc(1, t->nbuckets * sizeof(*t->buckets));
 	t->count = 0;
 	t->free_val = free_val;
 	crypto_shorthash_keygen(t->hkey);
@@ -592,7 +571,7 @@ static void table_put(struct table *t, const char *key, void *val)
 
 	if (t->count >= t->nbuckets) {
 		size_t n = t->nbuckets * 2;
-		struct tentry **b = xmalloc(n * sizeof(*b));
+		struct tentry **b = xcalloc(1, n * sizeof(*b));
 
 		for (size_t i = 0; i < t->nbuckets; i++) {
 			while ((e = t->buckets[i])) {
@@ -606,7 +585,7 @@ static void table_put(struct table *t, const char *key, void *val)
 		t->buckets = b;
 		t->nbuckets = n;
 	}
-	e = xmalloc(sizeof(*e));
+	e = xcalloc(1, sizeof(*e));
 	e->key = key;
 	e->val = val;
 	slot = table_slot(t, key, t->nbuckets);
@@ -868,7 +847,7 @@ static int body_string(struct evhttp_request *req, char **out, size_t *len_out)
 	*out = NULL;
 	if (len > PEER_MAX_BODY)
 		return 413;
-	s = xmalloc(len + 1);
+	s = xcalloc(1, len + 1);
 	if (evbuffer_copyout(in, s, len) != (ev_ssize_t)len) {
 		free(s);
 		return 500;
@@ -1312,7 +1291,7 @@ static void handle_register(struct peer *p, struct evhttp_request *req)
 	}
 
 	random_b64(id, sizeof(id), 16);
-	c = xmalloc(sizeof(*c));
+	c = xcalloc(1, sizeof(*c));
 	c->id = xstrdup(id);
 	c->method = method;
 	c->redirect_uris = json_object_get(uris);
@@ -1376,7 +1355,7 @@ static char *uri_with_params(const char *uri, const char *const *kv, size_t n)
 		sep = '&';
 	}
 	len = evbuffer_get_length(b);
-	s = xmalloc(len + 1);
+	s = xcalloc(1, len + 1);
 	evbuffer_remove(b, s, len);
 	evbuffer_free(b);
 	return s;
@@ -1530,7 +1509,7 @@ static void handle_authorize(struct peer *p, struct evhttp_request *req)
 	 * in with it, and the token response names it. */
 	scope = form_get(&q, "scope");
 
-	code = xmalloc(sizeof(*code));
+	code = xcalloc(1, sizeof(*code));
 	random_b64(code->code, sizeof(code->code), 32);
 	code->client_id = xstrdup(c->id);
 	code->redirect_uri = xstrdup(redirect_uri);
@@ -1714,7 +1693,7 @@ static int scope_subset(const char *asked, const char *granted)
 
 static struct rtoken *rtoken_new(struct peer *p, struct family *fam)
 {
-	struct rtoken *rt = xmalloc(sizeof(*rt));
+	struct rtoken *rt = xcalloc(1, sizeof(*rt));
 
 	random_b64(rt->token, sizeof(rt->token), 32);
 	rt->fam = fam;
@@ -1730,7 +1709,7 @@ static struct rtoken *rtoken_new(struct peer *p, struct family *fam)
 static void tokens_issue(struct peer *p, struct evhttp_request *req, struct family *fam, struct rtoken *base,
 			 const char *scope)
 {
-	struct atoken *at = xmalloc(sizeof(*at));
+	struct atoken *at = xcalloc(1, sizeof(*at));
 	struct json_object *o = json_object_new_object();
 	int64_t now = now_ms();
 
@@ -1802,7 +1781,7 @@ static void grant_code(struct peer *p, struct evhttp_request *req, const struct 
 	if (resource_check(p, req, resource, code->resource) < 0)
 		goto out;
 
-	fam = xmalloc(sizeof(*fam));
+	fam = xcalloc(1, sizeof(*fam));
 	fam->client_id = xstrdup(c->id);
 	fam->scope = TAKE_PTR(code->scope);
 	fam->resource = xstrdup(resource ? resource : code->resource);
@@ -1894,7 +1873,7 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg);
 static struct pending *pending_add(struct peer *p, struct evhttp_request *req, enum pending_kind kind,
 				   long delay_ms)
 {
-	struct pending *pd = xmalloc(sizeof(*pd));
+	struct pending *pd = xcalloc(1, sizeof(*pd));
 	struct timeval tv = { .tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000 };
 
 	pd->peer = p;
@@ -2461,7 +2440,7 @@ static void stream_send(struct stream *s, struct json_object *msg)
  * the client where to post its messages. */
 static void stream_open(struct peer *p, struct evhttp_request *req, const char *session, int legacy)
 {
-	struct stream *s = xmalloc(sizeof(*s));
+	struct stream *s = xcalloc(1, sizeof(*s));
 
 	s->peer = p;
 	s->req = req;
@@ -2524,7 +2503,7 @@ static void mcp_post(struct peer *p, struct evhttp_request *req)
 	if (rpc_body(req, &m) < 0)
 		return;
 	if (m.type == RPC_REQUEST && strcmp(m.method, "initialize") == 0) {
-		char *sid = xmalloc(SESSION_CHARS);
+		char *sid = xcalloc(1, SESSION_CHARS);
 
 		session_new(sid);
 		table_put(&p->sessions, sid, sid);
@@ -3024,7 +3003,7 @@ static void test_fail(struct peer *p, struct evhttp_request *req, struct json_ob
 		reply_text(req, 400, "need mode (500, 429, hang, malformed, invalid_grant) and count 1..1000000\n");
 		return;
 	}
-	f = xmalloc(sizeof(*f));
+	f = xcalloc(1, sizeof(*f));
 	f->mode = (enum fail_mode)mode;
 	f->remaining = count;
 	if (p->fail_tail)
@@ -3120,7 +3099,7 @@ static void test_push(struct peer *p, struct evhttp_request *req, struct json_ob
 			msg = rpc_notification(method, json_object_get(params));
 			p->stats.notifications_sent++;
 		} else {
-			struct srv_request *r = xmalloc(sizeof(*r));
+			struct srv_request *r = xcalloc(1, sizeof(*r));
 
 			id = given_id ? json_object_get(given_id) : json_object_new_int64(++p->next_request_id);
 			msg = rpc_request(method, json_object_get(params), 0);
@@ -3544,7 +3523,7 @@ int main(int argc, char **argv)
 	recordings_reset(&p.last);
 	login_config_init(&p.login);
 	if (p.opt.client_id) {
-		struct client *c = xmalloc(sizeof(*c));
+		struct client *c = xcalloc(1, sizeof(*c));
 
 		c->id = xstrdup(p.opt.client_id);
 		c->secret = xstrdup(p.opt.client_secret);
