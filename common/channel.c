@@ -80,10 +80,10 @@ int channel_open(struct channel *ch, struct event_base *base, int fd, const stru
 	ch->exit_code = -1;
 	ch->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (!ch->bev)
-		return -1;
+		return -ENOMEM;
 	frame_bev_setup(ch->bev, PROTO_MAX_MESSAGE);
 	bufferevent_setcb(ch->bev, read_cb, write_cb, event_cb, ch);
-	return bufferevent_enable(ch->bev, EV_READ | EV_WRITE) < 0 ? -1 : 0;
+	return bufferevent_enable(ch->bev, EV_READ | EV_WRITE) < 0 ? -ENOMEM : 0;
 }
 
 void channel_close(struct channel *ch)
@@ -100,4 +100,17 @@ void channel_stop(struct channel *ch, int code)
 	bufferevent_disable(ch->bev, EV_READ);
 	if (evbuffer_get_length(bufferevent_get_output(ch->bev)) == 0)
 		event_base_loopbreak(ch->base);
+}
+
+int channel_send(struct channel *ch, struct json_object *msg)
+{
+	int r = msg ? frame_write(bufferevent_get_output(ch->bev), msg, PROTO_MAX_MESSAGE) : -ENOMEM;
+
+	rpc_wipe_put(msg);
+	if (r) {
+		log_error("cannot queue a message to the keeper: %s", r < 0 ? strerror(-r) : frame_strerror(r));
+		channel_stop(ch, 1);
+		return r < 0 ? r : -EMSGSIZE;
+	}
+	return 0;
 }

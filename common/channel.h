@@ -15,6 +15,7 @@
 
 struct bufferevent;
 struct event_base;
+struct json_object;
 struct rpc_msg;
 
 struct channel_ops {
@@ -40,9 +41,13 @@ struct channel {
 };
 
 /* Sets up ch on fd (owned from now on) with the message size limit.
- * Returns 0 or -1 (out of memory, or the fd cannot be watched). */
+ * Returns 0 or -ENOMEM (out of memory, or the fd cannot be watched). */
 int channel_open(struct channel *ch, struct event_base *base, int fd, const struct channel_ops *ops, void *ctx);
 void channel_close(struct channel *ch);
 /* Ends the loop with code (the first code set wins) once every queued
  * message is written; nothing more is read. */
 void channel_stop(struct channel *ch, int code);
+/* Queues msg (consumed: wiped and freed, it may carry a token) for the
+ * keeper. A message that cannot be queued is a fault of ours: logged, and
+ * the channel stops with status 1. Returns 0 or a negative errno value. */
+int channel_send(struct channel *ch, struct json_object *msg);
