@@ -49,9 +49,10 @@
 
 #include "curlev.h"
 #include "frame.h"
+#include "entry.h"
 #include "log.h"
+#include "params.h"
 #include "proto.h"
-#include "sandbox.h"
 #include "secret.h"
 #include "sock.h"
 #include "util.h"
@@ -425,104 +426,66 @@ static int hello_transport(struct worker *w, struct json_object *t, const char *
 #undef REQUIRE
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define WORKER_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define WORKER_SANITIZER 1
-#endif
-#endif
+static const struct entry worker_entry = {
+	.program = "mcpkeeper-worker",
+	.role = ROLE_WORKER,
+	.descriptors = true,
+};
 
 /* Landlock for an HTTP worker: system paths for libraries, CA certificates
- * and name resolution, read-only (as the oauth child). LeakSanitizer reads
- * /proc/PID/task at exit, so sanitizer builds add our own /proc/PID. */
+ * and name resolution, read-only (as the oauth child). A stdio worker is
+ * not confined here: its command must run. */
 static void worker_sandbox(struct worker *w)
 {
-	const char *paths[] = { "/etc", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/dev/urandom",
-				getenv("SSL_CERT_FILE"), getenv("SSL_CERT_DIR"),
-#ifdef WORKER_SANITIZER
-				"/proc/self",
-#endif
-				NULL };
-	const char *compact[ARRAY_SIZE(paths)];
-	size_t n = 0;
-	int r;
-
 	if (w->transport == TRANSPORT_STDIO) {
 		snprintf(w->landlock, sizeof(w->landlock), "not applied: stdio upstream");
 		return;
 	}
-	for (size_t i = 0; i < ARRAY_SIZE(paths); i++)
-		if (paths[i] && paths[i][0] == '/')
-			compact[n++] = paths[i];
-	compact[n] = NULL;
-	r = sandbox_landlock_readonly(compact, w->landlock, sizeof(w->landlock));
-	if (r < 0)
+	if (entry_sandbox(NULL, w->landlock, sizeof(w->landlock)) < 0)
 		fatal("cannot apply the Landlock sandbox: %s", w->landlock);
-	if (r == SANDBOX_UNAVAILABLE)
-		log_info("Landlock is not available on this kernel; relying on uid and file modes");
 }
 
 static void fd4_read_cb(evutil_socket_t fd, short what, void *arg);
 
+struct worker_hello_params {
+	const char *name;
+	struct json_object *transport;
+};
+
+static const struct param_spec worker_hello_spec[] = {
+	PARAM_STRING(struct worker_hello_params, name, PARAM_KEY_NAME, PARAM_REQUIRED),
+	PARAM_OBJECT(struct worker_hello_params, transport, PARAM_KEY_TRANSPORT, PARAM_REQUIRED),
+};
+
 static void worker_hello(struct worker *w, struct rpc_msg *m)
 {
-	struct json_object *v, *t = NULL, *result;
-	const char *role = NULL, *level = NULL, *name = NULL, *bad = NULL;
+	struct worker_hello_params p = { 0 };
+	const char *bad = NULL, *name;
 	char why[160], procname[64];
-	int version = -1;
 
-	if (m->type != RPC_REQUEST || strcmp(m->method, METHOD_HELLO) != 0) {
-		log_error("keeper sent %s before the hello; exiting", m->method ? m->method : "a reply");
-		if (m->type == RPC_REQUEST)
-			worker_send(w, rpc_error(m->id, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST, "hello expected"));
-		worker_stop(w, 1);
+	if (entry_hello_check(&worker_entry, &w->chan, m) != 0)
 		return;
-	}
 	why[0] = '\0';
-	if (json_object_is_type(m->params, json_type_object)) {
-		if (json_object_object_get_ex(m->params, "version", &v) && json_object_is_type(v, json_type_int))
-			version = json_object_get_int(v);
-		param_string(m->params, "role", &role);
-		param_string(m->params, "log_level", &level);
-		param_string(m->params, "name", &name);
-		json_object_object_get_ex(m->params, "transport", &t);
-	}
-	if (version != PROTO_VERSION)
-		snprintf(why, sizeof(why), "protocol version %d not supported (this child speaks %d)", version,
-			 PROTO_VERSION);
-	else if (!role || strcmp(role, ROLE_WORKER) != 0)
-		snprintf(why, sizeof(why), "this is a %s, not %.32s", ROLE_WORKER, role ? role : "(none)");
-	else if (!name || !printable(name, MAX_NAME) || strchr(name, ' '))
+	if (params_parse(m->params, worker_hello_spec, ARRAY_SIZE(worker_hello_spec), &p, &bad) < 0 &&
+	    strcmp(bad, PARAM_KEY_NAME) != 0)
+		snprintf(why, sizeof(why), "bad %s", bad);
+	else if (!p.name || !printable(p.name, MAX_NAME) || strchr(p.name, ' '))
 		snprintf(why, sizeof(why), "a worker needs a name");
-	else if (hello_transport(w, t, &bad) < 0)
+	else if (hello_transport(w, p.transport, &bad) < 0)
 		snprintf(why, sizeof(why), "bad %s", bad);
 	if (why[0]) {
-		log_error("hello refused: %s; exiting", why);
-		worker_send(w, rpc_error(m->id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, why));
-		worker_stop(w, 1);
+		entry_hello_refuse(&w->chan, m, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, why);
 		return;
 	}
+	name = p.name;
 	w->name = xstrdup(name);
 	/* The log's process name holds 31 characters: cut the name, keep the bracket. */
 	snprintf(procname, sizeof(procname), "mcpkeeper-worker[%.13s]", name);
 	log_init(procname);
-	if (level) {
-		enum log_level l;
-
-		if (log_level_parse(level, &l) == 0)
-			log_set_level(l);
-		else
-			log_warn("hello: unknown log_level %.32s, keeping the default", level);
-	}
 	/* Before any transfer: libcurl's resolver threads inherit it. */
 	worker_sandbox(w);
 
-	result = json_object_new_object();
-	json_object_object_add(result, "version", json_object_new_int(PROTO_VERSION));
-	json_object_object_add(result, "pid", json_object_new_int((int)getpid()));
-	json_object_object_add(result, "landlock", json_object_new_string(w->landlock));
-	worker_send(w, rpc_result(m->id, result));
+	entry_hello_reply(&w->chan, m, w->landlock, NULL);
 	w->hello_done = true;
 	log_info("ready: %s upstream %s%s, Landlock %s",
 		 w->transport == TRANSPORT_HTTP ? "streamable-http" : w->transport == TRANSPORT_SSE ? "sse" : "stdio",
@@ -694,21 +657,6 @@ static void sigchld_cb(evutil_socket_t fd, short what, void *arg)
 
 /* -- start-up -- */
 
-static void fd_check(int fd, int want_type)
-{
-	struct stat st;
-	int domain = 0, type = 0;
-	socklen_t len = sizeof(domain), tlen = sizeof(type);
-
-	if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode) ||
-	    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX ||
-	    getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != want_type)
-		fatal("fd %d is not the expected Unix socket: this program must be started by mcpkeeperd", fd);
-	/* Before anything is spawned: a stdio command must not inherit them. */
-	if (fd_set_cloexec(fd, 1) < 0 || fd_set_nonblock(fd, 1) < 0)
-		fatal("cannot set up fd %d: %m", fd);
-}
-
 static void worker_free(struct worker *w)
 {
 	w->stopping = true;
@@ -748,30 +696,7 @@ int main(int argc, char **argv)
 {
 	struct worker w = { .chan.exit_code = -1 };
 
-	if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
-		printf("mcpkeeper-worker %s\n", MCPKEEPER_VERSION);
-		return 0;
-	}
-	if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		printf("Usage: mcpkeeper-worker --version | --help\n"
-		       "The keeper starts workers itself; they are not run by hand.\n");
-		return 0;
-	}
-	log_init("mcpkeeper-worker");
-	if (argc > 1)
-		fatal("takes no arguments: this program must be started by mcpkeeperd");
-	/* exec reset both: no core file, no ptrace, no /proc/PID/mem for our peers. */
-	if (proc_no_core_dumps() < 0)
-		fatal("cannot disable core dumps: %m");
-	fd_check(CHANNEL_FD, SOCK_STREAM);
-	fd_check(CLIENTS_FD, SOCK_SEQPACKET);
-	signal(SIGTERM, SIG_IGN);
-	signal(SIGINT, SIG_IGN);
-	signal(SIGHUP, SIG_IGN);
-	signal(SIGPIPE, SIG_IGN);
-
-	if (sodium_init() < 0)
-		fatal("libsodium initialisation failed");
+	entry_start(&worker_entry, argc, argv);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		fatal("libcurl initialisation failed");
 	LIST_INIT(&w.token_waiters);

@@ -59,10 +59,11 @@
 
 #include "frame.h"
 #include "http.h"
+#include "entry.h"
 #include "log.h"
+#include "params.h"
 #include "proto.h"
 #include "request.h"
-#include "sandbox.h"
 #include "secret.h"
 #include "sock.h"
 #include "util.h"
@@ -1320,47 +1321,26 @@ fail:
 	return r;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HTTP_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HTTP_SANITIZER 1
-#endif
-#endif
+static const struct entry http_entry = {
+	.program = "mcpkeeper-http",
+	.role = ROLE_HTTP,
+	.descriptors = true,
+};
 
-/* Landlock: system paths and the UI directory, read-only; not the state
- * directory, nothing writable. LeakSanitizer reads /proc/PID/task at exit,
- * so sanitizer builds add our own /proc entry. The ruleset handles file
- * access only: the listener and its clients are unaffected. */
-static int http_sandbox(struct http *h)
-{
-	const char *paths[] = { "/etc", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/dev/urandom", h->ui_dir,
-#ifdef HTTP_SANITIZER
-				"/proc/self",
-#endif
-				NULL };
-	int r = sandbox_landlock_readonly(paths, h->landlock, sizeof(h->landlock));
+/* The http child's own hello params (the shared ones: entry.c). */
+struct http_hello_params {
+	const char *listen;
+	const char *api_key;
+	const char *ui_dir;
+	bool management;
+};
 
-	if (r == SANDBOX_UNAVAILABLE)
-		log_info("Landlock is not available on this kernel; relying on uid and file modes");
-	return r < 0 ? r : 0;
-}
-
-static void hello_refuse(struct http *h, struct rpc_msg *m, int code, const char *kind, const char *why)
-{
-	log_error("hello refused: %s; exiting", why);
-	chan_send(h, rpc_error(m->id, code, kind, why));
-	http_stop(h, 1);
-}
-
-static const char *param_str(struct json_object *params, const char *key)
-{
-	struct json_object *v;
-
-	if (!json_object_object_get_ex(params, key, &v) || !json_object_is_type(v, json_type_string))
-		return NULL;
-	return json_object_get_string(v);
-}
+static const struct param_spec http_hello_spec[] = {
+	PARAM_STRING(struct http_hello_params, listen, PARAM_KEY_LISTEN, PARAM_REQUIRED),
+	PARAM_STRING(struct http_hello_params, api_key, PARAM_KEY_API_KEY, PARAM_REQUIRED),
+	PARAM_STRING(struct http_hello_params, ui_dir, PARAM_KEY_UI_DIR, PARAM_REQUIRED),
+	PARAM_BOOL(struct http_hello_params, management, PARAM_KEY_MANAGEMENT, 0),
+};
 
 static bool api_key_ok(const char *key)
 {
@@ -1377,71 +1357,52 @@ static bool api_key_ok(const char *key)
 
 static void http_hello(struct http *h, struct rpc_msg *m)
 {
-	struct json_object *p = m->params, *v, *result;
-	const char *role, *level, *listen, *key, *ui_dir;
+	struct http_hello_params p = { .management = true };
+	struct json_object *extra;
+	const char *bad;
 	char why[256];
-	int version = -1, port = 0, fd, r;
+	int port = 0, fd;
 	struct evhttp_bound_socket *bound;
 	struct stat st;
 
-	if (m->type != RPC_REQUEST || strcmp(m->method, METHOD_HELLO) != 0) {
-		log_error("keeper sent %s before the hello; exiting", m->method ? m->method : "a reply");
-		if (m->type == RPC_REQUEST)
-			chan_send(h, rpc_error(m->id, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST, "hello expected"));
-		http_stop(h, 1);
+	if (entry_hello_check(&http_entry, &h->chan, m) != 0)
 		return;
+	/* Types first (the table), then what each value must look like. */
+	bad = NULL;
+	if (params_parse(m->params, http_hello_spec, ARRAY_SIZE(http_hello_spec), &p, &bad) == 0) {
+		if (parse_listen(p.listen, h->listen_host, sizeof(h->listen_host), &port) < 0)
+			bad = PARAM_KEY_LISTEN;
+		else if (!api_key_ok(p.api_key))
+			bad = PARAM_KEY_API_KEY;
+		else if (p.ui_dir[0] != '/' || strlen(p.ui_dir) > PATH_MAX / 2)
+			bad = PARAM_KEY_UI_DIR;
 	}
-	if (!json_object_is_type(p, json_type_object)) {
-		hello_refuse(h, m, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "hello params must be an object");
-		return;
-	}
-	if (json_object_object_get_ex(p, "version", &v) && json_object_is_type(v, json_type_int))
-		version = json_object_get_int(v);
-	role = param_str(p, "role");
-	level = param_str(p, "log_level");
-	listen = param_str(p, "listen");
-	key = param_str(p, "api_key");
-	ui_dir = param_str(p, "ui_dir");
-	why[0] = '\0';
-	if (version != PROTO_VERSION)
-		snprintf(why, sizeof(why), "protocol version %d not supported (this child speaks %d)", version,
-			 PROTO_VERSION);
-	else if (!role || strcmp(role, ROLE_HTTP) != 0)
-		snprintf(why, sizeof(why), "this is the %s child, not %.32s", ROLE_HTTP, role ? role : "(none)");
-	else if (!listen || parse_listen(listen, h->listen_host, sizeof(h->listen_host), &port) < 0)
-		snprintf(why, sizeof(why), "\"listen\" must be \"127.0.0.1:PORT\" or \"[::1]:PORT\"");
-	else if (!api_key_ok(key))
-		snprintf(why, sizeof(why), "\"api_key\" must be %d to %d visible ASCII characters", API_KEY_MIN,
-			 API_KEY_MAX);
-	else if (!ui_dir || ui_dir[0] != '/' || strlen(ui_dir) > PATH_MAX / 2)
-		snprintf(why, sizeof(why), "\"ui_dir\" must be an absolute path");
-	else if (json_object_object_get_ex(p, "management", &v) && !json_object_is_type(v, json_type_boolean))
-		snprintf(why, sizeof(why), "\"management\" must be true or false");
-	if (why[0]) {
-		hello_refuse(h, m, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, why);
-		return;
-	}
-	if (level) {
-		enum log_level l;
-
-		if (log_level_parse(level, &l) == 0)
-			log_set_level(l);
+	if (bad) {
+		if (strcmp(bad, PARAM_KEY_LISTEN) == 0)
+			snprintf(why, sizeof(why), "\"listen\" must be \"127.0.0.1:PORT\" or \"[::1]:PORT\"");
+		else if (strcmp(bad, PARAM_KEY_API_KEY) == 0)
+			snprintf(why, sizeof(why), "\"api_key\" must be %d to %d visible ASCII characters",
+				 API_KEY_MIN, API_KEY_MAX);
+		else if (strcmp(bad, PARAM_KEY_UI_DIR) == 0)
+			snprintf(why, sizeof(why), "\"ui_dir\" must be an absolute path");
 		else
-			log_warn("hello: unknown log_level %.32s, keeping the default", level);
+			params_strerror(http_hello_spec, ARRAY_SIZE(http_hello_spec), bad, why, sizeof(why));
+		entry_hello_refuse(&h->chan, m, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, why);
+		return;
 	}
-	h->management = !json_object_object_get_ex(p, "management", &v) || json_object_get_boolean(v);
-	h->api_key = secret_from(key, strlen(key));
-	h->ui_dir = strdup(ui_dir);
-	if (!h->api_key || !h->ui_dir)
+	h->management = p.management;
+	h->api_key = secret_from(p.api_key, strlen(p.api_key));
+	h->ui_dir = xstrdup(p.ui_dir);
+	if (!h->api_key)
 		fatal("out of memory");
 	if (stat(h->ui_dir, &st) < 0 || !S_ISDIR(st.st_mode))
 		log_warn("web UI directory %s is missing: the page will not load", h->ui_dir);
 
 	fd = listen_socket(h->listen_host, port, &h->port);
 	if (fd < 0) {
-		log_error("cannot listen on %s: %s", listen, strerror(-fd));
-		snprintf(why, sizeof(why), "cannot listen on %s: %s", listen, strerror(-fd));
-		chan_send(h, rpc_error(m->id, RPC_APP_ERROR, KIND_UNAVAILABLE, why));
+		log_error("cannot listen on %s: %s", p.listen, strerror(-fd));
+		snprintf(why, sizeof(why), "cannot listen on %s: %s", p.listen, strerror(-fd));
+		channel_send(&h->chan, rpc_error(m->id, RPC_APP_ERROR, KIND_UNAVAILABLE, why));
 		http_stop(h, 1);
 		return;
 	}
@@ -1471,19 +1432,18 @@ static void http_hello(struct http *h, struct rpc_msg *m)
 	}
 	evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bound), accept_error_cb);
 
-	r = http_sandbox(h);
-	if (r < 0) {
+	/* Landlock: the system paths and the UI directory, read-only; not the
+	 * state directory, nothing writable. The listener and its clients are
+	 * unaffected (the ruleset handles file access only). */
+	if (entry_sandbox((const char *const[]){ h->ui_dir, NULL }, h->landlock, sizeof(h->landlock)) < 0) {
 		snprintf(why, sizeof(why), "cannot apply the Landlock sandbox: %s", h->landlock);
-		hello_refuse(h, m, RPC_APP_ERROR, KIND_UNAVAILABLE, why);
+		entry_hello_refuse(&h->chan, m, RPC_APP_ERROR, KIND_UNAVAILABLE, why);
 		return;
 	}
 
-	result = json_object_new_object();
-	json_object_object_add(result, "version", json_object_new_int(PROTO_VERSION));
-	json_object_object_add(result, "pid", json_object_new_int((int)getpid()));
-	json_object_object_add(result, "landlock", json_object_new_string(h->landlock));
-	json_object_object_add(result, "port", json_object_new_int(h->port));
-	chan_send(h, rpc_result(m->id, result));
+	extra = json_object_new_object();
+	json_object_object_add(extra, PARAM_KEY_PORT, json_object_new_int(h->port));
+	entry_hello_reply(&h->chan, m, h->landlock, extra);
 	h->hello_done = true;
 	log_info("listening on http://%s/ (management %s, Landlock %s)", h->hosts[0],
 		 h->management ? "enabled" : "disabled", h->landlock);
@@ -1537,20 +1497,6 @@ static void libevent_log(int severity, const char *msg)
 	log_debug("libevent: %s", clean);
 }
 
-static void fd_check(int fd, int want_type)
-{
-	struct stat st;
-	int domain = 0, type = 0;
-	socklen_t len = sizeof(domain), tlen = sizeof(type);
-
-	if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode) ||
-	    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX ||
-	    getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != want_type)
-		fatal("fd %d is not the expected Unix socket: this program must be started by mcpkeeperd", fd);
-	if (fd_set_cloexec(fd, 1) < 0 || fd_set_nonblock(fd, 1) < 0)
-		fatal("cannot set up fd %d: %m", fd);
-}
-
 static void http_free(struct http *h)
 {
 	/* Our own objects first, so that freeing the server's connections
@@ -1594,30 +1540,7 @@ int main(int argc, char **argv)
 	struct http h = { .chan.exit_code = -1, .management = true };
 	struct timeval ping = { .tv_sec = HTTP_PING_S }, idle = { .tv_sec = IDLE_CHECK_S };
 
-	if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
-		printf("mcpkeeper-http %s\n", MCPKEEPER_VERSION);
-		return 0;
-	}
-	if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		printf("Usage: mcpkeeper-http --version | --help\n"
-		       "The keeper starts its http child itself; it is not run by hand.\n");
-		return 0;
-	}
-	log_init("mcpkeeper-http");
-	if (argc > 1)
-		fatal("takes no arguments: this program must be started by mcpkeeperd");
-	/* exec reset both: no core file, no ptrace, no /proc/PID/mem for our peers. */
-	if (proc_no_core_dumps() < 0)
-		fatal("cannot disable core dumps: %m");
-	fd_check(CHANNEL_FD, SOCK_STREAM);
-	fd_check(DESC_FD, SOCK_SEQPACKET);
-	signal(SIGTERM, SIG_IGN);
-	signal(SIGINT, SIG_IGN);
-	signal(SIGHUP, SIG_IGN);
-	signal(SIGPIPE, SIG_IGN);
-
-	if (sodium_init() < 0)
-		fatal("libsodium initialisation failed");
+	entry_start(&http_entry, argc, argv);
 	event_set_log_callback(libevent_log);
 	LIST_INIT(&h.waits);
 	LIST_INIT(&h.stash);

@@ -46,11 +46,11 @@
 #include <sodium.h>
 
 #include "curlev.h"
+#include "entry.h"
 #include "frame.h"
 #include "log.h"
 #include "oauth.h"
 #include "proto.h"
-#include "sandbox.h"
 #include "util.h"
 
 #define CHANNEL_FD CHILD_FD_CHANNEL
@@ -759,59 +759,18 @@ static void oauth_transfer_done(CURL *easy, CURLcode result, void *arg)
 
 /* -- messages from the keeper -- */
 
+static const struct entry oauth_entry = {
+	.program = "mcpkeeper-oauth",
+	.role = ROLE_OAUTH,
+};
+
+/* The oauth child's hello has no params of its own: the sandbox is in
+ * place since main(), before any thread existed. */
 static void oauth_hello(struct oauth *o, struct rpc_msg *m)
 {
-	struct json_object *v, *result, *msg;
-	const char *role = NULL, *level = NULL;
-	char why[128];
-	int version = -1;
-
-	if (m->type != RPC_REQUEST || strcmp(m->method, METHOD_HELLO) != 0) {
-		log_error("keeper sent %s before the hello; exiting", m->method ? m->method : "a reply");
-		if (m->type == RPC_REQUEST) {
-			msg = rpc_error(m->id, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST, "hello expected");
-			oauth_send(o, msg);
-			json_object_put(msg);
-		}
-		oauth_stop(o, 1);
+	if (entry_hello_check(&oauth_entry, &o->chan, m) != 0)
 		return;
-	}
-	if (json_object_is_type(m->params, json_type_object)) {
-		if (json_object_object_get_ex(m->params, "version", &v) && json_object_is_type(v, json_type_int))
-			version = json_object_get_int(v);
-		param_string(m->params, "role", &role);
-		param_string(m->params, "log_level", &level);
-	}
-	why[0] = '\0';
-	if (version != PROTO_VERSION)
-		snprintf(why, sizeof(why), "protocol version %d not supported (this child speaks %d)", version,
-			 PROTO_VERSION);
-	else if (!role || strcmp(role, ROLE_OAUTH) != 0)
-		snprintf(why, sizeof(why), "this is the %s child, not %.32s", ROLE_OAUTH, role ? role : "(none)");
-	if (why[0]) {
-		log_error("hello refused: %s; exiting", why);
-		msg = rpc_error(m->id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, why);
-		oauth_send(o, msg);
-		json_object_put(msg);
-		oauth_stop(o, 1);
-		return;
-	}
-	if (level) {
-		enum log_level l;
-
-		if (log_level_parse(level, &l) == 0)
-			log_set_level(l);
-		else
-			log_warn("hello: unknown log_level %.32s, keeping the default", level);
-	}
-
-	result = json_object_new_object();
-	json_object_object_add(result, "version", json_object_new_int(PROTO_VERSION));
-	json_object_object_add(result, "pid", json_object_new_int((int)getpid()));
-	json_object_object_add(result, "landlock", json_object_new_string(o->landlock));
-	msg = rpc_result(m->id, result);
-	oauth_send(o, msg);
-	json_object_put(msg);
+	entry_hello_reply(&o->chan, m, o->landlock, NULL);
 	o->hello_done = true;
 	log_debug("hello: protocol version %d, Landlock %s", PROTO_VERSION, o->landlock);
 }
@@ -871,79 +830,17 @@ void oauth_stop(struct oauth *o, int code)
 
 /* -- start-up -- */
 
-static void channel_check(void)
-{
-	struct stat st;
-	int domain = 0;
-	socklen_t len = sizeof(domain);
-
-	if (fstat(CHANNEL_FD, &st) < 0 || !S_ISSOCK(st.st_mode) ||
-	    getsockopt(CHANNEL_FD, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX)
-		fatal("fd %d is not a Unix socket: this program must be started by mcpkeeperd", CHANNEL_FD);
-	if (fd_set_cloexec(CHANNEL_FD, 1) < 0 || fd_set_nonblock(CHANNEL_FD, 1) < 0)
-		fatal("cannot set up fd %d: %m", CHANNEL_FD);
-}
-
-#if defined(__SANITIZE_ADDRESS__)
-#define OAUTH_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define OAUTH_SANITIZER 1
-#endif
-#endif
-
-/* Landlock: system paths for libraries, CA certificates and name
- * resolution, read-only; nothing else, in particular not the state
- * directory. SSL_CERT_FILE / SSL_CERT_DIR (which the keeper passes on) name
- * other CA locations the TLS library will read. Nothing here needs /proc;
- * LeakSanitizer does (it lists our threads in /proc/PID/task at exit), so
- * sanitizer builds add our own /proc/PID directory. The ruleset handles
- * file access only: TCP bind and connect stay allowed. */
-static void oauth_sandbox(struct oauth *o)
-{
-	const char *paths[] = { "/etc", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/dev/urandom",
-				getenv("SSL_CERT_FILE"), getenv("SSL_CERT_DIR"),
-#ifdef OAUTH_SANITIZER
-				"/proc/self",
-#endif
-				NULL };
-	const char *compact[ARRAY_SIZE(paths)];
-	size_t n = 0;
-	int r;
-
-	for (size_t i = 0; i < ARRAY_SIZE(paths); i++)
-		if (paths[i] && paths[i][0] == '/')
-			compact[n++] = paths[i];
-	compact[n] = NULL;
-
-	r = sandbox_landlock_readonly(compact, o->landlock, sizeof(o->landlock));
-	if (r < 0)
-		fatal("cannot apply the Landlock sandbox: %s", o->landlock);
-	if (r == SANDBOX_UNAVAILABLE)
-		log_info("Landlock is not available on this kernel; relying on uid and file modes");
-}
-
 int main(int argc, char **argv)
 {
 	struct oauth o = { .chan.exit_code = -1 };
 
-	log_init("mcpkeeper-oauth");
-	if (argc > 1)
-		fatal("takes no arguments: this program must be started by mcpkeeperd");
-	/* exec reset both: no core file, no ptrace, no /proc/PID/mem for our peers. */
-	if (proc_no_core_dumps() < 0)
-		fatal("cannot disable core dumps: %m");
-	channel_check();
-	signal(SIGTERM, SIG_IGN);
-	signal(SIGINT, SIG_IGN);
-	signal(SIGHUP, SIG_IGN);
-	signal(SIGPIPE, SIG_IGN);
+	entry_start(&oauth_entry, argc, argv);
+	/* Landlock before any thread exists (curl's resolver makes them): they
+	 * inherit it. System paths and CA certificates only; TCP bind and
+	 * connect stay allowed (the ruleset handles file access). */
+	if (entry_sandbox(NULL, o.landlock, sizeof(o.landlock)) < 0)
+		fatal("cannot apply the Landlock sandbox: %s", o.landlock);
 
-	/* Before any thread exists (curl's resolver makes them): they inherit it. */
-	oauth_sandbox(&o);
-
-	if (sodium_init() < 0)
-		fatal("libsodium initialisation failed");
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		fatal("libcurl initialisation failed");
 
