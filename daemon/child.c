@@ -57,7 +57,7 @@ struct child {
 	void *ctx;
 	char *role;
 	char *label;			/* for logs: "oauth", "github worker" */
-	char *binary;
+	struct child_binary *binary;
 	enum child_state state;
 	pid_t pid;
 	struct bufferevent *bev;
@@ -74,15 +74,91 @@ struct child {
 
 static void child_lost(struct child *c, const char *why);
 
-/* The child's binary, as paths_child_binary() places it (the build tree's
- * own for a keeper run from the tree, the install path otherwise). */
-static char *find_binary(const char *name)
-{
-	char path[PATH_MAX];
+/* A child program: where it is and, once opened, its descriptor. */
+struct child_binary {
+	const char *name;		/* CHILD_*_BIN */
+	char *path;			/* NULL: the path is too long */
+	int fd;				/* O_PATH, or -1 */
+};
 
-	if (paths_child_binary(name, path, sizeof(path)) < 0)
-		return NULL;
-	return strdup(path);
+static const char *const binary_names[] = { CHILD_OAUTH_BIN, CHILD_HTTP_BIN, CHILD_WORKER_BIN };
+
+/* Opens path for fexecve(): a regular file that someone may execute. */
+static int binary_open(const char *path, int *fd)
+{
+	struct stat st;
+	int f;
+
+	if (!path)
+		return -ENAMETOOLONG;
+	f = open(path, O_PATH | O_CLOEXEC);
+	if (f < 0)
+		return -errno;
+	if (fstat(f, &st) < 0) {
+		int r = -errno;
+
+		close(f);
+		return r;
+	}
+	if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
+		close(f);
+		return S_ISDIR(st.st_mode) ? -EISDIR : -EACCES;
+	}
+	*fd = f;
+	return 0;
+}
+
+/* The descriptor of b, opened now if it was not yet; 0 or a negative errno
+ * value, logged with the path. */
+static int binary_ready(struct child_binary *b, const char *label)
+{
+	int r;
+
+	if (b->fd >= 0)
+		return 0;
+	r = binary_open(b->path, &b->fd);
+	if (r < 0)
+		log_error("%s child: cannot run %s: %s", label, b->path ? b->path : b->name, strerror(-r));
+	return r;
+}
+
+int child_binaries_open(struct keeper *k)
+{
+	k->binaries = calloc(ARRAY_SIZE(binary_names), sizeof(*k->binaries));
+	if (!k->binaries)
+		return -ENOMEM;
+	for (size_t i = 0; i < ARRAY_SIZE(binary_names); i++) {
+		struct child_binary *b = &k->binaries[i];
+		char path[PATH_MAX];
+
+		b->name = binary_names[i];
+		b->fd = -1;
+		if (paths_child_binary(b->name, path, sizeof(path)) == 0) {
+			b->path = strdup(path);
+			if (!b->path)
+				return -ENOMEM;
+		}
+		binary_ready(b, b->name);
+	}
+	return 0;
+}
+
+void child_binaries_close(struct keeper *k)
+{
+	for (size_t i = 0; k->binaries && i < ARRAY_SIZE(binary_names); i++) {
+		fd_close(k->binaries[i].fd);
+		free(k->binaries[i].path);
+	}
+	free(k->binaries);
+	k->binaries = NULL;
+}
+
+static struct child_binary *binary_find(struct keeper *k, const char *name)
+{
+	for (size_t i = 0; k->binaries && i < ARRAY_SIZE(binary_names); i++)
+		if (strcmp(k->binaries[i].name, name) == 0)
+			return &k->binaries[i];
+	return NULL;
 }
 
 struct child *child_new(struct keeper *k, const char *role, const char *binary, const struct child_ops *ops,
@@ -97,7 +173,9 @@ struct child *child_new(struct keeper *k, const char *role, const char *binary, 
 	c->ctx = ctx;
 	c->role = strdup(role);
 	c->label = strdup(role);
-	c->binary = find_binary(binary);
+	c->binary = binary_find(k, binary);
+	if (!c->binary)
+		fatal("no child binary named %s", binary); /* a keeper bug: CHILD_*_BIN only */
 	c->pid = -1;
 	c->desc_fd = -1;
 	c->next_id = 1;
@@ -198,7 +276,6 @@ struct child *child_free(struct child *c)
 		event_free(c->restart_timer);
 	free(c->role);
 	free(c->label);
-	free(c->binary);
 	free(c);
 	return NULL;
 }
@@ -463,37 +540,13 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 		}
 	}
 	envp[n] = NULL;
-	fexecve(bin, (char *[]){ c->binary, NULL }, envp);
+	fexecve(bin, (char *[]){ c->binary->path, NULL }, envp);
 	if (c->k->system_mode && c->k->cfg->worker_user)
-		log_error("%s child: cannot run %s as user %s: %m", c->label, c->binary, c->k->cfg->worker_user);
+		log_error("%s child: cannot run %s as user %s: %m", c->label, c->binary->path,
+			  c->k->cfg->worker_user);
 	else
-		log_error("%s child: cannot run %s: %m", c->label, c->binary);
+		log_error("%s child: cannot run %s: %m", c->label, c->binary->path);
 	_exit(127);
-}
-
-/* Opens path for fexecve(): a regular file that someone may execute. */
-static int child_binary_open(const char *path, int *fd)
-{
-	struct stat st;
-	int f;
-
-	if (!path)
-		return -ENAMETOOLONG;
-	f = open(path, O_PATH | O_CLOEXEC);
-	if (f < 0)
-		return -errno;
-	if (fstat(f, &st) < 0) {
-		int r = -errno;
-
-		close(f);
-		return r;
-	}
-	if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
-		close(f);
-		return S_ISDIR(st.st_mode) ? -EISDIR : -EACCES;
-	}
-	*fd = f;
-	return 0;
 }
 
 int child_start(struct child *c)
@@ -501,17 +554,12 @@ int child_start(struct child *c)
 	struct json_object *params, *hello;
 	int sv[2], dv[2] = { -1, -1 }, r;
 	pid_t pid;
-	_cleanup_(closep) int bin = -1;
 
-	/* The binary is found and opened as the keeper, before any uid switch:
-	 * the child's user need not be able to reach its path (a build tree
-	 * under /root), only to execute the file itself. */
-	r = child_binary_open(c->binary, &bin);
-	if (r < 0) {
-		log_error("%s child: cannot run %s: %s", c->label, c->binary ? c->binary : "(path too long)",
-			  strerror(-r));
+	/* Opened by the keeper (child_binaries_open()): the child's user need
+	 * not reach its path, only execute the file itself. */
+	r = binary_ready(c->binary, c->label);
+	if (r < 0)
 		return r;
-	}
 	r = sock_pair(0, sv);
 	if (r < 0) {
 		log_error("%s child: socketpair: %s", c->label, strerror(-r));
@@ -536,7 +584,7 @@ int child_start(struct child *c)
 		return r;
 	}
 	if (pid == 0)
-		exec_child(c, sv[1], dv[1], bin);
+		exec_child(c, sv[1], dv[1], c->binary->fd);
 	close(sv[1]);
 	fd_close(dv[1]);
 	c->desc_fd = dv[0];

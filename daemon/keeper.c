@@ -509,6 +509,8 @@ int keeper_run(const char *config_path, bool system_mode)
 	/* The socket first: a second keeper must stop before touching the store. */
 	control_socket(&k, &lfd);
 
+	if (child_binaries_open(&k) < 0)
+		fatal("out of memory");
 	if (system_mode)
 		drop_root(cfg->data_dir);
 	if (store_load_master_key(cfg->data_dir, &k.master_key, err, sizeof(err)) < 0)
@@ -581,6 +583,7 @@ int keeper_run(const char *config_path, bool system_mode)
 	event_free(k.sig_int);
 	event_free(k.sig_hup);
 	event_free(k.sig_chld);
+	child_binaries_close(&k);
 	event_base_free(k.base);
 	config_free(k.cfg);
 	free(k.config_path);

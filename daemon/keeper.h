@@ -92,6 +92,7 @@ struct keeper {
 	size_t index_mask;		/* slots - 1 (a power of two minus one) */
 
 	struct control *control;
+	struct child_binary *binaries;	/* child.c: opened before a root start drops */
 	struct child *oauth;
 	struct child *http;		/* api.c: REST API, events, web UI */
 	struct secret *api_key;
@@ -246,6 +247,19 @@ struct child_ops {
 	bool desc_channel;	/* fd 4: SOCK_SEQPACKET for client descriptors */
 };
 
+/*
+ * Opens the children's binaries (CHILD_*_BIN, where paths_child_binary()
+ * places them) once, at start, while the keeper still has the identity it
+ * was started with: a keeper started as root drops to the state directory's
+ * owner next, which may not reach the build tree (under /root, say). Each
+ * child is later run from its descriptor (fexecve), so neither the keeper's
+ * new user nor the child's needs to reach the binary's directory, and an
+ * upgrade on disk does not mix versions in one keeper. A binary that cannot
+ * be opened is logged with its path and the reason, and opened again at its
+ * child's next start. 0 or -ENOMEM.
+ */
+int child_binaries_open(struct keeper *k);
+void child_binaries_close(struct keeper *k);
 struct child *child_new(struct keeper *k, const char *role, const char *binary, const struct child_ops *ops,
 			void *ctx);
 struct child *child_free(struct child *c);
