@@ -74,49 +74,65 @@ struct child {
 
 static void child_lost(struct child *c, const char *why);
 
-/* A child program: where it is and, once opened, its descriptor. */
+/*
+ * A child program: its path and, once opened, its directory. The child runs
+ * it with execveat() relative to that directory: only the directory itself
+ * must be searchable by the child's user, not its parents (a build tree
+ * under /root). (fexecve() of the file itself would need nothing, but on
+ * kernels before 6.14 it names the process after the descriptor's number.)
+ */
 struct child_binary {
-	const char *name;		/* CHILD_*_BIN */
+	const char *name;		/* CHILD_*_BIN: also the file's name */
 	char *path;			/* NULL: the path is too long */
-	int fd;				/* O_PATH, or -1 */
+	int dir_fd;			/* O_PATH of its directory, or -1 */
 };
 
 static const char *const binary_names[] = { CHILD_OAUTH_BIN, CHILD_HTTP_BIN, CHILD_WORKER_BIN };
 
-/* Opens path for fexecve(): a regular file that someone may execute. */
-static int binary_open(const char *path, int *fd)
+/* Opens the directory of b->path and checks that b->name in it is a regular
+ * file that someone may execute. 0 or a negative errno value. */
+static int binary_open(struct child_binary *b)
 {
+	_cleanup_(freep) char *dir = NULL;
 	struct stat st;
-	int f;
+	char *slash;
+	int fd;
 
-	if (!path)
+	if (!b->path)
 		return -ENAMETOOLONG;
-	f = open(path, O_PATH | O_CLOEXEC);
-	if (f < 0)
+	dir = strdup(b->path);
+	if (!dir)
+		return -ENOMEM;
+	slash = strrchr(dir, '/');
+	if (!slash || strcmp(slash + 1, b->name) != 0)
+		return -EINVAL; /* paths_child_binary() always ends in the name */
+	*slash = '\0';
+	fd = open(dir[0] ? dir : "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
 		return -errno;
-	if (fstat(f, &st) < 0) {
+	if (fstatat(fd, b->name, &st, 0) < 0) {
 		int r = -errno;
 
-		close(f);
+		close(fd);
 		return r;
 	}
 	if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
-		close(f);
+		close(fd);
 		return S_ISDIR(st.st_mode) ? -EISDIR : -EACCES;
 	}
-	*fd = f;
+	b->dir_fd = fd;
 	return 0;
 }
 
-/* The descriptor of b, opened now if it was not yet; 0 or a negative errno
- * value, logged with the path. */
+/* b's directory, opened now if it was not yet; 0 or a negative errno value,
+ * logged with the path. */
 static int binary_ready(struct child_binary *b, const char *label)
 {
 	int r;
 
-	if (b->fd >= 0)
+	if (b->dir_fd >= 0)
 		return 0;
-	r = binary_open(b->path, &b->fd);
+	r = binary_open(b);
 	if (r < 0)
 		log_error("%s child: cannot run %s: %s", label, b->path ? b->path : b->name, strerror(-r));
 	return r;
@@ -132,7 +148,7 @@ int child_binaries_open(struct keeper *k)
 		char path[PATH_MAX];
 
 		b->name = binary_names[i];
-		b->fd = -1;
+		b->dir_fd = -1;
 		if (paths_child_binary(b->name, path, sizeof(path)) == 0) {
 			b->path = strdup(path);
 			if (!b->path)
@@ -146,7 +162,7 @@ int child_binaries_open(struct keeper *k)
 void child_binaries_close(struct keeper *k)
 {
 	for (size_t i = 0; k->binaries && i < ARRAY_SIZE(binary_names); i++) {
-		fd_close(k->binaries[i].fd);
+		fd_close(k->binaries[i].dir_fd);
 		free(k->binaries[i].path);
 	}
 	free(k->binaries);
@@ -488,8 +504,8 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 	if (fd < 0 || bin < 0 || dup2(fd, CHILD_FD_CHANNEL) < 0 ||
 	    (desc >= 0 && dup2(desc, CHILD_FD_DESCRIPTORS) < 0))
 		_exit(127);
-	/* The binary, opened by the keeper, goes right above the channels; it
-	 * closes at exec (O_CLOEXEC), which fexecve() allows for a binary. */
+	/* The binary's directory, opened by the keeper, goes right above the
+	 * channels; it closes at exec (O_CLOEXEC). */
 	first_free = desc >= 0 ? CHILD_FD_DESCRIPTORS + 1 : CHILD_FD_DESCRIPTORS;
 	if (dup3(bin, first_free, O_CLOEXEC) < 0)
 		_exit(127);
@@ -540,7 +556,7 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 		}
 	}
 	envp[n] = NULL;
-	fexecve(bin, (char *[]){ c->binary->path, NULL }, envp);
+	execveat(bin, c->binary->name, (char *[]){ c->binary->path, NULL }, envp, 0);
 	if (c->k->system_mode && c->k->cfg->worker_user)
 		log_error("%s child: cannot run %s as user %s: %m", c->label, c->binary->path,
 			  c->k->cfg->worker_user);
@@ -584,7 +600,7 @@ int child_start(struct child *c)
 		return r;
 	}
 	if (pid == 0)
-		exec_child(c, sv[1], dv[1], c->binary->fd);
+		exec_child(c, sv[1], dv[1], c->binary->dir_fd);
 	close(sv[1]);
 	fd_close(dv[1]);
 	c->desc_fd = dv[0];

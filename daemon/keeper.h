@@ -252,9 +252,9 @@ struct child_ops {
  * places them) once, at start, while the keeper still has the identity it
  * was started with: a keeper started as root drops to the state directory's
  * owner next, which may not reach the build tree (under /root, say). Each
- * child is later run from its descriptor (fexecve), so neither the keeper's
- * new user nor the child's needs to reach the binary's directory, and an
- * upgrade on disk does not mix versions in one keeper. A binary that cannot
+ * child is later run relative to its directory's descriptor (execveat), so
+ * neither the keeper's new user nor the child's needs to reach the parents
+ * of that directory. A binary that cannot
  * be opened is logged with its path and the reason, and opened again at its
  * child's next start. 0 or -ENOMEM.
  */

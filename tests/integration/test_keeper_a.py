@@ -483,6 +483,40 @@ class TestSystemMode(kl.KeeperTestCase):
             k.stop()
 
 
+    def test_m2_children_beyond_reach_of_their_user(self):
+        """The children's binaries in a directory that neither the keeper's
+        owner nor the child's user may enter (a build tree under /root): the
+        keeper opens them before it drops root and still starts them; a
+        binary that cannot be run is named with the reason."""
+        if os.geteuid() != 0:
+            self.skipTest("needs root")
+        hidden = os.path.join(self.tmp, "hidden")
+        libexec = os.path.join(hidden, "libexec")
+        os.makedirs(libexec)
+        shutil.copy2(os.path.join(kl.BUILD_ROOT, "daemon", "oauth", "mcpkeeper-oauth"), libexec)
+        with open(os.path.join(libexec, "mcpkeeper-http"), "w") as f:
+            f.write("not a program\n")
+        os.chmod(os.path.join(libexec, "mcpkeeper-http"), 0o644)
+        os.chmod(hidden, 0o700)
+        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}}, extra_config={"worker_user": "daemon"},
+                             env={"MCPKEEPER_LIBEXECDIR": libexec})
+        for d in (self.tmp, k.dir):
+            os.chmod(d, 0o755)
+        os.chown(k.data_dir, NOBODY, NOBODY)
+        k.start(args=["--system"])
+        try:
+            kids = []
+            kl.wait_until(lambda: kids.extend(children_of(k.proc.pid, "mcpkeeper-oauth")) or kids, 20, 0.1,
+                          "the oauth child from a directory its user cannot enter")
+            child = proc_status(kids[0])
+            self.assertEqual(child["Uid"][:2], [str(pwd.getpwnam("daemon").pw_uid)] * 2, child["Uid"])
+            kl.wait_until(lambda: k.status()["servers"] is not None, 10, 0.1, "status")
+            kl.wait_until(lambda: "cannot run %s/mcpkeeper-http: Permission denied" % libexec in k.log(), 10, 0.1,
+                          "the http child's binary named with the reason")
+        finally:
+            k.stop()
+
+
 class TestMalformed(kl.KeeperTestCase):
 
     def setUp(self):
