@@ -520,6 +520,24 @@ static void do_subscribe(struct conn *c, struct json_object *id)
  * socket, waiting a little if it is full: the connection is about to leave
  * the keeper, so nothing may stay behind in the bufferevent.
  */
+/* Copies what the bufferevent has queued into out. Its output may not be
+ * drained or copied out by anyone else (libevent freezes its start), but it
+ * may be looked at. */
+static int copy_queued(struct conn *c, struct evbuffer *out)
+{
+	struct evbuffer *queued = bufferevent_get_output(c->bev);
+	struct evbuffer_iovec v[16];
+	int n = evbuffer_peek(queued, -1, NULL, NULL, 0);
+
+	if (n > (int)ARRAY_SIZE(v))
+		return -EMSGSIZE; /* never: one pipelined hello reply at most */
+	n = evbuffer_peek(queued, -1, NULL, v, n);
+	for (int i = 0; i < n; i++)
+		if (evbuffer_add(out, v[i].iov_base, v[i].iov_len) < 0)
+			return -ENOMEM;
+	return 0;
+}
+
 static int write_now(struct conn *c, struct json_object *msg)
 {
 	struct evbuffer *out = evbuffer_new();
@@ -527,9 +545,9 @@ static int write_now(struct conn *c, struct json_object *msg)
 
 	if (!out)
 		return -ENOMEM;
-	/* What is queued before it (the answer to a pipelined hello) goes first. */
-	if (evbuffer_add_buffer(out, bufferevent_get_output(c->bev)) < 0 ||
-	    frame_write(out, msg, PROTO_MAX_MESSAGE) != 0)
+	/* What is queued before it (the answer to a pipelined hello) goes first;
+	 * the bufferevent is freed unwritten once the connection is handed on. */
+	if (copy_queued(c, out) < 0 || frame_write(out, msg, PROTO_MAX_MESSAGE) != 0)
 		r = -EMSGSIZE;
 	for (int tries = 0; r == 0 && evbuffer_get_length(out) > 0 && tries < 100; tries++) {
 		struct pollfd p = { .fd = fd, .events = POLLOUT };
