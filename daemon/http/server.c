@@ -34,7 +34,6 @@
 #include <json-c/json.h>
 #include <sodium.h>
 
-#include "frame.h"
 #include "http.h"
 #include "log.h"
 #include "proto.h"
