@@ -11,7 +11,13 @@
  * HTTP_STREAM_OUTPUT_MAX bytes pile up is disconnected with a log line
  * (it reconnects and reloads the state), and the loss of the subscription
  * itself is logged. The number of clients is capped.
+ *
+ * What it may touch: the subscription's control connection (taken over
+ * from control.c) and its clients' streams. The keeper's notifications are
+ * checked before they are passed on: anything else ends the subscription
+ * (logged), never the child, and it is asked for again.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +31,9 @@
 #include "frame.h"
 #include "http.h"
 #include "log.h"
+#include "params.h"
 #include "proto.h"
+#include "util.h"
 
 #define SUBSCRIBE_TIMEOUT_S 30
 #define RESUBSCRIBE_MIN_MS 1000
@@ -36,6 +44,28 @@ struct sse_client {
 	struct held held;		/* first: held callbacks cast back */
 	LIST_ENTRY(sse_client) link;
 	char who[96];
+};
+
+/* The keeper's event notification (common/proto.h): {type, data, timestamp}. */
+struct event_params {
+	const char *type;
+	struct json_object *data;
+	const char *timestamp;
+};
+
+static const struct param_spec event_spec[] = {
+	PARAM_STRING(struct event_params, type, PARAM_KEY_TYPE, PARAM_REQUIRED),
+	PARAM_OBJECT(struct event_params, data, PARAM_KEY_DATA, 0),
+	PARAM_STRING(struct event_params, timestamp, PARAM_KEY_TIMESTAMP, 0),
+};
+
+/* events.subscribe's result. */
+struct subscribe_result {
+	bool subscribed;
+};
+
+static const struct param_spec subscribe_spec[] = {
+	PARAM_BOOL(struct subscribe_result, subscribed, "subscribed", PARAM_REQUIRED),
 };
 
 static void sub_begin(struct http *h);
@@ -75,9 +105,7 @@ void events_handle(struct http *h, struct evhttp_request *req)
 				HTTP_EVENT_CLIENTS_MAX);
 		return;
 	}
-	c = calloc(1, sizeof(*c));
-	if (!c)
-		fatal("out of memory");
+	c = xcalloc(1, sizeof(*c));
 	evhttp_connection_get_peer(evhttp_request_get_connection(req), &addr, &port);
 	snprintf(c->who, sizeof(c->who), "events client #%lu (%.48s port %u)", ++h->next_client,
 		 addr ? addr : "?", (unsigned)port);
@@ -120,37 +148,35 @@ static bool type_valid(const char *s, size_t len)
 	return true;
 }
 
-/* One keeper notification to every client; -1 when it is malformed. */
+/* One keeper notification to every client; -EINVAL when it is malformed. */
 static int events_deliver(struct http *h, struct json_object *params)
 {
-	struct json_object *type, *data = NULL, *ts = NULL, *env;
+	struct event_params p = { NULL };
+	struct json_object *env;
 	struct evbuffer *b;
-	const char *json;
+	const char *json, *bad;
 	size_t len;
 	char now[40];
 
-	if (!json_object_is_type(params, json_type_object) || !json_object_object_get_ex(params, "type", &type) ||
-	    !json_object_is_type(type, json_type_string) ||
-	    !type_valid(json_object_get_string(type), (size_t)json_object_get_string_len(type)))
-		return -1;
-	json_object_object_get_ex(params, "data", &data);
-	json_object_object_get_ex(params, "timestamp", &ts);
-	env = json_object_new_object();
-	json_object_object_add(env, "payload", data ? json_object_get(data) : json_object_new_object());
-	if (ts) {
-		json_object_object_add(env, "timestamp", json_object_get(ts));
-	} else {
+	if (params_parse(params, event_spec, ARRAY_SIZE(event_spec), &p, &bad) < 0 ||
+	    !type_valid(p.type, strlen(p.type)))
+		return -EINVAL;
+	if (!p.timestamp) {
 		http_timestamp(now, sizeof(now));
-		json_object_object_add(env, "timestamp", json_object_new_string(now));
+		p.timestamp = now;
 	}
+	/* The envelope is what browsers read, not a channel message. */
+	env = json_object_new_object();
+	json_object_object_add(env, "payload", p.data ? json_object_get(p.data) : json_object_new_object());
+	json_object_object_add(env, "timestamp", json_object_new_string(p.timestamp));
 	/* Compact JSON has no raw line break: one data line per event. */
 	json = json_object_to_json_string_length(env, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
 	b = evbuffer_new();
-	if (!json || !b || evbuffer_add_printf(b, "event: %s\ndata: ", json_object_get_string(type)) < 0 ||
+	if (!json || !b || evbuffer_add_printf(b, "event: %s\ndata: ", p.type) < 0 ||
 	    evbuffer_add(b, json, len) < 0 || evbuffer_add(b, "\n\n", 2) < 0)
 		fatal("out of memory");
 	json_object_put(env);
-	log_debug("event %s to %zu client%s", json_object_get_string(type), h->n_sse, h->n_sse == 1 ? "" : "s");
+	log_debug("event %s to %zu client%s", p.type, h->n_sse, h->n_sse == 1 ? "" : "s");
 	len = evbuffer_get_length(b);
 	events_broadcast(h, (const char *)evbuffer_pullup(b, -1), len);
 	evbuffer_free(b);
@@ -241,7 +267,8 @@ static void sub_done(void *arg, struct rpc_msg *reply, const struct kfail *fail)
 {
 	struct http *h = arg;
 	struct kcall *kc = h->sub_call;
-	struct json_object *v;
+	struct subscribe_result res = { false };
+	const char *bad;
 
 	h->sub_call = NULL;
 	if (fail) {
@@ -249,8 +276,9 @@ static void sub_done(void *arg, struct rpc_msg *reply, const struct kfail *fail)
 		sub_schedule(h);
 		return;
 	}
-	if (reply->type == RPC_ERROR || !json_object_object_get_ex(reply->result, "subscribed", &v) ||
-	    !json_object_is_type(v, json_type_boolean) || !json_object_get_boolean(v)) {
+	if (reply->type == RPC_ERROR ||
+	    params_parse(reply->result, subscribe_spec, ARRAY_SIZE(subscribe_spec), &res, &bad) < 0 ||
+	    !res.subscribed) {
 		const char *message = reply->type == RPC_ERROR ? rpc_error_message(reply) : NULL;
 		char clean[160];
 

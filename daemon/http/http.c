@@ -15,10 +15,13 @@
  * does: one exchange per connection (status, auth.login, auth.logout), one
  * long-lived events.subscribe, and `connect` for each MCP session.
  *
- * This file holds main, the two keeper channels, the control connections,
- * the HTTP front door (Host and Origin against DNS rebinding, the API key),
- * the static UI and the REST API. http-events.c is GET /events and
- * http-mcp.c is MCP over HTTP.
+ * This file holds main, the hello and the start-up (listener, Landlock),
+ * and the two keeper channels: fd 3, and the control connections it asks
+ * for there and receives on fd 4 (kconn_*). control.c runs one exchange on
+ * such a connection (kcall_*); server.c is the HTTP front door (Host and
+ * Origin against DNS rebinding, the API key, routes); api.c is the REST
+ * API, static.c the web UI's files, events.c GET /events and mcp.c MCP over
+ * HTTP.
  *
  * What it may touch: fd 3, fd 4, the control connections, the listening
  * socket and its clients, stderr for logs, and reading the UI directory.
@@ -36,11 +39,9 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -52,18 +53,16 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <json-c/json.h>
 #include <sodium.h>
 
 #include "frame.h"
-#include "http.h"
 #include "entry.h"
+#include "http.h"
 #include "log.h"
 #include "params.h"
 #include "proto.h"
-#include "request.h"
 #include "secret.h"
 #include "sock.h"
 #include "util.h"
@@ -74,15 +73,8 @@
 #define STASH_MAX 64
 #define API_KEY_MIN 32
 #define API_KEY_MAX 1024
-/* The UI's files are small; anything bigger is not ours. */
-#define UI_FILE_MAX (8 * 1024 * 1024)
 #define IDLE_CHECK_S 60
 #define ACCEPT_RETRY_MS 500
-
-#define CSP_UI                                                                                           \
-	"default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; " \
-	"frame-ancestors 'none'"
-#define CSP_API "default-src 'none'; frame-ancestors 'none'"
 
 /* A control.connect on its way: the reply and the descriptor may come in either order. */
 struct kwait {
@@ -98,29 +90,6 @@ struct kfd {
 	LIST_ENTRY(kfd) link;
 	uint64_t number;
 	int fd;
-};
-
-struct kcall {
-	struct http *h;
-	LIST_ENTRY(kcall) link;
-	const char *method;
-	struct json_object *msg;	/* the request, sent once connected */
-	struct kwait *wait;
-	struct bufferevent *bev;
-	struct event *timer;
-	int timeout_s;
-	kcall_fn fn;
-	void *arg;
-};
-
-enum api_what { API_SERVERS, API_SERVER, API_LOGIN, API_LOGOUT };
-
-struct api_call {
-	struct held held;		/* first: held_* callbacks cast back */
-	LIST_ENTRY(api_call) link;
-	struct kcall *kc;
-	enum api_what what;
-	char server[SERVER_NAME_MAX + 1];
 };
 
 static void http_stop(struct http *h, int code);
@@ -160,254 +129,13 @@ void http_clean(const char *s, char *out, size_t len)
 	out[n] = '\0';
 }
 
-int http_status_for_kind(const char *kind)
-{
-	static const struct {
-		const char *kind;
-		int status;
-	} map[] = {
-		{ KIND_NOT_FOUND, 404 },      { KIND_NOT_OAUTH, 400 },     { KIND_FORBIDDEN, 403 },
-		{ KIND_INVALID_PARAMS, 400 }, { KIND_BUSY, 409 },	   { KIND_LOGIN_FAILED, 502 },
-		{ KIND_UNAVAILABLE, 503 },
-	};
-
-	for (size_t i = 0; kind && i < ARRAY_SIZE(map); i++)
-		if (strcmp(kind, map[i].kind) == 0)
-			return map[i].status;
-	return 500;
-}
-
-static bool name_char(char c)
-{
-	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-	       c == '-';
-}
-
-int http_server_name(const char *raw, char *out, size_t len)
-{
-	char *dec;
-	size_t n;
-	int r = -1;
-
-	/* Each name byte is at most three bytes percent-encoded. */
-	if (!*raw || strlen(raw) > 3 * SERVER_NAME_MAX)
-		return -1;
-	dec = evhttp_uridecode(raw, 0, &n);
-	if (!dec)
-		fatal("out of memory");
-	if (n > 0 && n <= SERVER_NAME_MAX && n < len && strlen(dec) == n) {
-		r = 0;
-		for (size_t i = 0; i < n; i++)
-			if (!name_char(dec[i]))
-				r = -1;
-		if (r == 0)
-			memcpy(out, dec, n + 1);
-	}
-	free(dec);
-	return r;
-}
-
-static const char *method_name(enum evhttp_cmd_type cmd)
-{
-	switch (cmd) {
-	case EVHTTP_REQ_GET:
-		return "GET";
-	case EVHTTP_REQ_POST:
-		return "POST";
-	case EVHTTP_REQ_HEAD:
-		return "HEAD";
-	case EVHTTP_REQ_PUT:
-		return "PUT";
-	case EVHTTP_REQ_DELETE:
-		return "DELETE";
-	case EVHTTP_REQ_OPTIONS:
-		return "OPTIONS";
-	case EVHTTP_REQ_TRACE:
-		return "TRACE";
-	case EVHTTP_REQ_CONNECT:
-		return "CONNECT";
-	case EVHTTP_REQ_PATCH:
-		return "PATCH";
-	}
-	return "?";
-}
-
-/* -- replies -- */
-
-void http_log_request(struct evhttp_request *req, int status, const char *note)
-{
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-	char clean[256];
-
-	/* The path only: the query may hold the API key. */
-	http_clean(path ? path : "?", clean, sizeof(clean));
-	log_msg(status >= 500 ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, "%s %s %d%s%s",
-		method_name(evhttp_request_get_command(req)), clean, status, note ? " " : "", note ? note : "");
-}
-
-void http_common_headers(struct evhttp_request *req)
-{
-	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-
-	evhttp_add_header(out, "X-Content-Type-Options", "nosniff");
-	evhttp_add_header(out, "Referrer-Policy", "no-referrer");
-	evhttp_add_header(out, "X-Frame-Options", "DENY");
-}
-
-void http_send_json(struct evhttp_request *req, int status, struct json_object *body, const char *session_id)
-{
-	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-	struct evbuffer *b = evbuffer_new();
-	const char *s;
-	size_t len = 0;
-
-	if (!b || !body)
-		fatal("out of memory");
-	s = json_object_to_json_string_length(body, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
-	if (!s || evbuffer_add(b, s, len) < 0)
-		fatal("out of memory");
-	json_object_put(body);
-	http_common_headers(req);
-	evhttp_add_header(out, "Content-Type", "application/json");
-	evhttp_add_header(out, "Cache-Control", "no-store");
-	evhttp_add_header(out, "Content-Security-Policy", CSP_API);
-	if (session_id)
-		evhttp_add_header(out, "Mcp-Session-Id", session_id);
-	http_log_request(req, status, NULL);
-	evhttp_send_reply(req, status, NULL, b);
-	evbuffer_free(b);
-}
-
-static void send_data(struct evhttp_request *req, struct json_object *data)
-{
-	struct json_object *o = json_object_new_object();
-
-	json_object_object_add(o, "success", json_object_new_boolean(1));
-	json_object_object_add(o, "data", data);
-	http_send_json(req, 200, o, NULL);
-}
-
-void http_send_error(struct evhttp_request *req, int status, const char *kind, const char *fmt, ...)
-{
-	struct json_object *o = json_object_new_object(), *e = json_object_new_object();
-	char message[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(message, sizeof(message), fmt, ap);
-	va_end(ap);
-	json_object_object_add(e, "kind", json_object_new_string(kind));
-	json_object_object_add(e, "message", json_object_new_string(message));
-	json_object_object_add(o, "success", json_object_new_boolean(0));
-	json_object_object_add(o, "error", e);
-	http_send_json(req, status, o, NULL);
-}
-
-/* -- requests answered later -- */
-
-/* The client's connection is going down (it closed, a write failed, or we
- * dropped it). A request libevent detached from the connection is ours to
- * free; one still attached goes with the connection. */
-static void held_closed(struct evhttp_connection *evcon, void *arg)
-{
-	struct held *hd = arg;
-	struct evhttp_request *req = hd->req;
-
-	if (hd->closed) {
-		event_free(hd->closed);
-		hd->closed = NULL;
-	}
-	hd->unsent = evbuffer_get_length(bufferevent_get_output(evhttp_connection_get_bufferevent(evcon)));
-	hd->req = NULL;
-	if (req && !evhttp_request_get_connection(req))
-		evhttp_request_free(req);
-	hd->gone(hd);
-}
-
-/* libevent stops reading while a request waits for its answer, so a client
- * that goes away would only be noticed at the next write: watch for it. */
-static void held_watch_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct held *hd = arg;
-	struct evhttp_connection *evcon = hd->req ? evhttp_request_get_connection(hd->req) : NULL;
-
-	if (evcon)
-		evhttp_connection_free(evcon); /* runs held_closed */
-}
-
-void held_init(struct held *hd, struct http *h, struct evhttp_request *req, void (*gone)(struct held *hd))
-{
-	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-
-	hd->h = h;
-	hd->req = req;
-	hd->gone = gone;
-	evhttp_connection_set_closecb(evcon, held_closed, hd);
-	hd->closed = event_new(h->base, bufferevent_getfd(bev), EV_CLOSED, held_watch_cb, hd);
-	if (!hd->closed)
-		fatal("out of memory");
-	if (event_add(hd->closed, NULL) < 0) {
-		event_free(hd->closed);
-		hd->closed = NULL;
-	}
-}
-
-struct evhttp_request *held_release(struct held *hd)
-{
-	struct evhttp_request *req = hd->req;
-
-	if (hd->closed) {
-		event_free(hd->closed);
-		hd->closed = NULL;
-	}
-	if (req && evhttp_request_get_connection(req))
-		evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
-	hd->req = NULL;
-	return req;
-}
-
-int held_stream(struct held *hd, const char *data, size_t len, const char *who)
-{
-	struct evhttp_connection *evcon = hd->req ? evhttp_request_get_connection(hd->req) : NULL;
-	struct evbuffer *chunk;
-	size_t queued;
-
-	if (!evcon)
-		return -1;
-	queued = evbuffer_get_length(bufferevent_get_output(evhttp_connection_get_bufferevent(evcon)));
-	/* One message bigger than the limit still goes to a client that has
-	 * read everything so far. */
-	if (queued > 0 && queued + len > HTTP_STREAM_OUTPUT_MAX) {
-		log_warn("%s is not keeping up (%zu bytes it has not read, %zu more to send, limit %d); disconnecting it",
-			 who, queued, len, HTTP_STREAM_OUTPUT_MAX);
-		hd->dropped = true;
-		evhttp_connection_free(evcon);
-		return -1;
-	}
-	chunk = evbuffer_new();
-	if (!chunk || evbuffer_add(chunk, data, len) < 0)
-		fatal("out of memory");
-	evhttp_send_reply_chunk(hd->req, chunk);
-	evbuffer_free(chunk);
-	return 0;
-}
-
 /* -- the channel to the keeper (fd 3) -- */
 
 static void chan_send(struct http *h, struct json_object *msg)
 {
-	int r;
-
 	if (!msg)
 		fatal("out of memory");
-	r = frame_write(bufferevent_get_output(h->chan.bev), msg, PROTO_MAX_MESSAGE);
-	json_object_put(msg);
-	if (r) {
-		log_error("cannot queue a message to the keeper: %s", r < 0 ? strerror(-r) : frame_strerror(r));
-		http_stop(h, 1);
-	}
+	channel_send(&h->chan, msg);
 }
 
 static void keeper_bug(struct http *h, const char *what, const char *detail)
@@ -423,12 +151,19 @@ static void http_stop(struct http *h, int code)
 
 /* -- control connections: control.connect on fd 3, the descriptor on fd 4 -- */
 
-static struct kwait *kconn_request(struct http *h, void (*fn)(void *arg, int fd, const char *error), void *arg)
-{
-	struct kwait *w = calloc(1, sizeof(*w));
+/* control.connect's result {"number"}: where the descriptor comes on fd 4. */
+struct connect_result {
+	int64_t number;
+};
 
-	if (!w)
-		fatal("out of memory");
+static const struct param_spec connect_result_spec[] = {
+	PARAM_INT(struct connect_result, number, PARAM_KEY_NUMBER, PARAM_REQUIRED, 0, INT64_MAX),
+};
+
+struct kwait *kconn_request(struct http *h, void (*fn)(void *arg, int fd, const char *error), void *arg)
+{
+	struct kwait *w = xcalloc(1, sizeof(*w));
+
 	w->id = ++h->next_id;
 	w->fn = fn;
 	w->arg = arg;
@@ -438,7 +173,7 @@ static struct kwait *kconn_request(struct http *h, void (*fn)(void *arg, int fd,
 }
 
 /* The waiter stays until its descriptor came, which is then closed. */
-static void kconn_cancel(struct kwait *w)
+void kconn_cancel(struct kwait *w)
 {
 	w->fn = NULL;
 }
@@ -457,8 +192,10 @@ static void kconn_reply(struct http *h, struct rpc_msg *m)
 {
 	struct kwait *w;
 	struct kfd *s;
-	struct json_object *v;
-	int64_t id = json_object_is_type(m->id, json_type_int) ? json_object_get_int64(m->id) : -1, n;
+	struct connect_result res;
+	const char *bad;
+	int64_t id = json_object_is_type(m->id, json_type_int) ? json_object_get_int64(m->id) : -1;
+	uint64_t n;
 
 	LIST_FOREACH(w, &h->waits, link)
 		if (w->id == id && !w->answered)
@@ -479,19 +216,19 @@ static void kconn_reply(struct http *h, struct rpc_msg *m)
 		free(w);
 		return;
 	}
-	if (!json_object_is_type(m->result, json_type_object) || !json_object_object_get_ex(m->result, "number", &v) ||
-	    !json_object_is_type(v, json_type_int) || (n = json_object_get_int64(v)) < 0) {
+	if (params_parse(m->result, connect_result_spec, ARRAY_SIZE(connect_result_spec), &res, &bad) < 0) {
 		keeper_bug(h, "a control.connect reply without a number", NULL);
 		return;
 	}
+	n = (uint64_t)res.number;
 	for (struct kwait *o = LIST_FIRST(&h->waits); o; o = LIST_NEXT(o, link)) {
-		if (o->answered && o->number == (uint64_t)n) {
+		if (o->answered && o->number == n) {
 			keeper_bug(h, "the same descriptor number twice", NULL);
 			return;
 		}
 	}
 	LIST_FOREACH(s, &h->stash, link) {
-		if (s->number == (uint64_t)n) {
+		if (s->number == n) {
 			int fd = s->fd;
 
 			LIST_REMOVE(s, link);
@@ -502,7 +239,7 @@ static void kconn_reply(struct http *h, struct rpc_msg *m)
 		}
 	}
 	w->answered = true;
-	w->number = (uint64_t)n;
+	w->number = n;
 }
 
 static void kconn_arrived(struct http *h, uint64_t number, int fd)
@@ -528,9 +265,7 @@ static void kconn_arrived(struct http *h, uint64_t number, int fd)
 		keeper_bug(h, "descriptors that no control.connect reply names", NULL);
 		return;
 	}
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		fatal("out of memory");
+	s = xcalloc(1, sizeof(*s));
 	s->number = number;
 	s->fd = fd;
 	LIST_INSERT_HEAD(&h->stash, s, link);
@@ -577,654 +312,6 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 		if (fd_set_nonblock(cfd, 1) < 0)
 			fatal("cannot set up a control connection: %m");
 		kconn_arrived(h, number, cfd);
-	}
-}
-
-/* -- one exchange on a control connection -- */
-
-static void kcall_free(struct kcall *c)
-{
-	LIST_REMOVE(c, link);
-	if (c->wait)
-		kconn_cancel(c->wait);
-	if (c->bev)
-		bufferevent_free(c->bev);
-	if (c->timer)
-		event_free(c->timer);
-	json_object_put(c->msg);
-	free(c);
-}
-
-static void kcall_finish(struct kcall *c, struct rpc_msg *reply, const struct kfail *fail)
-{
-	c->fn(c->arg, reply, fail);
-	kcall_free(c);
-}
-
-static void kcall_fail(struct kcall *c, int status, const char *kind, const char *fmt, ...) _printf_(4, 5);
-static void kcall_fail(struct kcall *c, int status, const char *kind, const char *fmt, ...)
-{
-	struct kfail f = { .status = status, .kind = kind };
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(f.message, sizeof(f.message), fmt, ap);
-	va_end(ap);
-	kcall_finish(c, NULL, &f);
-}
-
-static void kcall_read_cb(struct bufferevent *bev, void *arg)
-{
-	struct kcall *c = arg;
-
-	for (;;) {
-		struct rpc_msg m;
-		char detail[128] = "";
-		int r = frame_read(bufferevent_get_input(bev), PROTO_MAX_MESSAGE, &m, detail, sizeof(detail));
-
-		if (r == FRAME_NEED_MORE)
-			return;
-		if (r != 0) {
-			rpc_msg_clear(&m);
-			log_error("keeper sent a malformed reply to %s: %s", c->method,
-				  r < 0 ? strerror(-r) : detail);
-			kcall_fail(c, 500, KIND_INTERNAL, "the keeper sent a malformed reply");
-			return;
-		}
-		if (m.type == RPC_NOTIFICATION) {
-			/* auth.login_url and the like: the reply says it all. */
-			rpc_msg_clear(&m);
-			continue;
-		}
-		if (m.type == RPC_REQUEST || !json_object_is_type(m.id, json_type_int) ||
-		    json_object_get_int64(m.id) != 1) {
-			log_error("keeper sent %s on a control connection waiting for %s",
-				  m.type == RPC_REQUEST ? "a request" : "a reply to no request", c->method);
-			rpc_msg_clear(&m);
-			kcall_fail(c, 500, KIND_INTERNAL, "the keeper sent an unexpected message");
-			return;
-		}
-		kcall_finish(c, &m, NULL);
-		rpc_msg_clear(&m);
-		return;
-	}
-}
-
-static void kcall_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct kcall *c = arg;
-
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-		kcall_fail(c, 502, KIND_UNAVAILABLE, "the keeper closed the control connection before answering %s",
-			   c->method);
-}
-
-static void kcall_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct kcall *c = arg;
-
-	log_warn("the keeper did not answer %s within %d s", c->method, c->timeout_s);
-	kcall_fail(c, 504, KIND_UNAVAILABLE, "the keeper did not answer %s within %d s", c->method, c->timeout_s);
-}
-
-static void kcall_connected(void *arg, int fd, const char *error)
-{
-	struct kcall *c = arg;
-	int r;
-
-	c->wait = NULL;
-	if (fd < 0) {
-		kcall_fail(c, 503, KIND_UNAVAILABLE, "the keeper could not open a control connection: %s", error);
-		return;
-	}
-	c->bev = bufferevent_socket_new(c->h->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (!c->bev)
-		fatal("out of memory");
-	frame_bev_setup(c->bev, PROTO_MAX_MESSAGE);
-	bufferevent_setcb(c->bev, kcall_read_cb, NULL, kcall_event_cb, c);
-	if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) < 0)
-		fatal("cannot watch a control connection");
-	r = frame_write(bufferevent_get_output(c->bev), c->msg, PROTO_MAX_MESSAGE);
-	if (r)
-		kcall_fail(c, 500, KIND_INTERNAL, "cannot send %s: %s", c->method,
-			   r < 0 ? strerror(-r) : frame_strerror(r));
-}
-
-struct kcall *kcall_start(struct http *h, const char *method, struct json_object *params, int timeout_s,
-			  kcall_fn fn, void *arg)
-{
-	struct kcall *c = calloc(1, sizeof(*c));
-	struct timeval tv = { .tv_sec = timeout_s };
-
-	if (!c)
-		fatal("out of memory");
-	c->h = h;
-	c->method = method;
-	c->fn = fn;
-	c->arg = arg;
-	c->timeout_s = timeout_s;
-	c->msg = rpc_request(method, params, 1);
-	c->timer = evtimer_new(h->base, kcall_timeout_cb, c);
-	if (!c->msg || !c->timer || evtimer_add(c->timer, &tv) < 0)
-		fatal("out of memory");
-	LIST_INSERT_HEAD(&h->calls, c, link);
-	c->wait = kconn_request(h, kcall_connected, c);
-	return c;
-}
-
-void kcall_cancel(struct kcall *c)
-{
-	if (c)
-		kcall_free(c);
-}
-
-struct bufferevent *kcall_take(struct kcall *c)
-{
-	struct bufferevent *bev = c->bev;
-
-	c->bev = NULL;
-	if (bev)
-		bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
-	return bev;
-}
-
-/* -- the front door: rebinding, API key, routes -- */
-
-/* Host must name our address and port; an Origin, when sent, must be the
- * page's own (http:// and that Host). */
-static bool host_allowed(struct http *h, struct evhttp_request *req)
-{
-	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-	const char *host = NULL, *origin = NULL;
-	int n_host = 0, n_origin = 0;
-	struct evkeyval *kv;
-	bool ok = false;
-
-	TAILQ_FOREACH(kv, in, next) {
-		if (evutil_ascii_strcasecmp(kv->key, "Host") == 0) {
-			host = kv->value;
-			n_host++;
-		} else if (evutil_ascii_strcasecmp(kv->key, "Origin") == 0) {
-			origin = kv->value;
-			n_origin++;
-		}
-	}
-	if (n_host != 1 || n_origin > 1)
-		return false;
-	for (size_t i = 0; i < ARRAY_SIZE(h->hosts); i++)
-		if (h->hosts[i][0] && evutil_ascii_strcasecmp(host, h->hosts[i]) == 0)
-			ok = true;
-	if (ok && origin)
-		ok = evutil_ascii_strncasecmp(origin, "http://", 7) == 0 && evutil_ascii_strcasecmp(origin + 7, host) == 0;
-	return ok;
-}
-
-static bool key_matches(struct http *h, const char *key)
-{
-	return key && secret_equal_bytes(h->api_key, key, strlen(key));
-}
-
-/* X-API-Key, or else ?apikey= (for tools). Both are wiped once checked. */
-static bool authorized(struct http *h, struct evhttp_request *req)
-{
-	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
-	const char *header = NULL;
-	int n_header = 0;
-	struct evkeyval *kv;
-	bool ok = false;
-
-	TAILQ_FOREACH(kv, in, next) {
-		if (evutil_ascii_strcasecmp(kv->key, "X-API-Key") == 0) {
-			header = kv->value;
-			n_header++;
-		}
-	}
-	if (n_header == 1) {
-		ok = key_matches(h, header);
-	} else if (n_header == 0 && query && *query) {
-		struct evkeyvalq q;
-		const char *key = NULL;
-		int n_key = 0;
-
-		TAILQ_INIT(&q);
-		if (evhttp_parse_query_str(query, &q) == 0) {
-			TAILQ_FOREACH(kv, &q, next) {
-				if (strcmp(kv->key, "apikey") == 0) {
-					key = kv->value;
-					n_key++;
-				}
-			}
-			ok = n_key == 1 && key_matches(h, key);
-		}
-		TAILQ_FOREACH(kv, &q, next)
-			sodium_memzero(kv->value, strlen(kv->value));
-		evhttp_clear_headers(&q);
-	}
-	TAILQ_FOREACH(kv, in, next)
-		if (evutil_ascii_strcasecmp(kv->key, "X-API-Key") == 0)
-			sodium_memzero(kv->value, strlen(kv->value));
-	request_wipe_query(req);
-	return ok;
-}
-
-enum route_id {
-	ROUTE_NONE,
-	ROUTE_STATIC,
-	ROUTE_SERVERS,
-	ROUTE_SERVER,
-	ROUTE_LOGIN,
-	ROUTE_LOGOUT,
-	ROUTE_EVENTS,
-	ROUTE_MCP,
-};
-
-struct route {
-	enum route_id id;
-	unsigned methods;	/* EVHTTP_REQ_* allowed */
-	const char *allow;	/* the Allow header for 405 */
-	const char *file;	/* ROUTE_STATIC */
-	const char *ctype;
-	char raw_name[3 * SERVER_NAME_MAX + 1];
-	bool bad_name;		/* a name segment too long to be one */
-};
-
-/* The static files, all public: they carry no data and the page loads
- * before it can send the key. Nothing outside this list is served. */
-static const struct {
-	const char *path, *file, *ctype;
-} static_files[] = {
-	{ "/", "index.html", "text/html; charset=utf-8" },
-	{ "/ui/app.js", "app.js", "text/javascript; charset=utf-8" },
-	{ "/ui/style.css", "style.css", "text/css; charset=utf-8" },
-	{ "/openapi.json", "openapi.json", "application/json" },
-};
-
-/* Takes the segment at *p up to the next '/' or the end. */
-static void take_segment(const char **p, struct route *r)
-{
-	size_t n = strcspn(*p, "/");
-
-	if (n == 0 || n >= sizeof(r->raw_name)) {
-		r->bad_name = true;
-	} else {
-		memcpy(r->raw_name, *p, n);
-		r->raw_name[n] = '\0';
-	}
-	*p += n;
-}
-
-static void route_parse(const char *path, struct route *r)
-{
-	static const char servers[] = "/api/v1/servers";
-	const char *p;
-
-	memset(r, 0, sizeof(*r));
-	for (size_t i = 0; i < ARRAY_SIZE(static_files); i++) {
-		if (strcmp(path, static_files[i].path) == 0) {
-			r->id = ROUTE_STATIC;
-			r->methods = EVHTTP_REQ_GET;
-			r->allow = "GET";
-			r->file = static_files[i].file;
-			r->ctype = static_files[i].ctype;
-			return;
-		}
-	}
-	if (strcmp(path, "/events") == 0) {
-		r->id = ROUTE_EVENTS;
-		r->methods = EVHTTP_REQ_GET;
-		r->allow = "GET";
-		return;
-	}
-	if (strncmp(path, "/mcp/", 5) == 0) {
-		p = path + 5;
-		take_segment(&p, r);
-		if (*p)
-			return;
-		r->id = ROUTE_MCP;
-		r->methods = EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE;
-		r->allow = "GET, POST, DELETE";
-		return;
-	}
-	if (strcmp(path, servers) == 0) {
-		r->id = ROUTE_SERVERS;
-		r->methods = EVHTTP_REQ_GET;
-		r->allow = "GET";
-		return;
-	}
-	if (strncmp(path, servers, sizeof(servers) - 1) != 0 || path[sizeof(servers) - 1] != '/')
-		return;
-	p = path + sizeof(servers);
-	take_segment(&p, r);
-	if (!*p) {
-		r->id = ROUTE_SERVER;
-		r->methods = EVHTTP_REQ_GET;
-		r->allow = "GET";
-	} else if (strcmp(p, "/login") == 0) {
-		r->id = ROUTE_LOGIN;
-		r->methods = EVHTTP_REQ_POST;
-		r->allow = "POST";
-	} else if (strcmp(p, "/logout") == 0) {
-		r->id = ROUTE_LOGOUT;
-		r->methods = EVHTTP_REQ_POST;
-		r->allow = "POST";
-	}
-}
-
-static void serve_static(struct http *h, struct evhttp_request *req, const char *file, const char *ctype)
-{
-	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-	struct evbuffer *b;
-	struct stat st;
-	char path[PATH_MAX];
-	int fd;
-
-	if ((size_t)snprintf(path, sizeof(path), "%s/%s", h->ui_dir, file) >= sizeof(path)) {
-		http_send_error(req, 404, KIND_NOT_FOUND, "the web UI is not installed");
-		return;
-	}
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
-	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > UI_FILE_MAX) {
-		if (fd < 0 && errno != ENOENT)
-			log_warn("web UI: cannot open %s: %m", path);
-		fd_close(fd);
-		http_send_error(req, 404, KIND_NOT_FOUND, "%s is not installed", file);
-		return;
-	}
-	b = evbuffer_new();
-	if (!b)
-		fatal("out of memory");
-	for (;;) {
-		int n = evbuffer_read(b, fd, 65536);
-
-		if (n == 0)
-			break;
-		if ((n < 0 && errno != EINTR) || evbuffer_get_length(b) > UI_FILE_MAX) {
-			log_warn("web UI: cannot read %s: %s", path, n < 0 ? strerror(errno) : "it grew too large");
-			fd_close(fd);
-			evbuffer_free(b);
-			http_send_error(req, 500, KIND_INTERNAL, "cannot read %s", file);
-			return;
-		}
-	}
-	fd_close(fd);
-	http_common_headers(req);
-	evhttp_add_header(out, "Content-Type", ctype);
-	evhttp_add_header(out, "Cache-Control", "no-cache");
-	evhttp_add_header(out, "Content-Security-Policy", CSP_UI);
-	http_log_request(req, 200, NULL);
-	evhttp_send_reply(req, 200, NULL, b);
-	evbuffer_free(b);
-}
-
-/* -- the REST API -- */
-
-static void api_free(struct api_call *a)
-{
-	LIST_REMOVE(a, link);
-	if (a->kc)
-		kcall_cancel(a->kc);
-	held_release(&a->held);
-	free(a);
-}
-
-static void api_gone(struct held *hd)
-{
-	struct api_call *a = (struct api_call *)hd;
-
-	log_debug("a client went away before the keeper answered");
-	api_free(a);
-}
-
-static struct json_object *find_server(struct json_object *servers, const char *name)
-{
-	for (size_t i = 0; i < json_object_array_length(servers); i++) {
-		struct json_object *s = json_object_array_get_idx(servers, i), *v;
-
-		if (json_object_object_get_ex(s, "name", &v) && json_object_is_type(v, json_type_string) &&
-		    strcmp(json_object_get_string(v), name) == 0)
-			return s;
-	}
-	return NULL;
-}
-
-/* The keeper's result as the API's data in *data: 0, or 404 for a server
- * the status does not list, or -1 when the result is not what the protocol
- * says (a keeper bug: the caller answers 500). */
-static int api_data(struct api_call *a, struct json_object *result, struct json_object **data)
-{
-	static const char *const logout_fields[] = { "server",	    "logged_out", "had_token", "revoked",
-						     "revoke_error", "revocation", "orphaned" };
-	struct json_object *v, *d, *s;
-
-	*data = NULL;
-	if (!json_object_is_type(result, json_type_object))
-		return -1;
-	switch (a->what) {
-	case API_SERVERS:
-	case API_SERVER:
-		if (!json_object_object_get_ex(result, "servers", &v) || !json_object_is_type(v, json_type_array))
-			return -1;
-		if (a->what == API_SERVERS) {
-			*data = json_object_get(v);
-			return 0;
-		}
-		s = find_server(v, a->server);
-		if (!s)
-			return 404;
-		*data = json_object_get(s);
-		return 0;
-	case API_LOGIN:
-		if (!json_object_object_get_ex(result, "url", &v) || !json_object_is_type(v, json_type_string))
-			return -1;
-		d = json_object_new_object();
-		json_object_object_add(d, "action", json_object_new_string("login"));
-		if (json_object_object_get_ex(result, "server", &s) && json_object_is_type(s, json_type_string))
-			json_object_object_add(d, "server", json_object_get(s));
-		else
-			json_object_object_add(d, "server", json_object_new_string(a->server));
-		json_object_object_add(d, "url", json_object_get(v));
-		*data = d;
-		return 0;
-	case API_LOGOUT:
-		d = json_object_new_object();
-		json_object_object_add(d, "action", json_object_new_string("logout"));
-		json_object_object_add(d, "server", json_object_new_string(a->server));
-		for (size_t i = 0; i < ARRAY_SIZE(logout_fields); i++)
-			if (json_object_object_get_ex(result, logout_fields[i], &v))
-				json_object_object_add(d, logout_fields[i], json_object_get(v));
-		*data = d;
-		return 0;
-	}
-	return -1;
-}
-
-static void api_done(void *arg, struct rpc_msg *reply, const struct kfail *fail)
-{
-	struct api_call *a = arg;
-	struct evhttp_request *req = held_release(&a->held);
-	struct json_object *data;
-	int r;
-
-	a->kc = NULL;
-	if (!req) {
-		api_free(a);
-		return;
-	}
-	if (fail) {
-		http_send_error(req, fail->status, fail->kind, "%s", fail->message);
-	} else if (reply->type == RPC_ERROR) {
-		const char *kind = rpc_error_kind(reply), *message = rpc_error_message(reply);
-
-		http_send_error(req, http_status_for_kind(kind), kind ? kind : KIND_INTERNAL, "%s",
-				message ? message : "the keeper refused");
-	} else if ((r = api_data(a, reply->result, &data)) < 0) {
-		log_error("keeper sent a malformed result for %s", a->what == API_LOGIN	 ? METHOD_AUTH_LOGIN :
-								  a->what == API_LOGOUT ? METHOD_AUTH_LOGOUT :
-											  METHOD_STATUS);
-		http_send_error(req, 500, KIND_INTERNAL, "the keeper sent a malformed reply");
-	} else if (r == 404) {
-		http_send_error(req, 404, KIND_NOT_FOUND, "no server named \"%s\"", a->server);
-	} else {
-		send_data(req, data);
-	}
-	api_free(a);
-}
-
-static void api_start(struct http *h, struct evhttp_request *req, enum api_what what, const char *server)
-{
-	struct api_call *a = calloc(1, sizeof(*a));
-	struct json_object *params = NULL;
-	const char *method = METHOD_STATUS;
-
-	if (!a)
-		fatal("out of memory");
-	a->what = what;
-	if (server)
-		snprintf(a->server, sizeof(a->server), "%s", server);
-	if (what == API_LOGIN || what == API_LOGOUT) {
-		params = json_object_new_object();
-		json_object_object_add(params, "server", json_object_new_string(server));
-		if (what == API_LOGIN) {
-			method = METHOD_AUTH_LOGIN;
-			json_object_object_add(params, "wait", json_object_new_boolean(0));
-		} else {
-			method = METHOD_AUTH_LOGOUT;
-		}
-	}
-	held_init(&a->held, h, req, api_gone);
-	LIST_INSERT_HEAD(&h->api_calls, a, link);
-	a->kc = kcall_start(h, method, params, HTTP_KEEPER_TIMEOUT_S, api_done, a);
-}
-
-/* A login or logout body is optional: nothing, or a JSON object. */
-static bool body_acceptable(struct evhttp_request *req)
-{
-	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-	size_t len = evbuffer_get_length(in), start = 0, end;
-	const char *p = len ? (const char *)evbuffer_pullup(in, -1) : "";
-	struct json_tokener *tok;
-	struct json_object *o;
-	bool ok;
-
-	while (start < len && strchr(" \t\r\n", p[start]) && p[start])
-		start++;
-	end = len;
-	while (end > start && strchr(" \t\r\n", p[end - 1]) && p[end - 1])
-		end--;
-	if (start == end)
-		return true;
-	if (memchr(p + start, '\0', end - start))
-		return false;
-	tok = json_tokener_new_ex(32);
-	if (!tok)
-		fatal("out of memory");
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-	o = json_tokener_parse_ex(tok, p + start, (int)(end - start));
-	ok = o && json_tokener_get_error(tok) == json_tokener_success &&
-	     json_tokener_get_parse_end(tok) == end - start && json_object_is_type(o, json_type_object);
-	json_object_put(o);
-	json_tokener_free(tok);
-	return ok;
-}
-
-static void api_server_route(struct http *h, struct evhttp_request *req, const struct route *r)
-{
-	char name[SERVER_NAME_MAX + 1];
-
-	if (r->bad_name || http_server_name(r->raw_name, name, sizeof(name)) < 0) {
-		char clean[64];
-
-		http_clean(r->raw_name, clean, sizeof(clean));
-		http_send_error(req, 404, KIND_NOT_FOUND, "no server named \"%s\"", clean);
-		return;
-	}
-	if (r->id == ROUTE_SERVER) {
-		api_start(h, req, API_SERVER, name);
-		return;
-	}
-	if (!h->management) {
-		http_send_error(req, 403, KIND_FORBIDDEN, "management is disabled in the configuration");
-		return;
-	}
-	if (!body_acceptable(req)) {
-		http_send_error(req, 400, KIND_INVALID_REQUEST, "the body must be empty or a JSON object");
-		return;
-	}
-	api_start(h, req, r->id == ROUTE_LOGIN ? API_LOGIN : API_LOGOUT, name);
-}
-
-static void http_request_cb(struct evhttp_request *req, void *arg)
-{
-	struct http *h = arg;
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-	struct route r;
-
-	if (h->chan.exit_code >= 0) {
-		http_send_error(req, 503, KIND_UNAVAILABLE, "shutting down");
-		return;
-	}
-	if (!host_allowed(h, req)) {
-		http_send_error(req, 403, KIND_FORBIDDEN,
-				"the Host (and Origin) of a request must name this server's own address");
-		return;
-	}
-	if (!path || path[0] != '/') {
-		http_send_error(req, 400, KIND_INVALID_REQUEST, "the request target must be a path");
-		return;
-	}
-	route_parse(path, &r);
-	if (r.id == ROUTE_STATIC) {
-		if (cmd != EVHTTP_REQ_GET) {
-			evhttp_add_header(out, "Allow", r.allow);
-			http_send_error(req, 405, "method_not_allowed", "%s is not allowed here", method_name(cmd));
-			return;
-		}
-		serve_static(h, req, r.file, r.ctype);
-		return;
-	}
-	if (!authorized(h, req)) {
-		http_send_error(req, 401, "unauthorized",
-				"a valid API key is required (X-API-Key header or apikey query parameter)");
-		return;
-	}
-	if (r.id == ROUTE_NONE) {
-		http_send_error(req, 404, KIND_NOT_FOUND, "no such route");
-		return;
-	}
-	if (!(r.methods & cmd)) {
-		evhttp_add_header(out, "Allow", r.allow);
-		http_send_error(req, 405, "method_not_allowed", "%s is not allowed here", method_name(cmd));
-		return;
-	}
-	switch (r.id) {
-	case ROUTE_SERVERS:
-		api_start(h, req, API_SERVERS, NULL);
-		break;
-	case ROUTE_SERVER:
-	case ROUTE_LOGIN:
-	case ROUTE_LOGOUT:
-		api_server_route(h, req, &r);
-		break;
-	case ROUTE_EVENTS:
-		events_handle(h, req);
-		break;
-	case ROUTE_MCP: {
-		char name[SERVER_NAME_MAX + 1];
-
-		if (r.bad_name || http_server_name(r.raw_name, name, sizeof(name)) < 0)
-			http_send_error(req, 404, KIND_NOT_FOUND, "no server by that name");
-		else
-			mcp_handle(h, req, name);
-		break;
-	}
-	default:
-		http_send_error(req, 404, KIND_NOT_FOUND, "no such route");
-		break;
 	}
 }
 
@@ -1503,10 +590,8 @@ static void http_free(struct http *h)
 	 * below finds no close callback of ours. */
 	mcp_free_all(h);
 	events_free_all(h);
-	while (!LIST_EMPTY(&h->api_calls))
-		api_free(LIST_FIRST(&h->api_calls));
-	while (!LIST_EMPTY(&h->calls))
-		kcall_free(LIST_FIRST(&h->calls));
+	api_free_all(h);
+	kcall_free_all(h);
 	while (!LIST_EMPTY(&h->waits)) {
 		struct kwait *w = LIST_FIRST(&h->waits);
 

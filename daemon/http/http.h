@@ -1,8 +1,10 @@
 /*
- * The http child's shared state. http.c is the process (fd 3, fd 4, the
- * control connections it borrows from the keeper, the HTTP front door, the
- * REST API and the static UI); http-events.c is GET /events and the event
- * subscription behind it; http-mcp.c is MCP over HTTP at /mcp/NAME.
+ * The http child's shared state and what its files share. http.c is the
+ * process (main, the hello, fd 3 and fd 4: the control connections it
+ * borrows from the keeper); control.c is one exchange on such a connection;
+ * server.c is the HTTP front door (checks, routes, replies, held requests);
+ * api.c is the REST API; static.c the web UI's files; events.c GET /events
+ * and the event subscription behind it; mcp.c MCP over HTTP at /mcp/NAME.
  */
 #pragma once
 
@@ -46,7 +48,7 @@ struct secret;
 struct http;
 
 /*
- * A request answered later (a keeper call, an MCP request, a stream). The
+ * server.c: a request answered later (a keeper call, an MCP request, a stream). The
  * client may go away first: libevent then frees (or detaches) the request
  * and gone() runs with req already NULL; the owner drops what it holds.
  */
@@ -62,15 +64,27 @@ struct held {
 void held_init(struct held *hd, struct http *h, struct evhttp_request *req, void (*gone)(struct held *hd));
 /* Stops watching; returns the request to answer (NULL when it is gone). */
 struct evhttp_request *held_release(struct held *hd);
-/* Sends a chunk on a streaming reply. Returns 0, or -1 after the client was
- * disconnected for not keeping up (gone() has run: hd may be freed). */
+/* Sends a chunk on a streaming reply. Returns 0, or -EPIPE when the client
+ * is gone: before, or now for not keeping up (then gone() has run: hd may be
+ * freed). */
 int held_stream(struct held *hd, const char *data, size_t len, const char *who);
 
-/*
- * A control connection from the keeper (control.connect on fd 3, the
- * descriptor on fd 4), with one control-protocol exchange on it. fn runs
- * once: reply is the keeper's result or error, or fail says why there is
- * none. In fn the owner may take the connection over with kcall_take().
+/* -- http.c: control connections from the keeper -- */
+
+struct kwait;
+
+/* Asks for a control connection (control.connect on fd 3, the descriptor on
+ * fd 4). fn runs once: with the connection's descriptor (now fn's), or with
+ * fd -1 and why the keeper refused it. */
+struct kwait *kconn_request(struct http *h, void (*fn)(void *arg, int fd, const char *error), void *arg);
+/* Before fn has run: fn will not run; the descriptor is closed when it comes. */
+void kconn_cancel(struct kwait *w);
+
+/* -- control.c --
+ * A control connection from the keeper with one control-protocol exchange
+ * on it. fn runs once: reply is the keeper's result or error, or fail says
+ * why there is none. In fn the owner may take the connection over with
+ * kcall_take().
  */
 struct kfail {
 	int status;		/* the HTTP status that reports it */
@@ -87,11 +101,12 @@ struct kcall *kcall_start(struct http *h, const char *method, struct json_object
 void kcall_cancel(struct kcall *c);
 /* In fn, after a reply: the connection is the caller's from now on. */
 struct bufferevent *kcall_take(struct kcall *c);
+/* At exit: every call ends without its fn. */
+void kcall_free_all(struct http *h);
 
 struct mcp_session;
 struct sse_client;
 struct api_call;
-struct kwait;
 struct kfd;
 
 struct http {
@@ -133,11 +148,18 @@ struct http {
 	struct event *idle_timer;
 };
 
-/* -- http.c: replies and helpers shared by the route files -- */
+/* -- http.c: helpers -- */
 
 int64_t http_now_ms(void);
 /* "2025-01-02T03:04:05.678Z", as the keeper stamps its events. */
 void http_timestamp(char *buf, size_t len);
+/* Printable copy of untrusted text for a log line. */
+void http_clean(const char *s, char *out, size_t len);
+
+/* -- server.c: the front door, and the replies every route sends -- */
+
+/* evhttp's callback for every request (http.c installs it with the listener). */
+void http_request_cb(struct evhttp_request *req, void *arg);
 /* HTTP status for a keeper error kind (error.data.kind). */
 int http_status_for_kind(const char *kind);
 void http_log_request(struct evhttp_request *req, int status, const char *note);
@@ -148,18 +170,30 @@ void http_send_json(struct evhttp_request *req, int status, struct json_object *
 /* {"success": false, "error": {"kind", "message"}}. */
 void http_send_error(struct evhttp_request *req, int status, const char *kind, const char *fmt, ...)
 	_printf_(4, 5);
-/* A server name from the path, percent-decoded and checked: 0 or -1. */
-int http_server_name(const char *raw, char *out, size_t len);
-/* Printable copy of untrusted text for a log line. */
-void http_clean(const char *s, char *out, size_t len);
 
-/* -- http-events.c -- */
+/* -- api.c: the REST API, after server.c checked the route and the name -- */
+
+enum api_what { API_SERVERS, API_SERVER, API_LOGIN, API_LOGOUT };
+
+/* server is NULL for API_SERVERS. */
+void api_handle(struct http *h, struct evhttp_request *req, enum api_what what, const char *server);
+void api_free_all(struct http *h);
+
+/* -- static.c: the web UI's files -- */
+
+struct ui_file;
+
+/* The UI file served at path, or NULL. */
+const struct ui_file *static_find(const char *path);
+void static_serve(struct http *h, struct evhttp_request *req, const struct ui_file *f);
+
+/* -- events.c -- */
 void events_start(struct http *h);
 void events_handle(struct http *h, struct evhttp_request *req);
 void events_ping(struct http *h);
 void events_free_all(struct http *h);
 
-/* -- http-mcp.c -- */
+/* -- mcp.c -- */
 void mcp_handle(struct http *h, struct evhttp_request *req, const char *name);
 void mcp_ping(struct http *h);
 void mcp_idle_check(struct http *h);

@@ -20,6 +20,10 @@
  * before they reach the worker, and errors go back as JSON-RPC errors. The
  * worker is a sibling relaying an untrusted upstream: a malformed message
  * from it ends that session. Message bodies are never logged.
+ *
+ * What it may touch: its sessions' connections to the workers (taken over
+ * from control.c after `connect`) and the requests and streams of their
+ * clients.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,12 +41,15 @@
 #include "http.h"
 #include "log.h"
 #include "proto.h"
+#include "util.h"
 
 #define SESSION_ID_BYTES 16
 #define SESSION_ID_LEN (2 * SESSION_ID_BYTES)
 #define CONNECT_TIMEOUT_S 30
 /* A worker that reads nothing: refuse more than this waiting for it. */
 #define WORKER_OUTPUT_MAX (8 * 1024 * 1024)
+/* parse_body(): the body was refused, and the client has its error. */
+#define MCP_ANSWERED 1
 
 struct mcp_pending {
 	struct held held;		/* first: held callbacks cast back */
@@ -183,9 +190,7 @@ static int queue_push(struct mcp_session *s, const char *chunk, size_t len)
 			 "dropped the oldest",
 			 s->server, s->id, MCP_QUEUE_MAX);
 	}
-	q = malloc(sizeof(*q) + len);
-	if (!q)
-		fatal("out of memory");
+	q = xmalloc(sizeof(*q) + len);
 	q->len = len;
 	memcpy(q->chunk, chunk, len);
 	STAILQ_INSERT_TAIL(&s->queue, q, link);
@@ -338,11 +343,9 @@ static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static void pending_add(struct mcp_session *s, struct evhttp_request *req, struct rpc_msg *m, bool initialize)
 {
-	struct mcp_pending *p = calloc(1, sizeof(*p));
+	struct mcp_pending *p = xcalloc(1, sizeof(*p));
 	struct timeval tv = { .tv_sec = MCP_REQUEST_TIMEOUT_S };
 
-	if (!p)
-		fatal("out of memory");
 	p->s = s;
 	p->id = json_object_get(m->id);
 	p->initialize = initialize;
@@ -405,9 +408,7 @@ static void session_create(struct http *h, struct evhttp_request *req, const cha
 			       "too many MCP sessions are open (at most %d); end one with DELETE", MCP_SESSIONS_MAX);
 		return;
 	}
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		fatal("out of memory");
+	s = xcalloc(1, sizeof(*s));
 	s->h = h;
 	randombytes_buf(raw, sizeof(raw));
 	sodium_bin2hex(s->id, sizeof(s->id), raw, sizeof(raw));
@@ -420,7 +421,7 @@ static void session_create(struct http *h, struct evhttp_request *req, const cha
 	h->n_sessions++;
 	pending_add(s, req, m, true);
 	params = json_object_new_object();
-	json_object_object_add(params, "server", json_object_new_string(name));
+	json_object_object_add(params, PARAM_KEY_SERVER, json_object_new_string(name));
 	s->kc = kcall_start(h, METHOD_CONNECT, params, CONNECT_TIMEOUT_S, session_connected, s);
 	log_debug("%s: MCP session %.8s: connecting", s->server, s->id);
 }
@@ -489,7 +490,8 @@ static bool accepts(struct evhttp_request *req, const char *type)
 	return false;
 }
 
-/* The body as one JSON-RPC message; answers the error itself on failure. */
+/* The body as one JSON-RPC message in *m: 0, or MCP_ANSWERED when it is
+ * refused (the error has been sent; *m holds nothing). */
 static int parse_body(struct evhttp_request *req, struct rpc_msg *m)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -506,12 +508,12 @@ static int parse_body(struct evhttp_request *req, struct rpc_msg *m)
 		start++;
 	if (start == len) {
 		mcp_send_error(req, 400, NULL, RPC_PARSE_ERROR, KIND_PARSE_ERROR, "the body must be a JSON-RPC message");
-		return -1;
+		return MCP_ANSWERED;
 	}
 	if (p[start] == '[') {
 		mcp_send_error(req, 400, NULL, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST,
 			       "JSON-RPC batches are not supported (MCP 2025-06-18): send one message per POST");
-		return -1;
+		return MCP_ANSWERED;
 	}
 	r = frame_parse_line(p + start, len - start, m, detail, sizeof(detail));
 	if (r) {
@@ -521,7 +523,7 @@ static int parse_body(struct evhttp_request *req, struct rpc_msg *m)
 
 		http_send_json(req, 400, e, NULL);
 		rpc_msg_clear(m);
-		return -1;
+		return MCP_ANSWERED;
 	}
 	return 0;
 }
@@ -537,7 +539,7 @@ static void mcp_post(struct http *h, struct evhttp_request *req, const char *nam
 			       "Accept must list application/json and text/event-stream");
 		return;
 	}
-	if (parse_body(req, &m) < 0)
+	if (parse_body(req, &m) != 0)
 		return;
 	if (!sid) {
 		if (m.type == RPC_REQUEST && strcmp(m.method, "initialize") == 0)
@@ -596,9 +598,7 @@ static void mcp_get(struct http *h, struct evhttp_request *req, const char *name
 		log_info("%s: MCP session %.8s: a new GET stream replaces the open one", s->server, s->id);
 		stream_free(s, true);
 	}
-	st = calloc(1, sizeof(*st));
-	if (!st)
-		fatal("out of memory");
+	st = xcalloc(1, sizeof(*st));
 	st->s = s;
 	s->active_ms = http_now_ms();
 	http_common_headers(req);
@@ -648,7 +648,7 @@ void mcp_handle(struct http *h, struct evhttp_request *req, const char *name)
 		mcp_delete(h, req, name);
 		break;
 	default:
-		/* http.c answers 405 before we get here. */
+		/* server.c answers 405 before we get here. */
 		http_send_error(req, 405, "method_not_allowed", "not allowed here");
 		break;
 	}
