@@ -279,6 +279,10 @@
 #define PARAM_KEY_REVOCATION "revocation"
 #define PARAM_KEY_ORPHANED "orphaned"
 #define PARAM_KEY_MESSAGE "message"
+#define PARAM_KEY_SERVERS "servers"
+#define PARAM_KEY_SUBSCRIBED "subscribed"
+#define PARAM_KEY_KEEPER "keeper"
+#define PARAM_KEY_ORPHANED_TOKENS "orphaned_tokens"
 
 /* error.data.reason of login steps: what went wrong, for tests and UIs. */
 #define LOGIN_R_NETWORK "network"	/* no answer, timeout, TLS */

@@ -46,7 +46,7 @@ struct status_result {
 };
 
 static const struct param_spec status_spec[] = {
-	PARAM_ARRAY(struct status_result, servers, "servers", PARAM_REQUIRED),
+	PARAM_ARRAY(struct status_result, servers, PARAM_KEY_SERVERS, PARAM_REQUIRED),
 };
 
 struct status_server {

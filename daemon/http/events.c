@@ -65,7 +65,7 @@ struct subscribe_result {
 };
 
 static const struct param_spec subscribe_spec[] = {
-	PARAM_BOOL(struct subscribe_result, subscribed, "subscribed", PARAM_REQUIRED),
+	PARAM_BOOL(struct subscribe_result, subscribed, PARAM_KEY_SUBSCRIBED, PARAM_REQUIRED),
 };
 
 static void sub_begin(struct http *h);
