@@ -557,6 +557,11 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 	}
 	envp[n] = NULL;
 	execveat(bin, c->binary->name, (char *[]){ c->binary->path, NULL }, envp, 0);
+	/* A script (a test's wrapper) is handed to its interpreter as
+	 * /dev/fd/N/NAME, which a close-on-exec N makes unreachable: only then
+	 * the directory's descriptor stays open across the exec. */
+	if (errno == ENOENT && fcntl(bin, F_SETFD, 0) == 0)
+		execveat(bin, c->binary->name, (char *[]){ c->binary->path, NULL }, envp, 0);
 	if (c->k->system_mode && c->k->cfg->worker_user)
 		log_error("%s child: cannot run %s as user %s: %m", c->label, c->binary->path,
 			  c->k->cfg->worker_user);
