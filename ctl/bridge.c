@@ -31,6 +31,7 @@
 #include <json-c/json.h>
 
 #include "bridge.h"
+#include "ctl.h"
 #include "frame.h"
 #include "proto.h"
 #include "util.h"
@@ -42,12 +43,6 @@
 #define BRIDGE_BACKLOG (4 * BRIDGE_LIMIT)
 
 static const char too_large_detail[] = "message longer than the limit";
-
-_noreturn_ static void bridge_oom(void)
-{
-	fputs("mcpctl: out of memory\n", stderr);
-	exit(1);
-}
 
 /* ---- requests in flight: a multiset of ids, open addressing ---- */
 
@@ -93,7 +88,7 @@ static void flights_grow(struct flights *fl)
 	struct flight *slots = calloc(n, sizeof(*slots));
 
 	if (!slots)
-		bridge_oom();
+		ctl_out_of_memory();
 	for (size_t i = 0; i < fl->n_slots; i++) {
 		size_t j;
 
@@ -132,7 +127,7 @@ static void flights_add(struct flights *fl, const struct scan_id *id)
 	if (f->len > sizeof(f->short_key)) {
 		f->heap = malloc(f->len);
 		if (!f->heap)
-			bridge_oom();
+			ctl_out_of_memory();
 	}
 	k = f->heap ? f->heap : f->short_key;
 	k[0] = id->tag;
@@ -200,7 +195,7 @@ static struct json_object *flight_id_json(const struct flight *f)
 		return NULL;
 	}
 	if (!id)
-		bridge_oom();
+		ctl_out_of_memory();
 	return id;
 }
 
@@ -237,7 +232,7 @@ static void buf_reserve(struct buf *b, size_t more)
 		;
 	p = realloc(b->data, cap);
 	if (!p)
-		bridge_oom();
+		ctl_out_of_memory();
 	b->data = p;
 	b->cap = cap;
 }
@@ -340,10 +335,10 @@ static void bridge_reply(struct bridge *b, struct json_object *msg)
 	size_t len;
 
 	if (!msg)
-		bridge_oom();
+		ctl_out_of_memory();
 	s = json_object_to_json_string_length(msg, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
 	if (!s)
-		bridge_oom();
+		ctl_out_of_memory();
 	buf_add_line(&b->to_client, s, len);
 	json_object_put(msg);
 }
@@ -378,7 +373,7 @@ static void bridge_client_line(struct bridge *b, const char *line, size_t len)
 	}
 	r = frame_parse_line(line, len, &m, detail, sizeof(detail));
 	if (r < 0)
-		bridge_oom();
+		ctl_out_of_memory();
 	if (r > 0) {
 		bridge_refuse_line(b, r, detail, m.id);
 	} else {
@@ -391,7 +386,8 @@ static void bridge_client_line(struct bridge *b, const char *line, size_t len)
 	rpc_msg_clear(&m);
 }
 
-/* One line from the worker; -1 when it is not a message (the worker broke the framing). */
+/* One line from the worker; BRIDGE_E_PROTOCOL when it is not a message (the
+ * worker broke the framing). */
 static int bridge_sock_line(struct bridge *b, const char *line, size_t len)
 {
 	size_t body = len > 0 && line[len - 1] == '\r' ? len - 1 : len;
@@ -410,12 +406,12 @@ static int bridge_sock_line(struct bridge *b, const char *line, size_t len)
 	}
 	r = frame_parse_line(line, len, &m, NULL, 0);
 	if (r < 0)
-		bridge_oom();
+		ctl_out_of_memory();
 	if (r > 0) {
 		rpc_msg_clear(&m);
 		fprintf(stderr, "mcpctl: connect %s: the worker sent a malformed message (%s)\n", b->server,
 			frame_strerror(r));
-		return -1;
+		return BRIDGE_E_PROTOCOL;
 	}
 	if (m.type == RPC_RESULT || m.type == RPC_ERROR) {
 		scan_id_of(m.id, &id);
@@ -474,7 +470,8 @@ static void bridge_client_lines(struct bridge *b)
 	}
 }
 
-/* Every complete line from the worker; -1 when it broke the framing. */
+/* Every complete line from the worker: 0, or BRIDGE_E_PROTOCOL when it
+ * broke the framing. */
 static int bridge_sock_lines(struct bridge *b)
 {
 	struct buf *in = &b->from_sock;
@@ -492,7 +489,7 @@ static int bridge_sock_lines(struct bridge *b)
 			if (avail > BRIDGE_LIMIT) {
 				fprintf(stderr, "mcpctl: connect %s: the worker sent a malformed message (%s)\n",
 					b->server, frame_strerror(FRAME_E_TOO_LARGE));
-				return -1;
+				return BRIDGE_E_PROTOCOL;
 			}
 			return 0;
 		}
@@ -502,10 +499,10 @@ static int bridge_sock_lines(struct bridge *b)
 		if (len > BRIDGE_LIMIT) {
 			fprintf(stderr, "mcpctl: connect %s: the worker sent a malformed message (%s)\n", b->server,
 				frame_strerror(FRAME_E_TOO_LARGE));
-			return -1;
+			return BRIDGE_E_PROTOCOL;
 		}
-		if (bridge_sock_line(b, start, len) < 0)
-			return -1;
+		if (bridge_sock_line(b, start, len))
+			return BRIDGE_E_PROTOCOL;
 	}
 }
 
@@ -533,7 +530,7 @@ static void bridge_read_sock(struct bridge *b)
 	ssize_t n = buf_read(&b->from_sock, b->sock);
 
 	if (n > 0) {
-		if (bridge_sock_lines(b) < 0)
+		if (bridge_sock_lines(b))
 			b->sock_eof = true;
 		return;
 	}
@@ -654,7 +651,7 @@ int bridge_run(const char *server, int sock, struct evbuffer *early)
 		evbuffer_remove(early, b.from_sock.data + b.from_sock.len, n);
 		b.from_sock.len += n;
 	}
-	if (bridge_sock_lines(&b) < 0)
+	if (bridge_sock_lines(&b))
 		r = BRIDGE_E_PROTOCOL;
 	else
 		r = bridge_loop(&b);

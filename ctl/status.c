@@ -1,0 +1,280 @@
+/*
+ * mcpctl status and mcpctl servers: the keeper's status and server list as
+ * tables, or as the keeper's JSON. The server table is shared with auth
+ * status, which shows its OAuth columns only.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <json-c/json.h>
+
+#include "ctl.h"
+#include "frame.h"
+#include "proto.h"
+
+static void expires_cell(struct json_object *srv, int64_t now, char *buf, size_t len)
+{
+	char d[32];
+	int64_t at;
+
+	if (!field_int(srv, "token_expires_at", &at) || at <= 0) {
+		snprintf(buf, len, "-");
+		return;
+	}
+	duration_format(at > now ? at - now : now - at, d, sizeof(d));
+	snprintf(buf, len, at > now ? "in %s" : "expired %s ago", d);
+}
+
+/* "in 32m", "retrying in 4s (retry 2)", "failed", "-". */
+static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t len)
+{
+	struct json_object *rf = field_child(srv, "refresh", json_type_object);
+	const char *state = rf ? field_str(rf, "state") : NULL;
+	char retry[32] = "", d[32];
+	int64_t n;
+
+	if (!state || strcmp(state, "idle") == 0) {
+		snprintf(buf, len, "-");
+		return;
+	}
+	if (field_int(rf, "retry_count", &n) && n > 0)
+		snprintf(retry, sizeof(retry), " (retry %lld)", (long long)n);
+	if (strcmp(state, "refreshing") == 0 || strcmp(state, "failed") == 0) {
+		snprintf(buf, len, "%s%s", state, retry);
+		return;
+	}
+	if (!field_int(rf, "next_at", &n) || n <= 0) {
+		snprintf(buf, len, "%s%s", state, retry);
+		return;
+	}
+	if (n <= now) {
+		snprintf(buf, len, "%s%s", strcmp(state, "retrying") == 0 ? "retrying now" : "due now", retry);
+		return;
+	}
+	duration_format(n - now, d, sizeof(d));
+	snprintf(buf, len, "%sin %s%s", strcmp(state, "retrying") == 0 ? "retrying " : "", d, retry);
+}
+
+/* authenticated / expired / error / none; "logging in" while a login runs;
+ * "-" for a server without OAuth. */
+static const char *auth_cell(struct json_object *srv)
+{
+	const char *st = field_str(srv, "oauth_status");
+	bool b;
+
+	if (!st)
+		return "-";
+	if (field_bool(srv, "login_in_progress", &b) && b)
+		return "logging in";
+	return st;
+}
+
+static const char *last_error_of(struct json_object *srv)
+{
+	struct json_object *rf = field_child(srv, "refresh", json_type_object);
+	const char *e = rf ? field_str(rf, "last_error") : NULL;
+
+	return e && *e ? e : NULL;
+}
+
+/* One server (only) when name is given: CTL_EXIT_NOT_FOUND when absent. */
+int status_print_servers(struct json_object *result, const char *method, bool full, const char *only)
+{
+	struct table t = { 0 };
+	struct json_object *servers, *orphans;
+	int64_t now = (int64_t)time(NULL);
+	size_t col = 0, n_rows = 0;
+	int r;
+
+	r = output_servers(result, method, &servers);
+	if (r)
+		return r;
+	t.head[col++] = "NAME";
+	if (full) {
+		t.head[col++] = "TRANSPORT";
+		t.head[col++] = "WORKER";
+	}
+	t.head[col++] = "AUTH";
+	t.head[col++] = "EXPIRES";
+	t.head[col++] = "NEXT REFRESH";
+	t.head[col++] = "LAST ERROR";
+	t.n_cols = col;
+
+	for (size_t i = 0; i < json_object_array_length(servers); i++) {
+		struct json_object *srv = json_object_array_get_idx(servers, i), *w;
+		struct table_row *row;
+		char cell[128];
+
+		if (only && strcmp(field_str(srv, PARAM_KEY_NAME), only) != 0)
+			continue;
+		row = table_add_row(&t);
+		col = 0;
+		table_set(row, col++, field_str(srv, PARAM_KEY_NAME));
+		if (full) {
+			w = field_child(srv, "worker", json_type_object);
+			table_set(row, col++, field_str(srv, PARAM_KEY_PROTOCOL));
+			table_set(row, col++, w ? field_str(w, "state") : NULL);
+		}
+		table_set(row, col++, auth_cell(srv));
+		expires_cell(srv, now, cell, sizeof(cell));
+		table_set(row, col++, cell);
+		refresh_cell(srv, now, cell, sizeof(cell));
+		table_set(row, col++, cell);
+		table_set(row, col++, last_error_of(srv));
+		n_rows++;
+	}
+	orphans = field_child(result, "orphaned_tokens", json_type_array);
+	for (size_t i = 0; orphans && i < json_object_array_length(orphans); i++) {
+		struct json_object *o = json_object_array_get_idx(orphans, i);
+		struct table_row *row;
+
+		if (!field_str(o, PARAM_KEY_NAME) || (only && strcmp(field_str(o, PARAM_KEY_NAME), only) != 0))
+			continue;
+		row = table_add_row(&t);
+		col = 0;
+		table_set(row, col++, field_str(o, PARAM_KEY_NAME));
+		if (full) {
+			table_set(row, col++, NULL);
+			table_set(row, col++, NULL);
+		}
+		table_set(row, col++, "orphaned");
+		for (; col < t.n_cols; col++)
+			table_set(row, col, NULL);
+		if (asprintf(&row->note, "a stored token whose server left the config; "
+					 "`mcpctl auth logout --server %s` deletes it",
+			     field_str(o, PARAM_KEY_NAME)) < 0) {
+			row->note = NULL;
+			ctl_out_of_memory();
+		}
+		n_rows++;
+	}
+	if (only && !n_rows) {
+		table_clear(&t);
+		fprintf(stderr, "mcpctl: no server named \"%s\"\n", only);
+		return CTL_EXIT_NOT_FOUND;
+	}
+	if (n_rows)
+		table_print(&t);
+	table_clear(&t);
+	return 0;
+}
+
+static int status_print(struct json_object *result, const char *only)
+{
+	struct json_object *servers;
+	_cleanup_(freep) char *version = NULL, *mode = NULL;
+	const char *s;
+	int64_t pid;
+	size_t n;
+	int r;
+
+	r = output_servers(result, METHOD_STATUS, &servers);
+	if (r)
+		return r;
+	n = json_object_array_length(servers);
+	s = field_str(result, PARAM_KEY_VERSION);
+	version = text_clean(s ? s : "?");
+	s = field_str(result, "mode");
+	mode = text_clean(s ? s : "?");
+	if (!only) {
+		struct json_object *http = field_child(result, "http", json_type_object);
+
+		if (field_int(result, PARAM_KEY_PID, &pid))
+			printf("mcpkeeperd %s, pid %lld, %s mode, %zu server%s\n", version, (long long)pid, mode, n,
+			       n == 1 ? "" : "s");
+		else
+			printf("mcpkeeperd %s, %s mode, %zu server%s\n", version, mode, n, n == 1 ? "" : "s");
+		/* The key is in the URL's fragment, which browsers never send. */
+		if (field_str(result, "web_ui")) {
+			_cleanup_(freep) char *ui = text_clean(field_str(result, "web_ui"));
+
+			printf("web UI: %s\n", ui);
+		} else if (http && field_str(http, "state")) {
+			_cleanup_(freep) char *st = text_clean(field_str(http, "state"));
+
+			printf("web UI: not available (http child %s)\n", st);
+		}
+	}
+	return status_print_servers(result, METHOD_STATUS, true, only);
+}
+
+static int servers_print(struct json_object *result)
+{
+	struct table t = {
+		.n_cols = 5,
+		.head = { "NAME", "PROTOCOL", "ENABLED", "OAUTH", "URL" },
+	};
+	struct json_object *servers;
+	int r;
+
+	r = output_servers(result, METHOD_SERVERS_LIST, &servers);
+	if (r)
+		return r;
+	for (size_t i = 0; i < json_object_array_length(servers); i++) {
+		struct json_object *srv = json_object_array_get_idx(servers, i);
+		struct table_row *row = table_add_row(&t);
+		bool b;
+
+		table_set(row, 0, field_str(srv, PARAM_KEY_NAME));
+		table_set(row, 1, field_str(srv, PARAM_KEY_PROTOCOL));
+		table_set(row, 2, field_bool(srv, "enabled", &b) ? (b ? "yes" : "no") : NULL);
+		table_set(row, 3, field_bool(srv, PARAM_KEY_OAUTH, &b) ? (b ? "yes" : "no") : NULL);
+		table_set(row, 4, field_str(srv, PARAM_KEY_URL));
+	}
+	table_print(&t);
+	table_clear(&t);
+	return 0;
+}
+
+int cmd_status(struct ctl *c, int argc, char **argv)
+{
+	const char *only = NULL;
+	bool json = false;
+	int r = ctl_parse_query_opts(argv[0], argc, argv, &json, &only);
+
+	if (r)
+		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
+	if (json && only) {
+		/* The JSON of one server: filtered here, the keeper's shape kept. */
+		struct rpc_msg reply = { 0 };
+		struct json_object *servers, *one = NULL;
+
+		r = ctl_find_socket(c);
+		if (!r)
+			r = ctl_exchange(c, METHOD_STATUS, NULL, &reply, NULL, NULL);
+		if (r)
+			return r;
+		r = output_servers(reply.result, METHOD_STATUS, &servers);
+		for (size_t i = 0; !r && i < json_object_array_length(servers); i++)
+			if (strcmp(field_str(json_object_array_get_idx(servers, i), PARAM_KEY_NAME), only) == 0)
+				one = json_object_array_get_idx(servers, i);
+		if (!r && !one) {
+			fprintf(stderr, "mcpctl: no server named \"%s\"\n", only);
+			r = CTL_EXIT_NOT_FOUND;
+		} else if (!r) {
+			output_json(one);
+		}
+		rpc_msg_clear(&reply);
+		return r;
+	}
+	return ctl_query(c, METHOD_STATUS, NULL, json, only, status_print);
+}
+
+static int servers_print_only(struct json_object *result, const char *only)
+{
+	return servers_print(result);
+}
+
+int cmd_servers(struct ctl *c, int argc, char **argv)
+{
+	bool json = false;
+	int r = ctl_parse_query_opts(argv[0], argc, argv, &json, NULL);
+
+	if (r)
+		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
+	return ctl_query(c, METHOD_SERVERS_LIST, NULL, json, NULL, servers_print_only);
+}
