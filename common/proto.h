@@ -283,6 +283,23 @@
 #define PARAM_KEY_SUBSCRIBED "subscribed"
 #define PARAM_KEY_KEEPER "keeper"
 #define PARAM_KEY_ORPHANED_TOKENS "orphaned_tokens"
+#define PARAM_KEY_WEB_UI "web_ui"
+#define PARAM_KEY_MODE "mode"
+#define PARAM_KEY_HTTP "http"
+#define PARAM_KEY_STATE "state"
+#define PARAM_KEY_OAUTH_STATUS "oauth_status"
+#define PARAM_KEY_TOKEN_EXPIRES_AT "token_expires_at"
+#define PARAM_KEY_REFRESH "refresh"
+#define PARAM_KEY_RETRY_COUNT "retry_count"
+#define PARAM_KEY_NEXT_AT "next_at"
+#define PARAM_KEY_LAST_ERROR "last_error"
+#define PARAM_KEY_LOGIN_IN_PROGRESS "login_in_progress"
+#define PARAM_KEY_WORKER "worker"
+#define PARAM_KEY_ENABLED "enabled"
+#define PARAM_KEY_CONFIG "config"
+#define PARAM_KEY_RESTARTS "restarts"
+#define PARAM_KEY_LAST_EXIT "last_exit"
+#define PARAM_KEY_KEY "key"
 
 /* error.data.reason of login steps: what went wrong, for tests and UIs. */
 #define LOGIN_R_NETWORK "network"	/* no answer, timeout, TLS */
