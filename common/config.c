@@ -101,6 +101,17 @@ static void json_putp(struct json_object **o)
 		json_object_put(*o);
 }
 
+/* A strict tokener, for values nested at most depth deep. */
+static struct json_tokener *tokener_new(int depth, int flags)
+{
+	struct json_tokener *tok = json_tokener_new_ex(depth);
+
+	if (!tok)
+		fatal("out of memory");
+	json_tokener_set_flags(tok, flags);
+	return tok;
+}
+
 static int fail(struct parser *p, int r, const char *path, const char *fmt, ...) _printf_(4, 5);
 
 static int fail(struct parser *p, int r, const char *path, const char *fmt, ...)
@@ -120,23 +131,14 @@ static int fail(struct parser *p, int r, const char *path, const char *fmt, ...)
 	return r;
 }
 
-static int fail_oom(struct parser *p)
-{
-	return fail(p, -ENOMEM, NULL, "out of memory");
-}
-
 /* Keeps error r (just written to p->err) if it is the first of its kind. */
-static int defer(struct parser *p, struct deferred *d, int r)
+static void defer(struct parser *p, struct deferred *d, int r)
 {
-	if (r == -ENOMEM || d->r)
-		return r == -ENOMEM ? r : 0;
+	if (d->r)
+		return;
 	d->r = r;
-	if (p->err && p->errlen) {
-		d->msg = strdup(p->err);
-		if (!d->msg)
-			return fail_oom(p);
-	}
-	return 0;
+	if (p->err && p->errlen)
+		d->msg = xstrdup(p->err);
 }
 
 static int deferred_report(struct parser *p, const struct deferred *d)
@@ -193,12 +195,11 @@ static void *mem_alloc(struct config_mem *m, size_t size, size_t align)
 			return ptr;
 		}
 	}
+	/* More than malloc could ever give: what xcalloc() would say. */
 	if (size > SIZE_MAX / 2)
-		return NULL;
+		fatal("out of memory");
 	bsize = size > MEM_BLOCK_SIZE / 4 ? size + align : MEM_BLOCK_SIZE;
-	b = calloc(1, sizeof(*b) + bsize);
-	if (!b)
-		return NULL;
+	b = xcalloc(1, sizeof(*b) + bsize);
 	b->size = bsize;
 	pad = -(uintptr_t)b->data & (align - 1);
 	b->used = pad + size;
@@ -216,7 +217,7 @@ static void *mem_alloc(struct config_mem *m, size_t size, size_t align)
 static void *mem_array(struct config_mem *m, size_t n, size_t size)
 {
 	if (size && n > SIZE_MAX / 2 / size)
-		return NULL;
+		fatal("out of memory");
 	return mem_alloc(m, n * size, _Alignof(void *));
 }
 
@@ -224,8 +225,7 @@ static char *mem_strndup(struct config_mem *m, const char *s, size_t len)
 {
 	char *d = mem_alloc(m, len + 1, 1);
 
-	if (d)
-		memcpy(d, s, len);
+	memcpy(d, s, len);
 	return d;
 }
 
@@ -333,16 +333,12 @@ static int string_value(struct parser *p, struct json_object *v, const char *pat
 			char **out)
 {
 	const char *s;
-	char *dup;
 	int r;
 
 	r = string_peek(p, v, path, nonempty, &s);
 	if (r < 0)
 		return r;
-	dup = mem_strdup(p->c->mem, s);
-	if (!dup)
-		return fail_oom(p);
-	*out = dup;
+	*out = mem_strdup(p->c->mem, s);
 	return 0;
 }
 
@@ -423,8 +419,6 @@ static int strv_from_array(struct parser *p, struct json_object *v, const char *
 		return fail(p, -EINVAL, path, "must be an array of strings");
 	n = json_object_array_length(v);
 	strv = mem_array(p->c->mem, n + 1, sizeof(*strv));
-	if (!strv)
-		return fail_oom(p);
 	for (size_t i = 0; i < n; i++) {
 		int r;
 
@@ -471,8 +465,6 @@ static int kv_from_object(struct parser *p, struct json_object *v, const char *p
 	if (!json_object_is_type(v, json_type_object))
 		return fail(p, -EINVAL, path, "must be an object of strings");
 	kv = mem_array(p->c->mem, (size_t)json_object_object_length(v) + 1, sizeof(*kv));
-	if (!kv)
-		return fail_oom(p);
 
 	it = json_object_iter_begin(v);
 	end = json_object_iter_end(v);
@@ -492,8 +484,6 @@ static int kv_from_object(struct parser *p, struct json_object *v, const char *p
 		if (kind == KV_HEADERS && strpbrk(kv[n].value, "\r\n"))
 			return fail(p, -EINVAL, elem, "must not contain line breaks");
 		kv[n].key = mem_strdup(p->c->mem, key);
-		if (!kv[n].key)
-			return fail_oom(p);
 	}
 	*out = kv;
 	*n_out = n;
@@ -567,7 +557,7 @@ static const char *url_problem(const char *u)
  * compares against the address itself, so a numeric loopback address is
  * required (not "localhost", whose resolution varies).
  */
-static int listen_check(struct parser *p, const char *s)
+static const char *listen_problem(const char *s)
 {
 	static const char *const msg =
 		"must be a loopback address and port, e.g. 127.0.0.1:0 or [::1]:8080";
@@ -581,35 +571,35 @@ static int listen_check(struct parser *p, const char *s)
 		struct in6_addr a6;
 
 		if (!close || close[1] != ':')
-			return fail(p, -EINVAL, "listen", "%s", msg);
+			return msg;
 		hlen = (size_t)(close - s - 1);
 		if (hlen >= sizeof(host))
-			return fail(p, -EINVAL, "listen", "%s", msg);
+			return msg;
 		memcpy(host, s + 1, hlen);
 		host[hlen] = '\0';
 		if (inet_pton(AF_INET6, host, &a6) != 1 || !IN6_IS_ADDR_LOOPBACK(&a6))
-			return fail(p, -EINVAL, "listen", "%s", msg);
+			return msg;
 		port_s = close + 2;
 	} else {
 		const char *colon = strrchr(s, ':');
 		struct in_addr a4;
 
 		if (!colon)
-			return fail(p, -EINVAL, "listen", "%s", msg);
+			return msg;
 		hlen = (size_t)(colon - s);
 		if (hlen >= sizeof(host))
-			return fail(p, -EINVAL, "listen", "%s", msg);
+			return msg;
 		memcpy(host, s, hlen);
 		host[hlen] = '\0';
 		if (inet_pton(AF_INET, host, &a4) != 1 || (ntohl(a4.s_addr) >> 24) != 127)
-			return fail(p, -EINVAL, "listen", "%s", msg);
+			return msg;
 		port_s = colon + 1;
 	}
 	if (!port_parse(port_s, strlen(port_s), &port))
-		return fail(p, -EINVAL, "listen", "%s", msg);
+		return msg;
 	if (port > 65535)
-		return fail(p, -EINVAL, "listen", "port must be between 0 and 65535");
-	return 0;
+		return "port must be between 0 and 65535";
+	return NULL;
 }
 
 static bool name_valid(const char *s)
@@ -714,15 +704,11 @@ static int scopes_from_string(struct parser *p, const char *s, struct config_oau
 	if (n == 0)
 		return 0;
 	strv = mem_array(p->c->mem, n + 1, sizeof(*strv));
-	if (!strv)
-		return fail_oom(p);
 	n = 0;
 	for (const char *q = s + strspn(s, ws); *q; q += strspn(q, ws)) {
 		size_t len = strcspn(q, ws);
 
 		strv[n] = mem_strndup(p->c->mem, q, len);
-		if (!strv[n])
-			return fail_oom(p);
 		n++;
 		q += len;
 	}
@@ -878,8 +864,6 @@ static int server_fields(struct parser *p, struct json_object *obj, const char *
 			return r;
 		/* args is never NULL for stdio: the worker execs it as is. */
 		s->args = mem_array(p->c->mem, 1, sizeof(*s->args));
-		if (!s->args)
-			return fail_oom(p);
 		if (json_object_object_get_ex(obj, "args", &v)) {
 			path_join(path, sizeof(path), prefix, "args");
 			r = strv_from_array(p, v, path, &s->args, &s->n_args);
@@ -949,17 +933,18 @@ static void names_free(struct name_set *set)
 	*set = (struct name_set){ 0 };
 }
 
-/* Adds name (which must outlive the set): 1 if it was there already, else 0 or -ENOMEM. */
+/* names_add(): the name was in the set already. */
+#define NAME_DUPLICATE 1
+
+/* Adds name (which must outlive the set): 0 or NAME_DUPLICATE. */
 static int names_add(struct name_set *set, const char *name)
 {
 	size_t i;
 
 	if (2 * (set->n + 1) > set->cap) {
 		size_t cap = set->cap ? 2 * set->cap : 64;
-		const char **slot = calloc(cap, sizeof(*slot));
+		const char **slot = xcalloc(cap, sizeof(*slot));
 
-		if (!slot)
-			return -ENOMEM;
 		for (size_t j = 0; j < set->cap; j++) {
 			if (!set->slot[j])
 				continue;
@@ -973,7 +958,7 @@ static int names_add(struct name_set *set, const char *name)
 	}
 	for (i = name_hash(name) & (set->cap - 1); set->slot[i]; i = (i + 1) & (set->cap - 1))
 		if (strcmp(set->slot[i], name) == 0)
-			return 1;
+			return NAME_DUPLICATE;
 	set->slot[i] = name;
 	set->n++;
 	return 0;
@@ -1012,10 +997,7 @@ static int server_parse(struct parser *p, struct json_object *obj, char *key, si
 			return r;
 		if (!name_valid(s->name))
 			return fail(p, -EINVAL, path, NAME_RULE);
-		r = names_add(&p->names, s->name);
-		if (r < 0)
-			return fail_oom(p);
-		if (r > 0)
+		if (names_add(&p->names, s->name) == NAME_DUPLICATE)
 			return fail(p, -EINVAL, path, "duplicate server name \"%s\"", s->name);
 		path_join(prefix, sizeof(prefix), "mcpServers", s->name);
 	}
@@ -1081,8 +1063,6 @@ static int dir_parse(struct parser *p, struct json_object *obj, const char *key,
 	if (r < 0)
 		return fail(p, r, key, "not set, and the default cannot be used: %s", strerror(-r));
 	*out = mem_strdup(p->c->mem, buf);
-	if (!*out)
-		return fail_oom(p);
 	return 0;
 }
 
@@ -1102,13 +1082,12 @@ static int globals_parse(struct parser *p, struct json_object *root)
 	if (r < 0)
 		return r;
 	if (c->listen) {
-		r = listen_check(p, c->listen);
-		if (r < 0)
-			return r;
+		const char *problem = listen_problem(c->listen);
+
+		if (problem)
+			return fail(p, -EINVAL, "listen", "%s", problem);
 	} else {
 		c->listen = mem_strdup(c->mem, DEFAULT_LISTEN);
-		if (!c->listen)
-			return fail_oom(p);
 	}
 	r = get_string(p, root, NULL, "group", true, &c->group);
 	if (r < 0)
@@ -1116,11 +1095,8 @@ static int globals_parse(struct parser *p, struct json_object *root)
 	r = get_string(p, root, NULL, "worker_user", true, &c->worker_user);
 	if (r < 0)
 		return r;
-	if (!c->worker_user) {
+	if (!c->worker_user)
 		c->worker_user = mem_strdup(c->mem, DEFAULT_WORKER_USER);
-		if (!c->worker_user)
-			return fail_oom(p);
-	}
 	r = get_int(p, root, NULL, "idle_timeout", 0, 86400, &c->idle_timeout_sec);
 	if (r < 0)
 		return r;
@@ -1171,10 +1147,7 @@ static int json_parse(struct parser *p, const char *text, size_t len, struct jso
 	struct json_object *root;
 	size_t end;
 
-	tok = json_tokener_new_ex(CONFIG_JSON_DEPTH);
-	if (!tok)
-		return fail_oom(p);
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	tok = tokener_new(CONFIG_JSON_DEPTH, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	root = json_tokener_parse_ex(tok, text, (int)len);
 	e = json_tokener_get_error(tok);
 	end = json_tokener_get_parse_end(tok);
@@ -1245,15 +1218,12 @@ static char *dup_key(const char *raw, size_t len, bool escaped)
 	char *key = NULL;
 
 	if (!escaped)
-		return strndup(raw + 1, len - 2);
-	tok = json_tokener_new();
-	if (!tok)
-		return NULL;
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+		return xstrndup(raw + 1, len - 2);
+	tok = tokener_new(JSON_TOKENER_DEFAULT_DEPTH, JSON_TOKENER_STRICT);
 	o = json_tokener_parse_ex(tok, raw, (int)len);
 	json_tokener_free(tok);
 	if (o && json_object_is_type(o, json_type_string))
-		key = strdup(json_object_get_string(o));
+		key = xstrdup(json_object_get_string(o));
 	json_object_put(o);
 	return key;
 }
@@ -1267,7 +1237,7 @@ static int dup_object(struct dupscan *d, const char *path, unsigned depth)
 
 	keys = json_object_new_object();
 	if (!keys)
-		return fail_oom(d->p);
+		fatal("out of memory");
 	d->pos++;
 	dup_ws(d);
 	if (d->pos < d->len && d->text[d->pos] == '}') {
@@ -1289,13 +1259,13 @@ static int dup_object(struct dupscan *d, const char *path, unsigned depth)
 				    line_at(d->text, start));
 		key = dup_key(d->text + start, end - start, escaped);
 		if (!key)
-			return fail_oom(d->p);
+			return -EINVAL;
 		path_join(sub, sizeof(sub), path, key);
 		if (json_object_object_get_ex(keys, key, NULL))
 			return fail(d->p, -EINVAL, sub, "duplicate key (line %u)",
 				    line_at(d->text, start));
 		if (json_object_object_add(keys, key, NULL) < 0)
-			return fail_oom(d->p);
+			fatal("out of memory");
 		dup_ws(d);
 		if (d->pos >= d->len || d->text[d->pos] != ':')
 			return -EINVAL;
@@ -1366,22 +1336,22 @@ static int dup_value(struct dupscan *d, const char *path, unsigned depth)
  * Duplicate and single-quoted keys inside the value json-c has just accepted
  * (start to p->pos); only the first of them in the file is kept.
  */
-static int value_dupcheck(struct parser *p, size_t start, const char *path, unsigned depth)
+static void value_dupcheck(struct parser *p, size_t start, const char *path, unsigned depth)
 {
 	struct dupscan d = { .p = p, .text = p->text, .len = p->pos, .pos = start };
 	int r;
 
 	/* Only objects have keys. */
 	if (p->dup.r || !memchr(p->text + start, '{', p->pos - start))
-		return 0;
+		return;
 	if (p->err && p->errlen)
 		p->err[0] = '\0';
 	r = dup_value(&d, path, depth);
 	if (r >= 0)
-		return 0;
-	if (r != -ENOMEM && p->err && p->errlen && !p->err[0])
+		return;
+	if (p->err && p->errlen && !p->err[0])
 		fail(p, r, NULL, "cannot scan the JSON text for duplicate keys");
-	return defer(p, &p->dup, r);
+	defer(p, &p->dup, r);
 }
 
 /* White space as json-c's strict mode (and RFC 8259) knows it. */
@@ -1504,17 +1474,10 @@ static int quoted_key_read(struct parser *p, char **out)
 		closed = p->text[end] == '\'';
 		end += p->text[end] == '\\' && end + 1 < p->len ? 2 : 1;
 	}
-	buf = malloc(end - start + 1);
-	tok = json_tokener_new_ex(2);
-	if (!buf || !tok) {
-		free(buf);
-		if (tok)
-			json_tokener_free(tok);
-		return fail_oom(p);
-	}
+	buf = xmalloc(end - start + 1);
 	buf[0] = '{';
 	memcpy(buf + 1, p->text + start, end - start);
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+	tok = tokener_new(2, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	o = json_tokener_parse_ex(tok, buf, (int)(end - start + 1));
 	e = json_tokener_get_error(tok);
 	off = json_tokener_get_parse_end(tok);
@@ -1534,12 +1497,11 @@ static int quoted_key_read(struct parser *p, char **out)
 
 	it = json_object_iter_begin(o);
 	*out = mem_strdup(p->c->mem, json_object_iter_peek_name(&it));
-	if (!*out)
-		return fail_oom(p);
 	p->pos = end;
 	skip_ws(p);
-	return defer(p, &p->dup, fail(p, -EINVAL, NULL, "line %u: keys must be in double quotes",
-				      line_at(p->text, start)));
+	defer(p, &p->dup, fail(p, -EINVAL, NULL, "line %u: keys must be in double quotes",
+			       line_at(p->text, start)));
+	return 0;
 }
 
 /*
@@ -1563,8 +1525,6 @@ static int key_read(struct parser *p, char **out, size_t *off)
 			return r;
 		*out = mem_strdup(p->c->mem, json_object_get_string(k));
 		json_object_put(k);
-		if (!*out)
-			return fail_oom(p);
 	} else {
 		return unexpected(p, json_tokener_error_parse_object_key_name);
 	}
@@ -1622,29 +1582,29 @@ static int container_read(struct parser *p, entry_fn entry)
 	}
 }
 
-/* Converts one entry of mcpServers into the next struct config_server. */
-static int server_add(struct parser *p, struct json_object *v, char *key, size_t index)
+/*
+ * Converts one entry of mcpServers into the next struct config_server; a
+ * wrong one is kept for globals_parse() to report.
+ */
+static void server_add(struct parser *p, struct json_object *v, char *key, size_t index)
 {
 	struct config *c = p->c;
 	struct config_server *s;
 	int r;
 
 	if (c->n_servers == p->cap_servers) {
-		size_t cap = p->cap_servers ? 2 * p->cap_servers : 16;
-
-		s = reallocarray(c->servers, cap, sizeof(*s));
-		if (!s)
-			return fail_oom(p);
-		c->servers = s;
-		p->cap_servers = cap;
+		/* The size limit of the text keeps the count far from overflowing this. */
+		p->cap_servers = p->cap_servers ? 2 * p->cap_servers : 16;
+		c->servers = xrealloc(c->servers, p->cap_servers * sizeof(*c->servers));
 	}
 	s = &c->servers[c->n_servers];
 	memset(s, 0, sizeof(*s));
 	r = server_parse(p, v, key, index, s);
-	if (r < 0)
-		return defer(p, &p->servers, r);
+	if (r < 0) {
+		defer(p, &p->servers, r);
+		return;
+	}
 	c->n_servers++;
-	return 0;
 }
 
 /* One entry of mcpServers: its own json-c tree, converted, then freed. */
@@ -1657,27 +1617,21 @@ static int server_read(struct parser *p, char *key, size_t key_off, size_t index
 
 	if (key) {
 		path_join(path, sizeof(path), "mcpServers", key);
-		r = names_add(&p->names, key);
-		if (r < 0)
-			return fail_oom(p);
-		if (r > 0) {
-			r = defer(p, &p->dup, fail(p, -EINVAL, path, "duplicate server name (line %u)",
-						   line_at(p->text, key_off)));
-			if (r < 0)
-				return r;
-		}
+		if (names_add(&p->names, key) == NAME_DUPLICATE)
+			defer(p, &p->dup, fail(p, -EINVAL, path, "duplicate server name (line %u)",
+					       line_at(p->text, key_off)));
 	} else {
 		path_index(path, sizeof(path), "mcpServers", index);
 	}
 	r = value_parse(p, 2, &v);
 	if (r < 0)
 		return r;
-	r = value_dupcheck(p, start, path, 2);
+	value_dupcheck(p, start, path, 2);
 	/* Once something is wrong, the rest is only read for its syntax. */
-	if (r == 0 && !p->dup.r && !p->servers.r)
-		r = server_add(p, v, key, index);
+	if (!p->dup.r && !p->servers.r)
+		server_add(p, v, key, index);
 	json_object_put(v);
-	return r;
+	return 0;
 }
 
 static int servers_read(struct parser *p)
@@ -1692,8 +1646,8 @@ static int servers_read(struct parser *p)
 	if (r < 0)
 		return r;
 	json_object_put(v);
-	return defer(p, &p->servers,
-		     fail(p, -EINVAL, "mcpServers", "must be an object or an array"));
+	defer(p, &p->servers, fail(p, -EINVAL, "mcpServers", "must be an object or an array"));
+	return 0;
 }
 
 /* One member of the top-level object. */
@@ -1705,30 +1659,21 @@ static int member_read(struct parser *p, char *key, size_t key_off, size_t index
 	int r;
 
 	path_join(path, sizeof(path), NULL, key);
-	if (json_object_object_get_ex(p->root, key, NULL)) {
-		r = defer(p, &p->dup, fail(p, -EINVAL, path, "duplicate key (line %u)",
-					   line_at(p->text, key_off)));
-		if (r < 0)
-			return r;
-	}
+	if (json_object_object_get_ex(p->root, key, NULL))
+		defer(p, &p->dup, fail(p, -EINVAL, path, "duplicate key (line %u)",
+				       line_at(p->text, key_off)));
 	if (strcmp(key, "mcpServers") == 0) {
 		/* A place holder: a second one is a duplicate, and the key is known. */
 		if (json_object_object_add(p->root, key, NULL) < 0)
-			return fail_oom(p);
+			fatal("out of memory");
 		return servers_read(p);
 	}
 	r = value_parse(p, 1, &v);
 	if (r < 0)
 		return r;
-	r = value_dupcheck(p, start, path, 1);
-	if (r < 0) {
-		json_object_put(v);
-		return r;
-	}
-	if (json_object_object_add(p->root, key, v) < 0) {
-		json_object_put(v);
-		return fail_oom(p);
-	}
+	value_dupcheck(p, start, path, 1);
+	if (json_object_object_add(p->root, key, v) < 0)
+		fatal("out of memory");
 	return 0;
 }
 
@@ -1764,10 +1709,7 @@ static int text_read(struct parser *p)
 		free(c->servers);
 		c->servers = NULL;
 	} else if (c->n_servers < p->cap_servers) {
-		struct config_server *s = reallocarray(c->servers, c->n_servers, sizeof(*s));
-
-		if (s)
-			c->servers = s;
+		c->servers = xrealloc(c->servers, c->n_servers * sizeof(*c->servers));
 	}
 	return 0;
 }
@@ -1792,15 +1734,9 @@ static int parse(struct parser *p, bool system_mode)
 	struct config *c;
 	int r;
 
-	c = p->c = calloc(1, sizeof(*c));
-	if (!c)
-		return fail_oom(p);
-	c->mem = calloc(1, sizeof(*c->mem));
-	if (!c->mem)
-		return fail_oom(p);
+	c = p->c = xcalloc(1, sizeof(*c));
+	c->mem = xcalloc(1, sizeof(*c->mem));
 	c->path = mem_strdup(c->mem, p->name);
-	if (!c->path)
-		return fail_oom(p);
 	c->system_mode = system_mode;
 	c->idle_timeout_sec = DEFAULT_IDLE_TIMEOUT;
 	c->max_conns_per_uid = 128;
@@ -1814,14 +1750,12 @@ static int parse(struct parser *p, bool system_mode)
 
 	p->root = json_object_new_object();
 	if (!p->root)
-		return fail_oom(p);
+		fatal("out of memory");
 	for (size_t i = 0; i < ARRAY_SIZE(p->tok); i++) {
 		/* Values i + 1 containers deep: what is left of the file's depth limit. */
-		p->tok[i] = json_tokener_new_ex(CONFIG_JSON_DEPTH - 1 - (int)i);
-		if (!p->tok[i])
-			return fail_oom(p);
-		json_tokener_set_flags(p->tok[i], JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8 |
-						  JSON_TOKENER_ALLOW_TRAILING_CHARS);
+		p->tok[i] = tokener_new(CONFIG_JSON_DEPTH - 1 - (int)i,
+					JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8 |
+					JSON_TOKENER_ALLOW_TRAILING_CHARS);
 	}
 	r = text_read(p);
 	if (r < 0)
@@ -1886,7 +1820,6 @@ static int read_all(int fd, size_t size, char **out, size_t *out_len)
 		if (len == cap) {
 			/* One byte past the limit is enough to know it is too large. */
 			size_t ncap = cap ? cap * 2 : size + 1;
-			char *nbuf;
 
 			if (cap > CONFIG_MAX_SIZE)
 				return -EFBIG;
@@ -1894,10 +1827,7 @@ static int read_all(int fd, size_t size, char **out, size_t *out_len)
 				ncap = 4096;
 			if (ncap > CONFIG_MAX_SIZE + 1)
 				ncap = CONFIG_MAX_SIZE + 1;
-			nbuf = realloc(buf, ncap);
-			if (!nbuf)
-				return -ENOMEM;
-			buf = nbuf;
+			buf = xrealloc(buf, ncap);
 			cap = ncap;
 		}
 		n = read(fd, buf + len, cap - len);
@@ -1926,7 +1856,6 @@ int config_load(const char *path, bool system_mode, struct config **out, char *e
 	struct parser p = { .name = path, .err = err, .errlen = errlen };
 	struct stat st;
 	size_t len = 0;
-	char *dup;
 	int r;
 
 	*out = NULL;
@@ -1957,12 +1886,7 @@ int config_load(const char *path, bool system_mode, struct config **out, char *e
 	r = config_parse(base, text, len, system_mode, out, err, errlen);
 	if (r < 0)
 		return r;
-	dup = mem_strdup((*out)->mem, path);
-	if (!dup) {
-		*out = config_free(*out);
-		return fail_oom(&p);
-	}
-	(*out)->path = dup;
+	(*out)->path = mem_strdup((*out)->mem, path);
 	return 0;
 }
 
