@@ -184,7 +184,7 @@ static int login_one(struct ctl *c, const char *server, int timeout)
 	c->on_note = NULL;
 	if (r)
 		return r;
-	if (field_int(reply.result, "token_expires_at", &exp) && exp > 0) {
+	if (field_int(reply.result, PARAM_KEY_TOKEN_EXPIRES_AT, &exp) && exp > 0) {
 		char d[32];
 
 		duration_format(exp - (int64_t)time(NULL), d, sizeof(d));
@@ -213,11 +213,11 @@ static int login_targets(struct ctl *c, struct json_object **names)
 	*names = json_object_new_array();
 	for (size_t i = 0; i < json_object_array_length(servers); i++) {
 		struct json_object *srv = json_object_array_get_idx(servers, i);
-		const char *st = field_str(srv, "oauth_status");
+		const char *st = field_str(srv, PARAM_KEY_OAUTH_STATUS);
 
 		bool enabled = true;
 
-		if (field_bool(srv, "enabled", &enabled) && !enabled)
+		if (field_bool(srv, PARAM_KEY_ENABLED, &enabled) && !enabled)
 			continue;
 		if (st && strcmp(st, "authenticated") == 0) {
 			_cleanup_(freep) char *n = text_clean(field_str(srv, PARAM_KEY_NAME));

@@ -184,7 +184,7 @@ int output_malformed(const char *method, const char *what)
 /* The servers array of a result, each element checked to be an object. */
 int output_servers(struct json_object *result, const char *method, struct json_object **out)
 {
-	struct json_object *servers = field_child(result, "servers", json_type_array);
+	struct json_object *servers = field_child(result, PARAM_KEY_SERVERS, json_type_array);
 
 	if (!servers)
 		return output_malformed(method, "no \"servers\" array");

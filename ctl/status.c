@@ -21,7 +21,7 @@ static void expires_cell(struct json_object *srv, int64_t now, char *buf, size_t
 	char d[32];
 	int64_t at;
 
-	if (!field_int(srv, "token_expires_at", &at) || at <= 0) {
+	if (!field_int(srv, PARAM_KEY_TOKEN_EXPIRES_AT, &at) || at <= 0) {
 		snprintf(buf, len, "-");
 		return;
 	}
@@ -32,8 +32,8 @@ static void expires_cell(struct json_object *srv, int64_t now, char *buf, size_t
 /* "in 32m", "retrying in 4s (retry 2)", "failed", "-". */
 static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t len)
 {
-	struct json_object *rf = field_child(srv, "refresh", json_type_object);
-	const char *state = rf ? field_str(rf, "state") : NULL;
+	struct json_object *rf = field_child(srv, PARAM_KEY_REFRESH, json_type_object);
+	const char *state = rf ? field_str(rf, PARAM_KEY_STATE) : NULL;
 	char retry[32] = "", d[32];
 	int64_t n;
 
@@ -41,13 +41,13 @@ static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t
 		snprintf(buf, len, "-");
 		return;
 	}
-	if (field_int(rf, "retry_count", &n) && n > 0)
+	if (field_int(rf, PARAM_KEY_RETRY_COUNT, &n) && n > 0)
 		snprintf(retry, sizeof(retry), " (retry %lld)", (long long)n);
 	if (strcmp(state, "refreshing") == 0 || strcmp(state, "failed") == 0) {
 		snprintf(buf, len, "%s%s", state, retry);
 		return;
 	}
-	if (!field_int(rf, "next_at", &n) || n <= 0) {
+	if (!field_int(rf, PARAM_KEY_NEXT_AT, &n) || n <= 0) {
 		snprintf(buf, len, "%s%s", state, retry);
 		return;
 	}
@@ -63,20 +63,20 @@ static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t
  * "-" for a server without OAuth. */
 static const char *auth_cell(struct json_object *srv)
 {
-	const char *st = field_str(srv, "oauth_status");
+	const char *st = field_str(srv, PARAM_KEY_OAUTH_STATUS);
 	bool b;
 
 	if (!st)
 		return "-";
-	if (field_bool(srv, "login_in_progress", &b) && b)
+	if (field_bool(srv, PARAM_KEY_LOGIN_IN_PROGRESS, &b) && b)
 		return "logging in";
 	return st;
 }
 
 static const char *last_error_of(struct json_object *srv)
 {
-	struct json_object *rf = field_child(srv, "refresh", json_type_object);
-	const char *e = rf ? field_str(rf, "last_error") : NULL;
+	struct json_object *rf = field_child(srv, PARAM_KEY_REFRESH, json_type_object);
+	const char *e = rf ? field_str(rf, PARAM_KEY_LAST_ERROR) : NULL;
 
 	return e && *e ? e : NULL;
 }
@@ -115,9 +115,9 @@ int status_print_servers(struct json_object *result, const char *method, bool fu
 		col = 0;
 		table_set(row, col++, field_str(srv, PARAM_KEY_NAME));
 		if (full) {
-			w = field_child(srv, "worker", json_type_object);
+			w = field_child(srv, PARAM_KEY_WORKER, json_type_object);
 			table_set(row, col++, field_str(srv, PARAM_KEY_PROTOCOL));
-			table_set(row, col++, w ? field_str(w, "state") : NULL);
+			table_set(row, col++, w ? field_str(w, PARAM_KEY_STATE) : NULL);
 		}
 		table_set(row, col++, auth_cell(srv));
 		expires_cell(srv, now, cell, sizeof(cell));
@@ -127,7 +127,7 @@ int status_print_servers(struct json_object *result, const char *method, bool fu
 		table_set(row, col++, last_error_of(srv));
 		n_rows++;
 	}
-	orphans = field_child(result, "orphaned_tokens", json_type_array);
+	orphans = field_child(result, PARAM_KEY_ORPHANED_TOKENS, json_type_array);
 	for (size_t i = 0; orphans && i < json_object_array_length(orphans); i++) {
 		struct json_object *o = json_object_array_get_idx(orphans, i);
 		struct table_row *row;
@@ -178,10 +178,10 @@ static int status_print(struct json_object *result, const char *only)
 	n = json_object_array_length(servers);
 	s = field_str(result, PARAM_KEY_VERSION);
 	version = text_clean(s ? s : "?");
-	s = field_str(result, "mode");
+	s = field_str(result, PARAM_KEY_MODE);
 	mode = text_clean(s ? s : "?");
 	if (!only) {
-		struct json_object *http = field_child(result, "http", json_type_object);
+		struct json_object *http = field_child(result, PARAM_KEY_HTTP, json_type_object);
 
 		if (field_int(result, PARAM_KEY_PID, &pid))
 			printf("mcpkeeperd %s, pid %lld, %s mode, %zu server%s\n", version, (long long)pid, mode, n,
@@ -189,12 +189,12 @@ static int status_print(struct json_object *result, const char *only)
 		else
 			printf("mcpkeeperd %s, %s mode, %zu server%s\n", version, mode, n, n == 1 ? "" : "s");
 		/* The key is in the URL's fragment, which browsers never send. */
-		if (field_str(result, "web_ui")) {
-			_cleanup_(freep) char *ui = text_clean(field_str(result, "web_ui"));
+		if (field_str(result, PARAM_KEY_WEB_UI)) {
+			_cleanup_(freep) char *ui = text_clean(field_str(result, PARAM_KEY_WEB_UI));
 
 			printf("web UI: %s\n", ui);
-		} else if (http && field_str(http, "state")) {
-			_cleanup_(freep) char *st = text_clean(field_str(http, "state"));
+		} else if (http && field_str(http, PARAM_KEY_STATE)) {
+			_cleanup_(freep) char *st = text_clean(field_str(http, PARAM_KEY_STATE));
 
 			printf("web UI: not available (http child %s)\n", st);
 		}
@@ -221,7 +221,7 @@ static int servers_print(struct json_object *result)
 
 		table_set(row, 0, field_str(srv, PARAM_KEY_NAME));
 		table_set(row, 1, field_str(srv, PARAM_KEY_PROTOCOL));
-		table_set(row, 2, field_bool(srv, "enabled", &b) ? (b ? "yes" : "no") : NULL);
+		table_set(row, 2, field_bool(srv, PARAM_KEY_ENABLED, &b) ? (b ? "yes" : "no") : NULL);
 		table_set(row, 3, field_bool(srv, PARAM_KEY_OAUTH, &b) ? (b ? "yes" : "no") : NULL);
 		table_set(row, 4, field_str(srv, PARAM_KEY_URL));
 	}
