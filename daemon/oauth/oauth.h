@@ -1,8 +1,10 @@
 /*
- * Shared between the two files of the oauth child: oauth.c (main, the
- * channel to the keeper, oauth.refresh, and the HTTP plumbing below) and
- * oauth-login.c (oauth.listen, discover, register, authorize, cancel and
- * revoke). Nothing outside daemon/oauth/ includes it.
+ * The oauth child's internal header: what its files share, one section per
+ * file. oauth.c is main and the channel to the keeper; fetch.c the HTTP
+ * plumbing every request uses; login.c the logins and steps every login
+ * request builds on; discover.c, register.c, authorize.c and token.c one
+ * job each (common/proto.h has the methods). Nothing outside daemon/oauth/
+ * includes it.
  */
 #pragma once
 
@@ -13,7 +15,9 @@
 #include <curl/curl.h>
 
 #include "channel.h"
+#include "util.h"
 
+struct evhttp_request;
 struct json_object;
 struct rpc_msg;
 
@@ -40,7 +44,7 @@ struct oauth {
 	char landlock[128];
 };
 
-/* -- byte buffers for bodies that may hold secrets: wiped whenever they move -- */
+/* -- fetch.c: byte buffers for bodies that may hold secrets, wiped whenever they move -- */
 
 struct buf {
 	char *data;
@@ -56,7 +60,7 @@ int buf_add_form_encoded(struct buf *b, const char *s);
 /* Appends key=value (value form-encoded), with '&' after the first. */
 int form_add(struct buf *form, const char *key, const char *value);
 
-/* -- one HTTP transfer on the shared multi handle -- */
+/* -- fetch.c: one HTTP transfer on the shared multi handle -- */
 
 struct fetch;
 /* Runs from the loop when the transfer ends; the owner frees f (now or later). */
@@ -90,6 +94,10 @@ int fetch_post(struct fetch *f, const char *content_type);
  * Authorization header, "client_secret_post" adds client_id and
  * client_secret to the form, "none" only client_id. */
 int fetch_client_auth(struct fetch *f, const char *auth_method, const char *client_id, const char *client_secret);
+/* An auth_method fetch_client_auth() speaks, with the client_secret it
+ * needs: 0, or -EINVAL with *bad naming the key (auth_method,
+ * client_secret) at fault. */
+int fetch_client_auth_check(const char *auth_method, const char *client_secret, const char **bad);
 int fetch_start(struct fetch *f);
 struct fetch *fetch_free(struct fetch *f);
 /* A transfer that got no complete HTTP answer (result != CURLE_OK and not a
@@ -99,7 +107,7 @@ void fetch_describe_failure(const struct fetch *f, char *out, size_t len);
 /* True when the transfer ended with an HTTP answer we may look at. */
 bool fetch_answered(const struct fetch *f);
 
-/* -- response bodies -- */
+/* -- fetch.c: response bodies -- */
 
 /* The response body as a JSON object, or NULL. Wipe it with rpc_wipe_put(). */
 struct json_object *parse_body(const struct buf *body);
@@ -112,48 +120,165 @@ bool vschar_string(struct json_object *v, bool allow_empty);
  * descriptions that reach a user. */
 void sanitise_text(const char *s, char *out, size_t len, size_t max_chars);
 
-/*
- * The verdict on a finished token-endpoint transfer, as oauth.refresh
- * classifies it: a result object for the keeper (access_token, token_type,
- * expires_in?, refresh_token?, scope?, http_status), or kind, oauth_error
- * and message. message never holds token bytes; oauth_error and
- * description point into body.
- */
-struct token_verdict {
-	struct json_object *result;	/* success */
-	struct json_object *body;
-	const char *kind;		/* KIND_TRANSIENT / KIND_TERMINAL on failure */
-	const char *oauth_error;
-	const char *description;	/* the provider's error_description, raw */
-	bool answered;			/* there was an HTTP answer */
-	long http_status;
-	char message[CURL_ERROR_SIZE + 64];
-};
-void token_verdict(const struct fetch *f, struct token_verdict *v);
-/* Wipes and drops result and body. */
-void token_verdict_clear(struct token_verdict *v);
-
-/* -- the channel to the keeper -- */
+/* -- oauth.c: the channel to the keeper -- */
 
 void oauth_send(struct oauth *o, struct json_object *msg);
 /* Ends the loop with code once every queued reply is written. */
 void oauth_stop(struct oauth *o, int code);
 /* A keeper bug: say what, and end (the keeper restarts us). */
 void keeper_bug(struct oauth *o, const char *what, const char *detail);
-/* An optional string parameter: 0 (and *out NULL when absent or null), or
- * -EINVAL when it is there with another type. */
-int param_string(struct json_object *params, const char *key, const char **out);
-/* timeout_ms: an integer in 1..max. */
-int param_timeout(struct json_object *params, long max, long *out);
 
-/* -- oauth-login.c -- */
+/* -- login.c: logins and steps, and what every login request shares -- */
 
-void login_listen(struct oauth *o, struct rpc_msg *m);
-void login_discover(struct oauth *o, struct rpc_msg *m);
-void login_register(struct oauth *o, struct rpc_msg *m);
-void login_authorize(struct oauth *o, struct rpc_msg *m);
-void login_revoke(struct oauth *o, struct rpc_msg *m);
-/* oauth.cancel, a notification. */
-void login_cancel(struct oauth *o, struct rpc_msg *m);
+/* A provider's error_description as a user sees it. */
+#define DESCRIPTION_MAX 200
+#define URL_MAX 2048
+#define MESSAGE_MAX 1024
+
+enum login_phase {
+	LOGIN_LISTENING,	/* listener up, no oauth.authorize yet */
+	LOGIN_WAITING,		/* the browser's redirect is awaited */
+	LOGIN_EXCHANGING,	/* redirect taken, code exchange running */
+	LOGIN_ANSWERING,	/* the browser is getting its page; the keeper's reply waits */
+};
+
+/* One server's login: its redirect listener and, once authorize came, the
+ * authorization in progress. */
+struct login {
+	struct oauth *o;
+	struct login *next, **pprev;
+	char *server;
+	struct evhttp *http;
+	struct evhttp_bound_socket *bound;	/* NULL once no longer accepting */
+	int port;
+	enum login_phase phase;
+
+	/* oauth.authorize */
+	struct json_object *id;
+	long timeout_ms;
+	int64_t deadline_ms;		/* monotonic */
+	struct event *timer;		/* the deadline, then the page's grace */
+	struct evhttp_request *browser;	/* the redirect, until it has its page */
+	struct fetch *fetch;		/* the code exchange */
+	char *token_endpoint, *redirect_uri, *client_id, *auth_method, *resource, *issuer;
+	char *client_secret;		/* sodium_malloc */
+	bool iss_supported;
+	char *verifier, *state;		/* sodium_malloc, B64_43 each (authorize.c) */
+	struct json_object *reply;	/* for the keeper, once the page is out */
+};
+
+enum discover_phase { DISCOVER_PROBE, DISCOVER_PRM, DISCOVER_AS };
+
+/* discover, register or revoke: one request, one fetch at a time. */
+struct step {
+	struct oauth *o;
+	struct step *next, **pprev;
+	const char *what;		/* "discovery", "registration", "revocation" */
+	struct json_object *id;
+	char *server;
+	long timeout_ms;
+	struct fetch *fetch;
+
+	/* discover */
+	enum discover_phase phase;
+	CURLU *mcp;			/* the MCP endpoint */
+	char *mcp_url;
+	const char *protocol;		/* static string */
+	struct curl_slist *probe_headers;
+	struct challenge_bearer *challenge;
+	char *urls[3];			/* this phase's candidates, in order */
+	size_t n_urls, next_url;
+	char tried[768];		/* what the candidates answered, for the message */
+	struct json_object *result;
+	char *issuer;
+
+	/* revoke */
+	char *hint;
+};
+
+/* A copy of s in sodium_malloc'ed memory (NULL for NULL); secret_free()
+ * wipes it and sets *s to NULL. */
+char *secret_dup(const char *s);
+void secret_free(char **s);
+/* CLOCK_MONOTONIC in milliseconds. */
+int64_t login_now_ms(void);
+/* Visible ASCII, 1..max characters: what may go back to the keeper as a
+ * URL or word. */
+bool login_visible_ascii(const char *s, size_t max);
+/* Whether the JSON array a holds the string s. */
+bool login_string_in_array(struct json_object *a, const char *s);
+/* An RPC_APP_ERROR for a login step: data {kind, reason, oauth_error?, http_status?}. */
+struct json_object *login_error_msg(struct json_object *id, const char *kind, const char *reason,
+				    const char *oauth_error, long http_status, const char *message);
+/* "WHO: error: description" with the description made safe. */
+void login_refusal_text(char *out, size_t len, const char *who, const char *oauth_error, const char *description);
+
+/* URLs, parsed by libcurl's URL API only. url_parse(): an http or https
+ * URL, or NULL. url_part(): a copy of one part, or NULL. url_check(): a URL
+ * taken from metadata: https, or http to a loopback host only, with neither
+ * user info nor fragment; 0 (and *out when asked), or -EINVAL with why
+ * filled. */
+CURLU *url_parse(const char *url);
+char *url_part(CURLU *u, CURLUPart part, unsigned flags);
+int url_check(const char *url, CURLU **out, char *why, size_t len);
+
+/* This server's login; one that is only delivering its last page counts
+ * when ending_too says so. */
+struct login *login_find(struct oauth *o, const char *server, bool ending_too);
+/* Unlinks and frees l (a browser still waiting gets a 503); NULL. */
+struct login *login_free(struct login *l);
+/* Stops accepting connections; those accepted stay until login_free(). */
+void login_close_listener(struct login *l);
+/* Sends l->reply to the keeper, once. */
+void login_send_reply(struct login *l);
+/* Ends an authorization: the browser's page, then the port, then reply
+ * (taken) for the keeper. */
+void login_end(struct login *l, struct json_object *reply, int status, const char *title, const char *text);
+/* login_end() with an error for the keeper and a failure page. */
+void login_fail(struct login *l, const char *kind, const char *reason, const char *oauth_error,
+		long http_status, const char *message);
 /* At exit: drops every login and step without answering. */
 void login_free_all(struct oauth *o);
+
+/* A step for request m, not yet linked; what names it in logs. */
+struct step *step_new(struct oauth *o, struct rpc_msg *m, const char *what);
+struct step *step_free(struct step *s);
+void step_freep(struct step **s);
+/* Makes s one of o's steps in flight. */
+void step_link(struct step *s);
+/* Answers the keeper with an error and frees s. */
+_printf_(6, 7) void step_fail(struct step *s, const char *kind, const char *reason, const char *oauth_error,
+			      long http_status, const char *fmt, ...);
+/* Sends result (taken) and frees s; the result may hold secrets. */
+void step_reply(struct step *s, struct json_object *result);
+/* A fetch for s with its timeout; the caller adds what it needs and starts it. */
+struct fetch *step_fetch(struct step *s, const char *url, fetch_done_fn done);
+
+/* -- discover.c -- */
+
+/* oauth.discover: RFC 9728, then RFC 8414 / OpenID discovery. */
+void discover_start(struct oauth *o, struct rpc_msg *m);
+
+/* -- register.c -- */
+
+/* oauth.register: RFC 7591 dynamic client registration. */
+void register_start(struct oauth *o, struct rpc_msg *m);
+
+/* -- authorize.c -- */
+
+void authorize_listen(struct oauth *o, struct rpc_msg *m);
+void authorize_start(struct oauth *o, struct rpc_msg *m);
+/* oauth.cancel, a notification. */
+void authorize_cancel(struct oauth *o, struct rpc_msg *m);
+/* The one HTML page the listener serves, title and text HTML-escaped. */
+void page_send(struct evhttp_request *req, int status, const char *title, const char *text);
+
+/* -- token.c -- */
+
+void token_refresh(struct oauth *o, struct rpc_msg *m);
+void token_revoke(struct oauth *o, struct rpc_msg *m);
+/* The login's code exchange (RFC 6749 4.1.3 with the PKCE verifier); it
+ * ends l with login_end() or login_fail(). */
+void token_exchange(struct login *l, const char *code);
+/* Drops a refresh in flight without answering; NULL. */
+struct refresh *refresh_free(struct refresh *r);
