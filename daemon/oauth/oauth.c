@@ -74,22 +74,6 @@ void keeper_bug(struct oauth *o, const char *what, const char *detail)
 	oauth_stop(o, 1);
 }
 
-/* An optional string parameter of the hello: 0 (and *out NULL when absent
- * or null), or -EINVAL when it is there with another type. The requests
- * check theirs with params_parse(). */
-static int param_string(struct json_object *params, const char *key, const char **out)
-{
-	struct json_object *v;
-
-	*out = NULL;
-	if (!json_object_object_get_ex(params, key, &v) || json_object_is_type(v, json_type_null))
-		return 0;
-	if (!json_object_is_type(v, json_type_string))
-		return -EINVAL;
-	*out = json_object_get_string(v);
-	return 0;
-}
-
 /* -- libcurl multi on the libevent loop (common/curlev.c) -- */
 
 static void oauth_transfer_done(CURL *easy, CURLcode result, void *arg)
