@@ -522,15 +522,18 @@ static void do_subscribe(struct conn *c, struct json_object *id)
  */
 static int write_now(struct conn *c, struct json_object *msg)
 {
-	struct evbuffer *out = evbuffer_new();
+	struct evbuffer *out = evbuffer_new(), *queued = bufferevent_get_output(c->bev);
 	int fd = bufferevent_getfd(c->bev), r = 0;
 
 	if (!out)
 		return -ENOMEM;
-	/* What is queued before it (the answer to a pipelined hello) goes first. */
-	if (evbuffer_add_buffer(out, bufferevent_get_output(c->bev)) < 0 ||
-	    frame_write(out, msg, PROTO_MAX_MESSAGE) != 0)
+	/* What is queued before it (the answer to a pipelined hello) goes
+	 * first. A socket bufferevent keeps the start of its output frozen,
+	 * which evbuffer_add_buffer() refuses: thaw it for the move. */
+	evbuffer_unfreeze(queued, 1);
+	if (evbuffer_add_buffer(out, queued) < 0 || frame_write(out, msg, PROTO_MAX_MESSAGE) != 0)
 		r = -EMSGSIZE;
+	evbuffer_freeze(queued, 1);
 	for (int tries = 0; r == 0 && evbuffer_get_length(out) > 0 && tries < 100; tries++) {
 		struct pollfd p = { .fd = fd, .events = POLLOUT };
 
