@@ -182,6 +182,9 @@ void refresh_load(struct keeper *k, struct server *s);
  * does not open; plain is only read during the call). */
 bool refresh_reset(struct keeper *k, struct server *s);
 void refresh_take_record(struct keeper *k, struct server *s, const struct secret *plain, int status);
+/* Room in the queues for n servers, so that scheduling them later does not
+ * allocate (a reload reserves before it swaps). 0 or -ENOMEM. */
+int refresh_reserve(struct keeper *k, size_t n);
 /* A login started: take the server off the queue (a refresh in flight ends
  * on its own); refresh_load() puts it back. */
 void refresh_pause(struct keeper *k, struct server *s);

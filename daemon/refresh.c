@@ -207,6 +207,27 @@ static void sheap_put(struct sheap *h, struct server *s)
 	sheap_up(h, h->n - 1);
 }
 
+/* Room for n servers in each queue (checked: a reload that cannot have it
+ * is refused before it changes anything). 0 or -ENOMEM. */
+int refresh_reserve(struct keeper *k, size_t n)
+{
+	struct sheap *heaps[] = { &k->refresh->ready, &k->refresh->due };
+
+	for (size_t i = 0; i < ARRAY_SIZE(heaps); i++) {
+		struct sheap *h = heaps[i];
+		struct server **v;
+
+		if (h->cap >= n)
+			continue;
+		v = realloc(h->v, n * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		h->v = v;
+		h->cap = n;
+	}
+	return 0;
+}
+
 static void sheap_remove(struct sheap *h, struct server *s)
 {
 	ssize_t pos = *sheap_pos(h, s);
