@@ -296,6 +296,7 @@
 #define PARAM_KEY_LOGIN_IN_PROGRESS "login_in_progress"
 #define PARAM_KEY_WORKER "worker"
 #define PARAM_KEY_ENABLED "enabled"
+#define PARAM_KEY_NEEDS_LOGIN "needs_login"
 #define PARAM_KEY_CONFIG "config"
 #define PARAM_KEY_RESTARTS "restarts"
 #define PARAM_KEY_LAST_EXIT "last_exit"

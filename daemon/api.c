@@ -30,6 +30,7 @@
 #include "frame.h"
 #include "keeper.h"
 #include "log.h"
+#include "params.h"
 #include "paths.h"
 #include "proto.h"
 #include "secret.h"
@@ -81,25 +82,28 @@ static bool is_dir(const char *path)
 }
 
 /* The web UI's files: paths_ui_dir() (the build tree's for a keeper run
- * from the tree, the installed data directory otherwise). */
-static char *ui_dir_find(void)
+ * from the tree, the installed data directory otherwise). 0 or
+ * -ENAMETOOLONG. */
+static int ui_dir_find(char **dir)
 {
 	char path[PATH_MAX];
+	int r = paths_ui_dir(path, sizeof(path));
 
-	if (paths_ui_dir(path, sizeof(path)) < 0)
-		return NULL;
-	return strdup(path);
+	if (r < 0)
+		return r;
+	*dir = xstrdup(path);
+	return 0;
 }
 
 static void api_hello(struct child *c, void *ctx, struct json_object *params)
 {
 	struct keeper *k = ctx;
 
-	json_object_object_add(params, "listen", json_object_new_string(k->cfg->listen));
-	json_object_object_add(params, "api_key",
+	json_object_object_add(params, PARAM_KEY_LISTEN, json_object_new_string(k->cfg->listen));
+	json_object_object_add(params, PARAM_KEY_API_KEY,
 			       json_object_new_string_len((const char *)k->api_key->data, (int)k->api_key->len));
-	json_object_object_add(params, "ui_dir", json_object_new_string(k->ui_dir));
-	json_object_object_add(params, "management", json_object_new_boolean(!k->cfg->disable_management));
+	json_object_object_add(params, PARAM_KEY_UI_DIR, json_object_new_string(k->ui_dir));
+	json_object_object_add(params, PARAM_KEY_MANAGEMENT, json_object_new_boolean(!k->cfg->disable_management));
 }
 
 static void api_hello_result(struct child *c, void *ctx, struct json_object *result)
@@ -108,7 +112,7 @@ static void api_hello_result(struct child *c, void *ctx, struct json_object *res
 	struct json_object *v;
 
 	k->http_port = 0;
-	if (json_object_object_get_ex(result, "port", &v))
+	if (json_object_object_get_ex(result, PARAM_KEY_PORT, &v))
 		k->http_port = json_object_get_int(v);
 	if (k->http_port <= 0 || k->http_port > 65535) {
 		log_error("http child reported no port");
@@ -125,16 +129,19 @@ static void api_lost(struct child *c, void *ctx)
 	k->http_port = 0;
 }
 
-/* control.connect: one more control connection for the child. */
+/* control.connect {}: one more control connection for the child. Anything
+ * else the child sends is a bug (-EPROTO: the keeper restarts it). */
 static int api_message(struct child *c, void *ctx, struct rpc_msg *m)
 {
 	struct keeper *k = ctx;
 	struct json_object *res;
+	const char *bad;
 	uint64_t number;
 	int sv[2], r;
 
-	if (m->type != RPC_REQUEST || strcmp(m->method, METHOD_CONTROL_CONNECT) != 0)
-		return -1;
+	if (m->type != RPC_REQUEST || strcmp(m->method, METHOD_CONTROL_CONNECT) != 0 ||
+	    params_parse(m->params, NULL, 0, NULL, &bad) < 0)
+		return -EPROTO;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		log_warn("http child: control.connect: %m");
 		child_reply(c, m->id, NULL,
@@ -151,7 +158,7 @@ static int api_message(struct child *c, void *ctx, struct rpc_msg *m)
 	}
 	number = ++k->http_next_number;
 	res = json_object_new_object();
-	json_object_object_add(res, "number", json_object_new_int64((int64_t)number));
+	json_object_object_add(res, PARAM_KEY_NUMBER, json_object_new_int64((int64_t)number));
 	child_reply(c, m->id, res, NULL);
 	r = child_send_fd(c, number, sv[1]);
 	close(sv[1]);
@@ -178,9 +185,9 @@ int api_start(struct keeper *k)
 			return r;
 	}
 	if (!k->ui_dir) {
-		k->ui_dir = ui_dir_find();
-		if (!k->ui_dir)
-			return -ENOMEM;
+		r = ui_dir_find(&k->ui_dir);
+		if (r < 0)
+			return r;
 		if (!is_dir(k->ui_dir))
 			log_warn("web UI files not found in %s (set MCPKEEPER_UI_DIR); the API works without them",
 				 k->ui_dir);
@@ -233,15 +240,15 @@ struct json_object *api_status_json(const struct keeper *k)
 	struct json_object *o = json_object_new_object();
 	char auth[96], url[128];
 
-	json_object_object_add(o, "state", json_object_new_string(k->http ? child_state_name(k->http) : "stopped"));
-	json_object_object_add(o, "pid", k->http && child_pid(k->http) > 0 ? json_object_new_int(child_pid(k->http))
-									 : NULL);
+	json_object_object_add(o, PARAM_KEY_STATE, json_object_new_string(k->http ? child_state_name(k->http) : "stopped"));
+	json_object_object_add(o, PARAM_KEY_PID,
+			       k->http && child_pid(k->http) > 0 ? json_object_new_int(child_pid(k->http)) : NULL);
 	if (k->http_port) {
 		api_authority(k, auth, sizeof(auth));
 		snprintf(url, sizeof(url), "http://%s/", auth);
-		json_object_object_add(o, "url", json_object_new_string(url));
+		json_object_object_add(o, PARAM_KEY_URL, json_object_new_string(url));
 	} else {
-		json_object_object_add(o, "url", NULL);
+		json_object_object_add(o, PARAM_KEY_URL, NULL);
 	}
 	return o;
 }

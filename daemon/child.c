@@ -368,7 +368,7 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 	if (c->state == CHILD_STARTING && id == c->hello_id) {
 		struct json_object *v, *ll;
 
-		if (m->type == RPC_ERROR || !json_object_object_get_ex(m->result, "version", &v) ||
+		if (m->type == RPC_ERROR || !json_object_object_get_ex(m->result, PARAM_KEY_VERSION, &v) ||
 		    json_object_get_int(v) != PROTO_VERSION) {
 			const char *why = m->type == RPC_ERROR ? rpc_error_message(m) : NULL;
 
@@ -382,7 +382,7 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 		c->state = CHILD_READY;
 		if (c->ops && c->ops->hello_result)
 			c->ops->hello_result(c, c->ctx, m->result);
-		if (json_object_object_get_ex(m->result, "landlock", &ll) &&
+		if (json_object_object_get_ex(m->result, PARAM_KEY_LANDLOCK, &ll) &&
 		    strcmp(json_object_get_string(ll), "enforced") != 0)
 			log_info("%s child: Landlock %s on this kernel: it relies on its uid and file modes",
 				 c->label, json_object_get_string(ll));
@@ -623,9 +623,9 @@ int child_start(struct child *c)
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 
 	params = json_object_new_object();
-	json_object_object_add(params, "version", json_object_new_int(PROTO_VERSION));
-	json_object_object_add(params, "role", json_object_new_string(c->role));
-	json_object_object_add(params, "log_level",
+	json_object_object_add(params, PARAM_KEY_VERSION, json_object_new_int(PROTO_VERSION));
+	json_object_object_add(params, PARAM_KEY_ROLE, json_object_new_string(c->role));
+	json_object_object_add(params, PARAM_KEY_LOG_LEVEL,
 			       json_object_new_string(log_get_level() == LOG_LEVEL_DEBUG ? "debug" : "info"));
 	if (c->ops && c->ops->hello)
 		c->ops->hello(c, c->ctx, params);

@@ -157,30 +157,31 @@ struct json_object *control_server_json(const struct server *s, bool full)
 	const struct config_server *cs = s->conf;
 	struct json_object *o = json_object_new_object(), *r, *w;
 
-	json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, PARAM_KEY_NAME, json_object_new_string(s->name));
 	if (!full)
-		json_object_object_add(o, "enabled", json_object_new_boolean(cs->enabled));
+		json_object_object_add(o, PARAM_KEY_ENABLED, json_object_new_boolean(cs->enabled));
 	if (full) {
-		json_object_object_add(o, "protocol", json_object_new_string(config_protocol_name(cs->protocol)));
-		json_object_object_add(o, "url", cs->url ? json_object_new_string(cs->url) : NULL);
-		json_object_object_add(o, "enabled", json_object_new_boolean(cs->enabled));
-		json_object_object_add(o, "oauth", json_object_new_boolean(cs->oauth_enabled));
+		json_object_object_add(o, PARAM_KEY_PROTOCOL,
+				       json_object_new_string(config_protocol_name(cs->protocol)));
+		json_object_object_add(o, PARAM_KEY_URL, cs->url ? json_object_new_string(cs->url) : NULL);
+		json_object_object_add(o, PARAM_KEY_ENABLED, json_object_new_boolean(cs->enabled));
+		json_object_object_add(o, PARAM_KEY_OAUTH, json_object_new_boolean(cs->oauth_enabled));
 	}
-	json_object_object_add(o, "oauth_status",
+	json_object_object_add(o, PARAM_KEY_OAUTH_STATUS,
 			       cs->oauth_enabled ? json_object_new_string(oauth_status_name(s->status)) : NULL);
-	json_object_object_add(o, "token_expires_at", time_or_null(s->expires_at));
+	json_object_object_add(o, PARAM_KEY_TOKEN_EXPIRES_AT, time_or_null(s->expires_at));
 	if (full) {
 		w = workers_status_json(s);
-		json_object_object_add(o, "worker", w);
+		json_object_object_add(o, PARAM_KEY_WORKER, w);
 	}
 	r = json_object_new_object();
-	json_object_object_add(r, "state", json_object_new_string(refresh_state_name(s->rstate)));
-	json_object_object_add(r, "retry_count", json_object_new_int(s->retry_count));
-	json_object_object_add(r, "next_at", time_or_null(s->next_at_ms ? (s->next_at_ms + 999) / 1000 : 0));
-	json_object_object_add(r, "last_error", s->last_error ? json_object_new_string(s->last_error) : NULL);
-	json_object_object_add(o, "refresh", r);
+	json_object_object_add(r, PARAM_KEY_STATE, json_object_new_string(refresh_state_name(s->rstate)));
+	json_object_object_add(r, PARAM_KEY_RETRY_COUNT, json_object_new_int(s->retry_count));
+	json_object_object_add(r, PARAM_KEY_NEXT_AT, time_or_null(s->next_at_ms ? (s->next_at_ms + 999) / 1000 : 0));
+	json_object_object_add(r, PARAM_KEY_LAST_ERROR, s->last_error ? json_object_new_string(s->last_error) : NULL);
+	json_object_object_add(o, PARAM_KEY_REFRESH, r);
 	if (cs->oauth_enabled)
-		json_object_object_add(o, "login_in_progress", json_object_new_boolean(s->login_active));
+		json_object_object_add(o, PARAM_KEY_LOGIN_IN_PROGRESS, json_object_new_boolean(s->login_active));
 	return o;
 }
 
@@ -196,9 +197,9 @@ static struct json_object *orphans_json(const struct keeper *k)
 		char name[STORE_SERVER_KEY_MAX + 1];
 
 		keeper_orphan_name(k->orphans[i], name, sizeof(name));
-		json_object_object_add(o, "name", json_object_new_string(name));
-		json_object_object_add(o, "key", json_object_new_string(k->orphans[i]));
-		json_object_object_add(o, "oauth_status", json_object_new_string("orphaned"));
+		json_object_object_add(o, PARAM_KEY_NAME, json_object_new_string(name));
+		json_object_object_add(o, PARAM_KEY_KEY, json_object_new_string(k->orphans[i]));
+		json_object_object_add(o, PARAM_KEY_OAUTH_STATUS, json_object_new_string("orphaned"));
 		json_object_array_add(arr, o);
 	}
 	return arr;
@@ -209,16 +210,16 @@ static void do_status(struct conn *c, struct json_object *id)
 	struct keeper *k = c->ctl->k;
 	struct json_object *res = json_object_new_object(), *arr = json_object_new_array();
 
-	json_object_object_add(res, "version", json_object_new_string(MCPKEEPER_VERSION));
-	json_object_object_add(res, "pid", json_object_new_int((int)getpid()));
-	json_object_object_add(res, "mode", json_object_new_string(k->system_mode ? "system" : "user"));
-	json_object_object_add(res, "config", json_object_new_string(k->config_path));
+	json_object_object_add(res, PARAM_KEY_VERSION, json_object_new_string(MCPKEEPER_VERSION));
+	json_object_object_add(res, PARAM_KEY_PID, json_object_new_int((int)getpid()));
+	json_object_object_add(res, PARAM_KEY_MODE, json_object_new_string(k->system_mode ? "system" : "user"));
+	json_object_object_add(res, PARAM_KEY_CONFIG, json_object_new_string(k->config_path));
 	for (size_t i = 0; i < k->n_servers; i++)
 		json_object_array_add(arr, control_server_json(k->servers[i], true));
-	json_object_object_add(res, "servers", arr);
-	json_object_object_add(res, "orphaned_tokens", orphans_json(k));
-	json_object_object_add(res, "http", api_status_json(k));
-	json_object_object_add(res, "web_ui", api_web_ui_url(k));
+	json_object_object_add(res, PARAM_KEY_SERVERS, arr);
+	json_object_object_add(res, PARAM_KEY_ORPHANED_TOKENS, orphans_json(k));
+	json_object_object_add(res, PARAM_KEY_HTTP, api_status_json(k));
+	json_object_object_add(res, PARAM_KEY_WEB_UI, api_web_ui_url(k));
 	reply_result(c, id, res);
 }
 
@@ -231,53 +232,81 @@ static void do_servers_list(struct conn *c, struct json_object *id)
 		const struct config_server *cs = k->servers[i]->conf;
 		struct json_object *o = json_object_new_object();
 
-		json_object_object_add(o, "name", json_object_new_string(cs->name));
-		json_object_object_add(o, "protocol", json_object_new_string(config_protocol_name(cs->protocol)));
-		json_object_object_add(o, "url", cs->url ? json_object_new_string(cs->url) : NULL);
-		json_object_object_add(o, "enabled", json_object_new_boolean(cs->enabled));
-		json_object_object_add(o, "oauth", json_object_new_boolean(cs->oauth_enabled));
+		json_object_object_add(o, PARAM_KEY_NAME, json_object_new_string(cs->name));
+		json_object_object_add(o, PARAM_KEY_PROTOCOL,
+				       json_object_new_string(config_protocol_name(cs->protocol)));
+		json_object_object_add(o, PARAM_KEY_URL, cs->url ? json_object_new_string(cs->url) : NULL);
+		json_object_object_add(o, PARAM_KEY_ENABLED, json_object_new_boolean(cs->enabled));
+		json_object_object_add(o, PARAM_KEY_OAUTH, json_object_new_boolean(cs->oauth_enabled));
 		json_object_array_add(arr, o);
 	}
-	json_object_object_add(res, "servers", arr);
+	json_object_object_add(res, PARAM_KEY_SERVERS, arr);
 	reply_result(c, id, res);
 }
 
 /*
- * Reads the optional "server" parameter. Returns 0 with *s (NULL when the
- * parameter is absent), or -1 after answering the error itself.
+ * A check that fails answers the request itself and returns CONTROL_ANSWERED:
+ * the handler then only returns.
  */
-static int param_server(struct conn *c, struct json_object *id, struct json_object *params, bool need_oauth,
-			struct server **s)
-{
-	struct json_object *v;
+#define CONTROL_ANSWERED 1
 
-	*s = NULL;
-	if (!params || !json_object_object_get_ex(params, "server", &v))
+/* params through the method's table; invalid_params names the bad key. */
+static int check_params(struct conn *c, struct json_object *id, const char *method, struct json_object *params,
+			const struct param_spec *spec, size_t n, void *out)
+{
+	const char *bad;
+	char why[160];
+
+	if (params_parse(params, spec, n, out, &bad) == 0)
 		return 0;
-	if (!json_object_is_type(v, json_type_string)) {
-		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"server\" must be a string");
-		return -1;
-	}
-	*s = keeper_find_server(c->ctl->k, json_object_get_string(v));
+	reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "%s: %s", method,
+		    params_strerror(spec, n, bad, why, sizeof(why)));
+	return CONTROL_ANSWERED;
+}
+
+/* The server a "server" parameter names: 0 with *s, or CONTROL_ANSWERED
+ * (not_found; not_oauth when need_oauth and it has no OAuth). */
+static int find_server(struct conn *c, struct json_object *id, const char *name, bool need_oauth, struct server **s)
+{
+	*s = keeper_find_server(c->ctl->k, name);
 	if (!*s) {
-		reply_error(c, id, RPC_APP_ERROR, KIND_NOT_FOUND, "no server named \"%.64s\"",
-			    json_object_get_string(v));
-		return -1;
+		reply_error(c, id, RPC_APP_ERROR, KIND_NOT_FOUND, "no server named \"%.64s\"", name);
+		return CONTROL_ANSWERED;
 	}
 	if (need_oauth && !(*s)->conf->oauth_enabled) {
 		reply_error(c, id, RPC_APP_ERROR, KIND_NOT_OAUTH, "server \"%s\" does not use OAuth", (*s)->name);
-		return -1;
+		return CONTROL_ANSWERED;
 	}
 	return 0;
 }
 
+/* Login and logout change what the keeper holds: the config may forbid it. */
+static int check_management(struct conn *c, struct json_object *id)
+{
+	if (!c->ctl->k->cfg->disable_management)
+		return 0;
+	reply_error(c, id, RPC_APP_ERROR, KIND_FORBIDDEN, "management is disabled in the configuration");
+	return CONTROL_ANSWERED;
+}
+
+/* auth.status {server?}: every OAuth server (and the orphans), or one. */
+struct auth_status_params {
+	const char *server;
+};
+
+static const struct param_spec auth_status_spec[] = {
+	PARAM_STRING(struct auth_status_params, server, PARAM_KEY_SERVER, 0),
+};
+
 static void do_auth_status(struct conn *c, struct json_object *id, struct json_object *params)
 {
 	struct keeper *k = c->ctl->k;
+	struct auth_status_params p = { 0 };
 	struct json_object *res, *arr;
-	struct server *one;
+	struct server *one = NULL;
 
-	if (param_server(c, id, params, true, &one) < 0)
+	if (check_params(c, id, METHOD_AUTH_STATUS, params, auth_status_spec, ARRAY_SIZE(auth_status_spec), &p) ||
+	    (p.server && find_server(c, id, p.server, true, &one)))
 		return;
 	res = json_object_new_object();
 	arr = json_object_new_array();
@@ -288,9 +317,9 @@ static void do_auth_status(struct conn *c, struct json_object *id, struct json_o
 			continue;
 		json_object_array_add(arr, control_server_json(s, false));
 	}
-	json_object_object_add(res, "servers", arr);
+	json_object_object_add(res, PARAM_KEY_SERVERS, arr);
 	if (!one)
-		json_object_object_add(res, "orphaned_tokens", orphans_json(k));
+		json_object_object_add(res, PARAM_KEY_ORPHANED_TOKENS, orphans_json(k));
 	reply_result(c, id, res);
 }
 
@@ -301,14 +330,14 @@ static void flow_reply_error(struct conn *c, struct json_object *error)
 	struct json_object *v, *msg, *err, *data;
 	const char *kind = KIND_INTERNAL, *message = "failed";
 
-	if (json_object_object_get_ex(error, "kind", &v))
+	if (json_object_object_get_ex(error, PARAM_KEY_KIND, &v))
 		kind = json_object_get_string(v);
-	if (json_object_object_get_ex(error, "message", &v))
+	if (json_object_object_get_ex(error, PARAM_KEY_MESSAGE, &v))
 		message = json_object_get_string(v);
 	msg = rpc_error(c->flow_id, RPC_APP_ERROR, kind, message);
-	if (json_object_object_get_ex(error, "reason", &v) && json_object_object_get_ex(msg, "error", &err) &&
-	    json_object_object_get_ex(err, "data", &data))
-		json_object_object_add(data, "reason", json_object_get(v));
+	if (json_object_object_get_ex(error, PARAM_KEY_REASON, &v) && json_object_object_get_ex(msg, "error", &err) &&
+	    json_object_object_get_ex(err, PARAM_KEY_DATA, &data))
+		json_object_object_add(data, PARAM_KEY_REASON, json_object_get(v));
 	send_msg(c, msg);
 	json_object_put(msg);
 }
@@ -320,8 +349,8 @@ static void flow_url(void *ctx, const char *server, const char *url)
 
 	if (c->login_nowait) {
 		/* The login goes on without this connection. */
-		json_object_object_add(p, "server", json_object_new_string(server));
-		json_object_object_add(p, "url", json_object_new_string(url));
+		json_object_object_add(p, PARAM_KEY_SERVER, json_object_new_string(server));
+		json_object_object_add(p, PARAM_KEY_URL, json_object_new_string(url));
 		reply_result(c, c->flow_id, p);
 		json_object_put(c->flow_id);
 		c->flow_id = NULL;
@@ -331,8 +360,8 @@ static void flow_url(void *ctx, const char *server, const char *url)
 		return;
 	}
 
-	json_object_object_add(p, "server", json_object_new_string(server));
-	json_object_object_add(p, "url", json_object_new_string(url));
+	json_object_object_add(p, PARAM_KEY_SERVER, json_object_new_string(server));
+	json_object_object_add(p, PARAM_KEY_URL, json_object_new_string(url));
 	n = rpc_notification(METHOD_AUTH_LOGIN_URL, p);
 	send_msg(c, n);
 	json_object_put(n);
@@ -350,38 +379,31 @@ static void login_done(void *ctx, struct json_object *result, struct json_object
 	c->flow_id = NULL;
 }
 
-/* auth.login {server, timeout}: the URL comes as an auth.login_url
+/* auth.login {server, timeout, wait}: the URL comes as an auth.login_url
  * notification, the reply when the login has ended. */
+struct auth_login_params {
+	const char *server;
+	int64_t timeout;	/* seconds; 0: login.c's default */
+	bool wait;
+};
+
+static const struct param_spec auth_login_spec[] = {
+	PARAM_STRING(struct auth_login_params, server, PARAM_KEY_SERVER, PARAM_REQUIRED),
+	PARAM_INT(struct auth_login_params, timeout, PARAM_KEY_TIMEOUT, 0, 1, 3600),
+	PARAM_BOOL(struct auth_login_params, wait, PARAM_KEY_WAIT, 0),
+};
+
 static void do_auth_login(struct conn *c, struct json_object *id, struct json_object *params)
 {
 	struct keeper *k = c->ctl->k;
-	struct json_object *v;
+	struct auth_login_params p = { .wait = true };
 	struct server *s;
-	int timeout = 0, r;
+	int r;
 
-	if (k->cfg->disable_management) {
-		reply_error(c, id, RPC_APP_ERROR, KIND_FORBIDDEN, "management is disabled in the configuration");
+	if (check_management(c, id) ||
+	    check_params(c, id, METHOD_AUTH_LOGIN, params, auth_login_spec, ARRAY_SIZE(auth_login_spec), &p) ||
+	    find_server(c, id, p.server, true, &s))
 		return;
-	}
-	if (param_server(c, id, params, true, &s) < 0)
-		return;
-	if (!s) {
-		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "auth.login needs \"server\": NAME");
-		return;
-	}
-	if (json_object_object_get_ex(params, "timeout", &v)) {
-		if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 1 ||
-		    json_object_get_int64(v) > 3600) {
-			reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS,
-				    "\"timeout\" must be a number of seconds from 1 to 3600");
-			return;
-		}
-		timeout = json_object_get_int(v);
-	}
-	if (json_object_object_get_ex(params, "wait", &v) && !json_object_is_type(v, json_type_boolean)) {
-		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"wait\" must be true or false");
-		return;
-	}
 	if (!s->conf->enabled) {
 		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "server \"%s\" is disabled in the configuration",
 			    s->name);
@@ -396,8 +418,8 @@ static void do_auth_login(struct conn *c, struct json_object *id, struct json_ob
 		return;
 	}
 	c->flow_id = json_object_get(id);
-	c->login_nowait = json_object_object_get_ex(params, "wait", &v) && !json_object_get_boolean(v);
-	r = login_start(k, s, timeout, flow_url, login_done, c, &c->flow);
+	c->login_nowait = !p.wait;
+	r = login_start(k, s, (int)p.timeout, flow_url, login_done, c, &c->flow);
 	if (r < 0) {
 		json_object_put(c->flow_id);
 		c->flow_id = NULL;
@@ -409,12 +431,12 @@ static void do_auth_login(struct conn *c, struct json_object *id, struct json_ob
 static void logout_done_one(void *ctx, struct json_object *result, struct json_object *error)
 {
 	struct conn *c = ctx;
-	struct json_object *o = json_object_array_get_idx(result, 0), *e, *v;
+	struct json_object *o = json_object_array_get_idx(result, 0), *v;
 
 	if (!o) {
 		reply_error(c, c->flow_id, RPC_APP_ERROR, KIND_NOT_FOUND, "no token to log out");
-	} else if (json_object_object_get_ex(o, "error", &e)) {
-		json_object_object_get_ex(o, "server", &v);
+	} else if (json_object_object_get_ex(o, PARAM_KEY_ERROR, NULL)) {
+		json_object_object_get_ex(o, PARAM_KEY_SERVER, &v);
 		reply_error(c, c->flow_id, RPC_APP_ERROR, KIND_UNAVAILABLE, "logout of \"%s\" failed: the token store failed",
 			    json_object_get_string(v));
 	} else {
@@ -429,7 +451,7 @@ static void logout_done_all(void *ctx, struct json_object *result, struct json_o
 	struct conn *c = ctx;
 	struct json_object *res = json_object_new_object();
 
-	json_object_object_add(res, "results", json_object_get(result));
+	json_object_object_add(res, PARAM_KEY_RESULTS, json_object_get(result));
 	reply_result(c, c->flow_id, res);
 	json_object_put(c->flow_id);
 	c->flow_id = NULL;
@@ -447,31 +469,33 @@ static bool orphan_named(const struct keeper *k, const char *name)
 	return false;
 }
 
+/* auth.logout {server} | {all: true}. "all": false counts as not given. */
+struct auth_logout_params {
+	const char *server;
+	bool all;
+};
+
+static const struct param_spec auth_logout_spec[] = {
+	PARAM_STRING(struct auth_logout_params, server, PARAM_KEY_SERVER, 0),
+	PARAM_BOOL(struct auth_logout_params, all, PARAM_KEY_ALL, 0),
+};
+
 static void do_auth_logout(struct conn *c, struct json_object *id, struct json_object *params)
 {
 	struct keeper *k = c->ctl->k;
-	struct json_object *all = NULL, *v;
+	struct auth_logout_params p = { 0 };
 	const char *orphan = NULL;
 	struct server *s = NULL;
-	int r;
 
-	if (k->cfg->disable_management) {
-		reply_error(c, id, RPC_APP_ERROR, KIND_FORBIDDEN, "management is disabled in the configuration");
+	if (check_management(c, id) ||
+	    check_params(c, id, METHOD_AUTH_LOGOUT, params, auth_logout_spec, ARRAY_SIZE(auth_logout_spec), &p))
 		return;
-	}
 	/* A name that left the config may still have a token: that one goes too. */
-	if (params && json_object_object_get_ex(params, "server", &v) && json_object_is_type(v, json_type_string) &&
-	    !keeper_find_server(k, json_object_get_string(v)) && orphan_named(k, json_object_get_string(v)))
-		orphan = json_object_get_string(v);
-	else if (param_server(c, id, params, true, &s) < 0)
+	if (p.server && !keeper_find_server(k, p.server) && orphan_named(k, p.server))
+		orphan = p.server;
+	else if (p.server && find_server(c, id, p.server, true, &s))
 		return;
-	if (params)
-		json_object_object_get_ex(params, "all", &all);
-	if (all && (!json_object_is_type(all, json_type_boolean) || !json_object_get_boolean(all))) {
-		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"all\" must be true when given");
-		return;
-	}
-	if (!(s || orphan) == !all) {
+	if (!p.server == !p.all) {
 		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS,
 			    "give either \"server\": NAME or \"all\": true");
 		return;
@@ -481,12 +505,7 @@ static void do_auth_logout(struct conn *c, struct json_object *id, struct json_o
 		return;
 	}
 	c->flow_id = json_object_get(id);
-	r = logout_start(k, s, orphan, all != NULL, all ? logout_done_all : logout_done_one, c, &c->flow);
-	if (r < 0) {
-		json_object_put(c->flow_id);
-		c->flow_id = NULL;
-		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "cannot log out: %s", strerror(-r));
-	}
+	logout_start(k, s, orphan, p.all, p.all ? logout_done_all : logout_done_one, c, &c->flow);
 }
 
 static void event_sink(void *ctx, struct json_object *note)
@@ -509,17 +528,14 @@ static void do_subscribe(struct conn *c, struct json_object *id)
 {
 	struct json_object *res = json_object_new_object();
 
-	if (!c->subscribed && events_subscribe(c->ctl->k, event_sink, c) == 0)
+	if (!c->subscribed) {
+		events_subscribe(c->ctl->k, event_sink, c);
 		c->subscribed = true;
-	json_object_object_add(res, "subscribed", json_object_new_boolean(c->subscribed));
+	}
+	json_object_object_add(res, PARAM_KEY_SUBSCRIBED, json_object_new_boolean(c->subscribed));
 	reply_result(c, id, res);
 }
 
-/*
- * Writes what the bufferevent has queued and then msg straight to the
- * socket, waiting a little if it is full: the connection is about to leave
- * the keeper, so nothing may stay behind in the bufferevent.
- */
 /* Copies what the bufferevent has queued into out. Its output may not be
  * drained or copied out by anyone else (libevent freezes its start), but it
  * may be looked at. */
@@ -538,6 +554,11 @@ static int copy_queued(struct conn *c, struct evbuffer *out)
 	return 0;
 }
 
+/*
+ * Writes what the bufferevent has queued and then msg straight to the
+ * socket, waiting a little if it is full: the connection is about to leave
+ * the keeper, so nothing may stay behind in the bufferevent.
+ */
 static int write_now(struct conn *c, struct json_object *msg)
 {
 	struct evbuffer *out = evbuffer_new();
@@ -571,28 +592,27 @@ static int write_now(struct conn *c, struct json_object *msg)
  * connection. "stdio" only tells the worker what comes first on it (the
  * client's own descriptors, proto.h): the keeper never reads them.
  */
+struct connect_params {
+	const char *server;
+	bool stdio;
+};
+
+static const struct param_spec connect_spec[] = {
+	PARAM_STRING(struct connect_params, server, PARAM_KEY_SERVER, PARAM_REQUIRED),
+	PARAM_BOOL(struct connect_params, stdio, PARAM_KEY_STDIO, 0),
+};
+
 static void do_connect(struct conn *c, struct json_object *id, struct json_object *params)
 {
 	struct keeper *k = c->ctl->k;
-	struct json_object *res, *reply, *v;
-	unsigned flags = 0;
+	struct connect_params p = { 0 };
+	struct json_object *res, *reply;
 	struct server *s;
 	int fd, r;
 
-	if (param_server(c, id, params, false, &s) < 0)
+	if (check_params(c, id, METHOD_CONNECT, params, connect_spec, ARRAY_SIZE(connect_spec), &p) ||
+	    find_server(c, id, p.server, false, &s))
 		return;
-	if (!s) {
-		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "connect needs \"server\": NAME");
-		return;
-	}
-	if (json_object_object_get_ex(params, "stdio", &v)) {
-		if (!json_object_is_type(v, json_type_boolean)) {
-			reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "\"stdio\" must be true or false");
-			return;
-		}
-		if (json_object_get_boolean(v))
-			flags |= CLIENT_F_STDIO;
-	}
 	if (!s->conf->enabled) {
 		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "server \"%s\" is disabled in the configuration",
 			    s->name);
@@ -606,7 +626,7 @@ static void do_connect(struct conn *c, struct json_object *id, struct json_objec
 	}
 	bufferevent_disable(c->bev, EV_READ);
 	res = json_object_new_object();
-	json_object_object_add(res, "server", json_object_new_string(s->name));
+	json_object_object_add(res, PARAM_KEY_SERVER, json_object_new_string(s->name));
 	reply = rpc_result(id, res);
 	r = write_now(c, reply);
 	json_object_put(reply);
@@ -622,7 +642,7 @@ static void do_connect(struct conn *c, struct json_object *id, struct json_objec
 		log_error("control: connect %s: %m", s->name);
 		return;
 	}
-	r = workers_connect(k, s, fd, flags);
+	r = workers_connect(k, s, fd, p.stdio ? CLIENT_F_STDIO : 0);
 	if (r < 0)
 		log_error("%s: could not hand a client to its worker: %s", s->name, strerror(-r));
 	else
@@ -644,14 +664,9 @@ static void do_hello(struct conn *c, struct json_object *id, struct json_object 
 {
 	struct hello_params p = { 0 };
 	struct json_object *res;
-	const char *bad;
-	char why[128];
 
-	if (params_parse(params, hello_spec, ARRAY_SIZE(hello_spec), &p, &bad) < 0) {
-		reply_error(c, id, RPC_INVALID_PARAMS, KIND_INVALID_PARAMS, "hello: %s",
-			    params_strerror(hello_spec, ARRAY_SIZE(hello_spec), bad, why, sizeof(why)));
+	if (check_params(c, id, METHOD_HELLO, params, hello_spec, ARRAY_SIZE(hello_spec), &p))
 		return;
-	}
 	if (p.version != PROTO_VERSION) {
 		log_info("control: pid %d uid %u speaks protocol version %lld, not %d; closing", (int)c->pid,
 			 (unsigned)c->uid, (long long)p.version, PROTO_VERSION);
@@ -664,7 +679,7 @@ static void do_hello(struct conn *c, struct json_object *id, struct json_object 
 	}
 	res = json_object_new_object();
 	json_object_object_add(res, PARAM_KEY_VERSION, json_object_new_int(PROTO_VERSION));
-	json_object_object_add(res, "keeper", json_object_new_string("mcpkeeperd " MCPKEEPER_VERSION));
+	json_object_object_add(res, PARAM_KEY_KEEPER, json_object_new_string("mcpkeeperd " MCPKEEPER_VERSION));
 	reply_result(c, id, res);
 }
 
@@ -815,11 +830,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 			close(fd);
 			continue;
 		}
-		c = calloc(1, sizeof(*c));
-		if (!c) {
-			close(fd);
-			continue;
-		}
+		c = xcalloc(1, sizeof(*c));
 		c->ctl = ctl;
 		c->uid = uid;
 		c->pid = pid;
@@ -868,11 +879,7 @@ int control_adopt(struct control *ctl, int fd)
 		close(fd);
 		return -e;
 	}
-	c = calloc(1, sizeof(*c));
-	if (!c) {
-		close(fd);
-		return -ENOMEM;
-	}
+	c = xcalloc(1, sizeof(*c));
 	c->ctl = ctl;
 	c->uid = geteuid();
 	c->internal = true;
@@ -894,10 +901,8 @@ int control_adopt(struct control *ctl, int fd)
 
 int control_start(struct keeper *k, int listen_fd)
 {
-	struct control *ctl = calloc(1, sizeof(*ctl));
+	struct control *ctl = xcalloc(1, sizeof(*ctl));
 
-	if (!ctl)
-		return -ENOMEM;
 	ctl->k = k;
 	ctl->fd = listen_fd;
 	if (k->cfg->group) {

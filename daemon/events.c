@@ -4,7 +4,6 @@
  * control connections now and the http child's SSE stream later; events never
  * carry token bytes (callers put names, times and error words in data).
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -15,6 +14,7 @@
 #include "keeper.h"
 #include "log.h"
 #include "proto.h"
+#include "util.h"
 
 struct sink {
 	events_sink_fn fn;
@@ -28,7 +28,7 @@ struct events {
 
 struct events *events_new(struct keeper *k)
 {
-	return calloc(1, sizeof(struct events));
+	return xcalloc(1, sizeof(struct events));
 }
 
 struct events *events_free(struct events *ev)
@@ -40,21 +40,15 @@ struct events *events_free(struct events *ev)
 	return NULL;
 }
 
-int events_subscribe(struct keeper *k, events_sink_fn fn, void *ctx)
+void events_subscribe(struct keeper *k, events_sink_fn fn, void *ctx)
 {
 	struct events *ev = k->events;
 
 	if (ev->n == ev->cap) {
-		size_t cap = ev->cap ? ev->cap * 2 : 8;
-		struct sink *s = realloc(ev->sinks, cap * sizeof(*s));
-
-		if (!s)
-			return -ENOMEM;
-		ev->sinks = s;
-		ev->cap = cap;
+		ev->cap = ev->cap ? ev->cap * 2 : 8;
+		ev->sinks = xrealloc(ev->sinks, ev->cap * sizeof(*ev->sinks));
 	}
 	ev->sinks[ev->n++] = (struct sink){ fn, ctx };
-	return 0;
 }
 
 void events_unsubscribe(struct keeper *k, void *ctx)
@@ -88,9 +82,9 @@ void events_emit(struct keeper *k, const char *type, struct json_object *data)
 	struct json_object *params, *note;
 
 	params = json_object_new_object();
-	json_object_object_add(params, "type", json_object_new_string(type));
-	json_object_object_add(params, "data", data ? data : json_object_new_object());
-	json_object_object_add(params, "timestamp", timestamp_now());
+	json_object_object_add(params, PARAM_KEY_TYPE, json_object_new_string(type));
+	json_object_object_add(params, PARAM_KEY_DATA, data ? data : json_object_new_object());
+	json_object_object_add(params, PARAM_KEY_TIMESTAMP, timestamp_now());
 	note = rpc_notification(METHOD_EVENT, params);
 	if (!note)
 		return;

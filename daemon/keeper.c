@@ -4,8 +4,9 @@
  * server's schedule, then run one libevent loop until SIGTERM.
  *
  * SIGHUP reloads the configuration: servers added are scheduled, removed
- * ones unscheduled, changed ones reloaded; a bad new file is logged and the
- * old configuration stays.
+ * ones unscheduled, changed ones reloaded. Everything new is built before
+ * anything is swapped in (apply_config()), so a bad new file, or a reload
+ * that runs out of memory, is logged and the old configuration stays whole.
  *
  * Under systemd: READY=1 once the socket and the store are up, STOPPING=1 on
  * the way out, WATCHDOG=1 at half the watchdog interval.
@@ -37,6 +38,7 @@
 #include "secret.h"
 #include "sock.h"
 #include "store.h"
+#include "util.h"
 
 /* Clock checks and log checkpoints. */
 #define MAINTENANCE_SEC 2
@@ -65,10 +67,9 @@ static int64_t mono_ms(void)
 }
 
 /*
- * The servers by name: open addressing over positions in k->servers, so a
- * lookup costs the same for ten servers or a hundred thousand. A position
- * whose server was taken over or freed during a reload is NULL and never
- * matches; probing goes on past it.
+ * The servers by name: open addressing over positions in a server array, so
+ * a lookup costs the same for ten servers or a hundred thousand. A reload
+ * builds the index of its new array beside the running one.
  */
 static size_t name_hash(const char *name)
 {
@@ -79,38 +80,38 @@ static size_t name_hash(const char *name)
 	return (size_t)h;
 }
 
-static int index_build(struct keeper *k)
+/* 0 with *index and *mask, or -ENOMEM (a reload then keeps the old one). */
+static int index_build(struct server *const *servers, size_t n, uint32_t **index, size_t *mask)
 {
 	size_t slots = 16;
-	uint32_t *index;
+	uint32_t *idx;
 
-	while (slots < 2 * k->n_servers)
+	while (slots < 2 * n)
 		slots *= 2;
-	index = calloc(slots, sizeof(*index));
-	if (!index)
+	idx = calloc(slots, sizeof(*idx));
+	if (!idx)
 		return -ENOMEM;
-	for (size_t i = 0; i < k->n_servers; i++) {
-		size_t j = name_hash(k->servers[i]->name) & (slots - 1);
+	for (size_t i = 0; i < n; i++) {
+		size_t j = name_hash(servers[i]->name) & (slots - 1);
 
-		while (index[j])
+		while (idx[j])
 			j = (j + 1) & (slots - 1);
-		index[j] = (uint32_t)(i + 1);
+		idx[j] = (uint32_t)(i + 1);
 	}
-	free(k->index);
-	k->index = index;
-	k->index_mask = slots - 1;
+	*index = idx;
+	*mask = slots - 1;
 	return 0;
 }
 
 /* The position of the server called name, or -1. */
-static ssize_t index_find(const struct keeper *k, const char *name)
+static ssize_t index_find(struct server *const *servers, const uint32_t *index, size_t mask, const char *name)
 {
-	if (!k->index)
+	if (!index)
 		return -1;
-	for (size_t j = name_hash(name) & k->index_mask; k->index[j]; j = (j + 1) & k->index_mask) {
-		size_t i = k->index[j] - 1;
+	for (size_t j = name_hash(name) & mask; index[j]; j = (j + 1) & mask) {
+		size_t i = index[j] - 1;
 
-		if (k->servers[i] && strcmp(k->servers[i]->name, name) == 0)
+		if (strcmp(servers[i]->name, name) == 0)
 			return (ssize_t)i;
 	}
 	return -1;
@@ -118,7 +119,7 @@ static ssize_t index_find(const struct keeper *k, const char *name)
 
 struct server *keeper_find_server(struct keeper *k, const char *name)
 {
-	ssize_t i = index_find(k, name);
+	ssize_t i = index_find(k->servers, k->index, k->index_mask, name);
 
 	return i < 0 ? NULL : k->servers[i];
 }
@@ -135,29 +136,41 @@ void server_set_error(struct server *s, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	s->last_error = strdup(buf); /* NULL when memory is short: no error shown */
+	/* Not xstrdup(): this runs inside a reload's swap, which must not die.
+	 * Short of memory, the error is not shown. */
+	s->last_error = strdup(buf);
 }
 
-static struct server *server_new(struct keeper *k, const struct config_server *cs)
+/* A server for cs, not yet scheduled: 0 with *out, -ENOMEM or -ENAMETOOLONG. */
+static int server_new(struct keeper *k, const struct config_server *cs, struct server **out)
 {
-	struct server *s = calloc(1, sizeof(*s));
 	char key[STORE_SERVER_KEY_MAX + 1];
+	struct server *s;
+	int r = store_server_key(cs->name, cs->url, key, sizeof(key));
 
+	if (r < 0)
+		return r;
+	s = calloc(1, sizeof(*s));
 	if (!s)
-		return NULL;
+		return -ENOMEM;
 	s->k = k;
-	s->name = strdup(cs->name);
 	s->conf = cs;
 	s->heap_idx = -1;
 	s->due_idx = -1;
-	if (!s->name || store_server_key(cs->name, cs->url, key, sizeof(key)) < 0 || !(s->key = strdup(key))) {
+	s->name = strdup(cs->name);
+	s->key = strdup(key);
+	if (!s->name || !s->key) {
+		free(s->key);
 		free(s->name);
 		free(s);
-		return NULL;
+		return -ENOMEM;
 	}
-	return s;
+	*out = s;
+	return 0;
 }
 
+/* Ends what runs for the server (login, worker, refresh) and frees it; a
+ * server that was never scheduled is only freed. */
 static void server_free(struct keeper *k, struct server *s)
 {
 	login_forget(k, s, "the server left the configuration");
@@ -177,88 +190,11 @@ void keeper_orphan_name(const char *key, char *buf, size_t len)
 	snprintf(buf, len, "%.*s", (int)n, key);
 }
 
-static void orphans_clear(struct keeper *k)
+static void orphans_free(char **orphans, size_t n)
 {
-	for (size_t i = 0; i < k->n_orphans; i++)
-		free(k->orphans[i]);
-	free(k->orphans);
-	k->orphans = NULL;
-	k->n_orphans = 0;
-}
-
-static int orphan_add(struct keeper *k, const char *key)
-{
-	char **more;
-
-	if ((k->n_orphans & (k->n_orphans - 1)) == 0) {
-		/* Grows at powers of two. */
-		more = realloc(k->orphans, (k->n_orphans ? 2 * k->n_orphans : 1) * sizeof(*more));
-		if (!more)
-			return -ENOMEM;
-		k->orphans = more;
-	}
-	k->orphans[k->n_orphans] = strdup(key);
-	if (!k->orphans[k->n_orphans])
-		return -ENOMEM;
-	k->n_orphans++;
-	return 0;
-}
-
-/* The configured server a token key belongs to, or NULL (an orphan). */
-static struct server *server_of_key(struct keeper *k, const char *key)
-{
-	char name[STORE_SERVER_KEY_MAX + 1];
-	struct server *s;
-
-	keeper_orphan_name(key, name, sizeof(name));
-	s = keeper_find_server(k, name);
-	return s && strcmp(s->key, key) == 0 ? s : NULL;
-}
-
-static int load_one(const char *key, const struct secret *plain, int status, void *ctx)
-{
-	struct keeper *k = ctx;
-	struct server *s = server_of_key(k, key);
-
-	if (!s)
-		return orphan_add(k, key);
-	if (s->load_pending) {
-		s->load_pending = false;
-		refresh_take_record(k, s, plain, status);
-	}
-	return 0;
-}
-
-/*
- * Reads the records of the servers marked load_pending and finds the
- * orphans, in one walk over the store (a read per server would cost a
- * transaction each). Servers without a record are scheduled as such.
- */
-static void load_tokens(struct keeper *k, size_t pending)
-{
-	int r;
-
-	orphans_clear(k);
-	if (pending)
-		r = store_list(k->store, STORE_TOKENS, load_one, k);
-	else
-		r = store_list_keys(k->store, STORE_TOKENS, load_one, k);
-	if (r < 0)
-		log_warn("listing stored tokens failed: %s; reading each server's record instead",
-			 store_strerror(r));
-	for (size_t i = 0; i < k->n_servers; i++) {
-		struct server *s = k->servers[i];
-
-		if (!s->load_pending)
-			continue;
-		s->load_pending = false;
-		if (r < 0)
-			refresh_load(k, s);
-		else
-			refresh_take_record(k, s, NULL, STORE_E_NOT_FOUND);
-	}
-	for (size_t i = 0; i < k->n_orphans; i++)
-		log_info("token %s belongs to no configured server: kept, shown as orphaned", k->orphans[i]);
+	for (size_t i = 0; i < n; i++)
+		free(orphans[i]);
+	free(orphans);
 }
 
 void keeper_orphan_drop(struct keeper *k, const char *key)
@@ -280,78 +216,246 @@ static bool same_oauth(const struct config_server *a, const struct config_server
 }
 
 /*
- * Makes k->servers match cfg, keeping the state of servers whose identity did
- * not change. Takes ownership of cfg.
+ * What a configuration needs besides itself, built while the running state
+ * is only read. Allocations here are checked, not x*: a reload that runs out
+ * of memory is refused and the keeper goes on as it was.
+ */
+struct build {
+	struct config *cfg;
+	struct server **servers;	/* one per cfg->servers[i], in that order */
+	size_t n;
+	uint32_t *index;
+	size_t index_mask;
+	ssize_t *from;			/* per servers[i]: its position in k->servers when
+					 * taken over (same OAuth identity), else -1 (new) */
+	bool *kept;			/* per k->servers[j]: taken over */
+	char **orphans;			/* token keys of no server in servers */
+	size_t n_orphans;
+	size_t pending;			/* new servers with a record to read */
+};
+
+/* Frees what build made; the running state never saw any of it. */
+static void build_free(struct keeper *k, struct build *b)
+{
+	for (size_t i = 0; b->servers && i < b->n; i++)
+		if (b->servers[i] && b->from[i] < 0)
+			server_free(k, b->servers[i]);
+	free(b->servers);
+	free(b->index);
+	free(b->from);
+	free(b->kept);
+	orphans_free(b->orphans, b->n_orphans);
+	config_free(b->cfg);
+}
+
+static int orphan_add(struct build *b, const char *key)
+{
+	if ((b->n_orphans & (b->n_orphans - 1)) == 0) {
+		/* Grows at powers of two. */
+		char **more = realloc(b->orphans, (b->n_orphans ? 2 * b->n_orphans : 1) * sizeof(*more));
+
+		if (!more)
+			return -ENOMEM;
+		b->orphans = more;
+	}
+	b->orphans[b->n_orphans] = strdup(key);
+	if (!b->orphans[b->n_orphans])
+		return -ENOMEM;
+	b->n_orphans++;
+	return 0;
+}
+
+/* The server of servers a token key belongs to, or NULL (an orphan). */
+static struct server *server_of_key(struct server *const *servers, const uint32_t *index, size_t mask,
+				    const char *key)
+{
+	char name[STORE_SERVER_KEY_MAX + 1];
+	ssize_t i;
+
+	keeper_orphan_name(key, name, sizeof(name));
+	i = index_find(servers, index, mask, name);
+	return i >= 0 && strcmp(servers[i]->key, key) == 0 ? servers[i] : NULL;
+}
+
+static int find_orphan(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct build *b = ctx;
+
+	return server_of_key(b->servers, b->index, b->index_mask, key) ? 0 : orphan_add(b, key);
+}
+
+/*
+ * The build phase: the server array of cfg (servers whose OAuth identity did
+ * not change are taken over as they are, the others made anew), its index,
+ * the orphaned tokens among the stored ones, and room in the refresh queues
+ * for every server. 0, or a negative errno value with nothing changed.
+ */
+static int build_config(struct keeper *k, struct build *b)
+{
+	size_t n = b->cfg->n_servers;
+	int r;
+
+	b->n = n;
+	b->servers = calloc(n ? n : 1, sizeof(*b->servers));
+	b->from = calloc(n ? n : 1, sizeof(*b->from));
+	b->kept = calloc(k->n_servers ? k->n_servers : 1, sizeof(*b->kept));
+	if (!b->servers || !b->from || !b->kept)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		const struct config_server *cs = &b->cfg->servers[i];
+		ssize_t j = index_find(k->servers, k->index, k->index_mask, cs->name);
+
+		b->from[i] = -1;
+		if (j >= 0 && !b->kept[j] && same_oauth(k->servers[j]->conf, cs)) {
+			b->kept[j] = true;
+			b->from[i] = j;
+			b->servers[i] = k->servers[j];
+			continue;
+		}
+		r = server_new(k, cs, &b->servers[i]);
+		if (r < 0)
+			return r;
+		/* New servers (and changed ones) read their record at the swap. */
+		b->servers[i]->load_pending = refresh_reset(k, b->servers[i]);
+		b->pending += b->servers[i]->load_pending;
+	}
+	r = index_build(b->servers, n, &b->index, &b->index_mask);
+	if (r < 0)
+		return r;
+	r = store_list_keys(k->store, STORE_TOKENS, find_orphan, b);
+	if (r == -ENOMEM)
+		return r;
+	if (r < 0)
+		log_warn("listing stored tokens failed: %s; the orphaned tokens shown may be incomplete",
+			 store_strerror(r));
+	return refresh_reserve(k, n > k->n_servers ? n : k->n_servers);
+}
+
+static int load_one(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct keeper *k = ctx;
+	struct server *s = server_of_key(k->servers, k->index, k->index_mask, key);
+
+	if (s && s->load_pending) {
+		s->load_pending = false;
+		refresh_take_record(k, s, plain, status);
+	}
+	return 0;
+}
+
+/*
+ * Reads the records of the servers marked load_pending, in one walk over the
+ * store (a read per server would cost a transaction each). Servers without a
+ * record are scheduled as such.
+ */
+static void load_tokens(struct keeper *k, size_t pending)
+{
+	int r = 0;
+
+	if (pending)
+		r = store_list(k->store, STORE_TOKENS, load_one, k);
+	if (r < 0)
+		log_warn("listing stored tokens failed: %s; reading each server's record instead",
+			 store_strerror(r));
+	for (size_t i = 0; pending && i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+
+		if (!s->load_pending)
+			continue;
+		s->load_pending = false;
+		if (r < 0)
+			refresh_load(k, s);
+		else
+			refresh_take_record(k, s, NULL, STORE_E_NOT_FOUND);
+	}
+	for (size_t i = 0; i < k->n_orphans; i++)
+		log_info("token %s belongs to no configured server: kept, shown as orphaned", k->orphans[i]);
+}
+
+/*
+ * Applies cfg (taking it) at the start and at every reload, in this order:
+ *
+ * 1. Build (build_config()): the new configuration and every new in-memory
+ *    structure, complete, while the running state is only read. A failure
+ *    here (out of memory, a server key too long) frees what was built and
+ *    returns it: the old configuration, servers and schedules stay exactly
+ *    as they were.
+ * 2. Swap, with steps that cannot fail: the new array, index and orphan
+ *    list go in, servers taken over get their new settings (a worker whose
+ *    upstream changed restarts), removed and replaced servers are ended,
+ *    the configuration is exchanged, new servers read their records.
+ *
+ * So the keeper never stops half-way through a reload.
  */
 static int apply_config(struct keeper *k, struct config *cfg)
 {
-	size_t n = cfg->n_servers ? cfg->n_servers : 1, pending = 0;
-	struct server **next = calloc(n, sizeof(*next));
-	bool *named = calloc(k->n_servers ? k->n_servers : 1, sizeof(*named));
+	struct build b = { .cfg = cfg };
 	struct config *old = k->cfg;
+	struct server **old_servers = k->servers;
+	size_t old_n = k->n_servers, old_mask = k->index_mask;
+	uint32_t *old_index = k->index;
+	int r = build_config(k, &b);
 
-	if (!next || !named) {
-		free(next);
-		free(named);
-		config_free(cfg);
-		return -ENOMEM;
+	if (r < 0) {
+		build_free(k, &b);
+		return r;
 	}
-	for (size_t i = 0; i < cfg->n_servers; i++) {
-		const struct config_server *cs = &cfg->servers[i];
-		ssize_t j = index_find(k, cs->name);
-		struct server *s = j < 0 ? NULL : k->servers[j];
 
-		if (s)
-			named[j] = true;
-		if (s && same_oauth(s->conf, cs)) {
+	/* The swap: from here on nothing fails. */
+	k->servers = TAKE_PTR(b.servers);
+	k->n_servers = b.n;
+	k->index = TAKE_PTR(b.index);
+	k->index_mask = b.index_mask;
+	orphans_free(k->orphans, k->n_orphans);
+	k->orphans = TAKE_PTR(b.orphans);
+	k->n_orphans = b.n_orphans;
+	b.n_orphans = 0;
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+		const struct config_server *cs = &cfg->servers[i];
+
+		if (b.from[i] >= 0) {
 			if (!workers_settings_equal(s->conf, cs) && s->worker) {
 				log_info("%s: upstream settings changed; restarting its worker", cs->name);
 				workers_forget(k, s);
 			}
 			s->conf = cs;
-			k->servers[j] = NULL; /* taken over */
-			next[i] = s;
-			continue;
-		}
-		next[i] = server_new(k, cs);
-		if (!next[i])
-			fatal("out of memory");
-		/* New servers (and changed ones) read their record below. */
-		next[i]->load_pending = refresh_reset(k, next[i]);
-		pending += next[i]->load_pending;
-		if (s)
+		} else if (index_find(old_servers, old_index, old_mask, cs->name) >= 0) {
 			log_info("%s: settings changed; reloading its token", cs->name);
-		else if (old)
+		} else if (old) {
 			log_info("%s: added", cs->name);
+		}
 	}
-	for (size_t j = 0; j < k->n_servers; j++) {
-		struct server *gone = k->servers[j];
-
-		if (!gone)
+	for (size_t j = 0; j < old_n; j++) {
+		if (b.kept[j])
 			continue;
-		if (!named[j])
-			log_info("%s: removed", gone->name);
-		k->servers[j] = NULL;
-		server_free(k, gone);
+		if (!keeper_find_server(k, old_servers[j]->name))
+			log_info("%s: removed", old_servers[j]->name);
+		server_free(k, old_servers[j]);
 	}
-	free(named);
-	free(k->servers);
-	k->servers = next;
-	k->n_servers = cfg->n_servers;
+	free(old_servers);
+	free(old_index);
 	k->cfg = cfg;
-	if (index_build(k) < 0)
-		fatal("out of memory");
-	load_tokens(k, pending);
+	load_tokens(k, b.pending);
 	api_config_changed(k, old);
 	config_free(old);
 	workers_start_eager(k);
+	b.cfg = NULL;
+	build_free(k, &b);
 	return 0;
 }
 
+/*
+ * SIGHUP. The new file is loaded into a configuration of its own, then
+ * apply_config() builds everything it needs before it swaps anything in:
+ * a file that does not load, or a build that fails, leaves the running
+ * configuration and every server as they were.
+ */
 static void reload(struct keeper *k)
 {
 	struct config *cfg = NULL;
 	char err[1024];
+	int r;
 
 	log_info("reloading %s", k->config_path);
 	if (config_load(k->config_path, k->system_mode, &cfg, err, sizeof(err)) < 0) {
@@ -361,9 +465,12 @@ static void reload(struct keeper *k)
 	if (strcmp(cfg->data_dir, k->cfg->data_dir) != 0 || strcmp(cfg->runtime_dir, k->cfg->runtime_dir) != 0)
 		log_warn("reload: data_dir and runtime_dir changes take effect at the next start");
 	sd_notify(0, "RELOADING=1");
-	apply_config(k, cfg);
+	r = apply_config(k, cfg);
 	sd_notify(0, "READY=1");
-	log_info("configuration reloaded: %zu server(s)", k->n_servers);
+	if (r < 0)
+		log_error("reload refused, keeping the running configuration: %s", strerror(-r));
+	else
+		log_info("configuration reloaded: %zu server(s)", k->n_servers);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -498,7 +605,7 @@ int keeper_run(const char *config_path, bool system_mode)
 	if (proc_no_core_dumps() < 0)
 		fatal("cannot disable core dumps: %m");
 	signal(SIGPIPE, SIG_IGN);
-	k.config_path = strdup(config_path);
+	k.config_path = xstrdup(config_path);
 	if (config_load(config_path, system_mode, &cfg, err, sizeof(err)) < 0)
 		fatal("%s", err);
 
@@ -535,7 +642,9 @@ int keeper_run(const char *config_path, bool system_mode)
 	evsignal_add(k.sig_chld, NULL);
 
 	k.cfg = NULL;
-	apply_config(&k, cfg);
+	r = apply_config(&k, cfg);
+	if (r < 0)
+		fatal("cannot set up the configured servers: %s", strerror(-r));
 	if (control_start(&k, lfd) < 0)
 		fatal("control socket: out of memory");
 	if (child_start(k.oauth) < 0)
@@ -569,7 +678,7 @@ int keeper_run(const char *config_path, bool system_mode)
 		server_free(&k, k.servers[i]);
 	free(k.servers);
 	free(k.index);
-	orphans_clear(&k);
+	orphans_free(k.orphans, k.n_orphans);
 	api_stop(&k);
 	k.oauth = child_free(k.oauth);
 	k.refresh = refresh_free(k.refresh);

@@ -139,15 +139,16 @@ typedef void (*flow_done_fn)(void *ctx, struct json_object *result, struct json_
 /* 0, or -EBUSY when the server's login is already running. */
 int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn url_fn, flow_done_fn done_fn,
 		void *ctx, struct flow **slot);
-/* The oauth child's oauth.login_url notification. */
-void login_url(struct keeper *k, struct json_object *params);
+/* The oauth child's oauth.login_url notification: 0, or -EINVAL when its
+ * params do not pass their table. */
+int login_url(struct keeper *k, struct json_object *params);
 /* Ends the server's login, if one runs (server removed, logout). */
 void login_forget(struct keeper *k, struct server *s, const char *why);
 /* Logout of one server, or of every OAuth server (all), and of orphaned
  * tokens (every one with all, else those named orphan_name). The result is
  * an array of per-server objects. */
-int logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
-		 void *ctx, struct flow **slot);
+void logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
+		  void *ctx, struct flow **slot);
 void flow_detach(struct flow *f);
 /* Forgets the caller without cancelling: the flow runs to its end. */
 void flow_release(struct flow *f);
@@ -159,7 +160,7 @@ struct events *events_free(struct events *ev);
 /* Takes ownership of data. */
 void events_emit(struct keeper *k, const char *type, struct json_object *data);
 typedef void (*events_sink_fn)(void *ctx, struct json_object *notification);
-int events_subscribe(struct keeper *k, events_sink_fn fn, void *ctx);
+void events_subscribe(struct keeper *k, events_sink_fn fn, void *ctx);
 void events_unsubscribe(struct keeper *k, void *ctx);
 
 /* control.c */
@@ -182,6 +183,9 @@ void refresh_load(struct keeper *k, struct server *s);
  * does not open; plain is only read during the call). */
 bool refresh_reset(struct keeper *k, struct server *s);
 void refresh_take_record(struct keeper *k, struct server *s, const struct secret *plain, int status);
+/* Room in the queues for n servers, so that scheduling them later does not
+ * allocate (a reload reserves before it swaps). 0 or -ENOMEM. */
+int refresh_reserve(struct keeper *k, size_t n);
 /* A login started: take the server off the queue (a refresh in flight ends
  * on its own); refresh_load() puts it back. */
 void refresh_pause(struct keeper *k, struct server *s);
@@ -192,6 +196,17 @@ void refresh_rearm_all(struct keeper *k);
 /* Logout: delete the exact record, cancel, emit (the caller tells the
  * worker: workers_token_cleared). 0, STORE_E_NOT_FOUND or -errno. */
 int refresh_logout(struct keeper *k, struct server *s);
+/* The token response of oauth.refresh and oauth.authorize (proto.h); the
+ * strings are borrowed from the result. 0, or -EINVAL with why saying
+ * which field is wrong. */
+struct token_result {
+	const char *access_token;
+	const char *token_type;		/* NULL: not given */
+	const char *refresh_token;	/* NULL: not given */
+	const char *scope;		/* NULL: not given */
+	int64_t expires_in;		/* 0: not given */
+};
+int refresh_result_parse(struct json_object *result, struct token_result *tr, char *why, size_t len);
 /* How the oauth child's life reaches the engine (ctx: the keeper). */
 extern const struct child_ops refresh_oauth_ops;
 const char *oauth_status_name(enum oauth_status st);
@@ -215,8 +230,9 @@ void workers_start_eager(struct keeper *k);
 /* The server's access token changed (refresh, login) or went away (logout). */
 void workers_token_changed(struct keeper *k, struct server *s);
 /* Logged out: the worker drops its token. With fn, the worker is asked to
- * confirm: returns 1 and fn runs once with its answer (or the error when it
- * goes away); 0 when there is nothing to wait for. */
+ * confirm: returns WORKERS_CLEAR_PENDING and fn runs once with its answer
+ * (or the error when it goes away); 0 when there is nothing to wait for. */
+#define WORKERS_CLEAR_PENDING 1
 int workers_token_cleared(struct keeper *k, struct server *s, child_reply_fn fn, void *ctx, int64_t *id);
 /* A refresh the workers may be waiting for ended; error NULL on success. */
 void workers_refresh_done(struct keeper *k, struct server *s, const char *error);
@@ -241,8 +257,9 @@ struct child_ops {
 	void (*ready)(struct child *c, void *ctx);
 	/* The channel is gone; pending requests have already failed. */
 	void (*lost)(struct child *c, void *ctx);
-	/* A request or notification from the child. Return -1 for a message
-	 * the child had no business sending (the child is then restarted). */
+	/* A request or notification from the child: 0, or a negative errno
+	 * value (-EPROTO) for a message the child had no business sending or
+	 * whose params do not pass its table (the child is then restarted). */
 	int (*message)(struct child *c, void *ctx, struct rpc_msg *m);
 	bool desc_channel;	/* fd 4: SOCK_SEQPACKET for client descriptors */
 };

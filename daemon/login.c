@@ -32,6 +32,7 @@
 #include "frame.h"
 #include "keeper.h"
 #include "log.h"
+#include "params.h"
 #include "proto.h"
 #include "secret.h"
 #include "store.h"
@@ -159,9 +160,9 @@ static struct json_object *error_json(const char *kind, const char *reason, cons
 {
 	struct json_object *e = json_object_new_object();
 
-	add_str(e, "kind", kind);
-	add_str(e, "reason", reason);
-	add_str(e, "message", message);
+	add_str(e, PARAM_KEY_KIND, kind);
+	add_str(e, PARAM_KEY_REASON, reason);
+	add_str(e, PARAM_KEY_MESSAGE, message);
 	return e;
 }
 
@@ -169,9 +170,9 @@ static const char *error_field(struct json_object *error, const char *key)
 {
 	struct json_object *v, *data;
 
-	if (strcmp(key, "message") == 0)
-		return json_object_object_get_ex(error, "message", &v) ? json_object_get_string(v) : NULL;
-	if (!json_object_object_get_ex(error, "data", &data) || !json_object_object_get_ex(data, key, &v))
+	if (strcmp(key, PARAM_KEY_MESSAGE) == 0)
+		return json_object_object_get_ex(error, PARAM_KEY_MESSAGE, &v) ? json_object_get_string(v) : NULL;
+	if (!json_object_object_get_ex(error, PARAM_KEY_DATA, &data) || !json_object_object_get_ex(data, key, &v))
 		return NULL;
 	return json_object_get_string(v);
 }
@@ -199,20 +200,20 @@ static void login_end(struct flow *f, struct json_object *result, struct json_ob
 	if (f->listening && child_ready(k->oauth)) {
 		struct json_object *p = json_object_new_object();
 
-		add_str(p, "server", s->name);
+		add_str(p, PARAM_KEY_SERVER, s->name);
 		child_notify(k->oauth, METHOD_OAUTH_CANCEL, p);
 	}
 	f->listening = false;
 	s->login = NULL;
 	s->login_active = false;
 	if (error) {
-		const char *msg = error_field(error, "message");
+		const char *msg = error_field(error, PARAM_KEY_MESSAGE);
 		struct json_object *d = json_object_new_object();
 
 		log_warn("%s: login failed: %s", s->name, msg ? msg : "unknown error");
-		add_str(d, "reason", "oauth_login_failed");
-		add_str(d, "server", s->name);
-		add_str(d, "error", msg ? msg : "unknown error");
+		add_str(d, PARAM_KEY_REASON, "oauth_login_failed");
+		add_str(d, PARAM_KEY_SERVER, s->name);
+		add_str(d, PARAM_KEY_ERROR, msg ? msg : "unknown error");
 		events_emit(k, EVENT_SERVERS_CHANGED, d);
 		/* Back on the old schedule; a refresh in flight settles it itself. */
 		if (!s->in_flight)
@@ -240,8 +241,8 @@ static void login_fail(struct flow *f, const char *kind, const char *reason, con
 /* A failed step: the child's message is for the user, its reason for tests. */
 static void login_fail_child(struct flow *f, const char *what, struct json_object *error)
 {
-	const char *msg = error_field(error, "message"), *reason = error_field(error, "reason");
-	const char *kind = error_field(error, "kind");
+	const char *msg = error_field(error, PARAM_KEY_MESSAGE), *reason = error_field(error, PARAM_KEY_REASON);
+	const char *kind = error_field(error, PARAM_KEY_KIND);
 
 	login_fail(f, kind && strcmp(kind, KIND_TRANSIENT) == 0 ? KIND_UNAVAILABLE : KIND_LOGIN_FAILED,
 		   reason ? reason : "oauth", "%s: %s", what, msg ? msg : "failed");
@@ -265,8 +266,8 @@ static int login_request(struct flow *f, const char *method, struct json_object 
 	struct timeval tv;
 	int r;
 
-	add_str(params, "server", f->s->name);
-	json_object_object_add(params, "timeout_ms", json_object_new_int64(timeout_ms));
+	add_str(params, PARAM_KEY_SERVER, f->s->name);
+	json_object_object_add(params, PARAM_KEY_TIMEOUT_MS, json_object_new_int64(timeout_ms));
 	r = child_request(f->k->oauth, method, params, fn, f, &f->request_id);
 	if (r < 0)
 		return r;
@@ -313,11 +314,26 @@ static void store_port(struct keeper *k, struct server *s, const char *key, int 
 		log_info("%s: redirect port %d chosen and stored", s->name, port);
 }
 
+/*
+ * The results of the login steps, each checked through its table: what the
+ * oauth child answers is trusted no further than its types.
+ */
+
+/* oauth.listen -> {port} */
+struct listen_result {
+	int64_t port;
+};
+
+static const struct param_spec listen_result_spec[] = {
+	PARAM_INT(struct listen_result, port, PARAM_KEY_PORT, PARAM_REQUIRED, 1, 65535),
+};
+
 static void on_listen(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
 {
 	struct flow *f = ctx;
-	struct json_object *v;
+	struct listen_result lr = { 0 };
 	char key[STORE_SERVER_KEY_MAX + 1];
+	const char *bad;
 	int port;
 
 	f->requesting = false;
@@ -326,10 +342,11 @@ static void on_listen(struct keeper *k, void *ctx, struct json_object *result, s
 		login_fail_child(f, "cannot listen for the redirect", error);
 		return;
 	}
-	if (!json_object_object_get_ex(result, "port", &v) || (port = json_object_get_int(v)) <= 0 || port > 65535) {
+	if (params_parse(result, listen_result_spec, ARRAY_SIZE(listen_result_spec), &lr, &bad) < 0) {
 		login_fail(f, KIND_INTERNAL, "oauth", "the oauth child reported no port");
 		return;
 	}
+	port = (int)lr.port;
 	f->listening = true;
 	if (!f->s->conf->oauth.redirect_port && port != f->port &&
 	    store_derived_key("port:", f->s->key, NULL, key, sizeof(key)) == 0)
@@ -340,9 +357,24 @@ static void on_listen(struct keeper *k, void *ctx, struct json_object *result, s
 	login_step(f);
 }
 
+/* oauth.discover -> {issuer, authorization_endpoint, token_endpoint, ...}:
+ * kept whole as f->meta (meta_str() reads the optional fields), these three
+ * must be there. */
+struct discover_result {
+	const char *issuer, *authorization_endpoint, *token_endpoint;
+};
+
+static const struct param_spec discover_result_spec[] = {
+	PARAM_STRING(struct discover_result, issuer, PARAM_KEY_ISSUER, PARAM_REQUIRED),
+	PARAM_STRING(struct discover_result, authorization_endpoint, PARAM_KEY_AUTHORIZATION_ENDPOINT, PARAM_REQUIRED),
+	PARAM_STRING(struct discover_result, token_endpoint, PARAM_KEY_TOKEN_ENDPOINT, PARAM_REQUIRED),
+};
+
 static void on_discover(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
 {
 	struct flow *f = ctx;
+	struct discover_result dr;
+	const char *bad;
 
 	f->requesting = false;
 	evtimer_del(f->guard);
@@ -355,11 +387,11 @@ static void on_discover(struct keeper *k, void *ctx, struct json_object *result,
 		login_fail(f, KIND_INTERNAL, LOGIN_R_DISCOVERY, "out of memory");
 		return;
 	}
-	if (!meta_str(f, "issuer") || !meta_str(f, "authorization_endpoint") || !meta_str(f, "token_endpoint")) {
+	if (params_parse(f->meta, discover_result_spec, ARRAY_SIZE(discover_result_spec), &dr, &bad) < 0) {
 		login_fail(f, KIND_INTERNAL, LOGIN_R_DISCOVERY, "the oauth child's discovery result is incomplete");
 		return;
 	}
-	log_info("%s: authorization server %s", f->s->name, meta_str(f, "issuer"));
+	log_info("%s: authorization server %s", f->s->name, dr.issuer);
 	f->step = STEP_REGISTER;
 	login_step(f);
 }
@@ -376,12 +408,21 @@ static int client_take(struct flow *f, const struct oauth_client *c)
 	return client_decode(plain, &f->client);
 }
 
+/* oauth.register -> {client_id, client_secret?, auth_method,
+ * client_secret_expires_at} */
+static const struct param_spec register_result_spec[] = {
+	PARAM_STRING(struct oauth_client, client_id, PARAM_KEY_CLIENT_ID, PARAM_REQUIRED | PARAM_NONEMPTY),
+	PARAM_STRING(struct oauth_client, client_secret, PARAM_KEY_CLIENT_SECRET, 0),
+	PARAM_STRING(struct oauth_client, auth_method, PARAM_KEY_AUTH_METHOD, PARAM_REQUIRED),
+	PARAM_INT(struct oauth_client, secret_expires_at, PARAM_KEY_CLIENT_SECRET_EXPIRES_AT, 0, 0, 0),
+};
+
 static void on_register(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
 {
 	struct flow *f = ctx;
 	struct oauth_client c = { 0 };
 	struct secret *plain = NULL;
-	struct json_object *v;
+	const char *bad;
 	int r;
 
 	f->requesting = false;
@@ -390,20 +431,12 @@ static void on_register(struct keeper *k, void *ctx, struct json_object *result,
 		login_fail_child(f, "dynamic client registration failed", error);
 		return;
 	}
-	if (json_object_object_get_ex(result, "client_id", &v))
-		c.client_id = json_object_get_string(v);
-	if (json_object_object_get_ex(result, "client_secret", &v) && json_object_is_type(v, json_type_string))
-		c.client_secret = json_object_get_string(v);
-	if (json_object_object_get_ex(result, "auth_method", &v))
-		c.auth_method = json_object_get_string(v);
-	if (json_object_object_get_ex(result, "client_secret_expires_at", &v))
-		c.secret_expires_at = json_object_get_int64(v);
-	c.issuer = meta_str(f, "issuer");
-	c.registered_at = keeper_now();
-	if (!c.client_id || !*c.client_id || !c.auth_method) {
+	if (params_parse(result, register_result_spec, ARRAY_SIZE(register_result_spec), &c, &bad) < 0) {
 		login_fail(f, KIND_INTERNAL, LOGIN_R_REGISTRATION, "the oauth child's registration result is incomplete");
 		return;
 	}
+	c.issuer = meta_str(f, PARAM_KEY_ISSUER);
+	c.registered_at = keeper_now();
 	r = client_encode(&c, &plain);
 	if (r == 0)
 		r = store_put(k->store, STORE_CLIENTS, f->client_key, plain);
@@ -444,7 +477,7 @@ static int login_find_client(struct flow *f)
 	if (co->client_id) {
 		struct json_object *methods = NULL;
 
-		json_object_object_get_ex(f->meta, "token_endpoint_auth_methods", &methods);
+		json_object_object_get_ex(f->meta, PARAM_KEY_TOKEN_ENDPOINT_AUTH_METHODS, &methods);
 		c.client_id = co->client_id;
 		c.client_secret = co->client_secret;
 		c.auth_method = !co->client_secret ? "none"
@@ -452,10 +485,11 @@ static int login_find_client(struct flow *f)
 						  method_listed(methods, "client_secret_post")
 					? "client_secret_post"
 					: "client_secret_basic";
-		c.issuer = meta_str(f, "issuer");
+		c.issuer = meta_str(f, PARAM_KEY_ISSUER);
 		return client_take(f, &c);
 	}
-	r = store_derived_key("client:", meta_str(f, "issuer"), f->redirect_uri, f->client_key, sizeof(f->client_key));
+	r = store_derived_key("client:", meta_str(f, PARAM_KEY_ISSUER), f->redirect_uri, f->client_key,
+			      sizeof(f->client_key));
 	if (r < 0)
 		return r;
 	r = store_get(f->k->store, STORE_CLIENTS, f->client_key, &plain);
@@ -473,7 +507,7 @@ static int login_find_client(struct flow *f)
 		return 1;
 	}
 	f->client_registered = true;
-	log_info("%s: reusing the client registered at %s", f->s->name, meta_str(f, "issuer"));
+	log_info("%s: reusing the client registered at %s", f->s->name, meta_str(f, PARAM_KEY_ISSUER));
 	return 0;
 }
 
@@ -484,16 +518,11 @@ static char *login_scope(const struct flow *f)
 	size_t len = 1;
 	char *out;
 
-	if (!co->n_scopes) {
-		const char *s = meta_str(f, "scope");
-
-		return s ? strdup(s) : NULL;
-	}
+	if (!co->n_scopes)
+		return xstrdup(meta_str(f, PARAM_KEY_SCOPE));
 	for (size_t i = 0; i < co->n_scopes; i++)
 		len += strlen(co->scopes[i]) + 1;
-	out = calloc(1, len);
-	if (!out)
-		return NULL;
+	out = xcalloc(1, len);
 	for (size_t i = 0; i < co->n_scopes; i++) {
 		if (i)
 			strcat(out, " ");
@@ -504,7 +533,7 @@ static char *login_scope(const struct flow *f)
 
 static const char *login_resource(const struct flow *f)
 {
-	return f->s->conf->oauth.resource ? f->s->conf->oauth.resource : meta_str(f, "resource");
+	return f->s->conf->oauth.resource ? f->s->conf->oauth.resource : meta_str(f, PARAM_KEY_RESOURCE);
 }
 
 static void on_authorize(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error);
@@ -533,7 +562,7 @@ static void login_step(struct flow *f)
 	}
 	switch (f->step) {
 	case STEP_LISTEN:
-		json_object_object_add(p, "port", json_object_new_int(f->port));
+		json_object_object_add(p, PARAM_KEY_PORT, json_object_new_int(f->port));
 		method = METHOD_OAUTH_LISTEN;
 		fn = on_listen;
 		break;
@@ -541,11 +570,11 @@ static void login_step(struct flow *f)
 		const struct config_server *cs = f->s->conf;
 		struct json_object *h = json_object_new_object();
 
-		add_str(p, "url", cs->url);
-		add_str(p, "protocol", config_protocol_name(cs->protocol));
+		add_str(p, PARAM_KEY_URL, cs->url);
+		add_str(p, PARAM_KEY_PROTOCOL, config_protocol_name(cs->protocol));
 		for (size_t i = 0; i < cs->n_headers; i++)
 			add_str(h, cs->headers[i].key, cs->headers[i].value);
-		json_object_object_add(p, "headers", h);
+		json_object_object_add(p, PARAM_KEY_HEADERS, h);
 		method = METHOD_OAUTH_DISCOVER;
 		fn = on_discover;
 		break;
@@ -566,21 +595,21 @@ static void login_step(struct flow *f)
 			login_step(f);
 			return;
 		}
-		if (!meta_str(f, "registration_endpoint")) {
+		if (!meta_str(f, PARAM_KEY_REGISTRATION_ENDPOINT)) {
 			json_object_put(p);
 			login_fail(f, KIND_LOGIN_FAILED, LOGIN_R_REGISTRATION,
 				   "the authorization server %s offers no dynamic client registration: "
 				   "register a client there and set oauth.client_id for \"%s\"",
-				   meta_str(f, "issuer"), f->s->name);
+				   meta_str(f, PARAM_KEY_ISSUER), f->s->name);
 			return;
 		}
-		add_str(p, "registration_endpoint", meta_str(f, "registration_endpoint"));
-		add_str(p, "redirect_uri", f->redirect_uri);
+		add_str(p, PARAM_KEY_REGISTRATION_ENDPOINT, meta_str(f, PARAM_KEY_REGISTRATION_ENDPOINT));
+		add_str(p, PARAM_KEY_REDIRECT_URI, f->redirect_uri);
 		scope = login_scope(f);
-		add_str(p, "scope", scope);
+		add_str(p, PARAM_KEY_SCOPE, scope);
 		free(scope);
-		if (json_object_object_get_ex(f->meta, "token_endpoint_auth_methods", &methods))
-			json_object_object_add(p, "token_endpoint_auth_methods", json_object_get(methods));
+		if (json_object_object_get_ex(f->meta, PARAM_KEY_TOKEN_ENDPOINT_AUTH_METHODS, &methods))
+			json_object_object_add(p, PARAM_KEY_TOKEN_ENDPOINT_AUTH_METHODS, json_object_get(methods));
 		method = METHOD_OAUTH_REGISTER;
 		fn = on_register;
 		break;
@@ -589,18 +618,19 @@ static void login_step(struct flow *f)
 		struct json_object *iss = NULL;
 		char *scope = login_scope(f);
 
-		add_str(p, "authorization_endpoint", meta_str(f, "authorization_endpoint"));
-		add_str(p, "token_endpoint", meta_str(f, "token_endpoint"));
-		add_str(p, "redirect_uri", f->redirect_uri);
-		add_str(p, "client_id", f->client.client_id);
-		add_str(p, "client_secret", f->client.client_secret);
-		add_str(p, "auth_method", f->client.auth_method);
-		add_str(p, "resource", login_resource(f));
-		add_str(p, "scope", scope);
+		add_str(p, PARAM_KEY_AUTHORIZATION_ENDPOINT, meta_str(f, PARAM_KEY_AUTHORIZATION_ENDPOINT));
+		add_str(p, PARAM_KEY_TOKEN_ENDPOINT, meta_str(f, PARAM_KEY_TOKEN_ENDPOINT));
+		add_str(p, PARAM_KEY_REDIRECT_URI, f->redirect_uri);
+		add_str(p, PARAM_KEY_CLIENT_ID, f->client.client_id);
+		add_str(p, PARAM_KEY_CLIENT_SECRET, f->client.client_secret);
+		add_str(p, PARAM_KEY_AUTH_METHOD, f->client.auth_method);
+		add_str(p, PARAM_KEY_RESOURCE, login_resource(f));
+		add_str(p, PARAM_KEY_SCOPE, scope);
 		free(scope);
-		add_str(p, "issuer", meta_str(f, "issuer"));
-		json_object_object_get_ex(f->meta, "iss_supported", &iss);
-		json_object_object_add(p, "iss_supported", json_object_new_boolean(iss && json_object_get_boolean(iss)));
+		add_str(p, PARAM_KEY_ISSUER, meta_str(f, PARAM_KEY_ISSUER));
+		json_object_object_get_ex(f->meta, PARAM_KEY_ISS_SUPPORTED, &iss);
+		json_object_object_add(p, PARAM_KEY_ISS_SUPPORTED,
+				       json_object_new_boolean(iss && json_object_get_boolean(iss)));
 		timeout = f->deadline_ms - keeper_now_ms();
 		if (timeout < 1000)
 			timeout = 1000;
@@ -619,17 +649,18 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	struct flow *f = ctx;
 	struct server *s = f->s;
 	struct token t = { 0 };
+	struct token_result tr;
 	struct secret *plain = NULL;
-	struct json_object *v, *res, *d;
-	int64_t now = keeper_now(), expires_in = 0;
-	char *scope;
+	struct json_object *res, *d;
+	int64_t now = keeper_now(), expires_in;
+	char *scope, why[256];
 	int r;
 
 	f->requesting = false;
 	f->listening = false;	/* the child closes the port when authorize ends */
 	evtimer_del(f->guard);
 	if (error) {
-		const char *oerr = error_field(error, "oauth_error");
+		const char *oerr = error_field(error, PARAM_KEY_OAUTH_ERROR);
 
 		if (f->client_registered && oerr && strcmp(oerr, "invalid_client") == 0) {
 			/* The provider forgot the registration: the next login registers anew. */
@@ -639,24 +670,20 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 		login_fail_child(f, "login failed", error);
 		return;
 	}
-	if (!json_object_object_get_ex(result, "access_token", &v) || !json_object_is_type(v, json_type_string)) {
-		login_fail(f, KIND_INTERNAL, LOGIN_R_EXCHANGE, "the oauth child returned no access token");
+	if (refresh_result_parse(result, &tr, why, sizeof(why)) < 0) {
+		login_fail(f, KIND_INTERNAL, LOGIN_R_EXCHANGE, "%s", why);
 		return;
 	}
 	scope = login_scope(f);
-	t.access_token = json_object_get_string(v);
-	t.token_type = json_object_object_get_ex(result, "token_type", &v) ? json_object_get_string(v) : "Bearer";
-	if (json_object_object_get_ex(result, "refresh_token", &v) && json_object_is_type(v, json_type_string))
-		t.refresh_token = json_object_get_string(v);
-	t.scope = json_object_object_get_ex(result, "scope", &v) && json_object_is_type(v, json_type_string)
-			  ? json_object_get_string(v)
-			  : scope;
-	if (json_object_object_get_ex(result, "expires_in", &v))
-		expires_in = json_object_get_int64(v);
-	t.token_endpoint = meta_str(f, "token_endpoint");
-	t.revocation_endpoint = meta_str(f, "revocation_endpoint");
+	t.access_token = tr.access_token;
+	t.token_type = tr.token_type ? tr.token_type : "Bearer";
+	t.refresh_token = tr.refresh_token;
+	t.scope = tr.scope ? tr.scope : scope;
+	expires_in = tr.expires_in;
+	t.token_endpoint = meta_str(f, PARAM_KEY_TOKEN_ENDPOINT);
+	t.revocation_endpoint = meta_str(f, PARAM_KEY_REVOCATION_ENDPOINT);
 	t.resource = login_resource(f);
-	t.issuer = meta_str(f, "issuer");
+	t.issuer = meta_str(f, PARAM_KEY_ISSUER);
 	t.client_id = f->client.client_id;
 	t.client_secret = f->client.client_secret;
 	t.auth_method = f->client.auth_method;
@@ -687,15 +714,15 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	keeper_orphan_drop(k, s->key);
 
 	d = json_object_new_object();
-	add_str(d, "reason", "oauth_login");
-	add_str(d, "server", s->name);
+	add_str(d, PARAM_KEY_REASON, "oauth_login");
+	add_str(d, PARAM_KEY_SERVER, s->name);
 	events_emit(k, EVENT_SERVERS_CHANGED, d);
 
 	res = json_object_new_object();
-	add_str(res, "server", s->name);
+	add_str(res, PARAM_KEY_SERVER, s->name);
 	add_str(res, "oauth_status", oauth_status_name(s->status));
-	json_object_object_add(res, "token_expires_at", s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
-	json_object_object_add(res, "refresh_token", json_object_new_boolean(t.refresh_token != NULL));
+	json_object_object_add(res, PARAM_KEY_TOKEN_EXPIRES_AT, s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
+	json_object_object_add(res, PARAM_KEY_REFRESH_TOKEN, json_object_new_boolean(t.refresh_token != NULL));
 	login_end(f, res, NULL);
 }
 
@@ -711,9 +738,7 @@ int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn
 		timeout_sec = LOGIN_DEFAULT_TIMEOUT_SEC;
 	if (timeout_sec > LOGIN_MAX_TIMEOUT_SEC)
 		timeout_sec = LOGIN_MAX_TIMEOUT_SEC;
-	f = calloc(1, sizeof(*f));
-	if (!f)
-		return -ENOMEM;
+	f = xcalloc(1, sizeof(*f));
 	f->k = k;
 	f->type = FLOW_LOGIN;
 	f->s = s;
@@ -746,22 +771,32 @@ int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn
 	return 0;
 }
 
-void login_url(struct keeper *k, struct json_object *params)
-{
-	struct json_object *v;
-	struct server *s;
-	const char *url;
+/* oauth.login_url {server, url} */
+struct login_url_params {
+	const char *server, *url;
+};
 
-	if (!json_object_object_get_ex(params, "server", &v) || !(s = keeper_find_server(k, json_object_get_string(v))) ||
-	    !s->login || s->login->step != STEP_AUTHORIZE)
-		return;
-	if (!json_object_object_get_ex(params, "url", &v) || !json_object_is_type(v, json_type_string))
-		return;
-	url = json_object_get_string(v);
-	if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)
-		return;
+static const struct param_spec login_url_spec[] = {
+	PARAM_STRING(struct login_url_params, server, PARAM_KEY_SERVER, PARAM_REQUIRED),
+	PARAM_STRING(struct login_url_params, url, PARAM_KEY_URL, PARAM_REQUIRED),
+};
+
+int login_url(struct keeper *k, struct json_object *params)
+{
+	struct login_url_params p = { 0 };
+	struct server *s;
+	const char *bad;
+
+	if (params_parse(params, login_url_spec, ARRAY_SIZE(login_url_spec), &p, &bad) < 0)
+		return -EINVAL;
+	/* A login that ended meanwhile, or an URL the browser must not open. */
+	s = keeper_find_server(k, p.server);
+	if (!s || !s->login || s->login->step != STEP_AUTHORIZE ||
+	    (strncmp(p.url, "https://", 8) != 0 && strncmp(p.url, "http://", 7) != 0))
+		return 0;
 	if (s->login->url_fn)
-		s->login->url_fn(s->login->ctx, s->name, url);
+		s->login->url_fn(s->login->ctx, s->name, p.url);
+	return 0;
 }
 
 void login_forget(struct keeper *k, struct server *s, const char *why)
@@ -796,11 +831,11 @@ static void on_revoke(struct keeper *k, void *ctx, struct json_object *result, s
 	struct flow *f = rc->f;
 
 	if (error) {
-		const char *msg = error_field(error, "message");
+		const char *msg = error_field(error, PARAM_KEY_MESSAGE);
 
-		json_object_object_add(rc->target, "revoked", json_object_new_boolean(0));
-		if (!json_object_object_get_ex(rc->target, "revoke_error", NULL))
-			add_str(rc->target, "revoke_error", msg ? msg : "revocation failed");
+		json_object_object_add(rc->target, PARAM_KEY_REVOKED, json_object_new_boolean(0));
+		if (!json_object_object_get_ex(rc->target, PARAM_KEY_REVOKE_ERROR, NULL))
+			add_str(rc->target, PARAM_KEY_REVOKE_ERROR, msg ? msg : "revocation failed");
 	}
 	free(rc);
 	f->pending--;
@@ -813,38 +848,29 @@ static int revoke_send(struct flow *f, struct json_object *target, const char *n
 {
 	struct keeper *k = f->k;
 	struct json_object *p = json_object_new_object();
-	struct revoke_ctx *rc = calloc(1, sizeof(*rc));
+	struct revoke_ctx *rc = xcalloc(1, sizeof(*rc));
 	int64_t id;
 
-	if (!rc) {
-		json_object_put(p);
-		return -ENOMEM;
-	}
 	rc->f = f;
 	rc->target = target;
-	add_str(p, "server", name);
-	add_str(p, "revocation_endpoint", t->revocation_endpoint);
-	add_str(p, "token", token);
-	add_str(p, "token_type_hint", hint);
-	add_str(p, "client_id", client_id);
-	add_str(p, "client_secret", secret);
-	add_str(p, "auth_method", method);
-	json_object_object_add(p, "timeout_ms", json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
+	add_str(p, PARAM_KEY_SERVER, name);
+	add_str(p, PARAM_KEY_REVOCATION_ENDPOINT, t->revocation_endpoint);
+	add_str(p, PARAM_KEY_TOKEN, token);
+	add_str(p, PARAM_KEY_TOKEN_TYPE_HINT, hint);
+	add_str(p, PARAM_KEY_CLIENT_ID, client_id);
+	add_str(p, PARAM_KEY_CLIENT_SECRET, secret);
+	add_str(p, PARAM_KEY_AUTH_METHOD, method);
+	json_object_object_add(p, PARAM_KEY_TIMEOUT_MS,
+			       json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
 	if (child_request(k->oauth, METHOD_OAUTH_REVOKE, p, on_revoke, rc, &id) < 0) {
 		free(rc);
 		return -ENOTCONN;
 	}
 	if (f->n_revoke_ids == f->cap_revoke_ids) {
-		size_t cap = f->cap_revoke_ids ? 2 * f->cap_revoke_ids : 4;
-		int64_t *ids = realloc(f->revoke_ids, cap * sizeof(*ids));
-
-		if (ids) {
-			f->revoke_ids = ids;
-			f->cap_revoke_ids = cap;
-		}
+		f->cap_revoke_ids = f->cap_revoke_ids ? 2 * f->cap_revoke_ids : 4;
+		f->revoke_ids = xrealloc(f->revoke_ids, f->cap_revoke_ids * sizeof(*f->revoke_ids));
 	}
-	if (f->n_revoke_ids < f->cap_revoke_ids)
-		f->revoke_ids[f->n_revoke_ids++] = id;
+	f->revoke_ids[f->n_revoke_ids++] = id;
 	f->pending++;
 	return 0;
 }
@@ -879,9 +905,9 @@ static void logout_target(struct flow *f, struct server *s, const char *key, con
 	bool have = false;
 	int r;
 
-	add_str(o, "server", name);
+	add_str(o, PARAM_KEY_SERVER, name);
 	if (!s)
-		json_object_object_add(o, "orphaned", json_object_new_boolean(1));
+		json_object_object_add(o, PARAM_KEY_ORPHANED, json_object_new_boolean(1));
 	json_object_array_add(f->results, o);
 
 	if (store_get(k->store, STORE_TOKENS, key, &plain) == 0)
@@ -894,19 +920,15 @@ static void logout_target(struct flow *f, struct server *s, const char *key, con
 
 		login_forget(k, s, "logged out");
 		r = refresh_logout(k, s);
-		a = calloc(1, sizeof(*a));
-		if (a) {
-			a->f = f;
-			a->s = s;
-			if (workers_token_cleared(k, s, on_cleared, a, &a->id) == 1) {
-				a->next = f->acks;
-				f->acks = a;
-				f->pending++;
-			} else {
-				free(a);
-			}
+		a = xcalloc(1, sizeof(*a));
+		a->f = f;
+		a->s = s;
+		if (workers_token_cleared(k, s, on_cleared, a, &a->id) == WORKERS_CLEAR_PENDING) {
+			a->next = f->acks;
+			f->acks = a;
+			f->pending++;
 		} else {
-			workers_token_cleared(k, s, NULL, NULL, NULL);
+			free(a);
 		}
 	} else {
 		r = store_delete(k->store, STORE_TOKENS, key);
@@ -914,26 +936,27 @@ static void logout_target(struct flow *f, struct server *s, const char *key, con
 			struct json_object *d = json_object_new_object();
 
 			log_info("%s: orphaned token deleted", name);
-			add_str(d, "reason", "oauth_logout");
-			add_str(d, "server", name);
-			json_object_object_add(d, "orphaned", json_object_new_boolean(1));
+			add_str(d, PARAM_KEY_REASON, "oauth_logout");
+			add_str(d, PARAM_KEY_SERVER, name);
+			json_object_object_add(d, PARAM_KEY_ORPHANED, json_object_new_boolean(1));
 			events_emit(k, EVENT_SERVERS_CHANGED, d);
 			keeper_orphan_drop(k, key);
 		}
 	}
 	if (r < 0) {
-		json_object_object_add(o, "error", error_json(KIND_UNAVAILABLE, "store", "the token store failed"));
+		json_object_object_add(o, PARAM_KEY_ERROR,
+				       error_json(KIND_UNAVAILABLE, "store", "the token store failed"));
 		token_clear(&t);
 		return;
 	}
-	json_object_object_add(o, "logged_out", json_object_new_boolean(1));
-	json_object_object_add(o, "had_token", json_object_new_boolean(r == 0));
+	json_object_object_add(o, PARAM_KEY_LOGGED_OUT, json_object_new_boolean(1));
+	json_object_object_add(o, PARAM_KEY_HAD_TOKEN, json_object_new_boolean(r == 0));
 	if (!have || r != 0) {
 		token_clear(&t);
 		return;
 	}
 	if (!t.revocation_endpoint) {
-		add_str(o, "revocation", "not offered by the provider");
+		add_str(o, PARAM_KEY_REVOCATION, "not offered by the provider");
 		token_clear(&t);
 		return;
 	}
@@ -946,36 +969,34 @@ static void logout_target(struct flow *f, struct server *s, const char *key, con
 			method = secret ? "client_secret_basic" : "none";
 		}
 		if (!id) {
-			add_str(o, "revocation", "not attempted: the record names no client");
+			add_str(o, PARAM_KEY_REVOCATION, "not attempted: the record names no client");
 			token_clear(&t);
 			return;
 		}
 		if (!child_ready(k->oauth)) {
-			json_object_object_add(o, "revoked", json_object_new_boolean(0));
-			add_str(o, "revoke_error", "the oauth child is not running");
+			json_object_object_add(o, PARAM_KEY_REVOKED, json_object_new_boolean(0));
+			add_str(o, PARAM_KEY_REVOKE_ERROR, "the oauth child is not running");
 			token_clear(&t);
 			return;
 		}
 		/* "revoked" turns false when any revocation fails. The refresh
 		 * token first: revoking it usually takes its access tokens too. */
-		json_object_object_add(o, "revoked", json_object_new_boolean(1));
+		json_object_object_add(o, PARAM_KEY_REVOKED, json_object_new_boolean(1));
 		if ((t.refresh_token && revoke_send(f, o, name, &t, t.refresh_token, "refresh_token", id, secret,
 						    method) < 0) ||
 		    revoke_send(f, o, name, &t, t.access_token, "access_token", id, secret, method) < 0) {
-			json_object_object_add(o, "revoked", json_object_new_boolean(0));
-			add_str(o, "revoke_error", "the oauth child is not reachable");
+			json_object_object_add(o, PARAM_KEY_REVOKED, json_object_new_boolean(0));
+			add_str(o, PARAM_KEY_REVOKE_ERROR, "the oauth child is not reachable");
 		}
 	}
 	token_clear(&t);
 }
 
-int logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
-		 void *ctx, struct flow **slot)
+void logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
+		  void *ctx, struct flow **slot)
 {
-	struct flow *f = calloc(1, sizeof(*f));
+	struct flow *f = xcalloc(1, sizeof(*f));
 
-	if (!f)
-		return -ENOMEM;
 	f->k = k;
 	f->type = FLOW_LOGOUT;
 	f->done_fn = done_fn;
@@ -1007,7 +1028,6 @@ int logout_start(struct keeper *k, struct server *one, const char *orphan_name, 
 		}
 	}
 	logout_maybe_done(f);
-	return 0;
 }
 
 void flow_detach(struct flow *f)

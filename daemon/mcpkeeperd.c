@@ -130,7 +130,7 @@ int main(int argc, char **argv)
 	}
 	if (do_check) {
 		if (proc_no_core_dumps() < 0)
-		fatal("cannot disable core dumps: %m");
+			fatal("cannot disable core dumps: %m");
 		return check(config_path, system_mode);
 	}
 	return keeper_run(config_path, system_mode);

@@ -34,10 +34,12 @@
 #include "frame.h"
 #include "keeper.h"
 #include "log.h"
+#include "params.h"
 #include "proto.h"
 #include "secret.h"
 #include "store.h"
 #include "token.h"
+#include "util.h"
 
 #define FAST_RETRY_BASE_MS 1000
 #define SLOW_RETRY_MIN_MS 30000
@@ -119,10 +121,8 @@ static int64_t due_at(const struct server *s)
 
 struct refresh *refresh_new(struct keeper *k)
 {
-	struct refresh *r = calloc(1, sizeof(struct refresh));
+	struct refresh *r = xcalloc(1, sizeof(struct refresh));
 
-	if (!r)
-		return NULL;
 	r->k = k;
 	r->ready.key = deadline;
 	r->ready.pos_off = offsetof(struct server, heap_idx);
@@ -189,27 +189,42 @@ static void sheap_down(struct sheap *h, size_t i)
 }
 
 /* Adds s, or moves it to where its key now says when it is in already. */
-static int sheap_put(struct sheap *h, struct server *s)
+static void sheap_put(struct sheap *h, struct server *s)
 {
 	ssize_t pos = *sheap_pos(h, s);
 
 	if (pos >= 0) {
 		sheap_down(h, (size_t)pos);
 		sheap_up(h, (size_t)*sheap_pos(h, s));
-		return 0;
+		return;
 	}
 	if (h->n == h->cap) {
-		size_t cap = h->cap ? h->cap * 2 : 64;
-		struct server **v = realloc(h->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		h->v = v;
-		h->cap = cap;
+		h->cap = h->cap ? h->cap * 2 : 64;
+		h->v = xrealloc(h->v, h->cap * sizeof(*h->v));
 	}
 	h->v[h->n] = s;
 	*sheap_pos(h, s) = (ssize_t)h->n++;
 	sheap_up(h, h->n - 1);
+}
+
+/* Room for n servers in each queue (checked: a reload that cannot have it
+ * is refused before it changes anything). 0 or -ENOMEM. */
+int refresh_reserve(struct keeper *k, size_t n)
+{
+	struct sheap *heaps[] = { &k->refresh->ready, &k->refresh->due };
+
+	for (size_t i = 0; i < ARRAY_SIZE(heaps); i++) {
+		struct sheap *h = heaps[i];
+		struct server **v;
+
+		if (h->cap >= n)
+			continue;
+		v = realloc(h->v, n * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		h->v = v;
+		h->cap = n;
+	}
 	return 0;
 }
 
@@ -274,10 +289,7 @@ static void arm_at(struct server *s, int64_t at_ms)
 	struct refresh *r = s->k->refresh;
 
 	s->due_at_ms = at_ms;
-	if (sheap_put(&r->due, s) < 0) {
-		log_error("%s: out of memory arming its timer", s->name);
-		return;
-	}
+	sheap_put(&r->due, s);
 	timer_update(r);
 }
 
@@ -326,10 +338,7 @@ static void enqueue(struct keeper *k, struct server *s)
 {
 	if (s->in_flight || s->heap_idx >= 0)
 		return;
-	if (sheap_put(&k->refresh->ready, s) < 0) {
-		log_error("%s: out of memory queueing a refresh", s->name);
-		return;
-	}
+	sheap_put(&k->refresh->ready, s);
 	dispatch(k);
 }
 
@@ -398,7 +407,7 @@ static struct json_object *event_data(const struct server *s)
 {
 	struct json_object *d = json_object_new_object();
 
-	json_object_object_add(d, "server_name", json_object_new_string(s->name));
+	json_object_object_add(d, PARAM_KEY_SERVER_NAME, json_object_new_string(s->name));
 	return d;
 }
 
@@ -429,7 +438,7 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 		s->rstate = REFRESH_FAILED;
 		s->next_at_ms = 0;
 		d = event_data(s);
-		json_object_object_add(d, "error", json_object_new_string(error));
+		json_object_object_add(d, PARAM_KEY_ERROR, json_object_new_string(error));
 		events_emit(k, EVENT_REFRESH_FAILED, d);
 		return;
 	}
@@ -453,7 +462,7 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 		if (!s->failed_reported) {
 			s->failed_reported = true;
 			d = event_data(s);
-			json_object_object_add(d, "error", json_object_new_string(error));
+			json_object_object_add(d, PARAM_KEY_ERROR, json_object_new_string(error));
 			events_emit(k, EVENT_REFRESH_FAILED, d);
 		}
 		log_warn("%s: refresh failed (%s) after %d attempts; next try in %lld s", s->name, error,
@@ -481,36 +490,57 @@ static void apply_token(struct server *s, const struct token *t)
 		s->status = OAUTH_AUTHENTICATED;
 }
 
+static const struct param_spec token_result_spec[] = {
+	PARAM_STRING(struct token_result, access_token, PARAM_KEY_ACCESS_TOKEN, PARAM_REQUIRED),
+	PARAM_STRING(struct token_result, token_type, PARAM_KEY_TOKEN_TYPE, 0),
+	PARAM_STRING(struct token_result, refresh_token, PARAM_KEY_REFRESH_TOKEN, 0),
+	PARAM_STRING(struct token_result, scope, PARAM_KEY_SCOPE, 0),
+	PARAM_INT(struct token_result, expires_in, PARAM_KEY_EXPIRES_IN, 0, 0, 0),
+};
+
+int refresh_result_parse(struct json_object *result, struct token_result *tr, char *why, size_t len)
+{
+	const char *bad;
+	char what[160];
+
+	*tr = (struct token_result){ 0 };
+	if (params_parse(result, token_result_spec, ARRAY_SIZE(token_result_spec), tr, &bad) == 0)
+		return 0;
+	snprintf(why, len, "the oauth child's token response: %s",
+		 params_strerror(token_result_spec, ARRAY_SIZE(token_result_spec), bad, what, sizeof(what)));
+	return -EINVAL;
+}
+
 static void refresh_succeeded(struct keeper *k, struct server *s, const struct secret *started,
 			      struct json_object *result)
 {
-	struct json_object *v;
 	struct secret *plain = NULL;
+	struct token_result tr;
 	struct token old, t;
-	int64_t now = keeper_now(), expires_in = 0;
+	int64_t now = keeper_now(), expires_in;
+	char why[256];
 	int r;
 
 	if (token_view(started, &old) < 0) {
 		refresh_failed(k, s, false, "internal error decoding the token record");
 		return;
 	}
-	t = old;
-	t.plain = NULL;
-	if (!json_object_object_get_ex(result, "access_token", &v) || !json_object_is_type(v, json_type_string)) {
+	if (refresh_result_parse(result, &tr, why, sizeof(why)) < 0) {
 		token_clear(&old);
-		refresh_failed(k, s, false, "oauth child returned no access token");
+		refresh_failed(k, s, false, why);
 		return;
 	}
-	t.access_token = json_object_get_string(v);
-	if (json_object_object_get_ex(result, "token_type", &v) && json_object_is_type(v, json_type_string))
-		t.token_type = json_object_get_string(v);
+	t = old;
+	t.plain = NULL;
+	t.access_token = tr.access_token;
+	if (tr.token_type)
+		t.token_type = tr.token_type;
 	/* No refresh_token in the response: keep the one we have (RFC 6749 6). */
-	if (json_object_object_get_ex(result, "refresh_token", &v) && json_object_is_type(v, json_type_string))
-		t.refresh_token = json_object_get_string(v);
-	if (json_object_object_get_ex(result, "scope", &v) && json_object_is_type(v, json_type_string))
-		t.scope = json_object_get_string(v);
-	if (json_object_object_get_ex(result, "expires_in", &v))
-		expires_in = json_object_get_int64(v);
+	if (tr.refresh_token)
+		t.refresh_token = tr.refresh_token;
+	if (tr.scope)
+		t.scope = tr.scope;
+	expires_in = tr.expires_in;
 	t.obtained_at = now;
 	t.expires_at = expires_in > 0 ? now + expires_in : 0;
 
@@ -544,7 +574,8 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	{
 		struct json_object *d = event_data(s);
 
-		json_object_object_add(d, "expires_at", s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
+		json_object_object_add(d, PARAM_KEY_EXPIRES_AT,
+				       s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
 		events_emit(k, EVENT_TOKEN_REFRESHED, d);
 	}
 }
@@ -587,10 +618,10 @@ static void on_reply(struct keeper *k, void *ctx, struct json_object *result, st
 		bool terminal;
 		const char *why;
 
-		json_object_object_get_ex(error, "data", &data);
-		json_object_object_get_ex(data, "kind", &kind);
-		json_object_object_get_ex(data, "oauth_error", &oerr);
-		json_object_object_get_ex(error, "message", &msg);
+		json_object_object_get_ex(error, PARAM_KEY_DATA, &data);
+		json_object_object_get_ex(data, PARAM_KEY_KIND, &kind);
+		json_object_object_get_ex(data, PARAM_KEY_OAUTH_ERROR, &oerr);
+		json_object_object_get_ex(error, PARAM_KEY_MESSAGE, &msg);
 		terminal = kind && strcmp(json_object_get_string(kind), KIND_TERMINAL) == 0;
 		why = oerr ? json_object_get_string(oerr) : msg ? json_object_get_string(msg) : "unknown error";
 		if (terminal)
@@ -666,14 +697,15 @@ static void start_refresh(struct keeper *k, struct server *s)
 	}
 
 	params = json_object_new_object();
-	add_str(params, "server", s->name);
-	add_str(params, "token_endpoint", t.token_endpoint);
-	add_str(params, "refresh_token", t.refresh_token);
-	add_str(params, "client_id", client_id);
-	add_str(params, "client_secret", client_secret);
-	add_str(params, "auth_method", method);
-	add_str(params, "resource", t.resource ? t.resource : co->resource ? co->resource : s->conf->url);
-	json_object_object_add(params, "timeout_ms", json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
+	add_str(params, PARAM_KEY_SERVER, s->name);
+	add_str(params, PARAM_KEY_TOKEN_ENDPOINT, t.token_endpoint);
+	add_str(params, PARAM_KEY_REFRESH_TOKEN, t.refresh_token);
+	add_str(params, PARAM_KEY_CLIENT_ID, client_id);
+	add_str(params, PARAM_KEY_CLIENT_SECRET, client_secret);
+	add_str(params, PARAM_KEY_AUTH_METHOD, method);
+	add_str(params, PARAM_KEY_RESOURCE, t.resource ? t.resource : co->resource ? co->resource : s->conf->url);
+	json_object_object_add(params, PARAM_KEY_TIMEOUT_MS,
+			       json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
 	token_clear(&t);
 
 	r = child_request(k->oauth, METHOD_OAUTH_REFRESH, params, on_reply, s, &s->request_id);
@@ -710,13 +742,12 @@ static void oauth_ready(struct child *c, void *ctx)
 	dispatch(ctx);
 }
 
+/* oauth.login_url is all the oauth child may send unasked. */
 static int oauth_message(struct child *c, void *ctx, struct rpc_msg *m)
 {
-	if (m->type == RPC_NOTIFICATION && strcmp(m->method, METHOD_OAUTH_LOGIN_URL) == 0) {
-		login_url(ctx, m->params);
-		return 0;
-	}
-	return -1;
+	if (m->type == RPC_NOTIFICATION && strcmp(m->method, METHOD_OAUTH_LOGIN_URL) == 0)
+		return login_url(ctx, m->params) < 0 ? -EPROTO : 0;
+	return -EPROTO;
 }
 
 /* Outstanding requests fail through their callbacks (transient). */
@@ -815,8 +846,8 @@ int refresh_logout(struct keeper *k, struct server *s)
 	server_set_error(s, NULL);
 	log_info("%s: logged out%s", s->name, r == STORE_E_NOT_FOUND ? " (there was no token)" : "");
 	d = json_object_new_object();
-	json_object_object_add(d, "reason", json_object_new_string("oauth_logout"));
-	json_object_object_add(d, "server", json_object_new_string(s->name));
+	json_object_object_add(d, PARAM_KEY_REASON, json_object_new_string("oauth_logout"));
+	json_object_object_add(d, PARAM_KEY_SERVER, json_object_new_string(s->name));
 	events_emit(k, EVENT_SERVERS_CHANGED, d);
 	return r;
 }

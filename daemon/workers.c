@@ -9,6 +9,7 @@
  * client secret, never another upstream's token.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,10 +21,12 @@
 #include "frame.h"
 #include "keeper.h"
 #include "log.h"
+#include "params.h"
 #include "proto.h"
 #include "secret.h"
 #include "store.h"
 #include "token.h"
+#include "util.h"
 
 struct pending_fd {
 	int fd;
@@ -55,20 +58,20 @@ static void worker_hello(struct child *c, void *ctx, struct json_object *params)
 	const struct config_server *cs = s->conf;
 	struct json_object *t = json_object_new_object(), *args = json_object_new_array();
 
-	json_object_object_add(params, "name", json_object_new_string(s->name));
-	json_object_object_add(t, "protocol", json_object_new_string(config_protocol_name(cs->protocol)));
+	json_object_object_add(params, PARAM_KEY_NAME, json_object_new_string(s->name));
+	json_object_object_add(t, PARAM_KEY_PROTOCOL, json_object_new_string(config_protocol_name(cs->protocol)));
 	if (cs->url)
-		json_object_object_add(t, "url", json_object_new_string(cs->url));
-	json_object_object_add(t, "headers", kv_object(cs->headers, cs->n_headers));
+		json_object_object_add(t, PARAM_KEY_URL, json_object_new_string(cs->url));
+	json_object_object_add(t, PARAM_KEY_HEADERS, kv_object(cs->headers, cs->n_headers));
 	if (cs->command)
-		json_object_object_add(t, "command", json_object_new_string(cs->command));
+		json_object_object_add(t, PARAM_KEY_COMMAND, json_object_new_string(cs->command));
 	for (size_t i = 0; i < cs->n_args; i++)
 		json_object_array_add(args, json_object_new_string(cs->args[i]));
-	json_object_object_add(t, "args", args);
-	json_object_object_add(t, "env", kv_object(cs->env, cs->n_env));
-	json_object_object_add(t, "request_timeout_ms", json_object_new_int(s->k->cfg->request_timeout_sec * 1000));
-	json_object_object_add(t, "oauth", json_object_new_boolean(cs->oauth_enabled));
-	json_object_object_add(params, "transport", t);
+	json_object_object_add(t, PARAM_KEY_ARGS, args);
+	json_object_object_add(t, PARAM_KEY_ENV, kv_object(cs->env, cs->n_env));
+	json_object_object_add(t, PARAM_KEY_REQUEST_TIMEOUT_MS, json_object_new_int(s->k->cfg->request_timeout_sec * 1000));
+	json_object_object_add(t, PARAM_KEY_OAUTH, json_object_new_boolean(cs->oauth_enabled));
+	json_object_object_add(params, PARAM_KEY_TRANSPORT, t);
 }
 
 /* The current access token as token.update params; NULL when there is none. */
@@ -83,9 +86,9 @@ static struct json_object *current_token(struct keeper *k, struct server *s)
 	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0 || token_decode(plain, &t) < 0)
 		return NULL;
 	o = json_object_new_object();
-	json_object_object_add(o, "access_token", json_object_new_string(t.access_token));
-	json_object_object_add(o, "token_type", json_object_new_string(t.token_type ? t.token_type : "Bearer"));
-	json_object_object_add(o, "expires_at", t.expires_at ? json_object_new_int64(t.expires_at) : NULL);
+	json_object_object_add(o, PARAM_KEY_ACCESS_TOKEN, json_object_new_string(t.access_token));
+	json_object_object_add(o, PARAM_KEY_TOKEN_TYPE, json_object_new_string(t.token_type ? t.token_type : "Bearer"));
+	json_object_object_add(o, PARAM_KEY_EXPIRES_AT, t.expires_at ? json_object_new_int64(t.expires_at) : NULL);
 	token_clear(&t);
 	return o;
 }
@@ -157,29 +160,42 @@ static void reply_waiters(struct keeper *k, struct server *s, const char *error)
 	}
 }
 
-/* token.invalid: refresh when the rejected token is the current one. */
+/*
+ * The worker's messages, each checked through its table: a worker that sends
+ * something else is broken, and worker_message() says so (-EPROTO: the
+ * keeper restarts it).
+ */
+
+/* token.invalid {access_token}: refresh when the rejected token is the
+ * current one. */
+struct token_invalid_params {
+	const char *access_token;
+};
+
+static const struct param_spec token_invalid_spec[] = {
+	PARAM_STRING(struct token_invalid_params, access_token, PARAM_KEY_ACCESS_TOKEN, PARAM_REQUIRED),
+};
+
 static int on_token_invalid(struct keeper *k, struct server *s, struct rpc_msg *m)
 {
-	struct json_object *v;
+	struct token_invalid_params p = { 0 };
 	struct secret *plain = NULL;
 	struct token_waiter *w;
 	struct token t;
+	const char *bad;
 	bool current = false;
 
-	if (m->type != RPC_REQUEST || !m->params || !json_object_object_get_ex(m->params, "access_token", &v) ||
-	    !json_object_is_type(v, json_type_string))
-		return -1;
+	if (m->type != RPC_REQUEST ||
+	    params_parse(m->params, token_invalid_spec, ARRAY_SIZE(token_invalid_spec), &p, &bad) < 0)
+		return -EPROTO;
 	if (store_get(k->store, STORE_TOKENS, s->key, &plain) == 0 && token_decode(plain, &t) == 0) {
 		size_t n = strlen(t.access_token);
 
-		current = n == (size_t)json_object_get_string_len(v) &&
-			  secret_equal_bytes(&(struct secret){ n, (unsigned char *)t.access_token },
-					     json_object_get_string(v), n);
+		current = n == strlen(p.access_token) &&
+			  secret_equal_bytes(&(struct secret){ n, (unsigned char *)t.access_token }, p.access_token, n);
 		token_clear(&t);
 	}
-	w = calloc(1, sizeof(*w));
-	if (!w)
-		return 0;
+	w = xcalloc(1, sizeof(*w));
 	w->id = json_object_get(m->id);
 	w->next = s->token_waiters;
 	s->token_waiters = w;
@@ -214,29 +230,52 @@ static void arm_idle(struct server *s)
 	evtimer_add(s->idle_timer, &tv);
 }
 
+/* client.closed {clients}: how many remain, for the idle timeout. */
+struct client_closed_params {
+	int64_t clients;
+};
+
+static const struct param_spec client_closed_spec[] = {
+	PARAM_INT(struct client_closed_params, clients, PARAM_KEY_CLIENTS, PARAM_REQUIRED, 0, INT_MAX),
+};
+
+static int on_client_closed(struct server *s, struct rpc_msg *m)
+{
+	struct client_closed_params p = { 0 };
+	const char *bad;
+
+	if (params_parse(m->params, client_closed_spec, ARRAY_SIZE(client_closed_spec), &p, &bad) < 0)
+		return -EPROTO;
+	s->clients = (int)p.clients;
+	if (s->clients <= 0 && !s->pending_fds)
+		arm_idle(s);
+	return 0;
+}
+
+/* upstream.needs_login {}: an upstream without OAuth configured asked for it. */
+static int on_needs_login(struct server *s, struct rpc_msg *m)
+{
+	const char *bad;
+
+	if (params_parse(m->params, NULL, 0, NULL, &bad) < 0)
+		return -EPROTO;
+	if (!s->needs_login)
+		log_warn("%s: the upstream asks for OAuth; run: mcpctl auth login --server %s", s->name, s->name);
+	s->needs_login = true;
+	return 0;
+}
+
 static int worker_message(struct child *c, void *ctx, struct rpc_msg *m)
 {
 	struct server *s = ctx;
-	struct json_object *v;
 
 	if (strcmp(m->method, METHOD_TOKEN_INVALID) == 0)
 		return on_token_invalid(s->k, s, m);
-	if (strcmp(m->method, METHOD_CLIENT_CLOSED) == 0) {
-		if (!m->params || !json_object_object_get_ex(m->params, "clients", &v) ||
-		    !json_object_is_type(v, json_type_int))
-			return -1;
-		s->clients = json_object_get_int(v);
-		if (s->clients <= 0 && !s->pending_fds)
-			arm_idle(s);
-		return 0;
-	}
-	if (strcmp(m->method, "upstream.needs_login") == 0) {
-		if (!s->needs_login)
-			log_warn("%s: the upstream asks for OAuth; run: mcpctl auth login --server %s", s->name, s->name);
-		s->needs_login = true;
-		return 0;
-	}
-	return -1;
+	if (strcmp(m->method, METHOD_CLIENT_CLOSED) == 0)
+		return on_client_closed(s, m);
+	if (strcmp(m->method, METHOD_UPSTREAM_NEEDS_LOGIN) == 0)
+		return on_needs_login(s, m);
+	return -EPROTO;
 }
 
 static void worker_lost(struct child *c, void *ctx)
@@ -282,11 +321,7 @@ int workers_connect(struct keeper *k, struct server *s, int fd, unsigned flags)
 		close(fd);
 		return r;
 	}
-	p = calloc(1, sizeof(*p));
-	if (!p) {
-		close(fd);
-		return -ENOMEM;
-	}
+	p = xcalloc(1, sizeof(*p));
 	p->fd = fd;
 	p->number = next_client_number++;
 	p->flags = flags;
@@ -322,7 +357,7 @@ int workers_token_cleared(struct keeper *k, struct server *s, child_reply_fn fn,
 		/* As a request: the worker answers once it has dropped the token,
 		 * so a logout can answer its caller only after that. */
 		if (fn && child_request(s->worker, METHOD_TOKEN_CLEAR, json_object_new_object(), fn, ctx, id) == 0)
-			r = 1;
+			r = WORKERS_CLEAR_PENDING;
 		else if (!fn)
 			child_notify(s->worker, METHOD_TOKEN_CLEAR, json_object_new_object());
 	}
@@ -392,12 +427,12 @@ struct json_object *workers_status_json(const struct server *s)
 	/* A stopped worker is simply not running: idle until the next client. */
 	if (strcmp(state, "stopped") == 0)
 		state = "idle";
-	json_object_object_add(w, "state", json_object_new_string(state));
-	json_object_object_add(w, "pid", running ? json_object_new_int((int)child_pid(s->worker)) : NULL);
-	json_object_object_add(w, "restarts", json_object_new_int(s->worker ? (int)child_restarts(s->worker) : 0));
-	json_object_object_add(w, "last_exit", exit_reason ? json_object_new_string(exit_reason) : NULL);
-	json_object_object_add(w, "clients", json_object_new_int(s->clients));
+	json_object_object_add(w, PARAM_KEY_STATE, json_object_new_string(state));
+	json_object_object_add(w, PARAM_KEY_PID, running ? json_object_new_int((int)child_pid(s->worker)) : NULL);
+	json_object_object_add(w, PARAM_KEY_RESTARTS, json_object_new_int(s->worker ? (int)child_restarts(s->worker) : 0));
+	json_object_object_add(w, PARAM_KEY_LAST_EXIT, exit_reason ? json_object_new_string(exit_reason) : NULL);
+	json_object_object_add(w, PARAM_KEY_CLIENTS, json_object_new_int(s->clients));
 	if (s->needs_login)
-		json_object_object_add(w, "needs_login", json_object_new_boolean(1));
+		json_object_object_add(w, PARAM_KEY_NEEDS_LOGIN, json_object_new_boolean(1));
 	return w;
 }

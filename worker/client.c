@@ -214,11 +214,9 @@ static void pending_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static int pending_add(struct client *c, const struct rpc_msg *m)
 {
-	struct pending *p = calloc(1, sizeof(*p));
+	struct pending *p = xcalloc(1, sizeof(*p));
 	struct timeval tv = { .tv_sec = c->w->timeout_ms / 1000, .tv_usec = (c->w->timeout_ms % 1000) * 1000 };
 
-	if (!p)
-		return -ENOMEM;
 	p->c = c;
 	p->id = json_object_get(m->id);
 	snprintf(p->method, sizeof(p->method), "%s", m->method);
@@ -289,7 +287,7 @@ static void client_note_version(struct client *c, const struct rpc_msg *m)
 		if (*p <= 0x20 || *p > 0x7e)
 			return;
 	free(c->protocol_version);
-	c->protocol_version = strdup(s);
+	c->protocol_version = xstrdup(s);
 }
 
 /*
@@ -653,8 +651,8 @@ static void client_say_end(struct client *c)
 
 	if (!params)
 		return;
-	json_object_object_add(params, "clean", json_object_new_boolean(c->clean));
-	json_object_object_add(params, "reason", json_object_new_string(c->end));
+	json_object_object_add(params, PARAM_KEY_CLEAN, json_object_new_boolean(c->clean));
+	json_object_object_add(params, PARAM_KEY_REASON, json_object_new_string(c->end));
 	msg = rpc_notification(METHOD_SESSION_CLOSED, params);
 	if (msg)
 		(void)frame_write_fd(c->fd, msg, PROTO_MAX_MESSAGE, 0);
@@ -765,14 +763,10 @@ static void client_conn_cb(evutil_socket_t fd, short what, void *arg)
 
 int client_new(struct worker *w, uint64_t number, unsigned flags, int fd)
 {
-	struct client *c = calloc(1, sizeof(*c));
+	struct client *c = xcalloc(1, sizeof(*c));
 	bool stdio = flags & CLIENT_F_STDIO;
 	int r;
 
-	if (!c) {
-		fd_close(fd);
-		return -ENOMEM;
-	}
 	c->w = w;
 	c->number = number;
 	c->fd = fd;
@@ -843,7 +837,7 @@ void client_close(struct client *c, const char *why)
 	if (!w->stopping) {
 		struct json_object *params = json_object_new_object();
 
-		json_object_object_add(params, "clients", json_object_new_int64((int64_t)w->n_clients));
+		json_object_object_add(params, PARAM_KEY_CLIENTS, json_object_new_int64((int64_t)w->n_clients));
 		worker_send(w, rpc_notification(METHOD_CLIENT_CLOSED, params));
 	}
 }

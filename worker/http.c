@@ -176,11 +176,9 @@ static int slist_add_token(struct curl_slist **l, const struct secret *token)
 {
 	static const char prefix[] = "Authorization: Bearer ";
 	size_t len = sizeof(prefix) - 1 + token->len + 1;
-	char *line = malloc(len);
+	char *line = xmalloc(len);
 	int r;
 
-	if (!line)
-		return -ENOMEM;
 	memcpy(line, prefix, sizeof(prefix) - 1);
 	memcpy(line + sizeof(prefix) - 1, token->data, token->len);
 	line[len - 1] = '\0';
@@ -191,19 +189,18 @@ static int slist_add_token(struct curl_slist **l, const struct secret *token)
 }
 
 /* The lines of a kind of request with the current token; session and
- * version when the transport sends them. NULL when memory is short. */
+ * version when the transport sends them. NULL when libcurl is short of
+ * memory. */
 static struct headers *headers_new(struct worker *w, enum hreq_kind kind, const char *session, const char *version)
 {
-	struct headers *hd = calloc(1, sizeof(*hd));
+	struct headers *hd = xcalloc(1, sizeof(*hd));
 	struct curl_slist **l;
 
-	if (!hd)
-		return NULL;
 	hd->refs = 1;
 	hd->token_gen = w->token_gen;
 	l = &hd->list;
-	if ((session && !(hd->session = strdup(session))) || (version && !(hd->version = strdup(version))))
-		return headers_unref(hd);
+	hd->session = xstrdup(session);
+	hd->version = xstrdup(version);
 	switch (kind) {
 	case HREQ_POST:
 		if (slist_add(l, "Content-Type: application/json") < 0 ||
@@ -324,9 +321,11 @@ static struct hreq *hreq_free(struct hreq *h)
 
 static struct hreq *hreq_new(struct worker *w, struct client *c, enum hreq_kind kind, const char *url)
 {
-	struct hreq *h = calloc(1, sizeof(*h));
+	struct hreq *h = xcalloc(1, sizeof(*h));
 
-	if (!h || !(h->resp = evbuffer_new()) || !(h->url = strdup(url)))
+	h->url = xstrdup(url);
+	h->resp = evbuffer_new();
+	if (!h->resp)
 		fatal("out of memory");
 	h->w = w;
 	h->c = c;
@@ -366,7 +365,7 @@ static size_t hreq_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 			vlen--;
 		}
 		free(h->new_session);
-		h->new_session = header_value_ok(v, vlen, HTTP_MAX_SESSION_ID) ? strndup(v, vlen) : NULL;
+		h->new_session = header_value_ok(v, vlen, HTTP_MAX_SESSION_ID) ? xstrndup(v, vlen) : NULL;
 	} else if (len > sizeof(www) - 1 && strncasecmp(p, www, sizeof(www) - 1) == 0) {
 		const char *v = p + sizeof(www) - 1;
 
@@ -417,9 +416,7 @@ static void hreq_endpoint(struct hreq *h, const char *data)
 	} else if (!same_origin(h->w->url, url)) {
 		snprintf(h->why, sizeof(h->why), "upstream %s announced an endpoint on another origin", h->w->name);
 	} else {
-		c->endpoint = strdup(url);
-		if (!c->endpoint)
-			fatal("out of memory");
+		c->endpoint = xstrdup(url);
 		log_debug("client %llu: HTTP+SSE session ready", (unsigned long long)c->number);
 		/* Posting is for the loop: this runs inside libcurl. */
 		event_active(c->kick, 0, 0);
@@ -788,9 +785,7 @@ int http_send(struct client *c, const struct rpc_msg *m, const char *text, size_
 		return 0;
 	}
 	h = hreq_new(w, c, HREQ_POST, c->endpoint ? c->endpoint : w->url);
-	h->body = malloc(len + 1);
-	if (!h->body)
-		fatal("out of memory");
+	h->body = xmalloc(len + 1);
 	memcpy(h->body, text, len);
 	h->body[len] = '\0';
 	h->body_len = len;
@@ -832,9 +827,7 @@ void http_kick(struct client *c)
 		LIST_FOREACH(h, &c->hreqs, clink) {
 			if (h->kind == HREQ_POST && h->state == HREQ_QUEUED) {
 				free(h->url);
-				h->url = strdup(c->endpoint);
-				if (!h->url)
-					fatal("out of memory");
+				h->url = xstrdup(c->endpoint);
 				hreq_go(h);
 				again = true; /* the list may have changed */
 				break;
@@ -850,9 +843,7 @@ static void session_delete(struct worker *w, const char *session)
 	if (w->oauth && !w->token)
 		return;
 	h = hreq_new(w, NULL, HREQ_DELETE, w->url);
-	h->session_id = strdup(session);
-	if (!h->session_id)
-		fatal("out of memory");
+	h->session_id = xstrdup(session);
 	hreq_go(h);
 }
 

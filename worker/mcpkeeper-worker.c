@@ -108,7 +108,7 @@ void worker_token_invalid(struct worker *w)
 		return;
 	w->invalid_id = ++w->next_id;
 	params = json_object_new_object();
-	json_object_object_add(params, "access_token",
+	json_object_object_add(params, PARAM_KEY_ACCESS_TOKEN,
 			       json_object_new_string_len((const char *)w->token->data, (int)w->token->len));
 	log_info("upstream %s refused the token; asking the keeper for a new one", w->name);
 	worker_send(w, rpc_request(METHOD_TOKEN_INVALID, params, w->invalid_id));
@@ -154,23 +154,33 @@ static void token_grace_cb(evutil_socket_t fd, short what, void *arg)
 	token_known(w);
 }
 
-/* An access token as the keeper sends it: visible ASCII, as RFC 6750 has it. */
+/*
+ * token.update params and the token.invalid result: {access_token,
+ * token_type, expires_at}. The worker uses the token alone; it must be
+ * visible ASCII, as RFC 6750 has it.
+ */
+struct token_params {
+	const char *access_token;
+};
+
+static const struct param_spec token_spec[] = {
+	PARAM_STRING(struct token_params, access_token, PARAM_KEY_ACCESS_TOKEN, PARAM_REQUIRED | PARAM_NONEMPTY),
+};
+
 static const char *token_param(struct json_object *params, size_t *len)
 {
-	struct json_object *v;
-	const char *s;
+	struct token_params p = { 0 };
+	const char *bad;
 
-	if (!json_object_is_type(params, json_type_object) || !json_object_object_get_ex(params, "access_token", &v) ||
-	    !json_object_is_type(v, json_type_string))
+	if (params_parse(params, token_spec, ARRAY_SIZE(token_spec), &p, &bad) < 0)
 		return NULL;
-	s = json_object_get_string(v);
-	*len = (size_t)json_object_get_string_len(v);
-	if (*len == 0 || *len > MAX_TOKEN)
+	*len = strlen(p.access_token);
+	if (*len > MAX_TOKEN)
 		return NULL;
 	for (size_t i = 0; i < *len; i++)
-		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] > 0x7e)
+		if ((unsigned char)p.access_token[i] <= 0x20 || (unsigned char)p.access_token[i] > 0x7e)
 			return NULL;
-	return s;
+	return p.access_token;
 }
 
 /* Takes the token on; returns whether it differs from the one held. */
@@ -181,7 +191,7 @@ static bool token_set(struct worker *w, const char *token, size_t len)
 	secret_free(w->token);
 	w->token = secret_from(token, len);
 	if (!w->token)
-		fatal("out of memory");
+		fatal("out of memory"); /* sodium_malloc: no x* for it */
 	w->token_gen++;
 	return true;
 }
@@ -204,6 +214,7 @@ static void token_update(struct worker *w, struct rpc_msg *m)
 	}
 }
 
+/* token.clear: logged out. */
 static void token_clear(struct worker *w)
 {
 	char message[256];
@@ -216,6 +227,21 @@ static void token_clear(struct worker *w)
 	w->token_gen++;
 	if (w->transport != TRANSPORT_STDIO)
 		http_token_unavailable(w, worker_not_logged_in(w, message, sizeof(message)));
+}
+
+/* token.clear {}, a notification or a request: the keeper waits for the
+ * answer to a request before it tells the user that the logout is done. */
+static void on_token_clear(struct worker *w, struct rpc_msg *m)
+{
+	const char *bad;
+
+	if (params_parse(m->params, NULL, 0, NULL, &bad) < 0) {
+		worker_keeper_bug(w, "token.clear with params that are not an object", NULL);
+		return;
+	}
+	token_clear(w);
+	if (m->type == RPC_REQUEST)
+		worker_send(w, rpc_result(m->id, json_object_new_object()));
 }
 
 static void token_invalid_reply(struct worker *w, struct rpc_msg *m)
@@ -296,11 +322,7 @@ static bool header_name_ok(const char *s)
 
 static char **strv_new(size_t n)
 {
-	char **v = calloc(n + 1, sizeof(*v));
-
-	if (!v)
-		fatal("out of memory");
-	return v;
+	return xcalloc(n + 1, sizeof(char *));
 }
 
 /* The environment of a stdio command: PATH, HOME and LANG from ours, with
@@ -362,7 +384,7 @@ static int hello_transport(struct worker *w, struct json_object *t, const char *
 		REQUIRE(false, "transport.protocol");
 
 	w->timeout_ms = WORKER_DEFAULT_TIMEOUT_MS;
-	if (json_object_object_get_ex(t, "request_timeout_ms", &v) && !json_object_is_type(v, json_type_null)) {
+	if (json_object_object_get_ex(t, PARAM_KEY_REQUEST_TIMEOUT_MS, &v) && !json_object_is_type(v, json_type_null)) {
 		REQUIRE(json_object_is_type(v, json_type_int) && json_object_get_int64(v) > 0 &&
 				json_object_get_int64(v) <= WORKER_MAX_TIMEOUT_MS,
 			"transport.request_timeout_ms");
@@ -374,7 +396,7 @@ static int hello_transport(struct worker *w, struct json_object *t, const char *
 
 		REQUIRE(param_string(t, "command", &command) == 0 && command && printable(command, 4096),
 			"transport.command");
-		if (json_object_object_get_ex(t, "args", &args) && !json_object_is_type(args, json_type_null))
+		if (json_object_object_get_ex(t, PARAM_KEY_ARGS, &args) && !json_object_is_type(args, json_type_null))
 			REQUIRE(json_object_is_type(args, json_type_array), "transport.args");
 		else
 			args = NULL;
@@ -387,7 +409,7 @@ static int hello_transport(struct worker *w, struct json_object *t, const char *
 			w->argv[i + 1] = xstrdup(json_object_get_string(v));
 		}
 		w->command = xstrdup(command);
-		if (json_object_object_get_ex(t, "env", &env) && !json_object_is_type(env, json_type_null))
+		if (json_object_object_get_ex(t, PARAM_KEY_ENV, &env) && !json_object_is_type(env, json_type_null))
 			REQUIRE(json_object_is_type(env, json_type_object), "transport.env");
 		else
 			env = NULL;
@@ -402,11 +424,11 @@ static int hello_transport(struct worker *w, struct json_object *t, const char *
 		"transport.url");
 	w->url = xstrdup(url);
 	w->oauth = true;
-	if (json_object_object_get_ex(t, "oauth", &v) && !json_object_is_type(v, json_type_null)) {
+	if (json_object_object_get_ex(t, PARAM_KEY_OAUTH, &v) && !json_object_is_type(v, json_type_null)) {
 		REQUIRE(json_object_is_type(v, json_type_boolean), "transport.oauth");
 		w->oauth = json_object_get_boolean(v);
 	}
-	if (json_object_object_get_ex(t, "headers", &headers) && !json_object_is_type(headers, json_type_null)) {
+	if (json_object_object_get_ex(t, PARAM_KEY_HEADERS, &headers) && !json_object_is_type(headers, json_type_null)) {
 		size_t n = 0;
 
 		REQUIRE(json_object_is_type(headers, json_type_object), "transport.headers");
@@ -516,7 +538,7 @@ static void worker_dispatch(struct worker *w, struct rpc_msg *m)
 		if (strcmp(m->method, METHOD_TOKEN_UPDATE) == 0)
 			token_update(w, m);
 		else if (strcmp(m->method, METHOD_TOKEN_CLEAR) == 0)
-			token_clear(w);
+			on_token_clear(w, m);
 		else
 			worker_keeper_bug(w, "an unknown notification", m->method);
 		break;
@@ -530,10 +552,7 @@ static void worker_dispatch(struct worker *w, struct rpc_msg *m)
 		break;
 	case RPC_REQUEST:
 		if (strcmp(m->method, METHOD_TOKEN_CLEAR) == 0) {
-			/* The keeper waits for this answer before it tells the
-			 * user that the logout is done. */
-			token_clear(w);
-			worker_send(w, rpc_result(m->id, json_object_new_object()));
+			on_token_clear(w, m);
 			break;
 		}
 		worker_send(w, rpc_error(m->id, RPC_METHOD_NOT_FOUND, KIND_UNKNOWN_METHOD, "unknown method"));

@@ -297,7 +297,7 @@ static char *stdio_resolve(struct worker *w)
 	const char *path = NULL, *cmd = w->argv[0];
 
 	if (strchr(cmd, '/'))
-		return strdup(cmd);
+		return xstrdup(cmd);
 	for (char **e = w->envp; *e; e++)
 		if (strncmp(*e, "PATH=", 5) == 0)
 			path = *e + 5;
@@ -306,9 +306,12 @@ static char *stdio_resolve(struct worker *w)
 	while (*path) {
 		const char *end = strchr(path, ':');
 		size_t len = end ? (size_t)(end - path) : strlen(path);
-		char *full = NULL;
 
-		if (len > 0 && asprintf(&full, "%.*s/%s", (int)len, path, cmd) >= 0) {
+		if (len > 0) {
+			size_t size = len + 1 + strlen(cmd) + 1;
+			char *full = xmalloc(size);
+
+			snprintf(full, size, "%.*s/%s", (int)len, path, cmd);
 			if (access(full, X_OK) == 0)
 				return full;
 			free(full);
@@ -384,9 +387,7 @@ int stdio_open(struct client *c)
 	/* Also here, so that a signal to the group never races the child's own setpgid. */
 	setpgid(pid, pid);
 
-	p = calloc(1, sizeof(*p));
-	if (!p)
-		fatal("out of memory");
+	p = xcalloc(1, sizeof(*p));
 	p->w = w;
 	p->c = c;
 	p->number = (unsigned long long)c->number;
