@@ -386,3 +386,48 @@ int sock_pair(int nonblock, int fds[2])
 		return -errno;
 	return 0;
 }
+
+int sock_send_numbered(int fd, uint64_t number, const unsigned char *flags, size_t flags_len, int pass_fd)
+{
+	unsigned char buf[9];
+
+	if (flags_len > 1)
+		return -EINVAL;
+	for (int i = 0; i < 8; i++)
+		buf[i] = (unsigned char)(number >> (8 * i));
+	if (flags_len)
+		buf[8] = flags[0];
+	return sock_send_fd(fd, pass_fd, buf, 8 + flags_len);
+}
+
+int sock_recv_numbered(int fd, size_t flags_len, uint64_t *number, unsigned *flags, int *pass_fd)
+{
+	unsigned char buf[10];
+	size_t received = 0;
+	int cfd = -1, type = 0, domain = 0, r;
+	socklen_t len = sizeof(type), dlen = sizeof(domain);
+
+	if (flags_len > 1)
+		return -EINVAL;
+	/* One byte more than a packet holds: a longer one shows as too long. */
+	r = sock_recv_fd(fd, buf, 8 + flags_len + 1, &received, &cfd);
+	if (r < 0)
+		return r;
+	if (received == 0 && cfd < 0)
+		return SOCK_END;
+	if (received != 8 + flags_len || cfd < 0) {
+		fd_close(cfd);
+		return -EBADMSG;
+	}
+	if (getsockopt(cfd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM ||
+	    getsockopt(cfd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) < 0 || domain != AF_UNIX) {
+		fd_close(cfd);
+		return -ENOTSOCK;
+	}
+	*number = 0;
+	for (int i = 7; i >= 0; i--)
+		*number = (*number << 8) | buf[i];
+	*flags = flags_len ? buf[8] : 0;
+	*pass_fd = cfd;
+	return 0;
+}

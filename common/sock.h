@@ -6,6 +6,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* Named outcomes (positive) the caller must decide on. */
@@ -57,3 +58,18 @@ int sock_recv_fds(int fd, void *data, size_t len, size_t *received, int *pass_fd
 /* socketpair(AF_UNIX, SOCK_STREAM) with both ends close-on-exec;
  * nonblock applies to both. */
 int sock_pair(int nonblock, int fds[2]);
+
+/*
+ * The descriptor channel of the keeper's children (fd 4, common/proto.h):
+ * each packet is an 8-byte little-endian number, flags_len bytes of flags
+ * (0 or 1) and one descriptor. The keeper sends with sock_send_numbered();
+ * the http child and the workers receive with sock_recv_numbered(): 0 with
+ * *number, *flags (0 without flag bytes) and *pass_fd (close-on-exec, a
+ * Unix stream socket); SOCK_END at end of stream; -EAGAIN when none waits;
+ * -EBADMSG for a packet of another size or without a descriptor, -ENOTSOCK
+ * for a descriptor that is not a Unix stream socket (neither leaks it);
+ * another negative errno value otherwise.
+ */
+#define SOCK_END 1
+int sock_send_numbered(int fd, uint64_t number, const unsigned char *flags, size_t flags_len, int pass_fd);
+int sock_recv_numbered(int fd, size_t flags_len, uint64_t *number, unsigned *flags, int *pass_fd);

@@ -701,30 +701,20 @@ int child_reply(struct child *c, struct json_object *id, struct json_object *res
 	return r;
 }
 
-/* A packet on the descriptor channel: the number, then len - 8 more bytes. */
-static int send_numbered_fd(struct child *c, uint64_t number, const unsigned char *more, size_t len, int fd)
-{
-	unsigned char buf[9];
-
-	if (!child_ready(c) || c->desc_fd < 0)
-		return -EAGAIN;
-	for (int i = 0; i < 8; i++)
-		buf[i] = (unsigned char)(number >> (8 * i));
-	if (len > 8)
-		memcpy(buf + 8, more, len - 8);
-	return sock_send_fd(c->desc_fd, fd, buf, len);
-}
-
 int child_send_fd(struct child *c, uint64_t number, int fd)
 {
-	return send_numbered_fd(c, number, NULL, 8, fd);
+	if (!child_ready(c) || c->desc_fd < 0)
+		return -EAGAIN;
+	return sock_send_numbered(c->desc_fd, number, NULL, 0, fd);
 }
 
 int child_send_client(struct child *c, uint64_t number, unsigned flags, int fd)
 {
 	unsigned char f = (unsigned char)flags;
 
-	return send_numbered_fd(c, number, &f, 9, fd);
+	if (!child_ready(c) || c->desc_fd < 0)
+		return -EAGAIN;
+	return sock_send_numbered(c->desc_fd, number, &f, 1, fd);
 }
 
 void child_cancel(struct child *c, int64_t id)

@@ -1,5 +1,5 @@
 /*
- * Login and logout, the keeper's side.
+ * Login, the keeper's side.
  *
  * A login is a short sequence of requests to the oauth child, one step each
  * (common/proto.h, "Login and logout"): listen on the redirect port,
@@ -15,9 +15,9 @@
  * servers.changed; failure, timeout or a caller that went away puts the old
  * schedule back.
  *
- * A logout deletes the exact record first — that part never waits for the
- * network — then asks the provider to revoke the tokens it held (RFC 7009)
- * when it offers revocation, and reports what the provider said.
+ * May touch: the store (clients, redirect ports, the token), the refresh
+ * schedule of the server, the oauth child's requests. (logout.c: logouts;
+ * flow.c: what logins and logouts share.)
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -29,7 +29,7 @@
 #include <json-c/json.h>
 
 #include "config.h"
-#include "frame.h"
+#include "flow.h"
 #include "keeper.h"
 #include "log.h"
 #include "params.h"
@@ -48,131 +48,13 @@
 /* How often a login waiting for the oauth child looks again. */
 #define CHILD_WAIT_STEP_MS 100
 
-enum flow_type { FLOW_LOGIN, FLOW_LOGOUT };
-
-enum login_step { STEP_LISTEN, STEP_DISCOVER, STEP_REGISTER, STEP_AUTHORIZE };
-
-struct flow {
-	struct keeper *k;
-	enum flow_type type;
-	flow_url_fn url_fn;
-	flow_done_fn done_fn;
-	void *ctx;
-	struct flow **slot;		/* the caller's pointer to us: NULLed when we end */
-	struct flow *next;		/* k->flows */
-
-	/* login */
-	struct server *s;
-	enum login_step step;
-	int64_t request_id;
-	bool requesting;
-	bool listening;
-	int64_t deadline_ms;		/* wall clock */
-	struct event *guard;
-	struct event *retry;		/* waiting for the oauth child to be ready */
-	int port;
-	char redirect_uri[64];
-	struct json_object *meta;	/* the discovery result */
-	char client_key[STORE_SERVER_KEY_MAX + 1];
-	bool client_registered;		/* from the clients database (not the config) */
-	struct oauth_client client;	/* owns its strings through client.plain */
-
-	/* logout */
-	struct json_object *results;	/* one object per target */
-	int pending;			/* revocations outstanding */
-	int64_t *revoke_ids;
-	size_t n_revoke_ids, cap_revoke_ids;
-	struct clear_ack *acks;		/* workers yet to confirm token.clear */
-};
-
-struct clear_ack {
-	struct clear_ack *next;
-	struct flow *f;
-	struct server *s;
-	int64_t id;
-};
-
-/* ---- common ---- */
-
-static void flow_link(struct keeper *k, struct flow *f)
-{
-	f->next = k->flows;
-	k->flows = f;
-}
-
-static void flow_unlink(struct keeper *k, struct flow *f)
-{
-	for (struct flow **p = &k->flows; *p; p = &(*p)->next) {
-		if (*p == f) {
-			*p = f->next;
-			return;
-		}
-	}
-}
-
-static void flow_free(struct flow *f)
-{
-	struct keeper *k = f->k;
-
-	flow_unlink(k, f);
-	if (f->slot)
-		*f->slot = NULL;
-	if (f->requesting && k->oauth)
-		child_cancel(k->oauth, f->request_id);
-	for (size_t i = 0; i < f->n_revoke_ids; i++)
-		if (k->oauth)
-			child_cancel(k->oauth, f->revoke_ids[i]);
-	free(f->revoke_ids);
-	while (f->acks) {
-		struct clear_ack *a = f->acks;
-
-		f->acks = a->next;
-		if (a->s->worker)
-			child_cancel(a->s->worker, a->id);
-		free(a);
-	}
-	if (f->guard)
-		event_free(f->guard);
-	if (f->retry)
-		event_free(f->retry);
-	json_object_put(f->meta);
-	json_object_put(f->results);
-	client_clear(&f->client);
-	free(f);
-}
+/* ---- helpers ---- */
 
 static const char *meta_str(const struct flow *f, const char *key)
 {
 	struct json_object *v;
 
 	if (!json_object_object_get_ex(f->meta, key, &v) || !json_object_is_type(v, json_type_string))
-		return NULL;
-	return json_object_get_string(v);
-}
-
-static void add_str(struct json_object *o, const char *key, const char *val)
-{
-	if (val)
-		json_object_object_add(o, key, json_object_new_string(val));
-}
-
-static struct json_object *error_json(const char *kind, const char *reason, const char *message)
-{
-	struct json_object *e = json_object_new_object();
-
-	add_str(e, PARAM_KEY_KIND, kind);
-	add_str(e, PARAM_KEY_REASON, reason);
-	add_str(e, PARAM_KEY_MESSAGE, message);
-	return e;
-}
-
-static const char *error_field(struct json_object *error, const char *key)
-{
-	struct json_object *v, *data;
-
-	if (strcmp(key, PARAM_KEY_MESSAGE) == 0)
-		return json_object_object_get_ex(error, PARAM_KEY_MESSAGE, &v) ? json_object_get_string(v) : NULL;
-	if (!json_object_object_get_ex(error, PARAM_KEY_DATA, &data) || !json_object_object_get_ex(data, key, &v))
 		return NULL;
 	return json_object_get_string(v);
 }
@@ -200,20 +82,20 @@ static void login_end(struct flow *f, struct json_object *result, struct json_ob
 	if (f->listening && child_ready(k->oauth)) {
 		struct json_object *p = json_object_new_object();
 
-		add_str(p, PARAM_KEY_SERVER, s->name);
+		flow_add_str(p, PARAM_KEY_SERVER, s->name);
 		child_notify(k->oauth, METHOD_OAUTH_CANCEL, p);
 	}
 	f->listening = false;
 	s->login = NULL;
 	s->login_active = false;
 	if (error) {
-		const char *msg = error_field(error, PARAM_KEY_MESSAGE);
+		const char *msg = flow_error_field(error, PARAM_KEY_MESSAGE);
 		struct json_object *d = json_object_new_object();
 
 		log_warn("%s: login failed: %s", s->name, msg ? msg : "unknown error");
-		add_str(d, PARAM_KEY_REASON, "oauth_login_failed");
-		add_str(d, PARAM_KEY_SERVER, s->name);
-		add_str(d, PARAM_KEY_ERROR, msg ? msg : "unknown error");
+		flow_add_str(d, PARAM_KEY_REASON, "oauth_login_failed");
+		flow_add_str(d, PARAM_KEY_SERVER, s->name);
+		flow_add_str(d, PARAM_KEY_ERROR, msg ? msg : "unknown error");
 		events_emit(k, EVENT_SERVERS_CHANGED, d);
 		/* Back on the old schedule; a refresh in flight settles it itself. */
 		if (!s->in_flight)
@@ -235,14 +117,14 @@ static void login_fail(struct flow *f, const char *kind, const char *reason, con
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	login_end(f, NULL, error_json(kind, reason, msg));
+	login_end(f, NULL, flow_error_json(kind, reason, msg));
 }
 
 /* A failed step: the child's message is for the user, its reason for tests. */
 static void login_fail_child(struct flow *f, const char *what, struct json_object *error)
 {
-	const char *msg = error_field(error, PARAM_KEY_MESSAGE), *reason = error_field(error, PARAM_KEY_REASON);
-	const char *kind = error_field(error, PARAM_KEY_KIND);
+	const char *msg = flow_error_field(error, PARAM_KEY_MESSAGE), *reason = flow_error_field(error, PARAM_KEY_REASON);
+	const char *kind = flow_error_field(error, PARAM_KEY_KIND);
 
 	login_fail(f, kind && strcmp(kind, KIND_TRANSIENT) == 0 ? KIND_UNAVAILABLE : KIND_LOGIN_FAILED,
 		   reason ? reason : "oauth", "%s: %s", what, msg ? msg : "failed");
@@ -266,7 +148,7 @@ static int login_request(struct flow *f, const char *method, struct json_object 
 	struct timeval tv;
 	int r;
 
-	add_str(params, PARAM_KEY_SERVER, f->s->name);
+	flow_add_str(params, PARAM_KEY_SERVER, f->s->name);
 	json_object_object_add(params, PARAM_KEY_TIMEOUT_MS, json_object_new_int64(timeout_ms));
 	r = child_request(f->k->oauth, method, params, fn, f, &f->request_id);
 	if (r < 0)
@@ -570,10 +452,10 @@ static void login_step(struct flow *f)
 		const struct config_server *cs = f->s->conf;
 		struct json_object *h = json_object_new_object();
 
-		add_str(p, PARAM_KEY_URL, cs->url);
-		add_str(p, PARAM_KEY_PROTOCOL, config_protocol_name(cs->protocol));
+		flow_add_str(p, PARAM_KEY_URL, cs->url);
+		flow_add_str(p, PARAM_KEY_PROTOCOL, config_protocol_name(cs->protocol));
 		for (size_t i = 0; i < cs->n_headers; i++)
-			add_str(h, cs->headers[i].key, cs->headers[i].value);
+			flow_add_str(h, cs->headers[i].key, cs->headers[i].value);
 		json_object_object_add(p, PARAM_KEY_HEADERS, h);
 		method = METHOD_OAUTH_DISCOVER;
 		fn = on_discover;
@@ -603,10 +485,10 @@ static void login_step(struct flow *f)
 				   meta_str(f, PARAM_KEY_ISSUER), f->s->name);
 			return;
 		}
-		add_str(p, PARAM_KEY_REGISTRATION_ENDPOINT, meta_str(f, PARAM_KEY_REGISTRATION_ENDPOINT));
-		add_str(p, PARAM_KEY_REDIRECT_URI, f->redirect_uri);
+		flow_add_str(p, PARAM_KEY_REGISTRATION_ENDPOINT, meta_str(f, PARAM_KEY_REGISTRATION_ENDPOINT));
+		flow_add_str(p, PARAM_KEY_REDIRECT_URI, f->redirect_uri);
 		scope = login_scope(f);
-		add_str(p, PARAM_KEY_SCOPE, scope);
+		flow_add_str(p, PARAM_KEY_SCOPE, scope);
 		free(scope);
 		if (json_object_object_get_ex(f->meta, PARAM_KEY_TOKEN_ENDPOINT_AUTH_METHODS, &methods))
 			json_object_object_add(p, PARAM_KEY_TOKEN_ENDPOINT_AUTH_METHODS, json_object_get(methods));
@@ -618,16 +500,16 @@ static void login_step(struct flow *f)
 		struct json_object *iss = NULL;
 		char *scope = login_scope(f);
 
-		add_str(p, PARAM_KEY_AUTHORIZATION_ENDPOINT, meta_str(f, PARAM_KEY_AUTHORIZATION_ENDPOINT));
-		add_str(p, PARAM_KEY_TOKEN_ENDPOINT, meta_str(f, PARAM_KEY_TOKEN_ENDPOINT));
-		add_str(p, PARAM_KEY_REDIRECT_URI, f->redirect_uri);
-		add_str(p, PARAM_KEY_CLIENT_ID, f->client.client_id);
-		add_str(p, PARAM_KEY_CLIENT_SECRET, f->client.client_secret);
-		add_str(p, PARAM_KEY_AUTH_METHOD, f->client.auth_method);
-		add_str(p, PARAM_KEY_RESOURCE, login_resource(f));
-		add_str(p, PARAM_KEY_SCOPE, scope);
+		flow_add_str(p, PARAM_KEY_AUTHORIZATION_ENDPOINT, meta_str(f, PARAM_KEY_AUTHORIZATION_ENDPOINT));
+		flow_add_str(p, PARAM_KEY_TOKEN_ENDPOINT, meta_str(f, PARAM_KEY_TOKEN_ENDPOINT));
+		flow_add_str(p, PARAM_KEY_REDIRECT_URI, f->redirect_uri);
+		flow_add_str(p, PARAM_KEY_CLIENT_ID, f->client.client_id);
+		flow_add_str(p, PARAM_KEY_CLIENT_SECRET, f->client.client_secret);
+		flow_add_str(p, PARAM_KEY_AUTH_METHOD, f->client.auth_method);
+		flow_add_str(p, PARAM_KEY_RESOURCE, login_resource(f));
+		flow_add_str(p, PARAM_KEY_SCOPE, scope);
 		free(scope);
-		add_str(p, PARAM_KEY_ISSUER, meta_str(f, PARAM_KEY_ISSUER));
+		flow_add_str(p, PARAM_KEY_ISSUER, meta_str(f, PARAM_KEY_ISSUER));
 		json_object_object_get_ex(f->meta, PARAM_KEY_ISS_SUPPORTED, &iss);
 		json_object_object_add(p, PARAM_KEY_ISS_SUPPORTED,
 				       json_object_new_boolean(iss && json_object_get_boolean(iss)));
@@ -660,7 +542,7 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	f->listening = false;	/* the child closes the port when authorize ends */
 	evtimer_del(f->guard);
 	if (error) {
-		const char *oerr = error_field(error, PARAM_KEY_OAUTH_ERROR);
+		const char *oerr = flow_error_field(error, PARAM_KEY_OAUTH_ERROR);
 
 		if (f->client_registered && oerr && strcmp(oerr, "invalid_client") == 0) {
 			/* The provider forgot the registration: the next login registers anew. */
@@ -714,13 +596,13 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	keeper_orphan_drop(k, s->key);
 
 	d = json_object_new_object();
-	add_str(d, PARAM_KEY_REASON, "oauth_login");
-	add_str(d, PARAM_KEY_SERVER, s->name);
+	flow_add_str(d, PARAM_KEY_REASON, "oauth_login");
+	flow_add_str(d, PARAM_KEY_SERVER, s->name);
 	events_emit(k, EVENT_SERVERS_CHANGED, d);
 
 	res = json_object_new_object();
-	add_str(res, PARAM_KEY_SERVER, s->name);
-	add_str(res, "oauth_status", oauth_status_name(s->status));
+	flow_add_str(res, PARAM_KEY_SERVER, s->name);
+	flow_add_str(res, "oauth_status", oauth_status_name(s->status));
 	json_object_object_add(res, PARAM_KEY_TOKEN_EXPIRES_AT, s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
 	json_object_object_add(res, PARAM_KEY_REFRESH_TOKEN, json_object_new_boolean(t.refresh_token != NULL));
 	login_end(f, res, NULL);
@@ -805,260 +687,7 @@ void login_forget(struct keeper *k, struct server *s, const char *why)
 		login_fail(s->login, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "login cancelled: %s", why);
 }
 
-/* ---- logout ---- */
-
-static void logout_maybe_done(struct flow *f)
+void login_abandon(struct flow *f, const char *why)
 {
-	struct json_object *res;
-
-	if (f->pending > 0)
-		return;
-	res = TAKE_PTR(f->results);
-	if (f->done_fn)
-		f->done_fn(f->ctx, res, NULL);
-	json_object_put(res);
-	flow_free(f);
-}
-
-struct revoke_ctx {
-	struct flow *f;
-	struct json_object *target;	/* borrowed from f->results */
-};
-
-static void on_revoke(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
-{
-	struct revoke_ctx *rc = ctx;
-	struct flow *f = rc->f;
-
-	if (error) {
-		const char *msg = error_field(error, PARAM_KEY_MESSAGE);
-
-		json_object_object_add(rc->target, PARAM_KEY_REVOKED, json_object_new_boolean(0));
-		if (!json_object_object_get_ex(rc->target, PARAM_KEY_REVOKE_ERROR, NULL))
-			add_str(rc->target, PARAM_KEY_REVOKE_ERROR, msg ? msg : "revocation failed");
-	}
-	free(rc);
-	f->pending--;
-	logout_maybe_done(f);
-}
-
-static int revoke_send(struct flow *f, struct json_object *target, const char *name, const struct token *t,
-		       const char *token, const char *hint, const char *client_id, const char *secret,
-		       const char *method)
-{
-	struct keeper *k = f->k;
-	struct json_object *p = json_object_new_object();
-	struct revoke_ctx *rc = xcalloc(1, sizeof(*rc));
-	int64_t id;
-
-	rc->f = f;
-	rc->target = target;
-	add_str(p, PARAM_KEY_SERVER, name);
-	add_str(p, PARAM_KEY_REVOCATION_ENDPOINT, t->revocation_endpoint);
-	add_str(p, PARAM_KEY_TOKEN, token);
-	add_str(p, PARAM_KEY_TOKEN_TYPE_HINT, hint);
-	add_str(p, PARAM_KEY_CLIENT_ID, client_id);
-	add_str(p, PARAM_KEY_CLIENT_SECRET, secret);
-	add_str(p, PARAM_KEY_AUTH_METHOD, method);
-	json_object_object_add(p, PARAM_KEY_TIMEOUT_MS,
-			       json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
-	if (child_request(k->oauth, METHOD_OAUTH_REVOKE, p, on_revoke, rc, &id) < 0) {
-		free(rc);
-		return -ENOTCONN;
-	}
-	if (f->n_revoke_ids == f->cap_revoke_ids) {
-		f->cap_revoke_ids = f->cap_revoke_ids ? 2 * f->cap_revoke_ids : 4;
-		f->revoke_ids = xrealloc(f->revoke_ids, f->cap_revoke_ids * sizeof(*f->revoke_ids));
-	}
-	f->revoke_ids[f->n_revoke_ids++] = id;
-	f->pending++;
-	return 0;
-}
-
-static void on_cleared(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
-{
-	struct clear_ack *a = ctx;
-	struct flow *f = a->f;
-
-	/* An error means the worker went away: its token went with it. */
-	for (struct clear_ack **p = &f->acks; *p; p = &(*p)->next) {
-		if (*p == a) {
-			*p = a->next;
-			break;
-		}
-	}
-	free(a);
-	f->pending--;
-	logout_maybe_done(f);
-}
-
-/*
- * One target: delete its record (through the refresh engine for a
- * configured server, directly for an orphan), then revoke what it held.
- */
-static void logout_target(struct flow *f, struct server *s, const char *key, const char *name)
-{
-	struct keeper *k = f->k;
-	struct json_object *o = json_object_new_object();
-	struct secret *plain = NULL;
-	struct token t = { 0 };
-	bool have = false;
-	int r;
-
-	add_str(o, PARAM_KEY_SERVER, name);
-	if (!s)
-		json_object_object_add(o, PARAM_KEY_ORPHANED, json_object_new_boolean(1));
-	json_object_array_add(f->results, o);
-
-	if (store_get(k->store, STORE_TOKENS, key, &plain) == 0)
-		have = token_decode(plain, &t) == 0;
-	else
-		secret_free(plain);
-
-	if (s) {
-		struct clear_ack *a;
-
-		login_forget(k, s, "logged out");
-		r = refresh_logout(k, s);
-		a = xcalloc(1, sizeof(*a));
-		a->f = f;
-		a->s = s;
-		if (workers_token_cleared(k, s, on_cleared, a, &a->id) == WORKERS_CLEAR_PENDING) {
-			a->next = f->acks;
-			f->acks = a;
-			f->pending++;
-		} else {
-			free(a);
-		}
-	} else {
-		r = store_delete(k->store, STORE_TOKENS, key);
-		if (r >= 0) {
-			struct json_object *d = json_object_new_object();
-
-			log_info("%s: orphaned token deleted", name);
-			add_str(d, PARAM_KEY_REASON, "oauth_logout");
-			add_str(d, PARAM_KEY_SERVER, name);
-			json_object_object_add(d, PARAM_KEY_ORPHANED, json_object_new_boolean(1));
-			events_emit(k, EVENT_SERVERS_CHANGED, d);
-			keeper_orphan_drop(k, key);
-		}
-	}
-	if (r < 0) {
-		json_object_object_add(o, PARAM_KEY_ERROR,
-				       error_json(KIND_UNAVAILABLE, "store", "the token store failed"));
-		token_clear(&t);
-		return;
-	}
-	json_object_object_add(o, PARAM_KEY_LOGGED_OUT, json_object_new_boolean(1));
-	json_object_object_add(o, PARAM_KEY_HAD_TOKEN, json_object_new_boolean(r == 0));
-	if (!have || r != 0) {
-		token_clear(&t);
-		return;
-	}
-	if (!t.revocation_endpoint) {
-		add_str(o, PARAM_KEY_REVOCATION, "not offered by the provider");
-		token_clear(&t);
-		return;
-	}
-	{
-		const char *id = t.client_id, *secret = t.client_secret, *method = t.auth_method;
-
-		if (!id && s && s->conf->oauth.client_id) {
-			id = s->conf->oauth.client_id;
-			secret = s->conf->oauth.client_secret;
-			method = secret ? "client_secret_basic" : "none";
-		}
-		if (!id) {
-			add_str(o, PARAM_KEY_REVOCATION, "not attempted: the record names no client");
-			token_clear(&t);
-			return;
-		}
-		if (!child_ready(k->oauth)) {
-			json_object_object_add(o, PARAM_KEY_REVOKED, json_object_new_boolean(0));
-			add_str(o, PARAM_KEY_REVOKE_ERROR, "the oauth child is not running");
-			token_clear(&t);
-			return;
-		}
-		/* "revoked" turns false when any revocation fails. The refresh
-		 * token first: revoking it usually takes its access tokens too. */
-		json_object_object_add(o, PARAM_KEY_REVOKED, json_object_new_boolean(1));
-		if ((t.refresh_token && revoke_send(f, o, name, &t, t.refresh_token, "refresh_token", id, secret,
-						    method) < 0) ||
-		    revoke_send(f, o, name, &t, t.access_token, "access_token", id, secret, method) < 0) {
-			json_object_object_add(o, PARAM_KEY_REVOKED, json_object_new_boolean(0));
-			add_str(o, PARAM_KEY_REVOKE_ERROR, "the oauth child is not reachable");
-		}
-	}
-	token_clear(&t);
-}
-
-void logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
-		  void *ctx, struct flow **slot)
-{
-	struct flow *f = xcalloc(1, sizeof(*f));
-
-	f->k = k;
-	f->type = FLOW_LOGOUT;
-	f->done_fn = done_fn;
-	f->ctx = ctx;
-	f->results = json_object_new_array();
-	flow_link(k, f);
-	f->slot = slot;
-	*slot = f;
-	if (one) {
-		logout_target(f, one, one->key, one->name);
-		orphan_name = one->name;	/* its tokens under an older URL go too */
-	}
-	{
-		for (size_t i = 0; all && i < k->n_servers; i++)
-			if (k->servers[i]->conf->oauth_enabled)
-				logout_target(f, k->servers[i], k->servers[i]->key, k->servers[i]->name);
-		/* Orphans: every one with --all, else those under the given name. */
-		for (size_t i = 0; i < k->n_orphans;) {
-			char name[STORE_SERVER_KEY_MAX + 1], key[STORE_SERVER_KEY_MAX + 1];
-			size_t before = k->n_orphans;
-
-			keeper_orphan_name(k->orphans[i], name, sizeof(name));
-			if (all || (orphan_name && strcmp(name, orphan_name) == 0)) {
-				snprintf(key, sizeof(key), "%s", k->orphans[i]);
-				logout_target(f, NULL, key, name);
-			}
-			if (k->n_orphans == before)
-				i++;
-		}
-	}
-	logout_maybe_done(f);
-}
-
-void flow_detach(struct flow *f)
-{
-	f->slot = NULL;
-	f->url_fn = NULL;
-	f->done_fn = NULL;
-	f->ctx = NULL;
-	if (f->type == FLOW_LOGIN)
-		login_fail(f, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "login cancelled: the caller went away");
-}
-
-void flow_release(struct flow *f)
-{
-	f->slot = NULL;
-	f->url_fn = NULL;
-	f->done_fn = NULL;
-	f->ctx = NULL;
-}
-
-void flows_free_all(struct keeper *k)
-{
-	while (k->flows) {
-		struct flow *f = k->flows;
-
-		f->slot = NULL;
-		f->url_fn = NULL;
-		f->done_fn = NULL;
-		if (f->type == FLOW_LOGIN)
-			login_fail(f, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "the keeper is stopping");
-		else
-			flow_free(f);
-	}
+	login_fail(f, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "%s", why);
 }

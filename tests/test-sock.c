@@ -5,6 +5,7 @@
  * it prints SKIP.
  */
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -679,6 +680,55 @@ static void test_send_errors(void)
 	ok("send: -EAGAIN when full, -EPIPE (no SIGPIPE) when the peer is gone");
 }
 
+/* The descriptor channel of the children: numbered packets, flags, and the
+ * refusals of what the keeper would never send. */
+static void test_numbered(void)
+{
+	int sv[2], pair[2], pipefd[2], fd = -1, before;
+	uint64_t number = 0;
+	unsigned flags = 9;
+	unsigned char f = 0x01, junk[12] = { 0 };
+
+	check(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0);
+	check(socketpair(AF_UNIX, SOCK_STREAM, 0, pair) == 0);
+	check(pipe(pipefd) == 0);
+	before = fd_count();
+
+	check(sock_send_numbered(sv[0], 0x0102030405060708ULL, &f, 1, pair[1]) == 0);
+	check(sock_recv_numbered(sv[1], 1, &number, &flags, &fd) == 0);
+	check(number == 0x0102030405060708ULL && flags == 0x01 && fd >= 0);
+	check((fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+	close(fd);
+
+	check(sock_send_numbered(sv[0], 42, NULL, 0, pair[1]) == 0);
+	check(sock_recv_numbered(sv[1], 0, &number, &flags, &fd) == 0);
+	check(number == 42 && flags == 0);
+	close(fd);
+
+	/* A packet one byte too long, one too short, one without a descriptor. */
+	check(sock_send_fd(sv[0], pair[1], junk, 10) == 0);
+	check(sock_recv_numbered(sv[1], 1, &number, &flags, &fd) == -EBADMSG);
+	check(sock_send_fd(sv[0], pair[1], junk, 7) == 0);
+	check(sock_recv_numbered(sv[1], 0, &number, &flags, &fd) == -EBADMSG);
+	check(send(sv[0], junk, 8, 0) == 8);
+	check(sock_recv_numbered(sv[1], 0, &number, &flags, &fd) == -EBADMSG);
+	/* A descriptor that is not a Unix stream socket. */
+	check(sock_send_numbered(sv[0], 7, NULL, 0, pipefd[0]) == 0);
+	check(sock_recv_numbered(sv[1], 0, &number, &flags, &fd) == -ENOTSOCK);
+	check(fd_count() == before);
+
+	check(fd_set_nonblock(sv[1], 1) == 0);
+	check(sock_recv_numbered(sv[1], 0, &number, &flags, &fd) == -EAGAIN);
+	close(sv[0]);
+	check(sock_recv_numbered(sv[1], 0, &number, &flags, &fd) == SOCK_END);
+	close(sv[1]);
+	close(pair[0]);
+	close(pair[1]);
+	close(pipefd[0]);
+	close(pipefd[1]);
+	ok("numbered descriptor packets: number, flags, wrong sizes, no descriptor, not a socket, end");
+}
+
 int main(void)
 {
 	check(mkdtemp(tmpdir));
@@ -706,5 +756,6 @@ int main(void)
 	test_eof();
 	test_pass_two_fds();
 	test_send_errors();
+	test_numbered();
 	return 0;
 }

@@ -634,37 +634,30 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 	struct worker *w = arg;
 
 	while (w->chan.exit_code < 0 && !w->stopping) {
-		unsigned char num[9];		/* number, flags */
-		uint64_t number = 0;
-		size_t received = 0;
-		int cfd = -1, type = 0, r;
-		socklen_t len = sizeof(type);
+		uint64_t number;
+		unsigned flags;
+		int cfd, r = sock_recv_numbered(CLIENTS_FD, 1, &number, &flags, &cfd);
 
-		r = sock_recv_fd(CLIENTS_FD, num, sizeof(num), &received, &cfd);
 		if (r == -EAGAIN || r == -EINTR)
 			return;
-		if (r < 0) {
-			worker_keeper_bug(w, "an unreadable descriptor packet", strerror(-r));
-			return;
-		}
-		if (received == 0) {
+		if (r == SOCK_END) {
 			log_debug("descriptor channel closed by the keeper");
 			event_del(w->fd4_ev);
 			return;
 		}
-		if (received != sizeof(num) || cfd < 0) {
-			fd_close(cfd);
+		if (r == -EBADMSG) {
 			worker_keeper_bug(w, "a descriptor packet without a number, flags and a descriptor", NULL);
 			return;
 		}
-		if (getsockopt(cfd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM) {
-			fd_close(cfd);
+		if (r == -ENOTSOCK) {
 			worker_keeper_bug(w, "a client descriptor that is not a stream socket", NULL);
 			return;
 		}
-		for (int i = 7; i >= 0; i--)
-			number = (number << 8) | num[i];
-		if (fd_set_nonblock(cfd, 1) < 0 || client_new(w, number, num[8], cfd) < 0)
+		if (r < 0) {
+			worker_keeper_bug(w, "an unreadable descriptor packet", strerror(-r));
+			return;
+		}
+		if (fd_set_nonblock(cfd, 1) < 0 || client_new(w, number, flags, cfd) < 0)
 			fatal("cannot take on client %llu", (unsigned long long)number);
 	}
 }

@@ -277,38 +277,30 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 	struct http *h = arg;
 
 	while (h->chan.exit_code < 0) {
-		unsigned char num[8];
-		uint64_t number = 0;
-		size_t received = 0;
-		int cfd = -1, type = 0, domain = 0, r;
-		socklen_t len = sizeof(type), dlen = sizeof(domain);
+		uint64_t number;
+		unsigned flags;
+		int cfd, r = sock_recv_numbered(DESC_FD, 0, &number, &flags, &cfd);
 
-		r = sock_recv_fd(DESC_FD, num, sizeof(num), &received, &cfd);
 		if (r == -EAGAIN || r == -EINTR)
 			return;
-		if (r < 0) {
-			keeper_bug(h, "an unreadable descriptor packet", strerror(-r));
-			return;
-		}
-		if (received == 0) {
+		if (r == SOCK_END) {
 			log_debug("descriptor channel closed by the keeper; exiting");
 			event_del(h->fd4_ev);
 			http_stop(h, 0);
 			return;
 		}
-		if (received != sizeof(num) || cfd < 0) {
-			fd_close(cfd);
+		if (r == -EBADMSG) {
 			keeper_bug(h, "a descriptor packet without a number and a descriptor", NULL);
 			return;
 		}
-		if (getsockopt(cfd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM ||
-		    getsockopt(cfd, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) < 0 || domain != AF_UNIX) {
-			fd_close(cfd);
+		if (r == -ENOTSOCK) {
 			keeper_bug(h, "a descriptor that is not a Unix stream socket", NULL);
 			return;
 		}
-		for (int i = 7; i >= 0; i--)
-			number = (number << 8) | num[i];
+		if (r < 0) {
+			keeper_bug(h, "an unreadable descriptor packet", strerror(-r));
+			return;
+		}
 		if (fd_set_nonblock(cfd, 1) < 0)
 			fatal("cannot set up a control connection: %m");
 		kconn_arrived(h, number, cfd);
