@@ -483,8 +483,7 @@ static void child_lost(struct child *c, const char *why)
 static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 {
 	static const char *const keep[] = { "PATH", "LANG", "LC_ALL", "TZ", "JOURNAL_STREAM",
-					    "MCPKEEPER_LIBEXECDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
-					    "HOME", "USER", NULL };
+					    "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME", "USER", NULL };
 	char *envp[ARRAY_SIZE(keep) + 1];
 	size_t n = 0;
 	sigset_t all;

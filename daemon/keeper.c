@@ -103,18 +103,21 @@ static int index_build(struct server *const *servers, size_t n, uint32_t **index
 	return 0;
 }
 
-/* The position of the server called name, or -1. */
+/* index_find(): no server of that name. */
+#define INDEX_NONE ((ssize_t)-1)
+
+/* The position of the server called name, or INDEX_NONE. */
 static ssize_t index_find(struct server *const *servers, const uint32_t *index, size_t mask, const char *name)
 {
 	if (!index)
-		return -1;
+		return INDEX_NONE;
 	for (size_t j = name_hash(name) & mask; index[j]; j = (j + 1) & mask) {
 		size_t i = index[j] - 1;
 
 		if (strcmp(servers[i]->name, name) == 0)
 			return (ssize_t)i;
 	}
-	return -1;
+	return INDEX_NONE;
 }
 
 struct server *keeper_find_server(struct keeper *k, const char *name)

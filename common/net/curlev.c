@@ -18,6 +18,7 @@
  *   server closed the connection) stops being watched; libcurl finds out
  *   itself before it reuses the connection.
  */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,9 +106,9 @@ static int curlev_watch(struct curlev_sock *s, short events)
 	} else {
 		s->ev = event_new(s->c->base, s->fd, events, curlev_event_cb, s);
 		if (!s->ev)
-			return -1;
+			return -ENOMEM;
 	}
-	return event_add(s->ev, NULL) < 0 ? -1 : 0;
+	return event_add(s->ev, NULL) < 0 ? -ENOMEM : 0;
 }
 
 static struct curlev_sock *curlev_ours(struct curlev *c, curl_socket_t fd)
@@ -116,7 +117,7 @@ static struct curlev_sock *curlev_ours(struct curlev *c, curl_socket_t fd)
 }
 
 /* CURLMOPT_SOCKETFUNCTION: one persistent event per socket; its struct
- * curlev_sock in curl's per-socket pointer. */
+ * curlev_sock in curl's per-socket pointer. libcurl wants 0 or -1. */
 static int curlev_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
 	struct curlev *c = userp;
@@ -128,7 +129,7 @@ static int curlev_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
 			return 0;
 		if (s->ours) {
 			s->parked = true;
-			return s->ev ? curlev_watch(s, EV_PERSIST | EV_READ) : 0;
+			return s->ev && curlev_watch(s, EV_PERSIST | EV_READ) < 0 ? -1 : 0;
 		}
 		curlev_unwatch(s);
 		free(s);
@@ -147,7 +148,7 @@ static int curlev_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
 		curl_multi_assign(c->multi, fd, s);
 	}
 	events = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
-	return curlev_watch(s, events);
+	return curlev_watch(s, events) < 0 ? -1 : 0;
 }
 
 /* CURLOPT_OPENSOCKETFUNCTION of the handles set up by curlev_easy_setup(). */
@@ -251,7 +252,7 @@ int curlev_easy_setup(struct curlev *c, CURL *easy)
 	    curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, c) != CURLE_OK ||
 	    curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, curlev_close_cb) != CURLE_OK ||
 	    curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, c) != CURLE_OK)
-		return -1;
+		return -EINVAL;
 	return 0;
 }
 

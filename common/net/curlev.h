@@ -29,6 +29,6 @@ CURLM *curlev_multi(struct curlev *c);
  * joining it again at the next (two system calls per request): sets the
  * handle's CURLOPT_OPENSOCKETFUNCTION and CURLOPT_CLOSESOCKETFUNCTION,
  * which the caller must leave alone. Call before the handle's first
- * transfer. 0, or -1 when libcurl refuses the options.
+ * transfer. 0, or -EINVAL when libcurl refuses the options.
  */
 int curlev_easy_setup(struct curlev *c, CURL *easy);
