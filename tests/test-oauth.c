@@ -10,7 +10,7 @@
  * cancel, timeout and revoke; the peer's /test/config knobs bend its
  * metadata and redirects (PKCE, issuer, iss, denial, discovery order), and
  * canned answers cover what the peer never sends. The WWW-Authenticate
- * parser (common/challenge.c) gets known-answer checks here too.
+ * parser (common/net/challenge.c) gets known-answer checks here too.
  *
  * Usage: test-oauth PATH-TO-mcpkeeper-oauth PATH-TO-mcpkeeper-test-peer
  *

@@ -11,7 +11,7 @@
  * token.clear, and a 401 from the upstream goes back as token.invalid.
  * Each client is one upstream session (client.c; http.c for streamable
  * HTTP and HTTP+SSE, stdio.c for a command per client). One libevent loop;
- * libcurl in multi mode on it (common/curlev.c).
+ * libcurl in multi mode on it (common/net/curlev.c).
  *
  * What it may touch: fd 3, fd 4, the client sockets (and the stdin and
  * stdout that `mcpctl connect` hands over on one), stderr for logs, the

@@ -74,7 +74,7 @@ void keeper_bug(struct oauth *o, const char *what, const char *detail)
 	oauth_stop(o, 1);
 }
 
-/* -- libcurl multi on the libevent loop (common/curlev.c) -- */
+/* -- libcurl multi on the libevent loop (common/net/curlev.c) -- */
 
 static void oauth_transfer_done(CURL *easy, CURLcode result, void *arg)
 {

@@ -1,5 +1,5 @@
 /*
- * Fuzz target for common/challenge.c: the WWW-Authenticate parser the oauth
+ * Fuzz target for common/net/challenge.c: the WWW-Authenticate parser the oauth
  * child runs on the 401 of an MCP server (untrusted network input).
  *
  * Promises of challenge.h that abort() when broken: a refusal leaves the

@@ -1,5 +1,5 @@
 /*
- * Fuzz target for common/token.c: the decoder of the plain token and client
+ * Fuzz target for common/store/token.c: the decoder of the plain token and client
  * records the store unseals. A sealed record is authenticated before it is
  * decoded, so this input is only hostile if the store file or the master
  * key is; it is still a parser of bytes from disk, and a record written by
