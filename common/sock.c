@@ -431,3 +431,15 @@ int sock_recv_numbered(int fd, size_t flags_len, uint64_t *number, unsigned *fla
 	*pass_fd = cfd;
 	return 0;
 }
+
+const char *sock_numbered_strerror(int r)
+{
+	switch (r) {
+	case -EBADMSG:
+		return "a descriptor packet without its number, flags or descriptor";
+	case -ENOTSOCK:
+		return "a descriptor that is not a Unix stream socket";
+	default:
+		return "an unreadable descriptor packet";
+	}
+}

@@ -73,3 +73,6 @@ int sock_pair(int nonblock, int fds[2]);
 #define SOCK_END 1
 int sock_send_numbered(int fd, uint64_t number, const unsigned char *flags, size_t flags_len, int pass_fd);
 int sock_recv_numbered(int fd, size_t flags_len, uint64_t *number, unsigned *flags, int *pass_fd);
+/* What a negative result of sock_recv_numbered() other than -EAGAIN says
+ * about the keeper, for the child's log line before it exits. */
+const char *sock_numbered_strerror(int r);

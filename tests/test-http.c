@@ -1139,7 +1139,7 @@ static void test_keeper_bugs(void)
 	child_ready_ex(&c, true, false);
 	CHECK_EQ(send(c.fd4, num, sizeof(num), 0), (ssize_t)sizeof(num));
 	CHECK_EQ(child_wait(&c), 1);
-	CHECK(log_has(&c, "without a number and a descriptor"));
+	CHECK(log_has(&c, "without its number, flags or descriptor"));
 	evbuffer_free(c.in);
 	evbuffer_free(c.out);
 }

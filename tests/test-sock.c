@@ -716,6 +716,8 @@ static void test_numbered(void)
 	check(sock_send_numbered(sv[0], 7, NULL, 0, pipefd[0]) == 0);
 	check(sock_recv_numbered(sv[1], 0, &number, &flags, &fd) == -ENOTSOCK);
 	check(fd_count() == before);
+	check(strstr(sock_numbered_strerror(-ENOTSOCK), "not a Unix stream socket") != NULL);
+	check(strstr(sock_numbered_strerror(-EBADMSG), "without its number") != NULL);
 
 	check(fd_set_nonblock(sv[1], 1) == 0);
 	check(sock_recv_numbered(sv[1], 0, &number, &flags, &fd) == -EAGAIN);

@@ -645,16 +645,8 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 			event_del(w->fd4_ev);
 			return;
 		}
-		if (r == -EBADMSG) {
-			worker_keeper_bug(w, "a descriptor packet without a number, flags and a descriptor", NULL);
-			return;
-		}
-		if (r == -ENOTSOCK) {
-			worker_keeper_bug(w, "a client descriptor that is not a stream socket", NULL);
-			return;
-		}
 		if (r < 0) {
-			worker_keeper_bug(w, "an unreadable descriptor packet", strerror(-r));
+			worker_keeper_bug(w, sock_numbered_strerror(r), strerror(-r));
 			return;
 		}
 		if (fd_set_nonblock(cfd, 1) < 0 || client_new(w, number, flags, cfd) < 0)

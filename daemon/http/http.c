@@ -289,16 +289,8 @@ static void fd4_read_cb(evutil_socket_t fd, short what, void *arg)
 			http_stop(h, 0);
 			return;
 		}
-		if (r == -EBADMSG) {
-			keeper_bug(h, "a descriptor packet without a number and a descriptor", NULL);
-			return;
-		}
-		if (r == -ENOTSOCK) {
-			keeper_bug(h, "a descriptor that is not a Unix stream socket", NULL);
-			return;
-		}
 		if (r < 0) {
-			keeper_bug(h, "an unreadable descriptor packet", strerror(-r));
+			keeper_bug(h, sock_numbered_strerror(r), strerror(-r));
 			return;
 		}
 		if (fd_set_nonblock(cfd, 1) < 0)
