@@ -570,9 +570,29 @@ static void stream_gone(struct held *hd)
 	free(st);
 }
 
-static void mcp_get(struct http *h, struct evhttp_request *req, const char *name)
+/* The live session of server name that req's Mcp-Session-Id names (GET
+ * and DELETE), or NULL after answering 400 (no header) or 404. */
+static struct mcp_session *session_of_request(struct http *h, struct evhttp_request *req, const char *name)
 {
 	const char *sid = evhttp_find_header(evhttp_request_get_input_headers(req), "Mcp-Session-Id");
+	struct mcp_session *s;
+
+	if (!sid) {
+		mcp_send_error(req, 400, NULL, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST,
+			       "an Mcp-Session-Id header is required");
+		return NULL;
+	}
+	s = session_find(h, sid);
+	if (!s || strcmp(s->server, name) != 0 || !s->bev) {
+		mcp_send_error(req, 404, NULL, RPC_INVALID_REQUEST, KIND_NOT_FOUND,
+			       "no such session (it may have ended)");
+		return NULL;
+	}
+	return s;
+}
+
+static void mcp_get(struct http *h, struct evhttp_request *req, const char *name)
+{
 	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
 	struct mcp_session *s;
 	struct mcp_stream *st;
@@ -582,17 +602,9 @@ static void mcp_get(struct http *h, struct evhttp_request *req, const char *name
 			       "the GET stream is text/event-stream: Accept must list it");
 		return;
 	}
-	if (!sid) {
-		mcp_send_error(req, 400, NULL, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST,
-			       "an Mcp-Session-Id header is required");
+	s = session_of_request(h, req, name);
+	if (!s)
 		return;
-	}
-	s = session_find(h, sid);
-	if (!s || strcmp(s->server, name) != 0 || !s->bev) {
-		mcp_send_error(req, 404, NULL, RPC_INVALID_REQUEST, KIND_NOT_FOUND,
-			       "no such session (it may have ended)");
-		return;
-	}
 	/* A client that opens a new stream has given up on the old one. */
 	if (s->stream) {
 		log_info("%s: MCP session %.8s: a new GET stream replaces the open one", s->server, s->id);
@@ -614,20 +626,11 @@ static void mcp_get(struct http *h, struct evhttp_request *req, const char *name
 
 static void mcp_delete(struct http *h, struct evhttp_request *req, const char *name)
 {
-	const char *sid = evhttp_find_header(evhttp_request_get_input_headers(req), "Mcp-Session-Id");
 	struct mcp_session *s;
 
-	if (!sid) {
-		mcp_send_error(req, 400, NULL, RPC_INVALID_REQUEST, KIND_INVALID_REQUEST,
-			       "an Mcp-Session-Id header is required");
+	s = session_of_request(h, req, name);
+	if (!s)
 		return;
-	}
-	s = session_find(h, sid);
-	if (!s || strcmp(s->server, name) != 0 || !s->bev) {
-		mcp_send_error(req, 404, NULL, RPC_INVALID_REQUEST, KIND_NOT_FOUND,
-			       "no such session (it may have ended)");
-		return;
-	}
 	log_info("%s: MCP session %.8s ended by the client", s->server, s->id);
 	session_end(s, true, 404, RPC_INVALID_REQUEST, KIND_NOT_FOUND, "the session was ended with DELETE");
 	http_common_headers(req);
