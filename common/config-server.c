@@ -264,6 +264,65 @@ static int server_reject(struct parser *p, struct json_object *obj, const char *
 	return config_fail(p, -EINVAL, path, "%s", why);
 }
 
+/* One list of "sandbox": absolute paths, none of them "/" or with a ".."
+ * component (the keeper resolves symbolic links when it starts the server). */
+static int sandbox_paths(struct parser *p, struct json_object *sb, const char *prefix, const char *key,
+			 char ***out, size_t *n_out)
+{
+	char path[CONFIG_PATH_MAX], elem[CONFIG_PATH_MAX];
+	struct json_object *v;
+	int r;
+
+	*out = config_mem_array(p->c->mem, 1, sizeof(**out));
+	*n_out = 0;
+	if (!json_object_object_get_ex(sb, key, &v))
+		return 0;
+	config_path_join(path, sizeof(path), prefix, key);
+	r = config_strv_from_array(p, v, path, out, n_out);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < *n_out; i++) {
+		const char *s = (*out)[i], *dots = strstr(s, "..");
+
+		config_path_index(elem, sizeof(elem), path, i);
+		if (s[0] != '/')
+			return config_fail(p, -EINVAL, elem, "must be an absolute path");
+		if (strspn(s, "/") == strlen(s))
+			return config_fail(p, -EINVAL, elem, "must not be / (name the folders the server needs)");
+		for (; dots; dots = strstr(dots + 1, ".."))
+			if (dots[-1] == '/' && (dots[2] == '/' || dots[2] == '\0'))
+				return config_fail(p, -EINVAL, elem, "must not contain a .. component");
+	}
+	return 0;
+}
+
+/* "sandbox": true (the default), false, or {"read": [...], "write": [...]}. */
+static int server_sandbox(struct parser *p, struct json_object *obj, const char *prefix, struct config_server *s)
+{
+	static const char *const known[] = { "read", "write", NULL };
+	char path[CONFIG_PATH_MAX];
+	struct json_object *v;
+	int r;
+
+	s->sandbox = true;
+	s->sandbox_read = config_mem_array(p->c->mem, 1, sizeof(*s->sandbox_read));
+	s->sandbox_write = config_mem_array(p->c->mem, 1, sizeof(*s->sandbox_write));
+	if (!json_object_object_get_ex(obj, "sandbox", &v))
+		return 0;
+	config_path_join(path, sizeof(path), prefix, "sandbox");
+	if (json_object_is_type(v, json_type_boolean)) {
+		s->sandbox = json_object_get_boolean(v);
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_object))
+		return config_fail(p, -EINVAL, path, "must be false or an object with read and write lists");
+	config_warn_unknown(p, v, path, known);
+	r = sandbox_paths(p, v, path, "read", &s->sandbox_read, &s->n_sandbox_read);
+	if (r < 0)
+		return r;
+	return sandbox_paths(p, v, path, "write", &s->sandbox_write, &s->n_sandbox_write);
+}
+
 static int server_fields(struct parser *p, struct json_object *obj, const char *prefix,
 			 struct config_server *s)
 {
@@ -318,6 +377,9 @@ static int server_fields(struct parser *p, struct json_object *obj, const char *
 			if (r < 0)
 				return r;
 		}
+		r = server_sandbox(p, obj, prefix, s);
+		if (r < 0)
+			return r;
 	} else {
 		const char *pname = config_protocol_name(s->protocol);
 
@@ -335,6 +397,10 @@ static int server_fields(struct parser *p, struct json_object *obj, const char *
 		if (r < 0)
 			return r;
 		r = server_reject(p, obj, prefix, "env", "only for stdio servers");
+		if (r < 0)
+			return r;
+		r = server_reject(p, obj, prefix, "sandbox",
+				  "only for stdio servers (an http server runs no command of its own)");
 		if (r < 0)
 			return r;
 		if (json_object_object_get_ex(obj, "headers", &v)) {
@@ -366,7 +432,7 @@ int config_server_parse(struct parser *p, struct json_object *obj, char *key, si
 {
 	static const char *const known[] = {
 		"name", "url", "protocol", "type", "command", "args", "env",
-		"headers", "enabled", "eager", "oauth", NULL,
+		"headers", "enabled", "eager", "oauth", "sandbox", NULL,
 	};
 	char prefix[CONFIG_PATH_MAX], path[CONFIG_PATH_MAX];
 	int r;

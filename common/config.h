@@ -61,6 +61,16 @@ struct config_server {
 	 */
 	bool oauth_enabled;
 	struct config_oauth oauth;
+	/*
+	 * stdio servers run sandboxed (daemon/jail.c) unless "sandbox": false.
+	 * The paths the configuration grants beyond the system directories:
+	 * absolute, NULL-terminated, never NULL for stdio servers.
+	 */
+	bool sandbox;
+	char **sandbox_read;
+	size_t n_sandbox_read;
+	char **sandbox_write;
+	size_t n_sandbox_write;
 };
 
 struct config_refresh {

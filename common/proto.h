@@ -79,7 +79,9 @@
  *   params {"version": PROTO_VERSION, "role": "oauth"|"http"|"worker",
  *           "name": upstream name (workers), "log_level": "info"|"debug"|...}
  *   result {"version": PROTO_VERSION, "pid": N,
- *           "landlock": "enforced"|"unavailable"}
+ *           "landlock": "enforced"|"unavailable",
+ *           "sandbox": "namespaces"|"landlock"|"off" (stdio workers: the
+ *           sandbox daemon/jail.c put it in)}
  *   A child that sees another version answers an error and exits.
  *
  * oauth.refresh (keeper -> oauth child, request): one refresh_token grant.
@@ -226,6 +228,7 @@
 #define PARAM_KEY_LOG_LEVEL "log_level"
 #define PARAM_KEY_PID "pid"
 #define PARAM_KEY_LANDLOCK "landlock"
+#define PARAM_KEY_SANDBOX "sandbox"
 #define PARAM_KEY_TOKEN_ENDPOINT "token_endpoint"
 #define PARAM_KEY_REFRESH_TOKEN "refresh_token"
 #define PARAM_KEY_CLIENT_ID "client_id"

@@ -15,6 +15,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
 #include "sandbox.h"
 #include "util.h"
 
@@ -167,7 +173,109 @@ int sandbox_landlock_readonly(const char *const *read_paths, char *status, size_
 	return 0;
 }
 
+/* The ruleset attribute as of ABI 6; the kernel takes a prefix of it. */
+struct ruleset_attr_v6 {
+	uint64_t handled_access_fs;
+	uint64_t handled_access_net;
+	uint64_t scoped;
+};
+
+#define SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)
+#define SCOPE_SIGNAL (1ULL << 1)
+
+static int add_rule(int ruleset, const struct sandbox_rule *rule, uint64_t handled, char *status, size_t len)
+{
+	struct landlock_path_beneath_attr attr = { 0 };
+	struct stat st;
+	int fd, r;
+
+	fd = open(rule->path, O_PATH | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT || errno == ENOTDIR || errno == EACCES ? 0 : -errno;
+	if (fstat(fd, &st) < 0) {
+		r = -errno;
+		fd_close(fd);
+		return r;
+	}
+	attr.parent_fd = fd;
+	attr.allowed_access = (rule->write ? handled : FS_READ_RIGHTS) & handled;
+	if (!S_ISDIR(st.st_mode))
+		attr.allowed_access &= FS_FILE_RIGHTS;
+	r = (int)syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &attr, 0);
+	if (r < 0) {
+		r = -errno;
+		set_status(status, len, "landlock rule for %s", rule->path, -r);
+	}
+	fd_close(fd);
+	return r < 0 ? r : 0;
+}
+
+int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, size_t len)
+{
+	struct ruleset_attr_v6 attr = { 0 };
+	size_t attr_size = sizeof(attr.handled_access_fs);
+	long abi;
+	int ruleset, r;
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+		r = -errno;
+		set_status(status, len, "PR_SET_NO_NEW_PRIVS%s", NULL, -r);
+		return r;
+	}
+	abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
+	if (abi < 0) {
+		r = -errno;
+		if (r == -ENOSYS || r == -EOPNOTSUPP) {
+			set_status(status, len, "unavailable%s", NULL, 0);
+			return SANDBOX_UNAVAILABLE;
+		}
+		set_status(status, len, "landlock ABI query%s", NULL, -r);
+		return r;
+	}
+	attr.handled_access_fs = handled_for_abi(abi);
+	if (abi >= 6) {
+		attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL;
+		attr_size = sizeof(attr);
+	}
+	ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0);
+	if (ruleset < 0) {
+		r = -errno;
+		set_status(status, len, "landlock_create_ruleset%s", NULL, -r);
+		return r;
+	}
+	for (size_t i = 0; i < n; i++) {
+		r = add_rule(ruleset, &rules[i], attr.handled_access_fs, status, len);
+		if (r < 0) {
+			if (!status || !*status)
+				set_status(status, len, "landlock rule for %s", rules[i].path, -r);
+			fd_close(ruleset);
+			return r;
+		}
+	}
+	r = (int)syscall(SYS_landlock_restrict_self, ruleset, 0);
+	if (r < 0) {
+		r = -errno;
+		fd_close(ruleset);
+		set_status(status, len, "landlock_restrict_self%s", NULL, -r);
+		return r;
+	}
+	fd_close(ruleset);
+	if (abi >= 6)
+		set_status(status, len, "enforced, with signal and abstract socket scopes%s", NULL, 0);
+	else
+		set_status(status, len, "enforced, without scopes (Landlock ABI below 6)%s", NULL, 0);
+	return 0;
+}
+
 #else /* !HAVE_LANDLOCK */
+
+int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, size_t len)
+{
+	(void)rules;
+	(void)n;
+	return sandbox_landlock_readonly(NULL, status, len);
+}
+
 
 int sandbox_landlock_readonly(const char *const *read_paths, char *status, size_t len)
 {
@@ -182,3 +290,47 @@ int sandbox_landlock_readonly(const char *const *read_paths, char *status, size_
 }
 
 #endif
+
+#if defined(__x86_64__)
+#define SECCOMP_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define SECCOMP_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+
+int sandbox_deny_unix_sockets(void)
+{
+#ifdef SECCOMP_ARCH
+	struct sock_filter filter[] = {
+		/* Another architecture's system call numbers mean something else. */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_ARCH, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+#if defined(__x86_64__)
+		/* The x32 ABI: the same calls under other numbers. */
+		BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+#endif
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		/* The low 32 bits of the first argument: the domain. */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EACCES),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = ARRAY_SIZE(filter), .filter = filter };
+
+	if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0)
+		return -errno;
+	return 0;
+#else
+	return -ENOTSUP;
+#endif
+}

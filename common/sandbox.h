@@ -9,6 +9,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 enum {
@@ -27,3 +28,27 @@ enum {
  * "enforced", "unavailable" or a short description of the failure.
  */
 int sandbox_landlock_readonly(const char *const *read_paths, char *status, size_t len);
+
+/* One Landlock grant: a path and whether it may be written (and executed). */
+struct sandbox_rule {
+	const char *path;
+	bool write;
+};
+
+/*
+ * The sandbox of a stdio upstream without namespaces (daemon/jail.c): sets
+ * PR_SET_NO_NEW_PRIVS, then allows beneath each rule's path reading,
+ * listing and executing, and for write rules every change as well; on
+ * kernels with Landlock ABI 6 or newer also scopes signals and abstract
+ * Unix sockets to the sandbox. Paths that do not exist are skipped.
+ * Returns 0, SANDBOX_UNAVAILABLE, or a negative errno value (with status).
+ */
+int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, size_t len);
+
+/*
+ * A seccomp filter that makes socket(AF_UNIX, ...) fail with EACCES (no
+ * Landlock ABI covers connect() to a pathname socket; socketpair() stays)
+ * and io_uring_setup() fail with ENOSYS (its requests would bypass the
+ * filter). Needs PR_SET_NO_NEW_PRIVS, which sandbox_landlock() sets.
+ */
+int sandbox_deny_unix_sockets(void);

@@ -30,6 +30,7 @@
 
 #include "config.h"
 #include "frame.h"
+#include "jail.h"
 #include "keeper.h"
 #include "log.h"
 #include "paths.h"
@@ -69,7 +70,8 @@ struct child {
 	int restart_ms;
 	unsigned restarts;
 	int64_t started_ms;
-	char last_exit[128];
+	char last_exit[320];
+	struct jail *jail;		/* a stdio worker's sandbox, prepared at each start */
 };
 
 static void child_lost(struct child *c, const char *why);
@@ -282,6 +284,7 @@ struct child *child_free(struct child *c)
 		}
 	}
 	fail_pending(c, "keeper stopping");
+	c->jail = jail_free(c->jail);
 	for (struct child **pp = &c->k->children; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
@@ -382,7 +385,9 @@ static void handle_message(struct child *c, struct rpc_msg *m)
 		c->state = CHILD_READY;
 		if (c->ops && c->ops->hello_result)
 			c->ops->hello_result(c, c->ctx, m->result);
-		if (json_object_object_get_ex(m->result, PARAM_KEY_LANDLOCK, &ll) &&
+		/* A stdio worker's confinement is the keeper's sandbox (jail.c). */
+		if (!json_object_object_get_ex(m->result, PARAM_KEY_SANDBOX, NULL) &&
+		    json_object_object_get_ex(m->result, PARAM_KEY_LANDLOCK, &ll) &&
 		    strcmp(json_object_get_string(ll), "enforced") != 0)
 			log_info("%s child: Landlock %s on this kernel: it relies on its uid and file modes",
 				 c->label, json_object_get_string(ll));
@@ -483,7 +488,9 @@ static void child_lost(struct child *c, const char *why)
 static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 {
 	static const char *const keep[] = { "PATH", "LANG", "LC_ALL", "TZ", "JOURNAL_STREAM",
-					    "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME", "USER", NULL };
+					    "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME", "USER",
+					    /* set by jail_enter(), for a sandboxed worker only */
+					    "TMPDIR", "MCPKEEPER_JAIL", NULL };
 	char *envp[ARRAY_SIZE(keep) + 1];
 	size_t n = 0;
 	sigset_t all;
@@ -540,6 +547,10 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 		log_error("%s child: cannot drop ambient capabilities: %m", c->label);
 		_exit(127);
 	}
+	unsetenv("TMPDIR");
+	unsetenv("MCPKEEPER_JAIL");
+	if (c->jail && jail_enter(c->jail, c->label) < 0)
+		_exit(127);
 
 	for (size_t i = 0; keep[i]; i++) {
 		const char *v = getenv(keep[i]);
@@ -580,6 +591,17 @@ int child_start(struct child *c)
 	r = binary_ready(c->binary, c->label);
 	if (r < 0)
 		return r;
+	if (c->ops && c->ops->jail) {
+		char why[256];
+
+		c->jail = jail_free(c->jail);
+		c->jail = c->ops->jail(c, c->ctx, c->binary->path, why, sizeof(why));
+		if (!c->jail) {
+			log_error("%s child: not started: %s", c->label, why);
+			snprintf(c->last_exit, sizeof(c->last_exit), "not started: %s", why);
+			return -EPERM;
+		}
+	}
 	r = sock_pair(0, sv);
 	if (r < 0) {
 		log_error("%s child: socketpair: %s", c->label, strerror(-r));

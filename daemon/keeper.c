@@ -31,6 +31,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
+#include "jail.h"
 #include "keeper.h"
 #include "log.h"
 #include "paths.h"
@@ -598,6 +599,25 @@ static void drop_root(const char *data_dir)
 		 data_dir);
 }
 
+/* The stdio servers' HOMEs live beside the state directory (jail.h): made
+ * here, and handed to the workers' user while the keeper may still chown. */
+static void sandbox_root(const struct keeper *k)
+{
+	unsigned uid = (unsigned)geteuid(), gid = (unsigned)getegid();
+	char err[512];
+
+	if (k->system_mode && geteuid() == 0 && k->cfg->worker_user) {
+		struct passwd *pw = getpwnam(k->cfg->worker_user);
+
+		if (!pw)
+			fatal("worker_user %s: no such user", k->cfg->worker_user);
+		uid = (unsigned)pw->pw_uid;
+		gid = (unsigned)pw->pw_gid;
+	}
+	if (jail_root_prepare(k->cfg->data_dir, uid, gid, err, sizeof(err)) < 0)
+		log_warn("%s; stdio servers will not start", err);
+}
+
 int keeper_run(const char *config_path, bool system_mode)
 {
 	struct keeper k = { .system_mode = system_mode };
@@ -621,6 +641,7 @@ int keeper_run(const char *config_path, bool system_mode)
 
 	if (child_binaries_open(&k) < 0)
 		fatal("out of memory");
+	sandbox_root(&k);
 	if (system_mode)
 		drop_root(cfg->data_dir);
 	if (store_load_master_key(cfg->data_dir, &k.master_key, err, sizeof(err)) < 0)

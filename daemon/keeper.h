@@ -76,6 +76,7 @@ struct server {
 	struct event *idle_timer;
 	struct pending_fd *pending_fds;		/* clients waiting for the worker's hello */
 	struct token_waiter *token_waiters;	/* token.invalid requests waiting for a refresh */
+	char sandbox[16];			/* stdio: the running worker's ("namespaces", "landlock", "off") */
 };
 
 struct keeper {
@@ -261,6 +262,9 @@ struct child_ops {
 	 * value (-EPROTO) for a message the child had no business sending or
 	 * whose params do not pass its table (the child is then restarted). */
 	int (*message)(struct child *c, void *ctx, struct rpc_msg *m);
+	/* The sandbox to start it in (jail.h), made before each start; NULL
+	 * with why: it must not start. NULL hook: no sandbox of the keeper's. */
+	struct jail *(*jail)(struct child *c, void *ctx, const char *binary, char *why, size_t len);
 	bool desc_channel;	/* fd 4: SOCK_SEQPACKET for client descriptors */
 };
 

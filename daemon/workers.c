@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "frame.h"
+#include "jail.h"
 #include "keeper.h"
 #include "log.h"
 #include "params.h"
@@ -287,8 +288,34 @@ static void worker_lost(struct child *c, void *ctx)
 	reply_waiters(s->k, s, "the worker restarted");
 }
 
+/* A stdio server's worker runs sandboxed (jail.c); an HTTP one confines
+ * itself with Landlock. */
+static struct jail *worker_jail(struct child *c, void *ctx, const char *binary, char *why, size_t len)
+{
+	struct server *s = ctx;
+
+	if (s->conf->protocol != CONFIG_PROTOCOL_STDIO)
+		return xcalloc(1, sizeof(struct jail)); /* disabled: nothing to enter */
+	s->sandbox[0] = '\0';
+	return jail_new(s->k, s->conf, binary, why, len);
+}
+
+/* The sandbox the worker found itself in, as the hello reports it. */
+static void worker_hello_result(struct child *c, void *ctx, struct json_object *result)
+{
+	struct server *s = ctx;
+	struct json_object *got;
+
+	if (json_object_object_get_ex(result, PARAM_KEY_SANDBOX, &got) && json_object_is_type(got, json_type_string))
+		snprintf(s->sandbox, sizeof(s->sandbox), "%s", json_object_get_string(got));
+	if (s->conf->protocol == CONFIG_PROTOCOL_STDIO)
+		log_info("%s: the stdio worker runs with sandbox %s", s->name, s->sandbox[0] ? s->sandbox : "unknown");
+}
+
 static const struct child_ops worker_ops = {
 	.hello = worker_hello,
+	.hello_result = worker_hello_result,
+	.jail = worker_jail,
 	.ready = worker_ready,
 	.lost = worker_lost,
 	.message = worker_message,
@@ -434,5 +461,8 @@ struct json_object *workers_status_json(const struct server *s)
 	json_object_object_add(w, PARAM_KEY_CLIENTS, json_object_new_int(s->clients));
 	if (s->needs_login)
 		json_object_object_add(w, PARAM_KEY_NEEDS_LOGIN, json_object_new_boolean(1));
+	if (s->conf->protocol == CONFIG_PROTOCOL_STDIO)
+		json_object_object_add(w, PARAM_KEY_SANDBOX,
+				       s->sandbox[0] ? json_object_new_string(s->sandbox) : NULL);
 	return w;
 }

@@ -325,11 +325,12 @@ static char **strv_new(size_t n)
 	return xcalloc(n + 1, sizeof(char *));
 }
 
-/* The environment of a stdio command: PATH, HOME and LANG from ours, with
- * the configured env merged over them. */
+/* The environment of a stdio command: PATH, HOME, TMPDIR and LANG from
+ * ours (HOME and TMPDIR are the sandbox's), with the configured env merged
+ * over them. */
 static int hello_env(struct worker *w, struct json_object *env, const char **bad)
 {
-	static const char *const base[] = { "PATH", "HOME", "LANG" };
+	static const char *const base[] = { "PATH", "HOME", "TMPDIR", "LANG" };
 	size_t n = 0, cap = ARRAY_SIZE(base) + (env ? (size_t)json_object_object_length(env) : 0);
 
 	w->envp = strv_new(cap);
@@ -454,13 +455,24 @@ static const struct entry worker_entry = {
 	.descriptors = true,
 };
 
-/* Landlock for an HTTP worker: system paths for libraries, CA certificates
+/*
+ * Landlock for an HTTP worker: system paths for libraries, CA certificates
  * and name resolution, read-only (as the oauth child). A stdio worker is
- * not confined here: its command must run. */
+ * already inside the sandbox the keeper started it in (daemon/jail.c),
+ * which its commands share; MCPKEEPER_JAIL names it. A stdio worker
+ * without one refuses to run a command.
+ */
 static void worker_sandbox(struct worker *w)
 {
 	if (w->transport == TRANSPORT_STDIO) {
-		snprintf(w->landlock, sizeof(w->landlock), "not applied: stdio upstream");
+		const char *jail = getenv("MCPKEEPER_JAIL");
+
+		if (!jail || !*jail)
+			fatal("a stdio worker must be started inside its sandbox (MCPKEEPER_JAIL is not set)");
+		snprintf(w->sandbox, sizeof(w->sandbox), "%s", jail);
+		snprintf(w->landlock, sizeof(w->landlock), "%s", strcmp(jail, "landlock") == 0 ? "enforced" :
+			 "not applied: the keeper's sandbox");
+		unsetenv("MCPKEEPER_JAIL");
 		return;
 	}
 	if (entry_sandbox(NULL, w->landlock, sizeof(w->landlock)) < 0)
@@ -507,11 +519,22 @@ static void worker_hello(struct worker *w, struct rpc_msg *m)
 	/* Before any transfer: libcurl's resolver threads inherit it. */
 	worker_sandbox(w);
 
-	entry_hello_reply(&w->chan, m, w->landlock, NULL);
+	{
+		struct json_object *extra = NULL;
+
+		if (w->sandbox[0]) {
+			extra = json_object_new_object();
+			json_object_object_add(extra, PARAM_KEY_SANDBOX, json_object_new_string(w->sandbox));
+		}
+		entry_hello_reply(&w->chan, m, w->landlock, extra);
+	}
 	w->hello_done = true;
-	log_info("ready: %s upstream %s%s, Landlock %s",
-		 w->transport == TRANSPORT_HTTP ? "streamable-http" : w->transport == TRANSPORT_SSE ? "sse" : "stdio",
-		 w->transport == TRANSPORT_STDIO ? w->command : w->url, w->oauth ? " (OAuth)" : "", w->landlock);
+	if (w->transport == TRANSPORT_STDIO)
+		log_info("ready: stdio upstream %s, sandbox %s", w->command, w->sandbox);
+	else
+		log_info("ready: %s upstream %s%s, Landlock %s",
+			 w->transport == TRANSPORT_HTTP ? "streamable-http" : "sse", w->url, w->oauth ? " (OAuth)" : "",
+			 w->landlock);
 
 	if (w->oauth) {
 		struct timeval tv = { .tv_sec = TOKEN_GRACE_S };

@@ -66,6 +66,7 @@ struct worker {
 	bool hello_done;
 	bool stopping;
 	char landlock[128];
+	char sandbox[16];		/* stdio: the keeper's sandbox ("namespaces", "landlock", "off") */
 
 	/* The upstream, as the keeper assigned it in the hello. */
 	char *name;
