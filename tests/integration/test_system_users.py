@@ -15,10 +15,12 @@ the real one: it starts the installed children (mode 0711) and no others.
 The attacker is a process of the worker user, which is what a stdio
 upstream's command is: it must not open the memory or the environment of
 the oauth child, the http child or the keeper, nor, racing their restarts,
-of a child just exec'd: the oauth child's, or a worker's, which shares its
-uid and is kept out only by being non-dumpable from the exec on.
+that of a child just exec'd: the oauth or http child (other uids), or a
+worker, which shares its uid and is kept out only by being non-dumpable
+from the exec on (which mode 0711 gives it).
 """
 import errno
+import grp
 import json
 import os
 import pwd
@@ -191,7 +193,13 @@ class SystemUsersCase(kl.KeeperTestCase):
     @classmethod
     def tearDownClass(cls):
         for name in cls.created_users:
+            # userdel takes the user's group along where USERGROUPS_ENAB says so.
             subprocess.run(["userdel", name], check=False)
+            try:
+                grp.getgrnam(name)
+                subprocess.run(["groupdel", name], check=False)
+            except KeyError:
+                pass
         if cls.destdir:
             shutil.rmtree(cls.destdir, ignore_errors=True)
 
@@ -205,12 +213,16 @@ class SystemUsersCase(kl.KeeperTestCase):
             "unshare", "--mount", "--propagation", "private", "--",
             "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh",
             self.destdir + self.prefix, self.prefix, self.files["mcpkeeperd"]])
-        self.addCleanup(self.kill_children, k)
 
-    def kill_children(self, k):
+    def setUp(self):
+        super().setUp()
+        self.seen = set()
+        self.addCleanup(self.kill_children)
+
+    def kill_children(self):
         """The keeper cannot kill children of other uids; it closes their
         channels and they exit. Whatever is left when the test ends goes."""
-        for pid in getattr(k, "seen_children", ()):
+        for pid in self.seen:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -224,7 +236,7 @@ class SystemUsersCase(kl.KeeperTestCase):
             found[:] = [p for p in kl.children_of(k.proc.pid, binary) if p not in exclude]
             return found
         kl.wait_until(look, 20, 0.02, "%s child of the keeper" % binary)
-        k.seen_children = getattr(k, "seen_children", set()) | set(found)
+        self.seen.update(found)
         return found[0]
 
     def attacker(self, fn, *args):
