@@ -196,8 +196,8 @@ static int user_lookup(const char *setting, const char *name, struct child_user 
 	if (!pw) {
 		/* getpwnam(3): not found may come with any of these, or none. */
 		if (errno == 0 || errno == ENOENT || errno == ESRCH || errno == EBADF || errno == EPERM) {
-			log_error("system mode: %s: there is no user %s (systemd-sysusers creates the "
-				  "mcpkeeper users from sysusers.d/mcpkeeper.conf)", setting, name);
+			log_error("system mode: %s: there is no user %s (systemd-sysusers creates the default "
+				  "ones from sysusers.d/mcpkeeper.conf)", setting, name);
 			return -ENOENT;
 		}
 		log_error("system mode: %s: cannot look up user %s: %m", setting, name);
