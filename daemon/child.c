@@ -190,18 +190,20 @@ void child_binaries_close(struct keeper *k)
 static int user_lookup(const char *setting, const char *name, struct child_user *out)
 {
 	struct passwd *pw;
+	int e;
 
 	errno = 0;
 	pw = getpwnam(name);
 	if (!pw) {
+		e = errno;
 		/* getpwnam(3): not found may come with any of these, or none. */
-		if (errno == 0 || errno == ENOENT || errno == ESRCH || errno == EBADF || errno == EPERM) {
+		if (e == 0 || e == ENOENT || e == ESRCH || e == EBADF || e == EPERM) {
 			log_error("system mode: %s: there is no user %s (systemd-sysusers creates the default "
 				  "ones from sysusers.d/mcpkeeper.conf)", setting, name);
 			return -ENOENT;
 		}
-		log_error("system mode: %s: cannot look up user %s: %m", setting, name);
-		return -errno;
+		log_error("system mode: %s: cannot look up user %s: %s", setting, name, strerror(e));
+		return -e;
 	}
 	out->uid = pw->pw_uid;
 	out->gid = pw->pw_gid;
