@@ -167,22 +167,33 @@ class SystemUsersCase(kl.KeeperTestCase):
     created_users = []
 
     @classmethod
-    def setUpClass(cls):
+    def cannot_run(cls):
+        """Why this machine cannot run the cases, or None."""
         if os.geteuid() != 0:
-            raise unittest.SkipTest("needs root (system mode, other users)")
+            return "needs root (system mode, other users)"
         for tool in ("meson", "unshare", "mount", "useradd", "userdel"):
             if not shutil.which(tool):
-                raise unittest.SkipTest("%s is not installed" % tool)
+                return "%s is not installed" % tool
         probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
                                capture_output=True, text=True)
         if probe.returncode != 0:
             why = "no mount namespace here: %s" % probe.stderr.strip()
             if os.environ.get("CI"):
                 raise AssertionError(why)  # CI runs every case: no silent skip there
-            raise unittest.SkipTest(why)
+            return why
+        return None
+
+    @classmethod
+    def setUpClass(cls):
+        # Each case skips on its own (setUp): a class that skips as a whole
+        # runs no test, which kl.main() counts as a failure.
+        cls.skip_why = cls.cannot_run()
+        if cls.skip_why:
+            return
         cls.prefix, cls.files = installed_paths()
         if not os.path.isdir(cls.prefix) or not os.path.isabs(cls.prefix) or cls.prefix == "/":
-            raise unittest.SkipTest("the prefix %s is not a directory to mount over" % cls.prefix)
+            cls.skip_why = "the prefix %s is not a directory to mount over" % cls.prefix
+            return
         cls.destdir = tempfile.mkdtemp(prefix="mcpkeeper-dest-")
         subprocess.run(["meson", "install", "-C", kl.BUILD_ROOT, "--no-rebuild", "--quiet",
                         "--destdir", cls.destdir], check=True, stdin=subprocess.DEVNULL,
@@ -222,6 +233,8 @@ class SystemUsersCase(kl.KeeperTestCase):
             self.destdir + self.prefix, self.prefix, self.files["mcpkeeperd"]])
 
     def setUp(self):
+        if self.skip_why:
+            self.skipTest(self.skip_why)
         super().setUp()
         self.seen = set()
         self.addCleanup(self.kill_children)
