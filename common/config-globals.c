@@ -14,9 +14,12 @@
 #include <string.h>
 
 #include "config-private.h"
+#include "log.h"
 #include "paths.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:8080"
+#define DEFAULT_OAUTH_USER "mcpkeeper-oauth"
+#define DEFAULT_HTTP_USER "mcpkeeper-http"
 #define DEFAULT_WORKER_USER "mcpkeeper-worker"
 #define DEFAULT_IDLE_TIMEOUT 300
 #define DEFAULT_MAX_CONNS_PER_UID 128
@@ -73,6 +76,52 @@ static int refresh_parse(struct parser *p, struct json_object *root)
 	return config_get_int(p, obj, "refresh", "max_in_flight", 1, 4096, &rf->max_in_flight);
 }
 
+/*
+ * "users": {"oauth", "http", "worker"}, each a user name, with the old
+ * top-level "worker_user" read as users.worker (and a warning). Whether the
+ * users exist is the keeper's to check when it starts: the file may be
+ * validated on another machine.
+ */
+static int users_parse(struct parser *p, struct json_object *root)
+{
+	static const char *const known[] = { "oauth", "http", "worker", NULL };
+	struct config_users *u = &p->c->users;
+	struct json_object *obj;
+	int r;
+
+	r = config_get_string(p, root, NULL, "worker_user", true, &u->worker);
+	if (r < 0)
+		return r;
+	r = config_get_object(p, root, NULL, "users", &obj);
+	if (r < 0)
+		return r;
+	if (u->worker) {
+		if (obj && json_object_object_get_ex(obj, "worker", NULL))
+			return config_fail(p, -EINVAL, "worker_user",
+					   "is the old name of users.worker: give only users.worker");
+		log_warn("%s: worker_user: deprecated, read as users.worker", p->name);
+	}
+	if (obj) {
+		config_warn_unknown(p, obj, "users", known);
+		r = config_get_string(p, obj, "users", "oauth", true, &u->oauth);
+		if (r < 0)
+			return r;
+		r = config_get_string(p, obj, "users", "http", true, &u->http);
+		if (r < 0)
+			return r;
+		r = config_get_string(p, obj, "users", "worker", true, &u->worker);
+		if (r < 0)
+			return r;
+	}
+	if (!u->oauth)
+		u->oauth = config_mem_strdup(p->c->mem, DEFAULT_OAUTH_USER);
+	if (!u->http)
+		u->http = config_mem_strdup(p->c->mem, DEFAULT_HTTP_USER);
+	if (!u->worker)
+		u->worker = config_mem_strdup(p->c->mem, DEFAULT_WORKER_USER);
+	return 0;
+}
+
 static int dir_parse(struct parser *p, struct json_object *obj, const char *key, char **out,
 		     int (*fallback)(bool, char *, size_t))
 {
@@ -100,7 +149,7 @@ static int dir_parse(struct parser *p, struct json_object *obj, const char *key,
 int config_globals_parse(struct parser *p, struct json_object *root)
 {
 	static const char *const known[] = {
-		"data_dir", "runtime_dir", "listen", "group", "worker_user", "idle_timeout",
+		"data_dir", "runtime_dir", "listen", "group", "users", "worker_user", "idle_timeout",
 		"max_connections_per_uid", "request_timeout",
 		"refresh", "disable_management", "mcpServers", NULL,
 	};
@@ -123,11 +172,9 @@ int config_globals_parse(struct parser *p, struct json_object *root)
 	r = config_get_string(p, root, NULL, "group", true, &c->group);
 	if (r < 0)
 		return r;
-	r = config_get_string(p, root, NULL, "worker_user", true, &c->worker_user);
+	r = users_parse(p, root);
 	if (r < 0)
 		return r;
-	if (!c->worker_user)
-		c->worker_user = config_mem_strdup(c->mem, DEFAULT_WORKER_USER);
 	r = config_get_int(p, root, NULL, "idle_timeout", 0, 86400, &c->idle_timeout_sec);
 	if (r < 0)
 		return r;

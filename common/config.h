@@ -80,6 +80,14 @@ struct config_refresh {
 	int max_in_flight;	/* global cap on concurrent refreshes; default 16 */
 };
 
+/* System mode: the user each kind of child runs as, one uid per role so that
+ * none can reach another's memory. Ignored in user mode. */
+struct config_users {
+	char *oauth;		/* default mcpkeeper-oauth */
+	char *http;		/* default mcpkeeper-http */
+	char *worker;		/* default mcpkeeper-worker; the deprecated "worker_user" */
+};
+
 struct config {
 	char *path;		/* the file this was loaded from */
 	bool system_mode;
@@ -87,7 +95,7 @@ struct config {
 	char *runtime_dir;	/* control.sock */
 	char *listen;		/* HTTP API "127.0.0.1:PORT" (port may be 0) */
 	char *group;		/* control socket group allowed everything; NULL: none */
-	char *worker_user;	/* system mode: user the children run as */
+	struct config_users users;
 	int idle_timeout_sec;	/* worker idle timeout; default 300 */
 	int max_conns_per_uid;	/* control connections one uid may hold; default 128 */
 	int request_timeout_sec;/* one upstream MCP request, in a worker; default 60 */

@@ -1,6 +1,7 @@
 /*
  * Children of the keeper: fork+exec with the channel on fd 3, a cleaned
- * environment, another uid in system mode; a hello handshake before any
+ * environment, in system mode the uid of their role (checked before the
+ * exec, which leaves them non-dumpable); a hello handshake before any
  * other message; requests matched to replies by id; restart with backoff
  * when a child dies (0.1 s doubling to 30 s, reset after 60 s of health).
  *
@@ -140,6 +141,21 @@ static int binary_ready(struct child_binary *b, const char *label)
 	return r;
 }
 
+/*
+ * System mode: a child whose user may read its binary is dumpable from the
+ * exec until its main() says otherwise, and in that window another process
+ * of the same user may open its memory. The kernel makes a process that
+ * execs a file it cannot read non-dumpable, hence mode 0711 at install.
+ */
+static void binary_check_mode(const struct child_binary *b)
+{
+	struct stat st;
+
+	if (b->dir_fd >= 0 && fstatat(b->dir_fd, b->name, &st, 0) == 0 && (st.st_mode & (S_IRGRP | S_IROTH)))
+		log_warn("%s is readable by its child's user (mode %04o): install it mode 0711, or the child is "
+			 "dumpable until its main() runs", b->path, (unsigned)(st.st_mode & 07777));
+}
+
 int child_binaries_open(struct keeper *k)
 {
 	k->binaries = calloc(ARRAY_SIZE(binary_names), sizeof(*k->binaries));
@@ -156,7 +172,8 @@ int child_binaries_open(struct keeper *k)
 			if (!b->path)
 				return -ENOMEM;
 		}
-		binary_ready(b, b->name);
+		if (binary_ready(b, b->name) == 0 && k->system_mode)
+			binary_check_mode(b);
 	}
 	return 0;
 }
@@ -169,6 +186,70 @@ void child_binaries_close(struct keeper *k)
 	}
 	free(k->binaries);
 	k->binaries = NULL;
+}
+
+/* One setting of "users" into *out: 0, or a negative errno value, logged. */
+static int user_lookup(const char *setting, const char *name, struct child_user *out)
+{
+	struct passwd *pw;
+	int e;
+
+	errno = 0;
+	pw = getpwnam(name);
+	if (!pw) {
+		e = errno;
+		/* getpwnam(3): not found may come with any of these, or none. */
+		if (e == 0 || e == ENOENT || e == ESRCH || e == EBADF || e == EPERM) {
+			log_error("system mode: %s: there is no user %s (systemd-sysusers creates the default "
+				  "ones from sysusers.d/mcpkeeper.conf)", setting, name);
+			return -ENOENT;
+		}
+		log_error("system mode: %s: cannot look up user %s: %s", setting, name, strerror(e));
+		return -e;
+	}
+	out->uid = pw->pw_uid;
+	out->gid = pw->pw_gid;
+	return 0;
+}
+
+int child_users_resolve(const struct config *cfg, struct child_users *out)
+{
+	const char *const settings[] = { "users.oauth", "users.http", "users.worker" };
+	const char *const names[] = { cfg->users.oauth, cfg->users.http, cfg->users.worker };
+	struct child_user *const ids[] = { &out->oauth, &out->http, &out->worker };
+
+	for (size_t i = 0; i < ARRAY_SIZE(ids); i++) {
+		int r = user_lookup(settings[i], names[i], ids[i]);
+
+		if (r < 0)
+			return r;
+		if (ids[i]->uid == 0)
+			log_warn("system mode: %s is %s, uid 0: those children run as root", settings[i], names[i]);
+		for (size_t j = 0; j < i; j++)
+			if (ids[j]->uid == ids[i]->uid)
+				log_warn("system mode: %s and %s are both uid %u: those children can read each "
+					 "other's memory", settings[j], settings[i], (unsigned)ids[i]->uid);
+	}
+	return 0;
+}
+
+/* The ids role's children switch to, with the user's name for messages;
+ * NULL for a role without a user (a keeper bug). */
+static const struct child_user *role_user(const struct keeper *k, const char *role, const char **name)
+{
+	if (strcmp(role, ROLE_OAUTH) == 0) {
+		*name = k->cfg->users.oauth;
+		return &k->users.oauth;
+	}
+	if (strcmp(role, ROLE_HTTP) == 0) {
+		*name = k->cfg->users.http;
+		return &k->users.http;
+	}
+	if (strcmp(role, ROLE_WORKER) == 0) {
+		*name = k->cfg->users.worker;
+		return &k->users.worker;
+	}
+	return NULL;
 }
 
 static struct child_binary *binary_find(struct keeper *k, const char *name)
@@ -484,6 +565,73 @@ static void child_lost(struct child *c, const char *why)
 	}
 }
 
+/* Whether this process's ids are exactly u's: real, effective and saved
+ * uid and gid, and no supplementary group but u's own. */
+static bool ids_are(const struct child_user *u, char *why, size_t len)
+{
+	uid_t ru, eu, su;
+	gid_t rg, eg, sg, groups[2];
+	int n;
+
+	if (getresuid(&ru, &eu, &su) < 0 || getresgid(&rg, &eg, &sg) < 0) {
+		snprintf(why, len, "cannot read its ids: %s", strerror(errno));
+		return false;
+	}
+	if (ru != u->uid || eu != u->uid || su != u->uid || rg != u->gid || eg != u->gid || sg != u->gid) {
+		snprintf(why, len, "its uids are %u/%u/%u and gids %u/%u/%u (real/effective/saved)", (unsigned)ru,
+			 (unsigned)eu, (unsigned)su, (unsigned)rg, (unsigned)eg, (unsigned)sg);
+		return false;
+	}
+	n = getgroups(ARRAY_SIZE(groups), groups);
+	if (n < 0 && errno == EINVAL)
+		n = (int)ARRAY_SIZE(groups) + 1; /* more than fit: too many anyway */
+	if (n < 0) {
+		snprintf(why, len, "cannot read its groups: %s", strerror(errno));
+		return false;
+	}
+	if (n > 1 || (n == 1 && groups[0] != u->gid)) {
+		snprintf(why, len, "it keeps supplementary groups (%d)", n);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * System mode, in the forked child: become the role's user (ids looked up
+ * by the keeper: NSS is not for a forked child) with no supplementary
+ * group, then check that the switch is complete before anything runs under
+ * it. 0, or -EPERM with the reason logged. A keeper that already has those
+ * ids (its users are its own) changes nothing. In user mode every child
+ * keeps the keeper's user.
+ */
+static int switch_user(struct child *c)
+{
+	const struct child_user *u;
+	const char *name = "?";
+	char why[160];
+
+	if (!c->k->system_mode)
+		return 0;
+	u = role_user(c->k, c->role, &name);
+	if (!u) {
+		log_error("%s child: no user is configured for role %s", c->label, c->role);
+		return -EPERM;
+	}
+	if (!ids_are(u, why, sizeof(why)) &&
+	    (setgroups(0, NULL) < 0 || setresgid(u->gid, u->gid, u->gid) < 0 ||
+	     setresuid(u->uid, u->uid, u->uid) < 0)) {
+		log_error("%s child: cannot switch to user %s (uid %u, gid %u): %m", c->label, name,
+			  (unsigned)u->uid, (unsigned)u->gid);
+		return -EPERM;
+	}
+	if (!ids_are(u, why, sizeof(why))) {
+		log_error("%s child: the switch to user %s (uid %u, gid %u) is incomplete: %s; not starting it",
+			  c->label, name, (unsigned)u->uid, (unsigned)u->gid, why);
+		return -EPERM;
+	}
+	return 0;
+}
+
 /* In the forked child, before exec: nothing of the keeper may leak. */
 static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 {
@@ -529,15 +677,10 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 			close(i);
 	}
 
-	/* System mode: children run as worker_user and cannot read the state directory. */
-	if (c->k->system_mode && c->k->cfg->worker_user) {
-		struct passwd *pw = getpwnam(c->k->cfg->worker_user);
-
-		if (!pw || setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
-			log_error("%s child: cannot switch to user %s: %m", c->label, c->k->cfg->worker_user);
-			_exit(127);
-		}
-	}
+	/* System mode: each role has its own user, which cannot read the state
+	 * directory nor another role's memory. */
+	if (switch_user(c) < 0)
+		_exit(127);
 	/*
 	 * The unit gives the keeper CAP_SETUID/CAP_SETGID as ambient capabilities.
 	 * A switch between two non-root uids keeps ambient capabilities across
@@ -572,11 +715,14 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 	 * the directory's descriptor stays open across the exec. */
 	if (errno == ENOENT && fcntl(bin, F_SETFD, 0) == 0)
 		execveat(bin, c->binary->name, (char *[]){ c->binary->path, NULL }, envp, 0);
-	if (c->k->system_mode && c->k->cfg->worker_user)
-		log_error("%s child: cannot run %s as user %s: %m", c->label, c->binary->path,
-			  c->k->cfg->worker_user);
-	else
+	if (c->k->system_mode) {
+		const char *name = "?";
+
+		role_user(c->k, c->role, &name);
+		log_error("%s child: cannot run %s as user %s: %m", c->label, c->binary->path, name);
+	} else {
 		log_error("%s child: cannot run %s: %m", c->label, c->binary->path);
+	}
 	_exit(127);
 }
 

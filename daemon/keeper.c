@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -236,6 +237,7 @@ struct build {
 	char **orphans;			/* token keys of no server in servers */
 	size_t n_orphans;
 	size_t pending;			/* new servers with a record to read */
+	struct child_users users;	/* system mode: cfg's users, looked up */
 };
 
 /* Frees what build made; the running state never saw any of it. */
@@ -299,6 +301,12 @@ static int build_config(struct keeper *k, struct build *b)
 	size_t n = b->cfg->n_servers;
 	int r;
 
+	/* The users now, not at a child's start: who they are may have changed. */
+	if (k->system_mode) {
+		r = child_users_resolve(b->cfg, &b->users);
+		if (r < 0)
+			return r;
+	}
 	b->n = n;
 	b->servers = calloc(n ? n : 1, sizeof(*b->servers));
 	b->from = calloc(n ? n : 1, sizeof(*b->from));
@@ -405,7 +413,9 @@ static int apply_config(struct keeper *k, struct config *cfg)
 		return r;
 	}
 
-	/* The swap: from here on nothing fails. */
+	/* The swap: from here on nothing fails. Children started from here on
+	 * (eager workers below) run as the new users; running ones keep theirs. */
+	k->users = b.users;
 	k->servers = TAKE_PTR(b.servers);
 	k->n_servers = b.n;
 	k->index = TAKE_PTR(b.index);
@@ -468,6 +478,10 @@ static void reload(struct keeper *k)
 	}
 	if (strcmp(cfg->data_dir, k->cfg->data_dir) != 0 || strcmp(cfg->runtime_dir, k->cfg->runtime_dir) != 0)
 		log_warn("reload: data_dir and runtime_dir changes take effect at the next start");
+	if (k->system_mode && (strcmp(cfg->users.oauth, k->cfg->users.oauth) != 0 ||
+			       strcmp(cfg->users.http, k->cfg->users.http) != 0 ||
+			       strcmp(cfg->users.worker, k->cfg->users.worker) != 0))
+		log_warn("reload: a change of users takes effect for each child at its next start");
 	sd_notify(0, "RELOADING=1");
 	r = apply_config(k, cfg);
 	sd_notify(0, "READY=1");
@@ -571,29 +585,83 @@ static int control_socket(struct keeper *k, int *fd)
 }
 
 /*
- * Started as root in system mode (by hand, not by the unit): become the owner
- * of the state directory as the unit would have made us, keeping only
- * CAP_SETUID and CAP_SETGID so that children can still be started as
- * worker_user. Without this the store would switch to the owner itself and
+ * A keeper started as root in system mode (by hand: the unit starts it as
+ * mcpkeeper with CAP_SETUID and CAP_SETGID only) holds no more than the unit
+ * would give it. At once it keeps what it uses until drop_root(): reading
+ * the configuration and the children's directories wherever they are,
+ * making the runtime directory, CAP_SETPCAP to narrow the set further; after
+ * drop_root() only CAP_SETUID and CAP_SETGID, to start the children under
+ * their users. The bounding set goes with the rest, so no exec of the keeper
+ * or a child gets any other back, and no_new_privs stops setuid binaries and
+ * file capabilities (a setuid() by a holder of CAP_SETUID still works).
+ */
+#define CAP_BIT(c) (UINT64_C(1) << (c))
+#define CAPS_CHILDREN (CAP_BIT(CAP_SETUID) | CAP_BIT(CAP_SETGID))
+#define CAPS_START \
+	(CAPS_CHILDREN | CAP_BIT(CAP_SETPCAP) | CAP_BIT(CAP_DAC_OVERRIDE) | CAP_BIT(CAP_DAC_READ_SEARCH))
+
+static void caps_set(uint64_t caps)
+{
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct data[2] = { { 0 } };
+
+	data[0].permitted = data[0].effective = (uint32_t)caps;
+	data[1].permitted = data[1].effective = (uint32_t)(caps >> 32);
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		fatal("capset: %m");
+}
+
+/* Bounding, permitted and effective sets down to keep, nothing inheritable
+ * or ambient. The permitted set must hold keep and CAP_SETPCAP. */
+static void caps_limit(uint64_t keep)
+{
+	/* Effective: CAP_SETPCAP to shrink the bounding set (after a setuid()
+	 * with PR_SET_KEEPCAPS the effective set is empty). */
+	caps_set(keep | CAP_BIT(CAP_SETPCAP));
+	/* Up to the kernel's last capability, whichever that is. */
+	for (int cap = 0; cap < 64 && prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++)
+		if (!(keep & CAP_BIT(cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+			fatal("cannot drop capability %d from the bounding set: %m", cap);
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+		fatal("cannot clear the ambient capabilities: %m");
+	caps_set(keep);
+}
+
+/* At the start of a root keeper in system mode: CAPS_START and no_new_privs. */
+static void limit_root_start(void)
+{
+	if (geteuid() != 0)
+		return;
+	caps_limit(CAPS_START);
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		fatal("cannot set no_new_privs: %m");
+}
+
+/*
+ * Started as root in system mode: become the owner of the state directory
+ * as the unit would have made us (or stay root when root owns it), keeping
+ * only CAP_SETUID and CAP_SETGID so that children can still be started as
+ * their users. Without this the store would switch to the owner itself and
  * drop every capability with root.
  */
 static void drop_root(const char *data_dir)
 {
-	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
-	struct __user_cap_data_struct data[2] = { { 0 } };
 	struct passwd *pw;
 	struct stat st;
 
-	if (geteuid() != 0 || stat(data_dir, &st) < 0 || st.st_uid == 0)
+	if (geteuid() != 0)
 		return;
+	if (stat(data_dir, &st) < 0 || st.st_uid == 0) {
+		caps_limit(CAPS_CHILDREN);
+		log_info("running as root with CAP_SETUID and CAP_SETGID only");
+		return;
+	}
 	pw = getpwuid(st.st_uid);
 	if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 ||
 	    (pw ? initgroups(pw->pw_name, pw->pw_gid) : setgroups(0, NULL)) < 0 ||
 	    setgid(pw ? pw->pw_gid : st.st_gid) < 0 || setuid(st.st_uid) < 0)
 		fatal("cannot switch to the owner of %s (uid %u): %m", data_dir, (unsigned)st.st_uid);
-	data[0].permitted = data[0].effective = (1u << CAP_SETUID) | (1u << CAP_SETGID);
-	if (syscall(SYS_capset, &hdr, data) < 0)
-		fatal("capset: %m");
+	caps_limit(CAPS_CHILDREN);
 	prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
 	log_info("running as uid %u (owner of %s) with CAP_SETUID and CAP_SETGID only", (unsigned)st.st_uid,
 		 data_dir);
@@ -627,6 +695,8 @@ int keeper_run(const char *config_path, bool system_mode)
 
 	if (proc_no_core_dumps() < 0)
 		fatal("cannot disable core dumps: %m");
+	if (system_mode)
+		limit_root_start();
 	signal(SIGPIPE, SIG_IGN);
 	k.config_path = xstrdup(config_path);
 	if (config_load(config_path, system_mode, &cfg, err, sizeof(err)) < 0)

@@ -79,6 +79,18 @@ struct server {
 	char sandbox[16];			/* stdio: the running worker's ("namespaces", "landlock", "off") */
 };
 
+/* child.c: the ids one role's children run as in system mode (config
+ * "users"), looked up by the keeper at start and reload: a forked child
+ * does not call into NSS. */
+struct child_user {
+	uid_t uid;
+	gid_t gid;
+};
+
+struct child_users {
+	struct child_user oauth, http, worker;
+};
+
 struct keeper {
 	struct event_base *base;
 	char *config_path;
@@ -94,6 +106,7 @@ struct keeper {
 
 	struct control *control;
 	struct child_binary *binaries;	/* child.c: opened before a root start drops */
+	struct child_users users;	/* system mode: of cfg->users, swapped with cfg */
 	struct child *oauth;
 	struct child *http;		/* api.c: REST API, events, web UI */
 	struct secret *api_key;
@@ -280,6 +293,13 @@ struct child_ops {
  * child's next start. 0 or -ENOMEM.
  */
 int child_binaries_open(struct keeper *k);
+/*
+ * System mode: looks up the users of cfg ("users": oauth, http, worker).
+ * 0 with *out, or a negative errno value (-ENOENT: no such user) logged
+ * with the setting and the name. A user shared by two roles, or root, is
+ * logged as a warning: it undoes the separation of those children.
+ */
+int child_users_resolve(const struct config *cfg, struct child_users *out);
 void child_binaries_close(struct keeper *k);
 struct child *child_new(struct keeper *k, const char *role, const char *binary, const struct child_ops *ops,
 			void *ctx);

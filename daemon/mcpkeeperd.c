@@ -53,6 +53,12 @@ static int check(const char *config_path, bool system_mode)
 		log_error("%s", err);
 		return 1;
 	}
+	if (system_mode) {
+		struct child_users users;
+
+		if (child_users_resolve(cfg, &users) < 0)
+			return 1;
+	}
 	if (store_load_master_key(cfg->data_dir, &key, err, sizeof(err)) < 0 ||
 	    store_open(cfg->data_dir, key, &store, err, sizeof(err)) != 0) {
 		log_error("%s", err);

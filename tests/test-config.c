@@ -636,7 +636,9 @@ static void test_defaults(void)
 	CHECK_STREQ(c->path, "config.json");
 	CHECK(!c->system_mode);
 	CHECK_STREQ(c->listen, "127.0.0.1:8080");
-	CHECK_STREQ(c->worker_user, "mcpkeeper-worker");
+	CHECK_STREQ(c->users.oauth, "mcpkeeper-oauth");
+	CHECK_STREQ(c->users.http, "mcpkeeper-http");
+	CHECK_STREQ(c->users.worker, "mcpkeeper-worker");
 	CHECK(c->group == NULL);
 	CHECK(c->idle_timeout_sec == 300);
 	CHECK(c->request_timeout_sec == 60);
@@ -666,13 +668,16 @@ static void test_defaults(void)
 
 	TEST("globals as written");
 	c = parse_ok("\xef\xbb\xbf{\"data_dir\": \"/srv/keeper\", \"runtime_dir\": \"/run/k\","
-		     " \"listen\": \"127.0.0.1:7000\", \"group\": \"mcp\", \"worker_user\": \"nobody\","
+		     " \"listen\": \"127.0.0.1:7000\", \"group\": \"mcp\","
+		     " \"users\": {\"oauth\": \"o\", \"http\": \"h\", \"worker\": \"nobody\"},"
 		     " \"idle_timeout\": 0, \"disable_management\": true, \"mcpServers\": []}");
 	CHECK_STREQ(c->data_dir, "/srv/keeper");
 	CHECK_STREQ(c->runtime_dir, "/run/k");
 	CHECK_STREQ(c->listen, "127.0.0.1:7000");
 	CHECK_STREQ(c->group, "mcp");
-	CHECK_STREQ(c->worker_user, "nobody");
+	CHECK_STREQ(c->users.oauth, "o");
+	CHECK_STREQ(c->users.http, "h");
+	CHECK_STREQ(c->users.worker, "nobody");
 	CHECK(c->idle_timeout_sec == 0);
 	CHECK(c->disable_management);
 	CHECK(c->n_servers == 0);
@@ -746,6 +751,42 @@ static void test_unknown_fields(void)
 	CHECK(log[0] == '\0');
 }
 
+/* json parses, with these users for the three roles. */
+static void users_are(const char *json, const char *oauth, const char *http, const char *worker)
+{
+	struct config *c = parse_ok(json);
+
+	CHECK_STREQ(c->users.oauth, oauth);
+	CHECK_STREQ(c->users.http, http);
+	CHECK_STREQ(c->users.worker, worker);
+	config_free(c);
+}
+
+static void test_users(void)
+{
+	const char *log;
+
+	TEST("users: one per role, each defaulted on its own");
+	users_are("{\"users\": {\"http\": \"web\"}}", "mcpkeeper-oauth", "web", "mcpkeeper-worker");
+
+	TEST("users: worker_user is still read, as users.worker, with a warning");
+	users_are("{\"worker_user\": \"old\", \"users\": {\"oauth\": \"o\"}}", "o", "mcpkeeper-http", "old");
+	log = parse_capturing_stderr("{\"worker_user\": \"old\"}");
+	CHECK(strstr(log, "warning: config.json: worker_user: deprecated, read as users.worker\n"));
+	log = parse_capturing_stderr("{\"users\": {\"worker\": \"new\", \"root\": \"x\"}}");
+	CHECK(!strstr(log, "deprecated"));
+	CHECK(strstr(log, "config.json: users.root: unknown field, ignored\n"));
+
+	TEST("users: wrong values name the field");
+	parse_fails("{\"worker_user\": \"a\", \"users\": {\"worker\": \"b\"}}",
+		    "config.json: worker_user: is the old name of users.worker: give only users.worker");
+	parse_fails("{\"users\": \"mcpkeeper\"}", "config.json: users: must be an object");
+	parse_fails("{\"users\": {\"oauth\": \"\"}}", "config.json: users.oauth: must not be empty");
+	parse_fails("{\"users\": {\"http\": 33}}", "config.json: users.http: must be a string");
+	parse_fails("{\"users\": {\"worker\": null}}", "config.json: users.worker: must be a string");
+	parse_fails("{\"worker_user\": \"\"}", "config.json: worker_user: must not be empty");
+}
+
 /*
  * The reader walks the top-level object and mcpServers itself and gives
  * json-c one value at a time: the cases below are where such a walk could
@@ -763,7 +804,7 @@ static void test_reader_strings(void)
 		     " \"b\": {\"url\": \"https://x.example/?q={}[],:\", \"headers\": {\"X-A\": \"}\\\\\"}}},"
 		     " \"worker_user\": \"w\\\\\"}");
 	CHECK_STREQ(c->group, "g}]{[\"\\");
-	CHECK_STREQ(c->worker_user, "w\\");
+	CHECK_STREQ(c->users.worker, "w\\");
 	CHECK(c->n_servers == 2);
 	s = config_find_server(c, "a");
 	CHECK(s && s->n_args == 8);
@@ -1418,6 +1459,7 @@ int main(void)
 	test_forms_equal();
 	test_defaults();
 	test_unknown_fields();
+	test_users();
 	test_reader_strings();
 	test_reader_whitespace();
 	test_reader_truncated();

@@ -113,7 +113,7 @@ static void check_config(const struct config *c)
 		die("system mode from a user-mode parse", NULL);
 	if (!c->data_dir || c->data_dir[0] != '/' || !c->runtime_dir || c->runtime_dir[0] != '/')
 		die("data_dir and runtime_dir must be absolute", NULL);
-	if (!c->listen || !c->worker_user)
+	if (!c->listen || !c->users.oauth || !c->users.http || !c->users.worker)
 		die("a default was not filled in", NULL);
 	if (c->idle_timeout_sec < 0 || c->idle_timeout_sec > 86400)
 		die("idle_timeout out of range", NULL);

@@ -604,9 +604,10 @@ class Keeper:
         return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
 
     # -- process --
-    def start(self, wait=True, timeout=30.0, args=None):
+    def start(self, wait=True, timeout=30.0, args=None, command=None):
+        """command: what runs before --config (default: the build's keeper)."""
         self._log_file = open(self.log_path, "ab")
-        argv = [KEEPERD, "--config", self.config_path] + list(args or [])
+        argv = list(command or [KEEPERD]) + ["--config", self.config_path] + list(args or [])
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
                                      stderr=self._log_file, env=child_env(self.env))
         _register(self.proc)
@@ -757,6 +758,31 @@ class Keeper:
     def fd_count(self):
         """Descriptors the keeper holds (from /proc)."""
         return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
+
+def proc_status(pid):
+    """/proc/PID/status as {field: [words]}."""
+    fields = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            key, _, val = line.partition(":")
+            fields[key] = val.split()
+    return fields
+
+
+def children_of(pid, name=None):
+    """The keeper's children; with name, only those that already exec'd that
+    program (before the exec a child is still a copy of the keeper)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                st = proc_status(int(entry))
+                if int(st["PPid"][0]) == pid and (name is None or st["Name"][0] == name[:15]):
+                    kids.append(int(entry))
+            except (OSError, KeyError, IndexError):
+                pass
+    return kids
 
 
 # --------------------------------------------------------------------------

@@ -426,51 +426,32 @@ class TestPeerPolicy(kl.KeeperTestCase):
 REQ_PREFIX = b'{"jsonrpc":"2.0","id":1,"method":"status","params":{"pad":"'
 
 
-def proc_status(pid):
-    fields = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            key, _, val = line.partition(":")
-            fields[key] = val.split()
-    return fields
-
-
-def children_of(pid, name=None):
-    """The keeper's children; with name, only those that already exec'd that
-    program (before the exec a child is still a copy of the keeper)."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                st = proc_status(int(entry))
-                if int(st["PPid"][0]) == pid and (name is None or st["Name"][0] == name[:15]):
-                    kids.append(int(entry))
-            except (OSError, KeyError, IndexError):
-                pass
-    return kids
+# Every child as daemon: a user that exists everywhere (the mcpkeeper users
+# are test_system_users.py's).
+DAEMON_USERS = {"users": {"oauth": "daemon", "http": "daemon", "worker": "daemon"}}
 
 
 class TestSystemMode(kl.KeeperTestCase):
     """Started as root with --system: the keeper becomes the state directory's
     owner keeping only CAP_SETUID/CAP_SETGID, and its oauth child runs as
-    worker_user with no capabilities, unable to enter the state directory."""
+    users.oauth with no capabilities, unable to enter the state directory."""
 
     def test_m_root_start_drops_to_owner(self):
         if os.geteuid() != 0:
             self.skipTest("needs root")
-        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}}, extra_config={"worker_user": "daemon"})
+        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}}, extra_config=DAEMON_USERS)
         for d in (self.tmp, k.dir):
             os.chmod(d, 0o755)
         os.chown(k.data_dir, NOBODY, NOBODY)
         k.start(args=["--system"])
         try:
-            keeper = proc_status(k.proc.pid)
+            keeper = kl.proc_status(k.proc.pid)
             self.assertEqual(keeper["Uid"][:2], [str(NOBODY)] * 2, keeper["Uid"])
             self.assertEqual(int(keeper["CapEff"][0], 16), (1 << 6) | (1 << 7), keeper["CapEff"])
             kids = []
-            kl.wait_until(lambda: kids.extend(children_of(k.proc.pid, "mcpkeeper-oauth")) or kids, 20, 0.1,
+            kl.wait_until(lambda: kids.extend(kl.children_of(k.proc.pid, "mcpkeeper-oauth")) or kids, 20, 0.1,
                           "the oauth child")
-            child = proc_status(kids[0])
+            child = kl.proc_status(kids[0])
             daemon_uid = str(pwd.getpwnam("daemon").pw_uid)
             self.assertEqual(child["Uid"][:2], [daemon_uid] * 2, child["Uid"])
             for cap in ("CapEff", "CapPrm", "CapAmb"):
@@ -498,7 +479,7 @@ class TestSystemMode(kl.KeeperTestCase):
             f.write("not a program\n")
         os.chmod(os.path.join(libexec, "mcpkeeper-http"), 0o644)
         os.chmod(hidden, 0o700)
-        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}}, extra_config={"worker_user": "daemon"},
+        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}}, extra_config=DAEMON_USERS,
                              env={"MCPKEEPER_LIBEXECDIR": libexec})
         for d in (self.tmp, k.dir):
             os.chmod(d, 0o755)
@@ -506,9 +487,9 @@ class TestSystemMode(kl.KeeperTestCase):
         k.start(args=["--system"])
         try:
             kids = []
-            kl.wait_until(lambda: kids.extend(children_of(k.proc.pid, "mcpkeeper-oauth")) or kids, 20, 0.1,
+            kl.wait_until(lambda: kids.extend(kl.children_of(k.proc.pid, "mcpkeeper-oauth")) or kids, 20, 0.1,
                           "the oauth child from a directory its user cannot enter")
-            child = proc_status(kids[0])
+            child = kl.proc_status(kids[0])
             self.assertEqual(child["Uid"][:2], [str(pwd.getpwnam("daemon").pw_uid)] * 2, child["Uid"])
             kl.wait_until(lambda: k.status()["servers"] is not None, 10, 0.1, "status")
             kl.wait_until(lambda: "cannot run %s/mcpkeeper-http: Permission denied" % libexec in k.log(), 10, 0.1,
@@ -766,11 +747,11 @@ class TestProcess(OAuthKeeperCase):
         self.setup_oauth(lifetime=10)
         first = []
         kl.wait_until(lambda: "oauth child ready" in self.k.log(), 20, 0.1, "the oauth child's hello")
-        kl.wait_until(lambda: first.extend(children_of(self.k.proc.pid, "mcpkeeper-oauth")) or first, 20, 0.1,
+        kl.wait_until(lambda: first.extend(kl.children_of(self.k.proc.pid, "mcpkeeper-oauth")) or first, 20, 0.1,
                       "the oauth child")
         os.kill(first[0], signal.SIGKILL)
         later = []
-        kl.wait_until(lambda: later.extend(p for p in children_of(self.k.proc.pid, "mcpkeeper-oauth")
+        kl.wait_until(lambda: later.extend(p for p in kl.children_of(self.k.proc.pid, "mcpkeeper-oauth")
                                            if p != first[0]) or later, 30, 0.1, "a new oauth child")
         self.sub.wait_for(EV_REFRESHED, for_server("gh"), 40)
         self.assertGreaterEqual(self.k.log().count("oauth child ready"), 2)

@@ -413,7 +413,8 @@ class KeeperB(keeperlib.KeeperTestCase):
             self.skipTest("systemd-socket-activate is not installed")
         import pwd
         k = self.make_keeper(servers={"plain": {"url": "http://127.0.0.1:9/mcp", "oauth": False}},
-                             extra_config={"worker_user": pwd.getpwuid(os.geteuid()).pw_name})
+                             extra_config={"users": dict.fromkeys(("oauth", "http", "worker"),
+                                                              pwd.getpwuid(os.geteuid()).pw_name)})
         os.makedirs(k.runtime_dir, mode=0o700, exist_ok=True)
         env = sanitizer_env()
         argv = [act, "-l", k.socket_path, "--fdname=control"]
