@@ -29,7 +29,6 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
-#include <pwd.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -317,12 +316,11 @@ static bool namespaces_available(const struct keeper *k)
 	if (pid < 0)
 		return false;
 	if (pid == 0) {
-		if (k->system_mode && k->cfg->worker_user) {
-			struct passwd *pw = getpwnam(k->cfg->worker_user);
+		const struct child_user *u = &k->users.worker;
 
-			if (!pw || setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
-				_exit(2);
-		}
+		if (k->system_mode && (setgroups(0, NULL) < 0 || setresgid(u->gid, u->gid, u->gid) < 0 ||
+				       setresuid(u->uid, u->uid, u->uid) < 0))
+			_exit(2);
 		_exit(unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID) == 0 ? 0 : 1);
 	}
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)

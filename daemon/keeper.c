@@ -589,7 +589,8 @@ static int control_socket(struct keeper *k, int *fd)
  * mcpkeeper with CAP_SETUID and CAP_SETGID only) holds no more than the unit
  * would give it. At once it keeps what it uses until drop_root(): reading
  * the configuration and the children's directories wherever they are,
- * making the runtime directory, CAP_SETPCAP to narrow the set further; after
+ * making the runtime directory, handing the sandbox directory to the
+ * workers' user (CAP_CHOWN), CAP_SETPCAP to narrow the set further; after
  * drop_root() only CAP_SETUID and CAP_SETGID, to start the children under
  * their users. The bounding set goes with the rest, so no exec of the keeper
  * or a child gets any other back, and no_new_privs stops setuid binaries and
@@ -597,8 +598,9 @@ static int control_socket(struct keeper *k, int *fd)
  */
 #define CAP_BIT(c) (UINT64_C(1) << (c))
 #define CAPS_CHILDREN (CAP_BIT(CAP_SETUID) | CAP_BIT(CAP_SETGID))
-#define CAPS_START \
-	(CAPS_CHILDREN | CAP_BIT(CAP_SETPCAP) | CAP_BIT(CAP_DAC_OVERRIDE) | CAP_BIT(CAP_DAC_READ_SEARCH))
+#define CAPS_START                                                                                   \
+	(CAPS_CHILDREN | CAP_BIT(CAP_SETPCAP) | CAP_BIT(CAP_DAC_OVERRIDE) | CAP_BIT(CAP_DAC_READ_SEARCH) | \
+	 CAP_BIT(CAP_CHOWN))
 
 static void caps_set(uint64_t caps)
 {
@@ -674,11 +676,11 @@ static void sandbox_root(const struct keeper *k)
 	unsigned uid = (unsigned)geteuid(), gid = (unsigned)getegid();
 	char err[512];
 
-	if (k->system_mode && geteuid() == 0 && k->cfg->worker_user) {
-		struct passwd *pw = getpwnam(k->cfg->worker_user);
+	if (k->system_mode && geteuid() == 0) {
+		struct passwd *pw = getpwnam(k->cfg->users.worker);
 
 		if (!pw)
-			fatal("worker_user %s: no such user", k->cfg->worker_user);
+			fatal("users.worker: no user %s", k->cfg->users.worker);
 		uid = (unsigned)pw->pw_uid;
 		gid = (unsigned)pw->pw_gid;
 	}
