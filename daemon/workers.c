@@ -212,7 +212,7 @@ static int on_token_invalid(struct keeper *k, struct server *s, struct rpc_msg *
 		if (refresh_now(k, s, why, sizeof(why)) == REFRESH_NOT_NOW) {
 			/* Its clients get the error now, not after the floor: the
 			 * refresh that follows it arrives as token.update. */
-			log_info("%s: the worker's token was rejected upstream; not refreshing yet: %s", s->name, why);
+			log_debug("%s: the worker's token was rejected upstream; not refreshing yet: %s", s->name, why);
 			reply_waiters(k, s, KIND_BUSY, why);
 		} else {
 			log_info("%s: the worker's token was rejected upstream; refreshing now", s->name);
