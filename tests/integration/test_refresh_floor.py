@@ -18,9 +18,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keeperlib as kl  # noqa: E402
 from keeperlib import EV_REFRESHED  # noqa: E402
-from test_workers import Client, text_of  # noqa: E402
+from test_login import LoginCase  # noqa: E402
+from test_workers import WorkerCase, text_of  # noqa: E402
 
-WORKER = os.path.join(kl.BUILD_ROOT, "worker", "mcpkeeper-worker")
 FLOOR_S = 2.0           # refresh.min_interval's default, in seconds
 MAX_TOKEN = 16384       # PROTO_MAX_TOKEN
 YEAR = 31536000
@@ -36,26 +36,8 @@ def within_floor(requests, elapsed):
     return requests <= elapsed / FLOOR_S + 2
 
 
-class FloorCase(kl.KeeperTestCase):
-
-    def setUp(self):
-        super().setUp()
-        for path in (WORKER, kl.MCPCTL):
-            if not os.path.exists(path):
-                self.skipTest("%s not built" % path)
-        self.clients = []
-        self.addCleanup(self._close_clients)
-
-    def _close_clients(self):
-        for c in self.clients:
-            if c.proc.poll() is None:
-                c.proc.kill()
-                c.proc.wait()
-
-    def client(self):
-        c = Client(self.k, "gh")
-        self.clients.append(c)
-        return c
+class FloorCase(WorkerCase):
+    """test_workers' clients (self.client(NAME)) with a keeper of our own."""
 
     def setup_keeper(self, lifetime=3600, stored_lifetime=3600, peer_config=None, refresh=None, start=True,
                      grace=0):
@@ -126,11 +108,11 @@ class TestFloor(FloorCase):
         # INT64_MAX seconds: now + expires_in would overflow.
         self.setup_keeper(stored_lifetime=-5, peer_config={"expires_in": 2 ** 63 - 1})
         kl.wait_until(lambda: "gh: token refreshed" in self.k.log(), 20, 0.1, "the refresh")
-        self.assertIn("gh: the token endpoint gave expires_in %d s, outside 1 s .. 1 year; using %d s" %
-                      (2 ** 63 - 1, YEAR), self.k.log())
         expires_at = self.k.server("gh")["token_expires_at"]
         now = time.time()
-        self.assertTrue(now + YEAR - 60 <= expires_at <= now + YEAR + 60, (expires_at, now))
+        self.assertTrue(expires_at and now + YEAR - 60 <= expires_at <= now + YEAR + 60, (expires_at, now))
+        self.assertIn("gh: the token endpoint gave expires_in %d s, outside 1 s .. 1 year; using %d s" %
+                      (2 ** 63 - 1, YEAR), self.k.log())
         self.k.assert_alive()
         self.assert_log_clean()
 
@@ -138,11 +120,11 @@ class TestFloor(FloorCase):
         # Negative: the same clamp to 1 s, never "no expiry".
         self.setup_keeper(stored_lifetime=-5, peer_config={"expires_in": -100})
         kl.wait_until(lambda: "gh: token refreshed" in self.k.log(), 20, 0.1, "the refresh")
+        expires_at = self.k.server("gh")["token_expires_at"]
+        self.assertIsNotNone(expires_at, "a negative expires_in is no \"never expires\"")
+        self.assertLessEqual(expires_at, time.time() + 5)
         self.assertIn("gh: the token endpoint gave expires_in -100 s, outside 1 s .. 1 year; using 1 s",
                       self.k.log())
-        expires_at = self.k.server("gh")["token_expires_at"]
-        self.assertIsNotNone(expires_at)
-        self.assertLessEqual(expires_at, time.time() + 5)
         self.assert_log_clean()
 
     def test_d_upstream_always_401(self):
@@ -150,7 +132,7 @@ class TestFloor(FloorCase):
         # worker report token.invalid. Without a floor every call costs a
         # token request; with it the calls get an error at once.
         self.setup_keeper()
-        c = self.client()
+        c = self.client("gh")
         c.initialize()
         self.assertEqual(text_of(c.echo("before")), "before")
         pid = self.k.server("gh")["worker"]["pid"]
@@ -195,7 +177,7 @@ class TestTokenSize(FloorCase):
         # A floor of 4 s leaves room for the checks between two attempts.
         self.setup_keeper(stored_lifetime=2, refresh={"max_retries": 10, "min_interval": 4000}, grace=120,
                           peer_config={"rotate": False, "access_token_bytes": MAX_TOKEN + 1})
-        c = self.client()
+        c = self.client("gh")
         c.initialize()
         self.assertEqual(text_of(c.echo("old token")), "old token")
         pid = self.k.server("gh")["worker"]["pid"]
@@ -234,6 +216,29 @@ class TestTokenSize(FloorCase):
         self.assertEqual(st["worker"]["restarts"], 0, st)
         self.k.assert_alive()
         self.assert_log_clean()
+
+
+class TestLoginLimits(LoginCase):
+
+    def test_a_login_refuses_oversized_token_and_clamps(self):
+        # The code exchange goes through the same check: a login whose token
+        # is one byte too long fails saying so, and stores nothing.
+        self.setup_login()
+        self.peer.config(access_token_bytes=MAX_TOKEN + 1)
+        r = self.ctl("auth", "login", "--server", "demo")
+        self.assert_login_failed(r, "the access_token is %d bytes long, more than the %d bytes" %
+                                 (MAX_TOKEN + 1, MAX_TOKEN))
+        self.assertEqual(self.stored_keys(), [])
+        self.assertEqual(self.k.server("demo")["oauth_status"], "none")
+
+        # Exactly at the limit, with an expires_in of 0: logged in, and the
+        # clamp is logged by the login too.
+        self.peer.config(access_token_bytes=MAX_TOKEN, refresh_token_bytes=MAX_TOKEN, expires_in=0)
+        r = self.ctl("auth", "login", "--server", "demo")
+        self.assert_logged_in(r)
+        self.assertIn("demo: the token endpoint gave expires_in 0 s, outside 1 s .. 1 year; using 1 s",
+                      self.k.log())
+        self.k.assert_alive()
 
 
 if __name__ == "__main__":
