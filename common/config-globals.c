@@ -28,6 +28,11 @@
 #define DEFAULT_MAX_RETRIES 3
 #define DEFAULT_REFRESH_TIMEOUT 30
 #define DEFAULT_MAX_IN_FLIGHT 16
+#define DEFAULT_MIN_INTERVAL_MS 2000
+/* refresh.min_interval: below 100 ms it is no floor; above an hour a
+ * rejected token would keep a server unusable too long. */
+#define MIN_INTERVAL_MIN_MS 100
+#define MIN_INTERVAL_MAX_MS (3600 * 1000)
 
 void config_globals_init(struct config *c)
 {
@@ -39,13 +44,14 @@ void config_globals_init(struct config *c)
 		.max_retries = DEFAULT_MAX_RETRIES,
 		.timeout_sec = DEFAULT_REFRESH_TIMEOUT,
 		.max_in_flight = DEFAULT_MAX_IN_FLIGHT,
+		.min_interval_ms = DEFAULT_MIN_INTERVAL_MS,
 	};
 }
 
 static int refresh_parse(struct parser *p, struct json_object *root)
 {
 	static const char *const known[] = {
-		"threshold", "max_retries", "timeout", "max_in_flight", NULL,
+		"threshold", "max_retries", "timeout", "max_in_flight", "min_interval", NULL,
 	};
 	struct config_refresh *rf = &p->c->refresh;
 	struct json_object *obj, *v;
@@ -73,7 +79,11 @@ static int refresh_parse(struct parser *p, struct json_object *root)
 	r = config_get_int(p, obj, "refresh", "timeout", 1, 600, &rf->timeout_sec);
 	if (r < 0)
 		return r;
-	return config_get_int(p, obj, "refresh", "max_in_flight", 1, 4096, &rf->max_in_flight);
+	r = config_get_int(p, obj, "refresh", "max_in_flight", 1, 4096, &rf->max_in_flight);
+	if (r < 0)
+		return r;
+	return config_get_int(p, obj, "refresh", "min_interval", MIN_INTERVAL_MIN_MS, MIN_INTERVAL_MAX_MS,
+			      &rf->min_interval_ms);
 }
 
 /*

@@ -78,6 +78,8 @@ struct config_refresh {
 	int max_retries;	/* fast retries after the first attempt; default 3 */
 	int timeout_sec;	/* total timeout of one token request; default 30 */
 	int max_in_flight;	/* global cap on concurrent refreshes; default 16 */
+	int min_interval_ms;	/* floor between two token requests of one server,
+				 * 100 ms .. 1 h; default 2000 */
 };
 
 /* System mode: the user each kind of child runs as, one uid per role so that

@@ -15,6 +15,15 @@
 #define PROTO_MAX_MESSAGE (1024 * 1024)
 
 /*
+ * Largest access token and largest refresh token, in bytes, each. The oauth
+ * child refuses a token response with a longer one (reason
+ * LOGIN_R_TOKEN_TOO_LARGE), the store refuses to encode or decode a token
+ * record holding one, and a worker treats a longer token from the keeper as
+ * a keeper bug.
+ */
+#define PROTO_MAX_TOKEN (16 * 1024)
+
+/*
  * Control socket methods (mcpctl and other local clients -> keeper).
  *
  * hello {"version": PROTO_VERSION, "client": "mcpctl 0.1.0" (optional, for
@@ -96,6 +105,8 @@
  *   error  code RPC_APP_ERROR, a message without token bytes, and
  *          data {"kind": KIND_TRANSIENT|KIND_TERMINAL,
  *                "oauth_error": "invalid_grant"... (when the provider said),
+ *                "reason": LOGIN_R_TOKEN_TOO_LARGE (an access or refresh
+ *                token longer than PROTO_MAX_TOKEN: kind transient),
  *                "http_status": N (when there was a response)}
  *
  * Login and logout (keeper -> oauth child). The keeper drives a login as
@@ -180,7 +191,10 @@
  *           got a 401}: the result is {"access_token", "token_type",
  *           "expires_at"} once a current token exists (after a refresh when
  *           the rejected one was current), or an error (kind
- *           "unavailable": no login).
+ *           "unavailable": no login; kind "busy": the server's last token
+ *           request is less than refresh.min_interval old, so none is made
+ *           now: the answer comes at once, and the refresh that follows the
+ *           interval arrives as token.update).
  *   client.closed (worker -> keeper, notification) {"clients": N}: how many
  *           clients remain, for the idle timeout.
  *   upstream.needs_login (worker -> keeper, notification) {}: an upstream
@@ -319,6 +333,9 @@
 #define LOGIN_R_TIMEOUT "timeout"
 #define LOGIN_R_CANCELLED "cancelled"
 #define LOGIN_R_REVOKE "revoke"
+/* A token response whose access or refresh token is over PROTO_MAX_TOKEN
+ * (also in oauth.refresh errors). */
+#define LOGIN_R_TOKEN_TOO_LARGE "token_too_large"
 
 #define ROLE_OAUTH "oauth"
 #define ROLE_HTTP "http"

@@ -61,6 +61,10 @@ struct server {
 	ssize_t heap_idx;			/* position in the ready queue; -1: not queued */
 	ssize_t due_idx;			/* timers: position in their heap; -1: not armed */
 	int64_t due_at_ms;
+	/* When its last token request started (a refresh, or the login that
+	 * brought the token): none starts before refresh.min_interval has
+	 * passed since. 0: none since the keeper started. */
+	int64_t last_request_ms;
 	int64_t request_id;			/* outstanding oauth.refresh */
 	struct secret *request_plain;		/* the record the refresh started from */
 	char *last_error;			/* NULL: none; server_set_error() */
@@ -211,16 +215,21 @@ void refresh_rearm_all(struct keeper *k);
  * worker: workers_token_cleared). 0, STORE_E_NOT_FOUND or -errno. */
 int refresh_logout(struct keeper *k, struct server *s);
 /* The token response of oauth.refresh and oauth.authorize (proto.h); the
- * strings are borrowed from the result. 0, or -EINVAL with why saying
- * which field is wrong. */
+ * strings are borrowed from the result. An expires_in outside
+ * TOKEN_EXPIRES_IN_MIN .. TOKEN_EXPIRES_IN_MAX is clamped into it, with a
+ * warning naming server, so that now + expires_in cannot overflow. 0, or
+ * -EINVAL with why saying which field is wrong. */
+#define TOKEN_EXPIRES_IN_MIN 1
+#define TOKEN_EXPIRES_IN_MAX (365 * 24 * 3600)
 struct token_result {
 	const char *access_token;
 	const char *token_type;		/* NULL: not given */
 	const char *refresh_token;	/* NULL: not given */
 	const char *scope;		/* NULL: not given */
-	int64_t expires_in;		/* 0: not given */
+	int64_t expires_in;		/* 0: not given, else within the bounds above */
 };
-int refresh_result_parse(struct json_object *result, struct token_result *tr, char *why, size_t len);
+int refresh_result_parse(struct json_object *result, const char *server, struct token_result *tr, char *why,
+			 size_t len);
 /* How the oauth child's life reaches the engine (ctx: the keeper). */
 extern const struct child_ops refresh_oauth_ops;
 const char *oauth_status_name(enum oauth_status st);
@@ -248,14 +257,21 @@ void workers_token_changed(struct keeper *k, struct server *s);
  * (or the error when it goes away); 0 when there is nothing to wait for. */
 #define WORKERS_CLEAR_PENDING 1
 int workers_token_cleared(struct keeper *k, struct server *s, child_reply_fn fn, void *ctx, int64_t *id);
-/* A refresh the workers may be waiting for ended; error NULL on success. */
-void workers_refresh_done(struct keeper *k, struct server *s, const char *error);
+/* A refresh the workers may be waiting for ended (or will not run): error
+ * NULL on success, else its words and kind (KIND_UNAVAILABLE when a login
+ * is needed, KIND_TRANSIENT when a retry is coming, KIND_BUSY ...). */
+void workers_refresh_done(struct keeper *k, struct server *s, const char *kind, const char *error);
 /* Server removed or its transport changed (reload), or keeper stopping. */
 void workers_forget(struct keeper *k, struct server *s);
 struct json_object *workers_status_json(const struct server *s);
 bool workers_settings_equal(const struct config_server *a, const struct config_server *b);
-/* refresh.c: refresh now (a worker saw a 401 with the current token). */
-void refresh_now(struct keeper *k, struct server *s);
+/* refresh.c: refresh now (a worker saw a 401 with the current token).
+ * 0: a refresh runs or is queued, and workers_refresh_done() reports how it
+ * ended; REFRESH_NOT_NOW: none can start now (within refresh.min_interval
+ * of the last token request, or during a login), why says so, and a refresh
+ * that is due later still comes. */
+#define REFRESH_NOT_NOW 1
+int refresh_now(struct keeper *k, struct server *s, char *why, size_t len);
 
 /*
  * child.c: fork+exec'd children with a JSON-RPC channel on fd 3 (and, for

@@ -552,7 +552,7 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 		login_fail_child(f, "login failed", error);
 		return;
 	}
-	if (refresh_result_parse(result, &tr, why, sizeof(why)) < 0) {
+	if (refresh_result_parse(result, s->name, &tr, why, sizeof(why)) < 0) {
 		login_fail(f, KIND_INTERNAL, LOGIN_R_EXCHANGE, "%s", why);
 		return;
 	}
@@ -588,11 +588,13 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	server_set_error(s, NULL);
 	s->needs_login = false;
 	s->login_active = false;
+	/* The code exchange was a token request: the floor counts from it. */
+	s->last_request_ms = keeper_now_ms();
 	refresh_load(k, s);
 	log_info("%s: logged in%s, token expires in %lld s", s->name, t.refresh_token ? "" : " (no refresh token)",
 		 (long long)expires_in);
 	workers_token_changed(k, s);
-	workers_refresh_done(k, s, NULL);
+	workers_refresh_done(k, s, NULL, NULL);
 	keeper_orphan_drop(k, s->key);
 
 	d = json_object_new_object();

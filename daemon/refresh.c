@@ -11,6 +11,13 @@
  * provider says invalid_grant, or the user logs out. Terminal failures stop
  * at once: status `expired`, login needed.
  *
+ * The floor: whatever asks for a refresh (its due time, a retry, a worker's
+ * 401), no token request for a server starts less than refresh.min_interval
+ * after its last one; a refresh asked for sooner waits on the timer for
+ * the floor's end. A worker that asked meanwhile is answered at once
+ * (refresh_now() says REFRESH_NOT_NOW), so its clients get an error instead
+ * of waiting, and the refresh after the floor brings the new token.
+ *
  * A successful refresh commits the new record with a compare-and-swap
  * against the record the refresh started from, so a logout or login that
  * happened meanwhile is never overwritten, and a rotated refresh token is
@@ -334,10 +341,32 @@ static void schedule(struct keeper *k, struct server *s)
 	arm_at(s, s->next_at_ms);
 }
 
+/* The instant (ms) before which no token request for s may start, when
+ * that is still to come; 0 when one may start now. A clock that went back
+ * past the last request does not hold the server up. */
+static int64_t floor_end(struct keeper *k, const struct server *s, int64_t now)
+{
+	int64_t end = s->last_request_ms + k->cfg->refresh.min_interval_ms;
+
+	if (!s->last_request_ms || s->last_request_ms > now || end <= now)
+		return 0;
+	return end;
+}
+
 static void enqueue(struct keeper *k, struct server *s)
 {
+	int64_t end;
+
 	if (s->in_flight || s->heap_idx >= 0)
 		return;
+	end = floor_end(k, s, keeper_now_ms());
+	if (end) {
+		/* Too soon after the last token request: the timer brings it
+		 * back (server_due(): its state still says scheduled or retrying). */
+		s->next_at_ms = end;
+		arm_at(s, end);
+		return;
+	}
 	sheap_put(&k->refresh->ready, s);
 	dispatch(k);
 }
@@ -383,14 +412,35 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	timer_update(r);
 }
 
-void refresh_now(struct keeper *k, struct server *s)
+int refresh_now(struct keeper *k, struct server *s, char *why, size_t len)
 {
+	int64_t now = keeper_now_ms(), end;
+
 	if (s->in_flight || s->heap_idx >= 0)
-		return; /* single flight: the waiters get its outcome */
+		return 0; /* single flight: the waiters get its outcome */
+	if (s->login_active) {
+		snprintf(why, len, "a login is under way");
+		return REFRESH_NOT_NOW;
+	}
+	if (!s->conf->enabled) {
+		snprintf(why, len, "the server is disabled");
+		return REFRESH_NOT_NOW;
+	}
 	disarm(s);
 	s->rstate = REFRESH_SCHEDULED;
-	s->next_at_ms = keeper_now_ms();
+	end = floor_end(k, s, now);
+	if (end) {
+		s->next_at_ms = end;
+		arm_at(s, end);
+		snprintf(why, len,
+			 "the token was rejected %lld ms after the last token request; the next one is in %lld ms "
+			 "(refresh.min_interval)",
+			 (long long)(now - s->last_request_ms), (long long)(end - now));
+		return REFRESH_NOT_NOW;
+	}
+	s->next_at_ms = now;
 	enqueue(k, s);
+	return 0;
 }
 
 void refresh_rearm_all(struct keeper *k)
@@ -440,6 +490,7 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 		d = event_data(s);
 		json_object_object_add(d, PARAM_KEY_ERROR, json_object_new_string(error));
 		events_emit(k, EVENT_REFRESH_FAILED, d);
+		workers_refresh_done(k, s, KIND_UNAVAILABLE, error);
 		return;
 	}
 
@@ -471,6 +522,9 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 	s->rstate = REFRESH_RETRYING;
 	s->next_at_ms = keeper_now_ms() + delay;
 	arm_at(s, s->next_at_ms);
+	/* A worker waiting for this refresh answers its clients now; the retry
+	 * that succeeds brings it the token. */
+	workers_refresh_done(k, s, KIND_TRANSIENT, error);
 }
 
 static void apply_token(struct server *s, const struct token *t)
@@ -498,14 +552,32 @@ static const struct param_spec token_result_spec[] = {
 	PARAM_INT(struct token_result, expires_in, PARAM_KEY_EXPIRES_IN, 0, 0, 0),
 };
 
-int refresh_result_parse(struct json_object *result, struct token_result *tr, char *why, size_t len)
+/* What expires_in holds while the response has none. */
+#define EXPIRES_IN_ABSENT INT64_MIN
+
+int refresh_result_parse(struct json_object *result, const char *server, struct token_result *tr, char *why,
+			 size_t len)
 {
 	const char *bad;
 	char what[160];
+	int64_t given;
 
-	*tr = (struct token_result){ 0 };
-	if (params_parse(result, token_result_spec, ARRAY_SIZE(token_result_spec), tr, &bad) == 0)
+	*tr = (struct token_result){ .expires_in = EXPIRES_IN_ABSENT };
+	if (params_parse(result, token_result_spec, ARRAY_SIZE(token_result_spec), tr, &bad) == 0) {
+		given = tr->expires_in;
+		if (given == EXPIRES_IN_ABSENT) {
+			tr->expires_in = 0;
+			return 0;
+		}
+		tr->expires_in = given < TOKEN_EXPIRES_IN_MIN	? TOKEN_EXPIRES_IN_MIN
+				 : given > TOKEN_EXPIRES_IN_MAX ? TOKEN_EXPIRES_IN_MAX
+								: given;
+		if (tr->expires_in != given)
+			log_warn("%s: the token endpoint gave expires_in %lld s, outside 1 s .. 1 year; using %lld s",
+				 server, (long long)given, (long long)tr->expires_in);
 		return 0;
+	}
+	tr->expires_in = 0;
 	snprintf(why, len, "the oauth child's token response: %s",
 		 params_strerror(token_result_spec, ARRAY_SIZE(token_result_spec), bad, what, sizeof(what)));
 	return -EINVAL;
@@ -525,7 +597,7 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 		refresh_failed(k, s, false, "internal error decoding the token record");
 		return;
 	}
-	if (refresh_result_parse(result, &tr, why, sizeof(why)) < 0) {
+	if (refresh_result_parse(result, s->name, &tr, why, sizeof(why)) < 0) {
 		token_clear(&old);
 		refresh_failed(k, s, false, why);
 		return;
@@ -570,7 +642,7 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	schedule(k, s);
 	/* Committed above: only now may a worker use the new token. */
 	workers_token_changed(k, s);
-	workers_refresh_done(k, s, NULL);
+	workers_refresh_done(k, s, NULL, NULL);
 	{
 		struct json_object *d = event_data(s);
 
@@ -627,7 +699,6 @@ static void on_reply(struct keeper *k, void *ctx, struct json_object *result, st
 		if (terminal)
 			mark_refused(k, s, started);
 		refresh_failed(k, s, terminal, why);
-		workers_refresh_done(k, s, why);
 	}
 	secret_free(started);
 	dispatch(k);
@@ -651,13 +722,22 @@ static void start_refresh(struct keeper *k, struct server *s)
 	const char *client_id, *client_secret, *method;
 	int r;
 
-	if (s->login_active || !s->conf->enabled)
-		return; /* login will reschedule; disabled servers wait */
+	/* Every way out without a request answers the workers waiting for
+	 * one (workers_refresh_done() does nothing when none waits). */
+	if (s->login_active || !s->conf->enabled) {
+		/* login will reschedule; disabled servers wait */
+		if (s->login_active)
+			workers_refresh_done(k, s, KIND_BUSY, "a login is under way");
+		else
+			workers_refresh_done(k, s, KIND_UNAVAILABLE, "the server is disabled");
+		return;
+	}
 
 	r = store_get(k->store, STORE_TOKENS, s->key, &plain);
 	if (r == STORE_E_NOT_FOUND) {
 		s->status = OAUTH_NONE;
 		s->rstate = REFRESH_IDLE;
+		workers_refresh_done(k, s, KIND_UNAVAILABLE, "logged out");
 		return;
 	}
 	if (r != 0) {
@@ -665,6 +745,7 @@ static void start_refresh(struct keeper *k, struct server *s)
 		server_set_error(s, "token record: %s", store_strerror(r));
 		s->status = OAUTH_ERROR;
 		s->rstate = REFRESH_FAILED;
+		workers_refresh_done(k, s, KIND_INTERNAL, "the token record cannot be read");
 		return;
 	}
 	/* t points into plain, which the refresh keeps (request_plain). */
@@ -674,6 +755,7 @@ static void start_refresh(struct keeper *k, struct server *s)
 		s->status = OAUTH_ERROR;
 		s->rstate = REFRESH_FAILED;
 		server_set_error(s, "token record does not decode");
+		workers_refresh_done(k, s, KIND_INTERNAL, "the token record does not decode");
 		return;
 	}
 	if (!t.refresh_token || !t.token_endpoint) {
@@ -681,6 +763,7 @@ static void start_refresh(struct keeper *k, struct server *s)
 		token_clear(&t);
 		secret_free(plain);
 		schedule(k, s);
+		workers_refresh_done(k, s, KIND_UNAVAILABLE, "there is no refresh token: log in again");
 		return;
 	}
 
@@ -717,6 +800,7 @@ static void start_refresh(struct keeper *k, struct server *s)
 	}
 	s->request_plain = plain;
 	s->in_flight = true;
+	s->last_request_ms = keeper_now_ms();
 	s->rstate = REFRESH_REFRESHING;
 	k->refresh->in_flight++;
 	log_debug("%s: refreshing (attempt %d)", s->name, s->retry_count + 1);

@@ -133,7 +133,10 @@ static void worker_ready(struct child *c, void *ctx)
 	flush_fds(s);
 }
 
-static void reply_waiters(struct keeper *k, struct server *s, const char *error)
+/* Answers every token.invalid waiting: with the current token when error
+ * is NULL, else with an error of kind (KIND_UNAVAILABLE: login needed, which
+ * the worker tells its clients as such; others carry error as it is). */
+static void reply_waiters(struct keeper *k, struct server *s, const char *kind, const char *error)
 {
 	struct token_waiter *w = s->token_waiters;
 
@@ -148,9 +151,13 @@ static void reply_waiters(struct keeper *k, struct server *s, const char *error)
 			} else {
 				char msg[300];
 
-				snprintf(msg, sizeof(msg), "no current token for %s%s%s", s->name,
-					 error ? ": " : "", error ? error : "");
-				child_reply(s->worker, w->id, NULL, rpc_error(w->id, RPC_APP_ERROR, KIND_UNAVAILABLE, msg));
+				if (!error || strcmp(kind, KIND_UNAVAILABLE) == 0)
+					snprintf(msg, sizeof(msg), "no current token for %s%s%s", s->name,
+						 error ? ": " : "", error ? error : "");
+				else
+					snprintf(msg, sizeof(msg), "%s", error);
+				child_reply(s->worker, w->id, NULL,
+					    rpc_error(w->id, RPC_APP_ERROR, error ? kind : KIND_UNAVAILABLE, msg));
 			}
 		} else {
 			rpc_wipe_put(tok);
@@ -201,11 +208,20 @@ static int on_token_invalid(struct keeper *k, struct server *s, struct rpc_msg *
 	w->next = s->token_waiters;
 	s->token_waiters = w;
 	if (current && !s->refused && s->has_refresh) {
-		log_info("%s: the worker's token was rejected upstream; refreshing now", s->name);
-		refresh_now(k, s);
+		char why[256];
+
+		if (refresh_now(k, s, why, sizeof(why)) == REFRESH_NOT_NOW) {
+			/* Its clients get the error now, not after the floor: the
+			 * refresh that follows it arrives as token.update. */
+			log_debug("%s: the worker's token was rejected upstream; not refreshing yet: %s", s->name, why);
+			reply_waiters(k, s, KIND_BUSY, why);
+		} else {
+			log_info("%s: the worker's token was rejected upstream; refreshing now", s->name);
+		}
 	} else {
 		/* An older token, or nothing to refresh with: answer at once. */
-		reply_waiters(k, s, current ? "the token was rejected and cannot be refreshed: log in again" : NULL);
+		reply_waiters(k, s, KIND_UNAVAILABLE,
+			      current ? "the token was rejected and cannot be refreshed: log in again" : NULL);
 	}
 	return 0;
 }
@@ -285,7 +301,7 @@ static void worker_lost(struct child *c, void *ctx)
 
 	/* Its clients went with it; waiting descriptors stay for the restart. */
 	s->clients = 0;
-	reply_waiters(s->k, s, "the worker restarted");
+	reply_waiters(s->k, s, KIND_UNAVAILABLE, "the worker restarted");
 }
 
 /* A stdio server's worker runs sandboxed (jail.c); an HTTP one confines
@@ -388,19 +404,19 @@ int workers_token_cleared(struct keeper *k, struct server *s, child_reply_fn fn,
 		else if (!fn)
 			child_notify(s->worker, METHOD_TOKEN_CLEAR, json_object_new_object());
 	}
-	reply_waiters(k, s, "logged out");
+	reply_waiters(k, s, KIND_UNAVAILABLE, "logged out");
 	return r;
 }
 
-void workers_refresh_done(struct keeper *k, struct server *s, const char *error)
+void workers_refresh_done(struct keeper *k, struct server *s, const char *kind, const char *error)
 {
 	if (s->token_waiters)
-		reply_waiters(k, s, error);
+		reply_waiters(k, s, kind, error);
 }
 
 void workers_forget(struct keeper *k, struct server *s)
 {
-	reply_waiters(k, s, "server removed");
+	reply_waiters(k, s, KIND_UNAVAILABLE, "server removed");
 	while (s->pending_fds) {
 		struct pending_fd *p = s->pending_fds;
 

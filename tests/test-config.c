@@ -455,6 +455,7 @@ static void test_names(void)
 
 static void test_refresh_ranges(void)
 {
+	static const char *const bad_min_interval[] = { "0", "99", "3600001", "-2000", "2.5", "\"2000\"", "null" };
 	struct config *c;
 
 	TEST("refresh.threshold range");
@@ -492,6 +493,21 @@ static void test_refresh_ranges(void)
 	config_free(c);
 	c = parse_ok("{\"refresh\": {\"max_retries\": 20}}");
 	CHECK(c->refresh.max_retries == 20);
+	config_free(c);
+
+	/* Milliseconds, 100 ms .. 1 h: 0 would be no floor at all. */
+	TEST("refresh.min_interval range");
+	for (size_t i = 0; i < ARRAY_SIZE(bad_min_interval); i++) {
+		char text[128];
+
+		snprintf(text, sizeof(text), "{\"refresh\": {\"min_interval\": %s}}", bad_min_interval[i]);
+		parse_fails(text, "config.json: refresh.min_interval: must be an integer between 100 and 3600000");
+	}
+	c = parse_ok("{\"refresh\": {\"min_interval\": 100}}");
+	CHECK(c->refresh.min_interval_ms == 100);
+	config_free(c);
+	c = parse_ok("{\"refresh\": {\"min_interval\": 3600000}}");
+	CHECK(c->refresh.min_interval_ms == 3600000);
 	config_free(c);
 }
 
@@ -647,6 +663,7 @@ static void test_defaults(void)
 	CHECK(c->refresh.max_retries == 3);
 	CHECK(c->refresh.timeout_sec == 30);
 	CHECK(c->refresh.max_in_flight == 16);
+	CHECK(c->refresh.min_interval_ms == 2000);
 	CHECK(c->n_servers == 0 && c->servers == NULL);
 	snprintf(want, sizeof(want), "%s/state/mcpkeeper", tmpdir);
 	CHECK_STREQ(c->data_dir, want);

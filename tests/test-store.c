@@ -21,6 +21,7 @@
 #include <sodium.h>
 
 #include "log.h"
+#include "proto.h"
 #include "secret.h"
 #include "store.h"
 #include "test.h"
@@ -310,6 +311,68 @@ static void test_round_trip(void)
 	store_close(s);
 	s = open_ok(dir, key);
 	check_access(s, "github#00000001", "access-two");
+	store_close(s);
+	secret_free(key);
+}
+
+/* A string of n copies of c, for tokens at and past the limit. */
+static char *repeat(char c, size_t n)
+{
+	char *s = malloc(n + 1);
+
+	CHECK(s != NULL);
+	memset(s, c, n);
+	s[n] = '\0';
+	return s;
+}
+
+static void test_token_size(void)
+{
+	const char *dir = subdir("tokensize");
+	struct secret *key = random_key();
+	struct store *s = open_ok(dir, key);
+	char *at_limit = repeat('a', PROTO_MAX_TOKEN), *refresh_at_limit = repeat('r', PROTO_MAX_TOKEN);
+	char *over = repeat('o', PROTO_MAX_TOKEN + 1), *secret = repeat('s', 8192);
+	struct token t = { .access_token = at_limit, .refresh_token = refresh_at_limit, .token_type = "Bearer",
+			   .token_endpoint = "https://auth.example/token", .client_id = "cid",
+			   .client_secret = secret, .obtained_at = 1700000000, .expires_at = 1700003600 };
+	struct secret *plain = NULL, *forged;
+	size_t n = PROTO_MAX_TOKEN + 2;	/* the token and its NUL */
+	struct token got;
+
+	TEST("tokens of PROTO_MAX_TOKEN bytes each are stored; one byte more is refused both ways");
+	CHECK_EQ(token_encode(&t, &plain), 0);
+	CHECK_EQ(store_put(s, STORE_TOKENS, "big#00000001", plain), 0);
+	secret_free(plain);
+	plain = NULL;
+	CHECK_EQ(get_token(s, "big#00000001", &got), 0);
+	CHECK(strcmp(got.access_token, at_limit) == 0 && strcmp(got.refresh_token, refresh_at_limit) == 0);
+	token_clear(&got);
+
+	t.access_token = over;
+	CHECK_EQ(token_encode(&t, &plain), -EMSGSIZE);
+	CHECK(plain == NULL);
+	t.access_token = at_limit;
+	t.refresh_token = over;
+	CHECK_EQ(token_encode(&t, &plain), -EMSGSIZE);
+	CHECK(plain == NULL);
+
+	/* A record written by hand (version 1, tag 1: access_token) with a
+	 * token one byte over the limit does not decode. */
+	forged = secret_new(1 + 5 + n);
+	CHECK(forged != NULL);
+	forged->data[0] = 1;
+	forged->data[1] = 1;
+	for (int i = 0; i < 4; i++)
+		forged->data[2 + i] = (unsigned char)(n >> (8 * i));
+	memcpy(forged->data + 6, over, n);
+	CHECK_EQ(token_view(forged, &got), -EBADMSG);
+	CHECK_EQ(token_decode(forged, &got), -EBADMSG);
+
+	free(at_limit);
+	free(refresh_at_limit);
+	free(over);
+	free(secret);
 	store_close(s);
 	secret_free(key);
 }
@@ -876,6 +939,7 @@ int main(int argc, char **argv)
 
 	test_server_key();
 	test_round_trip();
+	test_token_size();
 	test_exact_delete();
 	test_list_batches();
 	test_wrong_key();

@@ -65,7 +65,6 @@
 #define MAX_NAME 128
 /* How long clients wait for the keeper's first word on the token. */
 #define TOKEN_GRACE_S 2
-#define MAX_TOKEN (16 * 1024)
 
 static void worker_stop(struct worker *w, int code);
 
@@ -157,7 +156,9 @@ static void token_grace_cb(evutil_socket_t fd, short what, void *arg)
 /*
  * token.update params and the token.invalid result: {access_token,
  * token_type, expires_at}. The worker uses the token alone; it must be
- * visible ASCII, as RFC 6750 has it.
+ * visible ASCII, as RFC 6750 has it, and at most PROTO_MAX_TOKEN long (the
+ * oauth child and the store refuse longer ones before the keeper has them,
+ * so a longer one is a keeper bug).
  */
 struct token_params {
 	const char *access_token;
@@ -175,7 +176,7 @@ static const char *token_param(struct json_object *params, size_t *len)
 	if (params_parse(params, token_spec, ARRAY_SIZE(token_spec), &p, &bad) < 0)
 		return NULL;
 	*len = strlen(p.access_token);
-	if (*len > MAX_TOKEN)
+	if (*len > PROTO_MAX_TOKEN)
 		return NULL;
 	for (size_t i = 0; i < *len; i++)
 		if ((unsigned char)p.access_token[i] <= 0x20 || (unsigned char)p.access_token[i] > 0x7e)

@@ -22,6 +22,7 @@
 
 #include "log.h"
 #include "paths.h"
+#include "proto.h"
 #include "secret.h"
 #include "store.h"
 #include "util.h"
@@ -34,8 +35,10 @@
 #define SCHEMA_VERSION 1
 #define KEY_CHECK_CONTEXT "mcpkeeper key check v1"
 
-/* Largest record accepted (sealed); token records are far smaller. */
-#define RECORD_MAX (64 * 1024)
+/* Largest record accepted (sealed): a token record's two tokens at their
+ * largest (token.c refuses longer ones) and room for everything else
+ * (endpoints, client, scope). */
+#define RECORD_MAX (2 * PROTO_MAX_TOKEN + 32 * 1024)
 #define KEY_FILE_MAX 1024
 
 /* How long one operation keeps retrying while another process holds its locks. */

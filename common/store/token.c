@@ -1,8 +1,10 @@
 /* See token.h. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
+#include "proto.h"
 #include "secret.h"
 #include "token.h"
 #include "util.h"
@@ -160,10 +162,20 @@ static int decode(const struct secret *plain, void *rec, const struct field *fie
 	return 0;
 }
 
+/* Each token within PROTO_MAX_TOKEN: what the oauth child lets in, and
+ * what a worker takes. */
+static bool token_sizes_ok(const struct token *t)
+{
+	return strlen(t->access_token) <= PROTO_MAX_TOKEN &&
+	       (!t->refresh_token || strlen(t->refresh_token) <= PROTO_MAX_TOKEN);
+}
+
 int token_encode(const struct token *t, struct secret **out)
 {
 	if (!t->access_token)
 		return -EINVAL;
+	if (!token_sizes_ok(t))
+		return -EMSGSIZE;
 	return encode(t, token_fields, ARRAY_SIZE(token_fields), out);
 }
 
@@ -171,7 +183,8 @@ int token_decode(struct secret *plain, struct token *t)
 {
 	memset(t, 0, sizeof(*t));
 	t->plain = plain;
-	if (decode(plain, t, token_fields, ARRAY_SIZE(token_fields)) < 0 || !t->access_token) {
+	if (decode(plain, t, token_fields, ARRAY_SIZE(token_fields)) < 0 || !t->access_token ||
+	    !token_sizes_ok(t)) {
 		token_clear(t);
 		return -EBADMSG;
 	}
@@ -181,7 +194,7 @@ int token_decode(struct secret *plain, struct token *t)
 int token_view(const struct secret *plain, struct token *t)
 {
 	memset(t, 0, sizeof(*t));
-	if (decode(plain, t, token_fields, ARRAY_SIZE(token_fields)) < 0 || !t->access_token) {
+	if (decode(plain, t, token_fields, ARRAY_SIZE(token_fields)) < 0 || !t->access_token || !token_sizes_ok(t)) {
 		memset(t, 0, sizeof(*t));
 		return -EBADMSG;
 	}

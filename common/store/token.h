@@ -48,7 +48,9 @@ struct oauth_client {
 	struct secret *plain;
 };
 
-/* Encode into a new secret. Returns 0 or -ENOMEM / -EINVAL (no access token). */
+/* Encode into a new secret. Returns 0 or -ENOMEM / -EINVAL (no access token)
+ * / -EMSGSIZE (an access or refresh token longer than PROTO_MAX_TOKEN,
+ * which decoding refuses too: -EBADMSG). */
 int token_encode(const struct token *t, struct secret **out);
 /* Decode plain (ownership passes to t, also on failure). Returns 0 or -EBADMSG. */
 int token_decode(struct secret *plain, struct token *t);

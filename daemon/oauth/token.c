@@ -10,7 +10,8 @@
  * token, a code or a client secret only inside one request's form, which
  * fetch_free() wipes; token responses are parsed into objects the reply
  * shares and wiped with it. Messages name the HTTP status and the OAuth
- * error code, never a response body.
+ * error code, never a response body. A token longer than PROTO_MAX_TOKEN
+ * never reaches the keeper: the response is refused here, by its length.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -40,13 +41,15 @@ struct refresh {
  * The verdict on a finished token-endpoint transfer, the same for a refresh
  * and a code exchange: a result object for the keeper (access_token,
  * token_type, expires_in?, refresh_token?, scope?, http_status), or kind,
- * oauth_error and message. message never holds token bytes; oauth_error and
- * description point into body.
+ * reason (when it is more specific than the kind), oauth_error and message.
+ * message never holds token bytes; oauth_error and description point into
+ * body.
  */
 struct token_verdict {
 	struct json_object *result;	/* success */
 	struct json_object *body;
 	const char *kind;		/* KIND_TRANSIENT / KIND_TERMINAL on failure */
+	const char *reason;		/* LOGIN_R_TOKEN_TOO_LARGE, or NULL */
 	const char *oauth_error;
 	const char *description;	/* the provider's error_description, raw */
 	bool answered;			/* there was an HTTP answer */
@@ -57,22 +60,18 @@ struct token_verdict {
 /* -- token responses -- */
 
 /* expires_in as an integer or a numeric string: 0 and *out, or -EINVAL
- * when it is unusable. */
+ * when it is unusable. Values out of range (0, negative, huge) go to the
+ * keeper as they are: it clamps them, and says so. */
 static int expires_in_of(struct json_object *v, int64_t *out)
 {
 	switch (json_object_get_type(v)) {
-	case json_type_int: {
-		int64_t n = json_object_get_int64(v);
-
-		if (n < 0)
-			return -EINVAL;
-		*out = n;
+	case json_type_int:
+		*out = json_object_get_int64(v);
 		return 0;
-	}
 	case json_type_double: {
 		double d = json_object_get_double(v);
 
-		if (!(d >= 0 && d < 1e15))
+		if (!(d > -1e15 && d < 1e15))
 			return -EINVAL;
 		*out = (int64_t)d;
 		return 0;
@@ -94,6 +93,23 @@ static int expires_in_of(struct json_object *v, int64_t *out)
 	default:
 		return -EINVAL;
 	}
+}
+
+/* The name of the first token in a token response that is longer than
+ * PROTO_MAX_TOKEN, with its length in *len; NULL when none is. */
+static const char *token_too_large(struct json_object *body, size_t *len)
+{
+	static const char *const fields[] = { "access_token", "refresh_token" };
+	struct json_object *v;
+
+	for (size_t i = 0; i < ARRAY_SIZE(fields); i++) {
+		if (!json_object_object_get_ex(body, fields[i], &v) || !json_object_is_type(v, json_type_string))
+			continue;
+		*len = (size_t)json_object_get_string_len(v);
+		if (*len > PROTO_MAX_TOKEN)
+			return fields[i];
+	}
+	return NULL;
 }
 
 /* The keeper's result for a 2xx token response (RFC 6749 5.1), or NULL when
@@ -127,6 +143,8 @@ static void token_verdict(const struct fetch *f, struct token_verdict *v)
 {
 	long status = f->status;
 	struct json_object *d;
+	const char *big;
+	size_t big_len;
 
 	memset(v, 0, sizeof(*v));
 	v->http_status = status;
@@ -147,6 +165,14 @@ static void token_verdict(const struct fetch *f, struct token_verdict *v)
 		 * 200 and an "error" field: the verdict is the same as a 400's. */
 		v->kind = KIND_TERMINAL;
 		snprintf(v->message, sizeof(v->message), "HTTP %ld: %s", status, v->oauth_error);
+	} else if (status >= 200 && status < 300 && (big = token_too_large(v->body, &big_len))) {
+		/* Not the provider's verdict on the grant (the refresh token is
+		 * not refused): transient, with a reason of its own. */
+		v->kind = KIND_TRANSIENT;
+		v->reason = LOGIN_R_TOKEN_TOO_LARGE;
+		snprintf(v->message, sizeof(v->message),
+			 "HTTP %ld: the %s is %zu bytes long, more than the %d bytes mcpkeeper accepts", status, big,
+			 big_len, PROTO_MAX_TOKEN);
 	} else if (status >= 200 && status < 300) {
 		v->result = token_result(v->body, status);
 		if (!v->result) {
@@ -205,8 +231,8 @@ static void refresh_freep(struct refresh **r)
 	*r = refresh_free(*r);
 }
 
-static void refresh_reply_error(struct refresh *r, const char *kind, const char *oauth_error, long http_status,
-				const char *message)
+static void refresh_reply_error(struct refresh *r, const char *kind, const char *reason, const char *oauth_error,
+				long http_status, const char *message)
 {
 	struct json_object *msg, *err, *data;
 
@@ -217,6 +243,8 @@ static void refresh_reply_error(struct refresh *r, const char *kind, const char 
 	if (json_object_object_get_ex(msg, "error", &err) && json_object_object_get_ex(err, "data", &data)) {
 		if (oauth_error)
 			json_object_object_add(data, PARAM_KEY_OAUTH_ERROR, json_object_new_string(oauth_error));
+		if (reason)
+			json_object_object_add(data, PARAM_KEY_REASON, json_object_new_string(reason));
 		if (http_status > 0)
 			json_object_object_add(data, PARAM_KEY_HTTP_STATUS, json_object_new_int((int)http_status));
 	}
@@ -238,7 +266,7 @@ static void refresh_reply_tokens(struct refresh *r, struct token_verdict *v)
 	/* The reply shares the token strings with v->body, which the caller wipes. */
 	json_object_put(msg);
 	if (ret == FRAME_E_TOO_LARGE) {
-		refresh_reply_error(r, KIND_TRANSIENT, NULL, v->http_status, "token response too large");
+		refresh_reply_error(r, KIND_TRANSIENT, NULL, NULL, v->http_status, "token response too large");
 		return;
 	}
 	if (ret) {
@@ -260,7 +288,7 @@ static void refresh_done(struct fetch *f, void *arg)
 	if (v.result)
 		refresh_reply_tokens(r, &v);
 	else
-		refresh_reply_error(r, v.kind, v.oauth_error, v.http_status, v.message);
+		refresh_reply_error(r, v.kind, v.reason, v.oauth_error, v.http_status, v.message);
 	token_verdict_clear(&v);
 	refresh_free(r);
 }
@@ -331,7 +359,9 @@ static void token_exchange_done(struct fetch *f, void *arg)
 	fetch_free(f);
 	if (!v.result) {
 		char message[MESSAGE_MAX];
-		const char *reason = v.answered ? LOGIN_R_EXCHANGE : LOGIN_R_NETWORK;
+		const char *reason = v.reason ? v.reason : v.answered ? LOGIN_R_EXCHANGE : LOGIN_R_NETWORK;
+		/* The code is spent: a token too large for us ends this login. */
+		const char *kind = v.reason ? KIND_TERMINAL : v.kind;
 
 		if (v.oauth_error && strcmp(v.kind, KIND_TERMINAL) == 0) {
 			login_refusal_text(message, sizeof(message), "the token endpoint refused the code", v.oauth_error,
@@ -344,7 +374,7 @@ static void token_exchange_done(struct fetch *f, void *arg)
 		} else {
 			snprintf(message, sizeof(message), "token endpoint: %s", v.message);
 		}
-		login_fail(l, v.kind, reason, v.oauth_error, v.http_status, message);
+		login_fail(l, kind, reason, v.oauth_error, v.http_status, message);
 		token_verdict_clear(&v);
 		return;
 	}

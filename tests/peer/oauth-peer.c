@@ -49,6 +49,15 @@
  *                     Discovery documents change on the next request.
  *       token_lifetime, grace, rotate, require_resource, hang_seconds, sse:
  *                     as the command-line options
+ *       expires_in (null)  an integer: what token responses say as
+ *                     expires_in (any value, 0, negative and huge ones
+ *                     included) instead of token_lifetime, which still
+ *                     decides when the token stops working
+ *       access_token_bytes, refresh_token_bytes (0)  the length of the
+ *                     tokens issued from now on (16 .. 1000000; 0: the
+ *                     usual 43 characters), base64url characters
+ *       reject_mcp (false)  /mcp, /sse and /messages answer every request
+ *                     401, whatever token it carries
  *       s256 (true)   false: code_challenge_methods_supported is ["plain"]
  *                     (/authorize still requires S256)
  *       iss (true)    false: no authorization_response_iss_parameter_supported
@@ -208,6 +217,10 @@
 #define SESSION_CHARS (2 * 16 + 1)
 /* 32 random bytes in base64url without padding: 43 characters and a NUL. */
 #define TOKEN_CHARS sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_URLSAFE_NO_PADDING)
+/* access_token_bytes and refresh_token_bytes: tokens long enough to be
+ * unguessable, short enough for one response body. */
+#define TOKEN_BYTES_MIN 16
+#define TOKEN_BYTES_MAX 1000000
 
 static const char *const mcp_versions[] = { "2025-06-18", "2025-03-26", "2024-11-05" };
 
@@ -268,20 +281,20 @@ struct family {
 };
 
 struct atoken {
-	char token[TOKEN_CHARS];
 	struct family *fam;
 	int64_t expires_ms;
 	int revoked;
+	char token[];			/* token_new() */
 };
 
 /* Refresh tokens are kept until exit, retired ones too: that is what makes
  * reuse detectable. */
 struct rtoken {
-	char token[TOKEN_CHARS];
 	struct family *fam;
 	struct rtoken *successor;	/* set when rotated away */
 	int64_t rotated_ms;
 	int grace_used;
+	char token[];			/* token_new() */
 };
 
 enum fail_mode {
@@ -443,6 +456,11 @@ struct peer_options {
 	int verbose;
 	const char *client_id;
 	const char *client_secret;
+	/* /test/config only */
+	int has_expires_in;
+	int64_t expires_in;
+	long access_token_bytes, refresh_token_bytes;	/* 0: TOKEN_CHARS - 1 */
+	int reject_mcp;
 };
 
 struct peer {
@@ -1691,11 +1709,28 @@ static int scope_subset(const char *asked, const char *granted)
 	return 1;
 }
 
+/* A struct of size bytes whose flexible token[] member, at offset off,
+ * holds a fresh random token of bytes characters (0: the usual 43). */
+static void *token_new(size_t size, size_t off, long bytes)
+{
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	size_t n = bytes > 0 ? (size_t)bytes : TOKEN_CHARS - 1;
+	char *v = xcalloc(1, size + n + 1), *t = v + off;
+
+	if (bytes <= 0) {
+		random_b64(t, TOKEN_CHARS, 32);
+		return v;
+	}
+	randombytes_buf(t, n);
+	for (size_t i = 0; i < n; i++)
+		t[i] = alphabet[(unsigned char)t[i] % 64];
+	return v;
+}
+
 static struct rtoken *rtoken_new(struct peer *p, struct family *fam)
 {
-	struct rtoken *rt = xcalloc(1, sizeof(*rt));
+	struct rtoken *rt = token_new(sizeof(*rt), offsetof(struct rtoken, token), p->opt.refresh_token_bytes);
 
-	random_b64(rt->token, sizeof(rt->token), 32);
 	rt->fam = fam;
 	table_put(&p->rtokens, rt->token, rt);
 	return rt;
@@ -1709,11 +1744,10 @@ static struct rtoken *rtoken_new(struct peer *p, struct family *fam)
 static void tokens_issue(struct peer *p, struct evhttp_request *req, struct family *fam, struct rtoken *base,
 			 const char *scope)
 {
-	struct atoken *at = xcalloc(1, sizeof(*at));
+	struct atoken *at = token_new(sizeof(*at), offsetof(struct atoken, token), p->opt.access_token_bytes);
 	struct json_object *o = json_object_new_object();
 	int64_t now = now_ms();
 
-	random_b64(at->token, sizeof(at->token), 32);
 	at->fam = fam;
 	at->expires_ms = now + p->opt.token_lifetime * 1000;
 	table_put(&p->atokens, at->token, at);
@@ -1730,7 +1764,8 @@ static void tokens_issue(struct peer *p, struct evhttp_request *req, struct fami
 
 	json_object_object_add(o, "access_token", json_object_new_string(at->token));
 	json_object_object_add(o, "token_type", json_object_new_string("Bearer"));
-	json_object_object_add(o, "expires_in", json_object_new_int64(p->opt.token_lifetime));
+	json_object_object_add(o, "expires_in", json_object_new_int64(p->opt.has_expires_in ? p->opt.expires_in
+										      : p->opt.token_lifetime));
 	json_object_object_add(o, "refresh_token", json_object_new_string(fam->current->token));
 	json_object_object_add(o, "scope", json_object_new_string(scope ? scope : fam->scope));
 	add_header(req, "Cache-Control", "no-store");
@@ -2137,7 +2172,7 @@ static int mcp_authorized(struct peer *p, struct evhttp_request *req, int sse)
 			token++;
 	}
 	at = table_get(&p->atokens, token);
-	if (at && !at->revoked && !at->fam->revoked && at->expires_ms > now_ms())
+	if (at && !at->revoked && !at->fam->revoked && at->expires_ms > now_ms() && !p->opt.reject_mcp)
 		return 1;
 
 	/* Every part is bounded (KNOB_MAX), so the buffer always holds them. */
@@ -2749,6 +2784,11 @@ static struct json_object *config_json(const struct peer *p)
 	json_object_object_add(o, "rotate", json_object_new_boolean(p->opt.rotate));
 	json_object_object_add(o, "require_resource", json_object_new_boolean(p->opt.require_resource));
 	json_object_object_add(o, "sse", json_object_new_boolean(p->opt.sse));
+	json_object_object_add(o, "expires_in",
+			       p->opt.has_expires_in ? json_object_new_int64(p->opt.expires_in) : NULL);
+	json_object_object_add(o, "access_token_bytes", json_object_new_int64(p->opt.access_token_bytes));
+	json_object_object_add(o, "refresh_token_bytes", json_object_new_int64(p->opt.refresh_token_bytes));
+	json_object_object_add(o, "reject_mcp", json_object_new_boolean(p->opt.reject_mcp));
 	json_object_object_add(o, "s256", json_object_new_boolean(l->s256));
 	json_object_object_add(o, "iss", json_object_new_boolean(l->iss));
 	json_object_object_add(o, "wrong_iss", json_object_new_boolean(l->wrong_iss));
@@ -2788,6 +2828,35 @@ static int json_flag(struct json_object *o, const char *key, int *out)
 	if (!json_object_is_type(v, json_type_boolean))
 		return -EINVAL;
 	*out = json_object_get_boolean(v);
+	return 0;
+}
+
+/* expires_in: an integer (any), or null for token_lifetime. */
+static int json_expires_in(struct json_object *o, struct peer_options *opt)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(o, "expires_in", &v))
+		return 0;
+	if (!v) {
+		opt->has_expires_in = 0;
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_int))
+		return -EINVAL;
+	opt->has_expires_in = 1;
+	opt->expires_in = json_object_get_int64(v);
+	return 0;
+}
+
+/* A token length knob: 0 (the usual) or TOKEN_BYTES_MIN .. TOKEN_BYTES_MAX. */
+static int json_token_bytes(struct json_object *o, const char *key, long *out)
+{
+	long n = *out;
+
+	if (json_long(o, key, 0, TOKEN_BYTES_MAX, &n) < 0 || (n > 0 && n < TOKEN_BYTES_MIN))
+		return -EINVAL;
+	*out = n;
 	return 0;
 }
 
@@ -3035,6 +3104,14 @@ static void test_config(struct peer *p, struct evhttp_request *req, struct json_
 		bad = "require_resource";
 	else if (json_flag(body, "sse", &o.sse) < 0)
 		bad = "sse";
+	else if (json_expires_in(body, &o) < 0)
+		bad = "expires_in";
+	else if (json_token_bytes(body, "access_token_bytes", &o.access_token_bytes) < 0)
+		bad = "access_token_bytes";
+	else if (json_token_bytes(body, "refresh_token_bytes", &o.refresh_token_bytes) < 0)
+		bad = "refresh_token_bytes";
+	else if (json_flag(body, "reject_mcp", &o.reject_mcp) < 0)
+		bad = "reject_mcp";
 	else
 		bad = login_config_parse(&l, body);
 	if (bad) {
