@@ -321,7 +321,6 @@
 #define LOGIN_R_REGISTRATION "registration"
 #define LOGIN_R_LISTEN "listen"		/* redirect port unavailable */
 #define LOGIN_R_DENIED "denied"		/* the authorization server answered error= */
-#define LOGIN_R_STATE "state_mismatch"
 #define LOGIN_R_ISS "iss_mismatch"
 #define LOGIN_R_EXCHANGE "exchange"	/* the token endpoint refused the code */
 #define LOGIN_R_TIMEOUT "timeout"
