@@ -184,8 +184,11 @@ static void authorize_redirect(struct login *l, struct evhttp_request *req, cons
 	state = query && evhttp_parse_query_str(query, &q) == 0 ? query_get(&q, "state", &n_state) : NULL;
 	if (!state || n_state != 1 || strlen(state) != strlen(l->state) ||
 	    sodium_memcmp(state, l->state, strlen(l->state)) != 0) {
+		/* Wiped before the answer, which may free the request. */
+		query_wipe(&q);
+		request_wipe_query(req);
 		authorize_not_this_login(l, req);
-		goto out;
+		return;
 	}
 	l->browser = req;
 	l->phase = LOGIN_EXCHANGING;
