@@ -33,6 +33,8 @@
  * rejected token would keep a server unusable too long. */
 #define MIN_INTERVAL_MIN_MS 100
 #define MIN_INTERVAL_MAX_MS (3600 * 1000)
+#define DEFAULT_HTTP_MAX_CONNECTIONS 256
+#define DEFAULT_HTTP_HEADER_TIMEOUT 10
 
 void config_globals_init(struct config *c)
 {
@@ -45,6 +47,10 @@ void config_globals_init(struct config *c)
 		.timeout_sec = DEFAULT_REFRESH_TIMEOUT,
 		.max_in_flight = DEFAULT_MAX_IN_FLIGHT,
 		.min_interval_ms = DEFAULT_MIN_INTERVAL_MS,
+	};
+	c->http = (struct config_http){
+		.max_connections = DEFAULT_HTTP_MAX_CONNECTIONS,
+		.header_timeout_sec = DEFAULT_HTTP_HEADER_TIMEOUT,
 	};
 }
 
@@ -132,6 +138,25 @@ static int users_parse(struct parser *p, struct json_object *root)
 	return 0;
 }
 
+/* The bounds keep what the http child may hold below the descriptors the
+ * unit grants (LimitNOFILE= in systemd/mcpkeeper.service.in). */
+static int http_parse(struct parser *p, struct json_object *root)
+{
+	static const char *const known[] = { "max_connections", "header_timeout", NULL };
+	struct config_http *hc = &p->c->http;
+	struct json_object *obj;
+	int r;
+
+	r = config_get_object(p, root, NULL, "http", &obj);
+	if (r < 0 || !obj)
+		return r;
+	config_warn_unknown(p, obj, "http", known);
+	r = config_get_int(p, obj, "http", "max_connections", 1, 1024, &hc->max_connections);
+	if (r < 0)
+		return r;
+	return config_get_int(p, obj, "http", "header_timeout", 1, 300, &hc->header_timeout_sec);
+}
+
 static int dir_parse(struct parser *p, struct json_object *obj, const char *key, char **out,
 		     int (*fallback)(bool, char *, size_t))
 {
@@ -161,7 +186,7 @@ int config_globals_parse(struct parser *p, struct json_object *root)
 	static const char *const known[] = {
 		"data_dir", "runtime_dir", "listen", "group", "users", "worker_user", "idle_timeout",
 		"max_connections_per_uid", "request_timeout",
-		"refresh", "disable_management", "mcpServers", NULL,
+		"refresh", "http", "disable_management", "mcpServers", NULL,
 	};
 	struct config *c = p->c;
 	int r;
@@ -199,6 +224,9 @@ int config_globals_parse(struct parser *p, struct json_object *root)
 	if (r < 0)
 		return r;
 	r = refresh_parse(p, root);
+	if (r < 0)
+		return r;
+	r = http_parse(p, root);
 	if (r < 0)
 		return r;
 	/* The servers were converted as they were read; here is their turn to fail. */

@@ -90,6 +90,12 @@ struct config_users {
 	char *worker;		/* default mcpkeeper-worker; the deprecated "worker_user" */
 };
 
+/* The http child's front door ("http" in the file). */
+struct config_http {
+	int max_connections;	/* client connections held at once; default 256 */
+	int header_timeout_sec;	/* to send a whole request; default 10 */
+};
+
 struct config {
 	char *path;		/* the file this was loaded from */
 	bool system_mode;
@@ -103,6 +109,7 @@ struct config {
 	int request_timeout_sec;/* one upstream MCP request, in a worker; default 60 */
 	bool disable_management;
 	struct config_refresh refresh;
+	struct config_http http;
 	struct config_server *servers;
 	size_t n_servers;
 	struct config_mem *mem;	/* holds every string and array above but servers */

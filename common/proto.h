@@ -154,7 +154,10 @@
  *   hello params add {"listen": "127.0.0.1:PORT" (port 0: any), "api_key":
  *           the key every API route requires, "ui_dir": absolute path of
  *           the web UI's static files, "management": false when the config
- *           says disable_management}
+ *           says disable_management, "max_connections": HTTP connections
+ *           it may hold at once (http.max_connections), "header_timeout_ms":
+ *           how long a connection may take to send a whole request
+ *           (http.header_timeout)}
  *   hello result adds {"port": the port it bound}. A child that cannot
  *           bind answers the hello with an error (kind "unavailable") and
  *           exits; the keeper restarts it with backoff.
@@ -166,7 +169,10 @@
  *           On it the child speaks the control protocol exactly as mcpctl
  *           does: status, auth.login, auth.logout, events.subscribe, and
  *           connect (the MCP-over-HTTP sessions: the end then belongs to the
- *           server's worker).
+ *           server's worker). The child may hold at most
+ *           API_CONTROL_CONNS_MAX (64) of them at once (not counting those
+ *           handed to a worker); past that the request gets an error (kind
+ *           "unavailable") and no descriptor.
  *
  * Workers (one per upstream; the keeper -> worker hello carries the upstream
  * as the keeper assigns it, never as the worker would claim it):
@@ -274,6 +280,8 @@
 #define PARAM_KEY_API_KEY "api_key"
 #define PARAM_KEY_UI_DIR "ui_dir"
 #define PARAM_KEY_MANAGEMENT "management"
+#define PARAM_KEY_MAX_CONNECTIONS "max_connections"
+#define PARAM_KEY_HEADER_TIMEOUT_MS "header_timeout_ms"
 #define PARAM_KEY_NUMBER "number"
 #define PARAM_KEY_TRANSPORT "transport"
 #define PARAM_KEY_COMMAND "command"
@@ -319,6 +327,9 @@
 #define PARAM_KEY_LAST_EXIT "last_exit"
 #define PARAM_KEY_KEY "key"
 
+/* Control connections the http child may hold at once (control.connect). */
+#define API_CONTROL_CONNS_MAX 64
+
 /* error.data.reason of login steps: what went wrong, for tests and UIs. */
 #define LOGIN_R_NETWORK "network"	/* no answer, timeout, TLS */
 #define LOGIN_R_DISCOVERY "discovery"	/* metadata missing or malformed */
@@ -327,7 +338,6 @@
 #define LOGIN_R_REGISTRATION "registration"
 #define LOGIN_R_LISTEN "listen"		/* redirect port unavailable */
 #define LOGIN_R_DENIED "denied"		/* the authorization server answered error= */
-#define LOGIN_R_STATE "state_mismatch"
 #define LOGIN_R_ISS "iss_mismatch"
 #define LOGIN_R_EXCHANGE "exchange"	/* the token endpoint refused the code */
 #define LOGIN_R_TIMEOUT "timeout"

@@ -104,6 +104,9 @@ static void api_hello(struct child *c, void *ctx, struct json_object *params)
 			       json_object_new_string_len((const char *)k->api_key->data, (int)k->api_key->len));
 	json_object_object_add(params, PARAM_KEY_UI_DIR, json_object_new_string(k->ui_dir));
 	json_object_object_add(params, PARAM_KEY_MANAGEMENT, json_object_new_boolean(!k->cfg->disable_management));
+	json_object_object_add(params, PARAM_KEY_MAX_CONNECTIONS, json_object_new_int(k->cfg->http.max_connections));
+	json_object_object_add(params, PARAM_KEY_HEADER_TIMEOUT_MS,
+			       json_object_new_int64((int64_t)k->cfg->http.header_timeout_sec * 1000));
 }
 
 static void api_hello_result(struct child *c, void *ctx, struct json_object *result)
@@ -129,8 +132,11 @@ static void api_lost(struct child *c, void *ctx)
 	k->http_port = 0;
 }
 
-/* control.connect {}: one more control connection for the child. Anything
- * else the child sends is a bug (-EPROTO: the keeper restarts it). */
+/* control.connect {}: one more control connection for the child, up to
+ * API_CONTROL_CONNS_MAX at once: each costs the keeper a descriptor, and a
+ * compromised child must not be able to take them all. Past the cap the
+ * child gets an error and no descriptor. Anything else the child sends is
+ * a bug (-EPROTO: the keeper restarts it). */
 static int api_message(struct child *c, void *ctx, struct rpc_msg *m)
 {
 	struct keeper *k = ctx;
@@ -142,6 +148,20 @@ static int api_message(struct child *c, void *ctx, struct rpc_msg *m)
 	if (m->type != RPC_REQUEST || strcmp(m->method, METHOD_CONTROL_CONNECT) != 0 ||
 	    params_parse(m->params, NULL, 0, NULL, &bad) < 0)
 		return -EPROTO;
+	if (control_internal_conns(k->control) >= API_CONTROL_CONNS_MAX) {
+		char why[160];
+
+		if (!k->http_cap_warned)
+			log_warn("http child: control.connect refused: it holds %d control connections, the most it may",
+				 API_CONTROL_CONNS_MAX);
+		k->http_cap_warned = true;
+		snprintf(why, sizeof(why),
+			 "too many control connections: the http child holds %d, the most it may; close one first",
+			 API_CONTROL_CONNS_MAX);
+		child_reply(c, m->id, NULL, rpc_error(m->id, RPC_APP_ERROR, KIND_UNAVAILABLE, why));
+		return 0;
+	}
+	k->http_cap_warned = false;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		log_warn("http child: control.connect: %m");
 		child_reply(c, m->id, NULL,
@@ -216,7 +236,9 @@ void api_config_changed(struct keeper *k, const struct config *old)
 {
 	if (!k->http || !old)
 		return;
-	if (strcmp(old->listen, k->cfg->listen) == 0 && old->disable_management == k->cfg->disable_management)
+	if (strcmp(old->listen, k->cfg->listen) == 0 && old->disable_management == k->cfg->disable_management &&
+	    old->http.max_connections == k->cfg->http.max_connections &&
+	    old->http.header_timeout_sec == k->cfg->http.header_timeout_sec)
 		return;
 	log_info("HTTP API settings changed; restarting the http child");
 	child_stop(k->http);

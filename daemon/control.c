@@ -865,6 +865,17 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 	}
 }
 
+size_t control_internal_conns(const struct control *ctl)
+{
+	size_t n = 0;
+
+	/* Closing ones too: a child that never reads its end keeps them. */
+	for (const struct conn *c = ctl ? ctl->conns : NULL; c; c = c->next)
+		if (c->internal)
+			n++;
+	return n;
+}
+
 int control_adopt(struct control *ctl, int fd)
 {
 	struct conn *c;

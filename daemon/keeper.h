@@ -116,6 +116,7 @@ struct keeper {
 	struct secret *api_key;
 	int http_port;			/* as the http child bound it; 0: not listening */
 	uint64_t http_next_number;	/* control.connect: numbers the passed sockets */
+	bool http_cap_warned;		/* control.connect: the cap was reached and said so */
 	char *ui_dir;
 	struct child *children;		/* every child, for reaping */
 	struct refresh *refresh;
@@ -186,6 +187,9 @@ int control_start(struct keeper *k, int listen_fd);
 /* A connected socket from inside (the http child's control.connect): a
  * client with the keeper's own credentials. Takes fd. 0 or -errno. */
 int control_adopt(struct control *ctl, int fd);
+/* The connections control_adopt() made that are still open (the http
+ * child's, which api.c caps at API_CONTROL_CONNS_MAX). */
+size_t control_internal_conns(const struct control *ctl);
 struct control *control_free(struct control *c);
 /* The JSON of one server as status / auth.status report it. */
 struct json_object *control_server_json(const struct server *s, bool full);

@@ -511,6 +511,38 @@ static void test_refresh_ranges(void)
 	config_free(c);
 }
 
+static void test_http_limits(void)
+{
+	struct config *c;
+
+	TEST("http.max_connections, header_timeout: ranges and defaults");
+	c = parse_ok("{}");
+	CHECK(c->http.max_connections == 256);
+	CHECK(c->http.header_timeout_sec == 10);
+	config_free(c);
+	parse_fails("{\"http\": {\"max_connections\": 0}}",
+		    "config.json: http.max_connections: must be an integer between 1 and 1024");
+	parse_fails("{\"http\": {\"max_connections\": 1025}}",
+		    "config.json: http.max_connections: must be an integer between 1 and 1024");
+	parse_fails("{\"http\": {\"max_connections\": \"256\"}}",
+		    "config.json: http.max_connections: must be an integer between 1 and 1024");
+	parse_fails("{\"http\": {\"header_timeout\": 0}}",
+		    "config.json: http.header_timeout: must be an integer between 1 and 300");
+	parse_fails("{\"http\": {\"header_timeout\": 301}}",
+		    "config.json: http.header_timeout: must be an integer between 1 and 300");
+	parse_fails("{\"http\": {\"header_timeout\": 1.5}}",
+		    "config.json: http.header_timeout: must be an integer between 1 and 300");
+	parse_fails("{\"http\": 256}", "config.json: http: must be an object");
+	c = parse_ok("{\"http\": {\"max_connections\": 1, \"header_timeout\": 300}}");
+	CHECK(c->http.max_connections == 1);
+	CHECK(c->http.header_timeout_sec == 300);
+	config_free(c);
+	c = parse_ok("{\"http\": {\"max_connections\": 1024, \"header_timeout\": 1}}");
+	CHECK(c->http.max_connections == 1024);
+	CHECK(c->http.header_timeout_sec == 1);
+	config_free(c);
+}
+
 static void test_listen(void)
 {
 	static const char *const bad[] = {
@@ -1472,6 +1504,7 @@ int main(void)
 	test_scopes();
 	test_names();
 	test_refresh_ranges();
+	test_http_limits();
 	test_listen();
 	test_forms_equal();
 	test_defaults();

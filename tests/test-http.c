@@ -674,6 +674,8 @@ static struct json_object *hello_params(const char *listen, const char *key, boo
 	json_object_object_add(p, "api_key", json_object_new_string(key));
 	json_object_object_add(p, "ui_dir", json_object_new_string(ui_dir));
 	json_object_object_add(p, "management", json_object_new_boolean(management));
+	json_object_object_add(p, "max_connections", json_object_new_int(256));
+	json_object_object_add(p, "header_timeout_ms", json_object_new_int(10000));
 	return p;
 }
 

@@ -21,7 +21,7 @@
  * such a connection (kcall_*); server.c is the HTTP front door (Host and
  * Origin against DNS rebinding, the API key, routes); api.c is the REST
  * API, static.c the web UI's files, events.c GET /events and mcp.c MCP over
- * HTTP.
+ * HTTP, conn.c the client connections' cap and request timeout.
  *
  * What it may touch: fd 3, fd 4, the control connections, the listening
  * socket and its clients, stderr for logs, and reading the UI directory.
@@ -404,6 +404,7 @@ struct http_hello_params {
 	const char *api_key;
 	const char *ui_dir;
 	bool management;
+	int64_t max_connections, header_timeout_ms;
 };
 
 static const struct param_spec http_hello_spec[] = {
@@ -411,6 +412,10 @@ static const struct param_spec http_hello_spec[] = {
 	PARAM_STRING(struct http_hello_params, api_key, PARAM_KEY_API_KEY, PARAM_REQUIRED),
 	PARAM_STRING(struct http_hello_params, ui_dir, PARAM_KEY_UI_DIR, PARAM_REQUIRED),
 	PARAM_BOOL(struct http_hello_params, management, PARAM_KEY_MANAGEMENT, 0),
+	/* The config's ranges (http.max_connections, http.header_timeout). */
+	PARAM_INT(struct http_hello_params, max_connections, PARAM_KEY_MAX_CONNECTIONS, PARAM_REQUIRED, 1, 1024),
+	PARAM_INT(struct http_hello_params, header_timeout_ms, PARAM_KEY_HEADER_TIMEOUT_MS, PARAM_REQUIRED, 1,
+		  300 * 1000),
 };
 
 static bool api_key_ok(const char *key)
@@ -496,6 +501,7 @@ static void http_hello(struct http *h, struct rpc_msg *m)
 						   EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
 						   EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
 	evhttp_set_gencb(h->evh, http_request_cb, h);
+	conn_setup(h, (int)p.max_connections, (int)p.header_timeout_ms);
 	bound = evhttp_accept_socket_with_handle(h->evh, fd);
 	if (!bound) {
 		fd_close(fd);
@@ -591,6 +597,7 @@ static void http_free(struct http *h)
 	}
 	if (h->evh)
 		evhttp_free(h->evh);
+	conn_free_all(h);
 	if (h->ping)
 		event_free(h->ping);
 	if (h->idle_timer)
@@ -617,6 +624,7 @@ int main(int argc, char **argv)
 	LIST_INIT(&h.api_calls);
 	LIST_INIT(&h.sse);
 	LIST_INIT(&h.sessions);
+	LIST_INIT(&h.conns);
 	h.base = event_base_new();
 	if (!h.base)
 		fatal("out of memory");

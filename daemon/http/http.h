@@ -21,6 +21,7 @@ struct event;
 struct event_base;
 struct evhttp;
 struct evhttp_bound_socket;
+struct evhttp_connection;
 struct evhttp_request;
 struct json_object;
 struct rpc_msg;
@@ -69,6 +70,24 @@ struct evhttp_request *held_release(struct held *hd);
  * freed). */
 int held_stream(struct held *hd, const char *data, size_t len, const char *who);
 
+/* server.c: the connection of a held request is going down (conn.c's close
+ * callback passes it on). */
+void held_closed(struct evhttp_connection *evcon, struct held *hd);
+
+/* -- conn.c: the client connections, their cap and their request timeout -- */
+
+/* After evhttp_new: at most max_conns connections (one more gets 503 and is
+ * closed), each closed when it has not sent a whole request within
+ * header_timeout_ms of its opening or of its previous answer. */
+void conn_setup(struct http *h, int max_conns, int header_timeout_ms);
+/* First in http_request_cb: the request is in, its timer stops until the
+ * answer has gone. */
+void conn_request_started(struct http *h, struct evhttp_request *req);
+/* The held request whose gone() the connection's end must run, or NULL. */
+void conn_hold(struct http *h, struct evhttp_connection *evcon, struct held *hd);
+/* At exit, after evhttp_free(). */
+void conn_free_all(struct http *h);
+
 /* -- http.c: control connections from the keeper -- */
 
 struct kwait;
@@ -104,6 +123,7 @@ struct bufferevent *kcall_take(struct kcall *c);
 /* At exit: every call ends without its fn. */
 void kcall_free_all(struct http *h);
 
+struct conn;
 struct mcp_session;
 struct sse_client;
 struct api_call;
@@ -125,6 +145,18 @@ struct http {
 	char hosts[2][64];		/* the Host values we answer to */
 
 	struct evhttp *evh;
+
+	/* conn.c: the client connections. */
+	int max_conns;			/* from the hello */
+	int header_timeout_ms;		/* from the hello */
+	LIST_HEAD(, conn) conns;
+	size_t n_conns;
+	struct bufferevent **fresh;	/* accepted, not yet counted in */
+	size_t n_fresh, fresh_cap;
+	struct event *adopt_ev;
+	unsigned long n_refused;
+	int64_t refused_logged_ms;
+
 	int64_t next_id;		/* requests on fd 3 */
 	LIST_HEAD(, kwait) waits;	/* control.connect not yet completed */
 	LIST_HEAD(, kfd) stash;		/* descriptors that came before their reply */

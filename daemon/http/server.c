@@ -11,7 +11,8 @@
  * from the request with the rest of the query. Then the route and its
  * method are checked and the request goes to api.c, static.c, events.c or
  * mcp.c. libevent's evhttp enforces the header and body limits and the
- * idle timeout (http.c sets them with the listener).
+ * idle timeout (http.c sets them with the listener); conn.c caps the
+ * connections and the time each may take to send its request.
  *
  * A request answered later (a keeper call, an MCP request, a stream) is
  * "held": the client may go away first, and held_* tell the owner.
@@ -204,9 +205,8 @@ void http_send_error(struct evhttp_request *req, int status, const char *kind, c
 /* The client's connection is going down (it closed, a write failed, or we
  * dropped it). A request libevent detached from the connection is ours to
  * free; one still attached goes with the connection. */
-static void held_closed(struct evhttp_connection *evcon, void *arg)
+void held_closed(struct evhttp_connection *evcon, struct held *hd)
 {
-	struct held *hd = arg;
 	struct evhttp_request *req = hd->req;
 
 	if (hd->closed) {
@@ -228,7 +228,7 @@ static void held_watch_cb(evutil_socket_t fd, short what, void *arg)
 	struct evhttp_connection *evcon = hd->req ? evhttp_request_get_connection(hd->req) : NULL;
 
 	if (evcon)
-		evhttp_connection_free(evcon); /* runs held_closed */
+		evhttp_connection_free(evcon); /* runs held_closed (through conn.c) */
 }
 
 void held_init(struct held *hd, struct http *h, struct evhttp_request *req, void (*gone)(struct held *hd))
@@ -239,7 +239,7 @@ void held_init(struct held *hd, struct http *h, struct evhttp_request *req, void
 	hd->h = h;
 	hd->req = req;
 	hd->gone = gone;
-	evhttp_connection_set_closecb(evcon, held_closed, hd);
+	conn_hold(h, evcon, hd);
 	hd->closed = event_new(h->base, bufferevent_getfd(bev), EV_CLOSED, held_watch_cb, hd);
 	if (!hd->closed)
 		fatal("out of memory");
@@ -258,7 +258,7 @@ struct evhttp_request *held_release(struct held *hd)
 		hd->closed = NULL;
 	}
 	if (req && evhttp_request_get_connection(req))
-		evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
+		conn_hold(hd->h, evhttp_request_get_connection(req), NULL);
 	hd->req = NULL;
 	return req;
 }
@@ -460,6 +460,7 @@ void http_request_cb(struct evhttp_request *req, void *arg)
 	char name[SERVER_NAME_MAX + 1];
 	struct route r;
 
+	conn_request_started(h, req);
 	if (h->chan.exit_code >= 0) {
 		http_send_error(req, 503, KIND_UNAVAILABLE, "shutting down");
 		return;

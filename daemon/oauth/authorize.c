@@ -5,10 +5,14 @@
  * for the browser and waits for the redirect; the redirect is checked
  * (state, then RFC 9207 iss, then error, then code) before token.c
  * exchanges the code; oauth.cancel abandons the login. The browser gets one
- * short page whatever happens.
+ * short page whatever happens. A request without this login's state, or to
+ * another path, gets its page and changes nothing: only the real redirect
+ * (or the deadline, or oauth.cancel) ends a login.
  *
  * What it may touch: TCP listeners on 127.0.0.1 and the connections a
- * browser makes to them, with small limits on what it may send. The
+ * browser makes to them, with small limits on what it may send (head
+ * LISTEN_MAX_HEADERS, body LISTEN_MAX_BODY, GET only, every connection
+ * closed after its one answer, LISTEN_CONN_TIMEOUT_S idle). The
  * verifier and state live in sodium_malloc'ed memory; the redirect's query,
  * which holds the code, is wiped once read. Everything a page echoes is
  * HTML-escaped.
@@ -148,35 +152,50 @@ static void query_wipe(struct evkeyvalq *q)
 	evhttp_clear_headers(q);
 }
 
+/* A request to the callback that is not this login's redirect: its state
+ * is missing, repeated or another one (a stale tab, or a page elsewhere
+ * that made the browser send it). It gets a 400 page that echoes nothing,
+ * and the login keeps waiting for the real redirect until its deadline:
+ * anyone who can make a browser send a request must not be able to end
+ * a login. The first one per login is a warning, the rest debug lines. */
+static void authorize_not_this_login(struct login *l, struct evhttp_request *req)
+{
+	l->n_foreign++;
+	log_msg(l->n_foreign == 1 ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG,
+		"oauth: %s: a request to the redirect listener without this login's state (%u so far); "
+		"answered 400, still waiting for the real redirect",
+		l->server, l->n_foreign);
+	page_send(req, 400, "Not this login",
+		  "This request does not belong to the login in progress: its state is missing or wrong. "
+		  "The login is still waiting for the authorization server's redirect; nothing was changed.");
+}
+
 /* The browser's redirect (RFC 6749 4.1.2, RFC 9207): checked in the order
- * that keeps forged answers out: state, then iss, then error, then code. */
+ * that keeps forged answers out: state, then iss, then error, then code.
+ * Only a redirect that carries this login's state may end the login. */
 static void authorize_redirect(struct login *l, struct evhttp_request *req, const char *query)
 {
 	struct evkeyvalq q;
 	const char *state, *iss, *error, *code;
-	int n_state, n_iss, n_error, n_code, n_desc;
+	int n_state = 0, n_iss, n_error, n_code, n_desc;
 	char message[MESSAGE_MAX];
 
 	TAILQ_INIT(&q);
+	state = query && evhttp_parse_query_str(query, &q) == 0 ? query_get(&q, "state", &n_state) : NULL;
+	if (!state || n_state != 1 || strlen(state) != strlen(l->state) ||
+	    sodium_memcmp(state, l->state, strlen(l->state)) != 0) {
+		/* Wiped before the answer, which may free the request. */
+		query_wipe(&q);
+		request_wipe_query(req);
+		authorize_not_this_login(l, req);
+		return;
+	}
 	l->browser = req;
 	l->phase = LOGIN_EXCHANGING;
-	if (!query || evhttp_parse_query_str(query, &q) < 0) {
-		login_fail(l, KIND_TERMINAL, LOGIN_R_STATE, NULL, 0,
-			   "the redirect carried no state (a stale or forged redirect); start the login again");
-		goto out;
-	}
-	state = query_get(&q, "state", &n_state);
 	iss = query_get(&q, "iss", &n_iss);
 	error = query_get(&q, "error", &n_error);
 	code = query_get(&q, "code", &n_code);
 	query_get(&q, "error_description", &n_desc);
-	if (!state || n_state != 1 || strlen(state) != strlen(l->state) ||
-	    sodium_memcmp(state, l->state, strlen(l->state)) != 0) {
-		login_fail(l, KIND_TERMINAL, LOGIN_R_STATE, NULL, 0,
-			   "the redirect's state does not match this login (a stale or forged redirect); "
-			   "start the login again");
-		goto out;
-	}
 	if (n_iss > 1 || n_error > 1 || n_code > 1 || n_desc > 1) {
 		login_fail(l, KIND_TERMINAL, LOGIN_R_DENIED, NULL, 0, "the redirect repeats a parameter");
 		goto out;

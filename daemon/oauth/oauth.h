@@ -163,6 +163,7 @@ struct login {
 	char *token_endpoint, *redirect_uri, *client_id, *auth_method, *resource, *issuer;
 	char *client_secret;		/* sodium_malloc */
 	bool iss_supported;
+	unsigned n_foreign;		/* callbacks without this login's state */
 	char *verifier, *state;		/* sodium_malloc, B64_43 each (authorize.c) */
 	struct json_object *reply;	/* for the keeper, once the page is out */
 };
