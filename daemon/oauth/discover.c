@@ -228,6 +228,7 @@ static void discover_as_urls(struct step *s, CURLU *issuer)
 	for (size_t i = 0; i < ARRAY_SIZE(s->urls); i++)
 		s->urls[i] = (free(s->urls[i]), NULL);
 	s->n_urls = s->next_url = 0;
+	s->own_urls = false;
 	s->tried[0] = '\0';
 	if (*path) {
 		if (asprintf(&p, "/.well-known/oauth-authorization-server%s", path) < 0)
@@ -382,7 +383,9 @@ static void discover_next(struct step *s)
 				  "no authorization server metadata for %s: %s", s->issuer, s->tried);
 		return;
 	}
-	f = step_fetch(s, s->urls[s->next_url++], discover_fetched);
+	f = step_fetch(s, s->phase == DISCOVER_PRM ? "the protected resource metadata" : "the authorization server metadata",
+		       s->urls[s->next_url++], discover_fetched);
+	f->own_origin = s->own_urls;
 	if (fetch_header(f, "Accept: application/json") < 0 || fetch_start(f) < 0)
 		fatal("out of memory");
 	log_debug("oauth: %s: fetching %s", s->server, s->urls[s->next_url - 1]);
@@ -435,9 +438,11 @@ static void discover_probed(struct fetch *f, void *arg)
 		}
 		s->urls[s->n_urls++] = xstrdup(s->challenge->resource_metadata);
 	} else {
-		/* RFC 9728 3.1: the well-known URI, path-specific first. */
+		/* RFC 9728 3.1: the well-known URI, path-specific first, at the
+		 * server's own origin (the address check lets it be). */
 		char *path = url_path_trimmed(s->mcp), *p;
 
+		s->own_urls = true;
 		if (*path) {
 			if (asprintf(&p, "/.well-known/oauth-protected-resource%s", path) < 0)
 				fatal("out of memory");
@@ -536,8 +541,9 @@ void discover_start(struct oauth *o, struct rpc_msg *m)
 
 	/* MCP authorization: an unauthenticated request, to see the 401. Only
 	 * its status and headers matter, so the transfer stops after them. */
-	f = step_fetch(s, s->mcp_url, discover_probed);
+	f = step_fetch(s, "the MCP server", s->mcp_url, discover_probed);
 	f->headers_only = true;
+	f->own_origin = true;
 	for (struct curl_slist *h = s->probe_headers; h; h = h->next)
 		if (fetch_header(f, h->data) < 0)
 			fatal("out of memory");
