@@ -434,5 +434,8 @@ struct json_object *workers_status_json(const struct server *s)
 	json_object_object_add(w, PARAM_KEY_CLIENTS, json_object_new_int(s->clients));
 	if (s->needs_login)
 		json_object_object_add(w, PARAM_KEY_NEEDS_LOGIN, json_object_new_boolean(1));
+	/* allow_insecure_http in use: said wherever the worker's state is. */
+	if (s->conf->insecure_http)
+		json_object_object_add(w, PARAM_KEY_INSECURE_HTTP, json_object_new_boolean(1));
 	return w;
 }
