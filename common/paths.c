@@ -188,26 +188,35 @@ static int mkdir_parents(char *path)
 	return 0;
 }
 
-int paths_ensure_private_dir(const char *dir, char *err, size_t errlen)
+/* A copy of dir without trailing slashes into *out ("a/b/" names "a/b";
+ * lstat on the slash form would follow a symlink), err cleared: 0, or a
+ * negative errno value with err saying why. */
+static int dir_path(const char *dir, char **out, char *err, size_t errlen)
 {
-	_cleanup_(freep) char *path = NULL;
-	struct stat st;
 	size_t n;
-	int r;
 
 	if (err && errlen)
 		err[0] = '\0';
 	if (!dir || !*dir)
 		return dir_error(err, errlen, -EINVAL, "empty directory path");
-
-	path = strdup(dir);
-	if (!path)
+	*out = strdup(dir);
+	if (!*out)
 		return dir_error(err, errlen, -ENOMEM, "%s: out of memory", dir);
-	/* "a/b/" names "a/b"; lstat on the slash form would follow a symlink. */
-	n = strlen(path);
-	while (n > 1 && path[n - 1] == '/')
-		path[--n] = '\0';
+	n = strlen(*out);
+	while (n > 1 && (*out)[n - 1] == '/')
+		(*out)[--n] = '\0';
+	return 0;
+}
 
+int paths_ensure_private_dir(const char *dir, char *err, size_t errlen)
+{
+	_cleanup_(freep) char *path = NULL;
+	struct stat st;
+	int r;
+
+	r = dir_path(dir, &path, err, errlen);
+	if (r < 0)
+		return r;
 	r = mkdir_parents(path);
 	if (r < 0)
 		return dir_error(err, errlen, r, "%s: cannot create directory: %s", path,
@@ -240,19 +249,11 @@ int paths_check_runtime_dir(const char *dir, bool system_mode, uid_t keeper_user
 	_cleanup_(freep) char *path = NULL;
 	uid_t me = geteuid();
 	struct stat st;
-	size_t n;
 	int r;
 
-	if (err && errlen)
-		err[0] = '\0';
-	if (!dir || !*dir)
-		return dir_error(err, errlen, -EINVAL, "runtime directory: empty path");
-	path = strdup(dir);
-	if (!path)
-		return dir_error(err, errlen, -ENOMEM, "runtime directory %s: out of memory", dir);
-	n = strlen(path);
-	while (n > 1 && path[n - 1] == '/')
-		path[--n] = '\0';
+	r = dir_path(dir, &path, err, errlen);
+	if (r < 0)
+		return r;
 
 	/* Absent: ours to create, as private as its use allows (the system
 	 * keeper's group reaches the socket through it). */

@@ -19,7 +19,6 @@ otherwise).
 import http.server
 import json
 import os
-import pwd
 import select
 import socket
 import subprocess
@@ -327,13 +326,21 @@ class TestEndpoints(kl.KeeperTestCase):
                       env={"BROWSER": BROWSER, "MCPKEEPER_TEST_BROWSER_MODE": "follow",
                            "MCPKEEPER_TEST_BROWSER_LOG": log, "MCPKEEPER_CONFIG": k.config_path}, timeout=120)
 
-    def test_a_registration_at_link_local_refused(self):
-        p = self.provider({"token_endpoint": "https://169.254.169.254/token",
-                           "registration_endpoint": "https://169.254.169.254/register"})
-        k = self.make_keeper(servers={"demo": {"url": p.origin + "/mcp"}})
+    def failed_login(self, endpoints, oauth=None):
+        """A login against a provider whose metadata names endpoints: it must fail."""
+        p = self.provider(endpoints)
+        conf = {"url": p.origin + "/mcp"}
+        if oauth:
+            conf["oauth"] = oauth
+        k = self.make_keeper(servers={"demo": conf})
         k.start()
         r = self.login(k)
         self.assertEqual(r.returncode, 1, r.out + r.err)
+        return p, k, r
+
+    def test_a_registration_at_link_local_refused(self):
+        p, k, r = self.failed_login({"token_endpoint": "https://169.254.169.254/token",
+                                     "registration_endpoint": "https://169.254.169.254/register"})
         self.assertIn("refusing to connect to 169.254.169.254 (link-local) for the registration endpoint", r.err)
         self.assertIn("the MCP server's own address is loopback", r.err)
         self.assertIn("oauth.allow_private_endpoints", r.err)
@@ -344,21 +351,14 @@ class TestEndpoints(kl.KeeperTestCase):
     def test_b_token_endpoint_at_private_address_refused(self):
         """A configured client: the browser comes back with a code, and the
         code (with the PKCE verifier) is not sent to 10.0.0.1."""
-        p = self.provider({"token_endpoint": "https://10.0.0.1/token"})
-        k = self.make_keeper(servers={"demo": {"url": p.origin + "/mcp", "oauth": {"client_id": "fixed"}}})
-        k.start()
-        r = self.login(k)
-        self.assertEqual(r.returncode, 1, r.out + r.err)
+        p, k, r = self.failed_login({"token_endpoint": "https://10.0.0.1/token"}, {"client_id": "fixed"})
         self.assertIn("refusing to connect to 10.0.0.1 (private) for the token endpoint", r.err)
         self.assertIn("GET /authorize", p.paths, "the browser went through the authorization")
         self.assertEqual(k.server("demo")["oauth_status"], "none")
 
     def test_c_ipv4_mapped_is_its_ipv4(self):
-        p = self.provider({"token_endpoint": "https://[::ffff:169.254.169.254]/token"})
-        k = self.make_keeper(servers={"demo": {"url": p.origin + "/mcp", "oauth": {"client_id": "fixed"}}})
-        k.start()
-        r = self.login(k)
-        self.assertEqual(r.returncode, 1, r.out + r.err)
+        _, _, r = self.failed_login({"token_endpoint": "https://[::ffff:169.254.169.254]/token"},
+                                    {"client_id": "fixed"})
         self.assertIn("(link-local) for the token endpoint", r.err)
 
     def refresh_case(self, server_url, token_endpoint, oauth_extra=None):
@@ -377,7 +377,7 @@ class TestEndpoints(kl.KeeperTestCase):
 
     def test_d_refresh_at_link_local_refused(self):
         """A stored token whose token endpoint is the cloud metadata address."""
-        peer, k, sub = self.refresh_case("http://127.0.0.1:9/mcp", "https://169.254.169.254/latest/token")
+        _, k, sub = self.refresh_case("http://127.0.0.1:9/mcp", "https://169.254.169.254/latest/token")
         ev = sub.wait_for(EV_FAILED, lambda d: d.get("server_name") == "gh", 40)
         self.assertIn("refusing to connect to 169.254.169.254 (link-local) for the token endpoint", ev["data"]["error"])
         self.assertIn("refusing to connect to 169.254.169.254",
@@ -394,7 +394,7 @@ class TestEndpoints(kl.KeeperTestCase):
         self.assertEqual(peer.stats()["refresh_requests"], 0, "nothing reached the endpoint")
         k.stop()
 
-        peer2, k2, sub2 = self.refresh_case(url, None, {"allow_private_endpoints": True})
+        peer2, _, sub2 = self.refresh_case(url, None, {"allow_private_endpoints": True})
         sub2.wait_for(EV_REFRESHED, lambda d: d.get("server_name") == "gh", 40)
         self.assertGreaterEqual(peer2.stats()["refresh_requests"], 1)
 
