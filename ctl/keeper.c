@@ -259,11 +259,16 @@ static int ctl_check_peer(const struct ctl *c, int fd)
 			keeper = pw->pw_uid;
 		if (peer == keeper)
 			return 0;
-		fprintf(stderr,
-			"mcpctl: refusing the keeper at %s: it runs as uid %u, which is neither root nor the "
-			"system keeper's user (%s%u); another user may be serving that socket\n",
-			c->socket_path, (unsigned)peer, keeper == (uid_t)-1 ? "unknown, not " : "uid ",
-			(unsigned)(keeper == (uid_t)-1 ? peer : keeper));
+		if (keeper == (uid_t)-1)
+			fprintf(stderr,
+				"mcpctl: refusing the keeper at %s: it runs as uid %u, which is not root, and the "
+				"system keeper's user is unknown (no state directory %s, no user %s)\n",
+				c->socket_path, (unsigned)peer, c->keeper_data_dir, CTL_SYSTEM_USER);
+		else
+			fprintf(stderr,
+				"mcpctl: refusing the keeper at %s: it runs as uid %u, which is neither root nor the "
+				"system keeper's user (uid %u); another user may be serving that socket\n",
+				c->socket_path, (unsigned)peer, (unsigned)keeper);
 		return CTL_EXIT_UNTRUSTED;
 	}
 	fprintf(stderr,
