@@ -117,8 +117,8 @@
  * loopback, private and link-local only when the server's own address is of
  * that class or allow_private_endpoints says so (reserved only then);
  * unspecified and multicast never. The discovery probe of the server's own
- * URL and its well-known metadata are not checked (the worker goes there
- * anyway). Plain http must reach a loopback address unless
+ * URL and protected resource metadata at its origin are not checked (the
+ * worker goes there anyway). Plain http must reach a loopback address unless
  * allow_insecure_http. Without a policy the child allows public https only.
  *
  * oauth.listen {server, port (0: any free port)} -> {"port": N}

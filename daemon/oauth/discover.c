@@ -104,13 +104,10 @@ static char *url_with_path(CURLU *base, const char *path)
 	return s;
 }
 
-/* RFC 9728 3.3 and 7.3: the resource names the endpoint we asked for, or a
- * path above it on a segment boundary, at the same scheme, host and port. */
-static bool resource_covers(const char *resource, CURLU *mcp)
+/* The same scheme, host and port (r may be NULL: false). */
+static bool same_origin(CURLU *r, CURLU *mcp)
 {
 	static const CURLUPart parts[] = { CURLUPART_SCHEME, CURLUPART_HOST, CURLUPART_PORT };
-	CURLU *r = url_parse(resource);
-	char *rpath = NULL, *upath = NULL, *frag = NULL;
 	bool ok = r != NULL;
 
 	for (size_t i = 0; ok && i < ARRAY_SIZE(parts); i++) {
@@ -120,6 +117,17 @@ static bool resource_covers(const char *resource, CURLU *mcp)
 		free(a);
 		free(b);
 	}
+	return ok;
+}
+
+/* RFC 9728 3.3 and 7.3: the resource names the endpoint we asked for, or a
+ * path above it on a segment boundary, at the same scheme, host and port. */
+static bool resource_covers(const char *resource, CURLU *mcp)
+{
+	CURLU *r = url_parse(resource);
+	char *rpath = NULL, *upath = NULL, *frag = NULL;
+	bool ok = same_origin(r, mcp);
+
 	if (ok) {
 		frag = url_part(r, CURLUPART_FRAGMENT, 0);
 		rpath = url_path_trimmed(r);
@@ -436,6 +444,11 @@ static void discover_probed(struct fetch *f, void *arg)
 				  s->mcp_url, why);
 			return;
 		}
+		CURLU *u = url_parse(s->challenge->resource_metadata);
+
+		/* At the server's own origin, it is where the worker goes anyway. */
+		s->own_urls = same_origin(u, s->mcp);
+		curl_url_cleanup(u);
 		s->urls[s->n_urls++] = xstrdup(s->challenge->resource_metadata);
 	} else {
 		/* RFC 9728 3.1: the well-known URI, path-specific first, at the
