@@ -14,7 +14,9 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "addr.h"
 #include "config-private.h"
+#include "log.h"
 
 enum kv_kind {
 	KV_ENV,
@@ -198,7 +200,8 @@ static int server_oauth(struct parser *p, struct json_object *v, const char *pre
 			struct config_server *s)
 {
 	static const char *const known[] = {
-		"client_id", "client_secret", "scopes", "redirect_port", "resource", NULL,
+		"client_id", "client_secret", "scopes", "redirect_port", "resource", "allow_private_endpoints",
+		NULL,
 	};
 	struct config_oauth *o = &s->oauth;
 	char path[CONFIG_PATH_MAX];
@@ -249,7 +252,7 @@ static int server_oauth(struct parser *p, struct json_object *v, const char *pre
 		config_path_join(sub, sizeof(sub), path, "resource");
 		return config_fail(p, -EINVAL, sub, "%s", problem);
 	}
-	return 0;
+	return config_get_bool(p, v, path, "allow_private_endpoints", &o->allow_private_endpoints);
 }
 
 /* Fields that only make sense for one kind of server are errors on the other. */
@@ -321,6 +324,38 @@ static int server_sandbox(struct parser *p, struct json_object *obj, const char 
 	if (r < 0)
 		return r;
 	return sandbox_paths(p, v, path, "write", &s->sandbox_write, &s->n_sandbox_write);
+}
+
+/*
+ * OAuth over plain http:// to a host that is not loopback puts the bearer
+ * token (and the login's code and refresh token) on the wire in clear:
+ * refused unless the server says allow_insecure_http, and then warned about
+ * at every load.
+ */
+static int server_insecure_http(struct parser *p, struct json_object *obj, const char *prefix,
+				struct config_server *s)
+{
+	char path[CONFIG_PATH_MAX];
+	int r;
+
+	r = config_get_bool(p, obj, prefix, "allow_insecure_http", &s->allow_insecure_http);
+	if (r < 0)
+		return r;
+	if (s->protocol == CONFIG_PROTOCOL_STDIO)
+		return server_reject(p, obj, prefix, "allow_insecure_http", "only for http servers");
+	s->insecure_http = s->oauth_enabled && addr_url_insecure_http(s->url);
+	if (!s->insecure_http)
+		return 0;
+	config_path_join(path, sizeof(path), prefix, "url");
+	if (!s->allow_insecure_http)
+		return config_fail(p, -EINVAL, path,
+				   "plain http to a host that is not loopback would send the OAuth bearer token "
+				   "in clear: use https, or set \"allow_insecure_http\": true (\"oauth\": false "
+				   "for a server without OAuth)");
+	log_warn("%s: %s: plain http with OAuth (allow_insecure_http): the bearer token and the login's "
+		 "secrets travel in clear",
+		 p->name, path);
+	return 0;
 }
 
 static int server_fields(struct parser *p, struct json_object *obj, const char *prefix,
@@ -424,7 +459,7 @@ static int server_fields(struct parser *p, struct json_object *obj, const char *
 		if (r < 0)
 			return r;
 	}
-	return 0;
+	return server_insecure_http(p, obj, prefix, s);
 }
 
 int config_server_parse(struct parser *p, struct json_object *obj, char *key, size_t index,
@@ -432,7 +467,7 @@ int config_server_parse(struct parser *p, struct json_object *obj, char *key, si
 {
 	static const char *const known[] = {
 		"name", "url", "protocol", "type", "command", "args", "env",
-		"headers", "enabled", "eager", "oauth", "sandbox", NULL,
+		"headers", "enabled", "eager", "oauth", "sandbox", "allow_insecure_http", NULL,
 	};
 	char prefix[CONFIG_PATH_MAX], path[CONFIG_PATH_MAX];
 	int r;

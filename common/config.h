@@ -38,6 +38,10 @@ struct config_oauth {
 	size_t n_scopes;
 	int redirect_port;	/* 0: choose a free port */
 	char *resource;		/* NULL: the server URL (RFC 8707) */
+	/* Discovery, registration, token and revocation requests may go to
+	 * private, link-local and loopback addresses, whatever the server
+	 * URL's own class (an identity provider on an internal network). */
+	bool allow_private_endpoints;
 };
 
 struct config_server {
@@ -60,6 +64,11 @@ struct config_server {
 	 * optional settings (all defaults when no "oauth" object was given).
 	 */
 	bool oauth_enabled;
+	/* "allow_insecure_http": OAuth over plain http:// to a host that is
+	 * not loopback is refused without it; insecure_http says the server
+	 * is such a one (its bearer token travels in clear). */
+	bool allow_insecure_http;
+	bool insecure_http;
 	struct config_oauth oauth;
 	/*
 	 * stdio servers run sandboxed (daemon/jail.c) unless "sandbox": false.

@@ -188,26 +188,35 @@ static int mkdir_parents(char *path)
 	return 0;
 }
 
-int paths_ensure_private_dir(const char *dir, char *err, size_t errlen)
+/* A copy of dir without trailing slashes into *out ("a/b/" names "a/b";
+ * lstat on the slash form would follow a symlink), err cleared: 0, or a
+ * negative errno value with err saying why. */
+static int dir_path(const char *dir, char **out, char *err, size_t errlen)
 {
-	_cleanup_(freep) char *path = NULL;
-	struct stat st;
 	size_t n;
-	int r;
 
 	if (err && errlen)
 		err[0] = '\0';
 	if (!dir || !*dir)
 		return dir_error(err, errlen, -EINVAL, "empty directory path");
-
-	path = strdup(dir);
-	if (!path)
+	*out = strdup(dir);
+	if (!*out)
 		return dir_error(err, errlen, -ENOMEM, "%s: out of memory", dir);
-	/* "a/b/" names "a/b"; lstat on the slash form would follow a symlink. */
-	n = strlen(path);
-	while (n > 1 && path[n - 1] == '/')
-		path[--n] = '\0';
+	n = strlen(*out);
+	while (n > 1 && (*out)[n - 1] == '/')
+		(*out)[--n] = '\0';
+	return 0;
+}
 
+int paths_ensure_private_dir(const char *dir, char *err, size_t errlen)
+{
+	_cleanup_(freep) char *path = NULL;
+	struct stat st;
+	int r;
+
+	r = dir_path(dir, &path, err, errlen);
+	if (r < 0)
+		return r;
 	r = mkdir_parents(path);
 	if (r < 0)
 		return dir_error(err, errlen, r, "%s: cannot create directory: %s", path,
@@ -231,6 +240,57 @@ int paths_ensure_private_dir(const char *dir, char *err, size_t errlen)
 		return dir_error(err, errlen, -EACCES,
 				 "%s: mode %04o gives group or others access, expected 0700; "
 				 "refusing to use it",
+				 path, (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
+int paths_check_runtime_dir(const char *dir, bool system_mode, uid_t keeper_user, char *err, size_t errlen)
+{
+	_cleanup_(freep) char *path = NULL;
+	uid_t me = geteuid();
+	struct stat st;
+	int r;
+
+	r = dir_path(dir, &path, err, errlen);
+	if (r < 0)
+		return r;
+
+	/* Absent: ours to create, as private as its use allows (the system
+	 * keeper's group reaches the socket through it). */
+	if (lstat(path, &st) < 0) {
+		if (errno != ENOENT)
+			return dir_error(err, errlen, -errno, "runtime directory %s: cannot stat: %s", path,
+					 strerror(errno));
+		r = system_mode ? (mkdir(path, 0750) < 0 && errno != EEXIST ? -errno : 0) : mkdir_parents(path);
+		if (r < 0)
+			return dir_error(err, errlen, r, "runtime directory %s: cannot create it: %s", path,
+					 strerror(-r));
+		if (lstat(path, &st) < 0)
+			return dir_error(err, errlen, -errno, "runtime directory %s: cannot stat: %s", path,
+					 strerror(errno));
+	}
+	if (S_ISLNK(st.st_mode))
+		return dir_error(err, errlen, -ELOOP,
+				 "runtime directory %s is a symbolic link: refusing to put the control socket "
+				 "where it points (make it a real directory, or set runtime_dir)",
+				 path);
+	if (!S_ISDIR(st.st_mode))
+		return dir_error(err, errlen, -ENOTDIR, "runtime directory %s exists and is not a directory", path);
+	if (st.st_uid != me && !(system_mode && (st.st_uid == 0 || st.st_uid == keeper_user))) {
+		if (system_mode)
+			return dir_error(err, errlen, -EPERM,
+					 "runtime directory %s is owned by uid %u, not by root or the keeper's "
+					 "user (uid %u): refusing to use it",
+					 path, (unsigned)st.st_uid, (unsigned)keeper_user);
+		return dir_error(err, errlen, -EPERM,
+				 "runtime directory %s is owned by uid %u, not by the keeper's user (uid %u): "
+				 "refusing to use it",
+				 path, (unsigned)st.st_uid, (unsigned)me);
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return dir_error(err, errlen, -EACCES,
+				 "runtime directory %s has mode %04o: group or others may write to it (and "
+				 "replace the control socket); refusing to use it (chmod go-w, or 0700)",
 				 path, (unsigned)(st.st_mode & 07777));
 	return 0;
 }

@@ -15,6 +15,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 /* True when --system was given or systemd started this process. */
 bool paths_system_mode(bool flag_system);
@@ -33,6 +34,18 @@ int paths_runtime_dir(bool system_mode, char *buf, size_t len);
  * -ENOTDIR not a directory.
  */
 int paths_ensure_private_dir(const char *dir, char *err, size_t errlen);
+
+/*
+ * The keeper's runtime directory (where it binds control.sock), created when
+ * absent (user mode: with its parents, 0700; system mode: 0750, so that the
+ * keeper's group can reach the socket), then checked: a real directory (not
+ * a symlink), owned by the effective uid (system mode also: root or
+ * keeper_user, the user a root start becomes), with no write bit for group
+ * or others. Returns 0, or a negative errno value with a message naming the
+ * directory and the problem in err: -ELOOP symlink, -ENOTDIR, -EPERM owner,
+ * -EACCES mode.
+ */
+int paths_check_runtime_dir(const char *dir, bool system_mode, uid_t keeper_user, char *err, size_t errlen);
 
 /*
  * Where the keeper's children and the web UI are.

@@ -120,6 +120,20 @@
  * "oauth_error": the provider's error code when it gave one,
  * "http_status": N when there was a response}.
  *
+ * Every oauth.refresh, oauth.discover, oauth.register, oauth.authorize and
+ * oauth.revoke also carries the server's address policy, which the child
+ * keeps per server (the login's code exchange uses the one of its
+ * oauth.authorize): "server_address", the class (common/addr.h) of the MCP
+ * server URL's host as written ("public" for a name); "allow_private_endpoints"
+ * and "allow_insecure_http" from the server's config. The child checks the
+ * address every connection is about to go to: public is always allowed;
+ * loopback, private and link-local only when the server's own address is of
+ * that class or allow_private_endpoints says so (reserved only then);
+ * unspecified and multicast never. The discovery probe of the server's own
+ * URL and protected resource metadata at its origin are not checked (the
+ * worker goes there anyway). Plain http must reach a loopback address unless
+ * allow_insecure_http. Without a policy the child allows public https only.
+ *
  * oauth.listen {server, port (0: any free port)} -> {"port": N}
  *   Binds 127.0.0.1:port for the redirect and keeps it for this server's
  *   login (a second oauth.listen for the same server replaces it). Until
@@ -272,6 +286,10 @@
 #define PARAM_KEY_REVOCATION_ENDPOINT "revocation_endpoint"
 #define PARAM_KEY_ISS_SUPPORTED "iss_supported"
 #define PARAM_KEY_TOKEN_ENDPOINT_AUTH_METHODS "token_endpoint_auth_methods"
+#define PARAM_KEY_SERVER_ADDRESS "server_address"
+#define PARAM_KEY_ALLOW_PRIVATE_ENDPOINTS "allow_private_endpoints"
+#define PARAM_KEY_ALLOW_INSECURE_HTTP "allow_insecure_http"
+#define PARAM_KEY_INSECURE_HTTP "insecure_http"
 #define PARAM_KEY_REDIRECT_URI "redirect_uri"
 #define PARAM_KEY_CLIENT_SECRET_EXPIRES_AT "client_secret_expires_at"
 #define PARAM_KEY_TOKEN "token"

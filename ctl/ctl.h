@@ -44,6 +44,7 @@ enum {
 	CTL_EXIT_PROTOCOL = 5,
 	CTL_EXIT_NOT_FOUND = 6,		/* no such server */
 	CTL_EXIT_NOT_OAUTH = 7,		/* the server does not use OAuth */
+	CTL_EXIT_UNTRUSTED = 8,		/* the socket is served by a uid we do not trust */
 };
 
 /* What an option parser returns, besides 0 and an exit code, when it
@@ -61,6 +62,11 @@ struct ctl {
 	double timeout_sec;		/* 0: wait forever */
 
 	char socket_path[PATH_MAX];
+	/* Whose keeper answers there: the system keeper (--system, or the
+	 * system socket found from user mode), whose user owns keeper_data_dir,
+	 * or this user's. */
+	bool system_keeper;
+	char keeper_data_dir[PATH_MAX];
 	int64_t deadline_ms;		/* CLOCK_MONOTONIC; 0: none */
 	bool timeout_given;		/* --timeout on the command line */
 

@@ -7,6 +7,7 @@
  * here, each after one line on stderr.
  */
 #include <errno.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -31,6 +32,8 @@
 /* One request per connection, so one id is enough to match the reply. */
 #define CTL_REQUEST_ID 1
 #define CTL_HELLO_ID 0
+/* The system user of the packaged unit (systemd/mcpkeeper.sysusers). */
+#define CTL_SYSTEM_USER "mcpkeeper"
 
 int64_t ctl_now_ms(void)
 {
@@ -67,6 +70,27 @@ bool ctl_path_missing(const char *path)
 	return stat(path, &st) < 0 && (errno == ENOENT || errno == ENOTDIR);
 }
 
+static void keeper_data_dir_set(struct ctl *c, const char *dir)
+{
+	if (snprintf(c->keeper_data_dir, sizeof(c->keeper_data_dir), "%s", dir) >= (int)sizeof(c->keeper_data_dir))
+		c->keeper_data_dir[0] = '\0';
+}
+
+/* User mode fell back to the system keeper's socket: its state directory
+ * is the system config's data_dir when we may read that, else the default. */
+static void system_keeper_found(struct ctl *c)
+{
+	_cleanup_(config_freep) struct config *cfg = NULL;
+	char conf_path[PATH_MAX];
+
+	c->system_keeper = true;
+	if (paths_config_file(true, conf_path, sizeof(conf_path)) == 0 &&
+	    config_load(conf_path, true, &cfg, NULL, 0) == 0)
+		keeper_data_dir_set(c, cfg->data_dir);
+	else if (paths_data_dir(true, c->keeper_data_dir, sizeof(c->keeper_data_dir)) < 0)
+		c->keeper_data_dir[0] = '\0';
+}
+
 /*
  * The order is documented in mcpctl.1 (FINDING THE KEEPER): --socket; the
  * runtime_dir of --config or $MCPKEEPER_CONFIG; the runtime_dir of the mode's
@@ -82,6 +106,9 @@ int ctl_find_socket(struct ctl *c)
 	struct stat st;
 	int r;
 
+	c->system_keeper = c->system_mode;
+	if (c->system_mode && paths_data_dir(true, c->keeper_data_dir, sizeof(c->keeper_data_dir)) < 0)
+		c->keeper_data_dir[0] = '\0';
 	if (c->opt_socket) {
 		if (snprintf(c->socket_path, sizeof(c->socket_path), "%s", c->opt_socket) >=
 		    (int)sizeof(c->socket_path))
@@ -95,6 +122,8 @@ int ctl_find_socket(struct ctl *c)
 			fprintf(stderr, "mcpctl: %s\n", err);
 			return CTL_EXIT_USAGE;
 		}
+		if (c->system_mode)
+			keeper_data_dir_set(c, cfg->data_dir);
 		if (socket_in(cfg->runtime_dir, c->socket_path, sizeof(c->socket_path)) < 0) {
 			fprintf(stderr, "mcpctl: %s: runtime_dir: path too long\n", c->opt_config);
 			return CTL_EXIT_USAGE;
@@ -106,8 +135,11 @@ int ctl_find_socket(struct ctl *c)
 	if (paths_config_file(c->system_mode, conf_path, sizeof(conf_path)) == 0 &&
 	    stat(conf_path, &st) == 0) {
 		r = config_load(conf_path, c->system_mode, &cfg, err, sizeof(err));
-		if (r == 0)
+		if (r == 0) {
 			snprintf(dir, sizeof(dir), "%s", cfg->runtime_dir);
+			if (c->system_mode)
+				keeper_data_dir_set(c, cfg->data_dir);
+		}
 		/* The system config may be readable by the keeper only: that is
 		 * no reason to complain to a member of its group. */
 		else if (r != -EACCES)
@@ -121,8 +153,10 @@ int ctl_find_socket(struct ctl *c)
 
 	if (!c->system_mode && (!c->socket_path[0] || ctl_path_missing(c->socket_path)) &&
 	    paths_runtime_dir(true, sys_dir, sizeof(sys_dir)) == 0 &&
-	    socket_in(sys_dir, sys, sizeof(sys)) == 0 && stat(sys, &st) == 0)
+	    socket_in(sys_dir, sys, sizeof(sys)) == 0 && stat(sys, &st) == 0) {
 		snprintf(c->socket_path, sizeof(c->socket_path), "%s", sys);
+		system_keeper_found(c);
+	}
 
 	if (!c->socket_path[0]) {
 		fputs("mcpctl: cannot tell where the keeper's socket is (no usable runtime "
@@ -192,6 +226,58 @@ int ctl_unreachable(const struct ctl *c, int err)
 	return CTL_EXIT_UNREACHABLE;
 }
 
+/*
+ * Whom we are about to send our request to (and, for `connect`, hand our
+ * stdin and stdout): the kernel's word on the uid that answers on the
+ * socket. Trusted are this user and root, and for the system keeper the
+ * user that owns its state directory (what the unit runs it as, and what a
+ * root start becomes) or, when that cannot be seen, the mcpkeeper user.
+ * Never whoever owns the socket or its directory: that proves nothing.
+ * Returns 0, or CTL_EXIT_UNTRUSTED after saying why.
+ */
+static int ctl_check_peer(const struct ctl *c, int fd)
+{
+	uid_t peer, keeper = (uid_t)-1;
+	struct passwd *pw;
+	struct stat st;
+	pid_t pid;
+	gid_t gid;
+	int r;
+
+	r = sock_peer_cred(fd, &pid, &peer, &gid);
+	if (r < 0) {
+		fprintf(stderr, "mcpctl: cannot tell who answers on %s (SO_PEERCRED: %s): not talking to it\n",
+			c->socket_path, strerror(-r));
+		return CTL_EXIT_UNTRUSTED;
+	}
+	if (peer == getuid() || peer == 0)
+		return 0;
+	if (c->system_keeper) {
+		if (c->keeper_data_dir[0] && stat(c->keeper_data_dir, &st) == 0)
+			keeper = st.st_uid;
+		else if ((pw = getpwnam(CTL_SYSTEM_USER)) != NULL)
+			keeper = pw->pw_uid;
+		if (peer == keeper)
+			return 0;
+		if (keeper == (uid_t)-1)
+			fprintf(stderr,
+				"mcpctl: refusing the keeper at %s: it runs as uid %u, which is not root, and the "
+				"system keeper's user is unknown (no state directory %s, no user %s)\n",
+				c->socket_path, (unsigned)peer, c->keeper_data_dir, CTL_SYSTEM_USER);
+		else
+			fprintf(stderr,
+				"mcpctl: refusing the keeper at %s: it runs as uid %u, which is neither root nor the "
+				"system keeper's user (uid %u); another user may be serving that socket\n",
+				c->socket_path, (unsigned)peer, (unsigned)keeper);
+		return CTL_EXIT_UNTRUSTED;
+	}
+	fprintf(stderr,
+		"mcpctl: refusing the keeper at %s: it runs as uid %u, which is neither this user (uid %u) "
+		"nor root; another user may be serving that socket (use --system for the system keeper)\n",
+		c->socket_path, (unsigned)peer, (unsigned)getuid());
+	return CTL_EXIT_UNTRUSTED;
+}
+
 static int ctl_connect(struct ctl *c, int *fd)
 {
 	int r;
@@ -218,7 +304,12 @@ static int ctl_connect(struct ctl *c, int *fd)
 	}
 	if (r < 0)
 		return ctl_unreachable(c, r);
-	return 0;
+	r = ctl_check_peer(c, *fd);
+	if (r) {
+		close(*fd);
+		*fd = -1;
+	}
+	return r;
 }
 
 

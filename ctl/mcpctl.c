@@ -78,6 +78,7 @@ void ctl_usage(FILE *f)
 		"  5  protocol error: malformed reply, connection closed before the reply\n"
 		"  6  no such server\n"
 		"  7  the server does not use OAuth\n"
+		"  8  the socket is served by a process this user does not trust\n"
 		"\n"
 		"See mcpctl(1) for how the socket is found.\n",
 		CTL_DEFAULT_TIMEOUT_SEC);

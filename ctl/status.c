@@ -115,9 +115,14 @@ int status_print_servers(struct json_object *result, const char *method, bool fu
 		col = 0;
 		table_set(row, col++, field_str(srv, PARAM_KEY_NAME));
 		if (full) {
+			bool insecure = false;
+
 			w = field_child(srv, PARAM_KEY_WORKER, json_type_object);
 			table_set(row, col++, field_str(srv, PARAM_KEY_PROTOCOL));
 			table_set(row, col++, w ? field_str(w, PARAM_KEY_STATE) : NULL);
+			if (w && field_bool(w, PARAM_KEY_INSECURE_HTTP, &insecure) && insecure)
+				row->note = xstrdup("warning: OAuth over plain http (allow_insecure_http): the bearer "
+						    "token travels in clear");
 		}
 		table_set(row, col++, auth_cell(srv));
 		expires_cell(srv, now, cell, sizeof(cell));

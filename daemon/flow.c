@@ -10,11 +10,37 @@
 #include <event2/event.h>
 #include <json-c/json.h>
 
+#include "addr.h"
+#include "config.h"
 #include "flow.h"
 #include "keeper.h"
 #include "proto.h"
 
 /* ---- common ---- */
+
+/*
+ * The address policy of proto.h: the class of the server URL's host as
+ * written and the two config switches. The oauth child refuses connections
+ * by it. A server no longer configured (an orphan's revocation) has no
+ * switches: its stored resource, which names the server's origin, gives
+ * the class; without one the child allows public https only.
+ */
+void flow_add_policy(struct json_object *params, const struct config_server *cs, const char *orphan_url)
+{
+	const char *url = cs ? cs->url : orphan_url, *host;
+	enum addr_class c = ADDR_PUBLIC;
+	size_t len;
+	bool https;
+
+	if (!url)
+		return;
+	if (addr_url_host(url, &host, &len, &https) == 0)
+		c = addr_class_host(host, len);
+	json_object_object_add(params, PARAM_KEY_SERVER_ADDRESS, json_object_new_string(addr_class_name(c)));
+	json_object_object_add(params, PARAM_KEY_ALLOW_PRIVATE_ENDPOINTS,
+			       json_object_new_boolean(cs && cs->oauth.allow_private_endpoints));
+	json_object_object_add(params, PARAM_KEY_ALLOW_INSECURE_HTTP, json_object_new_boolean(cs && cs->allow_insecure_http));
+}
 
 void flow_link(struct keeper *k, struct flow *f)
 {

@@ -563,15 +563,15 @@ static int control_socket(struct keeper *k, int *fd)
 		return 0;
 	}
 
-	if (k->system_mode) {
-		if (mkdir(k->cfg->runtime_dir, 0750) < 0 && errno != EEXIST)
-			fatal("runtime directory %s: %m", k->cfg->runtime_dir);
-	} else {
-		char err[512];
+	{
+		/* A root start in system mode becomes the state directory's owner
+		 * (drop_root()): a runtime directory of that user's is ours too. */
+		struct stat st;
+		uid_t keeper_user = k->system_mode && stat(k->cfg->data_dir, &st) == 0 ? st.st_uid : geteuid();
+		char err[768];
 
-		if (paths_ensure_private_dir(k->cfg->runtime_dir, err, sizeof(err)) < 0 &&
-		    access(k->cfg->runtime_dir, W_OK) < 0)
-			fatal("runtime directory %s", err);
+		if (paths_check_runtime_dir(k->cfg->runtime_dir, k->system_mode, keeper_user, err, sizeof(err)) < 0)
+			fatal("%s", err);
 	}
 	if (snprintf(path, sizeof(path), "%s/control.sock", k->cfg->runtime_dir) >= (int)sizeof(path))
 		fatal("runtime directory path too long");

@@ -169,6 +169,10 @@ void login_forget(struct keeper *k, struct server *s, const char *why);
 void logout_start(struct keeper *k, struct server *one, const char *orphan_name, bool all, flow_done_fn done_fn,
 		  void *ctx, struct flow **slot);
 void flow_detach(struct flow *f);
+/* flow.c: adds the address policy every oauth.* request about server cs
+ * carries (common/proto.h); for cs NULL (an orphaned token), the class of
+ * orphan_url's host alone, or nothing without it. */
+void flow_add_policy(struct json_object *params, const struct config_server *cs, const char *orphan_url);
 /* Forgets the caller without cancelling: the flow runs to its end. */
 void flow_release(struct flow *f);
 void flows_free_all(struct keeper *k);

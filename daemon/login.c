@@ -149,6 +149,7 @@ static int login_request(struct flow *f, const char *method, struct json_object 
 	int r;
 
 	flow_add_str(params, PARAM_KEY_SERVER, f->s->name);
+	flow_add_policy(params, f->s->conf, NULL);
 	json_object_object_add(params, PARAM_KEY_TIMEOUT_MS, json_object_new_int64(timeout_ms));
 	r = child_request(f->k->oauth, method, params, fn, f, &f->request_id);
 	if (r < 0)

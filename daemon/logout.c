@@ -80,6 +80,7 @@ static int revoke_send(struct flow *f, struct json_object *target, const char *n
 	flow_add_str(p, PARAM_KEY_CLIENT_ID, client_id);
 	flow_add_str(p, PARAM_KEY_CLIENT_SECRET, secret);
 	flow_add_str(p, PARAM_KEY_AUTH_METHOD, method);
+	flow_add_policy(p, config_find_server(k->cfg, name), t->resource);
 	json_object_object_add(p, PARAM_KEY_TIMEOUT_MS,
 			       json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
 	if (child_request(k->oauth, METHOD_OAUTH_REVOKE, p, on_revoke, rc, &id) < 0) {

@@ -787,6 +787,7 @@ static void start_refresh(struct keeper *k, struct server *s)
 	add_str(params, PARAM_KEY_CLIENT_SECRET, client_secret);
 	add_str(params, PARAM_KEY_AUTH_METHOD, method);
 	add_str(params, PARAM_KEY_RESOURCE, t.resource ? t.resource : co->resource ? co->resource : s->conf->url);
+	flow_add_policy(params, s->conf, NULL);
 	json_object_object_add(params, PARAM_KEY_TIMEOUT_MS,
 			       json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
 	token_clear(&t);

@@ -480,5 +480,8 @@ struct json_object *workers_status_json(const struct server *s)
 	if (s->conf->protocol == CONFIG_PROTOCOL_STDIO)
 		json_object_object_add(w, PARAM_KEY_SANDBOX,
 				       s->sandbox[0] ? json_object_new_string(s->sandbox) : NULL);
+	/* allow_insecure_http in use: said wherever the worker's state is. */
+	if (s->conf->insecure_http)
+		json_object_object_add(w, PARAM_KEY_INSECURE_HTTP, json_object_new_boolean(1));
 	return w;
 }

@@ -341,6 +341,67 @@ static void test_oauth(void)
 		    "and 65535");
 }
 
+static char *parse_capturing_stderr(const char *json);
+
+static void test_insecure_http(void)
+{
+	const char *log;
+	struct config *c;
+
+	TEST("allow_insecure_http: OAuth over plain http to a host that is not loopback");
+	parse_fails(SERVER("{\"url\": \"http://10.0.0.1/mcp\"}"),
+		    "config.json: mcpServers.a.url: plain http to a host that is not loopback would send the "
+		    "OAuth bearer token in clear: use https, or set \"allow_insecure_http\": true (\"oauth\": "
+		    "false for a server without OAuth)");
+	parse_fails(SERVER("{\"url\": \"HTTP://mcp.example.com:8080/mcp\", \"oauth\": {\"client_id\": \"x\"}}"),
+		    "config.json: mcpServers.a.url: plain http to a host that is not loopback would send the "
+		    "OAuth bearer token in clear: use https, or set \"allow_insecure_http\": true (\"oauth\": "
+		    "false for a server without OAuth)");
+	parse_fails(SERVER("{\"url\": \"http://10.0.0.1/mcp\", \"allow_insecure_http\": false}"),
+		    "config.json: mcpServers.a.url: plain http to a host that is not loopback would send the "
+		    "OAuth bearer token in clear: use https, or set \"allow_insecure_http\": true (\"oauth\": "
+		    "false for a server without OAuth)");
+	parse_fails(SERVER("{\"url\": \"http://10.0.0.1/mcp\", \"allow_insecure_http\": \"yes\"}"),
+		    "config.json: mcpServers.a.allow_insecure_http: must be a boolean");
+	parse_fails(SERVER("{\"command\": \"npx\", \"allow_insecure_http\": true}"),
+		    "config.json: mcpServers.a.allow_insecure_http: only for http servers");
+
+	/* Loopback, https and servers without OAuth need no flag, and are not insecure. */
+	c = parse_ok("{\"mcpServers\": {"
+		     "\"v4\": {\"url\": \"http://127.0.0.1:8080/mcp\"},"
+		     "\"v6\": {\"url\": \"http://[::1]:8080/mcp\"},"
+		     "\"name\": {\"url\": \"http://localhost/mcp\"},"
+		     "\"tls\": {\"url\": \"https://10.0.0.1/mcp\"},"
+		     "\"plain\": {\"url\": \"http://10.0.0.1/mcp\", \"oauth\": false}}}");
+	for (size_t i = 0; i < c->n_servers; i++)
+		CHECK(!c->servers[i].insecure_http && !c->servers[i].allow_insecure_http);
+	config_free(c);
+
+	c = parse_ok(SERVER("{\"url\": \"http://10.0.0.1/mcp\", \"allow_insecure_http\": true}"));
+	CHECK(c->servers[0].allow_insecure_http && c->servers[0].insecure_http);
+	config_free(c);
+	c = parse_ok(SERVER("{\"url\": \"https://x.example/mcp\", \"allow_insecure_http\": true}"));
+	CHECK(c->servers[0].allow_insecure_http && !c->servers[0].insecure_http);
+	config_free(c);
+
+	TEST("allow_insecure_http is warned about at every load");
+	log = parse_capturing_stderr(SERVER("{\"url\": \"http://10.0.0.1/mcp\", \"allow_insecure_http\": true}"));
+	CHECK(strstr(log, "warning: config.json: mcpServers.a.url: plain http with OAuth (allow_insecure_http): "
+			  "the bearer token and the login's secrets travel in clear\n"));
+	log = parse_capturing_stderr(SERVER("{\"url\": \"https://x.example/mcp\", \"allow_insecure_http\": true}"));
+	CHECK(log[0] == '\0');
+
+	TEST("oauth.allow_private_endpoints");
+	c = parse_ok(SERVER("{\"url\": \"https://x.example/mcp\", \"oauth\": {\"allow_private_endpoints\": true}}"));
+	CHECK(c->servers[0].oauth.allow_private_endpoints);
+	config_free(c);
+	c = parse_ok(SERVER("{\"url\": \"https://x.example/mcp\"}"));
+	CHECK(!c->servers[0].oauth.allow_private_endpoints);
+	config_free(c);
+	parse_fails(SERVER("{\"url\": \"https://x.example\", \"oauth\": {\"allow_private_endpoints\": 1}}"),
+		    "config.json: mcpServers.a.oauth.allow_private_endpoints: must be a boolean");
+}
+
 static void test_scopes(void)
 {
 	struct config *c;
@@ -1501,6 +1562,7 @@ int main(void)
 	test_protocol();
 	test_missing_url_command();
 	test_oauth();
+	test_insecure_http();
 	test_scopes();
 	test_names();
 	test_refresh_ranges();

@@ -373,8 +373,19 @@ static int child_wait(struct child *c)
 	return WEXITSTATUS(status);
 }
 
+/* As the keeper does for a server on loopback (the test peer), every
+ * request about a server carries the address policy unless the test set
+ * its own (proto.h; allow_private_endpoints alone: the test wants none). */
 static void child_send(struct child *c, struct json_object *msg)
 {
+	struct json_object *params;
+
+	if (json_object_object_get_ex(msg, "method", NULL) && json_object_object_get_ex(msg, "id", NULL) &&
+	    json_object_object_get_ex(msg, "params", &params) &&
+	    json_object_object_get_ex(params, PARAM_KEY_SERVER, NULL) &&
+	    !json_object_object_get_ex(params, PARAM_KEY_SERVER_ADDRESS, NULL) &&
+	    !json_object_object_get_ex(params, PARAM_KEY_ALLOW_PRIVATE_ENDPOINTS, NULL))
+		json_object_object_add(params, PARAM_KEY_SERVER_ADDRESS, json_object_new_string("loopback"));
 	CHECK_EQ(frame_write_fd(c->fd, msg, PROTO_MAX_MESSAGE, IO_TIMEOUT_MS), 0);
 	json_object_put(msg);
 }
@@ -877,6 +888,95 @@ static void test_unreachable(struct child *c)
 	a.endpoint = "file:///etc/passwd";
 	refresh(c, 41, &a, &m);
 	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	rpc_msg_clear(&m);
+}
+
+/* A refresh under a given address policy (proto.h); server_address NULL
+ * sends none. */
+static void refresh_policy(struct child *c, int64_t id, const struct refresh_args *a, const char *server_address,
+			   bool allow_private, bool allow_http, struct rpc_msg *m)
+{
+	struct json_object *p = refresh_params(a);
+
+	json_object_object_add(p, PARAM_KEY_SERVER_ADDRESS,
+			       server_address ? json_object_new_string(server_address) : NULL);
+	json_object_object_add(p, PARAM_KEY_ALLOW_PRIVATE_ENDPOINTS, json_object_new_boolean(allow_private));
+	json_object_object_add(p, PARAM_KEY_ALLOW_INSECURE_HTTP, json_object_new_boolean(allow_http));
+	if (!server_address)
+		json_object_object_del(p, PARAM_KEY_SERVER_ADDRESS);
+	child_send(c, rpc_request(METHOD_OAUTH_REFRESH, p, id));
+	child_recv(c, m);
+	CHECK(m->id);
+	CHECK_EQ(json_object_get_int64(m->id), id);
+}
+
+/*
+ * The address check of every connection (fetch.c): the addresses are
+ * literals, so each refusal happens before any socket exists; the endpoint
+ * at 127.0.0.1:1 is refused by the kernel instead once it is allowed, which
+ * shows the attempt was made.
+ */
+static void test_address_policy(struct child *c, const struct peer *p)
+{
+	struct refresh_args a = { .server = "policy", .client_id = "x", .refresh_token = "policy-refresh-token-1234" };
+	char endpoint[256];
+	struct rpc_msg m;
+
+	secret_remember(a.refresh_token);
+
+	TEST("address policy: link-local and private token endpoints of a loopback server are refused");
+	a.endpoint = "http://169.254.169.254/token";
+	refresh_policy(c, 60, &a, "loopback", false, false, &m);
+	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	/* Plain http to it is refused first: it is not loopback either. */
+	CHECK(strstr(rpc_error_message(&m), "refusing plain http to 169.254.169.254 (link-local) for the token endpoint"));
+	rpc_msg_clear(&m);
+	a.endpoint = "https://169.254.169.254/token";
+	refresh_policy(c, 61, &a, "loopback", false, false, &m);
+	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	CHECK(strstr(rpc_error_message(&m), "refusing to connect to 169.254.169.254 (link-local) for the token endpoint: "
+					    "the MCP server's own address is loopback; set oauth.allow_private_endpoints"));
+	rpc_msg_clear(&m);
+	a.endpoint = "https://10.0.0.1/token";
+	refresh_policy(c, 62, &a, "loopback", false, false, &m);
+	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	CHECK(strstr(rpc_error_message(&m), "refusing to connect to 10.0.0.1 (private) for the token endpoint"));
+	rpc_msg_clear(&m);
+	a.endpoint = "https://[::ffff:169.254.169.254]/token";
+	refresh_policy(c, 63, &a, "loopback", false, false, &m);
+	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	CHECK(strstr(rpc_error_message(&m), "(link-local) for the token endpoint"));
+	rpc_msg_clear(&m);
+
+	TEST("address policy: a public server may not reach loopback, without a policy neither");
+	snprintf(endpoint, sizeof(endpoint), "%s/token", p->base);
+	a.endpoint = endpoint;
+	refresh_policy(c, 64, &a, "public", false, true, &m);
+	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	CHECK(strstr(rpc_error_message(&m), "refusing to connect to 127.0.0.1 (loopback) for the token endpoint: "
+					    "the MCP server's own address is public"));
+	rpc_msg_clear(&m);
+	/* A server the child has no policy for: public https only. */
+	a.server = "never-configured";
+	refresh_policy(c, 65, &a, NULL, false, false, &m);
+	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	CHECK(strstr(rpc_error_message(&m), "(loopback) for the token endpoint"));
+	rpc_msg_clear(&m);
+	a.server = "policy";
+
+	TEST("address policy: unspecified and multicast are never destinations");
+	a.endpoint = "https://0.0.0.0/token";
+	refresh_policy(c, 66, &a, "public", true, true, &m);
+	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	CHECK(strstr(rpc_error_message(&m), "0.0.0.0 (unspecified)"));
+	rpc_msg_clear(&m);
+
+	TEST("address policy: allow_private_endpoints lets the request go (and fail otherwise)");
+	a.endpoint = "https://127.0.0.1:1/token";
+	refresh_policy(c, 67, &a, "public", true, false, &m);
+	expect_error(&m, KIND_TRANSIENT, NULL, 0);
+	CHECK(!strstr(rpc_error_message(&m), "refusing"));
+	CHECK(strstr(rpc_error_message(&m), "network error"));
 	rpc_msg_clear(&m);
 }
 
@@ -2489,6 +2589,10 @@ static void test_keeper_bugs(void)
 		"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"oauth.revoke\",\"params\":{\"server\":\"x\","
 		"\"revocation_endpoint\":\"http://127.0.0.1:9/r\",\"token\":\"bug-token-9876\",\"client_id\":\"x\","
 		"\"auth_method\":\"client_secret_post\",\"timeout_ms\":1000}}\n",
+		/* An address policy that names no class (proto.h). */
+		"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"oauth.refresh\",\"params\":{\"server\":\"x\","
+		"\"token_endpoint\":\"http://127.0.0.1:9/\",\"refresh_token\":\"bug-token-5678\",\"client_id\":\"x\","
+		"\"auth_method\":\"none\",\"timeout_ms\":1000,\"server_address\":\"intranet\"}}\n",
 	};
 
 	secret_remember("bug-token-5678");
@@ -2632,6 +2736,7 @@ int main(int argc, char **argv)
 	test_concurrent(&c, &pa);
 	test_client_auth(&c, &pb);
 	test_unreachable(&c);
+	test_address_policy(&c, &pa);
 	test_canned(&c);
 	close(c.fd);
 	c.fd = -1;

@@ -104,13 +104,10 @@ static char *url_with_path(CURLU *base, const char *path)
 	return s;
 }
 
-/* RFC 9728 3.3 and 7.3: the resource names the endpoint we asked for, or a
- * path above it on a segment boundary, at the same scheme, host and port. */
-static bool resource_covers(const char *resource, CURLU *mcp)
+/* The same scheme, host and port (r may be NULL: false). */
+static bool same_origin(CURLU *r, CURLU *mcp)
 {
 	static const CURLUPart parts[] = { CURLUPART_SCHEME, CURLUPART_HOST, CURLUPART_PORT };
-	CURLU *r = url_parse(resource);
-	char *rpath = NULL, *upath = NULL, *frag = NULL;
 	bool ok = r != NULL;
 
 	for (size_t i = 0; ok && i < ARRAY_SIZE(parts); i++) {
@@ -120,6 +117,17 @@ static bool resource_covers(const char *resource, CURLU *mcp)
 		free(a);
 		free(b);
 	}
+	return ok;
+}
+
+/* RFC 9728 3.3 and 7.3: the resource names the endpoint we asked for, or a
+ * path above it on a segment boundary, at the same scheme, host and port. */
+static bool resource_covers(const char *resource, CURLU *mcp)
+{
+	CURLU *r = url_parse(resource);
+	char *rpath = NULL, *upath = NULL, *frag = NULL;
+	bool ok = same_origin(r, mcp);
+
 	if (ok) {
 		frag = url_part(r, CURLUPART_FRAGMENT, 0);
 		rpath = url_path_trimmed(r);
@@ -228,6 +236,7 @@ static void discover_as_urls(struct step *s, CURLU *issuer)
 	for (size_t i = 0; i < ARRAY_SIZE(s->urls); i++)
 		s->urls[i] = (free(s->urls[i]), NULL);
 	s->n_urls = s->next_url = 0;
+	s->own_urls = false;
 	s->tried[0] = '\0';
 	if (*path) {
 		if (asprintf(&p, "/.well-known/oauth-authorization-server%s", path) < 0)
@@ -382,7 +391,9 @@ static void discover_next(struct step *s)
 				  "no authorization server metadata for %s: %s", s->issuer, s->tried);
 		return;
 	}
-	f = step_fetch(s, s->urls[s->next_url++], discover_fetched);
+	f = step_fetch(s, s->phase == DISCOVER_PRM ? "the protected resource metadata" : "the authorization server metadata",
+		       s->urls[s->next_url++], discover_fetched);
+	f->own_origin = s->own_urls;
 	if (fetch_header(f, "Accept: application/json") < 0 || fetch_start(f) < 0)
 		fatal("out of memory");
 	log_debug("oauth: %s: fetching %s", s->server, s->urls[s->next_url - 1]);
@@ -433,11 +444,18 @@ static void discover_probed(struct fetch *f, void *arg)
 				  s->mcp_url, why);
 			return;
 		}
+		CURLU *u = url_parse(s->challenge->resource_metadata);
+
+		/* At the server's own origin, it is where the worker goes anyway. */
+		s->own_urls = same_origin(u, s->mcp);
+		curl_url_cleanup(u);
 		s->urls[s->n_urls++] = xstrdup(s->challenge->resource_metadata);
 	} else {
-		/* RFC 9728 3.1: the well-known URI, path-specific first. */
+		/* RFC 9728 3.1: the well-known URI, path-specific first, at the
+		 * server's own origin (the address check lets it be). */
 		char *path = url_path_trimmed(s->mcp), *p;
 
+		s->own_urls = true;
 		if (*path) {
 			if (asprintf(&p, "/.well-known/oauth-protected-resource%s", path) < 0)
 				fatal("out of memory");
@@ -536,8 +554,9 @@ void discover_start(struct oauth *o, struct rpc_msg *m)
 
 	/* MCP authorization: an unauthenticated request, to see the 401. Only
 	 * its status and headers matter, so the transfer stops after them. */
-	f = step_fetch(s, s->mcp_url, discover_probed);
+	f = step_fetch(s, "the MCP server", s->mcp_url, discover_probed);
 	f->headers_only = true;
+	f->own_origin = true;
 	for (struct curl_slist *h = s->probe_headers; h; h = h->next)
 		if (fetch_header(f, h->data) < 0)
 			fatal("out of memory");

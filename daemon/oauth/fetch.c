@@ -6,13 +6,22 @@
  * OAUTH_MAX_BODY) and the checks every response body goes through before
  * anything of it reaches the keeper or a user.
  *
+ * Every connection a fetch opens is checked first (CURLOPT_OPENSOCKETFUNCTION)
+ * against its server's address policy (common/proto.h): the address libcurl
+ * is about to connect to, after resolution, not the host name. A refused
+ * one never gets a socket; the fetch then fails with why.
+ *
  * What it may touch: the network, through libcurl, and nothing else. It
  * never logs: request and response bodies may hold tokens and secrets.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 
 #include <curl/curl.h>
 #include <json-c/json.h>
@@ -22,6 +31,7 @@
 #include "frame.h"
 #include "log.h"
 #include "oauth.h"
+#include "params.h"
 #include "proto.h"
 
 /* -- buffers -- */
@@ -113,7 +123,7 @@ int form_add(struct buf *form, const char *key, const char *value)
 	return buf_add_form_encoded(form, value);
 }
 
-/* -- one HTTP transfer -- */
+/* -- transfers -- */
 
 static size_t fetch_write_cb(char *p, size_t size, size_t nmemb, void *arg)
 {
@@ -148,7 +158,130 @@ static size_t fetch_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
-struct fetch *fetch_new(struct oauth *o, const char *url, long timeout_ms, fetch_done_fn done, void *arg)
+/* -- the address policy -- */
+
+struct policy_params {
+	const char *server, *server_address;
+	bool allow_private, allow_insecure_http;
+};
+
+static const struct param_spec policy_spec[] = {
+	PARAM_STRING(struct policy_params, server, PARAM_KEY_SERVER, PARAM_REQUIRED | PARAM_NONEMPTY),
+	PARAM_STRING(struct policy_params, server_address, PARAM_KEY_SERVER_ADDRESS, 0),
+	PARAM_BOOL(struct policy_params, allow_private, PARAM_KEY_ALLOW_PRIVATE_ENDPOINTS, 0),
+	PARAM_BOOL(struct policy_params, allow_insecure_http, PARAM_KEY_ALLOW_INSECURE_HTTP, 0),
+};
+
+int policy_note(struct oauth *o, struct rpc_msg *m, const char **bad)
+{
+	struct policy_params p = { 0 };
+	enum addr_class c;
+	struct policy *pol;
+
+	if (!json_object_object_get_ex(m->params, PARAM_KEY_SERVER_ADDRESS, NULL))
+		return 0;
+	if (params_parse(m->params, policy_spec, ARRAY_SIZE(policy_spec), &p, bad) < 0)
+		return -EINVAL;
+	if (addr_class_parse(p.server_address, &c) < 0) {
+		*bad = PARAM_KEY_SERVER_ADDRESS;
+		return -EINVAL;
+	}
+	for (pol = o->policies; pol; pol = pol->next)
+		if (strcmp(pol->server, p.server) == 0)
+			break;
+	if (!pol) {
+		pol = xcalloc(1, sizeof(*pol));
+		pol->server = xstrdup(p.server);
+		pol->next = o->policies;
+		o->policies = pol;
+	}
+	pol->server_class = c;
+	pol->allow_private = p.allow_private;
+	pol->allow_insecure_http = p.allow_insecure_http;
+	return 0;
+}
+
+const struct policy *policy_of(const struct oauth *o, const char *server)
+{
+	static const struct policy strict = { .server_class = ADDR_PUBLIC };
+
+	for (const struct policy *pol = o->policies; pol; pol = pol->next)
+		if (server && strcmp(pol->server, server) == 0)
+			return pol;
+	return &strict;
+}
+
+void policy_free_all(struct oauth *o)
+{
+	while (o->policies) {
+		struct policy *pol = o->policies;
+
+		o->policies = pol->next;
+		free(pol->server);
+		free(pol);
+	}
+}
+
+/* Whether class c may be connected to under pol (proto.h): NULL, or what
+ * to tell the user. */
+static const char *policy_refuses(const struct policy *pol, enum addr_class c)
+{
+	switch (c) {
+	case ADDR_PUBLIC:
+		return NULL;
+	case ADDR_LOOPBACK:
+	case ADDR_PRIVATE:
+	case ADDR_LINK_LOCAL:
+		if (c == pol->server_class || pol->allow_private)
+			return NULL;
+		return "set oauth.allow_private_endpoints for an identity provider on an internal network";
+	case ADDR_RESERVED:
+		if (pol->allow_private)
+			return NULL;
+		return "set oauth.allow_private_endpoints if it really is one of your networks";
+	default:
+		return "never a destination";
+	}
+}
+
+static curl_socket_t fetch_open_socket(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	struct fetch *f = arg;
+	enum addr_class c = addr_class_sockaddr(&a->addr, a->addrlen);
+	const char *why = NULL, *what = f->purpose ? f->purpose : "an OAuth request";
+	char text[INET6_ADDRSTRLEN] = "?";
+	int fd;
+
+	(void)purpose;
+	if (a->family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)&a->addr)->sin_addr, text, sizeof(text));
+	else if (a->family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)&a->addr)->sin6_addr, text, sizeof(text));
+
+	if (f->plain_http && !f->policy.allow_insecure_http && c != ADDR_LOOPBACK) {
+		/* The first refusal is the one worth telling (of several addresses). */
+		if (!f->refused[0])
+			snprintf(f->refused, sizeof(f->refused),
+				 "refusing plain http to %s (%s) for %s: it would travel in clear; use https, or "
+				 "set allow_insecure_http for this server",
+				 text, addr_class_name(c), what);
+		return CURL_SOCKET_BAD;
+	}
+	if (!f->own_origin && (why = policy_refuses(&f->policy, c)) != NULL) {
+		if (!f->refused[0])
+			snprintf(f->refused, sizeof(f->refused),
+				 "refusing to connect to %s (%s) for %s: the MCP server's own address is %s; %s", text,
+				 addr_class_name(c), what, addr_class_name(f->policy.server_class), why);
+		return CURL_SOCKET_BAD;
+	}
+	fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+	return fd < 0 ? CURL_SOCKET_BAD : fd;
+}
+
+/* -- one HTTP transfer -- */
+
+struct fetch *fetch_new(struct oauth *o, const char *server, const char *purpose, const char *url, long timeout_ms,
+			fetch_done_fn done, void *arg)
 {
 	struct fetch *f = calloc(1, sizeof(*f));
 	CURL *e;
@@ -158,8 +291,20 @@ struct fetch *fetch_new(struct oauth *o, const char *url, long timeout_ms, fetch
 	f->o = o;
 	f->done = done;
 	f->arg = arg;
+	f->purpose = purpose;
+	f->policy = *policy_of(o, server);
+	f->policy.next = NULL;
+	f->policy.server = NULL;
+	f->plain_http = strncasecmp(url, "http://", 7) == 0;
 	e = f->easy = curl_easy_init();
+	/* No proxy (the address checked must be the server's) and no reuse
+	 * (a connection one server's policy allowed is not another's). */
 	if (!e || curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, fetch_open_socket) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
@@ -287,7 +432,9 @@ bool fetch_answered(const struct fetch *f)
 
 void fetch_describe_failure(const struct fetch *f, char *out, size_t len)
 {
-	if (f->too_large || f->result == CURLE_FILESIZE_EXCEEDED)
+	if (f->refused[0])
+		snprintf(out, len, "%s", f->refused);
+	else if (f->too_large || f->result == CURLE_FILESIZE_EXCEEDED)
 		snprintf(out, len, "response larger than %d bytes", OAUTH_MAX_BODY);
 	else if (f->result == CURLE_OPERATION_TIMEDOUT)
 		snprintf(out, len, "timed out: %s", f->errbuf[0] ? f->errbuf : curl_easy_strerror(f->result));

@@ -452,10 +452,11 @@ void step_reply(struct step *s, struct json_object *result)
 	step_free(s);
 }
 
-/* A fetch for s; the caller adds what it needs and starts it. */
-struct fetch *step_fetch(struct step *s, const char *url, fetch_done_fn done)
+/* A fetch for s under its server's policy; the caller adds what it needs
+ * and starts it. */
+struct fetch *step_fetch(struct step *s, const char *purpose, const char *url, fetch_done_fn done)
 {
-	struct fetch *f = fetch_new(s->o, url, s->timeout_ms, done, s);
+	struct fetch *f = fetch_new(s->o, s->server, purpose, url, s->timeout_ms, done, s);
 
 	if (!f)
 		fatal("out of memory");

@@ -137,6 +137,12 @@ static void oauth_dispatch(struct oauth *o, struct rpc_msg *m)
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(requests); i++) {
 		if (strcmp(m->method, requests[i].method) == 0) {
+			const char *bad = NULL;
+
+			if (policy_note(o, m, &bad) < 0) {
+				keeper_bug(o, "a request with a bad address policy", bad);
+				return;
+			}
 			requests[i].fn(o, m);
 			return;
 		}
@@ -194,6 +200,7 @@ int main(int argc, char **argv)
 	while (o.refreshes)
 		refresh_free(o.refreshes);
 	login_free_all(&o);
+	policy_free_all(&o);
 	curlev_free(o.curl);
 	curl_global_cleanup();
 	channel_close(&o.chan);

@@ -14,6 +14,7 @@
 
 #include <curl/curl.h>
 
+#include "addr.h"
 #include "channel.h"
 #include "util.h"
 
@@ -32,6 +33,16 @@ struct refresh;
 struct login;
 struct step;
 
+/* A server's address policy (common/proto.h), as the keeper's latest
+ * request about it said. */
+struct policy {
+	struct policy *next;
+	char *server;
+	enum addr_class server_class;	/* of the MCP server URL's host as written */
+	bool allow_private;		/* oauth.allow_private_endpoints */
+	bool allow_insecure_http;
+};
+
 /* The process's one context. */
 struct oauth {
 	struct event_base *base;
@@ -40,6 +51,7 @@ struct oauth {
 	struct refresh *refreshes;	/* oauth.refresh in flight */
 	struct login *logins;		/* per server: redirect listener, authorize */
 	struct step *steps;		/* discover, register, revoke in flight */
+	struct policy *policies;	/* one per server the keeper asked about */
 	bool hello_done;
 	char landlock[128];
 };
@@ -69,6 +81,11 @@ typedef void (*fetch_done_fn)(struct fetch *f, void *arg);
 struct fetch {
 	struct oauth *o;
 	CURL *easy;
+	struct policy policy;		/* a copy: next and server unset */
+	const char *purpose;		/* "the token endpoint"...: for the refusal */
+	bool own_origin;		/* the server's own URL or its well-known metadata */
+	bool plain_http;
+	char refused[320];		/* why a connection was refused, or "" */
 	struct curl_slist *headers;	/* wiped at free: may hold Basic credentials */
 	struct buf req;			/* request body */
 	struct buf body;		/* response body, at most OAUTH_MAX_BODY */
@@ -82,10 +99,13 @@ struct fetch {
 	void *arg;
 };
 
-/* A GET of url with no redirects, the body capped and timeout_ms for the
- * whole transfer. NULL when memory is short or url is refused by libcurl's
- * option (the caller says what it was fetching). */
-struct fetch *fetch_new(struct oauth *o, const char *url, long timeout_ms, fetch_done_fn done, void *arg);
+/* A GET of url with no redirects, no proxy and no connection reuse, the
+ * body capped and timeout_ms for the whole transfer, each connection checked
+ * against server's address policy (what it is for names purpose in the
+ * refusal). NULL when memory is short or url is refused by libcurl's option
+ * (the caller says what it was fetching). */
+struct fetch *fetch_new(struct oauth *o, const char *server, const char *purpose, const char *url, long timeout_ms,
+			fetch_done_fn done, void *arg);
 int fetch_header(struct fetch *f, const char *line);
 /* Turns the request into a POST with the given Content-Type; its body is
  * f->req as it stands when fetch_start() runs. */
@@ -106,6 +126,15 @@ struct fetch *fetch_free(struct fetch *f);
 void fetch_describe_failure(const struct fetch *f, char *out, size_t len);
 /* True when the transfer ended with an HTTP answer we may look at. */
 bool fetch_answered(const struct fetch *f);
+
+/* -- fetch.c: the address policy of each server -- */
+
+/* Keeps the policy a request from the keeper carries (m's params), if it
+ * carries one: 0, or -EINVAL with *bad naming the key at fault. */
+int policy_note(struct oauth *o, struct rpc_msg *m, const char **bad);
+/* server's policy; without one, public https only. */
+const struct policy *policy_of(const struct oauth *o, const char *server);
+void policy_free_all(struct oauth *o);
 
 /* -- fetch.c: response bodies -- */
 
@@ -189,6 +218,7 @@ struct step {
 	struct challenge_bearer *challenge;
 	char *urls[3];			/* this phase's candidates, in order */
 	size_t n_urls, next_url;
+	bool own_urls;			/* this phase's candidates are at the server's own origin */
 	char tried[768];		/* what the candidates answered, for the message */
 	struct json_object *result;
 	char *issuer;
@@ -252,8 +282,9 @@ _printf_(6, 7) void step_fail(struct step *s, const char *kind, const char *reas
 			      long http_status, const char *fmt, ...);
 /* Sends result (taken) and frees s; the result may hold secrets. */
 void step_reply(struct step *s, struct json_object *result);
-/* A fetch for s with its timeout; the caller adds what it needs and starts it. */
-struct fetch *step_fetch(struct step *s, const char *url, fetch_done_fn done);
+/* A fetch for s with its timeout and its server's policy, for purpose; the
+ * caller adds what it needs and starts it. */
+struct fetch *step_fetch(struct step *s, const char *purpose, const char *url, fetch_done_fn done);
 
 /* -- discover.c -- */
 

@@ -166,7 +166,7 @@ void register_start(struct oauth *o, struct rpc_msg *m)
 	if (p.scope)
 		json_object_object_add(meta, "scope", json_object_new_string(p.scope));
 
-	f = step_fetch(s, p.registration_endpoint, register_done);
+	f = step_fetch(s, "the registration endpoint", p.registration_endpoint, register_done);
 	body = json_object_to_json_string_ext(meta, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	if (!body || buf_adds(&f->req, body) < 0 || fetch_header(f, "Accept: application/json") < 0 ||
 	    fetch_post(f, "application/json") < 0 || fetch_start(f) < 0)

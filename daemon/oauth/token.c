@@ -328,7 +328,7 @@ void token_refresh(struct oauth *o, struct rpc_msg *m)
 	r->o = o;
 	r->id = json_object_get(m->id);
 	r->server = xstrdup(p.server);
-	f = r->fetch = fetch_new(o, p.token_endpoint, (long)p.timeout_ms, refresh_done, r);
+	f = r->fetch = fetch_new(o, p.server, "the token endpoint", p.token_endpoint, (long)p.timeout_ms, refresh_done, r);
 	if (!f || form_add(&f->req, "grant_type", "refresh_token") < 0 ||
 	    form_add(&f->req, "refresh_token", p.refresh_token) < 0 ||
 	    fetch_client_auth(f, p.auth_method, p.client_id, p.client_secret) < 0 ||
@@ -394,7 +394,8 @@ void token_exchange(struct login *l, const char *code)
 	int64_t left = l->deadline_ms - login_now_ms();
 	struct fetch *f;
 
-	f = l->fetch = fetch_new(l->o, l->token_endpoint, left > 0 ? (long)left : 1, token_exchange_done, l);
+	f = l->fetch = fetch_new(l->o, l->server, "the token endpoint", l->token_endpoint, left > 0 ? (long)left : 1,
+				 token_exchange_done, l);
 	if (!f || form_add(&f->req, "grant_type", "authorization_code") < 0 || form_add(&f->req, "code", code) < 0 ||
 	    form_add(&f->req, "redirect_uri", l->redirect_uri) < 0 ||
 	    form_add(&f->req, "code_verifier", l->verifier) < 0 ||
@@ -483,7 +484,7 @@ void token_revoke(struct oauth *o, struct rpc_msg *m)
 		step_fail(TAKE_PTR(s), KIND_TERMINAL, LOGIN_R_REVOKE, NULL, 0, "revocation_endpoint: %s", why);
 		return;
 	}
-	f = step_fetch(s, p.revocation_endpoint, revoke_done);
+	f = step_fetch(s, "the revocation endpoint", p.revocation_endpoint, revoke_done);
 	if (form_add(&f->req, "token", p.token) < 0 ||
 	    (s->hint && form_add(&f->req, "token_type_hint", s->hint) < 0) ||
 	    fetch_client_auth(f, p.auth_method, p.client_id, p.client_secret) < 0 ||

@@ -423,6 +423,8 @@
       parts.push(w.clients + (w.clients === 1 ? ' client' : ' clients'));
     if (isNum(w.restarts) && w.restarts > 0)
       parts.push(w.restarts + (w.restarts === 1 ? ' restart' : ' restarts'));
+    if (w.insecure_http === true)
+      parts.push('plain http: token sent in clear');
     return parts.join(' · ');
   }
 
