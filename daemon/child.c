@@ -72,7 +72,6 @@ struct child {
 	unsigned restarts;
 	int64_t started_ms;
 	char last_exit[320];
-	struct jail *jail;		/* a stdio worker's sandbox, prepared at each start */
 };
 
 static void child_lost(struct child *c, const char *why);
@@ -365,7 +364,6 @@ struct child *child_free(struct child *c)
 		}
 	}
 	fail_pending(c, "keeper stopping");
-	c->jail = jail_free(c->jail);
 	for (struct child **pp = &c->k->children; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
@@ -633,12 +631,10 @@ static int switch_user(struct child *c)
 }
 
 /* In the forked child, before exec: nothing of the keeper may leak. */
-static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
+static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, int bin)
 {
 	static const char *const keep[] = { "PATH", "LANG", "LC_ALL", "TZ", "JOURNAL_STREAM",
-					    "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME", "USER",
-					    /* set by jail_enter(), for a sandboxed worker only */
-					    "TMPDIR", "MCPKEEPER_JAIL", NULL };
+					    "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME", "USER", NULL };
 	char *envp[ARRAY_SIZE(keep) + 1];
 	size_t n = 0;
 	sigset_t all;
@@ -650,17 +646,19 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
 
-	/* Move both ends out of the way of 3 and 4 first, then into place. */
+	/* Move every end out of the way of 3, 4 and 5 first, then into place. */
 	fd = fcntl(fd, F_DUPFD, 10);
 	if (desc >= 0)
 		desc = fcntl(desc, F_DUPFD, 10);
+	if (jail >= 0)
+		jail = fcntl(jail, F_DUPFD, 10);
 	bin = fcntl(bin, F_DUPFD_CLOEXEC, 10);
 	if (fd < 0 || bin < 0 || dup2(fd, CHILD_FD_CHANNEL) < 0 ||
-	    (desc >= 0 && dup2(desc, CHILD_FD_DESCRIPTORS) < 0))
+	    (desc >= 0 && dup2(desc, CHILD_FD_DESCRIPTORS) < 0) || (jail >= 0 && (desc < 0 || dup2(jail, CHILD_FD_JAIL) < 0)))
 		_exit(127);
 	/* The binary's directory, opened by the keeper, goes right above the
 	 * channels; it closes at exec (O_CLOEXEC). */
-	first_free = desc >= 0 ? CHILD_FD_DESCRIPTORS + 1 : CHILD_FD_DESCRIPTORS;
+	first_free = jail >= 0 ? CHILD_FD_JAIL + 1 : desc >= 0 ? CHILD_FD_DESCRIPTORS + 1 : CHILD_FD_DESCRIPTORS;
 	if (dup3(bin, first_free, O_CLOEXEC) < 0)
 		_exit(127);
 	bin = first_free++;
@@ -690,10 +688,6 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 		log_error("%s child: cannot drop ambient capabilities: %m", c->label);
 		_exit(127);
 	}
-	unsetenv("TMPDIR");
-	unsetenv("MCPKEEPER_JAIL");
-	if (c->jail && jail_enter(c->jail, c->label) < 0)
-		_exit(127);
 
 	for (size_t i = 0; keep[i]; i++) {
 		const char *v = getenv(keep[i]);
@@ -729,7 +723,7 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int bin)
 int child_start(struct child *c)
 {
 	struct json_object *params, *hello;
-	int sv[2], dv[2] = { -1, -1 }, r;
+	int sv[2], dv[2] = { -1, -1 }, jail_fd = -1, r;
 	pid_t pid;
 
 	/* Opened by the keeper (child_binaries_open()): the child's user need
@@ -738,18 +732,26 @@ int child_start(struct child *c)
 	if (r < 0)
 		return r;
 	if (c->ops && c->ops->jail) {
+		struct jail *j = NULL;
 		char why[256];
 
-		c->jail = jail_free(c->jail);
-		c->jail = c->ops->jail(c, c->ctx, c->binary->path, why, sizeof(why));
-		if (!c->jail) {
+		if (c->ops->jail(c, c->ctx, &j, why, sizeof(why)) < 0) {
 			log_error("%s child: not started: %s", c->label, why);
 			snprintf(c->last_exit, sizeof(c->last_exit), "not started: %s", why);
 			return -EPERM;
 		}
+		if (j) {
+			jail_fd = jail_to_memfd(j);
+			jail_free(j);
+			if (jail_fd < 0) {
+				log_error("%s child: the sandbox description: %s", c->label, strerror(-jail_fd));
+				return jail_fd;
+			}
+		}
 	}
 	r = sock_pair(0, sv);
 	if (r < 0) {
+		fd_close(jail_fd);
 		log_error("%s child: socketpair: %s", c->label, strerror(-r));
 		return r;
 	}
@@ -758,6 +760,7 @@ int child_start(struct child *c)
 		r = -errno;
 		close(sv[0]);
 		close(sv[1]);
+		fd_close(jail_fd);
 		log_error("%s child: socketpair: %s", c->label, strerror(-r));
 		return r;
 	}
@@ -768,13 +771,15 @@ int child_start(struct child *c)
 		close(sv[1]);
 		fd_close(dv[0]);
 		fd_close(dv[1]);
+		fd_close(jail_fd);
 		log_error("%s child: fork: %s", c->label, strerror(-r));
 		return r;
 	}
 	if (pid == 0)
-		exec_child(c, sv[1], dv[1], c->binary->dir_fd);
+		exec_child(c, sv[1], dv[1], jail_fd, c->binary->dir_fd);
 	close(sv[1]);
 	fd_close(dv[1]);
+	fd_close(jail_fd);
 	c->desc_fd = dv[0];
 	fd_set_nonblock(sv[0], 1);
 	c->pid = pid;

@@ -624,6 +624,17 @@ static void do_connect(struct conn *c, struct json_object *id, struct json_objec
 		conn_close_after_flush(c);
 		return;
 	}
+	{
+		char why[256];
+
+		/* A worker that cannot start (no sandbox for a stdio server): said
+		 * here, while the client still reads JSON-RPC from us. */
+		if (workers_can_start(k, s, why, sizeof(why)) < 0) {
+			reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "%s cannot start: %s", s->name, why);
+			conn_close_after_flush(c);
+			return;
+		}
+	}
 	bufferevent_disable(c->bev, EV_READ);
 	res = json_object_new_object();
 	json_object_object_add(res, PARAM_KEY_SERVER, json_object_new_string(s->name));

@@ -19,6 +19,7 @@ struct config_server;
 struct secret;
 struct control;
 struct child;
+struct jail;
 
 struct keeper;
 /* child.c: a child's answer to a request (or the error when it went away). */
@@ -257,6 +258,9 @@ struct json_object *api_web_ui_url(const struct keeper *k);
  * worker, starting it when needed, with the CLIENT_F_* flags of its
  * connect. 0 or a negative errno value. */
 int workers_connect(struct keeper *k, struct server *s, int fd, unsigned flags);
+/* 0 when s's worker runs or could start now; else -EPERM with why (a stdio
+ * server without a sandbox it may use). */
+int workers_can_start(struct keeper *k, struct server *s, char *why, size_t len);
 void workers_start_eager(struct keeper *k);
 /* The server's access token changed (refresh, login) or went away (logout). */
 void workers_token_changed(struct keeper *k, struct server *s);
@@ -299,9 +303,10 @@ struct child_ops {
 	 * value (-EPROTO) for a message the child had no business sending or
 	 * whose params do not pass its table (the child is then restarted). */
 	int (*message)(struct child *c, void *ctx, struct rpc_msg *m);
-	/* The sandbox to start it in (jail.h), made before each start; NULL
-	 * with why: it must not start. NULL hook: no sandbox of the keeper's. */
-	struct jail *(*jail)(struct child *c, void *ctx, const char *binary, char *why, size_t len);
+	/* The sandbox to start it in (jail.h), made before each start and
+	 * handed over on fd CHILD_FD_JAIL: 0 and *out (NULL: none), or a
+	 * negative errno value with why: it must not start. */
+	int (*jail)(struct child *c, void *ctx, struct jail **out, char *why, size_t len);
 	bool desc_channel;	/* fd 4: SOCK_SEQPACKET for client descriptors */
 };
 

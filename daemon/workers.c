@@ -306,14 +306,16 @@ static void worker_lost(struct child *c, void *ctx)
 
 /* A stdio server's worker runs sandboxed (jail.c); an HTTP one confines
  * itself with Landlock. */
-static struct jail *worker_jail(struct child *c, void *ctx, const char *binary, char *why, size_t len)
+static int worker_jail(struct child *c, void *ctx, struct jail **out, char *why, size_t len)
 {
 	struct server *s = ctx;
 
+	*out = NULL;
 	if (s->conf->protocol != CONFIG_PROTOCOL_STDIO)
-		return xcalloc(1, sizeof(struct jail)); /* disabled: nothing to enter */
+		return 0;
 	s->sandbox[0] = '\0';
-	return jail_new(s->k, s->conf, binary, why, len);
+	*out = jail_new(s->k, s->conf, why, len);
+	return *out ? 0 : -EPERM;
 }
 
 /* The sandbox the worker found itself in, as the hello reports it. */
@@ -351,6 +353,19 @@ static int ensure_worker(struct keeper *k, struct server *s)
 	}
 	if (strcmp(child_state_name(s->worker), "stopped") == 0)
 		return child_start(s->worker);
+	return 0;
+}
+
+int workers_can_start(struct keeper *k, struct server *s, char *why, size_t len)
+{
+	struct jail *j;
+
+	if (s->conf->protocol != CONFIG_PROTOCOL_STDIO || (s->worker && child_pid(s->worker) > 0))
+		return 0;
+	j = jail_new(k, s->conf, why, len);
+	if (!j)
+		return -EPERM;
+	jail_free(j);
 	return 0;
 }
 

@@ -30,6 +30,7 @@
  * Termination signals are ignored; end of stream on fd 3 ends the process.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -50,6 +51,7 @@
 #include "curlev.h"
 #include "frame.h"
 #include "entry.h"
+#include "jail-view.h"
 #include "log.h"
 #include "params.h"
 #include "proto.h"
@@ -458,26 +460,38 @@ static const struct entry worker_entry = {
 
 /*
  * Landlock for an HTTP worker: system paths for libraries, CA certificates
- * and name resolution, read-only (as the oauth child). A stdio worker is
- * already inside the sandbox the keeper started it in (daemon/jail.c),
- * which its commands share; MCPKEEPER_JAIL names it. A stdio worker
- * without one refuses to run a command.
+ * and name resolution, read-only (as the oauth child). A stdio worker
+ * entered the sandbox the keeper described on fd CHILD_FD_JAIL before
+ * anything else (main()), and its commands share it; one without a
+ * sandbox runs no command.
  */
 static void worker_sandbox(struct worker *w)
 {
 	if (w->transport == TRANSPORT_STDIO) {
-		const char *jail = getenv("MCPKEEPER_JAIL");
-
-		if (!jail || !*jail)
-			fatal("a stdio worker must be started inside its sandbox (MCPKEEPER_JAIL is not set)");
-		snprintf(w->sandbox, sizeof(w->sandbox), "%s", jail);
-		snprintf(w->landlock, sizeof(w->landlock), "%s", strcmp(jail, "landlock") == 0 ? "enforced" :
-			 "not applied: the keeper's sandbox");
-		unsetenv("MCPKEEPER_JAIL");
+		if (!w->sandbox[0])
+			fatal("a stdio worker needs the keeper's sandbox description on fd %d", CHILD_FD_JAIL);
+		snprintf(w->landlock, sizeof(w->landlock), "%s",
+			 strcmp(w->sandbox, "landlock") == 0 ? "enforced" : "not applied: the keeper's sandbox");
 		return;
 	}
+	if (w->sandbox[0])
+		fatal("an HTTP worker got a stdio sandbox description");
 	if (entry_sandbox(NULL, w->landlock, sizeof(w->landlock)) < 0)
 		fatal("cannot apply the Landlock sandbox: %s", w->landlock);
+}
+
+/* Before anything is read: the sandbox, for a stdio worker (fd CHILD_FD_JAIL). */
+static void worker_enter_jail(struct worker *w)
+{
+	char why[256];
+	int r;
+
+	if (fcntl(CHILD_FD_JAIL, F_GETFD) < 0)
+		return;
+	r = jail_enter_blob(CHILD_FD_JAIL, why, sizeof(why));
+	if (r < 0)
+		fatal("%s", why);
+	snprintf(w->sandbox, sizeof(w->sandbox), "%s", jail_mechanism_name((enum jail_mechanism)r));
 }
 
 static void fd4_read_cb(evutil_socket_t fd, short what, void *arg);
@@ -725,6 +739,7 @@ int main(int argc, char **argv)
 	struct worker w = { .chan.exit_code = -1 };
 
 	entry_start(&worker_entry, argc, argv);
+	worker_enter_jail(&w);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		fatal("libcurl initialisation failed");
 	LIST_INIT(&w.token_waiters);
