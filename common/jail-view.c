@@ -601,6 +601,7 @@ int jail_enter_blob(int fd, char *why, size_t len)
 			continue;
 		if (n < 0) {
 			r = -errno;
+			snprintf(why, len, "cannot read the sandbox description on fd %d: %s", fd, strerror(-r));
 			free(blob);
 			close(fd);
 			return r;

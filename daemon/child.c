@@ -658,7 +658,7 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, i
 		_exit(127);
 	/* The binary's directory, opened by the keeper, goes right above the
 	 * channels; it closes at exec (O_CLOEXEC). */
-	first_free = jail >= 0 ? CHILD_FD_JAIL + 1 : desc >= 0 ? CHILD_FD_DESCRIPTORS + 1 : CHILD_FD_DESCRIPTORS;
+	first_free = CHILD_FD_JAIL + 1; /* 5 stays free without a sandbox: a script's interpreter inherits this one */
 	if (dup3(bin, first_free, O_CLOEXEC) < 0)
 		_exit(127);
 	bin = first_free++;

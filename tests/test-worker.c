@@ -38,6 +38,7 @@
 #include <sodium.h>
 
 #include "frame.h"
+#include "jail-view.h"
 #include "proto.h"
 #include "sock.h"
 #include "test.h"
@@ -49,6 +50,10 @@
 
 static const char *worker_bin, *peer_bin, *stdio_bin;
 static char tmpdir[64], worker_log[128];
+/* A sandbox description for the next worker_start() (fd 5), or -1. The
+ * protocol is under test here: stdio workers get "mode off"; the sandbox
+ * itself is attacked in tests/integration/test_sandbox.py. */
+static int next_jail_fd = -1;
 static bool finished;
 static struct evbuffer *record;		/* everything on fd 3, both ways */
 static char *secrets[512];		/* tokens: none may be in the log */
@@ -663,6 +668,7 @@ static void worker_start(struct keeper *k, bool with_fds)
 	if (k->pid == 0) {
 		int devnull = open("/dev/null", O_RDONLY);
 		int a = fcntl(sv[1], F_DUPFD_CLOEXEC, 10), b = fcntl(dv[1], F_DUPFD_CLOEXEC, 10);
+		int j = next_jail_fd >= 0 ? fcntl(next_jail_fd, F_DUPFD_CLOEXEC, 10) : -1;
 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		dup2(devnull, STDIN_FILENO);
@@ -670,6 +676,10 @@ static void worker_start(struct keeper *k, bool with_fds)
 		if (with_fds) {
 			dup2(a, 3); /* dup2 clears close-on-exec */
 			dup2(b, 4);
+			if (j >= 0)
+				dup2(j, CHILD_FD_JAIL);
+			else
+				close(CHILD_FD_JAIL);
 		} else {
 			close(3);
 			close(4);
@@ -680,6 +690,10 @@ static void worker_start(struct keeper *k, bool with_fds)
 	close(sv[1]);
 	close(dv[1]);
 	close(logfd);
+	if (next_jail_fd >= 0) {
+		close(next_jail_fd);
+		next_jail_fd = -1;
+	}
 	k->fd = sv[0];
 	k->fd4 = dv[0];
 	k->in = evbuffer_new();
@@ -1269,7 +1283,28 @@ static void test_stdio(void)
 	bool started = false;
 	FILE *f;
 
+	TEST("stdio: a worker without its sandbox description runs no command");
+	{
+		struct json_object *bare = transport("stdio", NULL, false, 10000), *p = json_object_new_object();
+
+		json_object_object_add(bare, "command", json_object_new_string(stdio_bin));
+		worker_start(&k, true);
+		json_object_object_add(p, "version", json_object_new_int(PROTO_VERSION));
+		json_object_object_add(p, "role", json_object_new_string(ROLE_WORKER));
+		json_object_object_add(p, "name", json_object_new_string(NAME));
+		json_object_object_add(p, "transport", bare);
+		keeper_send(&k, rpc_request(METHOD_HELLO, p, 1));
+		CHECK_EQ(worker_wait(&k), 1);
+		k = (struct keeper){ 0 };
+	}
+
 	TEST("stdio: initialize, tools/call, the command's stderr in the log");
+	{
+		struct jail off = { .enabled = false };
+
+		next_jail_fd = jail_to_memfd(&off);
+		CHECK(next_jail_fd >= 0);
+	}
 	json_object_object_add(t, "command", json_object_new_string(stdio_bin));
 	json_object_object_add(t, "args", json_tokener_parse("[\"--crash-after\",\"6\"]"));
 	json_object_object_add(env, "WORKER_TEST_VAR", json_object_new_string("from the config"));
