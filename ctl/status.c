@@ -117,9 +117,22 @@ int status_print_servers(struct json_object *result, const char *method, bool fu
 		if (full) {
 			bool insecure = false;
 
+			const char *sandbox;
+
 			w = field_child(srv, PARAM_KEY_WORKER, json_type_object);
+			sandbox = w ? field_str(w, PARAM_KEY_SANDBOX) : NULL;
 			table_set(row, col++, field_str(srv, PARAM_KEY_PROTOCOL));
-			table_set(row, col++, w ? field_str(w, PARAM_KEY_STATE) : NULL);
+			/* A stdio worker: which sandbox it runs in. */
+			if (sandbox) {
+				snprintf(cell, sizeof(cell), "%.32s (sandbox %.16s)",
+					 field_str(w, PARAM_KEY_STATE) ? field_str(w, PARAM_KEY_STATE) : "?", sandbox);
+				table_set(row, col++, cell);
+			} else {
+				table_set(row, col++, w ? field_str(w, PARAM_KEY_STATE) : NULL);
+			}
+			if (sandbox && strcmp(sandbox, "off") == 0)
+				row->note = xstrdup("warning: \"sandbox\": false: the command runs with the keeper's user's "
+						    "access, the master key included");
 			if (w && field_bool(w, PARAM_KEY_INSECURE_HTTP, &insecure) && insecure)
 				row->note = xstrdup("warning: OAuth over plain http (allow_insecure_http): the bearer "
 						    "token travels in clear");

@@ -380,5 +380,47 @@ class TestSystemUsers(SystemUsersCase):
         self.assertIn("users.http: there is no user mcpkeeper-no-such-user", k.log())
 
 
+    def test_e_hostile_stdio_upstream_in_system_mode(self):
+        """Issue 14, part A, with the installed programs: a stdio upstream's
+        command (tests/stdio-mcp/hostile-stdio.c) runs as the worker user in
+        the sandbox and reaches nothing of the project."""
+        hostile = os.path.join(kl.BUILD_ROOT, "tests", "stdio-mcp", "mcpkeeper-test-hostile-stdio")
+        self.assertTrue(os.path.exists(hostile), "hostile stdio server not built: %s" % hostile)
+        bin_dir = os.path.join(self.tmp, "bin")
+        os.makedirs(bin_dir)
+        shutil.copy(hostile, os.path.join(bin_dir, "hostile"))
+        k = self.make_keeper(name="sys-sandbox")
+        env = {"PROBE_STATE": k.data_dir, "PROBE_CONFIG": k.config_path,
+               "PROBE_SOCKET": k.socket_path}
+        k.servers = {"evil": {"command": os.path.join(bin_dir, "hostile"), "env": env}}
+        k.write_config()
+        for d in (self.tmp, k.dir, bin_dir):
+            os.chmod(d, 0o755)
+        os.chown(k.data_dir, NOBODY, NOBODY)
+        self.start_installed(k)
+        sandbox_root = k.data_dir + "-sandbox"
+        st = os.stat(sandbox_root)
+        self.assertEqual((st.st_uid, st.st_mode & 0o777), (self.ids["worker"].pw_uid, 0o700),
+                         "the sandbox root belongs to the worker user, private")
+        with k.connect() as conn:
+            conn.send_json({"jsonrpc": "2.0", "id": 1, "method": "connect", "params": {"server": "evil"}})
+            self.assertIn("result", conn.read_json(20))
+            conn.send_json({"jsonrpc": "2.0", "id": 2, "method": "probe"})
+            report = conn.read_json(30)
+        self.seen.update(kl.children_of(k.proc.pid, "mcpkeeper-worker"))
+        self.assertIn("result", report, report)
+        res = report["result"]
+        self.assertEqual(res["uid"], self.ids["worker"].pw_uid)
+        names = {p["name"] for p in res["probes"]}
+        for want in ("master_key", "tokens_db", "list_state", "config_file", "control_socket",
+                     "dotdot_master_key", "umount__", "home_write_refused", "tmpdir_write_refused"):
+            self.assertIn(want, names)
+        won = ["%s: %s" % (p["name"], p["detail"]) for p in res["probes"] if p["won"]]
+        self.assertEqual(won, [], "attacks that worked in system mode")
+        sandbox = k.server("evil")["worker"]["sandbox"]
+        self.assertIn(sandbox, ("namespaces", "landlock"))
+        self.assertIn("evil: the stdio worker runs with sandbox %s" % sandbox, k.log())
+
+
 if __name__ == "__main__":
     kl.main()
