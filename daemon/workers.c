@@ -461,17 +461,26 @@ static bool str_equal(const char *a, const char *b)
 	return !strcmp(a ? a : "", b ? b : "");
 }
 
+static bool strv_equal(char *const *a, size_t na, char *const *b, size_t nb)
+{
+	if (na != nb)
+		return false;
+	for (size_t i = 0; i < na; i++)
+		if (strcmp(a[i], b[i]))
+			return false;
+	return true;
+}
+
 bool workers_settings_equal(const struct config_server *a, const struct config_server *b)
 {
 	if (a->protocol != b->protocol || !str_equal(a->url, b->url) || !str_equal(a->command, b->command) ||
 	    a->n_args != b->n_args || a->oauth_enabled != b->oauth_enabled || a->enabled != b->enabled ||
 	    !kv_equal(a->env, a->n_env, b->env, b->n_env) ||
-	    !kv_equal(a->headers, a->n_headers, b->headers, b->n_headers))
+	    !kv_equal(a->headers, a->n_headers, b->headers, b->n_headers) || a->sandbox != b->sandbox ||
+	    !strv_equal(a->sandbox_read, a->n_sandbox_read, b->sandbox_read, b->n_sandbox_read) ||
+	    !strv_equal(a->sandbox_write, a->n_sandbox_write, b->sandbox_write, b->n_sandbox_write))
 		return false;
-	for (size_t i = 0; i < a->n_args; i++)
-		if (strcmp(a->args[i], b->args[i]))
-			return false;
-	return true;
+	return strv_equal(a->args, a->n_args, b->args, b->n_args);
 }
 
 struct json_object *workers_status_json(const struct server *s)

@@ -402,6 +402,48 @@ static void test_insecure_http(void)
 		    "config.json: mcpServers.a.oauth.allow_private_endpoints: must be a boolean");
 }
 
+static void test_sandbox(void)
+{
+	struct config *c;
+
+	TEST("sandbox: stdio servers are sandboxed unless it says false");
+	c = parse_ok(SERVER("{\"command\": \"npx\"}"));
+	CHECK(c->servers[0].sandbox);
+	CHECK(c->servers[0].n_sandbox_read == 0 && c->servers[0].sandbox_read && !c->servers[0].sandbox_read[0]);
+	CHECK(c->servers[0].n_sandbox_write == 0 && c->servers[0].sandbox_write);
+	config_free(c);
+	c = parse_ok(SERVER("{\"command\": \"npx\", \"sandbox\": false}"));
+	CHECK(!c->servers[0].sandbox);
+	config_free(c);
+	c = parse_ok(SERVER("{\"command\": \"npx\", \"sandbox\": {\"read\": [\"/srv/docs\", \"/opt/x/\"], "
+			    "\"write\": [\"/srv/out\"]}}"));
+	CHECK(c->servers[0].sandbox && c->servers[0].n_sandbox_read == 2 && c->servers[0].n_sandbox_write == 1);
+	CHECK(strcmp(c->servers[0].sandbox_read[1], "/opt/x/") == 0 && !c->servers[0].sandbox_read[2]);
+	CHECK(strcmp(c->servers[0].sandbox_write[0], "/srv/out") == 0);
+	config_free(c);
+
+	TEST("sandbox: bad paths and types");
+	parse_fails(SERVER("{\"command\": \"npx\", \"sandbox\": {\"read\": [\"docs\"]}}"),
+		    "config.json: mcpServers.a.sandbox.read[0]: must be an absolute path");
+	parse_fails(SERVER("{\"command\": \"npx\", \"sandbox\": {\"write\": [\"//\"]}}"),
+		    "config.json: mcpServers.a.sandbox.write[0]: must not be / (name the folders the server needs)");
+	parse_fails(SERVER("{\"command\": \"npx\", \"sandbox\": {\"read\": [\"/srv/../var/lib\"]}}"),
+		    "config.json: mcpServers.a.sandbox.read[0]: must not contain a .. component");
+	parse_fails(SERVER("{\"command\": \"npx\", \"sandbox\": {\"read\": [\"/srv/..\"]}}"),
+		    "config.json: mcpServers.a.sandbox.read[0]: must not contain a .. component");
+	c = parse_ok(SERVER("{\"command\": \"npx\", \"sandbox\": {\"read\": [\"/srv/..x/a..b\"]}}"));
+	config_free(c);
+	parse_fails(SERVER("{\"command\": \"npx\", \"sandbox\": {\"read\": \"/srv\"}}"),
+		    "config.json: mcpServers.a.sandbox.read: must be an array of strings");
+	c = parse_ok(SERVER("{\"command\": \"npx\", \"sandbox\": true}"));
+	CHECK(c->servers[0].sandbox);
+	config_free(c);
+	parse_fails(SERVER("{\"command\": \"npx\", \"sandbox\": \"on\"}"),
+		    "config.json: mcpServers.a.sandbox: must be false or an object with read and write lists");
+	parse_fails(SERVER("{\"url\": \"https://x.example/mcp\", \"sandbox\": false}"),
+		    "config.json: mcpServers.a.sandbox: only for stdio servers (an http server runs no command of its own)");
+}
+
 static void test_scopes(void)
 {
 	struct config *c;
@@ -1563,6 +1605,7 @@ int main(void)
 	test_missing_url_command();
 	test_oauth();
 	test_insecure_http();
+	test_sandbox();
 	test_scopes();
 	test_names();
 	test_refresh_ranges();
