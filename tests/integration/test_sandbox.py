@@ -24,6 +24,7 @@ and with CI set the file fails instead.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -180,6 +181,24 @@ class TestLandlock(SandboxCase):
         report, err = self.probe(k)
         self.assertIsNotNone(report, "no answer: %s\n%s" % (err, kl.tail(k.log())))
         self.assert_contained(report)
+
+
+    def test_c_reload_applies_new_grants(self):
+        """A reload that takes a grant away restarts the worker without it."""
+        k = self.keeper()
+        report, err = self.probe(k)
+        self.assertIsNotNone(report, "no answer: %s\n%s" % (err, kl.tail(k.log())))
+        self.assert_contained(report)
+        k.servers["evil"]["sandbox"] = {"read": [], "write": [self.writable]}
+        k.write_config()
+        k.signal(signal.SIGHUP)
+
+        def granted_gone():
+            report, _ = self.probe(k)
+            probes = {p["name"]: p for p in (report or {}).get("result", {}).get("probes", [])}
+            return probes.get("granted_read_refused", {}).get("won")
+        kl.wait_until(granted_gone, 30, 0.5, "the reloaded sandbox without the read grant")
+        k.assert_alive()
 
 
 class TestNamespacesParent(SandboxCase):
