@@ -519,16 +519,30 @@ static bool client_skip(struct client *c)
 /*
  * A line the scanner is sure of, as a message without a tree: type, method
  * (copied into method[size]) and id (the caller puts *id). False when
- * frame_parse_line() must decide.
+ * frame_parse_line() must decide, or (http) when the request headers need
+ * the params.
  */
+/* Methods whose params an HTTP upstream's request headers carry (SEP-2243:
+ * Mcp-Name, and MCP-Protocol-Version on initialize): parsed in full. */
+static bool params_for_headers(const char *method, size_t len)
+{
+	static const char *const names[] = { "tools/call", "prompts/get", "resources/read", "initialize" };
+
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		if (len == strlen(names[i]) && memcmp(method, names[i], len) == 0)
+			return true;
+	return len > 6 && memcmp(method, "tasks/", 6) == 0;
+}
+
 static bool client_scan(const char *text, size_t len, struct rpc_msg *m, char *method, size_t size,
-			struct json_object **id)
+			struct json_object **id, bool http)
 {
 	struct scan_msg sm;
 
 	if (len > 0 && text[len - 1] == '\r')
 		len--;
-	if (scan_message(text, len, &sm) != 0 || (sm.method && sm.method_len >= size))
+	if (scan_message(text, len, &sm) != 0 || (sm.method && sm.method_len >= size) ||
+	    (http && sm.method && params_for_headers(sm.method, sm.method_len)))
 		return false;
 	m->type = sm.type;
 	if (sm.method) {
@@ -555,7 +569,8 @@ static void client_take(struct client *c)
 		r = frame_next_line(c->in, PROTO_MAX_MESSAGE, &l, detail, sizeof(detail));
 		if (r == FRAME_NEED_MORE)
 			return;
-		if (r == 0 && !client_scan(l.text, l.len, &m, method, sizeof(method), &scanned_id))
+		if (r == 0 && !client_scan(l.text, l.len, &m, method, sizeof(method), &scanned_id,
+					   c->w->transport == TRANSPORT_HTTP))
 			r = frame_parse_line(l.text, l.len, &m, detail, sizeof(detail));
 		if (r < 0) {
 			rpc_msg_clear(&m);

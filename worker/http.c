@@ -78,6 +78,10 @@ struct hreq {
 	bool initialize;
 	bool initialized_notif;
 	char *session_id;		/* DELETE: the session it ends */
+	/* Streamable HTTP, SEP-2243: the Mcp-Method and Mcp-Name values (encoded),
+	 * and the MCP-Protocol-Version an initialize of the 2026-07-28 revision
+	 * or later sends; NULL when not sent. */
+	char *mcp_method, *mcp_name, *init_version;
 	uint64_t token_gen;		/* the token this transfer carried */
 	bool replayed;
 
@@ -115,6 +119,7 @@ struct headers {
 	uint64_t token_gen;		/* the token in the Authorization line */
 	char *session;			/* the Mcp-Session-Id sent, or NULL */
 	char *version;			/* the MCP-Protocol-Version sent, or NULL */
+	char *method, *name;		/* the Mcp-Method and Mcp-Name sent, or NULL */
 	struct curl_slist *list;
 };
 
@@ -131,6 +136,8 @@ static struct headers *headers_unref(struct headers *hd)
 		slist_wipe_free(hd->list);
 		free(hd->session);
 		free(hd->version);
+		free(hd->method);
+		free(hd->name);
 		free(hd);
 	}
 	return NULL;
@@ -141,10 +148,18 @@ static bool same_string(const char *a, const char *b)
 	return a == b || (a && b && strcmp(a, b) == 0);
 }
 
-/* Whether hd still says what a request of this session must say. */
-static bool headers_hold(const struct headers *hd, const struct worker *w, const char *session, const char *version)
+/* What a request says besides the token: the lines a list may be reused for. */
+struct header_values {
+	const char *session, *version, *method, *name;
+};
+
+/* Whether hd still says what a request of this session must say (a client
+ * calling one tool again and again keeps its list). */
+static bool headers_hold(const struct headers *hd, const struct worker *w, const struct header_values *v)
 {
-	return hd->token_gen == w->token_gen && same_string(hd->session, session) && same_string(hd->version, version);
+	return hd->token_gen == w->token_gen && same_string(hd->session, v->session) &&
+	       same_string(hd->version, v->version) && same_string(hd->method, v->method) &&
+	       same_string(hd->name, v->name);
 }
 
 static int slist_add(struct curl_slist **l, const char *s)
@@ -159,10 +174,14 @@ static int slist_add(struct curl_slist **l, const char *s)
 
 static int slist_addf(struct curl_slist **l, const char *fmt, const char *v)
 {
-	char line[512];
+	char *line;
+	int r;
 
-	snprintf(line, sizeof(line), fmt, v);
-	return slist_add(l, line);
+	if (asprintf(&line, fmt, v) < 0)
+		return -ENOMEM;
+	r = slist_add(l, line);
+	free(line);
+	return r;
 }
 
 /*
@@ -191,8 +210,9 @@ static int slist_add_token(struct curl_slist **l, const struct secret *token)
 /* The lines of a kind of request with the current token; session and
  * version when the transport sends them. NULL when libcurl is short of
  * memory. */
-static struct headers *headers_new(struct worker *w, enum hreq_kind kind, const char *session, const char *version)
+static struct headers *headers_new(struct worker *w, enum hreq_kind kind, const struct header_values *v)
 {
+	const char *session = v->session, *version = v->version;
 	struct headers *hd = xcalloc(1, sizeof(*hd));
 	struct curl_slist **l;
 
@@ -201,6 +221,8 @@ static struct headers *headers_new(struct worker *w, enum hreq_kind kind, const 
 	l = &hd->list;
 	hd->session = xstrdup(session);
 	hd->version = xstrdup(version);
+	hd->method = xstrdup(v->method);
+	hd->name = xstrdup(v->name);
 	switch (kind) {
 	case HREQ_POST:
 		if (slist_add(l, "Content-Type: application/json") < 0 ||
@@ -215,7 +237,9 @@ static struct headers *headers_new(struct worker *w, enum hreq_kind kind, const 
 		break;
 	}
 	if ((session && slist_addf(l, "Mcp-Session-Id: %s", session) < 0) ||
-	    (version && slist_addf(l, "MCP-Protocol-Version: %s", version) < 0) || slist_add(l, "Expect:") < 0)
+	    (version && slist_addf(l, "MCP-Protocol-Version: %s", version) < 0) ||
+	    (v->method && slist_addf(l, "Mcp-Method: %s", v->method) < 0) ||
+	    (v->name && slist_addf(l, "Mcp-Name: %s", v->name) < 0) || slist_add(l, "Expect:") < 0)
 		return headers_unref(hd);
 	for (char **line = w->headers; line && *line; line++)
 		if (slist_add(l, *line) < 0)
@@ -314,6 +338,9 @@ static struct hreq *hreq_free(struct hreq *h)
 	free(h->url);
 	free(h->body);
 	free(h->session_id);
+	free(h->mcp_method);
+	free(h->mcp_name);
+	free(h->init_version);
 	free(h);
 	worker_check_stop(w);
 	return NULL;
@@ -482,26 +509,26 @@ static int hreq_start(struct hreq *h)
 {
 	struct worker *w = h->w;
 	struct client *c = h->c;
-	const char *session = NULL, *version = NULL;
+	struct header_values v = { .method = h->mcp_method, .name = h->mcp_name };
 	CURL *e;
 
 	hreq_reset(h);
 	if (w->oauth && !w->token)
 		return -EACCES;
 	if (w->transport == TRANSPORT_HTTP) {
-		session = c ? c->session_id : h->session_id;
-		version = c ? c->protocol_version : NULL;
+		v.session = c ? c->session_id : h->session_id;
+		v.version = h->init_version ? h->init_version : c ? c->protocol_version : NULL;
 	}
 	if (hreq_session_post(h)) {
-		if (c->post_headers && !headers_hold(c->post_headers, w, session, version))
+		if (c->post_headers && !headers_hold(c->post_headers, w, &v))
 			c->post_headers = headers_unref(c->post_headers);
-		if (!c->post_headers && !(c->post_headers = headers_new(w, h->kind, session, version)))
+		if (!c->post_headers && !(c->post_headers = headers_new(w, h->kind, &v)))
 			return -ENOMEM;
 		h->headers = c->post_headers;
 		h->headers->refs++;
 		e = c->post_easy ? TAKE_PTR(c->post_easy) : easy_new(w, h->kind);
 	} else {
-		if (!(h->headers = headers_new(w, h->kind, session, version)))
+		if (!(h->headers = headers_new(w, h->kind, &v)))
 			return -ENOMEM;
 		e = easy_new(w, h->kind);
 	}
@@ -770,9 +797,97 @@ void http_transfer_done(CURL *easy, CURLcode result, void *arg)
 
 /* -- what client.c and the keeper channel call -- */
 
+/* The longest Mcp-Method or Mcp-Name value we send, encoded. */
+#define MCP_HEADER_MAX 4096
+/* The revision whose initialize carries MCP-Protocol-Version (SEP-2243). */
+#define MCP_HEADERS_REVISION "2026-07-28"
+
+/*
+ * A value for Mcp-Method or Mcp-Name (SEP-2243): printable ASCII as it is;
+ * non-ASCII text, leading or trailing spaces, or a value that would read as
+ * the sentinel, as "=?base64?B64(UTF-8)?=". Control characters (CR and LF
+ * above all: they would end the header) are refused, as is a value over
+ * MCP_HEADER_MAX once encoded: -EINVAL with why.
+ */
+static int header_value_encode(const char *what, const char *s, size_t len, char **out, char *why, size_t wlen)
+{
+	static const char open[] = "=?base64?", close_[] = "?=";
+	bool plain = len > 0 && s[0] != ' ' && s[len - 1] != ' ' && strncmp(s, open, sizeof(open) - 1) != 0;
+	size_t b64;
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (ch < 0x20 || ch == 0x7f) {
+			snprintf(why, wlen, "the %s holds a control character, which no HTTP header may carry", what);
+			return -EINVAL;
+		}
+		if (ch > 0x7e)
+			plain = false;
+	}
+	if (plain) {
+		if (len > MCP_HEADER_MAX)
+			goto too_long;
+		*out = xstrndup(s, len);
+		return 0;
+	}
+	b64 = sodium_base64_encoded_len(len, sodium_base64_VARIANT_ORIGINAL);
+	if (b64 + sizeof(open) + sizeof(close_) > MCP_HEADER_MAX)
+		goto too_long;
+	*out = xmalloc(sizeof(open) - 1 + b64 + sizeof(close_));
+	memcpy(*out, open, sizeof(open) - 1);
+	sodium_bin2base64(*out + sizeof(open) - 1, b64, (const unsigned char *)s, len, sodium_base64_VARIANT_ORIGINAL);
+	strcat(*out, close_);
+	return 0;
+too_long:
+	snprintf(why, wlen, "the %s is longer than an HTTP header of %d bytes may carry", what, MCP_HEADER_MAX);
+	return -EINVAL;
+}
+
+/*
+ * The standard headers of a message (SEP-2243): Mcp-Method for every
+ * request and notification; Mcp-Name from params.name (tools/call,
+ * prompts/get), params.uri (resources/read) or params.taskId (tasks/...);
+ * for an initialize that asks for the 2026-07-28 revision or a later one,
+ * MCP-Protocol-Version as well (older servers get none there).
+ */
+static int standard_headers(const struct rpc_msg *m, char **method, char **name, char **init_version, char *why,
+			    size_t wlen)
+{
+	const char *field = NULL;
+	struct json_object *v;
+
+	*method = *name = *init_version = NULL;
+	if (!m->method)
+		return 0; /* a response to the server: no method to name */
+	if (header_value_encode("method", m->method, strlen(m->method), method, why, wlen) < 0)
+		return -EINVAL;
+	if (strcmp(m->method, "tools/call") == 0 || strcmp(m->method, "prompts/get") == 0)
+		field = "name";
+	else if (strcmp(m->method, "resources/read") == 0)
+		field = "uri";
+	else if (strncmp(m->method, "tasks/", 6) == 0)
+		field = "taskId";
+	if (field && m->params && json_object_object_get_ex(m->params, field, &v) &&
+	    json_object_is_type(v, json_type_string) &&
+	    header_value_encode(strcmp(field, "uri") == 0 ? "resource URI" : "name", json_object_get_string(v),
+				(size_t)json_object_get_string_len(v), name, why, wlen) < 0) {
+		free(*method);
+		*method = NULL;
+		return -EINVAL;
+	}
+	if (strcmp(m->method, "initialize") == 0 && m->params &&
+	    json_object_object_get_ex(m->params, "protocolVersion", &v) && json_object_is_type(v, json_type_string) &&
+	    strcmp(json_object_get_string(v), MCP_HEADERS_REVISION) >= 0 &&
+	    header_value_ok(json_object_get_string(v), (size_t)json_object_get_string_len(v), 64))
+		*init_version = xstrdup(json_object_get_string(v));
+	return 0;
+}
+
 int http_send(struct client *c, const struct rpc_msg *m, const char *text, size_t len)
 {
 	struct worker *w = c->w;
+	char *mcp_method = NULL, *mcp_name = NULL, *init_version = NULL;
 	struct hreq *h;
 
 	if (w->oauth && !w->token) {
@@ -784,7 +899,21 @@ int http_send(struct client *c, const struct rpc_msg *m, const char *text, size_
 			log_info("client %llu: not logged in: dropping a message", (unsigned long long)c->number);
 		return 0;
 	}
+	if (w->transport == TRANSPORT_HTTP) {
+		char why[160];
+
+		if (standard_headers(m, &mcp_method, &mcp_name, &init_version, why, sizeof(why)) < 0) {
+			if (m->type == RPC_REQUEST)
+				client_fail(c, m->id, RPC_INVALID_REQUEST, "%s", why);
+			else
+				log_info("client %llu: dropping a notification: %s", (unsigned long long)c->number, why);
+			return 0;
+		}
+	}
 	h = hreq_new(w, c, HREQ_POST, c->endpoint ? c->endpoint : w->url);
+	h->mcp_method = mcp_method;
+	h->mcp_name = mcp_name;
+	h->init_version = init_version;
 	h->body = xmalloc(len + 1);
 	memcpy(h->body, text, len);
 	h->body[len] = '\0';

@@ -8,6 +8,7 @@ By default `mcpctl connect` hands its stdin and stdout (pipes here) to the
 worker and only waits; with --bridge it relays them itself. Both are tested:
 TestBridge runs the framing cases through the bridge, TestHandover the same
 cases with the worker reading the client's pipes."""
+import base64
 import json
 import os
 import select
@@ -125,6 +126,44 @@ class WorkerCase(kl.KeeperTestCase):
 
 
 class TestWorkers(WorkerCase):
+
+    def test_s_standard_headers(self):
+        """SEP-2243: Mcp-Method and Mcp-Name on every POST, MCP-Protocol-Version
+        on an initialize of the 2026-07-28 revision; a name an HTTP header
+        cannot carry as it is goes base64, one with a line break is refused."""
+        self.setup_http()
+
+        def headers(c, name):
+            r = c.call("tools/call", {"name": name, "arguments": {}})
+            self.assertIn("result", r, r)
+            return json.loads(text_of(r))
+
+        old = self.client("gh")
+        old.initialize()  # 2025-06-18: no MCP-Protocol-Version on initialize
+        h = headers(old, "headers")
+        self.assertEqual((h["mcp_method"], h["mcp_name"]), ("tools/call", "headers"))
+        self.assertIsNone(h["initialize_protocol_version"])
+        self.assertIsNotNone(h["protocol_version"])  # negotiated, on what follows
+        old.close()
+
+        c = self.client("gh")
+        r = c.call("initialize", {"protocolVersion": "2026-07-28", "capabilities": {},
+                                  "clientInfo": {"name": "test", "version": "1"}})
+        self.assertIn("result", r, r)
+        h = headers(c, "headers")
+        self.assertEqual(h["initialize_protocol_version"], "2026-07-28")
+        # The same tool twice: the same lines (the reused list); another name, its own.
+        self.assertEqual(headers(c, "headers")["mcp_name"], "headers")
+        self.assertEqual(headers(c, "headers-other")["mcp_name"], "headers-other")
+        name = "headers-t\u00f6\u00f6l"
+        self.assertEqual(headers(c, name)["mcp_name"],
+                         "=?base64?%s?=" % base64.b64encode(name.encode()).decode())
+        self.assertEqual(headers(c, "headers ")["mcp_name"], "=?base64?aGVhZGVycyA=?=")
+        for bad in ("headers\r\nX-Injected: 1", "headers\nx", "headers\tx"):
+            r = c.call("tools/call", {"name": bad, "arguments": {}})
+            self.assertEqual(r["error"]["code"], -32600, r)
+            self.assertIn("control character", r["error"]["message"])
+        self.assertEqual(text_of(c.echo("still fine")), "still fine")
 
     def test_a_streamable_http_through_connect(self):
         self.setup_http()

@@ -488,6 +488,7 @@ struct peer {
 	struct stream_list streams;
 	struct srv_request *srv_requests;
 	struct json_object *responses;	/* what /test/responses shows */
+	char *init_version_header;	/* MCP-Protocol-Version of the last initialize, or NULL */
 	int64_t next_request_id;
 	int stopping;
 	struct stats stats;
@@ -2527,6 +2528,35 @@ static void response_record(struct peer *p, const char *session, const struct rp
 
 /* ---- MCP over streamable HTTP ------------------------------------------- */
 
+/*
+ * tools/call of a tool whose name starts with "headers" (any name: the
+ * point is what the client made of it): its text is a JSON object of the
+ * SEP-2243 headers this request carried and the MCP-Protocol-Version of the
+ * session's initialize. NULL for any other request.
+ */
+static struct json_object *mcp_headers_tool(struct peer *p, struct evhttp_request *req, const struct rpc_msg *m)
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *names[][2] = { { "mcp_method", "Mcp-Method" }, { "mcp_name", "Mcp-Name" },
+				  { "protocol_version", "MCP-Protocol-Version" } };
+	struct json_object *name, *o, *r;
+
+	if (strcmp(m->method, "tools/call") != 0 || !m->params || !json_object_object_get_ex(m->params, "name", &name) ||
+	    !json_object_is_type(name, json_type_string) || strncmp(json_object_get_string(name), "headers", 7) != 0)
+		return NULL;
+	o = json_object_new_object();
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		const char *v = evhttp_find_header(in, names[i][1]);
+
+		json_object_object_add(o, names[i][0], v ? json_object_new_string(v) : NULL);
+	}
+	json_object_object_add(o, "initialize_protocol_version",
+			       p->init_version_header ? json_object_new_string(p->init_version_header) : NULL);
+	r = rpc_result(m->id, text_content(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN)));
+	json_object_put(o);
+	return r;
+}
+
 static void mcp_post(struct peer *p, struct evhttp_request *req)
 {
 	struct rpc_msg m = { 0 };
@@ -2539,6 +2569,10 @@ static void mcp_post(struct peer *p, struct evhttp_request *req)
 		return;
 	if (m.type == RPC_REQUEST && strcmp(m.method, "initialize") == 0) {
 		char *sid = xcalloc(1, SESSION_CHARS);
+		const char *pv = evhttp_find_header(evhttp_request_get_input_headers(req), "MCP-Protocol-Version");
+
+		free(p->init_version_header);
+		p->init_version_header = pv ? xstrdup(pv) : NULL;
 
 		session_new(sid);
 		table_put(&p->sessions, sid, sid);
@@ -2556,7 +2590,9 @@ static void mcp_post(struct peer *p, struct evhttp_request *req)
 			reply_raw(req, 202, NULL, NULL, 0);
 			goto out;
 		}
-		reply = mcp_request(&m, &delay_ms, &later);
+		reply = mcp_headers_tool(p, req, &m);
+		if (!reply)
+			reply = mcp_request(&m, &delay_ms, &later);
 	}
 	if (later) {
 		struct pending *pd = pending_add(p, req, PENDING_SLOW, delay_ms);
@@ -3571,6 +3607,7 @@ static void peer_free(struct peer *p)
 		srv_request_free(r);
 	}
 	json_object_put(p->responses);
+	free(p->init_version_header);
 	recordings_free(&p->last);
 	login_config_clear(&p->login);
 	free(p->prm_json);
