@@ -523,7 +523,9 @@ static bool client_skip(struct client *c)
  * the params.
  */
 /* Methods whose params an HTTP upstream's request headers carry (SEP-2243:
- * Mcp-Name, and MCP-Protocol-Version on initialize): parsed in full. */
+ * Mcp-Name, and MCP-Protocol-Version on initialize), and any request that
+ * names its protocol version in _meta: parsed in full. */
+#define META_PROTOCOL_VERSION "io.modelcontextprotocol/protocolVersion"
 static bool params_for_headers(const char *method, size_t len)
 {
 	static const char *const names[] = { "tools/call", "prompts/get", "resources/read", "initialize" };
@@ -542,7 +544,8 @@ static bool client_scan(const char *text, size_t len, struct rpc_msg *m, char *m
 	if (len > 0 && text[len - 1] == '\r')
 		len--;
 	if (scan_message(text, len, &sm) != 0 || (sm.method && sm.method_len >= size) ||
-	    (http && sm.method && params_for_headers(sm.method, sm.method_len)))
+	    (http && sm.method && params_for_headers(sm.method, sm.method_len)) ||
+	    (http && memmem(text, len, META_PROTOCOL_VERSION, sizeof(META_PROTOCOL_VERSION) - 1)))
 		return false;
 	m->type = sm.type;
 	if (sm.method) {

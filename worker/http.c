@@ -79,8 +79,8 @@ struct hreq {
 	bool initialized_notif;
 	char *session_id;		/* DELETE: the session it ends */
 	/* Streamable HTTP, SEP-2243: the Mcp-Method and Mcp-Name values (encoded),
-	 * and the MCP-Protocol-Version an initialize of the 2026-07-28 revision
-	 * or later sends; NULL when not sent. */
+	 * and the MCP-Protocol-Version the request names itself (its _meta, or a
+	 * 2026-07-28 initialize); NULL when not sent. */
 	char *mcp_method, *mcp_name, *init_version;
 	uint64_t token_gen;		/* the token this transfer carried */
 	bool replayed;
@@ -848,14 +848,16 @@ too_long:
  * The standard headers of a message (SEP-2243): Mcp-Method for every
  * request and notification; Mcp-Name from params.name (tools/call,
  * prompts/get), params.uri (resources/read) or params.taskId (tasks/...);
- * for an initialize that asks for the 2026-07-28 revision or a later one,
- * MCP-Protocol-Version as well (older servers get none there).
+ * MCP-Protocol-Version from the request's own _meta
+ * ("io.modelcontextprotocol/protocolVersion", the stateless lifecycle of
+ * 2026-07-28), else for an initialize that asks for 2026-07-28 or later
+ * (older servers get none there).
  */
 static int standard_headers(const struct rpc_msg *m, char **method, char **name, char **init_version, char *why,
 			    size_t wlen)
 {
 	const char *field = NULL;
-	struct json_object *v;
+	struct json_object *v, *meta;
 
 	*method = *name = *init_version = NULL;
 	if (!m->method)
@@ -876,11 +878,25 @@ static int standard_headers(const struct rpc_msg *m, char **method, char **name,
 		*method = NULL;
 		return -EINVAL;
 	}
-	if (strcmp(m->method, "initialize") == 0 && m->params &&
-	    json_object_object_get_ex(m->params, "protocolVersion", &v) && json_object_is_type(v, json_type_string) &&
-	    strcmp(json_object_get_string(v), MCP_HEADERS_REVISION) >= 0 &&
-	    header_value_ok(json_object_get_string(v), (size_t)json_object_get_string_len(v), 64))
+	/* The stateless lifecycle of 2026-07-28: each request names its revision. */
+	if (m->params && json_object_object_get_ex(m->params, "_meta", &meta) &&
+	    json_object_is_type(meta, json_type_object) &&
+	    json_object_object_get_ex(meta, "io.modelcontextprotocol/protocolVersion", &v) &&
+	    json_object_is_type(v, json_type_string)) {
+		if (!header_value_ok(json_object_get_string(v), (size_t)json_object_get_string_len(v), 64)) {
+			snprintf(why, wlen, "the protocol version in _meta is not one an HTTP header can carry");
+			free(*method);
+			free(*name);
+			*method = *name = NULL;
+			return -EINVAL;
+		}
 		*init_version = xstrdup(json_object_get_string(v));
+	} else if (strcmp(m->method, "initialize") == 0 && m->params &&
+		   json_object_object_get_ex(m->params, "protocolVersion", &v) && json_object_is_type(v, json_type_string) &&
+		   strcmp(json_object_get_string(v), MCP_HEADERS_REVISION) >= 0 &&
+		   header_value_ok(json_object_get_string(v), (size_t)json_object_get_string_len(v), 64)) {
+		*init_version = xstrdup(json_object_get_string(v));
+	}
 	return 0;
 }
 

@@ -144,6 +144,13 @@ class TestWorkers(WorkerCase):
         self.assertEqual((h["mcp_method"], h["mcp_name"]), ("tools/call", "headers"))
         self.assertIsNone(h["initialize_protocol_version"])
         self.assertIsNotNone(h["protocol_version"])  # negotiated, on what follows
+        # A request that names its revision in _meta (the stateless lifecycle) says so.
+        meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+        r = old.call("tools/call", {"name": "headers", "arguments": {}, "_meta": meta})
+        self.assertEqual(json.loads(text_of(r))["protocol_version"], "2026-07-28")
+        r = old.call("tools/call", {"name": "headers", "arguments": {},
+                                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026\r\nX: 1"}})
+        self.assertEqual(r["error"]["code"], -32600, r)
         old.close()
 
         c = self.client("gh")
