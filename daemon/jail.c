@@ -34,6 +34,7 @@
 /* Read-only in every view (those that exist). */
 static const char *const system_dirs[] = { "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32",
 					   "/lib64", "/libx32", "/opt" };
+
 char *jail_root_of(const char *data_dir)
 {
 	size_t len = strlen(data_dir);
@@ -67,10 +68,13 @@ int jail_root_prepare(const char *data_dir, unsigned uid, unsigned gid, char *er
 		snprintf(err, len, "cannot hand %s to uid %u: %s", root, uid, strerror(-r));
 		return r;
 	}
+	/* Someone else's directory would let them plant or read a server's HOME. */
+	if (geteuid() != 0 && st.st_uid != uid) {
+		snprintf(err, len, "%s belongs to uid %u, not to the workers' uid %u", root, (unsigned)st.st_uid, uid);
+		return -EPERM;
+	}
 	return 0;
 }
-
-/* ---- the keeper side ---- */
 
 /* What the view must never show, resolved. */
 struct hidden {
@@ -301,6 +305,10 @@ struct jail *jail_new(const struct keeper *k, const struct config_server *cs, ch
 	j->enabled = cs->sandbox;
 	if (!j->enabled)
 		return j;
+	if (k->sandbox_error) {
+		snprintf(err, len, "%s", k->sandbox_error);
+		return jail_free(j);
+	}
 	if (knob && *knob) {
 		j->try_namespaces = strcmp(knob, "namespaces") == 0;
 		j->try_landlock = strcmp(knob, "landlock") == 0;

@@ -20,8 +20,9 @@ char *jail_root_of(const char *data_dir);
 
 /*
  * Creates the sandbox root (jail_root_of()) when missing: 0700, and when
- * the keeper runs as root, owned by uid/gid (the workers' user). Called at
- * keeper start, before root is dropped. 0 or a negative errno value.
+ * the keeper runs as root, owned by uid/gid (the workers' user); a keeper
+ * that is not root refuses one that uid does not own. Called at keeper
+ * start, before root is dropped. 0 or a negative errno value with err.
  */
 int jail_root_prepare(const char *data_dir, unsigned uid, unsigned gid, char *err, size_t len);
 

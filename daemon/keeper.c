@@ -671,12 +671,12 @@ static void drop_root(const char *data_dir)
 
 /* The stdio servers' HOMEs live beside the state directory (jail.h): made
  * here, and handed to the workers' user while the keeper may still chown. */
-static void sandbox_root(const struct keeper *k)
+static void sandbox_root(struct keeper *k)
 {
 	unsigned uid = (unsigned)geteuid(), gid = (unsigned)getegid();
 	char err[512];
 
-	if (k->system_mode && geteuid() == 0) {
+	if (k->system_mode) {
 		struct passwd *pw = getpwnam(k->cfg->users.worker);
 
 		if (!pw)
@@ -684,8 +684,10 @@ static void sandbox_root(const struct keeper *k)
 		uid = (unsigned)pw->pw_uid;
 		gid = (unsigned)pw->pw_gid;
 	}
-	if (jail_root_prepare(k->cfg->data_dir, uid, gid, err, sizeof(err)) < 0)
+	if (jail_root_prepare(k->cfg->data_dir, uid, gid, err, sizeof(err)) < 0) {
 		log_warn("%s; stdio servers will not start", err);
+		k->sandbox_error = xstrdup(err);
+	}
 }
 
 int keeper_run(const char *config_path, bool system_mode)
@@ -792,6 +794,7 @@ int keeper_run(const char *config_path, bool system_mode)
 	event_base_free(k.base);
 	config_free(k.cfg);
 	free(k.config_path);
+	free(k.sandbox_error);
 	log_info("stopped");
 	return 0;
 }

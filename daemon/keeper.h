@@ -112,6 +112,7 @@ struct keeper {
 	struct control *control;
 	struct child_binary *binaries;	/* child.c: opened before a root start drops */
 	struct child_users users;	/* system mode: of cfg->users, swapped with cfg */
+	char *sandbox_error;		/* why stdio servers cannot start (jail.h), or NULL */
 	struct child *oauth;
 	struct child *http;		/* api.c: REST API, events, web UI */
 	struct secret *api_key;

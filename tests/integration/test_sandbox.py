@@ -89,7 +89,7 @@ class SandboxCase(unittest.TestCase):
             self.k.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def keeper(self, sandbox=None, knob=None):
+    def keeper(self, sandbox=None, knob=None, before_start=None):
         kdir = os.path.join(self.tmp, "keeper")
         env = {"PROBE_STATE": os.path.join(kdir, "data"),
                "PROBE_CONFIG": os.path.join(kdir, "config.json"),
@@ -103,6 +103,8 @@ class SandboxCase(unittest.TestCase):
                 os.lchown(os.path.join(root, n), NOBODY, NOGROUP)
         os.chown(self.tmp, NOBODY, NOGROUP)
         self.k = k
+        if before_start:
+            before_start(k)
         k.start(command=as_nobody([kl.KEEPERD]))
         return k
 
@@ -198,6 +200,16 @@ class TestLandlock(SandboxCase):
             probes = {p["name"]: p for p in (report or {}).get("result", {}).get("probes", [])}
             return probes.get("granted_read_refused", {}).get("won")
         kl.wait_until(granted_gone, 30, 0.5, "the reloaded sandbox without the read grant")
+        k.assert_alive()
+
+
+    def test_d_sandbox_root_of_another_user_refused(self):
+        """A sandbox directory someone else owns (where they could plant a
+        server's HOME) stops stdio servers, with the reason."""
+        k = self.keeper(before_start=lambda k: os.mkdir(k.data_dir + "-sandbox", 0o777))
+        report, err = self.probe(k)
+        self.assertNotIn("result", report or {}, "started in a foreign sandbox directory: %r" % (report,))
+        self.assertIn("belongs to uid 0", (report or {}).get("error", {}).get("message", "") + err)
         k.assert_alive()
 
 
