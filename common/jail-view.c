@@ -289,7 +289,7 @@ static int show(const char *path, bool write, bool devices_ok)
 	char src[PATH_MAX + 16], target[PATH_MAX];
 	struct stat st;
 	ssize_t n;
-	int r, fd;
+	int r, fd, src_fd;
 
 	snprintf(src, sizeof(src), "/oldroot%s", path);
 	if (lstat(src, &st) < 0)
@@ -304,19 +304,34 @@ static int show(const char *path, bool write, bool devices_ok)
 			return r;
 		return symlink(target, path) < 0 && errno != EEXIST ? -errno : 0;
 	}
+	/*
+	 * The source as the keeper resolved it, no component a link: one that a
+	 * sandboxed command planted since in a folder it may write (a relative
+	 * link would lead out of /oldroot's subtree it was granted) is skipped.
+	 */
+	src_fd = sandbox_open_nofollow(src);
+	if (src_fd == -ELOOP) {
+		log_warn("sandbox: %s has become a symbolic link since the keeper resolved it; not shown", path);
+		return 0;
+	}
+	if (src_fd < 0)
+		return src_fd == -ENOENT ? 0 : src_fd;
 	r = mkdir_parents(path, S_ISDIR(st.st_mode));
-	if (r < 0)
-		return r;
 	/* A file inside a path shown before exists already (maybe read-only). */
-	if (!S_ISDIR(st.st_mode) && access(path, F_OK) < 0) {
+	if (r == 0 && !S_ISDIR(st.st_mode) && access(path, F_OK) < 0) {
 		fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 		if (fd < 0 && errno != EEXIST)
-			return -errno;
+			r = -errno;
 		if (fd >= 0)
 			close(fd);
 	}
-	if (mount(src, path, NULL, MS_BIND | MS_REC, NULL) < 0)
-		return -errno;
+	/* The very object opened, through the old /proc (ours is not there yet). */
+	snprintf(src, sizeof(src), "/oldroot/proc/self/fd/%d", src_fd);
+	if (r == 0 && mount(src, path, NULL, MS_BIND | MS_REC, NULL) < 0)
+		r = -errno;
+	close(src_fd);
+	if (r < 0)
+		return r;
 	return set_flags(path, write, devices_ok);
 }
 

@@ -24,6 +24,16 @@
 #include "sandbox.h"
 #include "util.h"
 
+#include <linux/openat2.h>
+
+int sandbox_open_nofollow(const char *path)
+{
+	struct open_how how = { .flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_NO_SYMLINKS };
+	long fd = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
+
+	return fd < 0 ? -errno : (int)fd;
+}
+
 #if defined(__has_include)
 #if __has_include(<linux/landlock.h>)
 #include <linux/landlock.h>
@@ -189,9 +199,10 @@ static int add_rule(int ruleset, const struct sandbox_rule *rule, uint64_t handl
 	struct stat st;
 	int fd, r;
 
-	fd = open(rule->path, O_PATH | O_CLOEXEC);
+	/* A granted path that turned into a link is not followed: skipped. */
+	fd = sandbox_open_nofollow(rule->path);
 	if (fd < 0)
-		return errno == ENOENT || errno == ENOTDIR || errno == EACCES ? 0 : -errno;
+		return fd == -ENOENT || fd == -ENOTDIR || fd == -EACCES || fd == -ELOOP ? 0 : fd;
 	if (fstat(fd, &st) < 0) {
 		r = -errno;
 		fd_close(fd);

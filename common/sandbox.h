@@ -52,3 +52,11 @@ int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, s
  * filter). Needs PR_SET_NO_NEW_PRIVS, which sandbox_landlock() sets.
  */
 int sandbox_deny_unix_sockets(void);
+
+/*
+ * O_PATH of path when no component of it is a symbolic link (openat2 with
+ * RESOLVE_NO_SYMLINKS): a path the keeper resolved that has turned into a
+ * link since (planted by a sandboxed command in a folder it may write) is
+ * not followed. The descriptor, or a negative errno value (-ELOOP then).
+ */
+int sandbox_open_nofollow(const char *path);

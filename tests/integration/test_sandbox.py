@@ -213,6 +213,25 @@ class TestLandlock(SandboxCase):
         k.assert_alive()
 
 
+    def test_e_planted_link_not_followed(self):
+        """What a command may write it may turn into a link to the state
+        directory; a read grant beneath it then must not show the state
+        directory at the worker's next start."""
+        sub = os.path.join(self.writable, "sub")
+        os.mkdir(sub)
+        k = self.keeper(sandbox={"read": [self.granted, sub], "write": [self.writable]})
+        report, err = self.probe(k)
+        self.assertIsNotNone(report, "no answer: %s\n%s" % (err, kl.tail(k.log())))
+        self.assert_contained(report)
+        os.rmdir(sub)
+        os.symlink(os.path.relpath(k.data_dir, self.writable), sub)
+        os.kill(k.server("evil")["worker"]["pid"], signal.SIGKILL)
+        kl.wait_until(lambda: k.server("evil")["worker"]["pid"] is None, 20, 0.1, "the worker gone")
+        report, err = self.probe(k)
+        self.assertNotIn("result", report or {}, "started with a link to the state directory: %r" % (report,))
+        self.assertIn("is inside the state directory", (report or {}).get("error", {}).get("message", "") + err)
+
+
 class TestNamespacesParent(SandboxCase):
     mechanism = "namespaces"
 
