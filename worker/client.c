@@ -536,15 +536,26 @@ static bool params_for_headers(const char *method, size_t len)
 	return len > 6 && memcmp(method, "tasks/", 6) == 0;
 }
 
+/* 0: the scanner will do; 1: an initialize or a request naming its
+ * revision needs its params; 2: (2026-07-28 and later) so do the methods
+ * whose params give Mcp-Name. */
+static int client_headers(const struct client *c)
+{
+	if (c->w->transport != TRANSPORT_HTTP)
+		return 0;
+	return c->protocol_version && strcmp(c->protocol_version, MCP_HEADERS_REVISION) >= 0 ? 2 : 1;
+}
+
 static bool client_scan(const char *text, size_t len, struct rpc_msg *m, char *method, size_t size,
-			struct json_object **id, bool http)
+			struct json_object **id, int http)
 {
 	struct scan_msg sm;
 
 	if (len > 0 && text[len - 1] == '\r')
 		len--;
 	if (scan_message(text, len, &sm) != 0 || (sm.method && sm.method_len >= size) ||
-	    (http && sm.method && params_for_headers(sm.method, sm.method_len)) ||
+	    (http && sm.method && sm.method_len == 10 && memcmp(sm.method, "initialize", 10) == 0) ||
+	    (http == 2 && sm.method && params_for_headers(sm.method, sm.method_len)) ||
 	    (http && memmem(text, len, META_PROTOCOL_VERSION, sizeof(META_PROTOCOL_VERSION) - 1)))
 		return false;
 	m->type = sm.type;
@@ -572,8 +583,7 @@ static void client_take(struct client *c)
 		r = frame_next_line(c->in, PROTO_MAX_MESSAGE, &l, detail, sizeof(detail));
 		if (r == FRAME_NEED_MORE)
 			return;
-		if (r == 0 && !client_scan(l.text, l.len, &m, method, sizeof(method), &scanned_id,
-					   c->w->transport == TRANSPORT_HTTP))
+		if (r == 0 && !client_scan(l.text, l.len, &m, method, sizeof(method), &scanned_id, client_headers(c)))
 			r = frame_parse_line(l.text, l.len, &m, detail, sizeof(detail));
 		if (r < 0) {
 			rpc_msg_clear(&m);

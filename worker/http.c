@@ -799,8 +799,6 @@ void http_transfer_done(CURL *easy, CURLcode result, void *arg)
 
 /* The longest Mcp-Method or Mcp-Name value we send, encoded. */
 #define MCP_HEADER_MAX 4096
-/* The revision whose initialize carries MCP-Protocol-Version (SEP-2243). */
-#define MCP_HEADERS_REVISION "2026-07-28"
 
 /*
  * A value for Mcp-Method or Mcp-Name (SEP-2243): printable ASCII as it is;
@@ -845,23 +843,41 @@ too_long:
 }
 
 /*
- * The standard headers of a message (SEP-2243): Mcp-Method for every
- * request and notification; Mcp-Name from params.name (tools/call,
+ * The standard headers of a message sent under the 2026-07-28 revision or a
+ * later one (SEP-2243): Mcp-Method for every request and notification; Mcp-Name from params.name (tools/call,
  * prompts/get), params.uri (resources/read) or params.taskId (tasks/...);
  * MCP-Protocol-Version from the request's own _meta
  * ("io.modelcontextprotocol/protocolVersion", the stateless lifecycle of
  * 2026-07-28), else for an initialize that asks for 2026-07-28 or later
  * (older servers get none there).
  */
-static int standard_headers(const struct rpc_msg *m, char **method, char **name, char **init_version, char *why,
-			    size_t wlen)
+static int standard_headers(const struct rpc_msg *m, const char *negotiated, char **method, char **name,
+			    char **init_version, char *why, size_t wlen)
 {
-	const char *field = NULL;
+	const char *field = NULL, *rev;
 	struct json_object *v, *meta;
 
 	*method = *name = *init_version = NULL;
 	if (!m->method)
 		return 0; /* a response to the server: no method to name */
+	/* The revision this request is sent under: its own _meta's, what an
+	 * initialize asks for, or the session's. Before 2026-07-28: no
+	 * Mcp-Method or Mcp-Name (and the scanner's fast path, client.c). */
+	rev = negotiated;
+	if (m->params && json_object_object_get_ex(m->params, "_meta", &meta) &&
+	    json_object_is_type(meta, json_type_object) &&
+	    json_object_object_get_ex(meta, "io.modelcontextprotocol/protocolVersion", &v) &&
+	    json_object_is_type(v, json_type_string)) {
+		rev = json_object_get_string(v);
+		if (!header_value_ok(rev, (size_t)json_object_get_string_len(v), 64)) {
+			snprintf(why, wlen, "the protocol version in _meta is not one an HTTP header can carry");
+			return -EINVAL;
+		}
+	} else if (strcmp(m->method, "initialize") == 0 && m->params &&
+		 json_object_object_get_ex(m->params, "protocolVersion", &v) && json_object_is_type(v, json_type_string))
+		rev = json_object_get_string(v);
+	if (!rev || strcmp(rev, MCP_HEADERS_REVISION) < 0)
+		return 0;
 	if (header_value_encode("method", m->method, strlen(m->method), method, why, wlen) < 0)
 		return -EINVAL;
 	if (strcmp(m->method, "tools/call") == 0 || strcmp(m->method, "prompts/get") == 0)
@@ -878,25 +894,10 @@ static int standard_headers(const struct rpc_msg *m, char **method, char **name,
 		*method = NULL;
 		return -EINVAL;
 	}
-	/* The stateless lifecycle of 2026-07-28: each request names its revision. */
-	if (m->params && json_object_object_get_ex(m->params, "_meta", &meta) &&
-	    json_object_is_type(meta, json_type_object) &&
-	    json_object_object_get_ex(meta, "io.modelcontextprotocol/protocolVersion", &v) &&
-	    json_object_is_type(v, json_type_string)) {
-		if (!header_value_ok(json_object_get_string(v), (size_t)json_object_get_string_len(v), 64)) {
-			snprintf(why, wlen, "the protocol version in _meta is not one an HTTP header can carry");
-			free(*method);
-			free(*name);
-			*method = *name = NULL;
-			return -EINVAL;
-		}
-		*init_version = xstrdup(json_object_get_string(v));
-	} else if (strcmp(m->method, "initialize") == 0 && m->params &&
-		   json_object_object_get_ex(m->params, "protocolVersion", &v) && json_object_is_type(v, json_type_string) &&
-		   strcmp(json_object_get_string(v), MCP_HEADERS_REVISION) >= 0 &&
-		   header_value_ok(json_object_get_string(v), (size_t)json_object_get_string_len(v), 64)) {
-		*init_version = xstrdup(json_object_get_string(v));
-	}
+	/* MCP-Protocol-Version: what the request names itself (its _meta, or
+	 * an initialize: rev is then that request's). */
+	if (rev != negotiated && header_value_ok(rev, strlen(rev), 64))
+		*init_version = xstrdup(rev);
 	return 0;
 }
 
@@ -918,7 +919,8 @@ int http_send(struct client *c, const struct rpc_msg *m, const char *text, size_
 	if (w->transport == TRANSPORT_HTTP) {
 		char why[160];
 
-		if (standard_headers(m, &mcp_method, &mcp_name, &init_version, why, sizeof(why)) < 0) {
+		if (standard_headers(m, c->protocol_version, &mcp_method, &mcp_name, &init_version, why, sizeof(why)) <
+		    0) {
 			if (m->type == RPC_REQUEST)
 				client_fail(c, m->id, RPC_INVALID_REQUEST, "%s", why);
 			else

@@ -26,6 +26,10 @@
 
 #include "channel.h"
 
+/* The first revision whose requests carry Mcp-Method and Mcp-Name, and
+ * whose initialize carries MCP-Protocol-Version (SEP-2243). */
+#define MCP_HEADERS_REVISION "2026-07-28"
+
 struct event_base;
 struct event;
 struct bufferevent;

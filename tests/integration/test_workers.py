@@ -128,9 +128,10 @@ class WorkerCase(kl.KeeperTestCase):
 class TestWorkers(WorkerCase):
 
     def test_s_standard_headers(self):
-        """SEP-2243: Mcp-Method and Mcp-Name on every POST, MCP-Protocol-Version
-        on an initialize of the 2026-07-28 revision; a name an HTTP header
-        cannot carry as it is goes base64, one with a line break is refused."""
+        """SEP-2243, under the 2026-07-28 revision: Mcp-Method and Mcp-Name on
+        every POST, MCP-Protocol-Version on its initialize; a name an HTTP
+        header cannot carry as it is goes base64, one with a line break is
+        refused. Older revisions get none of it."""
         self.setup_http()
 
         def headers(c, name):
@@ -139,15 +140,17 @@ class TestWorkers(WorkerCase):
             return json.loads(text_of(r))
 
         old = self.client("gh")
-        old.initialize()  # 2025-06-18: no MCP-Protocol-Version on initialize
+        old.initialize()  # 2025-06-18: none of the 2026-07-28 headers
         h = headers(old, "headers")
-        self.assertEqual((h["mcp_method"], h["mcp_name"]), ("tools/call", "headers"))
+        self.assertEqual((h["mcp_method"], h["mcp_name"]), (None, None))
         self.assertIsNone(h["initialize_protocol_version"])
-        self.assertIsNotNone(h["protocol_version"])  # negotiated, on what follows
+        self.assertEqual(h["protocol_version"], "2025-06-18")  # negotiated, on what follows
         # A request that names its revision in _meta (the stateless lifecycle) says so.
         meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
         r = old.call("tools/call", {"name": "headers", "arguments": {}, "_meta": meta})
-        self.assertEqual(json.loads(text_of(r))["protocol_version"], "2026-07-28")
+        h = json.loads(text_of(r))
+        self.assertEqual((h["protocol_version"], h["mcp_method"], h["mcp_name"]),
+                         ("2026-07-28", "tools/call", "headers"))
         r = old.call("tools/call", {"name": "headers", "arguments": {},
                                     "_meta": {"io.modelcontextprotocol/protocolVersion": "2026\r\nX: 1"}})
         self.assertEqual(r["error"]["code"], -32600, r)

@@ -222,7 +222,9 @@
 #define TOKEN_BYTES_MIN 16
 #define TOKEN_BYTES_MAX 1000000
 
-static const char *const mcp_versions[] = { "2025-06-18", "2025-03-26", "2024-11-05" };
+/* The first is the answer to a version it does not know; 2026-07-28 is known
+ * so that a worker can be seen sending what that revision asks for. */
+static const char *const mcp_versions[] = { "2025-06-18", "2025-03-26", "2024-11-05", "2026-07-28" };
 
 /* ---- state ---------------------------------------------------------- */
 
