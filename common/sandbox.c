@@ -99,90 +99,6 @@ static uint64_t handled_for_abi(long abi)
 	return handled;
 }
 
-/* Adds a read-only rule for path; 0 also when the path does not exist. */
-static int add_read_rule(int ruleset, const char *path, uint64_t handled, char *status, size_t len)
-{
-	struct landlock_path_beneath_attr rule = { 0 };
-	struct stat st;
-	int fd, r;
-
-	fd = open(path, O_PATH | O_CLOEXEC);
-	if (fd < 0) {
-		if (errno == ENOENT || errno == ENOTDIR || errno == EACCES)
-			return 0; /* nothing there to read, or nothing we could read anyway */
-		r = -errno;
-		set_status(status, len, "cannot open %s", path, -r);
-		return r;
-	}
-	if (fstat(fd, &st) < 0) {
-		r = -errno;
-		fd_close(fd);
-		set_status(status, len, "cannot stat %s", path, -r);
-		return r;
-	}
-	rule.parent_fd = fd;
-	rule.allowed_access = FS_READ_RIGHTS & handled;
-	if (!S_ISDIR(st.st_mode))
-		rule.allowed_access &= FS_FILE_RIGHTS & ~LANDLOCK_ACCESS_FS_EXECUTE;
-	r = (int)syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &rule, 0);
-	if (r < 0) {
-		r = -errno;
-		set_status(status, len, "landlock rule for %s", path, -r);
-	}
-	fd_close(fd);
-	return r < 0 ? r : 0;
-}
-
-int sandbox_landlock_readonly(const char *const *read_paths, char *status, size_t len)
-{
-	struct landlock_ruleset_attr attr = { 0 };
-	long abi;
-	int ruleset, r;
-
-	/* Required for an unprivileged landlock_restrict_self(); wanted anyway. */
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-		r = -errno;
-		set_status(status, len, "PR_SET_NO_NEW_PRIVS%s", NULL, -r);
-		return r;
-	}
-
-	abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
-	if (abi < 0) {
-		if (errno == ENOSYS || errno == EOPNOTSUPP) {
-			set_status(status, len, "unavailable%s", NULL, 0);
-			return SANDBOX_UNAVAILABLE;
-		}
-		r = -errno;
-		set_status(status, len, "landlock ABI query%s", NULL, -r);
-		return r;
-	}
-
-	attr.handled_access_fs = handled_for_abi(abi);
-	ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr), 0);
-	if (ruleset < 0) {
-		r = -errno;
-		set_status(status, len, "landlock_create_ruleset%s", NULL, -r);
-		return r;
-	}
-	for (size_t i = 0; read_paths && read_paths[i]; i++) {
-		r = add_read_rule(ruleset, read_paths[i], attr.handled_access_fs, status, len);
-		if (r < 0) {
-			fd_close(ruleset);
-			return r;
-		}
-	}
-	r = (int)syscall(SYS_landlock_restrict_self, ruleset, 0);
-	if (r < 0) {
-		r = -errno;
-		fd_close(ruleset);
-		set_status(status, len, "landlock_restrict_self%s", NULL, -r);
-		return r;
-	}
-	fd_close(ruleset);
-	set_status(status, len, "enforced%s", NULL, 0);
-	return 0;
-}
-
 /* The ruleset attribute as of ABI 6; the kernel takes a prefix of it. */
 struct ruleset_attr_v6 {
 	uint64_t handled_access_fs;
@@ -193,25 +109,50 @@ struct ruleset_attr_v6 {
 #define SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)
 #define SCOPE_SIGNAL (1ULL << 1)
 
-static int add_rule(int ruleset, const struct sandbox_rule *rule, uint64_t handled, char *status, size_t len)
+/*
+ * The two sandboxes this file makes. A child's own (sandbox_landlock_
+ * readonly): system paths read, links followed (/etc/resolv.conf may be
+ * one), no file executable, no scopes. A stdio server's (sandbox_landlock):
+ * links never followed, granted files executable, read or write rules,
+ * scopes where the ABI has them.
+ */
+enum kind {
+	KIND_CHILD,
+	KIND_JAIL,
+};
+
+/* Adds rule's path; 0 also when there is nothing there (or, for a jail,
+ * a link where the keeper saw none). */
+static int add_rule(int ruleset, const struct sandbox_rule *rule, enum kind kind, uint64_t handled, char *status,
+		    size_t len)
 {
 	struct landlock_path_beneath_attr attr = { 0 };
 	struct stat st;
 	int fd, r;
 
-	/* A granted path that turned into a link is not followed: skipped. */
-	fd = sandbox_open_nofollow(rule->path);
-	if (fd < 0)
-		return fd == -ENOENT || fd == -ENOTDIR || fd == -EACCES || fd == -ELOOP ? 0 : fd;
+	if (kind == KIND_JAIL) {
+		fd = sandbox_open_nofollow(rule->path);
+	} else {
+		fd = open(rule->path, O_PATH | O_CLOEXEC);
+		if (fd < 0)
+			fd = -errno;
+	}
+	if (fd < 0) {
+		if (fd == -ENOENT || fd == -ENOTDIR || fd == -EACCES || (kind == KIND_JAIL && fd == -ELOOP))
+			return 0; /* nothing there to grant, or nothing we could reach anyway */
+		set_status(status, len, "cannot open %s", rule->path, -fd);
+		return fd;
+	}
 	if (fstat(fd, &st) < 0) {
 		r = -errno;
 		fd_close(fd);
+		set_status(status, len, "cannot stat %s", rule->path, -r);
 		return r;
 	}
 	attr.parent_fd = fd;
 	attr.allowed_access = (rule->write ? handled : FS_READ_RIGHTS) & handled;
 	if (!S_ISDIR(st.st_mode))
-		attr.allowed_access &= FS_FILE_RIGHTS;
+		attr.allowed_access &= FS_FILE_RIGHTS & (kind == KIND_JAIL ? ~0ULL : ~LANDLOCK_ACCESS_FS_EXECUTE);
 	r = (int)syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &attr, 0);
 	if (r < 0) {
 		r = -errno;
@@ -221,13 +162,14 @@ static int add_rule(int ruleset, const struct sandbox_rule *rule, uint64_t handl
 	return r < 0 ? r : 0;
 }
 
-int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, size_t len)
+static int restrict_self(const struct sandbox_rule *rules, size_t n, enum kind kind, char *status, size_t len)
 {
 	struct ruleset_attr_v6 attr = { 0 };
 	size_t attr_size = sizeof(attr.handled_access_fs);
 	long abi;
 	int ruleset, r;
 
+	/* Required for an unprivileged landlock_restrict_self(); wanted anyway. */
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
 		r = -errno;
 		set_status(status, len, "PR_SET_NO_NEW_PRIVS%s", NULL, -r);
@@ -244,7 +186,7 @@ int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, s
 		return r;
 	}
 	attr.handled_access_fs = handled_for_abi(abi);
-	if (abi >= 6) {
+	if (kind == KIND_JAIL && abi >= 6) {
 		attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL;
 		attr_size = sizeof(attr);
 	}
@@ -255,10 +197,8 @@ int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, s
 		return r;
 	}
 	for (size_t i = 0; i < n; i++) {
-		r = add_rule(ruleset, &rules[i], attr.handled_access_fs, status, len);
+		r = add_rule(ruleset, &rules[i], kind, attr.handled_access_fs, status, len);
 		if (r < 0) {
-			if (!status || !*status)
-				set_status(status, len, "landlock rule for %s", rules[i].path, -r);
 			fd_close(ruleset);
 			return r;
 		}
@@ -271,11 +211,33 @@ int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, s
 		return r;
 	}
 	fd_close(ruleset);
-	if (abi >= 6)
+	if (kind == KIND_CHILD)
+		set_status(status, len, "enforced%s", NULL, 0);
+	else if (abi >= 6)
 		set_status(status, len, "enforced, with signal and abstract socket scopes%s", NULL, 0);
 	else
 		set_status(status, len, "enforced, without scopes (Landlock ABI below 6)%s", NULL, 0);
 	return 0;
+}
+
+int sandbox_landlock_readonly(const char *const *read_paths, char *status, size_t len)
+{
+	struct sandbox_rule rules[64];
+	size_t n = 0;
+
+	for (; read_paths && read_paths[n]; n++) {
+		if (n == ARRAY_SIZE(rules)) {
+			set_status(status, len, "more than 64 Landlock paths%s", NULL, 0);
+			return -E2BIG;
+		}
+		rules[n] = (struct sandbox_rule){ read_paths[n], false };
+	}
+	return restrict_self(rules, n, KIND_CHILD, status, len);
+}
+
+int sandbox_landlock(const struct sandbox_rule *rules, size_t n, char *status, size_t len)
+{
+	return restrict_self(rules, n, KIND_JAIL, status, len);
 }
 
 #else /* !HAVE_LANDLOCK */
