@@ -85,6 +85,29 @@
  *                     token_endpoint_auth_methods_supported; /register
  *                     refuses any other method, and one the peer does not
  *                     implement
+ *       tool_scope (null)  a scope string: a tools/call on /mcp whose
+ *                     access token was not granted every scope in it is
+ *                     answered 403 with WWW-Authenticate: Bearer
+ *                     error="insufficient_scope", scope="<tool_scope>",
+ *                     resource_metadata="<the /mcp resource metadata>" and a
+ *                     JSON-RPC error body (step-up). Other methods need only a
+ *                     valid token. Its scopes do not join scopes_supported: a
+ *                     client learns them from the challenge only
+ *       grantable_scopes (null)  a list of scope tokens: /authorize grants
+ *                     only those of the requested scopes (what the token
+ *                     response says); none left: it redirects with
+ *                     invalid_scope and issues no code
+ *       issuer_bound (false)  true: the authorization servers are apart.
+ *                     Every issuer that was in effect (issuer_path values,
+ *                     the first 16) keeps its metadata document and its
+ *                     endpoints under its path (ISSUER/authorize, /token,
+ *                     /register, /revoke; the AS metadata names those);
+ *                     /mcp, /sse and /messages accept only access tokens of
+ *                     the issuer in effect now (others: 401 with the usual
+ *                     challenge); a client_id registered under one issuer
+ *                     (the --client-id client: the issuer at start) is
+ *                     refused as invalid_client at another's /authorize,
+ *                     /token and /revoke and counted as foreign_client_id
  *   GET  /test/last   what the last request of each kind asked for, never a
  *                     secret: {"authorize", "token", "register", "revoke":
  *                     a record or null, "discovery": [{"path", "status"}]}.
@@ -102,7 +125,18 @@
  *                     revoke: token_type_hint, client_id, auth_method, known
  *                     (a token the peer still holds). discovery: every GET
  *                     of a path holding "/.well-known/" since the reset, in
- *                     order, 404s too (the first 1000)
+ *                     order, 404s too (the first 1000).
+ *                     authorize_scopes: the scope parameter of every
+ *                     /authorize request since the reset, in order (null
+ *                     when it had none; the first 1000). grants: every
+ *                     grant (token family) issued since start, reset or not:
+ *                     {"grant": N (1, 2, ... in order of issue), "client_id",
+ *                     "issuer", "scope", "revoked"}. revocations: every
+ *                     /revoke since the reset that named a token the peer
+ *                     holds: {"grant", "token_type" ("access_token" or
+ *                     "refresh_token", what it was, not the hint),
+ *                     "issuer" (whose endpoint), "client_id", "revoked"
+ *                     (false: the token was another client's)}
  *   POST /test/notify  {"session": ID | "*", "method": M, "params": {...}}
  *                     sends a notification on the session's stream (GET /mcp
  *                     or /sse); answers {"delivered": N}, 404 when the named
@@ -153,8 +187,11 @@
  *   matches (null when it matches none).
  * - Tokens for resource .../mcp and .../sse are accepted on /mcp, /sse and
  *   /messages alike; the resource only has to be one of the two.
- * - /authorize grants any scope as asked ("mcp" when none); a refresh may
- *   ask for a subset of it. token_grants counts successful code exchanges,
+ * - /authorize grants any scope as asked ("mcp" when none; grantable_scopes
+ *   narrows it); a refresh may ask for a subset of it. Every access token
+ *   remembers the scope granted with it (a narrowed refresh: the narrower
+ *   one) and the issuer whose token endpoint issued it; every client the
+ *   issuer it registered at. token_grants counts successful code exchanges,
  *   code_requests every authorization_code request, authorizations every
  *   code /authorize issued.
  * - The 401 challenge names the resource metadata of the endpoint: the root
@@ -164,6 +201,8 @@
  *   auth_methods says; auth_methods binds dynamic registration only.
  * - revoke_fail answers after client authentication: a client that fails
  *   it still gets 401.
+ * - insufficient_scope in /test/stats counts the 403s of tool_scope;
+ *   foreign_client_id the client_ids refused at another issuer.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -205,6 +244,10 @@
 #define AUTH_METHODS_MAX 8
 /* /test/last keeps the first this many discovery requests after a reset. */
 #define DISCOVERY_LOG_MAX 1000
+/* issuer_bound: how many issuers (issuer_path values) keep their endpoints. */
+#define ISSUERS_MAX 16
+/* grantable_scopes: at most this many scope tokens. */
+#define GRANTABLE_MAX 16
 /* The iss of a redirect with wrong_iss set: an issuer that is not this one. */
 #define WRONG_ISS "https://evil.example"
 #define PRM_PATH "/.well-known/oauth-protected-resource"
@@ -256,6 +299,7 @@ struct client {
 	char *secret;			/* NULL for a public client */
 	enum auth_method method;
 	struct json_object *redirect_uris; /* NULL: any loopback URI */
+	char *issuer;			/* where it registered */
 };
 
 struct code {
@@ -266,6 +310,7 @@ struct code {
 	char *scope;
 	char *resource;			/* NULL when authorize had none */
 	int64_t expires_ms;
+	char *issuer;			/* whose /authorize issued it */
 };
 
 struct rtoken;
@@ -280,12 +325,15 @@ struct family {
 	char *resource;
 	struct rtoken *current;		/* the refresh token the client should hold */
 	int revoked;
+	long long id;			/* 1, 2, ... in order of issue */
+	char *issuer;			/* whose token endpoint issued it */
 };
 
 struct atoken {
 	struct family *fam;
 	int64_t expires_ms;
 	int revoked;
+	char *scope;			/* granted with it (a refresh may narrow it) */
 	char token[];			/* token_new() */
 };
 
@@ -388,6 +436,8 @@ struct stats {
 	long long revoke_access_all;
 	long long authorizations;	/* codes issued by /authorize */
 	long long code_requests;	/* authorization_code token requests */
+	long long insufficient_scope;	/* 403s of tool_scope */
+	long long foreign_client_id;	/* client_ids refused at another issuer */
 };
 
 /* Which RFC 9728 documents are served: the path-specific ones
@@ -437,6 +487,9 @@ struct login_config {
 	int revocation;			/* advertise the revocation endpoint */
 	int revoke_fail;		/* /revoke answers 503 */
 	struct json_object *auth_methods; /* token_endpoint_auth_methods_supported */
+	char *tool_scope;		/* tools/call needs these scopes */
+	struct json_object *grantable_scopes; /* NULL: any */
+	int issuer_bound;		/* tokens and clients bound to their issuer */
 };
 
 /* What GET /test/last shows: the last request of each kind, without any
@@ -444,6 +497,8 @@ struct login_config {
 struct recordings {
 	struct json_object *authorize, *token, *registration, *revoke;
 	struct json_object *discovery;	/* [{"path", "status"}] */
+	struct json_object *authorize_scopes; /* [scope or null] */
+	struct json_object *revocations; /* [{"grant", "token_type", ...}] */
 };
 
 struct peer_options {
@@ -491,6 +546,13 @@ struct peer {
 	struct srv_request *srv_requests;
 	struct json_object *responses;	/* what /test/responses shows */
 	char *init_version_header;	/* MCP-Protocol-Version of the last initialize, or NULL */
+	/* Every issuer_path that was in effect, the first one "" (issuer_bound
+	 * keeps their endpoints), and the issuer whose endpoint the request
+	 * being handled came to (the issuer in effect unless issuer_bound). */
+	char *issuer_paths[ISSUERS_MAX];
+	size_t nissuers;
+	char req_issuer[sizeof("http://127.0.0.1:65535") + KNOB_MAX];
+	long long next_grant;
 	int64_t next_request_id;
 	int stopping;
 	struct stats stats;
@@ -672,6 +734,7 @@ static void client_free(void *v)
 	free(c->id);
 	free(c->secret);
 	json_object_put(c->redirect_uris);
+	free(c->issuer);
 	free(c);
 }
 
@@ -686,7 +749,16 @@ static void code_free(void *v)
 	free(c->challenge);
 	free(c->scope);
 	free(c->resource);
+	free(c->issuer);
 	free(c);
+}
+
+static void atoken_free(void *v)
+{
+	struct atoken *a = v;
+
+	free(a->scope);
+	free(a);
 }
 
 static int code_dead(const void *v, int64_t now)
@@ -816,6 +888,8 @@ static void recordings_free(struct recordings *r)
 	json_object_put(r->registration);
 	json_object_put(r->revoke);
 	json_object_put(r->discovery);
+	json_object_put(r->authorize_scopes);
+	json_object_put(r->revocations);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -824,7 +898,9 @@ static void recordings_reset(struct recordings *r)
 {
 	recordings_free(r);
 	r->discovery = json_object_new_array();
-	if (!r->discovery)
+	r->authorize_scopes = json_object_new_array();
+	r->revocations = json_object_new_array();
+	if (!r->discovery || !r->authorize_scopes || !r->revocations)
 		fatal("out of memory");
 }
 
@@ -980,7 +1056,7 @@ static char *json_dup(struct json_object *o)
 
 static void add_endpoint(struct json_object *o, const char *key, const char *origin, const char *path)
 {
-	char url[128];
+	char url[sizeof("http://127.0.0.1:65535") + KNOB_MAX + 32];
 
 	snprintf(url, sizeof(url), "%s%s", origin, path);
 	json_object_object_add(o, key, json_object_new_string(url));
@@ -1000,12 +1076,60 @@ static struct json_object *scopes_supported(const struct peer *p)
 	return a;
 }
 
-/* The documents as the configuration has them now: built at start and again
- * on every /test/config, so that a change shows on the next request. */
-static void discovery_build(struct peer *p)
+/*
+ * The RFC 8414 document of the issuer at issuer_path (the one in effect or,
+ * with issuer_bound, an earlier one): its endpoints sit under that path with
+ * issuer_bound, else at the root; metadata_issuer applies to the issuer in
+ * effect only.
+ */
+static char *as_document(const struct peer *p, const char *issuer_path)
 {
 	static const char *const grants[] = { "authorization_code", "refresh_token" };
 	static const char *const code[] = { "code" };
+	const struct login_config *l = &p->login;
+	char issuer[sizeof(p->issuer)], base[sizeof(p->issuer)];
+	struct json_object *o = json_object_new_object();
+
+	snprintf(issuer, sizeof(issuer), "%s%s", p->origin, issuer_path);
+	snprintf(base, sizeof(base), "%s%s", p->origin, l->issuer_bound ? issuer_path : "");
+	if (l->metadata_issuer && strcmp(issuer_path, l->issuer_path) == 0)
+		json_object_object_add(o, "issuer", json_object_new_string(l->metadata_issuer));
+	else
+		json_object_object_add(o, "issuer", json_object_new_string(issuer));
+	add_endpoint(o, "authorization_endpoint", base, "/authorize");
+	add_endpoint(o, "token_endpoint", base, "/token");
+	if (l->registration)
+		add_endpoint(o, "registration_endpoint", base, "/register");
+	if (l->revocation)
+		add_endpoint(o, "revocation_endpoint", base, "/revoke");
+	json_object_object_add(o, "response_types_supported", string_array(code, 1));
+	json_object_object_add(o, "grant_types_supported", string_array(grants, ARRAY_SIZE(grants)));
+	json_object_object_add(o, "code_challenge_methods_supported",
+			       string_array((const char *const[]){ l->s256 ? "S256" : "plain" }, 1));
+	json_object_object_add(o, "token_endpoint_auth_methods_supported", json_object_get(l->auth_methods));
+	if (l->revocation)
+		json_object_object_add(o, "revocation_endpoint_auth_methods_supported",
+				       json_object_get(l->auth_methods));
+	json_object_object_add(o, "scopes_supported", scopes_supported(p));
+	if (l->iss)
+		json_object_object_add(o, "authorization_response_iss_parameter_supported",
+				       json_object_new_boolean(1));
+	return json_dup(o);
+}
+
+static int issuer_known(const struct peer *p, const char *issuer_path)
+{
+	for (size_t i = 0; i < p->nissuers; i++)
+		if (strcmp(p->issuer_paths[i], issuer_path) == 0)
+			return 1;
+	return 0;
+}
+
+/* The documents as the configuration has them now: built at start and again
+ * on every /test/config, so that a change shows on the next request. The
+ * issuer in effect joins the issuers remembered (test_config keeps room). */
+static void discovery_build(struct peer *p)
+{
 	static const char *const header[] = { "header" };
 	const struct login_config *l = &p->login;
 	struct json_object *o;
@@ -1025,28 +1149,9 @@ static void discovery_build(struct peer *p)
 		*(i ? &p->prm_sse_json : &p->prm_json) = json_dup(o);
 	}
 
-	o = json_object_new_object();
-	json_object_object_add(o, "issuer",
-			       json_object_new_string(l->metadata_issuer ? l->metadata_issuer : p->issuer));
-	add_endpoint(o, "authorization_endpoint", p->origin, "/authorize");
-	add_endpoint(o, "token_endpoint", p->origin, "/token");
-	if (l->registration)
-		add_endpoint(o, "registration_endpoint", p->origin, "/register");
-	if (l->revocation)
-		add_endpoint(o, "revocation_endpoint", p->origin, "/revoke");
-	json_object_object_add(o, "response_types_supported", string_array(code, 1));
-	json_object_object_add(o, "grant_types_supported", string_array(grants, ARRAY_SIZE(grants)));
-	json_object_object_add(o, "code_challenge_methods_supported",
-			       string_array((const char *const[]){ l->s256 ? "S256" : "plain" }, 1));
-	json_object_object_add(o, "token_endpoint_auth_methods_supported", json_object_get(l->auth_methods));
-	if (l->revocation)
-		json_object_object_add(o, "revocation_endpoint_auth_methods_supported",
-				       json_object_get(l->auth_methods));
-	json_object_object_add(o, "scopes_supported", scopes_supported(p));
-	if (l->iss)
-		json_object_object_add(o, "authorization_response_iss_parameter_supported",
-				       json_object_new_boolean(1));
-	p->as_json = json_dup(o);
+	p->as_json = as_document(p, l->issuer_path);
+	if (!issuer_known(p, l->issuer_path) && p->nissuers < ISSUERS_MAX)
+		p->issuer_paths[p->nissuers++] = xstrdup(l->issuer_path);
 }
 
 /* s past prefix when s starts with it, else NULL. */
@@ -1058,17 +1163,31 @@ static const char *after_prefix(const char *s, const char *prefix)
 }
 
 /*
- * The document served at path, or NULL (404). The authorization server
- * metadata sits where RFC 8414 3.1 puts it for the issuer: the well-known
- * segment between host and the issuer's path; OpenID Connect Discovery 4
- * appends it to the issuer, and that form is served too.
+ * Whether path is where the metadata of the issuer at issuer_path is served.
+ * It sits where RFC 8414 3.1 puts it: the well-known segment between host
+ * and the issuer's path; OpenID Connect Discovery 4 appends it to the
+ * issuer, and that form is served too (as_metadata may drop either kind).
  */
+static int as_metadata_at(const struct peer *p, const char *path, const char *issuer_path)
+{
+	const struct login_config *l = &p->login;
+	int oauth = l->as_metadata != AS_OPENID_ONLY, openid = l->as_metadata != AS_OAUTH_ONLY;
+	const char *rest;
+
+	if ((rest = after_prefix(path, AS_OAUTH_PATH)) && strcmp(rest, issuer_path) == 0)
+		return oauth;
+	if ((rest = after_prefix(path, AS_OPENID_PATH)) && strcmp(rest, issuer_path) == 0)
+		return openid;
+	if (*issuer_path && (rest = after_prefix(path, issuer_path)) && strcmp(rest, AS_OPENID_PATH) == 0)
+		return openid;
+	return 0;
+}
+
+/* The document served at path, or NULL (404). */
 static const char *well_known_doc(const struct peer *p, const char *path)
 {
 	const struct login_config *l = &p->login;
 	int prm_root = l->prm_paths != PRM_PATH_ONLY, prm_path = l->prm_paths != PRM_ROOT_ONLY;
-	int oauth = l->as_metadata != AS_OPENID_ONLY, openid = l->as_metadata != AS_OAUTH_ONLY;
-	const char *rest;
 
 	if (strcmp(path, PRM_PATH) == 0)
 		return prm_root ? p->prm_json : NULL;
@@ -1076,12 +1195,18 @@ static const char *well_known_doc(const struct peer *p, const char *path)
 		return prm_path ? p->prm_json : NULL;
 	if (strcmp(path, PRM_PATH "/sse") == 0)
 		return prm_path ? p->prm_sse_json : NULL;
-	if ((rest = after_prefix(path, AS_OAUTH_PATH)) && strcmp(rest, l->issuer_path) == 0)
-		return oauth ? p->as_json : NULL;
-	if ((rest = after_prefix(path, AS_OPENID_PATH)) && strcmp(rest, l->issuer_path) == 0)
-		return openid ? p->as_json : NULL;
-	if (*l->issuer_path && (rest = after_prefix(path, l->issuer_path)) && strcmp(rest, AS_OPENID_PATH) == 0)
-		return openid ? p->as_json : NULL;
+	return as_metadata_at(p, path, l->issuer_path) ? p->as_json : NULL;
+}
+
+/* With issuer_bound, an earlier issuer's metadata is still served (that
+ * authorization server did not go away): a document to free, or NULL. */
+static char *earlier_issuer_doc(const struct peer *p, const char *path)
+{
+	if (!p->login.issuer_bound)
+		return NULL;
+	for (size_t i = 0; i < p->nissuers; i++)
+		if (strcmp(p->issuer_paths[i], p->login.issuer_path) != 0 && as_metadata_at(p, path, p->issuer_paths[i]))
+			return as_document(p, p->issuer_paths[i]);
 	return NULL;
 }
 
@@ -1089,9 +1214,14 @@ static const char *well_known_doc(const struct peer *p, const char *path)
  * order a client tried the URLs in is what a discovery test checks. */
 static void handle_well_known(struct peer *p, struct evhttp_request *req, const char *path)
 {
+	_cleanup_(freep) char *earlier = NULL;
 	const char *doc = well_known_doc(p, path);
-	int status = doc ? 200 : 404;
 	int get = evhttp_request_get_command(req) == EVHTTP_REQ_GET;
+	int status;
+
+	if (!doc)
+		doc = earlier = earlier_issuer_doc(p, path);
+	status = doc ? 200 : 404;
 
 	if (get && json_object_array_length(p->last.discovery) < DISCOVERY_LOG_MAX) {
 		struct json_object *e = json_object_new_object();
@@ -1112,6 +1242,54 @@ static void handle_well_known(struct peer *p, struct evhttp_request *req, const 
 static int resource_known(const struct peer *p, const char *resource)
 {
 	return streq(resource, p->resource) || streq(resource, p->resource_sse);
+}
+
+/* ---- issuers (issuer_bound) ----------------------------------------- */
+
+/* The authorization server's endpoints, which issuer_bound puts under each
+ * issuer's path. */
+static const char *const as_endpoints[] = { "/authorize", "/token", "/register", "/revoke" };
+
+/*
+ * Sets p->req_issuer to the issuer whose endpoint path is and returns the
+ * path as dispatch knows it: with issuer_bound, an endpoint under a
+ * remembered issuer's path belongs to that issuer (and loses the issuer's
+ * part); everything else belongs to the issuer in effect.
+ */
+static const char *issuer_route(struct peer *p, const char *path)
+{
+	snprintf(p->req_issuer, sizeof(p->req_issuer), "%s", p->issuer);
+	if (!p->login.issuer_bound)
+		return path;
+	for (size_t i = 0; i < p->nissuers; i++) {
+		const char *rest = after_prefix(path, p->issuer_paths[i]);
+
+		for (size_t j = 0; rest && j < ARRAY_SIZE(as_endpoints); j++) {
+			if (strcmp(rest, as_endpoints[j]) == 0) {
+				snprintf(p->req_issuer, sizeof(p->req_issuer), "%s%s", p->origin, p->issuer_paths[i]);
+				return rest;
+			}
+		}
+	}
+	return path;
+}
+
+/* With issuer_bound, a client_id registered at another issuer than the one
+ * asked is refused by the caller (invalid_client), and counted: a test
+ * asserts that none reached the new issuer after a migration. */
+static int client_foreign(struct peer *p, const struct client *c)
+{
+	if (!p->login.issuer_bound || streq(c->issuer, p->req_issuer))
+		return 0;
+	p->stats.foreign_client_id++;
+	log_info("a client_id registered at %s refused at %s", c->issuer, p->req_issuer);
+	return 1;
+}
+
+/* With issuer_bound, the MCP endpoints trust only the issuer in effect. */
+static int atoken_issuer_ok(const struct peer *p, const struct atoken *at)
+{
+	return !p->login.issuer_bound || streq(at->fam->issuer, p->issuer);
 }
 
 /* ---- clients and redirect URIs -------------------------------------- */
@@ -1316,6 +1494,7 @@ static void handle_register(struct peer *p, struct evhttp_request *req)
 	c->id = xstrdup(id);
 	c->method = method;
 	c->redirect_uris = json_object_get(uris);
+	c->issuer = xstrdup(p->req_issuer);
 	if (method != AUTH_NONE) {
 		random_b64(secret, sizeof(secret), 32);
 		c->secret = xstrdup(secret);
@@ -1397,7 +1576,7 @@ static const char *authorize_iss(const struct peer *p)
 {
 	if (p->login.wrong_iss)
 		return WRONG_ISS;
-	return p->login.iss ? p->issuer : NULL;
+	return p->login.iss ? p->req_issuer : NULL;
 }
 
 /* RFC 6749 4.1.2.1: once client and redirect URI are trusted, errors go back
@@ -1451,6 +1630,13 @@ static int b64url_chars(const char *s, size_t min, size_t max)
 	return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == n;
 }
 
+/* authorize_scopes of /test/last: every request's scope parameter. */
+static void authorize_scope_record(struct peer *p, const char *scope)
+{
+	if (json_object_array_length(p->last.authorize_scopes) < DISCOVERY_LOG_MAX)
+		json_object_array_add(p->last.authorize_scopes, scope ? json_object_new_string(scope) : NULL);
+}
+
 /* The request as /test/last shows it: parameters, not the challenge itself. */
 static void authorize_record(struct peer *p, const struct evkeyvalq *q)
 {
@@ -1464,12 +1650,41 @@ static void authorize_record(struct peer *p, const struct evkeyvalq *q)
 	record_bool(p, "state", form_get(q, "state") != NULL);
 	json_object_object_add(p->rec, "code_challenge_length",
 			       challenge ? json_object_new_int64((int64_t)strlen(challenge)) : NULL);
+	authorize_scope_record(p, form_get(q, "scope"));
+}
+
+/*
+ * The scope an authorization grants for asked (DEFAULT_SCOPE when none):
+ * all of it, or with grantable_scopes only those of its scopes, in the
+ * order asked. Owned; NULL when nothing is left to grant.
+ */
+static char *scope_grant(const struct peer *p, const char *asked)
+{
+	_cleanup_(freep) char *copy = xstrdup(asked ? asked : DEFAULT_SCOPE);
+	struct json_object *grantable = p->login.grantable_scopes;
+	char *save = NULL, *out;
+	size_t len = 0;
+
+	if (!grantable)
+		return TAKE_PTR(copy);
+	out = xcalloc(1, strlen(copy) + 1);
+	for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+		if (!str_in_array(grantable, t))
+			continue;
+		len += (size_t)sprintf(out + len, "%s%s", len ? " " : "", t);
+	}
+	if (len == 0) {
+		free(out);
+		return NULL;
+	}
+	return out;
 }
 
 static void handle_authorize(struct peer *p, struct evhttp_request *req)
 {
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
-	const char *redirect_uri, *state, *challenge, *resource, *scope;
+	const char *redirect_uri, *state, *challenge, *resource;
+	char *granted;
 	struct evkeyvalq q;
 	struct client *c;
 	struct code *code;
@@ -1491,6 +1706,10 @@ static void handle_authorize(struct peer *p, struct evhttp_request *req)
 	c = table_get(&p->clients, form_get(&q, "client_id"));
 	if (!c) {
 		authorize_refuse(p, req, "invalid_client", "unknown client_id");
+		goto out;
+	}
+	if (client_foreign(p, c)) {
+		authorize_refuse(p, req, "invalid_client", "client_id registered at another issuer");
 		goto out;
 	}
 	redirect_uri = form_get(&q, "redirect_uri");
@@ -1526,17 +1745,24 @@ static void handle_authorize(struct peer *p, struct evhttp_request *req)
 				state);
 		goto out;
 	}
-	/* Any scope is granted as asked: a test that sets challenge_scope logs
-	 * in with it, and the token response names it. */
-	scope = form_get(&q, "scope");
+	/* The scope is granted as asked (grantable_scopes permitting): a test
+	 * that sets challenge_scope logs in with it, and the token response
+	 * names it. */
+	granted = scope_grant(p, form_get(&q, "scope"));
+	if (!granted) {
+		authorize_error(p, req, redirect_uri, "invalid_scope", "none of the requested scopes can be granted",
+				state);
+		goto out;
+	}
 
 	code = xcalloc(1, sizeof(*code));
 	random_b64(code->code, sizeof(code->code), 32);
 	code->client_id = xstrdup(c->id);
 	code->redirect_uri = xstrdup(redirect_uri);
 	code->challenge = xstrdup(challenge);
-	code->scope = xstrdup(scope ? scope : DEFAULT_SCOPE);
+	code->scope = granted;
 	code->resource = xstrdup(resource);
+	code->issuer = xstrdup(p->req_issuer);
 	code->expires_ms = now_ms() + CODE_LIFETIME_MS;
 	table_put(&p->codes, code->code, code);
 	p->stats.authorizations++;
@@ -1635,6 +1861,11 @@ static struct client *client_authenticate(struct peer *p, struct evhttp_request 
 	c = table_get(&p->clients, id);
 	if (!c) {
 		oauth_error(p, req, 401, "invalid_client", "unknown client");
+		goto out;
+	}
+	if (client_foreign(p, c)) {
+		oauth_error(p, req, 401, "invalid_client", "client_id registered at another issuer");
+		c = NULL;
 		goto out;
 	}
 	if (!c->secret) {
@@ -1752,6 +1983,7 @@ static void tokens_issue(struct peer *p, struct evhttp_request *req, struct fami
 	int64_t now = now_ms();
 
 	at->fam = fam;
+	at->scope = xstrdup(scope ? scope : fam->scope);
 	at->expires_ms = now + p->opt.token_lifetime * 1000;
 	table_put(&p->atokens, at->token, at);
 
@@ -1804,6 +2036,10 @@ static void grant_code(struct peer *p, struct evhttp_request *req, const struct 
 		oauth_error(p, req, 400, "invalid_grant", "authorization code was issued to another client");
 		goto out;
 	}
+	if (!streq(code->issuer, p->req_issuer)) {
+		oauth_error(p, req, 400, "invalid_grant", "authorization code was issued by another issuer");
+		goto out;
+	}
 	/* Checked before the redirect URI so that /test/last tells both. */
 	pkce_ok = pkce_verify(verifier, code->challenge);
 	record_bool(p, "pkce_ok", pkce_ok);
@@ -1823,6 +2059,8 @@ static void grant_code(struct peer *p, struct evhttp_request *req, const struct 
 	fam->client_id = xstrdup(c->id);
 	fam->scope = TAKE_PTR(code->scope);
 	fam->resource = xstrdup(resource ? resource : code->resource);
+	fam->issuer = TAKE_PTR(code->issuer);
+	fam->id = ++p->next_grant;
 	fam->next = p->families;
 	p->families = fam;
 	p->stats.token_grants++;
@@ -2036,6 +2274,25 @@ static void handle_token(struct peer *p, struct evhttp_request *req)
 
 /* ---- /revoke --------------------------------------------------------- */
 
+/* revocations of /test/last: which grant a /revoke named, by its number and
+ * never by the token, and whether it took effect (the token was c's). */
+static void revocation_record(struct peer *p, const struct atoken *at, const struct rtoken *rt,
+			      const struct client *c)
+{
+	const struct family *fam = at ? at->fam : rt ? rt->fam : NULL;
+	struct json_object *e;
+
+	if (!fam || json_object_array_length(p->last.revocations) >= DISCOVERY_LOG_MAX)
+		return;
+	e = json_object_new_object();
+	json_object_object_add(e, "grant", json_object_new_int64(fam->id));
+	json_object_object_add(e, "token_type", json_object_new_string(at ? "access_token" : "refresh_token"));
+	json_object_object_add(e, "issuer", json_object_new_string(p->req_issuer));
+	json_object_object_add(e, "client_id", json_object_new_string(c->id));
+	json_object_object_add(e, "revoked", json_object_new_boolean(streq(fam->client_id, c->id)));
+	json_object_array_add(p->last.revocations, e);
+}
+
 static void handle_revoke(struct peer *p, struct evhttp_request *req)
 {
 	struct evkeyvalq form;
@@ -2080,6 +2337,7 @@ static void handle_revoke(struct peer *p, struct evhttp_request *req)
 		at->revoked = 1;
 	if (rt && streq(rt->fam->client_id, c->id))
 		rt->fam->revoked = 1;
+	revocation_record(p, at, rt, c);
 	p->stats.revocations++;
 	record_outcome(p, 200, NULL, NULL);
 	add_header(req, "Cache-Control", "no-store");
@@ -2158,24 +2416,33 @@ static const char *challenge_prm_path(const struct peer *p, int sse)
 	return p->login.prm_paths == PRM_PATH_ONLY ? PRM_PATH "/mcp" : PRM_PATH;
 }
 
-/* RFC 6750 3 and RFC 9728 5.1: the challenge names the resource metadata of
- * the endpoint asked for (sse: /sse and /messages), and the scope when
- * challenge_scope is set. */
-static int mcp_authorized(struct peer *p, struct evhttp_request *req, int sse)
+/* The access token a request's Bearer credentials name, or NULL. */
+static struct atoken *bearer_atoken(struct peer *p, struct evhttp_request *req)
 {
 	const char *authz = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-	const char *token = NULL, *sep = " ";
-	struct atoken *at;
-	char challenge[128 + 2 * KNOB_MAX];
-	size_t n;
+	const char *token = NULL;
 
 	if (authz && strncasecmp(authz, "Bearer ", 7) == 0) {
 		token = authz + 7;
 		while (*token == ' ')
 			token++;
 	}
-	at = table_get(&p->atokens, token);
-	if (at && !at->revoked && !at->fam->revoked && at->expires_ms > now_ms() && !p->opt.reject_mcp)
+	return table_get(&p->atokens, token);
+}
+
+/* RFC 6750 3 and RFC 9728 5.1: the challenge names the resource metadata of
+ * the endpoint asked for (sse: /sse and /messages), and the scope when
+ * challenge_scope is set. */
+static int mcp_authorized(struct peer *p, struct evhttp_request *req, int sse)
+{
+	const char *authz = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	const char *sep = " ";
+	struct atoken *at = bearer_atoken(p, req);
+	char challenge[128 + 2 * KNOB_MAX];
+	size_t n;
+
+	if (at && !at->revoked && !at->fam->revoked && at->expires_ms > now_ms() && !p->opt.reject_mcp &&
+	    atoken_issuer_ok(p, at))
 		return 1;
 
 	/* Every part is bounded (KNOB_MAX), so the buffer always holds them. */
@@ -2196,6 +2463,32 @@ static int mcp_authorized(struct peer *p, struct evhttp_request *req, int sse)
 	p->stats.unauthorized++;
 	reply_json(req, 401, rpc_error(NULL, RPC_APP_ERROR, NULL, "unauthorized"));
 	return 0;
+}
+
+/*
+ * tool_scope: a tools/call whose access token was not granted every scope
+ * of it is answered 403 insufficient_scope (RFC 6750 3.1) naming the scope
+ * needed and the resource metadata, as the MCP authorization spec's scope
+ * challenges do. Returns 1 when it answered.
+ */
+static int mcp_scope_refused(struct peer *p, struct evhttp_request *req, const struct rpc_msg *m)
+{
+	const char *need = p->login.tool_scope;
+	const struct atoken *at;
+	char challenge[128 + 2 * KNOB_MAX];
+
+	if (!need || m->type != RPC_REQUEST || strcmp(m->method, "tools/call") != 0)
+		return 0;
+	at = bearer_atoken(p, req);
+	if (at && scope_subset(need, at->scope))
+		return 0;
+	snprintf(challenge, sizeof(challenge),
+		 "Bearer error=\"insufficient_scope\", scope=\"%s\", resource_metadata=\"%s%s\"", need, p->origin,
+		 challenge_prm_path(p, 0));
+	add_header(req, "WWW-Authenticate", challenge);
+	p->stats.insufficient_scope++;
+	reply_json(req, 403, rpc_error(m->id, RPC_APP_ERROR, NULL, "insufficient_scope"));
+	return 1;
 }
 
 static struct json_object *text_content(const char *text)
@@ -2592,6 +2885,8 @@ static void mcp_post(struct peer *p, struct evhttp_request *req)
 			reply_raw(req, 202, NULL, NULL, 0);
 			goto out;
 		}
+		if (mcp_scope_refused(p, req, &m))
+			goto out;
 		reply = mcp_headers_tool(p, req, &m);
 		if (!reply)
 			reply = mcp_request(&m, &delay_ms, &later);
@@ -2802,6 +3097,8 @@ static struct json_object *stats_json(const struct stats *s)
 	STAT(revoke_access_all);
 	STAT(authorizations);
 	STAT(code_requests);
+	STAT(insufficient_scope);
+	STAT(foreign_client_id);
 #undef STAT
 	return o;
 }
@@ -2841,6 +3138,9 @@ static struct json_object *config_json(const struct peer *p)
 	json_object_object_add(o, "revocation", json_object_new_boolean(l->revocation));
 	json_object_object_add(o, "revoke_fail", json_object_new_boolean(l->revoke_fail));
 	json_object_object_add(o, "auth_methods", json_object_get(l->auth_methods));
+	json_object_object_add(o, "tool_scope", string_or_null(l->tool_scope));
+	json_object_object_add(o, "grantable_scopes", json_object_get(l->grantable_scopes));
+	json_object_object_add(o, "issuer_bound", json_object_new_boolean(l->issuer_bound));
 	return o;
 }
 
@@ -2992,17 +3292,24 @@ static int valid_nonempty(const char *s)
 	return *s != '\0';
 }
 
-/* A non-empty array of distinct method names (any: a test may offer one the
- * peer does not implement, which /register then refuses). */
-static int json_auth_methods(struct json_object *o, struct json_object **out)
+/*
+ * The list knob key: a non-empty array of at most max distinct words (scope
+ * tokens: printable, no space or quote, 64 bytes at most); null unsets it
+ * when nullable. *out is owned and replaced.
+ */
+static int json_words(struct json_object *o, const char *key, size_t max, int nullable, struct json_object **out)
 {
 	struct json_object *v, *a;
 	size_t n;
 
-	if (!json_object_object_get_ex(o, "auth_methods", &v))
+	if (!json_object_object_get_ex(o, key, &v))
 		return 0;
-	if (!json_object_is_type(v, json_type_array) || (n = json_object_array_length(v)) == 0 ||
-	    n > AUTH_METHODS_MAX)
+	if (!v && nullable) {
+		json_object_put(*out);
+		*out = NULL;
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_array) || (n = json_object_array_length(v)) == 0 || n > max)
 		return -EINVAL;
 	a = json_object_new_array();
 	for (size_t i = 0; i < n; i++) {
@@ -3046,6 +3353,8 @@ static void login_config_copy(struct login_config *dst, const struct login_confi
 	dst->issuer_path = xstrdup(src->issuer_path);
 	dst->metadata_issuer = xstrdup(src->metadata_issuer);
 	dst->auth_methods = json_object_get(src->auth_methods);
+	dst->tool_scope = xstrdup(src->tool_scope);
+	dst->grantable_scopes = json_object_get(src->grantable_scopes);
 }
 
 static void login_config_clear(struct login_config *l)
@@ -3055,6 +3364,8 @@ static void login_config_clear(struct login_config *l)
 	free(l->issuer_path);
 	free(l->metadata_issuer);
 	json_object_put(l->auth_methods);
+	free(l->tool_scope);
+	json_object_put(l->grantable_scopes);
 	memset(l, 0, sizeof(*l));
 }
 
@@ -3089,8 +3400,16 @@ static const char *login_config_parse(struct login_config *l, struct json_object
 		return "revocation";
 	if (json_flag(body, "revoke_fail", &l->revoke_fail) < 0)
 		return "revoke_fail";
-	if (json_auth_methods(body, &l->auth_methods) < 0)
+	/* Any method names: a test may offer one the peer does not
+	 * implement, which /register then refuses. */
+	if (json_words(body, "auth_methods", AUTH_METHODS_MAX, 0, &l->auth_methods) < 0)
 		return "auth_methods";
+	if (json_knob(body, "tool_scope", 1, valid_scope, &l->tool_scope) < 0)
+		return "tool_scope";
+	if (json_words(body, "grantable_scopes", GRANTABLE_MAX, 1, &l->grantable_scopes) < 0)
+		return "grantable_scopes";
+	if (json_flag(body, "issuer_bound", &l->issuer_bound) < 0)
+		return "issuer_bound";
 	l->prm_paths = (enum prm_serve)prm;
 	l->as_metadata = (enum as_serve)as;
 	return NULL;
@@ -3152,6 +3471,9 @@ static void test_config(struct peer *p, struct evhttp_request *req, struct json_
 		bad = "reject_mcp";
 	else
 		bad = login_config_parse(&l, body);
+	/* Every issuer keeps its place (issuer_bound serves its endpoints). */
+	if (!bad && !issuer_known(p, l.issuer_path) && p->nissuers == ISSUERS_MAX)
+		bad = "issuer_path";
 	if (bad) {
 		login_config_clear(&l);
 		snprintf(text, sizeof(text), "bad config value: %s\n", bad);
@@ -3165,6 +3487,25 @@ static void test_config(struct peer *p, struct evhttp_request *req, struct json_
 	reply_json(req, 200, config_json(p));
 }
 
+/* grants of /test/last: every token family, in order of issue. */
+static struct json_object *grants_json(const struct peer *p)
+{
+	struct json_object *a = json_object_new_array();
+
+	for (const struct family *f = p->families; f; f = f->next) {
+		struct json_object *e = json_object_new_object();
+
+		json_object_object_add(e, "grant", json_object_new_int64(f->id));
+		json_object_object_add(e, "client_id", json_object_new_string(f->client_id));
+		json_object_object_add(e, "issuer", json_object_new_string(f->issuer));
+		json_object_object_add(e, "scope", json_object_new_string(f->scope));
+		json_object_object_add(e, "revoked", json_object_new_boolean(f->revoked));
+		/* Families are kept newest first. */
+		json_object_array_put_idx(a, (size_t)(f->id - 1), e);
+	}
+	return a;
+}
+
 static struct json_object *last_json(const struct peer *p)
 {
 	struct json_object *o = json_object_new_object();
@@ -3174,6 +3515,9 @@ static struct json_object *last_json(const struct peer *p)
 	json_object_object_add(o, "register", json_object_get(p->last.registration));
 	json_object_object_add(o, "revoke", json_object_get(p->last.revoke));
 	json_object_object_add(o, "discovery", json_object_get(p->last.discovery));
+	json_object_object_add(o, "authorize_scopes", json_object_get(p->last.authorize_scopes));
+	json_object_object_add(o, "revocations", json_object_get(p->last.revocations));
+	json_object_object_add(o, "grants", grants_json(p));
 	return o;
 }
 
@@ -3379,7 +3723,7 @@ static void handle_test(struct peer *p, struct evhttp_request *req, const char *
 static void peer_dispatch(struct evhttp_request *req, void *arg)
 {
 	struct peer *p = arg;
-	const char *path = request_path(req);
+	const char *path = issuer_route(p, request_path(req));
 
 	if (strcmp(path, "/mcp") == 0)
 		handle_mcp(p, req);
@@ -3599,6 +3943,7 @@ static void peer_free(struct peer *p)
 		free(f->client_id);
 		free(f->scope);
 		free(f->resource);
+		free(f->issuer);
 		free(f);
 	}
 	failures_clear(p);
@@ -3615,6 +3960,8 @@ static void peer_free(struct peer *p)
 	free(p->prm_json);
 	free(p->prm_sse_json);
 	free(p->as_json);
+	for (size_t i = 0; i < p->nissuers; i++)
+		free(p->issuer_paths[i]);
 }
 
 int main(int argc, char **argv)
@@ -3631,7 +3978,7 @@ int main(int argc, char **argv)
 
 	table_init(&p.clients, client_free);
 	table_init(&p.codes, code_free);
-	table_init(&p.atokens, free);
+	table_init(&p.atokens, atoken_free);
 	table_init(&p.rtokens, free);
 	table_init(&p.sessions, free);
 	TAILQ_INIT(&p.streams);
@@ -3655,6 +4002,8 @@ int main(int argc, char **argv)
 	snprintf(p.resource, sizeof(p.resource), "%s/mcp", p.origin);
 	snprintf(p.resource_sse, sizeof(p.resource_sse), "%s/sse", p.origin);
 	discovery_build(&p);
+	if (p.opt.client_id)
+		((struct client *)table_get(&p.clients, p.opt.client_id))->issuer = xstrdup(p.issuer);
 
 	p.sigterm = evsignal_new(p.base, SIGTERM, on_signal, &p);
 	p.sigint = evsignal_new(p.base, SIGINT, on_signal, &p);

@@ -49,12 +49,16 @@ static char base[64];
 static CURL *curl;
 static long timeout_ms = 20000;
 static pid_t peer_pid = -1;
+/* The issuer path whose endpoints the OAuth helpers use: "" but while
+ * issuer_bound puts an issuer's endpoints under its path. */
+static char as_path[64] = "";
 
 /* What /test/stats must say, kept in step with every request sent. */
 static struct {
 	long long token_grants, refresh_grants, refresh_requests, failures_injected, reused_refresh_tokens,
 		unauthorized, mcp_requests, registrations, revocations, sse_requests, notifications_sent,
-		requests_sent, responses_received, revoke_all, revoke_access_all, authorizations, code_requests;
+		requests_sent, responses_received, revoke_all, revoke_access_all, authorizations, code_requests,
+		insufficient_scope, foreign_client_id;
 } expect;
 
 struct resp {
@@ -258,23 +262,24 @@ static void form_add(char *form, size_t len, const char *key, const char *value)
  * with client_id in the form. r->cc tells whether it completed. */
 static void token_request(struct resp *r, const struct client *c, const char *form)
 {
-	char creds[300], b64[420], header[450];
+	char creds[300], b64[420], header[450], path[128];
 	const char *headers[] = { header, NULL };
 
+	snprintf(path, sizeof(path), "%s/token", as_path);
 	if (!c->secret[0]) {
 		char public_form[2200];
 
 		CHECK(strlen(form) < 2000);
 		strcpy(public_form, form);
 		form_add(public_form, sizeof(public_form), "client_id", c->id);
-		http(r, "POST", "/token", "application/x-www-form-urlencoded", public_form, strlen(public_form), NULL);
+		http(r, "POST", path, "application/x-www-form-urlencoded", public_form, strlen(public_form), NULL);
 		return;
 	}
 	snprintf(creds, sizeof(creds), "%s:%s", c->id, c->secret);
 	sodium_bin2base64(b64, sizeof(b64), (const unsigned char *)creds, strlen(creds),
 			  sodium_base64_VARIANT_ORIGINAL);
 	snprintf(header, sizeof(header), "Authorization: Basic %s", b64);
-	http(r, "POST", "/token", "application/x-www-form-urlencoded", form, strlen(form), headers);
+	http(r, "POST", path, "application/x-www-form-urlencoded", form, strlen(form), headers);
 }
 
 static void refresh_request(struct resp *r, const struct client *c, const char *refresh)
@@ -286,6 +291,18 @@ static void refresh_request(struct resp *r, const struct client *c, const char *
 	form_add(form, sizeof(form), "grant_type", "refresh_token");
 	form_add(form, sizeof(form), "refresh_token", refresh);
 	form_add(form, sizeof(form), "resource", resource);
+	token_request(r, c, form);
+	expect.refresh_requests++;
+}
+
+/* A refresh asking for scope, which must be within the grant's (RFC 6749 6). */
+static void refresh_scoped(struct resp *r, const struct client *c, const char *refresh, const char *scope)
+{
+	char form[1024] = "";
+
+	form_add(form, sizeof(form), "grant_type", "refresh_token");
+	form_add(form, sizeof(form), "refresh_token", refresh);
+	form_add(form, sizeof(form), "scope", scope);
 	token_request(r, c, form);
 	expect.refresh_requests++;
 }
@@ -359,7 +376,7 @@ static void pkce_new(struct pkce *k)
 static void authorize(struct resp *r, const char *client_id, const char *challenge, const char *method,
 		      const char *scope)
 {
-	char query[2048] = "", path[2100], resource[128];
+	char query[2048] = "", path[2200], resource[128];
 	char *code;
 
 	snprintf(resource, sizeof(resource), "%s/mcp", base);
@@ -372,7 +389,7 @@ static void authorize(struct resp *r, const char *client_id, const char *challen
 	if (scope)
 		form_add(query, sizeof(query), "scope", scope);
 	form_add(query, sizeof(query), "resource", resource);
-	snprintf(path, sizeof(path), "/authorize?%s", query);
+	snprintf(path, sizeof(path), "%s/authorize?%s", as_path, query);
 	get(r, path);
 	code = r->status == 302 ? query_param(r->location, "code") : NULL;
 	if (code)
@@ -409,9 +426,10 @@ static void code_exchange(struct resp *r, const struct client *c, const char *co
 static void login_scoped(const struct client *c, struct tokens *t, const char *scope)
 {
 	struct pkce k;
-	char *code, *state, *iss;
+	char *code, *state, *iss, issuer[128];
 	struct resp r = { 0 };
 
+	snprintf(issuer, sizeof(issuer), "%s%s", base, as_path);
 	pkce_new(&k);
 	authorize(&r, c->id, k.challenge, "S256", scope);
 	CHECK(redirected_to_us(&r));
@@ -420,7 +438,7 @@ static void login_scoped(const struct client *c, struct tokens *t, const char *s
 	iss = query_param(r.location, "iss");
 	CHECK(code != NULL);
 	CHECK(streq(state, "st-42"));
-	CHECK(streq(iss, base));
+	CHECK(streq(iss, issuer));
 
 	code_exchange(&r, c, code, k.verifier);
 	tokens_scoped(&r, t, 3600, scope);
@@ -1704,7 +1722,8 @@ static const char login_defaults[] =
 	"{\"s256\":true,\"iss\":true,\"wrong_iss\":false,\"authorize_error\":null,\"challenge_scope\":null,"
 	"\"challenge_metadata\":true,\"prm_paths\":\"both\",\"issuer_path\":\"\",\"as_metadata\":\"both\","
 	"\"metadata_issuer\":null,\"registration\":true,\"revocation\":true,\"revoke_fail\":false,"
-	"\"auth_methods\":[\"none\",\"client_secret_basic\",\"client_secret_post\"]}";
+	"\"auth_methods\":[\"none\",\"client_secret_basic\",\"client_secret_post\"],\"tool_scope\":null,"
+	"\"grantable_scopes\":null,\"issuer_bound\":false}";
 
 /* POST /test/reset: the peer's counters and recordings start over, and so
  * do the expected counts. */
@@ -1847,13 +1866,14 @@ static int redirect_has(const struct resp *r, const char *key)
  * sent); on 201 fills *c and returns the method the peer chose. */
 static long register_client(struct client *c, const char *method, char *chosen, size_t chosen_len)
 {
-	char body[512];
+	char body[512], path[128];
 	struct resp r = { 0 };
 	long status;
 
 	snprintf(body, sizeof(body), "{\"redirect_uris\":[\"" REDIRECT_URI "\"],\"client_name\":\"smoke knobs\"%s%s%s}",
 		 method ? ",\"token_endpoint_auth_method\":\"" : "", method ? method : "", method ? "\"" : "");
-	post_json(&r, "/register", body);
+	snprintf(path, sizeof(path), "%s/register", as_path);
+	post_json(&r, path, body);
 	status = r.status;
 	if (status == 201) {
 		struct json_object *o = json_of(&r);
@@ -1876,7 +1896,7 @@ static long register_client(struct client *c, const char *method, char *chosen, 
 /* POST /revoke of token by c (client_secret_basic). */
 static void revoke_token(struct resp *r, const struct client *c, const char *token)
 {
-	char form[512] = "", creds[300], b64[420], header[450];
+	char form[512] = "", creds[300], b64[420], header[450], path[128];
 	const char *headers[] = { header, NULL };
 
 	snprintf(creds, sizeof(creds), "%s:%s", c->id, c->secret);
@@ -1885,7 +1905,8 @@ static void revoke_token(struct resp *r, const struct client *c, const char *tok
 	snprintf(header, sizeof(header), "Authorization: Basic %s", b64);
 	form_add(form, sizeof(form), "token", token);
 	form_add(form, sizeof(form), "token_type_hint", "access_token");
-	http(r, "POST", "/revoke", "application/x-www-form-urlencoded", form, strlen(form), headers);
+	snprintf(path, sizeof(path), "%s/revoke", as_path);
+	http(r, "POST", path, "application/x-www-form-urlencoded", form, strlen(form), headers);
 	CHECK_EQ(r->cc, CURLE_OK);
 }
 
@@ -1928,6 +1949,14 @@ static void test_config_knobs(void)
 			"{\"s256\":false,\"auth_methods\":\"none\"}",
 			"{\"s256\":false,\"registration\":\"no\"}",
 			"{\"s256\":false,\"metadata_issuer\":7}",
+			"{\"s256\":false,\"tool_scope\":\"\"}",
+			"{\"s256\":false,\"tool_scope\":\"mcp  admin\"}",
+			"{\"s256\":false,\"tool_scope\":[\"admin\"]}",
+			"{\"s256\":false,\"grantable_scopes\":[]}",
+			"{\"s256\":false,\"grantable_scopes\":\"mcp\"}",
+			"{\"s256\":false,\"grantable_scopes\":[\"mcp admin\"]}",
+			"{\"s256\":false,\"grantable_scopes\":[\"mcp\",\"mcp\"]}",
+			"{\"s256\":false,\"issuer_bound\":\"yes\"}",
 		};
 
 		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -2087,7 +2116,7 @@ static void test_challenge_knobs(const struct client *c)
 {
 	static const char *const scopes[] = { "mcp", "tools:read" };
 	struct tokens t, t2;
-	char expected[512], form[1024] = "", session[128];
+	char expected[512], session[128];
 	struct json_object *o;
 	struct resp r = { 0 };
 
@@ -2123,19 +2152,10 @@ static void test_challenge_knobs(const struct client *c)
 	login_scoped(c, &t, "mcp tools:read");
 	mcp_session(t.access, session, sizeof(session));
 	mcp_delete(t.access, session);
-	form_add(form, sizeof(form), "grant_type", "refresh_token");
-	form_add(form, sizeof(form), "refresh_token", t.refresh);
-	form_add(form, sizeof(form), "scope", "tools:read");
-	token_request(&r, c, form);
-	expect.refresh_requests++;
+	refresh_scoped(&r, c, t.refresh, "tools:read");
 	tokens_scoped(&r, &t2, 3600, "tools:read");
 	expect.refresh_grants++;
-	form[0] = '\0';
-	form_add(form, sizeof(form), "grant_type", "refresh_token");
-	form_add(form, sizeof(form), "refresh_token", t2.refresh);
-	form_add(form, sizeof(form), "scope", "tools:write");
-	token_request(&r, c, form);
-	expect.refresh_requests++;
+	refresh_scoped(&r, c, t2.refresh, "tools:write");
 	oauth_error_is(&r, 400, "invalid_scope");
 	configure("{\"challenge_scope\":null}");
 	resp_clear(&r);
@@ -2396,6 +2416,262 @@ static void test_last(const struct client *c)
 	resp_clear(&r);
 }
 
+/* ---- step-up and issuer migration knobs ------------------------------------ */
+
+#define ECHO_CALL "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\"," \
+		  "\"arguments\":{\"text\":\"hi\"}}}"
+
+/* A tools/call with token on session: 1 when it was answered (200), 0 when
+ * tool_scope refused it with the challenge it must carry. */
+static int echo_allowed(const char *token, const char *session, const char *need)
+{
+	char expected[512];
+	struct json_object *o;
+	struct resp r = { 0 };
+
+	o = mcp(&r, token, session, NULL, ECHO_CALL);
+	if (o) {
+		CHECK(streq(tool_text(o), "hi"));
+		json_object_put(o);
+		resp_clear(&r);
+		return 1;
+	}
+	CHECK_EQ(r.status, 403);
+	expect.insufficient_scope++;
+	snprintf(expected, sizeof(expected),
+		 "Bearer error=\"insufficient_scope\", scope=\"%s\", resource_metadata=\"%s/.well-known/oauth-protected-resource\"",
+		 need, base);
+	if (!streq(r.www_auth, expected))
+		fprintf(stderr, "challenge: %s\n", r.www_auth);
+	CHECK(streq(r.www_auth, expected));
+	o = json_of(&r);
+	CHECK(json_object_object_get_ex(o, "error", NULL));
+	CHECK_EQ(jint(o, "id"), 2);
+	json_object_put(o);
+	resp_clear(&r);
+	return 0;
+}
+
+/* The one entry of /test/last's grants whose key is value. */
+static struct json_object *grant_where(struct json_object *last_o, const char *key, const char *value)
+{
+	struct json_object *grants = member(last_o, "grants"), *found = NULL;
+	size_t n = json_object_array_length(grants), matches = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *g = json_object_array_get_idx(grants, i);
+
+		CHECK_EQ(jint(g, "grant"), (long long)i + 1);
+		if (streq(jstr(g, key), value)) {
+			found = g;
+			matches++;
+		}
+	}
+	if (matches != 1)
+		fprintf(stderr, "%zu grants with %s %s\n", matches, key, value);
+	CHECK_EQ(matches, 1);
+	return found;
+}
+
+static void test_stepup_knobs(const struct client *c)
+{
+	static const char *const mcp_only[] = { "mcp" };
+	struct tokens t, wide, narrow, refreshed;
+	char session[128], *code;
+	struct json_object *o, *g, *v;
+	struct resp r = { 0 };
+	struct pkce k;
+
+	TEST("tool_scope: a tools/call whose token lacks a scope of it gets 403 insufficient_scope; others pass");
+	peer_reset();
+	configure("{\"tool_scope\":\"mcp tools:write\"}");
+	o = document("/.well-known/oauth-protected-resource");
+	CHECK(jstrings_are(o, "scopes_supported", mcp_only, 1));
+	json_object_put(o);
+	login(c, &t);
+	mcp_session(t.access, session, sizeof(session));
+	CHECK(!echo_allowed(t.access, session, "mcp tools:write"));
+	o = mcp(&r, t.access, session, NULL, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/list\"}");
+	CHECK(o != NULL);
+	json_object_put(o);
+
+	TEST("tool_scope: a token granted the scope passes; its refresh keeps the grant's scope, a narrowed one not");
+	login_scoped(c, &wide, "tools:write mcp");
+	CHECK(echo_allowed(wide.access, session, "mcp tools:write"));
+	refresh_request(&r, c, wide.refresh);
+	tokens_scoped(&r, &refreshed, 3600, "tools:write mcp");
+	expect.refresh_grants++;
+	CHECK(echo_allowed(refreshed.access, session, "mcp tools:write"));
+	refresh_scoped(&r, c, refreshed.refresh, "mcp");
+	tokens_scoped(&r, &narrow, 3600, "mcp");
+	expect.refresh_grants++;
+	CHECK(!echo_allowed(narrow.access, session, "mcp tools:write"));
+	CHECK(echo_allowed(refreshed.access, session, "mcp tools:write"));
+
+	TEST("grantable_scopes: /authorize grants only those of the scopes asked; none left: invalid_scope, no code");
+	configure("{\"grantable_scopes\":[\"mcp\",\"tools:read\"]}");
+	pkce_new(&k);
+	authorize(&r, c->id, k.challenge, "S256", "mcp admin tools:read");
+	code = redirect_param(&r, "code");
+	CHECK(code != NULL);
+	code_exchange(&r, c, code, k.verifier);
+	tokens_scoped(&r, &t, 3600, "mcp tools:read");
+	expect.token_grants++;
+	free(code);
+	CHECK(!echo_allowed(t.access, session, "mcp tools:write"));
+	authorize(&r, c->id, k.challenge, "S256", "admin");
+	CHECK(redirect_param_is(&r, "error", "invalid_scope"));
+	CHECK(!redirect_has(&r, "code"));
+	CHECK(redirect_param_is(&r, "state", "st-42"));
+	authorize(&r, c->id, k.challenge, "S256", NULL);
+	CHECK(redirect_has(&r, "code"));
+	configure("{\"grantable_scopes\":null,\"tool_scope\":null}");
+	CHECK(echo_allowed(t.access, session, NULL));
+
+	TEST("/test/last: authorize_scopes has every /authorize's scope since the reset, in order");
+	o = last();
+	v = member(o, "authorize_scopes");
+	CHECK_EQ(json_object_array_length(v), 5);
+	CHECK(streq(json_object_get_string(json_object_array_get_idx(v, 0)), "mcp"));
+	CHECK(streq(json_object_get_string(json_object_array_get_idx(v, 1)), "tools:write mcp"));
+	CHECK(streq(json_object_get_string(json_object_array_get_idx(v, 2)), "mcp admin tools:read"));
+	CHECK(streq(json_object_get_string(json_object_array_get_idx(v, 3)), "admin"));
+	CHECK(json_object_array_get_idx(v, 4) == NULL);
+	CHECK_EQ(json_object_array_length(member(o, "revocations")), 0);
+	g = grant_where(o, "scope", "tools:write mcp");
+	CHECK(!jbool(g, "revoked"));
+	CHECK(streq(jstr(g, "client_id"), c->id));
+	CHECK(streq(jstr(g, "issuer"), base));
+	json_object_put(o);
+
+	TEST("/test/last: revocations and grants name the grant a /revoke ended, never a token");
+	revoke_token(&r, c, narrow.refresh);
+	CHECK_EQ(r.status, 200);
+	expect.revocations++;
+	o = last();
+	g = grant_where(o, "scope", "tools:write mcp");
+	CHECK(jbool(g, "revoked"));
+	v = json_object_array_get_idx(member(o, "revocations"), 0);
+	CHECK(v != NULL);
+	CHECK_EQ(jint(v, "grant"), jint(g, "grant"));
+	CHECK(streq(jstr(v, "token_type"), "refresh_token"));
+	CHECK(streq(jstr(v, "issuer"), base));
+	CHECK(streq(jstr(v, "client_id"), c->id));
+	CHECK(jbool(v, "revoked"));
+	json_object_put(o);
+	/* The whole grant went: the access tokens of its refreshes too. */
+	CHECK(mcp(&r, refreshed.access, session, NULL, ECHO_CALL) == NULL);
+	CHECK_EQ(r.status, 401);
+	last_has_no_secret((const char *const[]){ t.access, wide.access, wide.refresh, narrow.refresh, refreshed.access,
+						   c->secret },
+			   6);
+	mcp_delete(t.access, session);
+	resp_clear(&r);
+}
+
+/* initialize on /mcp with token: the HTTP status. */
+static long mcp_init_status(const char *token)
+{
+	struct json_object *o;
+	struct resp r = { 0 };
+	long status;
+
+	o = mcp(&r, token, NULL, NULL,
+		"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\","
+		"\"capabilities\":{},\"clientInfo\":{\"name\":\"smoke\",\"version\":\"1\"}}}");
+	json_object_put(o);
+	status = r.status;
+	resp_clear(&r);
+	return status;
+}
+
+static void test_issuer_bound(void)
+{
+	struct client a, b;
+	struct tokens ta, tb, tr;
+	struct json_object *o;
+	struct resp r = { 0 };
+	struct pkce k;
+	char url[256];
+
+	TEST("issuer_bound: a client registered and logged in at the first issuer works there");
+	peer_reset();
+	configure("{\"issuer_bound\":true}");
+	CHECK_EQ(register_client(&a, "client_secret_basic", NULL, 0), 201);
+	login(&a, &ta);
+	CHECK_EQ(mcp_init_status(ta.access), 200);
+
+	TEST("issuer_bound: after a move each issuer has its metadata and endpoints under its path");
+	configure("{\"issuer_path\":\"/tenant2\"}");
+	o = document("/.well-known/oauth-protected-resource");
+	CHECK(jstrings_are(o, "authorization_servers", (const char *const[]){ url_of(url, sizeof(url), "/tenant2") },
+			   1));
+	json_object_put(o);
+	o = document("/.well-known/oauth-authorization-server/tenant2");
+	CHECK(streq(jstr(o, "issuer"), url_of(url, sizeof(url), "/tenant2")));
+	CHECK(streq(jstr(o, "authorization_endpoint"), url_of(url, sizeof(url), "/tenant2/authorize")));
+	CHECK(streq(jstr(o, "token_endpoint"), url_of(url, sizeof(url), "/tenant2/token")));
+	CHECK(streq(jstr(o, "registration_endpoint"), url_of(url, sizeof(url), "/tenant2/register")));
+	CHECK(streq(jstr(o, "revocation_endpoint"), url_of(url, sizeof(url), "/tenant2/revoke")));
+	json_object_put(o);
+	o = document("/.well-known/oauth-authorization-server");
+	CHECK(streq(jstr(o, "issuer"), base));
+	CHECK(streq(jstr(o, "token_endpoint"), url_of(url, sizeof(url), "/token")));
+	json_object_put(o);
+	CHECK_EQ(status_of("/nope/token"), 404);
+
+	TEST("issuer_bound: /mcp refuses the earlier issuer's tokens, refreshed ones too");
+	CHECK_EQ(mcp_init_status(ta.access), 401);
+	refresh_request(&r, &a, ta.refresh);
+	tokens_from(&r, &tr, 3600);
+	expect.refresh_grants++;
+	CHECK_EQ(mcp_init_status(tr.access), 401);
+
+	TEST("issuer_bound: the earlier issuer's client_id is invalid_client at the new one, and counted");
+	strcpy(as_path, "/tenant2");
+	pkce_new(&k);
+	authorize(&r, a.id, k.challenge, "S256", "mcp");
+	CHECK_EQ(r.status, 400);
+	CHECK(strstr(r.body, "another issuer") != NULL);
+	expect.foreign_client_id++;
+	refresh_request(&r, &a, tr.refresh);
+	oauth_error_is(&r, 401, "invalid_client");
+	expect.foreign_client_id++;
+	CHECK_EQ(stat_of("foreign_client_id"), 2);
+
+	TEST("issuer_bound: a client registered at the new issuer logs in there (iss is the new issuer)");
+	CHECK_EQ(register_client(&b, "client_secret_basic", NULL, 0), 201);
+	login(&b, &tb);
+	CHECK_EQ(mcp_init_status(tb.access), 200);
+	revoke_token(&r, &a, ta.access);
+	oauth_error_is(&r, 401, "invalid_client");
+	expect.foreign_client_id++;
+
+	TEST("issuer_bound: the earlier issuer still revokes its own grant; the new client is foreign there");
+	strcpy(as_path, "");
+	revoke_token(&r, &a, tr.refresh);
+	CHECK_EQ(r.status, 200);
+	expect.revocations++;
+	authorize(&r, b.id, k.challenge, "S256", "mcp");
+	CHECK_EQ(r.status, 400);
+	expect.foreign_client_id++;
+	o = last();
+	CHECK(jbool(grant_where(o, "client_id", a.id), "revoked"));
+	CHECK(streq(jstr(grant_where(o, "client_id", a.id), "issuer"), base));
+	CHECK(!jbool(grant_where(o, "client_id", b.id), "revoked"));
+	CHECK(streq(jstr(grant_where(o, "client_id", b.id), "issuer"), url_of(url, sizeof(url), "/tenant2")));
+	CHECK(streq(jstr(json_object_array_get_idx(member(o, "revocations"), 0), "issuer"), base));
+	json_object_put(o);
+	CHECK_EQ(stat_of("foreign_client_id"), expect.foreign_client_id);
+
+	TEST("issuer_bound off: one authorization server at the root again");
+	configure("{\"issuer_bound\":false,\"issuer_path\":\"\"}");
+	CHECK_EQ(status_of("/tenant2/token"), 404);
+	CHECK_EQ(mcp_init_status(ta.access), 401);
+	CHECK_EQ(mcp_init_status(tb.access), 200);
+	resp_clear(&r);
+}
+
 static void test_stats(void)
 {
 	struct json_object *o = stats();
@@ -2426,6 +2702,8 @@ static void test_stats(void)
 	STAT_IS(revoke_access_all);
 	STAT_IS(authorizations);
 	STAT_IS(code_requests);
+	STAT_IS(insufficient_scope);
+	STAT_IS(foreign_client_id);
 #undef STAT_IS
 	CHECK_EQ(jint(o, "get_streams"), 0);
 	CHECK_EQ(jint(o, "sse_streams"), 0);
@@ -2487,6 +2765,8 @@ int main(int argc, char **argv)
 	test_authorize_error(&c);
 	test_client_knobs(&c);
 	test_last(&c);
+	test_stepup_knobs(&c);
+	test_issuer_bound();
 	test_stats();
 	test_shutdown_with_streams(&fresh, pid);
 
