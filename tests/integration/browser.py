@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A non-interactive $BROWSER for login tests.
 
-mcpctl runs it as `browser.py URL` (no shell). It fetches the authorization
+mcpctl runs it as `browser.py URL` (no shell); a keeper's login.browser may
+put words after the URL (a "%s" word), so the URL is the first argument that
+is one, and the log records the arguments. It fetches the authorization
 URL from the test peer without following redirects, then requests the
 redirect target (the oauth child's loopback callback), the way a browser
 would after an instant approval. What it saw goes to a JSON lines file
@@ -44,9 +46,9 @@ def replace_param(url, key, value):
 
 
 def main():
-    url = sys.argv[-1]
+    url = next((a for a in sys.argv[1:] if a.startswith(("http://", "https://"))), sys.argv[-1])
     mode = os.environ.get("MCPKEEPER_TEST_BROWSER_MODE", "follow")
-    record = {"url": url, "mode": mode}
+    record = {"url": url, "mode": mode, "argv": sys.argv[1:]}
     try:
         if mode != "ignore":
             if mode == "tamper-challenge":
