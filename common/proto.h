@@ -229,6 +229,11 @@
  *           challenge; status can say that it needs a login.
  */
 #define CLIENT_F_STDIO 0x01
+/* A login ends after this long unless its caller gives another time; a
+ * worker's call that waits for a login the keeper opened (step-up) waits
+ * at most that and a grace. */
+#define LOGIN_DEFAULT_TIMEOUT_SEC 120
+#define LOGIN_WAIT_MAX_SEC (LOGIN_DEFAULT_TIMEOUT_SEC + 15)
 /* The descriptors a child starts with (besides 0-2). */
 #define CHILD_FD_CHANNEL 3	/* the JSON-RPC channel to the keeper */
 #define CHILD_FD_DESCRIPTORS 4	/* workers and the http child: descriptors */

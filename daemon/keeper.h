@@ -158,8 +158,6 @@ void keeper_orphan_name(const char *key, char *buf, size_t len);
 struct flow;
 typedef void (*flow_url_fn)(void *ctx, const char *server, const char *url);
 typedef void (*flow_done_fn)(void *ctx, struct json_object *result, struct json_object *error);
-/* A login ends after this long unless the caller gives another time. */
-#define LOGIN_DEFAULT_TIMEOUT_SEC 120
 /* 0, or -EBUSY when the server's login is already running. */
 int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn url_fn, flow_done_fn done_fn,
 		void *ctx, struct flow **slot);

@@ -102,6 +102,15 @@ static void login_end(struct flow *f, struct json_object *result, struct json_ob
 	}
 	if (f->done_fn)
 		f->done_fn(f->ctx, result, error);
+	if (error) {
+		/* Calls that waited for this login (reauth.c) learn why not. */
+		const char *msg = flow_error_field(error, PARAM_KEY_MESSAGE);
+		char what[700];
+
+		snprintf(what, sizeof(what), "the login for %s did not succeed (%.400s): run `mcpctl auth login --server %s`",
+			 s->name, msg ? msg : "unknown error", s->name);
+		workers_refresh_done(k, s, KIND_LOGIN_REQUIRED, what);
+	}
 	json_object_put(result);
 	json_object_put(error);
 	flow_free(f);

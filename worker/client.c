@@ -175,10 +175,9 @@ void client_pending_hold(struct client *c, struct json_object *id, bool hold)
 
 	if (!p)
 		return;
-	if (hold)
-		evtimer_del(p->timer);
-	else
-		evtimer_add(p->timer, &tv);
+	if (hold && tv.tv_sec < LOGIN_WAIT_MAX_SEC)
+		tv = (struct timeval){ .tv_sec = LOGIN_WAIT_MAX_SEC };
+	evtimer_add(p->timer, &tv);
 }
 
 bool client_is_pending(struct client *c, struct json_object *id)

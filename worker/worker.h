@@ -185,8 +185,9 @@ void client_fail(struct client *c, struct json_object *id, int code, const char 
 /* Answers every pending request with the same error. */
 void client_fail_all(struct client *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 bool client_is_pending(struct client *c, struct json_object *id);
-/* Stops (hold) or restarts in full the timeout of the request id: while it
- * waits for a login, the user's time is not the upstream's. */
+/* Restarts the timeout of the request id: in full, or with hold, long
+ * enough for a login (LOGIN_WAIT_MAX_SEC): while it waits for a new token,
+ * the user's time is not the upstream's. */
 void client_pending_hold(struct client *c, struct json_object *id, bool hold);
 
 /* -- http.c -- */
