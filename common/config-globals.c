@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config-private.h"
@@ -157,6 +158,47 @@ static int http_parse(struct parser *p, struct json_object *root)
 	return config_get_int(p, obj, "http", "header_timeout", 1, 300, &hc->header_timeout_sec);
 }
 
+/* "login": {"browser": "command" | false, "browser_on_migration": bool} */
+static int login_parse(struct parser *p, struct json_object *root)
+{
+	static const char *const known[] = { "browser", "browser_on_migration", NULL };
+	struct config_login *lc = &p->c->login;
+	struct json_object *obj = NULL, *v;
+	bool off = false;
+	int r;
+
+	r = config_get_object(p, root, NULL, "login", &obj);
+	if (r < 0)
+		return r;
+	if (obj) {
+		config_warn_unknown(p, obj, "login", known);
+		if (json_object_object_get_ex(obj, "browser", &v) && json_object_is_type(v, json_type_boolean)) {
+			if (json_object_get_boolean(v))
+				return config_fail(p, -EINVAL, "login.browser",
+						   "must be a command or false (true names no command)");
+			off = true;
+		} else {
+			r = config_get_string(p, obj, "login", "browser", true, &lc->browser);
+			if (r < 0)
+				return r;
+		}
+		r = config_get_bool(p, obj, "login", "browser_on_migration", &lc->browser_on_migration);
+		if (r < 0)
+			return r;
+	}
+	if (lc->browser) {
+		for (const char *c = lc->browser; *c; c++)
+			if ((unsigned char)*c < 0x20 || *c == 0x7f)
+				return config_fail(p, -EINVAL, "login.browser", "holds a control character");
+	} else if (!off && !p->c->system_mode) {
+		const char *env = getenv("BROWSER");
+
+		if (env && *env)
+			lc->browser = config_mem_strdup(p->c->mem, env);
+	}
+	return 0;
+}
+
 static int dir_parse(struct parser *p, struct json_object *obj, const char *key, char **out,
 		     int (*fallback)(bool, char *, size_t))
 {
@@ -186,7 +228,7 @@ int config_globals_parse(struct parser *p, struct json_object *root)
 	static const char *const known[] = {
 		"data_dir", "runtime_dir", "listen", "group", "users", "worker_user", "idle_timeout",
 		"max_connections_per_uid", "request_timeout",
-		"refresh", "http", "disable_management", "mcpServers", NULL,
+		"refresh", "http", "login", "disable_management", "mcpServers", NULL,
 	};
 	struct config *c = p->c;
 	int r;
@@ -227,6 +269,9 @@ int config_globals_parse(struct parser *p, struct json_object *root)
 	if (r < 0)
 		return r;
 	r = http_parse(p, root);
+	if (r < 0)
+		return r;
+	r = login_parse(p, root);
 	if (r < 0)
 		return r;
 	/* The servers were converted as they were read; here is their turn to fail. */

@@ -105,6 +105,20 @@ struct config_http {
 	int header_timeout_sec;	/* to send a whole request; default 10 */
 };
 
+/* "login": how the keeper may bring a login to the user by itself. */
+struct config_login {
+	/* The command that opens a login URL ($BROWSER syntax: ':'-separated
+	 * alternatives, words split on spaces, "%s" for the URL, else appended).
+	 * The keeper runs it for the step-up and migration logins it starts
+	 * itself. NULL: none. Default: the keeper's $BROWSER in user mode, none
+	 * in system mode; false in the file: none. */
+	char *browser;
+	/* Whether it also opens the login at an authorization server the
+	 * upstream's metadata newly names (a phishing aid when the upstream is
+	 * hostile, hence default false). */
+	bool browser_on_migration;
+};
+
 struct config {
 	char *path;		/* the file this was loaded from */
 	bool system_mode;
@@ -119,6 +133,7 @@ struct config {
 	bool disable_management;
 	struct config_refresh refresh;
 	struct config_http http;
+	struct config_login login;
 	struct config_server *servers;
 	size_t n_servers;
 	struct config_mem *mem;	/* holds every string and array above but servers */

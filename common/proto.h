@@ -208,9 +208,16 @@
  *           (a logout) the worker answers {} once the token is gone, and
  *           the keeper answers the logout only then.
  *   token.invalid (worker -> keeper, request) {"access_token": the one that
- *           got a 401}: the result is {"access_token", "token_type",
+ *           got a 401, or with "scope" a 403 insufficient_scope whose
+ *           challenge named that scope (step-up), "scope_union": bool (the
+ *           client speaks a revision that wants the current scope kept)}:
+ *           the result is {"access_token", "token_type",
  *           "expires_at"} once a current token exists (after a refresh when
- *           the rejected one was current), or an error (kind
+ *           the rejected one was current; after a new login for a step-up,
+ *           or for a 401 whose resource metadata names another
+ *           authorization server: see daemon/reauth.c), or an error (kind
+ *           "login_required": a new login is needed and the keeper does not
+ *           open it itself; the message names `mcpctl auth login`; kind
  *           "unavailable": no login; kind "busy": the server's last token
  *           request is less than refresh.min_interval old, so none is made
  *           now: the answer comes at once, and the refresh that follows the
@@ -222,6 +229,11 @@
  *           challenge; status can say that it needs a login.
  */
 #define CLIENT_F_STDIO 0x01
+/* A login ends after this long unless its caller gives another time; a
+ * worker's call that waits for a login the keeper opened (step-up) waits
+ * at most that and a grace. */
+#define LOGIN_DEFAULT_TIMEOUT_SEC 120
+#define LOGIN_WAIT_MAX_SEC (LOGIN_DEFAULT_TIMEOUT_SEC + 15)
 /* The descriptors a child starts with (besides 0-2). */
 #define CHILD_FD_CHANNEL 3	/* the JSON-RPC channel to the keeper */
 #define CHILD_FD_DESCRIPTORS 4	/* workers and the http child: descriptors */
@@ -271,6 +283,8 @@
 #define PARAM_KEY_AUTH_METHOD "auth_method"
 #define PARAM_KEY_RESOURCE "resource"
 #define PARAM_KEY_SCOPE "scope"
+#define PARAM_KEY_SCOPE_UNION "scope_union"
+#define PARAM_KEY_LOGIN_REQUIRED "login_required"
 #define PARAM_KEY_TIMEOUT_MS "timeout_ms"
 #define PARAM_KEY_ACCESS_TOKEN "access_token"
 #define PARAM_KEY_TOKEN_TYPE "token_type"
@@ -374,6 +388,11 @@
 #define EVENT_TOKEN_REFRESHED "oauth.token_refreshed"
 #define EVENT_REFRESH_FAILED "oauth.refresh_failed"
 #define EVENT_SERVERS_CHANGED "servers.changed"
+/* {"server_name", "reason": REAUTH_R_*, "scope": the scope the new login
+ * asks for, or null}: an upstream wants a grant the stored token is not. */
+#define EVENT_LOGIN_REQUIRED "oauth.login_required"
+#define REAUTH_R_SCOPE "insufficient_scope"
+#define REAUTH_R_ISSUER "authorization_server_changed"
 
 /* JSON-RPC 2.0 error codes. */
 #define RPC_PARSE_ERROR -32700
@@ -393,6 +412,8 @@
 #define KIND_UNAVAILABLE "unavailable"
 /* auth.login: the provider refused, or the login was not safe to finish. */
 #define KIND_LOGIN_FAILED "login_failed"
+/* token.invalid: the upstream wants a new login (step-up, migration). */
+#define KIND_LOGIN_REQUIRED "login_required"
 /* hello: the peer speaks another protocol version. */
 #define KIND_VERSION_MISMATCH "version_mismatch"
 /* Framing-level kinds: the message never reached a method. */

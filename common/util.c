@@ -71,3 +71,18 @@ char *xstrndup(const char *s, size_t n)
 {
 	return s ? checked(strndup(s, n)) : NULL;
 }
+
+bool oauth_scope_valid(const char *s)
+{
+	size_t len = strlen(s);
+
+	if (len == 0 || len > OAUTH_SCOPE_MAX || s[0] == ' ' || s[len - 1] == ' ')
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == ' ' ? s[i + 1] == ' ' : (c < 0x21 || c > 0x7e || c == '"' || c == '\\'))
+			return false;
+	}
+	return true;
+}

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -58,3 +59,10 @@ int fd_set_cloexec(int fd, int on);
  * processes that hold secrets call it first. 0 or a negative errno value. */
 int proc_no_core_dumps(void);
 int fd_set_nonblock(int fd, int on);
+
+/* The longest scope list the keeper and the workers pass on. */
+#define OAUTH_SCOPE_MAX 2048
+/* A scope list as RFC 6749 section 3.3 has it: scope-tokens of %x21,
+ * %x23-5B and %x5D-7E separated by single spaces; 1 .. OAUTH_SCOPE_MAX
+ * bytes. What an upstream's challenge names goes on only when it is one. */
+bool oauth_scope_valid(const char *s);

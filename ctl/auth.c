@@ -20,6 +20,7 @@
 
 #include <json-c/json.h>
 
+#include "browser.h"
 #include "config.h"
 #include "ctl.h"
 #include "frame.h"
@@ -49,96 +50,6 @@ static int cmd_auth_status(struct ctl *c, int argc, char **argv)
 	return ctl_query(c, METHOD_AUTH_STATUS, params, json, only, auth_status_print);
 }
 
-/*
- * Opens url in a browser without a shell: each entry of $BROWSER (':'
- * separated; "%s" in an entry stands for the URL, else the URL is appended;
- * words split on spaces), else xdg-open. The browser is not waited for: a
- * short-lived intermediate child tries the candidates and reports whether
- * one could be executed, and the browser it leaves behind is reparented.
- * Returns 0 when a program was started.
- */
-static int browser_open(const char *url)
-{
-	const char *env = getenv("BROWSER");
-	int pfd[2], status;
-	pid_t pid;
-	char ok;
-
-	if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)
-		return -EINVAL;
-	if (pipe2(pfd, O_CLOEXEC) < 0)
-		return -errno;
-	pid = fork();
-	if (pid < 0) {
-		close(pfd[0]);
-		close(pfd[1]);
-		return -errno;
-	}
-	if (pid == 0) {
-		_cleanup_(freep) char *list = strdup(env && *env ? env : "xdg-open");
-		char *save = NULL;
-		int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-
-		close(pfd[0]);
-		if (!list)
-			_exit(1);
-		if (devnull >= 0) {
-			dup2(devnull, STDIN_FILENO);
-			dup2(devnull, STDOUT_FILENO);
-		}
-		setsid();
-		for (char *entry = strtok_r(list, ":", &save); entry; entry = strtok_r(NULL, ":", &save)) {
-			char *argv[32], *wsave = NULL;
-			int argc = 0, ep[2];
-			bool had_url = false;
-			pid_t g;
-
-			for (char *w = strtok_r(entry, " \t", &wsave); w && argc < 30; w = strtok_r(NULL, " \t", &wsave)) {
-				if (strcmp(w, "%s") == 0) {
-					argv[argc++] = (char *)url;
-					had_url = true;
-				} else {
-					argv[argc++] = w;
-				}
-			}
-			if (!argc)
-				continue;
-			if (!had_url)
-				argv[argc++] = (char *)url;
-			argv[argc] = NULL;
-			if (pipe2(ep, O_CLOEXEC) < 0)
-				_exit(1);
-			g = fork();
-			if (g == 0) {
-				execvp(argv[0], argv);
-				ok = 0;
-				if (write(ep[1], &ok, 1) < 0)
-					_exit(127);
-				_exit(127);
-			}
-			close(ep[1]);
-			if (g > 0 && read(ep[0], &ok, 1) == 0) {
-				/* exec succeeded: the pipe closed without a byte. */
-				ok = 1;
-				if (write(pfd[1], &ok, 1) < 0)
-					_exit(1);
-				_exit(0);
-			}
-			close(ep[0]);
-			if (g > 0)
-				waitpid(g, NULL, 0);
-		}
-		_exit(1);
-	}
-	close(pfd[1]);
-	ok = 0;
-	if (read(pfd[0], &ok, 1) != 1)
-		ok = 0;
-	close(pfd[0]);
-	waitpid(pid, &status, 0);
-	return ok ? 0 : -ENOENT;
-}
-
 static void login_note(struct ctl *c, const struct rpc_msg *m)
 {
 	struct json_object *v;
@@ -153,7 +64,7 @@ static void login_note(struct ctl *c, const struct rpc_msg *m)
 	fflush(stdout);
 	if (c->no_browser)
 		return;
-	if (browser_open(url) < 0) {
+	if (browser_open(getenv("BROWSER"), url) < 0) {
 		const char *b = getenv("BROWSER");
 
 		fprintf(stderr, "mcpctl: could not start a browser (%s%s); open the URL yourself\n",
@@ -219,7 +130,7 @@ static int login_targets(struct ctl *c, struct json_object **names)
 
 		if (field_bool(srv, PARAM_KEY_ENABLED, &enabled) && !enabled)
 			continue;
-		if (st && strcmp(st, "authenticated") == 0) {
+		if (st && strcmp(st, "authenticated") == 0 && !field_child(srv, PARAM_KEY_LOGIN_REQUIRED, json_type_object)) {
 			_cleanup_(freep) char *n = text_clean(field_str(srv, PARAM_KEY_NAME));
 
 			printf("%s: already authenticated (log in again with --server %s)\n", n, n);

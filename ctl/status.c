@@ -60,16 +60,28 @@ static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t
 }
 
 /* authenticated / expired / error / none; "logging in" while a login runs;
- * "-" for a server without OAuth. */
-static const char *auth_cell(struct json_object *srv)
+ * "needs login (scope ...)" when the upstream wants another grant (a larger
+ * scope, or another authorization server); "-" for a server without OAuth. */
+static const char *auth_cell(struct json_object *srv, char *buf, size_t len)
 {
 	const char *st = field_str(srv, PARAM_KEY_OAUTH_STATUS);
+	struct json_object *lr = field_child(srv, PARAM_KEY_LOGIN_REQUIRED, json_type_object);
 	bool b;
 
 	if (!st)
 		return "-";
 	if (field_bool(srv, PARAM_KEY_LOGIN_IN_PROGRESS, &b) && b)
 		return "logging in";
+	if (lr && field_str(lr, PARAM_KEY_SCOPE)) {
+		snprintf(buf, len, "needs login (scope %s)", field_str(lr, PARAM_KEY_SCOPE));
+		return buf;
+	}
+	if (lr && field_str(lr, PARAM_KEY_ISSUER)) {
+		snprintf(buf, len, "needs login (at %s)", field_str(lr, PARAM_KEY_ISSUER));
+		return buf;
+	}
+	if (lr)
+		return "needs login";
 	return st;
 }
 
@@ -107,7 +119,7 @@ int status_print_servers(struct json_object *result, const char *method, bool fu
 	for (size_t i = 0; i < json_object_array_length(servers); i++) {
 		struct json_object *srv = json_object_array_get_idx(servers, i), *w;
 		struct table_row *row;
-		char cell[128];
+		char cell[320];
 
 		if (only && strcmp(field_str(srv, PARAM_KEY_NAME), only) != 0)
 			continue;
@@ -137,7 +149,7 @@ int status_print_servers(struct json_object *result, const char *method, bool fu
 				row->note = xstrdup("warning: OAuth over plain http (allow_insecure_http): the bearer "
 						    "token travels in clear");
 		}
-		table_set(row, col++, auth_cell(srv));
+		table_set(row, col++, auth_cell(srv, cell, sizeof(cell)));
 		expires_cell(srv, now, cell, sizeof(cell));
 		table_set(row, col++, cell);
 		refresh_cell(srv, now, cell, sizeof(cell));

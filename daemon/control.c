@@ -180,8 +180,10 @@ struct json_object *control_server_json(const struct server *s, bool full)
 	json_object_object_add(r, PARAM_KEY_NEXT_AT, time_or_null(s->next_at_ms ? (s->next_at_ms + 999) / 1000 : 0));
 	json_object_object_add(r, PARAM_KEY_LAST_ERROR, s->last_error ? json_object_new_string(s->last_error) : NULL);
 	json_object_object_add(o, PARAM_KEY_REFRESH, r);
-	if (cs->oauth_enabled)
+	if (cs->oauth_enabled) {
 		json_object_object_add(o, PARAM_KEY_LOGIN_IN_PROGRESS, json_object_new_boolean(s->login_active));
+		reauth_json(s, o);
+	}
 	return o;
 }
 

@@ -42,6 +42,19 @@ void flow_add_policy(struct json_object *params, const struct config_server *cs,
 	json_object_object_add(params, PARAM_KEY_ALLOW_INSECURE_HTTP, json_object_new_boolean(cs && cs->allow_insecure_http));
 }
 
+void flow_discover_params(struct json_object *p, const struct config_server *cs)
+{
+	struct json_object *h = json_object_new_object();
+
+	flow_add_str(p, PARAM_KEY_SERVER, cs->name);
+	flow_add_str(p, PARAM_KEY_URL, cs->url);
+	flow_add_str(p, PARAM_KEY_PROTOCOL, config_protocol_name(cs->protocol));
+	for (size_t i = 0; i < cs->n_headers; i++)
+		flow_add_str(h, cs->headers[i].key, cs->headers[i].value);
+	json_object_object_add(p, PARAM_KEY_HEADERS, h);
+	flow_add_policy(p, cs, NULL);
+}
+
 void flow_link(struct keeper *k, struct flow *f)
 {
 	f->next = k->flows;

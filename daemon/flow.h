@@ -1,7 +1,8 @@
 /*
  * A login or a logout in the keeper (flow.c, login.c, logout.c): what both
- * kinds of flow share. Nothing outside those three files includes it; the
- * rest of the keeper sees flows through keeper.h.
+ * kinds of flow share. Nothing outside those files and reauth.c (which
+ * starts logins and revokes) includes it; the rest of the keeper sees flows
+ * through keeper.h.
  */
 #pragma once
 

@@ -82,6 +82,7 @@ struct server {
 	struct pending_fd *pending_fds;		/* clients waiting for the worker's hello */
 	struct token_waiter *token_waiters;	/* token.invalid requests waiting for a refresh */
 	char sandbox[16];			/* stdio: the running worker's ("namespaces", "landlock", "off") */
+	struct reauth *reauth;			/* reauth.c: a new login wanted; NULL: never was */
 };
 
 /* child.c: the ids one role's children run as in system mode (config
@@ -175,9 +176,35 @@ void flow_detach(struct flow *f);
  * carries (common/proto.h); for cs NULL (an orphaned token), the class of
  * orphan_url's host alone, or nothing without it. */
 void flow_add_policy(struct json_object *params, const struct config_server *cs, const char *orphan_url);
+/* The params of oauth.discover for cs: its URL, transport, headers, name
+ * and address policy (the caller adds the timeout). */
+void flow_discover_params(struct json_object *params, const struct config_server *cs);
 /* Forgets the caller without cancelling: the flow runs to its end. */
 void flow_release(struct flow *f);
 void flows_free_all(struct keeper *k);
+
+/*
+ * reauth.c: an upstream wants another grant (a 403 insufficient_scope, or
+ * a 401 after which its metadata names another authorization server).
+ */
+struct token;
+/* token.invalid with a scope for the current token: granted is its scope. */
+void reauth_step_up(struct keeper *k, struct server *s, const char *granted, const char *challenged,
+		    bool want_union);
+/* token.invalid (401) for the current token, whose record names an issuer:
+ * 1 when a check of the resource metadata runs (its end answers the
+ * waiting requests), 0 when none can (go on with a refresh). */
+int reauth_check_issuer(struct keeper *k, struct server *s);
+/* The scope the next login asks for instead of the usual; NULL: the usual. */
+const char *reauth_scope(const struct server *s);
+bool reauth_wanted(const struct server *s);
+/* A login stored now in place of old (NULL: none): when a new login was
+ * wanted, old's grant is revoked and the want is over. */
+void reauth_login_done(struct keeper *k, struct server *s, const struct token *old, const struct token *now);
+void reauth_logout(struct server *s);
+/* Adds "login_required": {reason, scope, issuer} or null to a status object. */
+void reauth_json(const struct server *s, struct json_object *o);
+void reauth_free(struct keeper *k, struct server *s);
 
 /* events.c: one payload, delivered to control subscribers (and later SSE). */
 struct events *events_new(struct keeper *k);
@@ -274,6 +301,9 @@ int workers_token_cleared(struct keeper *k, struct server *s, child_reply_fn fn,
  * NULL on success, else its words and kind (KIND_UNAVAILABLE when a login
  * is needed, KIND_TRANSIENT when a retry is coming, KIND_BUSY ...). */
 void workers_refresh_done(struct keeper *k, struct server *s, const char *kind, const char *error);
+/* The current token was refused (401) and the authorization server is the
+ * same: refresh it, or answer the waiting requests why not. */
+void workers_token_rejected(struct keeper *k, struct server *s);
 /* Server removed or its transport changed (reload), or keeper stopping. */
 void workers_forget(struct keeper *k, struct server *s);
 struct json_object *workers_status_json(const struct server *s);

@@ -39,7 +39,6 @@
 #include "token.h"
 #include "util.h"
 
-#define LOGIN_DEFAULT_TIMEOUT_SEC 120
 #define LOGIN_MAX_TIMEOUT_SEC 3600
 /* How long the keeper waits for the oauth child beyond a step's own timeout. */
 #define LOGIN_GRACE_MS 15000
@@ -103,6 +102,15 @@ static void login_end(struct flow *f, struct json_object *result, struct json_ob
 	}
 	if (f->done_fn)
 		f->done_fn(f->ctx, result, error);
+	if (error) {
+		/* Calls that waited for this login (reauth.c) learn why not. */
+		const char *msg = flow_error_field(error, PARAM_KEY_MESSAGE);
+		char what[700];
+
+		snprintf(what, sizeof(what), "the login for %s did not succeed (%.400s): run `mcpctl auth login --server %s`",
+			 s->name, msg ? msg : "unknown error", s->name);
+		workers_refresh_done(k, s, KIND_LOGIN_REQUIRED, what);
+	}
 	json_object_put(result);
 	json_object_put(error);
 	flow_free(f);
@@ -279,6 +287,18 @@ static void on_discover(struct keeper *k, void *ctx, struct json_object *result,
 	login_step(f);
 }
 
+/* The token stored for the server, whole, or NULL (the caller clears it). */
+static bool stored_token(struct keeper *k, struct server *s, struct token *t)
+{
+	struct secret *plain = NULL;
+
+	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0) {
+		secret_free(plain);
+		return false;
+	}
+	return token_decode(plain, t) == 0;
+}
+
 /* Keeps a client record for this login (copied into a secret it owns). */
 static int client_take(struct flow *f, const struct oauth_client *c)
 {
@@ -394,13 +414,16 @@ static int login_find_client(struct flow *f)
 	return 0;
 }
 
-/* The scope to ask for: the configured scopes override what discovery found. */
+/* The scope to ask for: what a step-up wants (reauth.c), else the
+ * configured scopes, else what discovery found. */
 static char *login_scope(const struct flow *f)
 {
 	const struct config_oauth *co = &f->s->conf->oauth;
 	size_t len = 1;
 	char *out;
 
+	if (reauth_scope(f->s))
+		return xstrdup(reauth_scope(f->s));
 	if (!co->n_scopes)
 		return xstrdup(meta_str(f, PARAM_KEY_SCOPE));
 	for (size_t i = 0; i < co->n_scopes; i++)
@@ -449,23 +472,34 @@ static void login_step(struct flow *f)
 		method = METHOD_OAUTH_LISTEN;
 		fn = on_listen;
 		break;
-	case STEP_DISCOVER: {
-		const struct config_server *cs = f->s->conf;
-		struct json_object *h = json_object_new_object();
-
-		flow_add_str(p, PARAM_KEY_URL, cs->url);
-		flow_add_str(p, PARAM_KEY_PROTOCOL, config_protocol_name(cs->protocol));
-		for (size_t i = 0; i < cs->n_headers; i++)
-			flow_add_str(h, cs->headers[i].key, cs->headers[i].value);
-		json_object_object_add(p, PARAM_KEY_HEADERS, h);
+	case STEP_DISCOVER:
+		flow_discover_params(p, f->s->conf);
 		method = METHOD_OAUTH_DISCOVER;
 		fn = on_discover;
 		break;
-	}
 	case STEP_REGISTER: {
 		struct json_object *methods = NULL;
 		char *scope;
 
+		if (f->s->conf->oauth.client_id) {
+			/* A configured client was issued by one authorization server:
+			 * it never goes to another (SEP-2352), which a hostile
+			 * upstream's metadata could name. */
+			struct token old = { 0 };
+			const char *now = meta_str(f, PARAM_KEY_ISSUER);
+
+			if (stored_token(k, f->s, &old) && old.issuer && now && strcmp(old.issuer, now) != 0) {
+				json_object_put(p);
+				login_fail(f, KIND_LOGIN_FAILED, LOGIN_R_REGISTRATION,
+					   "the authorization server of \"%s\" changed from %s to %s, and the configured "
+					   "oauth.client_id belongs to the first: register a client at the new one and "
+					   "configure it (or log out first to use this one there)",
+					   f->s->name, old.issuer, now);
+				token_clear(&old);
+				return;
+			}
+			token_clear(&old);
+		}
 		r = login_find_client(f);
 		if (r < 0) {
 			json_object_put(p);
@@ -531,10 +565,11 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 {
 	struct flow *f = ctx;
 	struct server *s = f->s;
-	struct token t = { 0 };
+	struct token t = { 0 }, old = { 0 };
 	struct token_result tr;
 	struct secret *plain = NULL;
 	struct json_object *res, *d;
+	bool had_old;
 	int64_t now = keeper_now(), expires_in;
 	char *scope, why[256];
 	int r;
@@ -557,6 +592,7 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 		login_fail(f, KIND_INTERNAL, LOGIN_R_EXCHANGE, "%s", why);
 		return;
 	}
+	had_old = stored_token(k, s, &old);
 	scope = login_scope(f);
 	t.access_token = tr.access_token;
 	t.token_type = tr.token_type ? tr.token_type : "Bearer";
@@ -578,6 +614,7 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 		r = store_put(k->store, STORE_TOKENS, s->key, plain);
 	secret_free(plain);
 	if (r != 0) {
+		token_clear(&old);
 		login_fail(f, KIND_UNAVAILABLE, "store", "storing the token failed: %s", store_strerror(r));
 		return;
 	}
@@ -597,6 +634,8 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	workers_token_changed(k, s);
 	workers_refresh_done(k, s, NULL, NULL);
 	keeper_orphan_drop(k, s->key);
+	reauth_login_done(k, s, had_old ? &old : NULL, &t);
+	token_clear(&old);
 
 	d = json_object_new_object();
 	flow_add_str(d, PARAM_KEY_REASON, "oauth_login");

@@ -140,6 +140,7 @@ static void logout_target(struct flow *f, struct server *s, const char *key, con
 		struct clear_ack *a;
 
 		login_forget(k, s, "logged out");
+		reauth_logout(s);
 		r = refresh_logout(k, s);
 		a = xcalloc(1, sizeof(*a));
 		a->f = f;

@@ -174,55 +174,83 @@ static void reply_waiters(struct keeper *k, struct server *s, const char *kind, 
  * keeper restarts it).
  */
 
-/* token.invalid {access_token}: refresh when the rejected token is the
- * current one. */
+/*
+ * token.invalid {access_token, scope?, scope_union?}. A 401 (no scope):
+ * when the rejected token is the current one, first whether the upstream
+ * now names another authorization server (reauth.c), else a refresh. A 403
+ * insufficient_scope (scope): reauth.c decides on a new login. A token that
+ * is no longer current gets the current one at once.
+ */
 struct token_invalid_params {
-	const char *access_token;
+	const char *access_token, *scope;
+	bool scope_union;
 };
 
 static const struct param_spec token_invalid_spec[] = {
 	PARAM_STRING(struct token_invalid_params, access_token, PARAM_KEY_ACCESS_TOKEN, PARAM_REQUIRED),
+	PARAM_STRING(struct token_invalid_params, scope, PARAM_KEY_SCOPE, PARAM_NONEMPTY),
+	PARAM_BOOL(struct token_invalid_params, scope_union, PARAM_KEY_SCOPE_UNION, 0),
 };
+
+void workers_token_rejected(struct keeper *k, struct server *s)
+{
+	char why[256];
+
+	if (s->refused || !s->has_refresh) {
+		reply_waiters(k, s, KIND_UNAVAILABLE, "the token was rejected and cannot be refreshed: log in again");
+		return;
+	}
+	if (refresh_now(k, s, why, sizeof(why)) == REFRESH_NOT_NOW) {
+		/* Its clients get the error now, not after the floor: the
+		 * refresh that follows it arrives as token.update. */
+		log_debug("%s: the worker's token was rejected upstream; not refreshing yet: %s", s->name, why);
+		reply_waiters(k, s, KIND_BUSY, why);
+	} else {
+		log_info("%s: the worker's token was rejected upstream; refreshing now", s->name);
+	}
+}
 
 static int on_token_invalid(struct keeper *k, struct server *s, struct rpc_msg *m)
 {
 	struct token_invalid_params p = { 0 };
 	struct secret *plain = NULL;
 	struct token_waiter *w;
-	struct token t;
+	struct token t = { 0 };
 	const char *bad;
-	bool current = false;
+	bool current = false, has_issuer = false;
+	char *granted = NULL;
 
 	if (m->type != RPC_REQUEST ||
 	    params_parse(m->params, token_invalid_spec, ARRAY_SIZE(token_invalid_spec), &p, &bad) < 0)
 		return -EPROTO;
-	if (store_get(k->store, STORE_TOKENS, s->key, &plain) == 0 && token_decode(plain, &t) == 0) {
+	if (p.scope && !oauth_scope_valid(p.scope))
+		return -EPROTO;
+	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0) {
+		secret_free(plain);
+	} else if (token_decode(plain, &t) == 0) {
 		size_t n = strlen(t.access_token);
 
 		current = n == strlen(p.access_token) &&
 			  secret_equal_bytes(&(struct secret){ n, (unsigned char *)t.access_token }, p.access_token, n);
+		has_issuer = t.issuer != NULL;
+		granted = t.scope ? xstrdup(t.scope) : NULL;
 		token_clear(&t);
 	}
 	w = xcalloc(1, sizeof(*w));
 	w->id = json_object_get(m->id);
 	w->next = s->token_waiters;
 	s->token_waiters = w;
-	if (current && !s->refused && s->has_refresh) {
-		char why[256];
-
-		if (refresh_now(k, s, why, sizeof(why)) == REFRESH_NOT_NOW) {
-			/* Its clients get the error now, not after the floor: the
-			 * refresh that follows it arrives as token.update. */
-			log_debug("%s: the worker's token was rejected upstream; not refreshing yet: %s", s->name, why);
-			reply_waiters(k, s, KIND_BUSY, why);
-		} else {
-			log_info("%s: the worker's token was rejected upstream; refreshing now", s->name);
-		}
-	} else {
-		/* An older token, or nothing to refresh with: answer at once. */
-		reply_waiters(k, s, KIND_UNAVAILABLE,
-			      current ? "the token was rejected and cannot be refreshed: log in again" : NULL);
+	if (!current) {
+		/* An older token, or none: answer at once. */
+		reply_waiters(k, s, KIND_UNAVAILABLE, NULL);
+	} else if (p.scope) {
+		reauth_step_up(k, s, granted, p.scope, p.scope_union);
+	} else if (s->login) {
+		/* a login is under way: its end answers */
+	} else if (!has_issuer || !reauth_check_issuer(k, s)) {
+		workers_token_rejected(k, s);
 	}
+	free(granted);
 	return 0;
 }
 

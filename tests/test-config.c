@@ -646,6 +646,44 @@ static void test_http_limits(void)
 	config_free(c);
 }
 
+static void test_login(void)
+{
+	struct config *c;
+	char err[512];
+
+	TEST("login.browser, browser_on_migration: defaults, $BROWSER, false");
+	unsetenv("BROWSER");
+	c = parse_ok("{}");
+	CHECK(c->login.browser == NULL);
+	CHECK(!c->login.browser_on_migration);
+	config_free(c);
+	setenv("BROWSER", "firefox --new-tab:xdg-open", 1);
+	c = parse_ok("{}");
+	CHECK(c->login.browser && strcmp(c->login.browser, "firefox --new-tab:xdg-open") == 0);
+	config_free(c);
+	/* false in the file: no opener, whatever $BROWSER says. */
+	c = parse_ok("{\"login\": {\"browser\": false}}");
+	CHECK(c->login.browser == NULL);
+	config_free(c);
+	c = parse_ok("{\"login\": {\"browser\": \"/usr/bin/open-url %s\", \"browser_on_migration\": true}}");
+	CHECK(strcmp(c->login.browser, "/usr/bin/open-url %s") == 0);
+	CHECK(c->login.browser_on_migration);
+	config_free(c);
+	/* System mode: no default opener (a system keeper has no user's desktop). */
+	c = NULL;
+	CHECK(config_parse("config.json", "{}", 2, true, &c, err, sizeof(err)) == 0 && c);
+	CHECK(c->login.browser == NULL);
+	config_free(c);
+	unsetenv("BROWSER");
+	parse_fails("{\"login\": {\"browser\": true}}",
+		    "config.json: login.browser: must be a command or false (true names no command)");
+	parse_fails("{\"login\": {\"browser\": \"\"}}", "config.json: login.browser: must not be empty");
+	parse_fails("{\"login\": {\"browser\": \"open\\nx\"}}", "config.json: login.browser: holds a control character");
+	parse_fails("{\"login\": {\"browser_on_migration\": 1}}",
+		    "config.json: login.browser_on_migration: must be a boolean");
+	parse_fails("{\"login\": []}", "config.json: login: must be an object");
+}
+
 static void test_listen(void)
 {
 	static const char *const bad[] = {
@@ -1610,6 +1648,7 @@ int main(void)
 	test_names();
 	test_refresh_ranges();
 	test_http_limits();
+	test_login();
 	test_listen();
 	test_forms_equal();
 	test_defaults();

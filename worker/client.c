@@ -168,6 +168,18 @@ static struct pending *pending_find(struct client *c, struct json_object *id)
 	return NULL;
 }
 
+void client_pending_hold(struct client *c, struct json_object *id, bool hold)
+{
+	struct pending *p = pending_find(c, id);
+	struct timeval tv = { .tv_sec = c->w->timeout_ms / 1000, .tv_usec = (c->w->timeout_ms % 1000) * 1000 };
+
+	if (!p)
+		return;
+	if (hold && tv.tv_sec < LOGIN_WAIT_MAX_SEC)
+		tv = (struct timeval){ .tv_sec = LOGIN_WAIT_MAX_SEC };
+	evtimer_add(p->timer, &tv);
+}
+
 bool client_is_pending(struct client *c, struct json_object *id)
 {
 	return pending_find(c, id) != NULL;

@@ -39,6 +39,7 @@
 #include <json-c/json.h>
 #include <sodium.h>
 
+#include "challenge.h"
 #include "curlev.h"
 #include "frame.h"
 #include "log.h"
@@ -84,6 +85,7 @@ struct hreq {
 	char *mcp_method, *mcp_name, *init_version;
 	uint64_t token_gen;		/* the token this transfer carried */
 	bool replayed;
+	int step_ups;			/* 403 insufficient_scope answers it has had */
 
 	CURL *easy;
 	struct headers *headers;
@@ -92,6 +94,7 @@ struct hreq {
 	bool event_stream;
 	bool too_large;
 	bool bearer;			/* WWW-Authenticate: Bearer ... */
+	char *step_scope;		/* its error="insufficient_scope" challenge's scope */
 	char *new_session;		/* Mcp-Session-Id of the response */
 	struct evbuffer *resp;
 	struct sse sse;
@@ -310,6 +313,8 @@ static void hreq_reset(struct hreq *h)
 	h->headers = headers_unref(h->headers);
 	h->status = 0;
 	h->started = h->event_stream = h->too_large = h->bearer = false;
+	free(h->step_scope);
+	h->step_scope = NULL;
 	free(h->new_session);
 	h->new_session = NULL;
 	if (h->resp)
@@ -395,11 +400,18 @@ static size_t hreq_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 		h->new_session = header_value_ok(v, vlen, HTTP_MAX_SESSION_ID) ? xstrndup(v, vlen) : NULL;
 	} else if (len > sizeof(www) - 1 && strncasecmp(p, www, sizeof(www) - 1) == 0) {
 		const char *v = p + sizeof(www) - 1;
+		struct challenge_bearer cb;
 
 		while (*v == ' ' || *v == '\t')
 			v++;
 		if ((size_t)(v - p) + 6 <= len && strncasecmp(v, "bearer", 6) == 0)
 			h->bearer = true;
+		/* RFC 6750 section 3.1: the token is good but its scope is not
+		 * enough; the challenge names the scope wanted (the parser keeps
+		 * printable ASCII only, so it can go on to the keeper). */
+		if (!h->step_scope && challenge_parse(v, len - (size_t)(v - p), &cb) == 0 && cb.found &&
+		    strcmp(cb.error, "insufficient_scope") == 0 && cb.scope[0])
+			h->step_scope = xstrdup(cb.scope);
 	}
 	return n;
 }
@@ -640,7 +652,59 @@ static void hreq_unauthorized(struct hreq *h)
 	}
 	h->state = HREQ_WAITING;
 	LIST_INSERT_HEAD(&w->token_waiters, h, wlink);
+	if (h->c && h->id)
+		client_pending_hold(h->c, h->id, true);
 	worker_token_invalid(w);
+}
+
+/*
+ * -- 403 insufficient_scope: step-up --
+ * A refresh cannot widen a grant (RFC 6749 section 6): the keeper decides
+ * whether a new login happens (daemon/reauth.c bounds them) and answers
+ * with the new token, or with an error naming `mcpctl auth login`. The
+ * request waits like one that got a 401, its own timeout stopped meanwhile
+ * (a login takes the user's time), and a new token replays it. Bounded
+ * here too, in case the upstream never takes what the keeper brings.
+ */
+#define STEP_UPS_PER_REQUEST 3
+
+static void hreq_insufficient_scope(struct hreq *h)
+{
+	struct worker *w = h->w;
+	_cleanup_(freep) char *scope = TAKE_PTR(h->step_scope);
+	const char *rev;
+	char message[256];
+
+	if (!oauth_scope_valid(scope)) {
+		hreq_fail(h, RPC_APP_ERROR, "upstream %s answered HTTP 403 insufficient_scope with a scope that is no "
+			  "OAuth scope list", w->name);
+		return;
+	}
+	if (!w->oauth || h->kind != HREQ_POST || !h->c) {
+		hreq_fail(h, RPC_APP_ERROR, "upstream %s answered HTTP 403: the token lacks scope \"%.200s\"", w->name,
+			  scope);
+		return;
+	}
+	if (!w->token) {
+		hreq_fail(h, RPC_APP_ERROR, "%s", worker_not_logged_in(w, message, sizeof(message)));
+		return;
+	}
+	if (++h->step_ups > STEP_UPS_PER_REQUEST) {
+		hreq_fail(h, RPC_APP_ERROR, "upstream %s still refuses the token after %d logins for scope \"%.200s\"",
+			  w->name, STEP_UPS_PER_REQUEST, scope);
+		return;
+	}
+	rev = h->init_version ? h->init_version : h->c->protocol_version;
+	hreq_reset(h);
+	if (h->token_gen != w->token_gen) {
+		hreq_go(h);	/* a newer token came meanwhile: try it first */
+		return;
+	}
+	h->state = HREQ_WAITING;
+	LIST_INSERT_HEAD(&w->token_waiters, h, wlink);
+	if (h->id)
+		client_pending_hold(h->c, h->id, true);
+	worker_token_scope(w, scope, rev && strcmp(rev, MCP_HEADERS_REVISION) >= 0);
 }
 
 void http_token_changed(struct worker *w)
@@ -656,6 +720,8 @@ void http_token_changed(struct worker *w)
 		LIST_REMOVE(h, wlink);
 		h->state = HREQ_QUEUED;
 		h->replayed = true;
+		if (h->c && h->id)
+			client_pending_hold(h->c, h->id, false);
 		hreq_go(h);
 	}
 }
@@ -787,6 +853,10 @@ void http_transfer_done(CURL *easy, CURLcode result, void *arg)
 	}
 	if (result == CURLE_OK && h->status == 401) {
 		hreq_unauthorized(h);
+		return;
+	}
+	if (result == CURLE_OK && h->status == 403 && h->step_scope) {
+		hreq_insufficient_scope(h);
 		return;
 	}
 	if (h->kind == HREQ_POST)

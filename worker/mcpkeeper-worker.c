@@ -115,6 +115,22 @@ void worker_token_invalid(struct worker *w)
 	worker_send(w, rpc_request(METHOD_TOKEN_INVALID, params, w->invalid_id));
 }
 
+void worker_token_scope(struct worker *w, const char *scope, bool want_union)
+{
+	struct json_object *params;
+
+	if (w->invalid_id || !w->token)
+		return;	/* the answer in flight replays it; a 403 again asks again */
+	w->invalid_id = ++w->next_id;
+	params = json_object_new_object();
+	json_object_object_add(params, PARAM_KEY_ACCESS_TOKEN,
+			       json_object_new_string_len((const char *)w->token->data, (int)w->token->len));
+	json_object_object_add(params, PARAM_KEY_SCOPE, json_object_new_string(scope));
+	json_object_object_add(params, PARAM_KEY_SCOPE_UNION, json_object_new_boolean(want_union));
+	log_info("upstream %s wants scope \"%s\" the token lacks; asking the keeper", w->name, scope);
+	worker_send(w, rpc_request(METHOD_TOKEN_INVALID, params, w->invalid_id));
+}
+
 void worker_needs_login(struct worker *w)
 {
 	if (w->needs_login_sent)
@@ -278,6 +294,8 @@ static void token_invalid_reply(struct worker *w, struct rpc_msg *m)
 
 		if (kind && strcmp(kind, KIND_UNAVAILABLE) == 0)
 			worker_not_logged_in(w, message, sizeof(message));
+		else if (kind && strcmp(kind, KIND_LOGIN_REQUIRED) == 0)
+			snprintf(message, sizeof(message), "%.400s", msg ? msg : "");
 		else
 			snprintf(message, sizeof(message), "no new token for %s: %.200s", w->name, msg ? msg : "");
 		log_warn("the keeper has no new token for %s", w->name);

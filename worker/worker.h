@@ -156,6 +156,9 @@ void worker_keeper_bug(struct worker *w, const char *what, const char *detail);
 /* Sends token.invalid for the current token unless one is in flight. */
 void worker_token_invalid(struct worker *w);
 void worker_needs_login(struct worker *w);
+/* A 403 insufficient_scope for scope: token.invalid with it (want_union:
+ * the client's revision keeps the current scope, SEP-2350). */
+void worker_token_scope(struct worker *w, const char *scope, bool want_union);
 /* While stopping: ends the loop once no transfer and no child is left. */
 void worker_check_stop(struct worker *w);
 /* The message a client gets when there is no token. */
@@ -182,6 +185,10 @@ void client_fail(struct client *c, struct json_object *id, int code, const char 
 /* Answers every pending request with the same error. */
 void client_fail_all(struct client *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 bool client_is_pending(struct client *c, struct json_object *id);
+/* Restarts the timeout of the request id: in full, or with hold, long
+ * enough for a login (LOGIN_WAIT_MAX_SEC): while it waits for a new token,
+ * the user's time is not the upstream's. */
+void client_pending_hold(struct client *c, struct json_object *id, bool hold);
 
 /* -- http.c -- */
 /* m and the text it was parsed from, which goes upstream as it is. */

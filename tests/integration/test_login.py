@@ -443,7 +443,7 @@ class TestLogout(LoginCase):
 class TestStatus(LoginCase):
 
     SERVER_KEYS = {"name", "protocol", "url", "enabled", "oauth", "oauth_status", "token_expires_at", "worker",
-                   "refresh", "login_in_progress"}
+                   "refresh", "login_in_progress", "login_required"}
 
     def test_a_status_json_shape(self):
         self.setup_login(extra_servers={"files": {"command": "/bin/cat"}})
@@ -457,6 +457,7 @@ class TestStatus(LoginCase):
         demo = [s for s in st["servers"] if s["name"] == "demo"][0]
         self.assertEqual(set(demo), self.SERVER_KEYS)
         self.assertEqual(demo["oauth_status"], "authenticated")
+        self.assertIsNone(demo["login_required"])
         self.assertIsInstance(demo["token_expires_at"], int)
         self.assertEqual(set(demo["refresh"]), {"state", "retry_count", "next_at", "last_error"})
         self.assertEqual(set(demo["worker"]) >= {"state"}, True, demo["worker"])

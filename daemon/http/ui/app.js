@@ -68,7 +68,7 @@
 
 (function () {
   var KEY_STORAGE = 'mcpkeeper.apikey';
-  var SERVER_EVENTS = ['oauth.token_refreshed', 'oauth.refresh_failed', 'servers.changed'];
+  var SERVER_EVENTS = ['oauth.token_refreshed', 'oauth.refresh_failed', 'oauth.login_required', 'servers.changed'];
   var POLL_MS = 30000;
   var RECONNECT_MIN_MS = 1000;
   var RECONNECT_MAX_MS = 30000;
@@ -402,6 +402,14 @@
       return ['No OAuth', 'no-oauth'];
     if (s.login_in_progress || l.pending)
       return ['Logging in…', 'logging-in'];
+    var lr = s.login_required;
+    if (lr && typeof lr === 'object') {
+      if (typeof lr.scope === 'string')
+        return ['Needs login (scope ' + lr.scope + ')', 'expired'];
+      if (typeof lr.issuer === 'string')
+        return ['Needs login (at ' + lr.issuer + ')', 'expired'];
+      return ['Needs login', 'expired'];
+    }
     switch (s.oauth_status) {
     case 'authenticated':
       return ['Authenticated', 'authenticated'];
@@ -572,7 +580,8 @@
     place(c.messages, c.note, !!l.note);
 
     var st = s.oauth_status;
-    var canLogin = !!s.oauth && (st === 'none' || st === 'expired' || st === 'error' || st == null);
+    var canLogin = !!s.oauth && (st === 'none' || st === 'expired' || st === 'error' || st == null ||
+                                 !!s.login_required);
     var canLogout = !!s.oauth && st === 'authenticated';
     c.loginBtn.disabled = l.busy;
     c.logoutBtn.disabled = l.busy;
