@@ -459,6 +459,7 @@ static void discover_probe(struct step *s, const char *session_id)
 				      "\"clientInfo\":{\"name\":\"mcpkeeper\",\"version\":\"" MCPKEEPER_VERSION
 				      "\"}}}") < 0 ||
 		    fetch_header(f, "Accept: application/json, text/event-stream") < 0 ||
+		    fetch_header(f, "MCP-Protocol-Version: " MCP_PROBE_VERSION) < 0 ||
 		    fetch_post(f, "application/json") < 0)
 			fatal("out of memory");
 	} else {
@@ -495,12 +496,13 @@ static void discover_probed(struct fetch *f, void *arg)
 	}
 	if (status == 401)
 		discover_challenge(s, f->easy);
-	if (status >= 200 && status < 300 && s->phase == DISCOVER_PROBE && strcmp(s->protocol, "sse") != 0) {
-		/* Revisions that let initialize through unauthenticated (the
-		 * 2026-07-28 draft's servers may) challenge the first request
-		 * that needs a token, and the scope the login should ask for is
-		 * in that challenge: ask as a client would, on the session the
-		 * server may have started. */
+	if (((status >= 200 && status < 300) || status == 400) && s->phase == DISCOVER_PROBE &&
+	    strcmp(s->protocol, "sse") != 0) {
+		/* Servers that let initialize through unauthenticated, or refuse
+		 * it as such (2026-07-28's stateless servers may do either),
+		 * challenge the first request that needs a token, and the scope
+		 * the login should ask for is in that challenge: ask as a client
+		 * would, on the session the server may have started. */
 		struct curl_header *h = NULL;
 		char *sid = NULL;
 
@@ -508,7 +510,8 @@ static void discover_probed(struct fetch *f, void *arg)
 		    header_value_visible(h->value, DISCOVER_SESSION_MAX))
 			sid = xstrdup(h->value);
 		fetch_free(f);
-		log_info("oauth: %s: %s let initialize through; probing with tools/list", s->server, s->mcp_url);
+		log_info("oauth: %s: %s answered initialize with HTTP %ld; probing with tools/list", s->server, s->mcp_url,
+			 status);
 		s->phase = DISCOVER_PROBE2;
 		discover_probe(s, sid);
 		free(sid);
