@@ -31,6 +31,21 @@
 #include "util.h"
 
 #define MCP_PROBE_VERSION "2025-11-25"
+/* The longest Mcp-Session-Id the second probe carries back. */
+#define DISCOVER_SESSION_MAX 256
+
+/* Visible ASCII, 1 .. max bytes: a header value we may send back. */
+static bool header_value_visible(const char *v, size_t max)
+{
+	size_t n = strlen(v);
+
+	if (n == 0 || n > max)
+		return false;
+	for (; *v; v++)
+		if ((unsigned char)*v <= 0x20 || (unsigned char)*v > 0x7e)
+			return false;
+	return true;
+}
 /* What a check that may end the step returns when it did: the keeper has
  * its error and the step is freed. */
 #define DISCOVER_ENDED 1
@@ -417,6 +432,55 @@ static void discover_challenge(struct step *s, CURL *easy)
 	memset(s->challenge, 0, sizeof(*s->challenge));
 }
 
+static void discover_probed(struct fetch *f, void *arg);
+
+/*
+ * MCP authorization: an unauthenticated request, to see the 401. Only its
+ * status and headers matter, so the transfer stops after them. The first
+ * is an initialize (an event stream's GET for HTTP+SSE); the second, after
+ * an initialize that was let through, a tools/list on the session it
+ * started (session_id, or NULL).
+ */
+static void discover_probe(struct step *s, const char *session_id)
+{
+	struct fetch *f = step_fetch(s, "the MCP server", s->mcp_url, discover_probed);
+
+	f->headers_only = true;
+	f->own_origin = true;
+	for (struct curl_slist *h = s->probe_headers; h; h = h->next)
+		if (fetch_header(f, h->data) < 0)
+			fatal("out of memory");
+	if (strcmp(s->protocol, "sse") == 0) {
+		if (fetch_header(f, "Accept: text/event-stream") < 0)
+			fatal("out of memory");
+	} else if (s->phase == DISCOVER_PROBE) {
+		if (buf_adds(&f->req, "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{"
+				      "\"protocolVersion\":\"" MCP_PROBE_VERSION "\",\"capabilities\":{},"
+				      "\"clientInfo\":{\"name\":\"mcpkeeper\",\"version\":\"" MCPKEEPER_VERSION
+				      "\"}}}") < 0 ||
+		    fetch_header(f, "Accept: application/json, text/event-stream") < 0 ||
+		    fetch_header(f, "MCP-Protocol-Version: " MCP_PROBE_VERSION) < 0 ||
+		    fetch_post(f, "application/json") < 0)
+			fatal("out of memory");
+	} else {
+		char line[DISCOVER_SESSION_MAX + 32];
+
+		if (buf_adds(&f->req, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}") < 0 ||
+		    fetch_header(f, "Accept: application/json, text/event-stream") < 0 ||
+		    fetch_header(f, "MCP-Protocol-Version: " MCP_PROBE_VERSION) < 0 ||
+		    fetch_post(f, "application/json") < 0)
+			fatal("out of memory");
+		if (session_id) {
+			snprintf(line, sizeof(line), "Mcp-Session-Id: %s", session_id);
+			if (fetch_header(f, line) < 0)
+				fatal("out of memory");
+		}
+	}
+	if (fetch_start(f) < 0)
+		fatal("out of memory");
+	log_debug("oauth: %s: discovery: probing %s (%s)", s->server, s->mcp_url, s->protocol);
+}
+
 static void discover_probed(struct fetch *f, void *arg)
 {
 	struct step *s = arg;
@@ -432,6 +496,27 @@ static void discover_probed(struct fetch *f, void *arg)
 	}
 	if (status == 401)
 		discover_challenge(s, f->easy);
+	if (((status >= 200 && status < 300) || status == 400) && s->phase == DISCOVER_PROBE &&
+	    strcmp(s->protocol, "sse") != 0) {
+		/* Servers that let initialize through unauthenticated, or refuse
+		 * it as such (2026-07-28's stateless servers may do either),
+		 * challenge the first request that needs a token, and the scope
+		 * the login should ask for is in that challenge: ask as a client
+		 * would, on the session the server may have started. */
+		struct curl_header *h = NULL;
+		char *sid = NULL;
+
+		if (curl_easy_header(f->easy, "Mcp-Session-Id", 0, CURLH_HEADER, -1, &h) == CURLHE_OK &&
+		    header_value_visible(h->value, DISCOVER_SESSION_MAX))
+			sid = xstrdup(h->value);
+		fetch_free(f);
+		log_info("oauth: %s: %s answered initialize with HTTP %ld; probing with tools/list", s->server, s->mcp_url,
+			 status);
+		s->phase = DISCOVER_PROBE2;
+		discover_probe(s, sid);
+		free(sid);
+		return;
+	}
 	fetch_free(f);
 	log_info("oauth: %s: %s answered HTTP %ld%s", s->server, s->mcp_url, status,
 		 s->challenge->found ? " with a Bearer challenge" : status == 401 ? " without a usable challenge" : "");
@@ -519,7 +604,6 @@ void discover_start(struct oauth *o, struct rpc_msg *m)
 	_cleanup_(step_freep) struct step *s = NULL;
 	struct discover_params p = { 0 };
 	const char *bad = NULL;
-	struct fetch *f;
 
 	if (params_parse(m->params, discover_spec, ARRAY_SIZE(discover_spec), &p, &bad) < 0)
 		goto bug;
@@ -552,29 +636,7 @@ void discover_start(struct oauth *o, struct rpc_msg *m)
 	if (!s->mcp_url)
 		fatal("out of memory");
 
-	/* MCP authorization: an unauthenticated request, to see the 401. Only
-	 * its status and headers matter, so the transfer stops after them. */
-	f = step_fetch(s, "the MCP server", s->mcp_url, discover_probed);
-	f->headers_only = true;
-	f->own_origin = true;
-	for (struct curl_slist *h = s->probe_headers; h; h = h->next)
-		if (fetch_header(f, h->data) < 0)
-			fatal("out of memory");
-	if (strcmp(s->protocol, "sse") == 0) {
-		if (fetch_header(f, "Accept: text/event-stream") < 0)
-			fatal("out of memory");
-	} else {
-		if (buf_adds(&f->req, "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{"
-				      "\"protocolVersion\":\"" MCP_PROBE_VERSION "\",\"capabilities\":{},"
-				      "\"clientInfo\":{\"name\":\"mcpkeeper\",\"version\":\"" MCPKEEPER_VERSION
-				      "\"}}}") < 0 ||
-		    fetch_header(f, "Accept: application/json, text/event-stream") < 0 ||
-		    fetch_post(f, "application/json") < 0)
-			fatal("out of memory");
-	}
-	if (fetch_start(f) < 0)
-		fatal("out of memory");
-	log_debug("oauth: %s: discovery: probing %s (%s)", s->server, s->mcp_url, s->protocol);
+	discover_probe(s, NULL);
 	step_link(TAKE_PTR(s));
 	return;
 bug:

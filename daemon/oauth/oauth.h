@@ -197,7 +197,9 @@ struct login {
 	struct json_object *reply;	/* for the keeper, once the page is out */
 };
 
-enum discover_phase { DISCOVER_PROBE, DISCOVER_PRM, DISCOVER_AS };
+/* DISCOVER_PROBE2: the initialize probe was let through, so a request that
+ * needs authorization is tried for the challenge (see discover.c). */
+enum discover_phase { DISCOVER_PROBE, DISCOVER_PROBE2, DISCOVER_PRM, DISCOVER_AS };
 
 /* discover, register or revoke: one request, one fetch at a time. */
 struct step {
