@@ -289,6 +289,7 @@ class TestMigration(StepupCase):
         self.assertTrue(all(x["issuer"] == self.peer.url for x in revs), "revoked at its own issuer: %r" % revs)
         self.assert_echoed(self.echo(c, "after login", 30)[0], "after login")
         self.assertIsNone(self.login_required())
+        self.assertEqual(self.peer.stats()["foreign_client_id"], 0, "nor did the revocation go there")
 
     def test_f_migration_opened_when_allowed(self):
         """login.browser_on_migration: the keeper registers and logs in at the
@@ -308,6 +309,7 @@ class TestMigration(StepupCase):
         self.assertNotEqual(grants[1]["client_id"], self.first_client)
         self.assertEqual(self.peer.stats()["foreign_client_id"], 0)
         self.wait_revoked(1, "the old grant to be revoked")
+        self.assertEqual(self.peer.stats()["foreign_client_id"], 0, "nor did the revocation go there")
         self.assertEqual(len(self.browser_records()), 2)
 
     def test_g_configured_client_is_not_carried_over(self):
