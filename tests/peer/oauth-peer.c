@@ -102,7 +102,13 @@
  *                     revoke: token_type_hint, client_id, auth_method, known
  *                     (a token the peer still holds). discovery: every GET
  *                     of a path holding "/.well-known/" since the reset, in
- *                     order, 404s too (the first 1000)
+ *                     order, 404s too (the first 1000).
+ *                     token_requests: every POST /token since the reset
+ *                     (the first 10000), in order, as {"at_ms": the wall
+ *                     clock (CLOCK_REALTIME, ms since the epoch) when the
+ *                     request reached the peer, "grant_type": string or
+ *                     null}, failures injected by /test/fail included: what
+ *                     a timing test compares the keeper's schedule with
  *   POST /test/notify  {"session": ID | "*", "method": M, "params": {...}}
  *                     sends a notification on the session's stream (GET /mcp
  *                     or /sse); answers {"delivered": N}, 404 when the named
@@ -188,6 +194,7 @@
 #include "frame.h"
 #include "log.h"
 #include "proto.h"
+#include "timefmt.h"
 #include "util.h"
 
 #define PEER_NAME "mcpkeeper-test-peer"
@@ -205,6 +212,8 @@
 #define AUTH_METHODS_MAX 8
 /* /test/last keeps the first this many discovery requests after a reset. */
 #define DISCOVERY_LOG_MAX 1000
+/* ... and the first this many token requests. */
+#define TOKEN_LOG_MAX 10000
 /* The iss of a redirect with wrong_iss set: an issuer that is not this one. */
 #define WRONG_ISS "https://evil.example"
 #define PRM_PATH "/.well-known/oauth-protected-resource"
@@ -444,6 +453,7 @@ struct login_config {
 struct recordings {
 	struct json_object *authorize, *token, *registration, *revoke;
 	struct json_object *discovery;	/* [{"path", "status"}] */
+	struct json_object *token_requests; /* [{"at_ms", "grant_type"}] */
 };
 
 struct peer_options {
@@ -816,6 +826,7 @@ static void recordings_free(struct recordings *r)
 	json_object_put(r->registration);
 	json_object_put(r->revoke);
 	json_object_put(r->discovery);
+	json_object_put(r->token_requests);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -824,7 +835,8 @@ static void recordings_reset(struct recordings *r)
 {
 	recordings_free(r);
 	r->discovery = json_object_new_array();
-	if (!r->discovery)
+	r->token_requests = json_object_new_array();
+	if (!r->discovery || !r->token_requests)
 		fatal("out of memory");
 }
 
@@ -1971,6 +1983,19 @@ static void token_record(struct peer *p, const struct evkeyvalq *form)
 	json_object_object_add(p->rec, "pkce_ok", NULL);
 }
 
+/* The instant a token request arrived, for /test/last's token_requests. */
+static void token_log(struct peer *p, const char *grant)
+{
+	struct json_object *e;
+
+	if (json_object_array_length(p->last.token_requests) >= TOKEN_LOG_MAX)
+		return;
+	e = json_object_new_object();
+	json_object_object_add(e, "at_ms", json_object_new_int64(time_now_ms()));
+	json_object_object_add(e, "grant_type", grant ? json_object_new_string(grant) : NULL);
+	json_object_array_add(p->last.token_requests, e);
+}
+
 /* Returns 1 when the request is held (a hang), 0 once it has been answered. */
 static int token_process(struct peer *p, struct evhttp_request *req)
 {
@@ -1990,6 +2015,7 @@ static int token_process(struct peer *p, struct evhttp_request *req)
 	if (r)
 		evhttp_clear_headers(&form);
 	token_record(p, &form);
+	token_log(p, form_get(&form, "grant_type"));
 	if (r) {
 		oauth_error(p, req, r, "invalid_request", "body must be a form with each parameter once");
 		goto out;
@@ -3174,6 +3200,7 @@ static struct json_object *last_json(const struct peer *p)
 	json_object_object_add(o, "register", json_object_get(p->last.registration));
 	json_object_object_add(o, "revoke", json_object_get(p->last.revoke));
 	json_object_object_add(o, "discovery", json_object_get(p->last.discovery));
+	json_object_object_add(o, "token_requests", json_object_get(p->last.token_requests));
 	return o;
 }
 
