@@ -463,9 +463,17 @@ async function main() {
       }, (TOKEN_LIFETIME + 10) * 1000, 'oauth.token_refreshed on the control socket');
       if (shownBefore === null || shownBefore > TOKEN_LIFETIME * (1 - THRESHOLD) + 2)
         fail(`before the refresh the page showed ${shownBefore} s left, not about ${TOKEN_LIFETIME * (1 - THRESHOLD)} s`);
-      const newExpiry = ev.data.expires_at;
-      if (!(newExpiry > before.token_expires_at))
-        fail(`the refresh did not move expires_at (${before.token_expires_at} -> ${newExpiry})`);
+      // Times are RFC 3339 UTC with milliseconds, with the seconds under *_unix.
+      const rfc3339 = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+      for (const [what, text, unix] of [['event expires_at', ev.data.expires_at, ev.data.expires_at_unix],
+                                        ['status token_expires_at', before.token_expires_at,
+                                         before.token_expires_at_unix]]) {
+        if (!rfc3339.test(text) || Math.floor(Date.parse(text) / 1000) !== unix)
+          fail(`${what} is ${JSON.stringify(text)} (_unix ${unix}), not RFC 3339 UTC with milliseconds`);
+      }
+      const newExpiry = Date.parse(ev.data.expires_at) / 1000;
+      if (!(newExpiry > Date.parse(before.token_expires_at) / 1000))
+        fail(`the refresh did not move expires_at (${before.token_expires_at} -> ${ev.data.expires_at})`);
       await waitFor(async () => {
         const shown = parseDuration(await expires.textContent());
         const want = newExpiry - Date.now() / 1000;
