@@ -336,7 +336,8 @@ async function main() {
       runtime_dir: runtimeDir,
       listen: '127.0.0.1:0',
       refresh: { threshold: THRESHOLD },
-      mcpServers: { demo: { url: `${peer.url}/mcp` } },
+      // "off": a disabled server, whose Login the keeper refuses (a REST error).
+      mcpServers: { demo: { url: `${peer.url}/mcp` }, off: { url: `${peer.url}/mcp`, enabled: false } },
     };
     const configPath = path.join(tmp, 'config.json');
     fs.writeFileSync(configPath, JSON.stringify(config, null, 2));
@@ -549,6 +550,17 @@ async function main() {
       noSecrets();
       await screenshot(page, 'token-expired');
       ok(`invalid_grant at the refresh: badge "Token Expired", Login shown, error ${JSON.stringify(err.trim())}`);
+
+      // A REST error ({"success": false, "error": MESSAGE, "kind": KIND}): the
+      // card shows the keeper's message, error.error, as the quickstart's UI does.
+      const off = page.locator('section.card[data-server="off"]');
+      await off.locator('[data-action="login"]').click();
+      const offErr = off.locator('[data-role="error"]');
+      await offErr.waitFor({ state: 'visible', timeout: LIVE_MS });
+      const offText = ((await offErr.textContent()) || '').trim();
+      if (offText !== 'Login failed: server "off" is disabled in the configuration')
+        fail(`the card does not show the API's error message: ${JSON.stringify(offText)}`);
+      ok(`a refused login shows the API's error.error: ${JSON.stringify(offText)}`);
     }
   } catch (e) {
     failed = e;
