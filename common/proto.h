@@ -49,7 +49,8 @@
  * auth.login {"server", "timeout": seconds (default 120)}: the keeper sends
  * auth.login_url {"server", "url"} on the same connection as soon as the
  * authorization URL exists, then the reply once the login has ended:
- * {"server", "oauth_status", "token_expires_at", "refresh_token": bool}, or
+ * {"server", "oauth_status", "token_expires_at", "token_expires_at_unix",
+ * "refresh_token": bool}, or
  * an error whose data carries "reason" (LOGIN_R_* below). Closing the
  * connection cancels the login.
  * With "wait": false the reply comes as soon as the URL exists, {"server",
@@ -347,6 +348,18 @@
 #define PARAM_KEY_STATE "state"
 #define PARAM_KEY_OAUTH_STATUS "oauth_status"
 #define PARAM_KEY_TOKEN_EXPIRES_AT "token_expires_at"
+/* Times (common/timefmt.h): RFC 3339 UTC with milliseconds under the key,
+ * whole seconds since the epoch under the same key + "_unix". */
+#define PARAM_KEY_TOKEN_EXPIRES_AT_UNIX "token_expires_at_unix"
+#define PARAM_KEY_TOKEN_OBTAINED_AT "token_obtained_at"
+#define PARAM_KEY_TOKEN_OBTAINED_AT_UNIX "token_obtained_at_unix"
+#define PARAM_KEY_EXPIRES_AT_UNIX "expires_at_unix"
+#define PARAM_KEY_OBTAINED_AT "obtained_at"
+#define PARAM_KEY_OBTAINED_AT_UNIX "obtained_at_unix"
+#define PARAM_KEY_NEXT_REFRESH_AT "next_refresh_at"
+#define PARAM_KEY_NEXT_REFRESH_AT_UNIX "next_refresh_at_unix"
+#define PARAM_KEY_NEXT_AT_UNIX "next_at_unix"
+#define PARAM_KEY_TIMESTAMP_UNIX "timestamp_unix"
 #define PARAM_KEY_REFRESH "refresh"
 #define PARAM_KEY_RETRY_COUNT "retry_count"
 #define PARAM_KEY_NEXT_AT "next_at"
@@ -384,7 +397,17 @@
 #define ROLE_HTTP "http"
 #define ROLE_WORKER "worker"
 
-/* Event types: the same payload on the control socket and over SSE. */
+/*
+ * Event types: the same payload on the control socket and over SSE. The
+ * control socket's notification is event {type, data, timestamp: RFC 3339
+ * UTC with milliseconds, timestamp_unix: seconds}; /events sends each as
+ * "event: TYPE" with data {"payload": data, "timestamp": Unix seconds}.
+ *   oauth.token_refreshed {server_name, obtained_at: when the keeper got the
+ *     token response, expires_at, next_refresh_at: the refresh it scheduled
+ *     (null when none), each with its *_unix}
+ *   oauth.refresh_failed {server_name, error}
+ *   servers.changed {reason, server, ...}
+ */
 #define EVENT_TOKEN_REFRESHED "oauth.token_refreshed"
 #define EVENT_REFRESH_FAILED "oauth.refresh_failed"
 #define EVENT_SERVERS_CHANGED "servers.changed"

@@ -95,7 +95,7 @@ static int login_one(struct ctl *c, const char *server, int timeout)
 	c->on_note = NULL;
 	if (r)
 		return r;
-	if (field_int(reply.result, PARAM_KEY_TOKEN_EXPIRES_AT, &exp) && exp > 0) {
+	if (field_int(reply.result, PARAM_KEY_TOKEN_EXPIRES_AT_UNIX, &exp) && exp > 0) {
 		char d[32];
 
 		duration_format(exp - (int64_t)time(NULL), d, sizeof(d));

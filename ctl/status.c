@@ -21,7 +21,7 @@ static void expires_cell(struct json_object *srv, int64_t now, char *buf, size_t
 	char d[32];
 	int64_t at;
 
-	if (!field_int(srv, PARAM_KEY_TOKEN_EXPIRES_AT, &at) || at <= 0) {
+	if (!field_int(srv, PARAM_KEY_TOKEN_EXPIRES_AT_UNIX, &at) || at <= 0) {
 		snprintf(buf, len, "-");
 		return;
 	}
@@ -47,7 +47,7 @@ static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t
 		snprintf(buf, len, "%s%s", state, retry);
 		return;
 	}
-	if (!field_int(rf, PARAM_KEY_NEXT_AT, &n) || n <= 0) {
+	if (!field_int(rf, PARAM_KEY_NEXT_AT_UNIX, &n) || n <= 0) {
 		snprintf(buf, len, "%s%s", state, retry);
 		return;
 	}

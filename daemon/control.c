@@ -35,6 +35,7 @@
 #include "params.h"
 #include "proto.h"
 #include "sock.h"
+#include "timefmt.h"
 #include "util.h"
 
 /* A subscriber that lets this much pile up is not reading: drop it. */
@@ -147,11 +148,6 @@ static void reply_result(struct conn *c, struct json_object *id, struct json_obj
 
 /* ---- the JSON of a server ---- */
 
-static struct json_object *time_or_null(int64_t t)
-{
-	return t ? json_object_new_int64(t) : NULL;
-}
-
 struct json_object *control_server_json(const struct server *s, bool full)
 {
 	const struct config_server *cs = s->conf;
@@ -169,7 +165,8 @@ struct json_object *control_server_json(const struct server *s, bool full)
 	}
 	json_object_object_add(o, PARAM_KEY_OAUTH_STATUS,
 			       cs->oauth_enabled ? json_object_new_string(oauth_status_name(s->status)) : NULL);
-	json_object_object_add(o, PARAM_KEY_TOKEN_EXPIRES_AT, time_or_null(s->expires_at));
+	time_json_add(o, PARAM_KEY_TOKEN_EXPIRES_AT, PARAM_KEY_TOKEN_EXPIRES_AT_UNIX, s->expires_at_ms);
+	time_json_add(o, PARAM_KEY_TOKEN_OBTAINED_AT, PARAM_KEY_TOKEN_OBTAINED_AT_UNIX, s->obtained_at_ms);
 	if (full) {
 		w = workers_status_json(s);
 		json_object_object_add(o, PARAM_KEY_WORKER, w);
@@ -177,7 +174,7 @@ struct json_object *control_server_json(const struct server *s, bool full)
 	r = json_object_new_object();
 	json_object_object_add(r, PARAM_KEY_STATE, json_object_new_string(refresh_state_name(s->rstate)));
 	json_object_object_add(r, PARAM_KEY_RETRY_COUNT, json_object_new_int(s->retry_count));
-	json_object_object_add(r, PARAM_KEY_NEXT_AT, time_or_null(s->next_at_ms ? (s->next_at_ms + 999) / 1000 : 0));
+	time_json_add(r, PARAM_KEY_NEXT_AT, PARAM_KEY_NEXT_AT_UNIX, s->next_at_ms);
 	json_object_object_add(r, PARAM_KEY_LAST_ERROR, s->last_error ? json_object_new_string(s->last_error) : NULL);
 	json_object_object_add(o, PARAM_KEY_REFRESH, r);
 	if (cs->oauth_enabled) {

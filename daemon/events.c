@@ -1,8 +1,9 @@
 /*
  * The event bus: one payload per event, delivered to every subscriber as a
- * JSON-RPC notification `event` {type, data, timestamp}. Subscribers are
- * control connections now and the http child's SSE stream later; events never
- * carry token bytes (callers put names, times and error words in data).
+ * JSON-RPC notification `event` {type, data, timestamp, timestamp_unix}.
+ * Subscribers are control connections and the http child's SSE stream;
+ * events never carry token bytes (callers put names, times and error words
+ * in data).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include "keeper.h"
 #include "log.h"
 #include "proto.h"
+#include "timefmt.h"
 #include "util.h"
 
 struct sink {
@@ -63,19 +65,6 @@ void events_unsubscribe(struct keeper *k, void *ctx)
 	}
 }
 
-static struct json_object *timestamp_now(void)
-{
-	struct timespec ts;
-	struct tm tm;
-	char buf[32], out[64];
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(out, sizeof(out), "%s.%03dZ", buf, (int)(ts.tv_nsec / 1000000));
-	return json_object_new_string(out);
-}
-
 void events_emit(struct keeper *k, const char *type, struct json_object *data)
 {
 	struct events *ev = k->events;
@@ -84,7 +73,7 @@ void events_emit(struct keeper *k, const char *type, struct json_object *data)
 	params = json_object_new_object();
 	json_object_object_add(params, PARAM_KEY_TYPE, json_object_new_string(type));
 	json_object_object_add(params, PARAM_KEY_DATA, data ? data : json_object_new_object());
-	json_object_object_add(params, PARAM_KEY_TIMESTAMP, timestamp_now());
+	time_json_add(params, PARAM_KEY_TIMESTAMP, PARAM_KEY_TIMESTAMP_UNIX, time_now_ms());
 	note = rpc_notification(METHOD_EVENT, params);
 	if (!note)
 		return;

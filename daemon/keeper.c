@@ -40,6 +40,7 @@
 #include "secret.h"
 #include "sock.h"
 #include "store.h"
+#include "timefmt.h"
 #include "util.h"
 
 /* Clock checks and log checkpoints. */
@@ -54,10 +55,7 @@ int64_t keeper_now(void)
 
 int64_t keeper_now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return time_now_ms();
 }
 
 static int64_t mono_ms(void)

@@ -50,7 +50,7 @@ struct server {
 	const struct config_server *conf;	/* points into k->cfg */
 
 	/* refresh.c (fields grouped by size: a keeper may hold 100 000 of these) */
-	int64_t obtained_at, expires_at;	/* unix seconds; 0: unknown */
+	int64_t obtained_at_ms, expires_at_ms;	/* wall clock, ms; 0: unknown */
 	enum oauth_status status;
 	enum refresh_state rstate;
 	int retry_count;			/* failed attempts since the last success */

@@ -36,6 +36,7 @@
 #include "proto.h"
 #include "secret.h"
 #include "store.h"
+#include "timefmt.h"
 #include "token.h"
 #include "util.h"
 
@@ -570,7 +571,8 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	struct secret *plain = NULL;
 	struct json_object *res, *d;
 	bool had_old;
-	int64_t now = keeper_now(), expires_in;
+	/* obtained_at: the instant the token response reached the keeper. */
+	int64_t now_ms = keeper_now_ms(), expires_in;
 	char *scope, why[256];
 	int r;
 
@@ -606,8 +608,7 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	t.client_id = f->client.client_id;
 	t.client_secret = f->client.client_secret;
 	t.auth_method = f->client.auth_method;
-	t.obtained_at = now;
-	t.expires_at = expires_in > 0 ? now + expires_in : 0;
+	token_set_times(&t, now_ms, expires_in);
 	r = token_encode(&t, &plain);
 	free(scope);
 	if (r == 0)
@@ -645,7 +646,7 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 	res = json_object_new_object();
 	flow_add_str(res, PARAM_KEY_SERVER, s->name);
 	flow_add_str(res, "oauth_status", oauth_status_name(s->status));
-	json_object_object_add(res, PARAM_KEY_TOKEN_EXPIRES_AT, s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
+	time_json_add(res, PARAM_KEY_TOKEN_EXPIRES_AT, PARAM_KEY_TOKEN_EXPIRES_AT_UNIX, s->expires_at_ms);
 	json_object_object_add(res, PARAM_KEY_REFRESH_TOKEN, json_object_new_boolean(t.refresh_token != NULL));
 	login_end(f, res, NULL);
 }

@@ -45,6 +45,7 @@
 #include "proto.h"
 #include "secret.h"
 #include "store.h"
+#include "timefmt.h"
 #include "token.h"
 #include "util.h"
 
@@ -118,7 +119,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg);
 /* The ready queue's order: earliest expiry first. */
 static int64_t deadline(const struct server *s)
 {
-	return s->expires_at ? s->expires_at : INT64_MAX;
+	return s->expires_at_ms ? s->expires_at_ms : INT64_MAX;
 }
 
 static int64_t due_at(const struct server *s)
@@ -312,10 +313,26 @@ static void disarm(struct server *s)
 
 static void dispatch(struct keeper *k);
 
+/*
+ * The instant a token is due for its refresh: obtained_at + threshold x
+ * lifetime, rounded down to the millisecond, and never before the floor
+ * (refresh.min_interval after the last token request) ends.
+ */
+static int64_t due_instant(struct keeper *k, const struct server *s)
+{
+	int64_t lifetime = s->expires_at_ms - s->obtained_at_ms;
+	int64_t due = s->obtained_at_ms + (int64_t)(k->cfg->refresh.threshold * (double)lifetime);
+	int64_t end = s->last_request_ms + k->cfg->refresh.min_interval_ms;
+
+	if (s->last_request_ms && s->last_request_ms <= keeper_now_ms() && due < end)
+		due = end;
+	return due;
+}
+
 /* Puts the server on its regular schedule from its token's times. */
 static void schedule(struct keeper *k, struct server *s)
 {
-	double threshold = k->cfg->refresh.threshold;
+	char at[TIME_TEXT_MAX];
 
 	s->next_at_ms = 0;
 	disarm(s);
@@ -328,17 +345,18 @@ static void schedule(struct keeper *k, struct server *s)
 		s->rstate = REFRESH_FAILED;
 		return;
 	}
-	if (!s->has_refresh || s->expires_at == 0) {
+	if (!s->has_refresh || s->expires_at_ms == 0) {
 		/* Nothing to refresh with (or nothing expires): only watch expiry. */
 		s->rstate = REFRESH_IDLE;
-		if (s->expires_at && s->status == OAUTH_AUTHENTICATED)
-			arm_at(s, s->expires_at * 1000);
+		if (s->expires_at_ms && s->status == OAUTH_AUTHENTICATED)
+			arm_at(s, s->expires_at_ms);
 		return;
 	}
-	s->next_at_ms = (int64_t)((double)s->obtained_at * 1000.0 +
-				  threshold * (double)(s->expires_at - s->obtained_at) * 1000.0);
+	s->next_at_ms = due_instant(k, s);
 	s->rstate = REFRESH_SCHEDULED;
 	arm_at(s, s->next_at_ms);
+	log_info("%s: Proactive refresh scheduled at %s (in %lld ms)", s->name, time_text(s->next_at_ms, at),
+		 (long long)(s->next_at_ms - keeper_now_ms()));
 }
 
 /* The instant (ms) before which no token request for s may start, when
@@ -387,7 +405,7 @@ static void server_due(struct keeper *k, struct server *s)
 		enqueue(k, s);
 		return;
 	}
-	if (s->status == OAUTH_AUTHENTICATED && s->expires_at && s->expires_at <= keeper_now()) {
+	if (s->status == OAUTH_AUTHENTICATED && s->expires_at_ms && s->expires_at_ms <= keeper_now_ms()) {
 		log_info("%s: access token expired and there is no refresh token: login needed", s->name);
 		s->status = OAUTH_EXPIRED;
 	}
@@ -512,12 +530,15 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 		s->status = OAUTH_ERROR;
 		if (!s->failed_reported) {
 			s->failed_reported = true;
+			log_warn("%s: Proactive refresh failed after max retries (%d): %s; next try in %lld s", s->name,
+				 max, error, (long long)(delay / 1000));
 			d = event_data(s);
 			json_object_object_add(d, PARAM_KEY_ERROR, json_object_new_string(error));
 			events_emit(k, EVENT_REFRESH_FAILED, d);
+		} else {
+			log_warn("%s: refresh failed (%s) after %d attempts; next try in %lld s", s->name, error,
+				 s->retry_count, (long long)(delay / 1000));
 		}
-		log_warn("%s: refresh failed (%s) after %d attempts; next try in %lld s", s->name, error,
-			 s->retry_count, (long long)(delay / 1000));
 	}
 	s->rstate = REFRESH_RETRYING;
 	s->next_at_ms = keeper_now_ms() + delay;
@@ -529,8 +550,8 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 
 static void apply_token(struct server *s, const struct token *t)
 {
-	s->obtained_at = t->obtained_at;
-	s->expires_at = t->expires_at;
+	s->obtained_at_ms = t->obtained_at_ms;
+	s->expires_at_ms = t->expires_at_ms;
 	s->has_refresh = t->refresh_token != NULL && !t->refused_at;
 	s->refused = t->refused_at != 0;
 	if (s->refused) {
@@ -538,7 +559,7 @@ static void apply_token(struct server *s, const struct token *t)
 		server_set_error(s, "invalid_grant");
 		return;
 	}
-	if (t->expires_at && t->expires_at <= keeper_now())
+	if (t->expires_at_ms && t->expires_at_ms <= keeper_now_ms())
 		s->status = t->refresh_token ? OAUTH_AUTHENTICATED : OAUTH_EXPIRED;
 	else
 		s->status = OAUTH_AUTHENTICATED;
@@ -589,7 +610,8 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	struct secret *plain = NULL;
 	struct token_result tr;
 	struct token old, t;
-	int64_t now = keeper_now(), expires_in;
+	/* obtained_at: the instant the token response reached the keeper. */
+	int64_t now_ms = keeper_now_ms(), expires_in;
 	char why[256];
 	int r;
 
@@ -613,8 +635,7 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	if (tr.scope)
 		t.scope = tr.scope;
 	expires_in = tr.expires_in;
-	t.obtained_at = now;
-	t.expires_at = expires_in > 0 ? now + expires_in : 0;
+	token_set_times(&t, now_ms, expires_in);
 
 	r = token_encode(&t, &plain);
 	if (r == 0)
@@ -638,7 +659,8 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	s->retry_count = 0;
 	s->failed_reported = false;
 	server_set_error(s, NULL);
-	log_info("%s: token refreshed, expires in %lld s", s->name, (long long)expires_in);
+	log_info("%s: Proactive refresh succeeded: token refreshed, expires in %lld s", s->name,
+		 (long long)expires_in);
 	schedule(k, s);
 	/* Committed above: only now may a worker use the new token. */
 	workers_token_changed(k, s);
@@ -646,8 +668,10 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	{
 		struct json_object *d = event_data(s);
 
-		json_object_object_add(d, PARAM_KEY_EXPIRES_AT,
-				       s->expires_at ? json_object_new_int64(s->expires_at) : NULL);
+		time_json_add(d, PARAM_KEY_OBTAINED_AT, PARAM_KEY_OBTAINED_AT_UNIX, s->obtained_at_ms);
+		time_json_add(d, PARAM_KEY_EXPIRES_AT, PARAM_KEY_EXPIRES_AT_UNIX, s->expires_at_ms);
+		time_json_add(d, PARAM_KEY_NEXT_REFRESH_AT, PARAM_KEY_NEXT_REFRESH_AT_UNIX,
+			      s->rstate == REFRESH_SCHEDULED ? s->next_at_ms : 0);
 		events_emit(k, EVENT_TOKEN_REFRESHED, d);
 	}
 }
@@ -846,7 +870,7 @@ const struct child_ops refresh_oauth_ops = {
 bool refresh_reset(struct keeper *k, struct server *s)
 {
 	s->status = OAUTH_NONE;
-	s->obtained_at = s->expires_at = 0;
+	s->obtained_at_ms = s->expires_at_ms = 0;
 	s->has_refresh = false;
 	s->refused = false;
 	if (!s->conf->oauth_enabled) {
@@ -874,7 +898,7 @@ void refresh_take_record(struct keeper *k, struct server *s, const struct secret
 	}
 	apply_token(s, &t);
 	schedule(k, s);
-	if (s->expires_at && s->expires_at <= keeper_now() && s->has_refresh)
+	if (s->expires_at_ms && s->expires_at_ms <= keeper_now_ms() && s->has_refresh)
 		log_info("%s: token expired while the keeper was away; refreshing now", s->name);
 }
 
@@ -923,13 +947,13 @@ int refresh_logout(struct keeper *k, struct server *s)
 	}
 	s->status = OAUTH_NONE;
 	s->rstate = REFRESH_IDLE;
-	s->obtained_at = s->expires_at = 0;
+	s->obtained_at_ms = s->expires_at_ms = 0;
 	s->has_refresh = false;
 	s->refused = false;
 	s->retry_count = 0;
 	s->failed_reported = false;
 	server_set_error(s, NULL);
-	log_info("%s: logged out%s", s->name, r == STORE_E_NOT_FOUND ? " (there was no token)" : "");
+	log_info("%s: OAuth logout completed%s", s->name, r == STORE_E_NOT_FOUND ? " (there was no token)" : "");
 	d = json_object_new_object();
 	json_object_object_add(d, PARAM_KEY_REASON, json_object_new_string("oauth_logout"));
 	json_object_object_add(d, PARAM_KEY_SERVER, json_object_new_string(s->name));

@@ -289,6 +289,9 @@ static void test_round_trip(void)
 	CHECK(t.revocation_endpoint == NULL);
 	CHECK_EQ(t.obtained_at, 1700000000);
 	CHECK_EQ(t.expires_at, 1700003600);
+	/* A record without the millisecond fields: the seconds x 1000. */
+	CHECK_EQ(t.obtained_at_ms, 1700000000000LL);
+	CHECK_EQ(t.expires_at_ms, 1700003600000LL);
 	token_clear(&t);
 
 	put_token(s, "github#00000001", "access-two", NULL);
@@ -324,6 +327,35 @@ static char *repeat(char c, size_t n)
 	memset(s, c, n);
 	s[n] = '\0';
 	return s;
+}
+
+/* The keeper's token times: milliseconds survive the record, the seconds
+ * beside them are the same instants rounded down (for an older reader). */
+static void test_token_times(void)
+{
+	struct token t = { .access_token = "a", .token_type = "Bearer" }, got;
+	struct secret *plain = NULL;
+
+	TEST("token times: ms survive encoding, seconds beside them, no expiry stays 0");
+	token_set_times(&t, 1796661601123LL, 30);
+	CHECK_EQ(t.obtained_at, 1796661601);
+	CHECK_EQ(t.expires_at, 1796661631);
+	CHECK_EQ(token_encode(&t, &plain), 0);
+	CHECK_EQ(token_decode(plain, &got), 0);
+	CHECK_EQ(got.obtained_at_ms, 1796661601123LL);
+	CHECK_EQ(got.expires_at_ms, 1796661631123LL);
+	CHECK_EQ(got.obtained_at, 1796661601);
+	CHECK_EQ(got.expires_at, 1796661631);
+	token_clear(&got);
+
+	token_set_times(&t, 1796661601999LL, 0);
+	CHECK_EQ(t.expires_at_ms, 0);
+	CHECK_EQ(t.expires_at, 0);
+	CHECK_EQ(token_encode(&t, &plain), 0);
+	CHECK_EQ(token_decode(plain, &got), 0);
+	CHECK_EQ(got.obtained_at_ms, 1796661601999LL);
+	CHECK_EQ(got.expires_at_ms, 0);
+	token_clear(&got);
 }
 
 static void test_token_size(void)
@@ -939,6 +971,7 @@ int main(int argc, char **argv)
 
 	test_server_key();
 	test_round_trip();
+	test_token_times();
 	test_token_size();
 	test_exact_delete();
 	test_list_batches();

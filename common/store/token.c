@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "proto.h"
@@ -35,6 +36,8 @@ static const struct field token_fields[] = {
 	{ 64, FIELD_INT, offsetof(struct token, obtained_at) },
 	{ 65, FIELD_INT, offsetof(struct token, expires_at) },
 	{ 66, FIELD_INT, offsetof(struct token, refused_at) },
+	{ 67, FIELD_INT, offsetof(struct token, obtained_at_ms) },
+	{ 68, FIELD_INT, offsetof(struct token, expires_at_ms) },
 };
 
 static const struct field client_fields[] = {
@@ -179,6 +182,16 @@ int token_encode(const struct token *t, struct secret **out)
 	return encode(t, token_fields, ARRAY_SIZE(token_fields), out);
 }
 
+/* A record without the millisecond fields (written before they existed):
+ * the seconds x 1000, where that fits. */
+static void token_times(struct token *t)
+{
+	if (!t->obtained_at_ms && t->obtained_at > 0 && t->obtained_at < INT64_MAX / 1000)
+		t->obtained_at_ms = t->obtained_at * 1000;
+	if (!t->expires_at_ms && t->expires_at > 0 && t->expires_at < INT64_MAX / 1000)
+		t->expires_at_ms = t->expires_at * 1000;
+}
+
 int token_decode(struct secret *plain, struct token *t)
 {
 	memset(t, 0, sizeof(*t));
@@ -188,6 +201,7 @@ int token_decode(struct secret *plain, struct token *t)
 		token_clear(t);
 		return -EBADMSG;
 	}
+	token_times(t);
 	return 0;
 }
 
@@ -198,7 +212,16 @@ int token_view(const struct secret *plain, struct token *t)
 		memset(t, 0, sizeof(*t));
 		return -EBADMSG;
 	}
+	token_times(t);
 	return 0;
+}
+
+void token_set_times(struct token *t, int64_t now_ms, int64_t expires_in)
+{
+	t->obtained_at_ms = now_ms;
+	t->obtained_at = now_ms / 1000;
+	t->expires_at_ms = expires_in > 0 ? now_ms + expires_in * 1000 : 0;
+	t->expires_at = t->expires_at_ms / 1000;
 }
 
 void token_clear(struct token *t)

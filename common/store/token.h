@@ -33,6 +33,11 @@ struct token {
 	const char *auth_method;
 	int64_t obtained_at;		/* unix seconds */
 	int64_t expires_at;		/* unix seconds; 0: no expiry given */
+	/* The same in milliseconds (obtained_at_ms: when the keeper received
+	 * the token response). Records from before they existed decode with
+	 * the seconds x 1000; writers set both. */
+	int64_t obtained_at_ms;
+	int64_t expires_at_ms;
 	int64_t refused_at;		/* the provider refused the refresh token
 					 * (invalid_grant): login needed; 0: no */
 	struct secret *plain;		/* owns the strings after token_decode() */
@@ -57,6 +62,9 @@ int token_decode(struct secret *plain, struct token *t);
 /* Decode without taking plain: the strings point into it and last as long
  * as it does; t->plain stays NULL. Returns 0 or -EBADMSG. */
 int token_view(const struct secret *plain, struct token *t);
+/* Sets the times of a token the keeper received at now_ms (wall clock)
+ * with expires_in seconds (0 or less: no expiry given). */
+void token_set_times(struct token *t, int64_t now_ms, int64_t expires_in);
 void token_clear(struct token *t);
 
 int client_encode(const struct oauth_client *c, struct secret **out);

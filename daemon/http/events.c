@@ -3,9 +3,10 @@
  *
  * One control connection stays subscribed (events.subscribe) for as long
  * as the child runs, and is asked for again, with backoff, when it drops.
- * Each notification `event` {type, data, timestamp} goes to every client
- * as "event: TYPE" and "data: {"payload": DATA, "timestamp": T}", the same
- * DATA and T; a ping every HTTP_PING_S seconds keeps idle streams honest.
+ * Each notification `event` {type, data, timestamp, timestamp_unix} goes to
+ * every client as "event: TYPE" and "data: {"payload": DATA, "timestamp":
+ * T}", the same DATA, T the event's Unix seconds (the shape mcpproxy's UI
+ * reads); a ping every HTTP_PING_S seconds keeps idle streams honest.
  *
  * No event is dropped silently: a client that lets more than
  * HTTP_STREAM_OUTPUT_MAX bytes pile up is disconnected with a log line
@@ -33,6 +34,7 @@
 #include "log.h"
 #include "params.h"
 #include "proto.h"
+#include "timefmt.h"
 #include "util.h"
 
 #define SUBSCRIBE_TIMEOUT_S 30
@@ -46,17 +48,23 @@ struct sse_client {
 	char who[96];
 };
 
-/* The keeper's event notification (common/proto.h): {type, data, timestamp}. */
+/* The keeper's event notification (common/proto.h): {type, data, timestamp,
+ * timestamp_unix}. */
 struct event_params {
 	const char *type;
 	struct json_object *data;
 	const char *timestamp;
+	int64_t timestamp_unix;
 };
+
+/* What timestamp_unix holds while the notification has none. */
+#define TIMESTAMP_ABSENT INT64_MIN
 
 static const struct param_spec event_spec[] = {
 	PARAM_STRING(struct event_params, type, PARAM_KEY_TYPE, PARAM_REQUIRED),
 	PARAM_OBJECT(struct event_params, data, PARAM_KEY_DATA, 0),
 	PARAM_STRING(struct event_params, timestamp, PARAM_KEY_TIMESTAMP, 0),
+	PARAM_INT(struct event_params, timestamp_unix, PARAM_KEY_TIMESTAMP_UNIX, 0, 0, 0),
 };
 
 /* events.subscribe's result. */
@@ -151,24 +159,21 @@ static bool type_valid(const char *s, size_t len)
 /* One keeper notification to every client; -EINVAL when it is malformed. */
 static int events_deliver(struct http *h, struct json_object *params)
 {
-	struct event_params p = { NULL };
+	struct event_params p = { .timestamp_unix = TIMESTAMP_ABSENT };
 	struct json_object *env;
 	struct evbuffer *b;
 	const char *json, *bad;
 	size_t len;
-	char now[40];
 
 	if (params_parse(params, event_spec, ARRAY_SIZE(event_spec), &p, &bad) < 0 ||
 	    !type_valid(p.type, strlen(p.type)))
 		return -EINVAL;
-	if (!p.timestamp) {
-		http_timestamp(now, sizeof(now));
-		p.timestamp = now;
-	}
+	if (p.timestamp_unix == TIMESTAMP_ABSENT)
+		p.timestamp_unix = time_now_ms() / 1000;
 	/* The envelope is what browsers read, not a channel message. */
 	env = json_object_new_object();
 	json_object_object_add(env, "payload", p.data ? json_object_get(p.data) : json_object_new_object());
-	json_object_object_add(env, "timestamp", json_object_new_string(p.timestamp));
+	json_object_object_add(env, "timestamp", json_object_new_int64(p.timestamp_unix));
 	/* Compact JSON has no raw line break: one data line per event. */
 	json = json_object_to_json_string_length(env, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
 	b = evbuffer_new();
@@ -185,11 +190,11 @@ static int events_deliver(struct http *h, struct json_object *params)
 
 void events_ping(struct http *h)
 {
-	char now[40], chunk[96];
+	char chunk[96];
 	int n;
 
-	http_timestamp(now, sizeof(now));
-	n = snprintf(chunk, sizeof(chunk), "event: ping\ndata: {\"timestamp\":\"%s\"}\n\n", now);
+	n = snprintf(chunk, sizeof(chunk), "event: ping\ndata: {\"timestamp\":%lld}\n\n",
+		     (long long)(time_now_ms() / 1000));
 	events_broadcast(h, chunk, (size_t)n);
 	mcp_ping(h);
 }

@@ -104,18 +104,6 @@ int64_t http_now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void http_timestamp(char *buf, size_t len)
-{
-	struct timespec ts;
-	struct tm tm;
-	char base[32];
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf, len, "%s.%03dZ", base, (int)(ts.tv_nsec / 1000000));
-}
-
 void http_clean(const char *s, char *out, size_t len)
 {
 	size_t n = 0;

@@ -183,8 +183,6 @@ struct http {
 /* -- http.c: helpers -- */
 
 int64_t http_now_ms(void);
-/* "2025-01-02T03:04:05.678Z", as the keeper stamps its events. */
-void http_timestamp(char *buf, size_t len);
 /* Printable copy of untrusted text for a log line. */
 void http_clean(const char *s, char *out, size_t len);
 
@@ -199,7 +197,8 @@ void http_log_request(struct evhttp_request *req, int status, const char *note);
 void http_common_headers(struct evhttp_request *req);
 /* Sends a JSON body (takes body). */
 void http_send_json(struct evhttp_request *req, int status, struct json_object *body, const char *session_id);
-/* {"success": false, "error": {"kind", "message"}}. */
+/* {"success": false, "error": message, "kind": kind} (the shape the
+ * quickstart's UI reads as error.error). */
 void http_send_error(struct evhttp_request *req, int status, const char *kind, const char *fmt, ...)
 	_printf_(4, 5);
 

@@ -186,17 +186,16 @@ void http_send_json(struct evhttp_request *req, int status, struct json_object *
 
 void http_send_error(struct evhttp_request *req, int status, const char *kind, const char *fmt, ...)
 {
-	struct json_object *o = json_object_new_object(), *e = json_object_new_object();
+	struct json_object *o = json_object_new_object();
 	char message[512];
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
-	json_object_object_add(e, "kind", json_object_new_string(kind));
-	json_object_object_add(e, "message", json_object_new_string(message));
 	json_object_object_add(o, "success", json_object_new_boolean(0));
-	json_object_object_add(o, "error", e);
+	json_object_object_add(o, "error", json_object_new_string(message));
+	json_object_object_add(o, "kind", json_object_new_string(kind));
 	http_send_json(req, status, o, NULL);
 }
 

@@ -336,7 +336,8 @@ async function main() {
       runtime_dir: runtimeDir,
       listen: '127.0.0.1:0',
       refresh: { threshold: THRESHOLD },
-      mcpServers: { demo: { url: `${peer.url}/mcp` } },
+      // "off": a disabled server, whose Login the keeper refuses (a REST error).
+      mcpServers: { demo: { url: `${peer.url}/mcp` }, off: { url: `${peer.url}/mcp`, enabled: false } },
     };
     const configPath = path.join(tmp, 'config.json');
     fs.writeFileSync(configPath, JSON.stringify(config, null, 2));
@@ -463,9 +464,17 @@ async function main() {
       }, (TOKEN_LIFETIME + 10) * 1000, 'oauth.token_refreshed on the control socket');
       if (shownBefore === null || shownBefore > TOKEN_LIFETIME * (1 - THRESHOLD) + 2)
         fail(`before the refresh the page showed ${shownBefore} s left, not about ${TOKEN_LIFETIME * (1 - THRESHOLD)} s`);
-      const newExpiry = ev.data.expires_at;
-      if (!(newExpiry > before.token_expires_at))
-        fail(`the refresh did not move expires_at (${before.token_expires_at} -> ${newExpiry})`);
+      // Times are RFC 3339 UTC with milliseconds, with the seconds under *_unix.
+      const rfc3339 = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+      for (const [what, text, unix] of [['event expires_at', ev.data.expires_at, ev.data.expires_at_unix],
+                                        ['status token_expires_at', before.token_expires_at,
+                                         before.token_expires_at_unix]]) {
+        if (!rfc3339.test(text) || Math.floor(Date.parse(text) / 1000) !== unix)
+          fail(`${what} is ${JSON.stringify(text)} (_unix ${unix}), not RFC 3339 UTC with milliseconds`);
+      }
+      const newExpiry = Date.parse(ev.data.expires_at) / 1000;
+      if (!(newExpiry > Date.parse(before.token_expires_at) / 1000))
+        fail(`the refresh did not move expires_at (${before.token_expires_at} -> ${ev.data.expires_at})`);
       await waitFor(async () => {
         const shown = parseDuration(await expires.textContent());
         const want = newExpiry - Date.now() / 1000;
@@ -541,6 +550,17 @@ async function main() {
       noSecrets();
       await screenshot(page, 'token-expired');
       ok(`invalid_grant at the refresh: badge "Token Expired", Login shown, error ${JSON.stringify(err.trim())}`);
+
+      // A REST error ({"success": false, "error": MESSAGE, "kind": KIND}): the
+      // card shows the keeper's message, error.error, as the quickstart's UI does.
+      const off = page.locator('section.card[data-server="off"]');
+      await off.locator('[data-action="login"]').click();
+      const offErr = off.locator('[data-role="error"]');
+      await offErr.waitFor({ state: 'visible', timeout: LIVE_MS });
+      const offText = ((await offErr.textContent()) || '').trim();
+      if (offText !== 'Login failed: server "off" is disabled in the configuration')
+        fail(`the card does not show the API's error message: ${JSON.stringify(offText)}`);
+      ok(`a refused login shows the API's error.error: ${JSON.stringify(offText)}`);
     }
   } catch (e) {
     failed = e;

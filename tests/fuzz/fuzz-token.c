@@ -94,7 +94,8 @@ static void fuzz_token(const uint8_t *data, size_t size)
 #define X(f) check_same(t.f, again.f, #f);
 	TOKEN_STRINGS(X)
 #undef X
-	if (t.obtained_at != again.obtained_at || t.expires_at != again.expires_at)
+	if (t.obtained_at != again.obtained_at || t.expires_at != again.expires_at ||
+	    t.obtained_at_ms != again.obtained_at_ms || t.expires_at_ms != again.expires_at_ms)
 		die("an integer field changed on the round trip", NULL);
 	if (token_encode(&again, &enc2) != 0)
 		die("token_encode() refused a re-decoded token", NULL);

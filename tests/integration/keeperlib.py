@@ -28,9 +28,11 @@ Environment:
 """
 
 import base64
+import calendar
 import hashlib
 import json
 import os
+import re
 import secrets as _secrets
 import select
 import shutil
@@ -139,6 +141,29 @@ def wait_until(fn, timeout, interval=0.1, what=None):
                 msg += " (last error: %r)" % (last_exc,)
             raise WaitTimeout(msg)
         time.sleep(interval)
+
+
+def time_ms(text):
+    """ms since the epoch of an RFC 3339 UTC time with milliseconds, as the
+    keeper writes them ("2026-12-07T16:40:01.123Z"); None stays None."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{3})Z", str(text))
+    if not m:
+        raise AssertionError("not an RFC 3339 UTC time with milliseconds: %r" % (text,))
+    y, mo, d, h, mi, sec, ms = map(int, m.groups())
+    return calendar.timegm((y, mo, d, h, mi, sec)) * 1000 + ms
+
+
+def assert_time_text(case, text, unix):
+    """text is an RFC 3339 UTC time with milliseconds and unix its whole
+    seconds since the epoch; or both are None."""
+    if text is None or unix is None:
+        case.assertIsNone(text, "%r without its _unix %r" % (text, unix))
+        case.assertIsNone(unix, "%r without its RFC 3339 text %r" % (unix, text))
+        return
+    case.assertIsInstance(unix, int, unix)
+    case.assertEqual(time_ms(text) // 1000, unix, (text, unix))
 
 
 def assert_no_secrets(text, secrets, where="log"):

@@ -328,18 +328,19 @@ class HttpCase(kl.KeeperTestCase):
         return env["data"]
 
     def assert_err(self, r, status, kind=None):
-        """The error envelope {"success": false, "error": {"kind", "message"}}."""
+        """The error envelope {"success": false, "error": message, "kind": kind}
+        (the quickstart's UI shows error.error); returns {"kind", "message"}."""
         self.assertEqual(r.status, status, "expected HTTP %d, got %d %r" % (status, r.status, r.body[:300]))
         self.assertEqual((r.headers.get("Content-Type") or "").split(";")[0].strip(), "application/json",
                          "HTTP %d answers JSON: %r" % (status, r.body[:200]))
         env = r.json()
         self.assertIs(env.get("success"), False, env)
-        err = env.get("error")
-        self.assertIsInstance(err, dict, env)
-        self.assertIsInstance(err.get("kind"), str, env)
-        self.assertTrue(err["kind"], env)
-        self.assertIsInstance(err.get("message"), str, env)
-        self.assertTrue(err["message"], env)
+        self.assertEqual(set(env), {"success", "error", "kind"}, env)
+        self.assertIsInstance(env["error"], str, env)
+        self.assertTrue(env["error"], env)
+        self.assertIsInstance(env["kind"], str, env)
+        self.assertTrue(env["kind"], env)
+        err = {"kind": env["kind"], "message": env["error"]}
         if kind:
             self.assertEqual(err["kind"], kind, env)
         return err
@@ -383,14 +384,15 @@ class HttpCase(kl.KeeperTestCase):
         """An SSE envelope carries the same payload as the control socket's
         event of the same type."""
         self.assertEqual(set(env), {"payload", "timestamp"}, env)
-        self.assertTrue(env["timestamp"], env)
+        # Unix seconds, the shape mcpproxy's UI reads.
+        self.assertIsInstance(env["timestamp"], int, env)
+        self.assertLessEqual(abs(env["timestamp"] - time.time()), 300, env)
         self.sub.drain(0.2)
         seen = [e for e in self.sub.events if e.get("type") == etype and e.get("data") == env["payload"]]
         ev = seen[-1] if seen else self.sub.wait_for(etype, lambda d: d == env["payload"], 10)
         self.assertEqual(ev["data"], env["payload"])
-        if ev.get("timestamp") != env["timestamp"]:
-            print("note: %s: SSE timestamp %r, control socket %r" % (etype, env["timestamp"], ev.get("timestamp")),
-                  file=sys.stderr)
+        self.assertEqual(ev["timestamp_unix"], env["timestamp"], (ev, env))
+        kl.assert_time_text(self, ev["timestamp"], ev["timestamp_unix"])
         return ev
 
     # -- MCP over HTTP --
@@ -707,7 +709,8 @@ class TestLoginLogout(HttpCase):
         api = self.assert_ok(self.req("GET", "/api/v1/servers/demo"))
         self.assertEqual(api["oauth_status"], "authenticated")
         self.assertIs(api["login_in_progress"], False)
-        self.assertIsInstance(api["token_expires_at"], int)
+        kl.assert_time_text(self, api["token_expires_at"], api["token_expires_at_unix"])
+        self.assertGreater(api["token_expires_at_unix"], time.time())
         last = self.peer._json("GET", "/test/last")
         self.assertEqual(last["token"]["grant_type"], "authorization_code")
         self.assertIs(last["token"]["pkce_ok"], True)
@@ -862,8 +865,10 @@ class TestEvents(HttpCase):
         # oauth.token_refreshed on both streams, equal to the control socket's event.
         for stream in (by_header, by_query):
             env = stream.wait_for(EV_REFRESHED, lambda p: p.get("server_name") == "demo", 30)
-            self.assertEqual(set(env["payload"]), {"server_name", "expires_at"})
-            self.assertIsInstance(env["payload"]["expires_at"], int)
+            self.assertEqual(set(env["payload"]), {"server_name", "obtained_at", "obtained_at_unix", "expires_at",
+                                                   "expires_at_unix", "next_refresh_at", "next_refresh_at_unix"})
+            for key in ("obtained_at", "expires_at", "next_refresh_at"):
+                kl.assert_time_text(self, env["payload"][key], env["payload"][key + "_unix"])
             self.check_sse_matches(env, EV_REFRESHED)
         # oauth.refresh_failed: invalid_grant at the next refresh.
         self.peer.fail("invalid_grant", 5)

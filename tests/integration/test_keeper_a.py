@@ -115,7 +115,7 @@ class TestRefresh(OAuthKeeperCase):
         self.peer.fail("500", 5)
         self.k.start()
         self.sub = self.k.subscribe()
-        stored_expiry = self.k.server("gh")["token_expires_at"]
+        stored_expiry = self.k.server("gh")["token_expires_at_unix"]
 
         # The first attempt and three fast retries fail: one refresh_failed.
         ev = self.sub.wait_for(EV_FAILED, for_server("gh"), 40)
@@ -203,7 +203,7 @@ class TestRefresh(OAuthKeeperCase):
         self.setup_oauth(lifetime=3600, stored_lifetime=-5, early_subscribe=True)
         ev = self.sub.wait_for(EV_REFRESHED, for_server("gh"), 30)
         self.assertEqual(self.sub.events[0]["type"], EV_REFRESHED, "the first event: %r" % self.sub.events)
-        self.assertGreater(ev["data"]["expires_at"], time.time(), ev)
+        self.assertGreater(ev["data"]["expires_at_unix"], time.time(), ev)
         stats = self.peer.stats()
         self.assertEqual((stats["refresh_requests"], stats["refresh_grants"]), (1, 1), stats)
         st = self.k.server("gh")
@@ -690,7 +690,7 @@ class TestProcess(OAuthKeeperCase):
         kl.wait_until(lambda: "reopen" in k.log().lower(), 20, 0.2, "the keeper to log the reopen")
         # The commit after the reopen is durable: the store lists the new expiry.
         listing = k.store_tool("list", timeout=60).stdout.decode()
-        self.assertIn("expires_at=%d" % ev["data"]["expires_at"], listing)
+        self.assertIn("expires_at=%d" % ev["data"]["expires_at_unix"], listing)
         self.assertTrue(k.running())
         self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
         self.assert_log_clean()
@@ -799,7 +799,8 @@ class TestProcess(OAuthKeeperCase):
 
 class TestMcpctl(OAuthKeeperCase):
 
-    TIMING = ("next_at", "token_expires_at")
+    TIMING = ("next_at", "next_at_unix", "token_expires_at", "token_expires_at_unix", "token_obtained_at",
+              "token_obtained_at_unix")
 
     def ctl(self, *args):
         return subprocess.run([kl.MCPCTL] + list(args), stdin=subprocess.DEVNULL, capture_output=True, timeout=60,

@@ -229,7 +229,7 @@ class KeeperB(keeperlib.KeeperTestCase):
             st = by_name(k.status())
             done = sum(1 for name in names
                        if st[name]["oauth_status"] == "authenticated"
-                       and (st[name]["token_expires_at"] or 0) > orig_exp[name])
+                       and (st[name]["token_expires_at_unix"] or 0) > orig_exp[name])
             return done == n
 
         deadline = max(orig_exp.values()) - time.time() + 60
@@ -245,11 +245,11 @@ class KeeperB(keeperlib.KeeperTestCase):
             self.assertEqual(s["refresh"]["state"], "scheduled", name)
             # The new token was obtained when the refresh succeeded:
             # token_expires_at = refresh time + the peer's lifetime.
-            refreshed_at = s["token_expires_at"] - peer_lifetime
+            refreshed_at = s["token_expires_at_unix"] - peer_lifetime
             if refreshed_at >= orig_exp[name]:
                 late.append((name, refreshed_at - orig_exp[name]))
         self.assertEqual(late, [], "refreshed at or after the original expiry")
-        margin = min(orig_exp[name] - (st[name]["token_expires_at"] - peer_lifetime) for name in names)
+        margin = min(orig_exp[name] - (st[name]["token_expires_at_unix"] - peer_lifetime) for name in names)
 
         stats = peer.stats()
         seen = {e["data"]["server_name"] for e in sub.of_type(EV_REFRESHED)}
@@ -373,7 +373,7 @@ class KeeperB(keeperlib.KeeperTestCase):
             if s["oauth_status"] == "authenticated":
                 self.assertEqual(s["refresh"]["state"], "scheduled", name)
                 self.assertIsNotNone(s["refresh"]["next_at"], name)
-                self.assertGreater(s["token_expires_at"], restarted, name)
+                self.assertGreater(s["token_expires_at_unix"], restarted, name)
         self.assertLessEqual(stats["refresh_requests"], 3 * n * len(kills) + 50, "a retry storm")
         if grace:
             self.assertEqual(expired, [], "with the grace window on, every token must survive")
@@ -504,7 +504,7 @@ class KeeperB(keeperlib.KeeperTestCase):
         s0 = k.server("jump")
         self.assertEqual(s0["oauth_status"], "authenticated")
         self.assertEqual(s0["refresh"]["state"], "scheduled")
-        due = s0["refresh"]["next_at"]
+        due = s0["refresh"]["next_at_unix"]
         log("due at %s, %d s from now (monotonic schedule)" % (due, due - time.time()))
         self.assertGreater(due - time.time(), 2000)
         # Nothing happens on its own for a few maintenance ticks.
@@ -542,7 +542,7 @@ class KeeperB(keeperlib.KeeperTestCase):
         s1 = k.server("jump")
         self.assertEqual(s1["oauth_status"], "authenticated")
         # Obtained on the keeper's (jumped) wall clock.
-        self.assertGreater(s1["token_expires_at"], time.time() + 3000 + 3600 - 120)
+        self.assertGreater(s1["token_expires_at_unix"], time.time() + 3000 + 3600 - 120)
         self.assertEqual(s1["refresh"]["state"], "scheduled")
         self.assertIn("wall clock moved", k.log())
 

@@ -442,8 +442,9 @@ class TestLogout(LoginCase):
 
 class TestStatus(LoginCase):
 
-    SERVER_KEYS = {"name", "protocol", "url", "enabled", "oauth", "oauth_status", "token_expires_at", "worker",
-                   "refresh", "login_in_progress", "login_required"}
+    SERVER_KEYS = {"name", "protocol", "url", "enabled", "oauth", "oauth_status", "token_expires_at",
+                   "token_expires_at_unix", "token_obtained_at", "token_obtained_at_unix", "worker", "refresh",
+                   "login_in_progress", "login_required"}
 
     def test_a_status_json_shape(self):
         self.setup_login(extra_servers={"files": {"command": "/bin/cat"}})
@@ -458,8 +459,11 @@ class TestStatus(LoginCase):
         self.assertEqual(set(demo), self.SERVER_KEYS)
         self.assertEqual(demo["oauth_status"], "authenticated")
         self.assertIsNone(demo["login_required"])
-        self.assertIsInstance(demo["token_expires_at"], int)
-        self.assertEqual(set(demo["refresh"]), {"state", "retry_count", "next_at", "last_error"})
+        kl.assert_time_text(self, demo["token_expires_at"], demo["token_expires_at_unix"])
+        kl.assert_time_text(self, demo["token_obtained_at"], demo["token_obtained_at_unix"])
+        self.assertIsNotNone(demo["token_expires_at"])
+        self.assertEqual(set(demo["refresh"]), {"state", "retry_count", "next_at", "next_at_unix", "last_error"})
+        kl.assert_time_text(self, demo["refresh"]["next_at"], demo["refresh"]["next_at_unix"])
         self.assertEqual(set(demo["worker"]) >= {"state"}, True, demo["worker"])
         files = [s for s in st["servers"] if s["name"] == "files"][0]
         self.assertIsNone(files["oauth_status"])

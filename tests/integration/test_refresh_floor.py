@@ -107,8 +107,8 @@ class TestFloor(FloorCase):
     def test_c_huge_expires_in_is_clamped(self):
         # INT64_MAX seconds: now + expires_in would overflow.
         self.setup_keeper(stored_lifetime=-5, peer_config={"expires_in": 2 ** 63 - 1})
-        kl.wait_until(lambda: "gh: token refreshed" in self.k.log(), 20, 0.1, "the refresh")
-        expires_at = self.k.server("gh")["token_expires_at"]
+        kl.wait_until(lambda: "gh: Proactive refresh succeeded" in self.k.log(), 20, 0.1, "the refresh")
+        expires_at = self.k.server("gh")["token_expires_at_unix"]
         now = time.time()
         self.assertTrue(expires_at and now + YEAR - 60 <= expires_at <= now + YEAR + 60, (expires_at, now))
         self.assertIn("gh: the token endpoint gave expires_in %d s, outside 1 s .. 1 year; using %d s" %
@@ -119,8 +119,8 @@ class TestFloor(FloorCase):
     def test_c2_negative_expires_in_is_clamped(self):
         # Negative: the same clamp to 1 s, never "no expiry".
         self.setup_keeper(stored_lifetime=-5, peer_config={"expires_in": -100})
-        kl.wait_until(lambda: "gh: token refreshed" in self.k.log(), 20, 0.1, "the refresh")
-        expires_at = self.k.server("gh")["token_expires_at"]
+        kl.wait_until(lambda: "gh: Proactive refresh succeeded" in self.k.log(), 20, 0.1, "the refresh")
+        expires_at = self.k.server("gh")["token_expires_at_unix"]
         self.assertIsNotNone(expires_at, "a negative expires_in is no \"never expires\"")
         self.assertLessEqual(expires_at, time.time() + 5)
         self.assertIn("gh: the token endpoint gave expires_in -100 s, outside 1 s .. 1 year; using 1 s",

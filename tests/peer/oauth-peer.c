@@ -136,7 +136,13 @@
  *                     holds: {"grant", "token_type" ("access_token" or
  *                     "refresh_token", what it was, not the hint),
  *                     "issuer" (whose endpoint), "client_id", "revoked"
- *                     (false: the token was another client's)}
+ *                     (false: the token was another client's)}.
+ *                     token_requests: every POST /token since the reset
+ *                     (the first 10000), in order, as {"at_ms": the wall
+ *                     clock (CLOCK_REALTIME, ms since the epoch) when the
+ *                     request reached the peer, "grant_type": string or
+ *                     null}, failures injected by /test/fail included: what
+ *                     a timing test compares the keeper's schedule with
  *   POST /test/notify  {"session": ID | "*", "method": M, "params": {...}}
  *                     sends a notification on the session's stream (GET /mcp
  *                     or /sse); answers {"delivered": N}, 404 when the named
@@ -227,6 +233,7 @@
 #include "frame.h"
 #include "log.h"
 #include "proto.h"
+#include "timefmt.h"
 #include "util.h"
 
 #define PEER_NAME "mcpkeeper-test-peer"
@@ -248,6 +255,8 @@
 #define ISSUERS_MAX 16
 /* grantable_scopes: at most this many scope tokens. */
 #define GRANTABLE_MAX 16
+/* ... and the first this many token requests. */
+#define TOKEN_LOG_MAX 10000
 /* The iss of a redirect with wrong_iss set: an issuer that is not this one. */
 #define WRONG_ISS "https://evil.example"
 #define PRM_PATH "/.well-known/oauth-protected-resource"
@@ -499,6 +508,7 @@ struct recordings {
 	struct json_object *discovery;	/* [{"path", "status"}] */
 	struct json_object *authorize_scopes; /* [scope or null] */
 	struct json_object *revocations; /* [{"grant", "token_type", ...}] */
+	struct json_object *token_requests; /* [{"at_ms", "grant_type"}] */
 };
 
 struct peer_options {
@@ -890,6 +900,7 @@ static void recordings_free(struct recordings *r)
 	json_object_put(r->discovery);
 	json_object_put(r->authorize_scopes);
 	json_object_put(r->revocations);
+	json_object_put(r->token_requests);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -900,7 +911,8 @@ static void recordings_reset(struct recordings *r)
 	r->discovery = json_object_new_array();
 	r->authorize_scopes = json_object_new_array();
 	r->revocations = json_object_new_array();
-	if (!r->discovery || !r->authorize_scopes || !r->revocations)
+	r->token_requests = json_object_new_array();
+	if (!r->discovery || !r->authorize_scopes || !r->revocations || !r->token_requests)
 		fatal("out of memory");
 }
 
@@ -2209,6 +2221,19 @@ static void token_record(struct peer *p, const struct evkeyvalq *form)
 	json_object_object_add(p->rec, "pkce_ok", NULL);
 }
 
+/* The instant a token request arrived, for /test/last's token_requests. */
+static void token_log(struct peer *p, const char *grant)
+{
+	struct json_object *e;
+
+	if (json_object_array_length(p->last.token_requests) >= TOKEN_LOG_MAX)
+		return;
+	e = json_object_new_object();
+	json_object_object_add(e, "at_ms", json_object_new_int64(time_now_ms()));
+	json_object_object_add(e, "grant_type", grant ? json_object_new_string(grant) : NULL);
+	json_object_array_add(p->last.token_requests, e);
+}
+
 /* Returns 1 when the request is held (a hang), 0 once it has been answered. */
 static int token_process(struct peer *p, struct evhttp_request *req)
 {
@@ -2228,6 +2253,7 @@ static int token_process(struct peer *p, struct evhttp_request *req)
 	if (r)
 		evhttp_clear_headers(&form);
 	token_record(p, &form);
+	token_log(p, form_get(&form, "grant_type"));
 	if (r) {
 		oauth_error(p, req, r, "invalid_request", "body must be a form with each parameter once");
 		goto out;
@@ -3518,6 +3544,7 @@ static struct json_object *last_json(const struct peer *p)
 	json_object_object_add(o, "authorize_scopes", json_object_get(p->last.authorize_scopes));
 	json_object_object_add(o, "revocations", json_object_get(p->last.revocations));
 	json_object_object_add(o, "grants", grants_json(p));
+	json_object_object_add(o, "token_requests", json_object_get(p->last.token_requests));
 	return o;
 }
 

@@ -267,13 +267,12 @@
         }
         if (res.ok && body && body.success === true)
           return body.data;
-        var err = (body && body.error) || {};
-        var msg = typeof err.message === 'string' && err.message
-          ? err.message
-          : 'HTTP ' + res.status + (res.statusText ? ' ' + res.statusText : '');
-        if (res.status === 403 && !(typeof err.message === 'string' && err.message))
+        /* Errors are {"success": false, "error": MESSAGE, "kind": KIND}. */
+        var given = body && typeof body.error === 'string' && body.error ? body.error : null;
+        var msg = given || 'HTTP ' + res.status + (res.statusText ? ' ' + res.statusText : '');
+        if (res.status === 403 && !given)
           msg = 'Management through the HTTP API is disabled on this daemon.';
-        throw new ApiError(res.status, typeof err.kind === 'string' ? err.kind : 'http', msg);
+        throw new ApiError(res.status, body && typeof body.kind === 'string' ? body.kind : 'http', msg);
       });
     }, function (e) {
       throw new ApiError(0, 'network', 'The mcpkeeper daemon cannot be reached' +
@@ -354,6 +353,15 @@
     return typeof v === 'number' && isFinite(v);
   }
 
+  /* An API time (RFC 3339 UTC with milliseconds, "2026-12-07T16:40:01.123Z")
+   * in seconds since the epoch, or null. */
+  function timeOf(text) {
+    if (typeof text !== 'string')
+      return null;
+    var ms = Date.parse(text);
+    return isFinite(ms) ? ms / 1000 : null;
+  }
+
   function until(t, now) {
     return Math.ceil(t - now);
   }
@@ -361,12 +369,13 @@
   function expiresText(s, now) {
     if (!s.oauth)
       return null;
-    if (!isNum(s.token_expires_at))
+    var exp = timeOf(s.token_expires_at);
+    if (exp === null)
       return s.oauth_status === 'authenticated' ? 'no expiry given' : null;
-    var left = until(s.token_expires_at, now);
+    var left = until(exp, now);
     if (left > 0)
       return 'expires in ' + fmtDuration(left, 2);
-    var ago = Math.floor(now - s.token_expires_at);
+    var ago = Math.floor(now - exp);
     return ago < 1 ? 'expired just now' : 'expired ' + fmtDuration(ago, 1) + ' ago';
   }
 
@@ -374,7 +383,7 @@
     var r = s.refresh || {};
     var st = r.state;
     var n = isNum(r.retry_count) ? r.retry_count : 0;
-    var at = isNum(r.next_at) ? r.next_at : null;
+    var at = timeOf(r.next_at);
     if (!s.oauth && (!st || st === 'idle'))
       return null;
     switch (st) {
@@ -659,8 +668,8 @@
         return;
       updateTimes(c, now);
       var r = c.srv.refresh || {};
-      [c.srv.token_expires_at, r.next_at].forEach(function (t) {
-        if (isNum(t) && last < t && t <= now)
+      [timeOf(c.srv.token_expires_at), timeOf(r.next_at)].forEach(function (t) {
+        if (t !== null && last < t && t <= now)
           crossed = true;
       });
     });
