@@ -2550,6 +2550,66 @@ static void test_discover_canned(struct child *c)
 		free(responses[i]);
 	n = 0;
 
+	TEST("discover (canned): an initialize let through: tools/list on its session, whose challenge counts");
+	lfd = canned_listen(&s);
+	responses[n++] = canned_response("200 OK", "Content-Type: application/json\r\nMcp-Session-Id: sess-42",
+					 "{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{}}");
+	snprintf(hdr, sizeof(hdr), "WWW-Authenticate: Bearer resource_metadata=\"%s/meta/prm\", scope=\"mcp:basic\"",
+		 s.base);
+	responses[n++] = canned_response("401 Unauthorized", hdr, "");
+	snprintf(prm, sizeof(prm), "{\"resource\":\"%s/mcp\",\"authorization_servers\":[\"%s\"]}", s.base, s.base);
+	responses[n++] = canned_response("200 OK", "Content-Type: application/json", prm);
+	snprintf(as, sizeof(as),
+		 "{\"issuer\":\"%s\",\"authorization_endpoint\":\"%s/a\",\"token_endpoint\":\"%s/t\","
+		 "\"code_challenge_methods_supported\":[\"S256\"]}",
+		 s.base, s.base, s.base);
+	responses[n++] = canned_response("200 OK", "Content-Type: application/json", as);
+	canned_serve(&s, lfd, responses, n, record);
+	discover_call(c, "canned-d", s.resource, "streamable-http", 1004, &m);
+	if (m.type != RPC_RESULT)
+		fprintf(stderr, "discover: %s\n", json_object_to_json_string(m.root));
+	CHECK_EQ(m.type, RPC_RESULT);
+	CHECK(str_is(m.result, "scope", "mcp:basic"));
+	rpc_msg_clear(&m);
+	CHECK_EQ(waitpid(s.pid, &status, 0), s.pid);
+	s.pid = 0;
+	canned_paths(record, paths, sizeof(paths));
+	CHECK(strcmp(paths, "POST /mcp, POST /mcp, GET /meta/prm, GET /.well-known/oauth-authorization-server") == 0);
+	{
+		FILE *f = fopen(record, "r");
+		char rec[8192];
+		size_t got;
+
+		CHECK(f);
+		got = fread(rec, 1, sizeof(rec) - 1, f);
+		rec[got] = '\0';
+		fclose(f);
+		CHECK(strstr(rec, "\"method\":\"tools/list\""));
+		CHECK(strcasestr(rec, "\r\nMcp-Session-Id: sess-42\r\n"));
+		CHECK(strcasestr(rec, "\r\nMCP-Protocol-Version: 2025-11-25\r\n"));
+		CHECK(!strcasestr(rec, "\r\nAuthorization:"));
+	}
+	for (size_t i = 0; i < n; i++)
+		free(responses[i]);
+	n = 0;
+
+	TEST("discover (canned): metadata that comes as an event stream fails at once, saying so");
+	lfd = canned_listen(&s);
+	responses[n++] = canned_response("401 Unauthorized", NULL, "");
+	responses[n++] = canned_response("200 OK", "Content-Type: text/event-stream", "data: {}\n\n");
+	canned_serve(&s, lfd, responses, n, record);
+	discover_call(c, "canned-d", s.resource, "streamable-http", 1005, &m);
+	CHECK_EQ(m.type, RPC_ERROR);
+	if (!strstr(rpc_error_message(&m), "event stream"))
+		fprintf(stderr, "discover: %s\n", rpc_error_message(&m));
+	CHECK(strstr(rpc_error_message(&m), "answered with an event stream instead of a document"));
+	rpc_msg_clear(&m);
+	CHECK_EQ(waitpid(s.pid, &status, 0), s.pid);
+	s.pid = 0;
+	for (size_t i = 0; i < n; i++)
+		free(responses[i]);
+	n = 0;
+
 	TEST("discover (canned): a 503 on resource metadata is transient; an unusable challenge falls back");
 	lfd = canned_listen(&s);
 	headers = "WWW-Authenticate: Bearer scope=\"unterminated";

@@ -139,9 +139,11 @@ static size_t fetch_write_cb(char *p, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
-/* For headers_only: the empty line after a final response's headers stops
- * the transfer (an event stream would otherwise stay open). libcurl has
- * stored every header by then, for curl_easy_header(). */
+/* The empty line after a final response's headers: for headers_only it
+ * stops the transfer (an event stream would otherwise stay open); libcurl
+ * has stored every header by then, for curl_easy_header(). A document that
+ * comes as an event stream (a server that answers every GET with one)
+ * stops it too: it would never end, and it is no document. */
 static size_t fetch_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 {
 	struct fetch *f = arg;
@@ -150,9 +152,18 @@ static size_t fetch_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 
 	if ((n == 2 && p[0] == '\r' && p[1] == '\n') || (n == 1 && p[0] == '\n')) {
 		curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &status);
-		if (status >= 200) {
+		if (status >= 200 && f->headers_only) {
 			f->headers_seen = true;
 			return 0;
+		}
+		if (status >= 200) {
+			char *type = NULL;
+
+			curl_easy_getinfo(f->easy, CURLINFO_CONTENT_TYPE, &type);
+			if (type && strncasecmp(type, "text/event-stream", 17) == 0) {
+				f->event_stream = true;
+				return 0;
+			}
 		}
 	}
 	return n;
@@ -400,8 +411,8 @@ int fetch_start(struct fetch *f)
 	if (f->req.data && (curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->req.data) != CURLE_OK ||
 			    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)f->req.len) != CURLE_OK))
 		return -ENOMEM;
-	if (f->headers_only && (curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, fetch_header_cb) != CURLE_OK ||
-				curl_easy_setopt(e, CURLOPT_HEADERDATA, f) != CURLE_OK))
+	if (curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, fetch_header_cb) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HEADERDATA, f) != CURLE_OK)
 		return -ENOMEM;
 	if (curl_multi_add_handle(curlev_multi(f->o->curl), e) != CURLM_OK)
 		fatal("curl_multi_add_handle failed");
@@ -434,6 +445,8 @@ void fetch_describe_failure(const struct fetch *f, char *out, size_t len)
 {
 	if (f->refused[0])
 		snprintf(out, len, "%s", f->refused);
+	else if (f->event_stream)
+		snprintf(out, len, "answered with an event stream instead of a document");
 	else if (f->too_large || f->result == CURLE_FILESIZE_EXCEEDED)
 		snprintf(out, len, "response larger than %d bytes", OAUTH_MAX_BODY);
 	else if (f->result == CURLE_OPERATION_TIMEDOUT)

@@ -94,6 +94,7 @@ struct fetch {
 	bool too_large;
 	bool headers_only;		/* stop once the response headers are in */
 	bool headers_seen;
+	bool event_stream;		/* a document came as text/event-stream: stopped */
 	char errbuf[CURL_ERROR_SIZE];
 	fetch_done_fn done;
 	void *arg;
