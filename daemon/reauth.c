@@ -54,6 +54,7 @@ struct reauth {
 	int step_ups;
 	bool checking;		/* an issuer check is out */
 	int64_t check_id;
+	int64_t checked_ms;	/* when the last one started */
 	struct flow *flow;	/* the login the keeper opened itself */
 };
 
@@ -295,7 +296,9 @@ int reauth_check_issuer(struct keeper *k, struct server *s)
 
 	if (r->checking)
 		return 1;
-	if (!child_ready(k->oauth))
+	/* An upstream that keeps answering 401 gets no more checks than
+	 * refreshes: at most one per refresh.min_interval. */
+	if (!child_ready(k->oauth) || (r->checked_ms && keeper_now_ms() - r->checked_ms < k->cfg->refresh.min_interval_ms))
 		return 0;
 	p = json_object_new_object();
 	flow_discover_params(p, s->conf);
@@ -303,6 +306,7 @@ int reauth_check_issuer(struct keeper *k, struct server *s)
 	if (child_request(k->oauth, METHOD_OAUTH_DISCOVER, p, on_issuer, s, &r->check_id) < 0)
 		return 0;
 	r->checking = true;
+	r->checked_ms = keeper_now_ms();
 	log_info("%s: the upstream refused the token; re-reading its resource metadata", s->name);
 	return 1;
 }
