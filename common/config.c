@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "config-private.h"
 
 #define CONFIG_MAX_SIZE (16u * 1024 * 1024)
@@ -64,7 +66,8 @@ int config_parse(const char *name, const char *text, size_t len, bool system_mod
 		.err = err,
 		.errlen = errlen,
 	};
-	const char *nul;
+	const char *nul, *whole = text;
+	size_t whole_len = len;
 	int r;
 
 	*out = NULL;
@@ -92,7 +95,26 @@ int config_parse(const char *name, const char *text, size_t len, bool system_mod
 		config_free(p.c);
 		return r;
 	}
+	config_digest(whole, whole_len, p.c->digest);
 	*out = p.c;
+	return 0;
+}
+
+void config_digest(const char *text, size_t len, unsigned char out[CONFIG_DIGEST_LEN])
+{
+	crypto_generichash(out, CONFIG_DIGEST_LEN, (const unsigned char *)text, len, NULL, 0);
+}
+
+int config_parse_path(const char *path, const char *text, size_t len, bool system_mode,
+		      struct config **out, char *err, size_t errlen)
+{
+	const char *slash = strrchr(path, '/');
+	const char *base = slash && slash[1] ? slash + 1 : path;
+	int r = config_parse(base, text, len, system_mode, out, err, errlen);
+
+	if (r < 0)
+		return r;
+	(*out)->path = config_mem_strdup((*out)->mem, path);
 	return 0;
 }
 
@@ -135,18 +157,15 @@ static int read_all(int fd, size_t size, char **out, size_t *out_len)
 	return 0;
 }
 
-int config_load(const char *path, bool system_mode, struct config **out, char *err, size_t errlen)
+int config_read_file(const char *path, char **text, size_t *len, char *err, size_t errlen)
 {
 	_cleanup_(closep) int fd = -1;
-	_cleanup_(freep) char *text = NULL;
-	const char *slash = strrchr(path, '/');
-	const char *base = slash && slash[1] ? slash + 1 : path;
 	struct parser p = { .name = path, .err = err, .errlen = errlen };
 	struct stat st;
-	size_t len = 0;
 	int r;
 
-	*out = NULL;
+	*text = NULL;
+	*len = 0;
 	if (err && errlen)
 		err[0] = '\0';
 	/* O_NONBLOCK: a FIFO in place of the file must not hang start-up. */
@@ -165,18 +184,26 @@ int config_load(const char *path, bool system_mode, struct config **out, char *e
 		return config_fail(&p, -EFBIG, NULL,
 				   "file is larger than the " CONFIG_MAX_SIZE_TEXT " limit (%lld bytes)",
 				   (long long)st.st_size);
-	r = read_all(fd, (size_t)st.st_size, &text, &len);
+	r = read_all(fd, (size_t)st.st_size, text, len);
 	if (r == -EFBIG)
 		return config_fail(&p, r, NULL,
 				   "file is larger than the " CONFIG_MAX_SIZE_TEXT " limit");
 	if (r < 0)
 		return config_fail(&p, r, NULL, "cannot read: %s", strerror(-r));
+	return 0;
+}
 
-	r = config_parse(base, text, len, system_mode, out, err, errlen);
+int config_load(const char *path, bool system_mode, struct config **out, char *err, size_t errlen)
+{
+	_cleanup_(freep) char *text = NULL;
+	size_t len = 0;
+	int r;
+
+	*out = NULL;
+	r = config_read_file(path, &text, &len, err, errlen);
 	if (r < 0)
 		return r;
-	(*out)->path = config_mem_strdup((*out)->mem, path);
-	return 0;
+	return config_parse_path(path, text, len, system_mode, out, err, errlen);
 }
 
 const struct config_server *config_find_server(const struct config *c, const char *name)

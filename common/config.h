@@ -20,6 +20,8 @@
 
 struct config_mem;
 
+#define CONFIG_DIGEST_LEN 32
+
 enum config_protocol {
 	CONFIG_PROTOCOL_STREAMABLE_HTTP,
 	CONFIG_PROTOCOL_SSE,
@@ -137,6 +139,9 @@ struct config {
 	struct config_server *servers;
 	size_t n_servers;
 	struct config_mem *mem;	/* holds every string and array above but servers */
+	/* BLAKE2b of the text this was parsed from: daemon/servers.c refuses to
+	 * rewrite a file whose content someone else changed since. */
+	unsigned char digest[CONFIG_DIGEST_LEN];
 };
 
 /*
@@ -150,6 +155,16 @@ int config_load(const char *path, bool system_mode, struct config **out, char *e
 /* Same, from a string; name stands for the file name in messages. */
 int config_parse(const char *name, const char *text, size_t len, bool system_mode,
 		 struct config **out, char *err, size_t errlen);
+
+/* The whole file at path (at most the loader's 16 MiB), into *text
+ * (malloc'd, not NUL-terminated). 0, or -errno with the message in err. */
+int config_read_file(const char *path, char **text, size_t *len, char *err, size_t errlen);
+/* config_parse(), for text read from path (messages name its base name, as
+ * config_load() does; c->path is path). */
+int config_parse_path(const char *path, const char *text, size_t len, bool system_mode,
+		      struct config **out, char *err, size_t errlen);
+/* The digest config_parse() records of text. */
+void config_digest(const char *text, size_t len, unsigned char out[CONFIG_DIGEST_LEN]);
 
 struct config *config_free(struct config *c);
 void config_freep(struct config **c);

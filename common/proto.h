@@ -43,6 +43,38 @@
 #define METHOD_EVENTS_SUBSCRIBE "events.subscribe"
 #define METHOD_CONNECT "connect"
 
+/*
+ * Runtime changes of the server list (daemon/servers.c), each checked by
+ * the config file's own validation (the same messages) and applied as a
+ * reload applies that server (schedule, worker, token; a server removed,
+ * renamed or given another URL leaves its token orphaned until a logout).
+ * In user mode the config file is rewritten (a temporary file in its
+ * directory, fsynced, renamed over the target of a symlink; mode, unknown
+ * keys and the form of mcpServers kept) before the reply.
+ *   servers.add {"server": NAME, "config": {the entry as in mcpServers}}
+ *   servers.remove {"server"}
+ *   servers.update {"server", "set": {key: value, null to remove the key;
+ *     "name" renames}}
+ *   -> {"server": its name now, "reason": the event's, "previous": the old
+ *      name (a rename), "orphaned": the token key left orphaned, if any}
+ *   Each emits servers.changed {"reason": "server_added" | "server_removed"
+ *   | "server_updated", "server", "previous"?}. Errors: kind forbidden
+ *   (disable_management; from the http child, any of command, args, env,
+ *   sandbox, allow_insecure_http), not_found, exists (add: the name is
+ *   taken; update: a rename to a taken name), invalid_params (the
+ *   validation's message), conflict (the file changed since the keeper
+ *   read it: reload first), unavailable (the file cannot be written).
+ * reload {} -> {"servers": N}: what SIGHUP does; an error of kind
+ *   invalid_config with the file's message leaves everything as it was.
+ */
+#define METHOD_SERVERS_ADD "servers.add"
+#define METHOD_SERVERS_REMOVE "servers.remove"
+#define METHOD_SERVERS_UPDATE "servers.update"
+#define METHOD_RELOAD "reload"
+#define SERVERS_R_ADDED "server_added"
+#define SERVERS_R_REMOVED "server_removed"
+#define SERVERS_R_UPDATED "server_updated"
+
 /* Notifications from the keeper to a subscribed control client. */
 #define METHOD_EVENT "event"
 /*
@@ -372,6 +404,9 @@
 #define PARAM_KEY_RESTARTS "restarts"
 #define PARAM_KEY_LAST_EXIT "last_exit"
 #define PARAM_KEY_KEY "key"
+#define PARAM_KEY_SET "set"
+#define PARAM_KEY_PREVIOUS "previous"
+#define PARAM_KEY_SOURCE "source"
 
 /* Control connections the http child may hold at once (control.connect). */
 #define API_CONTROL_CONNS_MAX 64
@@ -437,6 +472,11 @@
 #define KIND_LOGIN_FAILED "login_failed"
 /* token.invalid: the upstream wants a new login (step-up, migration). */
 #define KIND_LOGIN_REQUIRED "login_required"
+/* servers.add: the name is taken; servers.*: the file changed under us;
+ * reload: the file does not load. */
+#define KIND_EXISTS "exists"
+#define KIND_CONFLICT "conflict"
+#define KIND_INVALID_CONFIG "invalid_config"
 /* hello: the peer speaks another protocol version. */
 #define KIND_VERSION_MISMATCH "version_mismatch"
 /* Framing-level kinds: the message never reached a method. */

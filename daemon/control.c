@@ -162,6 +162,8 @@ struct json_object *control_server_json(const struct server *s, bool full)
 		json_object_object_add(o, PARAM_KEY_URL, cs->url ? json_object_new_string(cs->url) : NULL);
 		json_object_object_add(o, PARAM_KEY_ENABLED, json_object_new_boolean(cs->enabled));
 		json_object_object_add(o, PARAM_KEY_OAUTH, json_object_new_boolean(cs->oauth_enabled));
+		/* Where it comes from: the file (the only source in user mode). */
+		json_object_object_add(o, PARAM_KEY_SOURCE, json_object_new_string("config"));
 	}
 	json_object_object_add(o, PARAM_KEY_OAUTH_STATUS,
 			       cs->oauth_enabled ? json_object_new_string(oauth_status_name(s->status)) : NULL);
@@ -416,6 +418,7 @@ static void do_auth_login(struct conn *c, struct json_object *id, struct json_ob
 		reply_error(c, id, RPC_APP_ERROR, KIND_BUSY, "a login for \"%s\" is already running", s->name);
 		return;
 	}
+	log_info("control: auth.login %s by pid %d uid %u", s->name, (int)c->pid, (unsigned)c->uid);
 	c->flow_id = json_object_get(id);
 	c->login_nowait = !p.wait;
 	r = login_start(k, s, (int)p.timeout, flow_url, login_done, c, &c->flow);
@@ -503,6 +506,8 @@ static void do_auth_logout(struct conn *c, struct json_object *id, struct json_o
 		reply_error(c, id, RPC_APP_ERROR, KIND_BUSY, "this connection is already waiting for a login or logout");
 		return;
 	}
+	log_info("control: auth.logout %s by pid %d uid %u", p.all ? "(all)" : p.server, (int)c->pid,
+		 (unsigned)c->uid);
 	c->flow_id = json_object_get(id);
 	logout_start(k, s, orphan, p.all, p.all ? logout_done_all : logout_done_one, c, &c->flow);
 }
@@ -693,6 +698,76 @@ static void do_hello(struct conn *c, struct json_object *id, struct json_object 
 	reply_result(c, id, res);
 }
 
+/* ---- changes of the server list (servers.c) and reload ---- */
+
+/* servers.add {server, config}, servers.remove {server}, servers.update {server, set}. */
+struct servers_params {
+	const char *server;
+	struct json_object *config;
+	struct json_object *set;
+};
+
+static const struct param_spec servers_add_spec[] = {
+	PARAM_STRING(struct servers_params, server, PARAM_KEY_SERVER, PARAM_REQUIRED | PARAM_NONEMPTY),
+	PARAM_OBJECT(struct servers_params, config, PARAM_KEY_CONFIG, PARAM_REQUIRED),
+};
+
+static const struct param_spec servers_remove_spec[] = {
+	PARAM_STRING(struct servers_params, server, PARAM_KEY_SERVER, PARAM_REQUIRED | PARAM_NONEMPTY),
+};
+
+static const struct param_spec servers_update_spec[] = {
+	PARAM_STRING(struct servers_params, server, PARAM_KEY_SERVER, PARAM_REQUIRED | PARAM_NONEMPTY),
+	PARAM_OBJECT(struct servers_params, set, PARAM_KEY_SET, PARAM_REQUIRED),
+};
+
+static void do_servers_change(struct conn *c, struct json_object *id, const char *method, struct json_object *params)
+{
+	struct servers_params p = { 0 };
+	struct servers_change ch = { .method = method, .restricted = c->internal, .uid = c->uid, .pid = c->pid };
+	struct json_object *res;
+	const char *kind;
+	char err[1024];
+	int r;
+
+	if (strcmp(method, METHOD_SERVERS_ADD) == 0)
+		r = check_params(c, id, method, params, servers_add_spec, ARRAY_SIZE(servers_add_spec), &p);
+	else if (strcmp(method, METHOD_SERVERS_REMOVE) == 0)
+		r = check_params(c, id, method, params, servers_remove_spec, ARRAY_SIZE(servers_remove_spec), &p);
+	else
+		r = check_params(c, id, method, params, servers_update_spec, ARRAY_SIZE(servers_update_spec), &p);
+	if (r)
+		return;
+	ch.server = p.server;
+	ch.fields = p.config ? p.config : p.set;
+	kind = servers_change(c->ctl->k, &ch, &res, err, sizeof(err));
+	if (kind) {
+		log_info("control: %s %.64s by pid %d uid %u%s refused: %s", method, p.server, (int)c->pid,
+			 (unsigned)c->uid, c->internal ? " (http child)" : "", err);
+		reply_error(c, id, RPC_APP_ERROR, kind, "%s", err);
+		return;
+	}
+	reply_result(c, id, res);
+}
+
+static void do_reload(struct conn *c, struct json_object *id)
+{
+	struct keeper *k = c->ctl->k;
+	struct json_object *res;
+	char err[1024];
+
+	if (check_management(c, id))
+		return;
+	log_info("control: reload by pid %d uid %u", (int)c->pid, (unsigned)c->uid);
+	if (keeper_reload(k, err, sizeof(err)) < 0) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_INVALID_CONFIG, "%s", err);
+		return;
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, PARAM_KEY_SERVERS, json_object_new_int64((int64_t)k->n_servers));
+	reply_result(c, id, res);
+}
+
 static void dispatch(struct conn *c, struct rpc_msg *m)
 {
 	const char *method = m->method;
@@ -721,6 +796,11 @@ static void dispatch(struct conn *c, struct rpc_msg *m)
 		do_subscribe(c, m->id);
 	else if (strcmp(method, METHOD_CONNECT) == 0)
 		do_connect(c, m->id, m->params);
+	else if (strcmp(method, METHOD_SERVERS_ADD) == 0 || strcmp(method, METHOD_SERVERS_REMOVE) == 0 ||
+		 strcmp(method, METHOD_SERVERS_UPDATE) == 0)
+		do_servers_change(c, m->id, method, m->params);
+	else if (strcmp(method, METHOD_RELOAD) == 0)
+		do_reload(c, m->id);
 	else
 		reply_error(c, m->id, RPC_METHOD_NOT_FOUND, KIND_UNKNOWN_METHOD, "unknown method \"%.64s\"", method);
 }

@@ -5,7 +5,7 @@
  *
  * SIGHUP reloads the configuration: servers added are scheduled, removed
  * ones unscheduled, changed ones reloaded. Everything new is built before
- * anything is swapped in (apply_config()), so a bad new file, or a reload
+ * anything is swapped in (keeper_apply_config()), so a bad new file, or a reload
  * that runs out of memory, is logged and the old configuration stays whole.
  *
  * Under systemd: READY=1 once the socket and the store are up, STOPPING=1 on
@@ -398,7 +398,7 @@ static void load_tokens(struct keeper *k, size_t pending)
  *
  * So the keeper never stops half-way through a reload.
  */
-static int apply_config(struct keeper *k, struct config *cfg)
+int keeper_apply_config(struct keeper *k, struct config *cfg)
 {
 	struct build b = { .cfg = cfg };
 	struct config *old = k->cfg;
@@ -459,21 +459,20 @@ static int apply_config(struct keeper *k, struct config *cfg)
 }
 
 /*
- * SIGHUP. The new file is loaded into a configuration of its own, then
- * apply_config() builds everything it needs before it swaps anything in:
+ * SIGHUP and the control method reload. The new file is loaded into a configuration of its own,  then
+ * keeper_apply_config() builds everything it needs before it swaps anything in:
  * a file that does not load, or a build that fails, leaves the running
  * configuration and every server as they were.
  */
-static void reload(struct keeper *k)
+int keeper_reload(struct keeper *k, char *err, size_t errlen)
 {
 	struct config *cfg = NULL;
-	char err[1024];
 	int r;
 
 	log_info("reloading %s", k->config_path);
-	if (config_load(k->config_path, k->system_mode, &cfg, err, sizeof(err)) < 0) {
+	if (config_load(k->config_path, k->system_mode, &cfg, err, errlen) < 0) {
 		log_error("reload refused, keeping the running configuration: %s", err);
-		return;
+		return -EINVAL;
 	}
 	if (strcmp(cfg->data_dir, k->cfg->data_dir) != 0 || strcmp(cfg->runtime_dir, k->cfg->runtime_dir) != 0)
 		log_warn("reload: data_dir and runtime_dir changes take effect at the next start");
@@ -482,12 +481,15 @@ static void reload(struct keeper *k)
 			       strcmp(cfg->users.worker, k->cfg->users.worker) != 0))
 		log_warn("reload: a change of users takes effect for each child at its next start");
 	sd_notify(0, "RELOADING=1");
-	r = apply_config(k, cfg);
+	r = keeper_apply_config(k, cfg);
 	sd_notify(0, "READY=1");
-	if (r < 0)
-		log_error("reload refused, keeping the running configuration: %s", strerror(-r));
-	else
-		log_info("configuration reloaded: %zu server(s)", k->n_servers);
+	if (r < 0) {
+		snprintf(err, errlen, "%s", strerror(-r));
+		log_error("reload refused, keeping the running configuration: %s", err);
+		return r;
+	}
+	log_info("configuration reloaded: %zu server(s)", k->n_servers);
+	return 0;
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -502,9 +504,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		sd_notify(0, "STOPPING=1");
 		event_base_loopexit(k->base, NULL);
 		break;
-	case SIGHUP:
-		reload(k);
+	case SIGHUP: {
+		char err[1024];
+
+		keeper_reload(k, err, sizeof(err));
 		break;
+	}
 	case SIGCHLD:
 		child_reap(k);
 		break;
@@ -739,7 +744,7 @@ int keeper_run(const char *config_path, bool system_mode)
 	evsignal_add(k.sig_chld, NULL);
 
 	k.cfg = NULL;
-	r = apply_config(&k, cfg);
+	r = keeper_apply_config(&k, cfg);
 	if (r < 0)
 		fatal("cannot set up the configured servers: %s", strerror(-r));
 	if (control_start(&k, lfd) < 0)

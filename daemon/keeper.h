@@ -138,6 +138,11 @@ struct keeper {
 int keeper_run(const char *config_path, bool system_mode);
 struct server *keeper_find_server(struct keeper *k, const char *name);
 int64_t keeper_now(void);	/* wall clock, unix seconds */
+/* Applies cfg (taken either way) as a reload does: 0, or -errno with the
+ * running configuration and servers as they were. */
+int keeper_apply_config(struct keeper *k, struct config *cfg);
+/* SIGHUP: reloads the file. 0, or -errno with the reason in err. */
+int keeper_reload(struct keeper *k, char *err, size_t errlen);
 int64_t keeper_now_ms(void);
 
 /* Sets (fmt non-NULL) or clears a server's last error. */
@@ -214,6 +219,19 @@ void events_emit(struct keeper *k, const char *type, struct json_object *data);
 typedef void (*events_sink_fn)(void *ctx, struct json_object *notification);
 void events_subscribe(struct keeper *k, events_sink_fn fn, void *ctx);
 void events_unsubscribe(struct keeper *k, void *ctx);
+
+/* servers.c: servers.add, servers.remove, servers.update (proto.h). */
+struct servers_change {
+	const char *method;		/* METHOD_SERVERS_* */
+	const char *server;		/* the server's name */
+	struct json_object *fields;	/* add: the new entry; update: keys to set (null: unset) */
+	bool restricted;		/* the http child's: none of SERVERS_SHELL_KEYS */
+	uid_t uid;			/* the caller, for the log */
+	pid_t pid;
+};
+/* NULL with *result, or the error's KIND_* with its message in err. */
+const char *servers_change(struct keeper *k, const struct servers_change *ch, struct json_object **result,
+			   char *err, size_t errlen);
 
 /* control.c */
 int control_start(struct keeper *k, int listen_fd);
