@@ -11,6 +11,8 @@
  *   status.c   status and servers
  *   auth.c     auth login, logout (also without a keeper: then it opens
  *              the store and only deletes records) and status
+ *   manage.c   servers add|remove|enable|disable|set, reload: changes of
+ *              the server list (header values from a file or stdin only)
  *   events.c   events: follow the keeper's event stream
  *   connect.c  connect: hand stdin and stdout to a worker, or bridge them
  *              (bridge.c)
@@ -150,3 +152,6 @@ int cmd_servers(struct ctl *c, int argc, char **argv);
 int cmd_auth(struct ctl *c, int argc, char **argv);
 int cmd_events(struct ctl *c, int argc, char **argv);
 int cmd_connect(struct ctl *c, int argc, char **argv);
+int cmd_reload(struct ctl *c, int argc, char **argv);
+/* manage.c: `servers VERB ...`, argv[0] the verb. */
+int servers_manage(struct ctl *c, int argc, char **argv);

@@ -39,6 +39,17 @@ void ctl_usage(FILE *f)
 		"                      the keeper and each server: transport, worker, OAuth\n"
 		"                      status, token expiry, next refresh, last error\n"
 		"  servers [--json]    the configured servers\n"
+		"  servers add NAME --url URL [--protocol P] [--scope S] [--client-id ID]\n"
+		"          [--no-oauth] [--disabled] [--header-file FILE] [--header NAME]\n"
+		"  servers add NAME [--disabled] -- COMMAND [ARGS...]\n"
+		"                      add a server (written to the config file); a header's\n"
+		"                      value comes from FILE (\"Name: value\" lines) or, with\n"
+		"                      --header NAME, from stdin: never from the command line\n"
+		"  servers remove|enable|disable NAME\n"
+		"  servers set NAME KEY=VALUE... [--header-file FILE] [--header NAME]\n"
+		"                      change fields (VALUE is JSON or text; null removes;\n"
+		"                      name=NEW renames)\n"
+		"  reload              reload the config file (what SIGHUP does)\n"
 		"  auth login (-s NAME | --all) [--no-browser] [--timeout SEC]\n"
 		"                      log in: prints the authorization URL, opens it with\n"
 		"                      $BROWSER or xdg-open, waits (default 120 s); --all logs\n"
@@ -181,6 +192,7 @@ static const struct {
 	{ "auth", cmd_auth },
 	{ "events", cmd_events },
 	{ "connect", cmd_connect },
+	{ "reload", cmd_reload },
 };
 
 int main(int argc, char **argv)

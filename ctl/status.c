@@ -302,7 +302,11 @@ static int servers_print_only(struct json_object *result, const char *only)
 int cmd_servers(struct ctl *c, int argc, char **argv)
 {
 	bool json = false;
-	int r = ctl_parse_query_opts(argv[0], argc, argv, &json, NULL);
+	int r;
+
+	if (argc > 1 && argv[1][0] != '-')
+		return servers_manage(c, argc - 1, argv + 1);
+	r = ctl_parse_query_opts(argv[0], argc, argv, &json, NULL);
 
 	if (r)
 		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;

@@ -253,10 +253,14 @@ static const char *doc_change(struct doc *d, const struct servers_change *ch, co
 			*kind = SERVERS_FAIL(KIND_EXISTS, "a server named \"%s\" exists already", ch->server);
 			return NULL;
 		}
-		updated = entry_with(ch->fields, ch->fields);
-		json_object_object_del(updated, PARAM_KEY_NAME);
-		if (is_list(d)) {
+		/* The list form's entries start with their name. */
+		updated = json_object_new_object();
+		if (is_list(d))
 			json_object_object_add(updated, PARAM_KEY_NAME, json_object_new_string(ch->server));
+		entry = entry_with(updated, ch->fields);
+		json_object_put(updated);
+		updated = entry;
+		if (is_list(d)) {
 			json_object_array_add(d->servers, updated);
 		} else {
 			object_replace(d, NULL, ch->server, updated);
