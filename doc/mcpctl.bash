@@ -146,7 +146,7 @@ _mcpctl()
             COMPREPLY=($(compgen -W '--socket --config --system --timeout
                 -V --version -h --help' -- "$cur"))
         else
-            COMPREPLY=($(compgen -W 'status servers auth events connect help' \
+            COMPREPLY=($(compgen -W 'status servers auth events connect reload help' \
                 -- "$cur"))
         fi
         return 0
@@ -161,6 +161,50 @@ _mcpctl()
         fi
         sub=${words[ci + 1]}
         first=$((ci + 2))
+    fi
+
+    # servers VERB: remove, enable, disable and set take a server's name;
+    # add a new name, then its options (or -- and a command).
+    if [[ $command == servers && ${words[ci + 1]} != -* ]]; then
+        if ((cword == ci + 1)); then
+            COMPREPLY=($(compgen -W 'add remove enable disable set' -- "$cur"))
+            return 0
+        fi
+        sub=${words[ci + 1]}
+        case $sub in
+        remove | enable | disable | set)
+            if ((cword == ci + 2)); then
+                local names
+                names=$(_mcpctl_server_names "$cmd" "${globals[@]}")
+                local IFS=$'\n'
+                COMPREPLY=($(compgen -W "$names" -- "$cur"))
+                return 0
+            fi
+            [[ $sub == set ]] &&
+                COMPREPLY=($(compgen -W '--header-file --header --json' -- "$cur"))
+            return 0
+            ;;
+        add)
+            for ((i = ci + 2; i < cword; i++)); do
+                [[ ${words[i]} == -- ]] && return 0
+            done
+            case $prev in
+            --protocol)
+                COMPREPLY=($(compgen -W 'streamable-http sse stdio' -- "$cur"))
+                return 0
+                ;;
+            --header-file)
+                COMPREPLY=($(compgen -f -- "$cur"))
+                return 0
+                ;;
+            --url | --scope | --client-id | --header) return 0 ;;
+            esac
+            ((cword == ci + 2)) && [[ $cur != -* ]] && return 0
+            COMPREPLY=($(compgen -W '--url --protocol --scope --client-id --no-oauth
+                --disabled --header-file --header --json' -- "$cur"))
+            return 0
+            ;;
+        esac
     fi
 
     # After -s/--server (or in --server=NAME): a server name.
@@ -188,7 +232,7 @@ _mcpctl()
     local opts=
     case $command/$sub in
     status/) opts='--json -s --server' ;;
-    servers/ | events/) opts='--json' ;;
+    servers/ | events/ | reload/) opts='--json' ;;
     auth/login) opts='-s --server --all --no-browser --timeout' ;;
     auth/logout) opts='-s --server --all' ;;
     auth/status) opts='-s --server --json' ;;

@@ -157,6 +157,14 @@ expect_exact "mcpctl --system auth login --no" "--no-browser"
 expect_has "mcpctl status --" --json --server
 expect_exact "mcpctl status --json --" "--server"
 expect_exact "mcpctl servers --" "--json"
+expect_exact "mcpctl servers " "add disable enable remove set"
+expect_exact "mcpctl servers add gh --pro" "--protocol"
+expect_exact "mcpctl servers add gh --protocol s" "sse stdio streamable-http"
+expect_has "mcpctl servers add gh --" --url --scope --header-file --header --no-oauth
+expect_exact "mcpctl servers add gh -- " ""
+expect_exact "mcpctl servers set gh --header-" "--header-file"
+expect_exact "mcpctl rel" "reload"
+expect_exact "mcpctl reload --" "--json"
 expect_exact "mcpctl events --" "--json"
 expect_exact "mcpctl help " ""
 
@@ -200,6 +208,8 @@ expect_exact "$fake connect --bridge " "files_1 github gitlab.internal"
 expect_exact "$fake connect --bridge github " ""
 expect_exact "$fake auth login --server gitl" "gitlab.internal"
 expect_exact "$fake auth logout -s f" "files_1"
+expect_exact "$fake servers remove git" "github gitlab.internal"
+expect_exact "$fake servers disable " "files_1 github gitlab.internal"
 expect_exact "$fake auth status --server " "files_1 github gitlab.internal"
 
 # The global options typed so far are passed on; a short timeout is added
