@@ -1,6 +1,7 @@
 /*
  * The REST API: GET /api/v1/servers, GET /api/v1/servers/NAME and POST
- * /api/v1/servers/NAME/login and .../logout. Each request is one exchange
+ * /api/v1/servers/NAME/login and .../logout; POST /api/v1/servers, PATCH and
+ * DELETE /api/v1/servers/NAME with their params from manage.c. Each request is one exchange
  * with the keeper on a control connection (status, auth.login with "wait":
  * false, auth.logout), exactly as mcpctl would make it, and its answer is
  * the keeper's result in {"success": true, "data": ...} or the keeper's
@@ -79,6 +80,12 @@ static const char *api_method(enum api_what what)
 		return METHOD_AUTH_LOGIN;
 	case API_LOGOUT:
 		return METHOD_AUTH_LOGOUT;
+	case API_CREATE:
+		return METHOD_SERVERS_ADD;
+	case API_UPDATE:
+		return METHOD_SERVERS_UPDATE;
+	case API_DELETE:
+		return METHOD_SERVERS_REMOVE;
 	case API_SERVERS:
 	case API_SERVER:
 		break;
@@ -86,13 +93,13 @@ static const char *api_method(enum api_what what)
 	return METHOD_STATUS;
 }
 
-static void send_data(struct evhttp_request *req, struct json_object *data)
+static void send_data(struct evhttp_request *req, int status, struct json_object *data)
 {
 	struct json_object *o = json_object_new_object();
 
 	json_object_object_add(o, "success", json_object_new_boolean(1));
 	json_object_object_add(o, "data", data);
-	http_send_json(req, 200, o, NULL);
+	http_send_json(req, status, o, NULL);
 }
 
 static void api_free(struct api_call *a)
@@ -171,6 +178,12 @@ static int api_data(struct api_call *a, struct json_object *result, struct json_
 				json_object_object_add(d, logout_fields[i], json_object_get(v));
 		*data = d;
 		return 0;
+	case API_CREATE:
+	case API_UPDATE:
+	case API_DELETE:
+		/* {server, reason, previous?, orphaned?}: names and a token key. */
+		*data = json_object_get(result);
+		return 0;
 	}
 	return -EPROTO;
 }
@@ -200,15 +213,15 @@ static void api_done(void *arg, struct rpc_msg *reply, const struct kfail *fail)
 	} else if (r == API_NOT_LISTED) {
 		http_send_error(req, 404, KIND_NOT_FOUND, "no server named \"%s\"", a->server);
 	} else {
-		send_data(req, data);
+		send_data(req, a->what == API_CREATE ? 201 : 200, data);
 	}
 	api_free(a);
 }
 
-static void api_start(struct http *h, struct evhttp_request *req, enum api_what what, const char *server)
+static void api_start(struct http *h, struct evhttp_request *req, enum api_what what, const char *server,
+		      struct json_object *params)
 {
 	struct api_call *a = xcalloc(1, sizeof(*a));
-	struct json_object *params = NULL;
 
 	a->what = what;
 	if (server)
@@ -257,6 +270,16 @@ static bool body_acceptable(struct evhttp_request *req)
 
 void api_handle(struct http *h, struct evhttp_request *req, enum api_what what, const char *server)
 {
+	struct json_object *params = NULL;
+
+	if (what == API_CREATE || what == API_UPDATE || what == API_DELETE) {
+		if (!h->management) {
+			http_send_error(req, 403, KIND_FORBIDDEN, "management is disabled in the configuration");
+			return;
+		}
+		if (manage_params(req, what, server, &params))
+			return;
+	}
 	if (what == API_LOGIN || what == API_LOGOUT) {
 		if (!h->management) {
 			http_send_error(req, 403, KIND_FORBIDDEN, "management is disabled in the configuration");
@@ -267,7 +290,7 @@ void api_handle(struct http *h, struct evhttp_request *req, enum api_what what, 
 			return;
 		}
 	}
-	api_start(h, req, what, server);
+	api_start(h, req, what, server, params);
 }
 
 void api_free_all(struct http *h)

@@ -204,11 +204,18 @@ void http_send_error(struct evhttp_request *req, int status, const char *kind, c
 
 /* -- api.c: the REST API, after server.c checked the route and the name -- */
 
-enum api_what { API_SERVERS, API_SERVER, API_LOGIN, API_LOGOUT };
+enum api_what { API_SERVERS, API_SERVER, API_LOGIN, API_LOGOUT, API_CREATE, API_UPDATE, API_DELETE };
 
 /* server is NULL for API_SERVERS. */
 void api_handle(struct http *h, struct evhttp_request *req, enum api_what what, const char *server);
 void api_free_all(struct http *h);
+/* -- manage.c: POST /api/v1/servers, PATCH and DELETE /api/v1/servers/NAME -- */
+/* The route's what for a method: API_SERVERS with POST is API_CREATE, API_SERVER
+ * with PATCH or DELETE API_UPDATE or API_DELETE. */
+enum api_what manage_what(enum api_what what, int cmd);
+/* The keeper's params for a change (servers.add, .update, .remove) from the
+ * request: 0 with *params, or 1 when the request was answered (a bad body). */
+int manage_params(struct evhttp_request *req, enum api_what what, const char *server, struct json_object **params);
 
 /* -- static.c: the web UI's files -- */
 

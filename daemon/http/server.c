@@ -72,7 +72,8 @@ int http_status_for_kind(const char *kind)
 	} map[] = {
 		{ KIND_NOT_FOUND, 404 },      { KIND_NOT_OAUTH, 400 },     { KIND_FORBIDDEN, 403 },
 		{ KIND_INVALID_PARAMS, 400 }, { KIND_BUSY, 409 },	   { KIND_LOGIN_FAILED, 502 },
-		{ KIND_UNAVAILABLE, 503 },
+		{ KIND_UNAVAILABLE, 503 },   { KIND_EXISTS, 409 },	   { KIND_CONFLICT, 409 },
+		{ KIND_INVALID_CONFIG, 400 },
 	};
 
 	for (size_t i = 0; kind && i < ARRAY_SIZE(map); i++)
@@ -417,8 +418,8 @@ static void route_parse(const char *path, struct route *r)
 	if (strcmp(path, servers) == 0) {
 		r->id = ROUTE_API;
 		r->api = API_SERVERS;
-		r->methods = EVHTTP_REQ_GET;
-		r->allow = "GET";
+		r->methods = EVHTTP_REQ_GET | EVHTTP_REQ_POST;
+		r->allow = "GET, POST";
 		return;
 	}
 	if (strncmp(path, servers, sizeof(servers) - 1) != 0 || path[sizeof(servers) - 1] != '/')
@@ -428,8 +429,8 @@ static void route_parse(const char *path, struct route *r)
 	if (!*p) {
 		r->id = ROUTE_API;
 		r->api = API_SERVER;
-		r->methods = EVHTTP_REQ_GET;
-		r->allow = "GET";
+		r->methods = EVHTTP_REQ_GET | EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE;
+		r->allow = "GET, PATCH, DELETE";
 	} else if (strcmp(p, "/login") == 0) {
 		r->id = ROUTE_API;
 		r->api = API_LOGIN;
@@ -499,7 +500,8 @@ void http_request_cb(struct evhttp_request *req, void *arg)
 	}
 	switch (r.id) {
 	case ROUTE_API:
-		if (r.api == API_SERVERS) {
+		r.api = manage_what(r.api, cmd);
+		if (r.api == API_SERVERS || r.api == API_CREATE) {
 			api_handle(h, req, r.api, NULL);
 		} else if (route_name(&r, name, sizeof(name)) < 0) {
 			char clean[64];
