@@ -38,28 +38,32 @@ enum api_what manage_what(enum api_what what, int cmd)
 	return what;
 }
 
-/* The body as a JSON object, or NULL (an empty body is an empty object
- * when empty_ok). */
-static struct json_object *body_object(struct evhttp_request *req, bool empty_ok)
+/* The body as a JSON object, or NULL. */
+static struct json_object *body_object(struct evhttp_request *req)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-	size_t len = evbuffer_get_length(in);
+	size_t len = evbuffer_get_length(in), start = 0, end;
 	const char *p = len ? (const char *)evbuffer_pullup(in, -1) : "";
 	struct json_tokener *tok;
 	struct json_object *o;
 
+	/* The body is not NUL-terminated: every scan is bounded by len. */
 	if (len > HTTP_MAX_BODY || (len && memchr(p, '\0', len)))
 		return NULL;
-	if (strspn(p, " \t\r\n") >= len)
-		return empty_ok ? json_object_new_object() : NULL;
+	while (start < len && strchr(" \t\r\n", p[start]))
+		start++;
+	end = len;
+	while (end > start && strchr(" \t\r\n", p[end - 1]))
+		end--;
+	if (start == end)
+		return NULL;
 	tok = json_tokener_new_ex(MANAGE_JSON_DEPTH);
 	if (!tok)
 		fatal("out of memory");
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-	o = json_tokener_parse_ex(tok, p, (int)len);
+	o = json_tokener_parse_ex(tok, p + start, (int)(end - start));
 	if (!o || json_tokener_get_error(tok) != json_tokener_success ||
-	    strspn(p + json_tokener_get_parse_end(tok), " \t\r\n") != len - json_tokener_get_parse_end(tok) ||
-	    !json_object_is_type(o, json_type_object)) {
+	    json_tokener_get_parse_end(tok) != end - start || !json_object_is_type(o, json_type_object)) {
 		json_object_put(o);
 		o = NULL;
 	}
@@ -76,7 +80,7 @@ int manage_params(struct evhttp_request *req, enum api_what what, const char *se
 		json_object_object_add(*params, PARAM_KEY_SERVER, json_object_new_string(server));
 		return 0;
 	}
-	body = body_object(req, false);
+	body = body_object(req);
 	if (!body) {
 		json_object_put(*params);
 		*params = NULL;
