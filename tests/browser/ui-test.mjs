@@ -562,6 +562,76 @@ async function main() {
         fail(`the card does not show the API's error message: ${JSON.stringify(offText)}`);
       ok(`a refused login shows the API's error.error: ${JSON.stringify(offText)}`);
     }
+
+    /* 6. Managing servers (issue 16 B): the "Add server" form, the enable
+     * toggle, Remove with its confirmation; each checked in the keeper's
+     * status and in the config file the keeper rewrote. */
+    {
+      const fileServers = () => JSON.parse(fs.readFileSync(configPath, 'utf8')).mcpServers;
+      await page.locator('[data-role="add-server"] summary').click();
+      const form = page.locator('[data-role="add-form"]');
+      await form.locator('[data-role="add-name"]').fill('demo');
+      await form.locator('[data-role="add-url"]').fill(`${peer.url}/mcp`);
+      await form.locator('[data-action="add-server"]').click();
+      const addErr = form.locator('[data-role="add-error"]');
+      await addErr.waitFor({ state: 'visible', timeout: LIVE_MS });
+      const addText = ((await addErr.textContent()) || '').trim();
+      if (addText !== 'Adding failed: a server named "demo" exists already')
+        fail(`a duplicate name does not show the API's error: ${JSON.stringify(addText)}`);
+      ok(`"Add server" with a taken name: ${JSON.stringify(addText)}`);
+
+      const from = control.events.length;
+      await form.locator('[data-role="add-name"]').fill('added');
+      await form.locator('[data-role="add-scopes"]').fill('mcp extra');
+      await form.locator('[data-action="add-server"]').click();
+      await control.waitEvent('servers.changed', (d) => d.server === 'added' && d.reason === 'server_added', from,
+        STEP_MS, 'servers.changed server_added on the control socket');
+      const added = page.locator('section.card[data-server="added"]');
+      await added.waitFor({ state: 'visible', timeout: LIVE_MS });
+      const entry = fileServers().added;
+      if (!entry || entry.url !== `${peer.url}/mcp` || JSON.stringify(entry.oauth) !== '{"scopes":["mcp","extra"]}')
+        fail(`the config file holds ${JSON.stringify(entry)} for the added server`);
+      if (!await added.locator('[data-role="enabled"]').isChecked())
+        fail('the enable toggle of a new server is not checked');
+      await screenshot(page, 'server-added');
+      ok('"Add server": a card for "added", the entry in the config file, servers.changed server_added');
+
+      await added.locator('[data-role="enabled"]').uncheck();
+      await waitFor(async () => (await control.server('added')).enabled === false, STEP_MS,
+        'the keeper to show "added" disabled');
+      await waitFor(() => added.evaluate((e) => e.classList.contains('is-disabled')), LIVE_MS,
+        'the card to show "added" disabled');
+      if (fileServers().added.enabled !== false)
+        fail('the config file does not say "enabled": false');
+      await added.locator('[data-role="enabled"]').check();
+      await waitFor(async () => (await control.server('added')).enabled === true, STEP_MS,
+        'the keeper to show "added" enabled again');
+      ok('the enable toggle disables and enables the server in the keeper and the file');
+
+      const dialog = page.locator('[data-role="confirm-remove"]');
+      await added.locator('[data-action="remove"]').click();
+      await dialog.waitFor({ state: 'visible' });
+      const text = (await page.locator('[data-role="remove-text"]').textContent()) || '';
+      if (!/added/.test(text))
+        fail(`the remove confirmation does not name the server: ${JSON.stringify(text)}`);
+      await screenshot(page, 'remove-confirmation');
+      await dialog.locator('[data-action="cancel-remove"]').click();
+      await dialog.waitFor({ state: 'hidden' });
+      await sleep(500);
+      if (!fileServers().added)
+        fail('Cancel in the remove confirmation removed the server anyway');
+      await added.locator('[data-action="remove"]').click();
+      await dialog.waitFor({ state: 'visible' });
+      await dialog.locator('[data-action="confirm-remove"]').click();
+      await added.waitFor({ state: 'detached', timeout: LIVE_MS });
+      if (fileServers().added)
+        fail('the removed server is still in the config file');
+      if ((await control.rpc('status')).servers.some((x) => x.name === 'added'))
+        fail('the keeper still lists the removed server');
+      noSecrets();
+      await screenshot(page, 'server-removed');
+      ok('Remove asks first; Cancel keeps the server, Remove takes it out of the keeper and the file');
+    }
   } catch (e) {
     failed = e;
     if (page) {

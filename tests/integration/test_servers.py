@@ -54,6 +54,7 @@ class ServersTest(kl.KeeperTestCase):
             data = json.dumps(body).encode() if body is not None else None
             r = kl.http(method, base + path, data, headers)
             return r.status, r.json()
+        call.base = base
         return call
 
     def ctl(self, k, *args, stdin=None):
@@ -286,6 +287,11 @@ class ServersTest(kl.KeeperTestCase):
             self.assertIn("control socket", got["error"])
         self.assertEqual(open(k.config_path).read(), before, "a refused change reached the file")
         self.assertEqual(sorted(s["name"] for s in k.status()["servers"]), ["a", "s"])
+        # The document says so.
+        doc = kl.http("GET", call.base.replace("/api/v1/servers", "/openapi.json")).json()
+        self.assertIn("post", doc["paths"]["/api/v1/servers"])
+        self.assertIn("patch", doc["paths"]["/api/v1/servers/{id}"])
+        self.assertIn("delete", doc["paths"]["/api/v1/servers/{id}"])
         # The same through the control socket is the operator's right.
         k.rpc("servers.update", {"server": "s", "set": {"args": ["--quiet"]}})
         self.assertEqual(read_json(k.config_path)["mcpServers"]["s"]["args"], ["--quiet"])

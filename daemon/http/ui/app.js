@@ -55,6 +55,17 @@
  *                                 not logged in, expired or in error
  *     <button data-action="logout">  present when authenticated
  *
+ *     <input data-role="enabled" type="checkbox">  the enable toggle (PATCH
+ *                                 {"enabled": ...}); checked when enabled
+ *     <button data-action="remove">  Remove, after [data-role="confirm-remove"]
+ *
+ *   <details data-role="add-server">  the "Add server" form [data-role="add-form"]
+ *                                 (URL servers: add-name, add-url, add-protocol,
+ *                                 add-oauth, add-scopes; errors in add-error)
+ *   <dialog data-role="confirm-remove">  "Remove NAME? ...", text in
+ *                                 [data-role="remove-text"], buttons
+ *                                 data-action="confirm-remove" and "cancel-remove"
+ *
  *   <dialog data-role="confirm">  logout confirmation ("Log out of NAME? This
  *                                 deletes its token and revokes it at the
  *                                 provider."), text in [data-role="confirm-text"],
@@ -90,6 +101,7 @@
     pollTimer: null,
     lastTick: Date.now() / 1000,
     confirmFor: null,
+    removeFor: null,      // the server the remove confirmation is about
     titleSeq: 0,
   };
 
@@ -243,11 +255,15 @@
   ApiError.prototype = Object.create(Error.prototype);
   ApiError.prototype.constructor = ApiError;
 
-  function api(method, path) {
+  function api(method, path, body) {
     var key = state.key;
+    var headers = { 'X-API-Key': key, 'Accept': 'application/json' };
+    if (body !== undefined)
+      headers['Content-Type'] = 'application/json';
     return fetch(path, {
       method: method,
-      headers: { 'X-API-Key': key, 'Accept': 'application/json' },
+      headers: headers,
+      body: body !== undefined ? JSON.stringify(body) : undefined,
       cache: 'no-store',
       credentials: 'same-origin',
       redirect: 'error',
@@ -542,6 +558,7 @@
     c.logoutBtn.type = 'button';
     c.logoutBtn.setAttribute('data-action', 'logout');
     c.el.appendChild(c.actions);
+    createManage(c);
     return c;
   }
 
@@ -598,6 +615,7 @@
     place(c.actions, c.logoutBtn, canLogout);
     c.actions.hidden = !(canLogin || canLogout);
 
+    updateManage(c, l);
     updateTimes(c, Date.now() / 1000);
   }
 
@@ -730,28 +748,35 @@
 
   /* ---- the logout confirmation ---- */
 
-  function openConfirm(c) {
-    var dlg = role('confirm');
-    state.confirmFor = c.name;
-    role('confirm-text').textContent =
-      'Log out of ' + c.name + '? This deletes its token and revokes it at the provider.';
+  /* A dialog opened modally (where the browser can), focus on its Cancel. */
+  function showDialog(dlg, cancelAction) {
     if (typeof dlg.showModal === 'function') {
       if (!dlg.open)
         dlg.showModal();
     } else {
       dlg.setAttribute('open', '');
     }
-    dlg.querySelector('[data-action="cancel"]').focus();
+    dlg.querySelector('[data-action="' + cancelAction + '"]').focus();
   }
 
-  function closeConfirm() {
-    var dlg = role('confirm');
+  function hideDialog(dlg) {
     if (!dlg || !dlg.open)
       return;
     if (typeof dlg.close === 'function')
       dlg.close();
     else
       dlg.removeAttribute('open');
+  }
+
+  function openConfirm(c) {
+    state.confirmFor = c.name;
+    role('confirm-text').textContent =
+      'Log out of ' + c.name + '? This deletes its token and revokes it at the provider.';
+    showDialog(role('confirm'), 'cancel');
+  }
+
+  function closeConfirm() {
+    hideDialog(role('confirm'));
   }
 
   /* After the dialog closes, put focus back on the card it came from. */
@@ -764,6 +789,101 @@
     var target = c.logoutBtn.parentNode ? c.logoutBtn : c.loginBtn.parentNode ? c.loginBtn : null;
     if (target)
       target.focus();
+  }
+
+  /* ---- managing servers: add, enable toggle, remove ---- */
+
+  function createManage(c) {
+    c.manage = el('div', 'card-manage');
+    var label = el('label');
+    c.enabledBox = el('input');
+    c.enabledBox.type = 'checkbox';
+    c.enabledBox.setAttribute('data-role', 'enabled');
+    label.appendChild(c.enabledBox);
+    label.appendChild(document.createTextNode(' Enabled'));
+    c.manage.appendChild(label);
+    c.removeBtn = el('button', 'btn btn-quiet', 'Remove');
+    c.removeBtn.type = 'button';
+    c.removeBtn.setAttribute('data-action', 'remove');
+    c.manage.appendChild(c.removeBtn);
+    c.el.appendChild(c.manage);
+    c.enabledBox.addEventListener('change', function () {
+      setEnabled(c.name, c.enabledBox.checked);
+    });
+  }
+
+  function updateManage(c, l) {
+    /* While a change runs the box shows what the user asked for. */
+    if (!l.busy)
+      c.enabledBox.checked = c.srv.enabled !== false;
+    c.enabledBox.disabled = !!l.busy;
+    c.removeBtn.disabled = !!l.busy;
+  }
+
+  function changeServer(name, method, body, failed, done) {
+    var l = local(name);
+    l.error = null;
+    l.note = null;
+    l.busy = true;
+    rerender(name);
+    api(method, '/api/v1/servers/' + encodeURIComponent(name), body).then(function () {
+      if (done)
+        done();
+    }).catch(function (e) {
+      if (e.status !== 401)
+        l.error = failed + ': ' + e.message;
+    }).then(function () {
+      l.busy = false;
+      rerender(name);
+      loadServers();
+    });
+  }
+
+  function setEnabled(name, on) {
+    changeServer(name, 'PATCH', { enabled: on }, on ? 'Enable failed' : 'Disable failed', function () {
+      var c = state.cards.get(name);
+      if (c && c.srv)
+        c.srv.enabled = on;    /* until the list fetched next says so too */
+    });
+  }
+
+  function openRemove(c) {
+    state.removeFor = c.name;
+    role('remove-text').textContent = 'Remove ' + c.name + ' from the configuration? A token it has stays ' +
+      'stored, shown as orphaned, until you log it out.';
+    showDialog(role('confirm-remove'), 'cancel-remove');
+  }
+
+  function closeRemove() {
+    hideDialog(role('confirm-remove'));
+  }
+
+  function onAddSubmit(ev) {
+    ev.preventDefault();
+    var err = role('add-error');
+    var btn = role('add-form').querySelector('[data-action="add-server"]');
+    var body = {
+      name: role('add-name').value.trim(),
+      url: role('add-url').value.trim(),
+      protocol: role('add-protocol').value,
+    };
+    var scopes = role('add-scopes').value.trim();
+    if (!role('add-oauth').checked)
+      body.oauth = false;
+    else if (scopes)
+      body.oauth = { scopes: scopes.split(/\s+/) };
+    err.hidden = true;
+    btn.disabled = true;
+    api('POST', '/api/v1/servers', body).then(function () {
+      role('add-form').reset();
+      role('add-server').open = false;
+    }).catch(function (e) {
+      err.textContent = 'Adding failed: ' + e.message;
+      err.hidden = false;
+    }).then(function () {
+      btn.disabled = false;
+      loadServers();
+    });
   }
 
   /* ---- the event stream ---- */
@@ -898,6 +1018,18 @@
       closeConfirm();
       return;
     }
+    if (action === 'cancel-remove') {
+      closeRemove();
+      return;
+    }
+    if (action === 'confirm-remove') {
+      var gone = state.removeFor;
+      state.removeFor = null;
+      closeRemove();
+      if (gone !== null && state.cards.has(gone))
+        changeServer(gone, 'DELETE', undefined, 'Remove failed');
+      return;
+    }
     if (action === 'confirm-logout') {
       var name = state.confirmFor;
       closeConfirm();
@@ -913,10 +1045,17 @@
       doLogin(c);
     else if (action === 'logout')
       openConfirm(c);
+    else if (action === 'remove')
+      openRemove(c);
   }
 
   function init() {
     document.addEventListener('click', onClick);
+    role('add-form').addEventListener('submit', onAddSubmit);
+    role('confirm-remove').addEventListener('click', function (ev) {
+      if (ev.target === ev.currentTarget)
+        closeRemove();
+    });
     var dlg = role('confirm');
     dlg.addEventListener('close', onConfirmClosed);
     /* A click on the backdrop (outside the dialog's box) cancels. */
