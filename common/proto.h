@@ -50,7 +50,9 @@
  * renamed or given another URL leaves its token orphaned until a logout).
  * In user mode the config file is rewritten (a temporary file in its
  * directory, fsynced, renamed over the target of a symlink; mode, unknown
- * keys and the form of mcpServers kept) before the reply.
+ * keys and the form of mcpServers kept) before the reply; in system mode
+ * the change goes to the store's overlay (STORE_SERVERS), merged over the
+ * file at start and reload, and status's "source" says "runtime".
  *   servers.add {"server": NAME, "config": {the entry as in mcpServers}}
  *   servers.remove {"server"}
  *   servers.update {"server", "set": {key: value, null to remove the key;
@@ -63,7 +65,7 @@
  *   sandbox, allow_insecure_http), not_found, exists (add: the name is
  *   taken; update: a rename to a taken name), invalid_params (the
  *   validation's message), conflict (the file changed since the keeper
- *   read it: reload first), unavailable (the file cannot be written).
+ *   read it: reload first), unavailable (the file or the store cannot be written).
  * reload {} -> {"servers": N}: what SIGHUP does; an error of kind
  *   invalid_config with the file's message leaves everything as it was.
  */

@@ -162,8 +162,8 @@ struct json_object *control_server_json(const struct server *s, bool full)
 		json_object_object_add(o, PARAM_KEY_URL, cs->url ? json_object_new_string(cs->url) : NULL);
 		json_object_object_add(o, PARAM_KEY_ENABLED, json_object_new_boolean(cs->enabled));
 		json_object_object_add(o, PARAM_KEY_OAUTH, json_object_new_boolean(cs->oauth_enabled));
-		/* Where it comes from: the file (the only source in user mode). */
-		json_object_object_add(o, PARAM_KEY_SOURCE, json_object_new_string("config"));
+		/* Where it comes from: the file, or system mode's runtime overlay. */
+		json_object_object_add(o, PARAM_KEY_SOURCE, json_object_new_string(servers_source(s->k, s->name)));
 	}
 	json_object_object_add(o, PARAM_KEY_OAUTH_STATUS,
 			       cs->oauth_enabled ? json_object_new_string(oauth_status_name(s->status)) : NULL);

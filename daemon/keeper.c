@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <json-c/json.h>
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
@@ -470,7 +471,7 @@ int keeper_reload(struct keeper *k, char *err, size_t errlen)
 	int r;
 
 	log_info("reloading %s", k->config_path);
-	if (config_load(k->config_path, k->system_mode, &cfg, err, errlen) < 0) {
+	if (servers_load_config(k, &cfg, err, errlen) < 0) {
 		log_error("reload refused, keeping the running configuration: %s", err);
 		return -EINVAL;
 	}
@@ -743,6 +744,17 @@ int keeper_run(const char *config_path, bool system_mode)
 	evsignal_add(k.sig_hup, NULL);
 	evsignal_add(k.sig_chld, NULL);
 
+	if (system_mode) {
+		struct config *merged = NULL;
+
+		/* The runtime changes (servers.c) over the file, as at a reload. */
+		if (servers_load_config(&k, &merged, err, sizeof(err)) < 0) {
+			log_error("starting with %s alone: %s", config_path, err);
+		} else {
+			config_free(cfg);
+			cfg = merged;
+		}
+	}
 	k.cfg = NULL;
 	r = keeper_apply_config(&k, cfg);
 	if (r < 0)
@@ -781,6 +793,7 @@ int keeper_run(const char *config_path, bool system_mode)
 	free(k.servers);
 	free(k.index);
 	orphans_free(k.orphans, k.n_orphans);
+	json_object_put(k.runtime_servers);
 	api_stop(&k);
 	k.oauth = child_free(k.oauth);
 	k.refresh = refresh_free(k.refresh);

@@ -125,6 +125,7 @@ struct keeper {
 	struct refresh *refresh;
 	struct events *events;
 	struct flow *flows;		/* login.c: logins and logouts under way */
+	struct json_object *runtime_servers;	/* servers.c: names the store's overlay defines */
 	char **orphans;			/* token keys of servers no longer configured */
 	size_t n_orphans;
 
@@ -232,6 +233,12 @@ struct servers_change {
 /* NULL with *result, or the error's KIND_* with its message in err. */
 const char *servers_change(struct keeper *k, const struct servers_change *ch, struct json_object **result,
 			   char *err, size_t errlen);
+/* Start (once the store is open) and reload: the config file, in system mode
+ * with the runtime changes kept in the store merged over it. 0 or -errno
+ * with the message in err. */
+int servers_load_config(struct keeper *k, struct config **out, char *err, size_t errlen);
+/* Where a server comes from: "runtime" (system mode's overlay) or "config". */
+const char *servers_source(const struct keeper *k, const char *name);
 
 /* control.c */
 int control_start(struct keeper *k, int listen_fd);

@@ -18,8 +18,16 @@
  * the target of a symlink. What it loses is the file's layout: it is written
  * back pretty-printed.
  *
- * Touches the config file and its directory, and the keeper's server list
- * through keeper_apply_config().
+ * In system mode the file is the administrator's and is never written: the
+ * changes go to an overlay in the store (STORE_SERVERS, sealed like the
+ * tokens): per server name its entry, or a tombstone for a server of the
+ * file that was removed. servers_load_config() merges it over the file at
+ * start and at every reload, so a change made here is applied the same way
+ * whichever of the two comes first.
+ *
+ * Touches the config file and its directory (user mode), the store's
+ * servers database (system mode), and the keeper's server list through
+ * keeper_apply_config().
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +43,7 @@
 
 #include "config.h"
 #include "keeper.h"
+#include "secret.h"
 #include "log.h"
 #include "proto.h"
 #include "util.h"
@@ -302,20 +311,256 @@ static const char *doc_change(struct doc *d, const struct servers_change *ch, co
 	return SERVERS_R_UPDATED;
 }
 
+/* The document's text (a BOM kept, a final newline), malloc'd. */
+static char *doc_text(const struct doc *d, size_t *len)
+{
+	size_t out_len;
+	const char *out = json_object_to_json_string_length(
+		d->root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE, &out_len);
+	char *text = xmalloc(out_len + 5);
+
+	*len = 0;
+	if (d->bom) {
+		memcpy(text, "\xef\xbb\xbf", 3);
+		*len = 3;
+	}
+	memcpy(text + *len, out, out_len);
+	*len += out_len;
+	text[(*len)++] = '\n';
+	return text;
+}
+
+/* ---- system mode: the runtime overlay in the store ---- */
+
+#define OVERLAY_REMOVED "removed"
+
+struct overlay_walk {
+	struct keeper *k;
+	struct doc *d;
+};
+
+/* One record of STORE_SERVERS over the file's document. */
+static int overlay_one(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct overlay_walk *w = ctx;
+	struct json_object *o = NULL, *entry;
+	size_t index = 0;
+
+	if (plain)
+		o = json_tokener_parse((const char *)plain->data);
+	if (!o || !json_object_is_type(o, json_type_object)) {
+		log_warn("runtime server %s: its record does not open (%s); ignored", key,
+			 plain ? "not a JSON object" : store_strerror(status));
+		json_object_put(o);
+		return 0;
+	}
+	if (json_object_object_get_ex(o, OVERLAY_REMOVED, NULL)) {
+		if (doc_find(w->d, key, &index)) {
+			if (is_list(w->d))
+				json_object_array_del_idx(w->d->servers, index, 1);
+			else
+				object_replace(w->d, key, NULL, NULL);
+		}
+	} else if (json_object_object_get_ex(o, PARAM_KEY_CONFIG, &entry) &&
+		   json_object_is_type(entry, json_type_object)) {
+		bool present = doc_find(w->d, key, &index) != NULL;
+		struct json_object *copy = NULL;
+
+		if (json_object_deep_copy(entry, &copy, NULL) < 0)
+			fatal("out of memory");
+		if (is_list(w->d)) {
+			json_object_object_add(copy, PARAM_KEY_NAME, json_object_new_string(key));
+			if (present)
+				json_object_array_put_idx(w->d->servers, index, copy);
+			else
+				json_object_array_add(w->d->servers, copy);
+		} else {
+			object_replace(w->d, present ? key : NULL, key, copy);
+			json_object_put(copy);
+		}
+		json_object_object_add(w->k->runtime_servers, key, NULL);
+	}
+	json_object_put(o);
+	return 0;
+}
+
+/* The file's text with the overlay applied (system mode), and the names
+ * the overlay defines into k->runtime_servers. */
+static int overlay_merge(struct keeper *k, struct doc *d, char *err, size_t errlen)
+{
+	struct overlay_walk w = { .k = k, .d = d };
+	int r;
+
+	json_object_put(k->runtime_servers);
+	k->runtime_servers = json_object_new_object();
+	r = store_list(k->store, STORE_SERVERS, overlay_one, &w);
+	if (r < 0)
+		return SERVERS_FAIL(r, "reading the runtime server changes from the store: %s", store_strerror(r));
+	return 0;
+}
+
+int servers_load_config(struct keeper *k, struct config **out, char *err, size_t errlen)
+{
+	_cleanup_(freep) char *text = NULL, *merged = NULL;
+	struct doc d = { 0 };
+	size_t len;
+	int r;
+
+	*out = NULL;
+	if (!k->system_mode || !k->store)
+		return config_load(k->config_path, k->system_mode, out, err, errlen);
+	r = config_read_file(k->config_path, &text, &len, err, errlen);
+	if (r < 0)
+		return r;
+	/* The file alone first: its own errors are named as they are. */
+	r = config_parse_path(k->config_path, text, len, k->system_mode, out, err, errlen);
+	if (r < 0)
+		return r;
+	*out = config_free(*out);
+	if (doc_parse(&d, text, len) < 0) {
+		doc_done(&d);
+		return SERVERS_FAIL(-EINVAL, "%s: mcpServers is neither an object nor a list", k->config_path);
+	}
+	r = overlay_merge(k, &d, err, errlen);
+	if (r == 0)
+		merged = doc_text(&d, &len);
+	doc_done(&d);
+	if (r < 0)
+		return r;
+	r = config_parse_path(k->config_path, merged, len, k->system_mode, out, err, errlen);
+	if (r < 0)
+		log_error("the runtime server changes (mcpctl servers) do not fit %s: %s", k->config_path, err);
+	return r;
+}
+
+const char *servers_source(const struct keeper *k, const char *name)
+{
+	return k->runtime_servers && json_object_object_get_ex(k->runtime_servers, name, NULL) ? "runtime"
+												   : "config";
+}
+
+static int overlay_put(struct keeper *k, const char *name, struct json_object *o)
+{
+	const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+	struct secret *plain = secret_from(text, strlen(text));
+	int r;
+
+	if (!plain)
+		return -ENOMEM;
+	r = store_put(k->store, STORE_SERVERS, name, plain);
+	secret_free(plain);
+	json_object_put(o);
+	return r;
+}
+
+/*
+ * A name that no longer names a server: a tombstone when the file defines
+ * it (the administrator's entry stays in the file), else no record.
+ */
+static int overlay_forget(struct keeper *k, const struct doc *file, const char *name)
+{
+	struct json_object *o;
+	size_t index;
+	int r;
+
+	if (!doc_find(file, name, &index)) {
+		r = store_delete(k->store, STORE_SERVERS, name);
+		return r == STORE_E_NOT_FOUND ? 0 : r;
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, OVERLAY_REMOVED, json_object_new_boolean(1));
+	return overlay_put(k, name, o);
+}
+
+/* Writes the change of ch (name: the server's name after it; entry: its
+ * entry then, NULL when removed) to the overlay, in synced transactions. */
+static int overlay_store(struct keeper *k, const struct servers_change *ch, const char *name,
+			 struct json_object *entry, char *err, size_t errlen)
+{
+	_cleanup_(freep) char *text = NULL;
+	struct doc file = { 0 };
+	size_t len;
+	int r;
+
+	r = config_read_file(k->config_path, &text, &len, err, errlen);
+	if (r == 0 && doc_parse(&file, text, len) < 0)
+		r = SERVERS_FAIL(-EINVAL, "%s: mcpServers is neither an object nor a list", k->config_path);
+	if (r == 0 && entry) {
+		struct json_object *o = json_object_new_object(), *copy = NULL;
+
+		if (json_object_deep_copy(entry, &copy, NULL) < 0)
+			fatal("out of memory");
+		json_object_object_del(copy, PARAM_KEY_NAME);
+		json_object_object_add(o, PARAM_KEY_CONFIG, copy);
+		r = overlay_put(k, name, o);
+		if (r == 0)
+			json_object_object_add(k->runtime_servers, name, NULL);
+	}
+	if (r == 0 && strcmp(name, ch->server) != 0) {
+		r = overlay_forget(k, &file, ch->server);
+		if (r == 0)
+			json_object_object_del(k->runtime_servers, ch->server);
+	}
+	if (r == 0 && !entry) {
+		r = overlay_forget(k, &file, name);
+		if (r == 0)
+			json_object_object_del(k->runtime_servers, name);
+	}
+	doc_done(&file);
+	if (r != 0 && err[0] == '\0')
+		snprintf(err, errlen, "cannot store the change: %s", store_strerror(r));
+	return r;
+}
+
+/* ---- a change ---- */
+
+/* The text the change starts from: user mode, the file as the keeper read
+ * it (else KIND_CONFLICT); system mode, the file with the overlay. */
+static const char *base_text(struct keeper *k, char **text, size_t *len, char *err, size_t errlen)
+{
+	unsigned char digest[CONFIG_DIGEST_LEN];
+	struct doc d = { 0 };
+	int r;
+
+	if (config_read_file(k->config_path, text, len, err, errlen) < 0)
+		return KIND_UNAVAILABLE;
+	if (k->system_mode) {
+		if (doc_parse(&d, *text, *len) < 0) {
+			doc_done(&d);
+			return SERVERS_FAIL(KIND_CONFLICT, "%s: mcpServers is neither an object nor a list",
+					    k->config_path);
+		}
+		r = overlay_merge(k, &d, err, errlen);
+		if (r == 0) {
+			free(*text);
+			*text = doc_text(&d, len);
+		}
+		doc_done(&d);
+		return r < 0 ? KIND_UNAVAILABLE : NULL;
+	}
+	config_digest(*text, *len, digest);
+	if (sodium_memcmp(digest, k->cfg->digest, sizeof(digest)) != 0)
+		return SERVERS_FAIL(KIND_CONFLICT,
+				    "%s was changed since the keeper read it; not overwriting that edit: reload it "
+				    "first (mcpctl reload), then try again",
+				    k->config_path);
+	return NULL;
+}
+
 const char *servers_change(struct keeper *k, const struct servers_change *ch, struct json_object **result,
 			   char *err, size_t errlen)
 {
 	_cleanup_(freep) char *text = NULL, *old_key = NULL, *name = NULL;
-	unsigned char digest[CONFIG_DIGEST_LEN];
 	struct doc d = { 0 };
 	struct config *cfg = NULL;
-	const char *reason, *kind = NULL, *new_name, *out, *bad;
-	struct json_object *ev;
+	const char *reason, *kind = NULL, *new_name, *bad;
+	struct json_object *ev, *entry = NULL;
 	struct server *s;
-	size_t len, out_len;
+	size_t len, index = 0;
 	int r;
 
 	*result = NULL;
+	err[0] = '\0';
 	if (k->cfg->disable_management)
 		return SERVERS_FAIL(KIND_FORBIDDEN, "management is disabled in the configuration");
 	if (ch->restricted && (bad = shell_key(ch->fields)))
@@ -330,20 +575,10 @@ const char *servers_change(struct keeper *k, const struct servers_change *ch, st
 				    "\"%s\" allows plain http: its url cannot be changed through the HTTP API; use the "
 				    "control socket (mcpctl servers)",
 				    ch->server);
-	if (k->system_mode)
-		return SERVERS_FAIL(KIND_UNAVAILABLE,
-				    "runtime changes of the server list are not available in system mode yet: edit %s "
-				    "and reload",
-				    k->config_path);
 
-	if (config_read_file(k->config_path, &text, &len, err, errlen) < 0)
-		return KIND_UNAVAILABLE;
-	config_digest(text, len, digest);
-	if (sodium_memcmp(digest, k->cfg->digest, sizeof(digest)) != 0)
-		return SERVERS_FAIL(KIND_CONFLICT,
-				    "%s was changed since the keeper read it; not overwriting that edit: reload it "
-				    "first (mcpctl reload), then try again",
-				    k->config_path);
+	kind = base_text(k, &text, &len, err, errlen);
+	if (kind)
+		return kind;
 	if (doc_parse(&d, text, len) < 0) {
 		doc_done(&d);
 		return SERVERS_FAIL(KIND_CONFLICT, "%s: mcpServers is neither an object nor a list", k->config_path);
@@ -354,27 +589,27 @@ const char *servers_change(struct keeper *k, const struct servers_change *ch, st
 		return kind;
 	}
 	name = xstrdup(new_name);
-
-	out = json_object_to_json_string_length(d.root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
-								  JSON_C_TO_STRING_NOSLASHESCAPE,
-						&out_len);
 	free(text);
-	text = xmalloc(out_len + 5);
-	len = 0;
-	if (d.bom) {
-		memcpy(text, "\xef\xbb\xbf", 3);
-		len = 3;
-	}
-	memcpy(text + len, out, out_len);
-	len += out_len;
-	text[len++] = '\n';
+	text = doc_text(&d, &len);
+	if (strcmp(ch->method, METHOD_SERVERS_REMOVE) != 0)
+		entry = json_object_get(doc_find(&d, name, &index));
 	doc_done(&d);
 
 	r = config_parse_path(k->config_path, text, len, k->system_mode, &cfg, err, errlen);
-	if (r < 0)
-		return KIND_INVALID_PARAMS;
-	r = file_replace(k->config_path, text, len, err, errlen);
 	if (r < 0) {
+		json_object_put(entry);
+		return KIND_INVALID_PARAMS;
+	}
+	if (k->system_mode) {
+		r = overlay_store(k, ch, name, entry, err, errlen);
+		if (r == 0)
+			/* The merged text is no file's: no edit of the file to detect. */
+			memset(cfg->digest, 0, sizeof(cfg->digest));
+	} else {
+		r = file_replace(k->config_path, text, len, err, errlen);
+	}
+	json_object_put(entry);
+	if (r != 0) {
 		config_free(cfg);
 		log_error("%s %s: %s", ch->method, ch->server, err);
 		return KIND_UNAVAILABLE;
@@ -385,10 +620,8 @@ const char *servers_change(struct keeper *k, const struct servers_change *ch, st
 		old_key = xstrdup(s->key);
 	r = keeper_apply_config(k, cfg);
 	if (r < 0) {
-		log_error("%s %s: written to %s but not applied: %s", ch->method, ch->server, k->config_path,
-			  strerror(-r));
-		return SERVERS_FAIL(KIND_INTERNAL, "written to %s but not applied (%s): run mcpctl reload",
-				    k->config_path, strerror(-r));
+		log_error("%s %s: stored but not applied: %s", ch->method, ch->server, strerror(-r));
+		return SERVERS_FAIL(KIND_INTERNAL, "stored but not applied (%s): run mcpctl reload", strerror(-r));
 	}
 	log_info("%s: %s by pid %d uid %u%s%s", name, reason, (int)ch->pid, (unsigned)ch->uid,
 		 strcmp(name, ch->server) != 0 ? ", was " : "", strcmp(name, ch->server) != 0 ? ch->server : "");

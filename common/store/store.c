@@ -55,11 +55,13 @@
 static const char *const db_files[STORE_DB_COUNT] = {
 	[STORE_TOKENS] = "tokens.db",
 	[STORE_CLIENTS] = "clients.db",
+	[STORE_SERVERS] = "servers.db",
 };
 
 static const char *const db_names[STORE_DB_COUNT] = {
 	[STORE_TOKENS] = "tokens",
 	[STORE_CLIENTS] = "clients",
+	[STORE_SERVERS] = "servers",
 };
 
 struct store {

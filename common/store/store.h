@@ -1,14 +1,17 @@
 /*
  * The token store: a Berkeley DB transactional environment in the state
- * directory holding three databases.
+ * directory holding four databases.
  *
  *   tokens   server key -> sealed token record (token.h)
  *   clients  "client:<hash of issuer, redirect URI>" -> sealed registered
  *            OAuth client (token.h); "port:<hash of server key>" -> the
  *            redirect port chosen for that server (decimal text), sealed
+ *   servers  system mode's runtime changes of the server list (daemon/
+ *            servers.c): server name -> sealed {"config": entry} or
+ *            {"removed": true} (a tombstone for a server of the file)
  *   meta     "schema" -> schema version; "key-check" -> key check value
  *
- * Every value in tokens and clients is sealed with XChaCha20-Poly1305
+ * Every value in tokens, clients and servers is sealed with XChaCha20-Poly1305
  * (libsodium's IETF construction): version byte | 24-byte nonce | ciphertext,
  * a fresh random nonce per write, and "<database>\0<key>" as associated data
  * so that a record copied under another key or database fails to open.
@@ -36,6 +39,7 @@ struct store;
 enum store_db {
 	STORE_TOKENS,
 	STORE_CLIENTS,
+	STORE_SERVERS,
 	STORE_DB_COUNT,
 };
 

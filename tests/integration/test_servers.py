@@ -296,6 +296,40 @@ class ServersTest(kl.KeeperTestCase):
         k.rpc("servers.update", {"server": "s", "set": {"args": ["--quiet"]}})
         self.assertEqual(read_json(k.config_path)["mcpServers"]["s"]["args"], ["--quiet"])
 
+    def test_system_mode_overlay(self):
+        """System mode: /etc's file stays the administrator's; the changes go
+        to the sealed overlay in the store, survive a kill -9 and a reload,
+        and status says where each server comes from."""
+        if os.geteuid() != 0:
+            self.skipTest("system mode needs root (children run as other users)")
+        users = {"oauth": "daemon", "http": "bin", "worker": "nobody"}
+        k = self.make_keeper(servers={"a": dict(HTTP_SERVER), "b": dict(HTTP_SERVER, url="http://127.0.0.1:9/b")},
+                             extra_config={"users": users})
+        k.start(args=["--system"])
+        before = open(k.config_path).read()
+        k.rpc("servers.add", {"server": "c", "config": {"url": "https://example.com/mcp"}})
+        k.rpc("servers.remove", {"server": "a"})
+        k.rpc("servers.update", {"server": "b", "set": {"enabled": False}})
+        k.kill()
+        self.assertEqual(open(k.config_path).read(), before, "system mode wrote the administrator's file")
+        store = open(os.path.join(k.data_dir, "servers.db"), "rb").read()
+        self.assertNotIn(b"example.com", store, "the overlay is not sealed")
+
+        k.start(args=["--system"])
+        want = [("b", False, "runtime"), ("c", True, "runtime")]
+        self.assertEqual([(x["name"], x["enabled"], x["source"]) for x in k.status()["servers"]], want)
+        # The administrator adds a server to the file: the reload keeps the
+        # overlay over it, and the tombstone keeps "a" removed.
+        cfg = read_json(k.config_path)
+        cfg["mcpServers"]["d"] = dict(HTTP_SERVER, url="http://127.0.0.1:9/d")
+        k.write_config(json.dumps(cfg))
+        k.rpc("reload")
+        self.assertEqual(sorted((x["name"], x["enabled"], x["source"]) for x in k.status()["servers"]),
+                         want + [("d", True, "config")])
+        # Added again at runtime: the tombstone goes.
+        k.rpc("servers.add", {"server": "a", "config": dict(HTTP_SERVER)})
+        self.assertEqual(k.server("a")["source"], "runtime")
+
     def test_disable_management(self):
         k = self.keeper(extra={"disable_management": True}, http=True)
         call = self.api(k)
