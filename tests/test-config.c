@@ -757,6 +757,32 @@ static void check_server_eq(const struct config_server *a, const struct config_s
 	CHECK(str_eq(a->oauth.resource, b->oauth.resource));
 }
 
+/* The digest daemon/servers.c compares to refuse overwriting someone's edit:
+ * of the content read, whatever changed in it (a byte of layout too), and
+ * the same for config_load() and config_parse() of the same bytes. */
+static void test_digest(void)
+{
+	static const char text[] = "{\"mcpServers\": {\"a\": {\"url\": \"https://a.example/mcp\"}}}";
+	static const char spaced[] = "{\"mcpServers\": {\"a\": {\"url\": \"https://a.example/mcp\"}}} ";
+	unsigned char d[CONFIG_DIGEST_LEN];
+	struct config *a, *b, *c = NULL;
+	char err[512];
+
+	TEST("the content digest: config_parse, config_load and config_digest agree; one byte more differs");
+	a = parse_ok(text);
+	b = parse_ok(spaced);
+	CHECK(memcmp(a->digest, b->digest, CONFIG_DIGEST_LEN) != 0);
+	config_digest(text, strlen(text), d);
+	CHECK(memcmp(a->digest, d, CONFIG_DIGEST_LEN) == 0);
+	write_file(tmp_path("digest.json"), text, strlen(text));
+	CHECK(config_load(tmp_path("digest.json"), false, &c, err, sizeof(err)) == 0);
+	CHECK(memcmp(c->digest, d, CONFIG_DIGEST_LEN) == 0);
+	CHECK(strcmp(c->path, tmp_path("digest.json")) == 0);
+	config_free(a);
+	config_free(b);
+	config_free(c);
+}
+
 static void test_forms_equal(void)
 {
 	static const char list_form[] =
@@ -1651,6 +1677,7 @@ int main(void)
 	test_login();
 	test_listen();
 	test_forms_equal();
+	test_digest();
 	test_defaults();
 	test_unknown_fields();
 	test_users();

@@ -631,6 +631,22 @@ async function main() {
       noSecrets();
       await screenshot(page, 'server-removed');
       ok('Remove asks first; Cancel keeps the server, Remove takes it out of the keeper and the file');
+
+      // "demo" still has its (expired) token: removing it leaves the token
+      // orphaned, and the page says so.
+      await card.locator('[data-action="remove"]').click();
+      await dialog.waitFor({ state: 'visible' });
+      await dialog.locator('[data-action="confirm-remove"]').click();
+      await card.waitFor({ state: 'detached', timeout: LIVE_MS });
+      const banner = page.locator('[data-role="banner-text"]');
+      await banner.waitFor({ state: 'visible', timeout: LIVE_MS });
+      const btext = ((await banner.textContent()) || '').trim();
+      if (!/^demo: its token is kept as orphaned/.test(btext))
+        fail(`no word of the orphaned token after removing "demo": ${JSON.stringify(btext)}`);
+      if (!(await control.rpc('status')).orphaned_tokens.some((o) => o.name === 'demo'))
+        fail('the keeper does not list the token of the removed "demo" as orphaned');
+      await screenshot(page, 'orphaned-token');
+      ok(`removing a server with a token: ${JSON.stringify(btext)}`);
     }
   } catch (e) {
     failed = e;

@@ -826,9 +826,13 @@
     l.note = null;
     l.busy = true;
     rerender(name);
-    api(method, '/api/v1/servers/' + encodeURIComponent(name), body).then(function () {
+    api(method, '/api/v1/servers/' + encodeURIComponent(name), body).then(function (data) {
       if (done)
         done();
+      /* A token the change left behind stays until a logout: say so. */
+      if (data && typeof data.orphaned === 'string')
+        showBanner((data.previous || name) + ': its token is kept as orphaned until it is logged out ' +
+                   '(mcpctl auth logout -s ' + (data.previous || name) + ').', 'orphaned');
     }).catch(function (e) {
       if (e.status !== 401)
         l.error = failed + ': ' + e.message;
