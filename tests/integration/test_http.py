@@ -638,12 +638,14 @@ class TestKeyAndErrors(HttpCase):
     def test_c_methods_and_bodies(self):
         self.start(servers={"files": {"command": "/bin/cat"}})
         self.run_keeper()
-        for method, path in (("POST", "/api/v1/servers"), ("DELETE", "/api/v1/servers"),
-                             ("PUT", "/api/v1/servers/demo"), ("DELETE", "/api/v1/servers/demo"),
+        # POST /api/v1/servers, PATCH and DELETE /api/v1/servers/NAME change
+        # the server list (test_servers.py).
+        for method, path in (("PUT", "/api/v1/servers"), ("DELETE", "/api/v1/servers"),
+                             ("PUT", "/api/v1/servers/demo"), ("PATCH", "/api/v1/servers"),
                              ("POST", "/api/v1/servers/demo"), ("GET", "/api/v1/servers/demo/login"),
                              ("DELETE", "/api/v1/servers/demo/logout"), ("GET", "/api/v1/servers/demo/logout"),
                              ("POST", "/events"), ("PUT", "/mcp/demo")):
-            self.assert_err(self.req(method, path, b"{}" if method in ("POST", "PUT") else None), 405)
+            self.assert_err(self.req(method, path, b"{}" if method in ("POST", "PUT", "PATCH") else None), 405)
         for method, path in (("POST", "/"), ("DELETE", "/ui/app.js"), ("PUT", "/openapi.json")):
             r = self.req(method, path, b"{}" if method != "DELETE" else None, key=None)
             self.assertEqual(r.status, 405, "%s %s: HTTP %d" % (method, path, r.status))

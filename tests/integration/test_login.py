@@ -442,7 +442,7 @@ class TestLogout(LoginCase):
 
 class TestStatus(LoginCase):
 
-    SERVER_KEYS = {"name", "protocol", "url", "enabled", "oauth", "oauth_status", "token_expires_at",
+    SERVER_KEYS = {"name", "protocol", "url", "enabled", "oauth", "source", "oauth_status", "token_expires_at",
                    "token_expires_at_unix", "token_obtained_at", "token_obtained_at_unix", "worker", "refresh",
                    "login_in_progress", "login_required"}
 
