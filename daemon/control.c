@@ -742,8 +742,6 @@ static void do_servers_change(struct conn *c, struct json_object *id, const char
 	ch.fields = p.config ? p.config : p.set;
 	kind = servers_change(c->ctl->k, &ch, &res, err, sizeof(err));
 	if (kind) {
-		log_info("control: %s %.64s by pid %d uid %u%s refused: %s", method, p.server, (int)c->pid,
-			 (unsigned)c->uid, c->internal ? " (http child)" : "", err);
 		reply_error(c, id, RPC_APP_ERROR, kind, "%s", err);
 		return;
 	}

@@ -547,8 +547,8 @@ static const char *base_text(struct keeper *k, char **text, size_t *len, char *e
 	return NULL;
 }
 
-const char *servers_change(struct keeper *k, const struct servers_change *ch, struct json_object **result,
-			   char *err, size_t errlen)
+static const char *change(struct keeper *k, const struct servers_change *ch, struct json_object **result,
+			  char *err, size_t errlen)
 {
 	_cleanup_(freep) char *text = NULL, *old_key = NULL, *name = NULL;
 	struct doc d = { 0 };
@@ -641,4 +641,30 @@ const char *servers_change(struct keeper *k, const struct servers_change *ch, st
 		json_object_object_add(ev, PARAM_KEY_PREVIOUS, json_object_new_string(ch->server));
 	events_emit(k, EVENT_SERVERS_CHANGED, ev);
 	return NULL;
+}
+
+/* A client's text for a log line: control characters (a name that was
+ * refused may hold any) become '?'. */
+static void printable(const char *in, char *out, size_t len)
+{
+	size_t i = 0;
+
+	for (; in[i] && i + 1 < len; i++)
+		out[i] = (unsigned char)in[i] < 0x20 || in[i] == 0x7f ? '?' : in[i];
+	out[i] = '\0';
+}
+
+const char *servers_change(struct keeper *k, const struct servers_change *ch, struct json_object **result,
+			   char *err, size_t errlen)
+{
+	const char *kind = change(k, ch, result, err, errlen);
+	char who[80], why[1024];
+
+	if (kind) {
+		printable(ch->server, who, sizeof(who));
+		printable(err, why, sizeof(why));
+		log_info("%s %s by pid %d uid %u%s refused: %s", ch->method, who, (int)ch->pid, (unsigned)ch->uid,
+			 ch->restricted ? " (http child)" : "", why);
+	}
+	return kind;
 }
