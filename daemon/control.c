@@ -418,7 +418,8 @@ static void do_auth_login(struct conn *c, struct json_object *id, struct json_ob
 		reply_error(c, id, RPC_APP_ERROR, KIND_BUSY, "a login for \"%s\" is already running", s->name);
 		return;
 	}
-	log_info("control: auth.login %s by pid %d uid %u", s->name, (int)c->pid, (unsigned)c->uid);
+	log_info("control: auth.login %s by pid %d uid %u%s", s->name, (int)c->pid, (unsigned)c->uid,
+		 c->internal ? " (http child)" : "");
 	c->flow_id = json_object_get(id);
 	c->login_nowait = !p.wait;
 	r = login_start(k, s, (int)p.timeout, flow_url, login_done, c, &c->flow);
@@ -506,8 +507,8 @@ static void do_auth_logout(struct conn *c, struct json_object *id, struct json_o
 		reply_error(c, id, RPC_APP_ERROR, KIND_BUSY, "this connection is already waiting for a login or logout");
 		return;
 	}
-	log_info("control: auth.logout %s by pid %d uid %u", p.all ? "(all)" : p.server, (int)c->pid,
-		 (unsigned)c->uid);
+	log_info("control: auth.logout %s by pid %d uid %u%s", p.all ? "(all)" : p.server, (int)c->pid,
+		 (unsigned)c->uid, c->internal ? " (http child)" : "");
 	c->flow_id = json_object_get(id);
 	logout_start(k, s, orphan, p.all, p.all ? logout_done_all : logout_done_one, c, &c->flow);
 }
@@ -756,7 +757,7 @@ static void do_reload(struct conn *c, struct json_object *id)
 
 	if (check_management(c, id))
 		return;
-	log_info("control: reload by pid %d uid %u", (int)c->pid, (unsigned)c->uid);
+	log_info("control: reload by pid %d uid %u%s", (int)c->pid, (unsigned)c->uid, c->internal ? " (http child)" : "");
 	if (keeper_reload(k, err, sizeof(err)) < 0) {
 		reply_error(c, id, RPC_APP_ERROR, KIND_INVALID_CONFIG, "%s", err);
 		return;

@@ -145,6 +145,7 @@ class ServersTest(kl.KeeperTestCase):
         self.assertNotIn("orphaned", res, "github never had a token of its own")
         rc, out, err = self.ctl(k, "auth", "logout", "-s", "gh")
         self.assertEqual(rc, 0, out + err)
+        self.assertRegex(k.log(), r"control: auth\.logout gh by pid \d+ uid %d\n" % os.getuid())
         self.assertEqual(sorted(o["name"] for o in k.status()["orphaned_tokens"]), ["gl"])
 
     def test_persisted_before_the_reply(self):
