@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,12 +109,21 @@ static int header_from_stdin(const char *name, struct json_object *headers)
  * {..}, "text"), else the text itself. */
 static struct json_object *value_parse(const char *s)
 {
-	enum json_tokener_error e;
-	struct json_object *v = json_tokener_parse_verbose(s, &e);
+	struct json_tokener *tok = json_tokener_new();
+	struct json_object *v;
+	size_t len = strlen(s);
 
-	if (e == json_tokener_success)
-		return v;
-	return json_object_new_string(s);
+	if (!tok)
+		ctl_out_of_memory();
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	v = len <= INT_MAX ? json_tokener_parse_ex(tok, s, (int)len) : NULL;
+	/* All of it, or it is text ("8080abc" is not 8080). */
+	if (json_tokener_get_error(tok) != json_tokener_success || json_tokener_get_parse_end(tok) != len) {
+		json_object_put(v);
+		v = json_object_new_string(s);
+	}
+	json_tokener_free(tok);
+	return v;
 }
 
 static void print_result(struct json_object *res, bool json)

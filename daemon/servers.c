@@ -43,9 +43,9 @@
 
 #include "config.h"
 #include "keeper.h"
-#include "secret.h"
 #include "log.h"
 #include "proto.h"
+#include "secret.h"
 #include "util.h"
 
 /* What the http child may not set: running a command (or widening what it
