@@ -116,7 +116,8 @@ static struct json_object *value_parse(const char *s)
 	if (!tok)
 		ctl_out_of_memory();
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-	v = len <= INT_MAX ? json_tokener_parse_ex(tok, s, (int)len) : NULL;
+	/* With the NUL: a number or a literal ends only where the input does. */
+	v = len < INT_MAX ? json_tokener_parse_ex(tok, s, (int)len + 1) : NULL;
 	/* All of it, or it is text ("8080abc" is not 8080). */
 	if (json_tokener_get_error(tok) != json_tokener_success || json_tokener_get_parse_end(tok) != len) {
 		json_object_put(v);

@@ -225,6 +225,9 @@ class ServersTest(kl.KeeperTestCase):
         self.assertEqual((rc, out), (0, "bb: updated (was b)\n"), err)
         self.assertEqual(read_json(k.config_path)["mcpServers"]["bb"],
                          {"url": "https://example.com/mcp", "headers": {"X-Api-Key": "file-secret-1"}, "eager": True})
+        rc, out, err = self.ctl(k, "servers", "set", "bb", "eager=1x")
+        self.assertEqual(rc, 1, "'1x' was taken for JSON")
+        self.assertIn("mcpServers.bb.eager", err)
         rc, out, err = self.ctl(k, "servers", "set", "bb", "headers={\"X\":\"on-the-command-line\"}")
         self.assertEqual(rc, 2, "a header value on the command line was accepted")
         rc, out, err = self.ctl(k, "servers", "add", "bad", "--url", "nope")
