@@ -1370,7 +1370,25 @@ static void test_servers(struct child *c)
 	TEST("wrong method on a known path: 405 with Allow; unknown path: 404");
 	http_req(c->port, "DELETE", "/api/v1/servers", NULL, KEY_HEADER, NULL, 0, &r);
 	check_api_error(&r, 405, "method_not_allowed");
-	CHECK(resp_header(&r, "Allow", buf, sizeof(buf)) && strcmp(buf, "GET") == 0);
+	CHECK(resp_header(&r, "Allow", buf, sizeof(buf)) && strcmp(buf, "GET, POST") == 0);
+	resp_clear(&r);
+	http_req(c->port, "PUT", "/api/v1/servers/alpha", NULL, KEY_HEADER, "{}", 2, &r);
+	check_api_error(&r, 405, "method_not_allowed");
+	CHECK(resp_header(&r, "Allow", buf, sizeof(buf)) && strcmp(buf, "GET, PATCH, DELETE") == 0);
+	resp_clear(&r);
+
+	TEST("POST and PATCH of servers: a body that is not a JSON object, or no name, never reaches the keeper");
+	http_req(c->port, "POST", "/api/v1/servers", NULL, KEY_HEADER, "[1]", 3, &r);
+	check_api_error(&r, 400, KIND_INVALID_REQUEST);
+	resp_clear(&r);
+	http_req(c->port, "POST", "/api/v1/servers", NULL, KEY_HEADER, "{\"url\": \"https://x\"} x", 22, &r);
+	check_api_error(&r, 400, KIND_INVALID_REQUEST);
+	resp_clear(&r);
+	http_req(c->port, "POST", "/api/v1/servers", NULL, KEY_HEADER, "{\"url\": \"https://x\"}", 20, &r);
+	check_api_error(&r, 400, KIND_INVALID_PARAMS);
+	resp_clear(&r);
+	http_req(c->port, "PATCH", "/api/v1/servers/alpha", NULL, KEY_HEADER, "", 0, &r);
+	check_api_error(&r, 400, KIND_INVALID_REQUEST);
 	resp_clear(&r);
 	get(c->port, "/api/v1/servers/alpha/login", KEY_HEADER, &r);
 	check_api_error(&r, 405, "method_not_allowed");
