@@ -85,7 +85,15 @@ class TestStdio(ToolsCase):
         self.k.assert_alive()
 
     def test_b_errors(self):
-        self.stdio_keeper()
+        if not os.path.exists(STDIO_SERVER):
+            self.fail("%s is not built" % STDIO_SERVER)
+        self.start(servers={"files": {"command": STDIO_SERVER},
+                            "off": {"command": STDIO_SERVER, "enabled": False}}, login_servers=())
+        self.run_keeper()
+        rc, _, err = self.ctl("tools", "off")
+        self.assertEqual(rc, 1, err)
+        self.assertIn("disabled", err)
+        self.assert_err(self.req("GET", "/api/v1/servers/off/tools"), 503, "unavailable")
         rc, _, err = self.ctl("tools", "nosuch")
         self.assertEqual(rc, 6, err)
         self.assertIn("nosuch", err)
