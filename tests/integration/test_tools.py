@@ -79,6 +79,11 @@ class TestStdio(ToolsCase):
 
         rest = self.assert_ok(self.req("GET", "/api/v1/servers/files/tools"))
         self.assertEqual(rest, data)
+        # openapi.json describes the route.
+        doc = self.req("GET", "/openapi.json", key=None).json()
+        self.assertIn("get", doc["paths"]["/api/v1/servers/{id}/tools"])
+        self.assertIn("ToolList", doc["components"]["schemas"])
+        self.assertEqual(set(doc["components"]["schemas"]["ToolList"]["properties"]), set(rest))
         # The API key is required, and only GET is allowed.
         self.assertEqual(self.req("GET", "/api/v1/servers/files/tools", key=None).status, 401)
         self.assertEqual(self.req("POST", "/api/v1/servers/files/tools", body={}).status, 405)
