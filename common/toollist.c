@@ -193,6 +193,11 @@ static int page(struct toollist *t, struct json_object *result, struct json_obje
 	cursor = str_field(result, "nextCursor");
 	if (!cursor || !*cursor)
 		return TOOLLIST_DONE;
+	if (strlen(cursor) > TOOLLIST_MAX_CURSOR) {
+		toollist_fail(t, KIND_UNAVAILABLE, "%s answered tools/list with a nextCursor longer than %d bytes",
+			      t->server, TOOLLIST_MAX_CURSOR);
+		return TOOLLIST_FAILED;
+	}
 	if (t->pages >= TOOLLIST_MAX_PAGES) {
 		t->truncated = "more than 16 pages";
 		return TOOLLIST_DONE;
@@ -221,6 +226,11 @@ int toollist_feed(struct toollist *t, const struct rpc_msg *m, struct json_objec
 	if (m->type == RPC_NOTIFICATION)
 		return TOOLLIST_MORE;
 	if (m->type == RPC_REQUEST) {
+		if (++t->requests > TOOLLIST_MAX_REQUESTS) {
+			toollist_fail(t, KIND_UNAVAILABLE, "%s sent more than %d requests instead of its tools", t->server,
+				      TOOLLIST_MAX_REQUESTS);
+			return TOOLLIST_FAILED;
+		}
 		out[(*n_out)++] = server_request(m);
 		return TOOLLIST_MORE;
 	}

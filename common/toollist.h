@@ -19,6 +19,10 @@ struct rpc_msg;
 #define TOOLLIST_MAX_PAGES 16
 #define TOOLLIST_MAX_TOOLS 1000
 #define TOOLLIST_MAX_BYTES (4 * 1024 * 1024)
+/* A longer nextCursor fails the listing: our request must stay small. */
+#define TOOLLIST_MAX_CURSOR 4096
+/* Requests from the upstream answered (ping) or refused in one listing. */
+#define TOOLLIST_MAX_REQUESTS 64
 /* The whole exchange, connect included (the REST call; mcpctl: --timeout). */
 #define TOOLLIST_TIMEOUT_S 30
 
@@ -33,7 +37,7 @@ struct toollist {
 	bool listing;			/* initialize answered: tools/list pages now */
 	int64_t want_id;		/* the request whose answer we wait for */
 	struct json_object *tools;	/* the reduced tools so far */
-	size_t pages, bytes, skipped;
+	size_t pages, bytes, skipped, requests;
 	const char *truncated;		/* why the listing stopped early, or NULL */
 	const char *kind;		/* proto.h KIND_* when it failed */
 	char error[512];

@@ -100,8 +100,12 @@ static void worker_read_cb(struct bufferevent *bev, void *arg)
 		st = toollist_feed(&tc->t, &m, out, &n);
 		rpc_msg_clear(&m);
 		for (size_t i = 0; i < n; i++) {
-			if (st == TOOLLIST_MORE && frame_write(bufferevent_get_output(bev), out[i], PROTO_MAX_MESSAGE))
-				fatal("out of memory");
+			/* An answer to the upstream's request echoes its id: it may not fit. */
+			if (st == TOOLLIST_MORE && (r = frame_write(bufferevent_get_output(bev), out[i], PROTO_MAX_MESSAGE))) {
+				toollist_fail(&tc->t, KIND_UNAVAILABLE, "a message to %s cannot be sent: %s", tc->server,
+					      frame_strerror(r));
+				st = TOOLLIST_FAILED;
+			}
 			json_object_put(out[i]);
 		}
 		if (st == TOOLLIST_FAILED) {
@@ -148,6 +152,7 @@ static void connected(void *arg, struct rpc_msg *reply, const struct kfail *fail
 	struct tools_call *tc = arg;
 	struct kcall *kc = tc->kc;
 	struct evhttp_request *req;
+	struct json_object *init;
 
 	tc->kc = NULL;
 	if (fail || reply->type == RPC_ERROR) {
@@ -163,10 +168,11 @@ static void connected(void *arg, struct rpc_msg *reply, const struct kfail *fail
 	}
 	tc->bev = kcall_take(kc);
 	bufferevent_setcb(tc->bev, worker_read_cb, NULL, worker_event_cb, tc);
+	init = toollist_start(&tc->t, tc->server, "mcpkeeper-http");
 	if (bufferevent_enable(tc->bev, EV_READ | EV_WRITE) < 0 ||
-	    frame_write(bufferevent_get_output(tc->bev), toollist_start(&tc->t, tc->server, "mcpkeeper-http"),
-			PROTO_MAX_MESSAGE) != 0)
+	    frame_write(bufferevent_get_output(tc->bev), init, PROTO_MAX_MESSAGE) != 0)
 		fatal("cannot start a tools listing");
+	json_object_put(init);
 	/* Whatever came right behind the reply is the worker's already. */
 	worker_read_cb(tc->bev, tc);
 }

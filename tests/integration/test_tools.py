@@ -28,6 +28,8 @@ HOSTILE_TOOL = {"name": "evil\x1b[1mtool", "description": HOSTILE_DESC + ESC_TIT
                                                                  "n": {"type": ["integer", "null"]}},
                                 "required": ["<b>x</b>"]}}
 PAGES_MAX = 16      # common/toollist.h TOOLLIST_MAX_PAGES
+REQUESTS_MAX = 64   # TOOLLIST_MAX_REQUESTS
+CURSOR_MAX = 4096   # TOOLLIST_MAX_CURSOR
 
 
 class ToolsCase(HttpCase):
@@ -155,6 +157,41 @@ class TestStdio(ToolsCase):
         self.assertEqual(data["truncated"], "more than %d pages" % PAGES_MAX)
         self.assertEqual(len(data["tools"]), 7 + PAGES_MAX - 1)
         self.k.assert_alive()
+
+    def test_f_pings_answered_and_bounded(self):
+        # A few requests from the upstream are answered (ping) on the way...
+        self.stdio_keeper("--pings", "3")
+        rc, out, err = self.ctl("tools", "files")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("echo ", out)
+        self.assert_ok(self.req("GET", "/api/v1/servers/files/tools"))
+
+    def test_g_request_flood(self):
+        # ...a flood of them fails the listing instead of keeping it busy.
+        self.stdio_keeper("--pings", "500")
+        rc, _, err = self.ctl("tools", "files")
+        self.assertEqual(rc, 1, err)
+        self.assertIn("more than %d requests" % REQUESTS_MAX, err)
+        e = self.assert_err(self.req("GET", "/api/v1/servers/files/tools"), 502, "unavailable")
+        self.assertIn("more than %d requests" % REQUESTS_MAX, e["message"])
+        self.k.assert_alive()
+
+    def test_h_malformed_lists(self):
+        cases = [
+            ({"tools": [], "nextCursor": "c" * (CURSOR_MAX + 1)}, "nextCursor longer than %d bytes" % CURSOR_MAX),
+            ({"tools": {"name": "x"}}, "without a list of tools"),
+            (["not", "an", "object"], "without a list of tools"),
+        ]
+        for reply, why in cases:
+            with self.subTest(reply=json.dumps(reply)[:60]):
+                self.stdio_keeper("--tools-reply", json.dumps(reply))
+                rc, _, err = self.ctl("tools", "files")
+                self.assertEqual(rc, 1, err)
+                self.assertIn(why, err)
+                e = self.assert_err(self.req("GET", "/api/v1/servers/files/tools"), 502, "unavailable")
+                self.assertIn(why, e["message"])
+                self.k.assert_alive()
+                self.k.stop()
 
 
 class TestPeer(ToolsCase):

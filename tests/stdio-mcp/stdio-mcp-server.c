@@ -40,6 +40,12 @@
  * "1", page K (cursor "K") holds one tool "page-K" and, while K + 1 < N,
  * nextCursor "K+1". A huge N is a list that never ends.
  *
+ * --tools-reply JSON: tools/list answers with that JSON value as its result,
+ * whatever the cursor (a nextCursor too long, tools that are no list...).
+ *
+ * --pings N: before each tools/list answer, N ping requests to the client
+ * (ids "stdio-mcp-ping-K"); their answers are accepted silently.
+ *
  * --crash-after N: the N+1th request (a message with an id and a method) makes
  * the process exit 3 without answering it, so that the client has exactly
  * that request in flight when the server dies. N = 0 dies at the first
@@ -131,6 +137,8 @@ static struct json_object *tool_def(const char *name, const char *description, c
 static struct json_object *extra_tools[EXTRA_TOOLS_MAX];
 static size_t n_extra_tools;
 static long long tool_pages = 1;
+static struct json_object *tools_reply;
+static long long pings;
 
 /* Page K > 0 of --tool-pages. */
 static struct json_object *tools_page(long long k)
@@ -408,8 +416,20 @@ static struct json_object *handle_request(const struct rpc_msg *m)
 		return initialize(m->id, m->params);
 	if (strcmp(m->method, "ping") == 0)
 		return rpc_result(m->id, NULL);
-	if (strcmp(m->method, "tools/list") == 0)
+	if (strcmp(m->method, "tools/list") == 0) {
+		for (long long k = 0; k < pings; k++) {
+			char id[48];
+			struct json_object *ping;
+
+			snprintf(id, sizeof(id), "stdio-mcp-ping-%lld", k);
+			ping = rpc_request("ping", NULL, 0);
+			json_object_object_add(ping, "id", json_object_new_string(id));
+			send_msg(ping);
+		}
+		if (tools_reply)
+			return rpc_result(m->id, json_object_get(tools_reply));
 		return rpc_result(m->id, tools_list(m->params));
+	}
 	if (strcmp(m->method, "tools/call") == 0)
 		return tools_call(m->id, m->params);
 	return rpc_error(m->id, RPC_METHOD_NOT_FOUND, NULL, "method not found");
@@ -421,16 +441,20 @@ static void usage(FILE *out)
 		     "  an MCP server on stdin/stdout (newline-delimited JSON-RPC) for tests\n"
 		     "  --crash-after N   exit 3, unanswered, at the request after the first N\n"
 		     "  --extra-tool JSON one more entry of tools/list, as given (up to 8)\n"
-		     "  --tool-pages N    tools/list is N pages long\n");
+		     "  --tool-pages N    tools/list is N pages long\n"
+		     "  --tools-reply JSON  tools/list answers with this result\n"
+		     "  --pings N         N ping requests before each tools/list answer\n");
 }
 
 int main(int argc, char **argv)
 {
-	enum { OPT_CRASH = 256, OPT_HELP, OPT_VERSION, OPT_EXTRA_TOOL, OPT_TOOL_PAGES };
+	enum { OPT_CRASH = 256, OPT_HELP, OPT_VERSION, OPT_EXTRA_TOOL, OPT_TOOL_PAGES, OPT_TOOLS_REPLY, OPT_PINGS };
 	static const struct option longopts[] = {
 		{ "crash-after", required_argument, NULL, OPT_CRASH },
 		{ "extra-tool", required_argument, NULL, OPT_EXTRA_TOOL },
 		{ "tool-pages", required_argument, NULL, OPT_TOOL_PAGES },
+		{ "tools-reply", required_argument, NULL, OPT_TOOLS_REPLY },
+		{ "pings", required_argument, NULL, OPT_PINGS },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
@@ -462,6 +486,21 @@ int main(int argc, char **argv)
 			tool_pages = strtoll(optarg, &end, 10);
 			if (errno || end == optarg || *end || tool_pages < 1) {
 				fprintf(stderr, LOGGER ": --tool-pages: expected a count >= 1, got \"%s\"\n", optarg);
+				return 2;
+			}
+			break;
+		case OPT_TOOLS_REPLY:
+			tools_reply = json_tokener_parse(optarg);
+			if (!tools_reply) {
+				fprintf(stderr, LOGGER ": --tools-reply: expected a JSON value\n");
+				return 2;
+			}
+			break;
+		case OPT_PINGS:
+			errno = 0;
+			pings = strtoll(optarg, &end, 10);
+			if (errno || end == optarg || *end || pings < 0 || pings > 100000) {
+				fprintf(stderr, LOGGER ": --pings: expected a count in 0..100000, got \"%s\"\n", optarg);
 				return 2;
 			}
 			break;
