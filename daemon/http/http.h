@@ -165,6 +165,7 @@ struct http {
 	LIST_HEAD(, kcall) calls;
 	LIST_HEAD(, api_call) api_calls;
 	LIST_HEAD(, tools_call) tools_calls;
+	size_t n_tools_calls;
 
 	/* Events: one subscription, many SSE clients. */
 	struct kcall *sub_call;

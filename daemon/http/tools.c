@@ -34,9 +34,14 @@
 #include "toollist.h"
 #include "util.h"
 
+/* Listings in progress at once: each holds a control connection of the
+ * keeper's API_CONTROL_CONNS_MAX for up to TOOLLIST_TIMEOUT_S. */
+#define TOOLS_CALLS_MAX 16
+
 struct tools_call {
 	struct held held;		/* first: held callbacks cast back */
 	LIST_ENTRY(tools_call) link;
+	struct http *h;
 	struct kcall *kc;		/* connect in progress */
 	struct bufferevent *bev;	/* to the worker, once connected */
 	struct event *timer;
@@ -47,6 +52,7 @@ struct tools_call {
 static void tools_free(struct tools_call *tc)
 {
 	LIST_REMOVE(tc, link);
+	tc->h->n_tools_calls--;
 	if (tc->kc)
 		kcall_cancel(tc->kc);
 	if (tc->bev)
@@ -187,10 +193,19 @@ static void tools_gone(struct held *hd)
 
 void tools_handle(struct http *h, struct evhttp_request *req, const char *server)
 {
-	struct tools_call *tc = xcalloc(1, sizeof(*tc));
 	struct timeval tv = { .tv_sec = TOOLLIST_TIMEOUT_S };
-	struct json_object *params = json_object_new_object();
+	struct json_object *params;
+	struct tools_call *tc;
 
+	if (h->n_tools_calls >= TOOLS_CALLS_MAX) {
+		http_send_error(req, 503, KIND_BUSY, "too many tools listings are in progress (at most %d); try again",
+				TOOLS_CALLS_MAX);
+		return;
+	}
+	tc = xcalloc(1, sizeof(*tc));
+	tc->h = h;
+	h->n_tools_calls++;
+	params = json_object_new_object();
 	snprintf(tc->server, sizeof(tc->server), "%s", server);
 	tc->timer = evtimer_new(h->base, timeout_cb, tc);
 	if (!tc->timer || evtimer_add(tc->timer, &tv) < 0)
