@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keeperlib as kl  # noqa: E402
@@ -30,6 +31,7 @@ HOSTILE_TOOL = {"name": "evil\x1b[1mtool", "description": HOSTILE_DESC + ESC_TIT
 PAGES_MAX = 16      # common/toollist.h TOOLLIST_MAX_PAGES
 REQUESTS_MAX = 64   # TOOLLIST_MAX_REQUESTS
 CURSOR_MAX = 4096   # TOOLLIST_MAX_CURSOR
+CALLS_MAX = 16      # daemon/http/tools.c TOOLS_CALLS_MAX
 
 
 class ToolsCase(HttpCase):
@@ -192,6 +194,29 @@ class TestStdio(ToolsCase):
                 self.assertIn(why, e["message"])
                 self.k.assert_alive()
                 self.k.stop()
+
+    def test_i_concurrent_listings_capped(self):
+        # Listings of an upstream that takes its time: the 17th finds 16 in
+        # progress and is refused at once; the 16 then complete.
+        self.stdio_keeper("--list-delay", "8000")
+        results = [None] * CALLS_MAX
+
+        def listing(i):
+            results[i] = self.req("GET", "/api/v1/servers/files/tools", timeout=60)
+        threads = [threading.Thread(target=listing, args=(i,)) for i in range(CALLS_MAX)]
+        try:
+            for t in threads:
+                t.start()
+            kl.wait_until(lambda: (self.k.server("files").get("worker") or {}).get("clients", 0) >= CALLS_MAX,
+                          10, 0.1, "the worker to hold %d listings" % CALLS_MAX)
+            busy = self.req("GET", "/api/v1/servers/files/tools", timeout=60)
+        finally:
+            for t in threads:
+                t.join(60)
+        e = self.assert_err(busy, 503, "busy")
+        self.assertIn("at most %d" % CALLS_MAX, e["message"])
+        for r in results:
+            self.assertEqual(len(self.assert_ok(r)["tools"]), 7)
 
 
 class TestPeer(ToolsCase):

@@ -43,6 +43,9 @@
  * --tools-reply JSON: tools/list answers with that JSON value as its result,
  * whatever the cursor (a nextCursor too long, tools that are no list...).
  *
+ * --list-delay MS: each tools/list is answered after MS milliseconds
+ * (0..600000), nothing else read meanwhile.
+ *
  * --pings N: before each tools/list answer, N ping requests to the client
  * (ids "stdio-mcp-ping-K"); their answers are accepted silently.
  *
@@ -138,7 +141,7 @@ static struct json_object *extra_tools[EXTRA_TOOLS_MAX];
 static size_t n_extra_tools;
 static long long tool_pages = 1;
 static struct json_object *tools_reply;
-static long long pings;
+static long long pings, list_delay_ms;
 
 /* Page K > 0 of --tool-pages. */
 static struct json_object *tools_page(long long k)
@@ -417,6 +420,11 @@ static struct json_object *handle_request(const struct rpc_msg *m)
 	if (strcmp(m->method, "ping") == 0)
 		return rpc_result(m->id, NULL);
 	if (strcmp(m->method, "tools/list") == 0) {
+		struct timespec ts = { .tv_sec = (time_t)(list_delay_ms / 1000),
+				       .tv_nsec = (long)(list_delay_ms % 1000) * 1000000L };
+
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
 		for (long long k = 0; k < pings; k++) {
 			char id[48];
 			struct json_object *ping;
@@ -443,18 +451,20 @@ static void usage(FILE *out)
 		     "  --extra-tool JSON one more entry of tools/list, as given (up to 8)\n"
 		     "  --tool-pages N    tools/list is N pages long\n"
 		     "  --tools-reply JSON  tools/list answers with this result\n"
-		     "  --pings N         N ping requests before each tools/list answer\n");
+		     "  --pings N         N ping requests before each tools/list answer\n"
+		     "  --list-delay MS   answer each tools/list after MS milliseconds\n");
 }
 
 int main(int argc, char **argv)
 {
-	enum { OPT_CRASH = 256, OPT_HELP, OPT_VERSION, OPT_EXTRA_TOOL, OPT_TOOL_PAGES, OPT_TOOLS_REPLY, OPT_PINGS };
+	enum { OPT_CRASH = 256, OPT_HELP, OPT_VERSION, OPT_EXTRA_TOOL, OPT_TOOL_PAGES, OPT_TOOLS_REPLY, OPT_PINGS, OPT_LIST_DELAY };
 	static const struct option longopts[] = {
 		{ "crash-after", required_argument, NULL, OPT_CRASH },
 		{ "extra-tool", required_argument, NULL, OPT_EXTRA_TOOL },
 		{ "tool-pages", required_argument, NULL, OPT_TOOL_PAGES },
 		{ "tools-reply", required_argument, NULL, OPT_TOOLS_REPLY },
 		{ "pings", required_argument, NULL, OPT_PINGS },
+		{ "list-delay", required_argument, NULL, OPT_LIST_DELAY },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
@@ -493,6 +503,15 @@ int main(int argc, char **argv)
 			tools_reply = json_tokener_parse(optarg);
 			if (!tools_reply) {
 				fprintf(stderr, LOGGER ": --tools-reply: expected a JSON value\n");
+				return 2;
+			}
+			break;
+		case OPT_LIST_DELAY:
+			errno = 0;
+			list_delay_ms = strtoll(optarg, &end, 10);
+			if (errno || end == optarg || *end || list_delay_ms < 0 || list_delay_ms > SLOW_MAX_MS) {
+				fprintf(stderr, LOGGER ": --list-delay: expected milliseconds in 0..600000, got \"%s\"\n",
+					optarg);
 				return 2;
 			}
 			break;
