@@ -32,6 +32,7 @@ PAGES_MAX = 16      # common/toollist.h TOOLLIST_MAX_PAGES
 REQUESTS_MAX = 64   # TOOLLIST_MAX_REQUESTS
 CURSOR_MAX = 4096   # TOOLLIST_MAX_CURSOR
 CALLS_MAX = 16      # daemon/http/tools.c TOOLS_CALLS_MAX
+TIMEOUT_S = 30      # TOOLLIST_TIMEOUT_S
 
 
 class ToolsCase(HttpCase):
@@ -217,6 +218,18 @@ class TestStdio(ToolsCase):
         self.assertIn("at most %d" % CALLS_MAX, e["message"])
         for r in results:
             self.assertEqual(len(self.assert_ok(r)["tools"]), 7)
+
+    def test_j_timeouts(self):
+        # An upstream that never lists: mcpctl gives up at --timeout, the API
+        # at its 30 s, both saying so; the keeper and the http child go on.
+        self.stdio_keeper("--list-delay", "600000")
+        rc, _, err = self.ctl("--timeout", "1", "tools", "files")
+        self.assertEqual(rc, 1, err)
+        self.assertIn("files did not answer within 1 s (see --timeout)", err)
+        e = self.assert_err(self.req("GET", "/api/v1/servers/files/tools", timeout=90), 504, "unavailable")
+        self.assertIn("did not list its tools within %d s" % TIMEOUT_S, e["message"])
+        self.assert_ok(self.req("GET", "/api/v1/servers"))
+        self.k.assert_alive()
 
 
 class TestPeer(ToolsCase):
