@@ -11,7 +11,8 @@
  * the keeper cannot connect us (disabled, cannot start) or the server needs
  * a login (kind login_required, the message names `mcpctl auth login`),
  * 502 when the upstream or its worker fails, 504 when it does not answer
- * within TOOLLIST_TIMEOUT_S. Bounded: that timeout for the whole exchange,
+ * within TOOLLIST_TIMEOUT_S, 503 busy when TOOLS_CALLS_MAX listings are in
+ * progress. Bounded: that timeout for the whole exchange,
  * PROTO_MAX_MESSAGE per message, toollist.h's limits for the listing.
  * Strings from the upstream stay JSON strings; the web UI inserts them as
  * text. What it may touch: its control connections and the requests it
