@@ -217,8 +217,8 @@
  *           for workers) under the number it answers: result {"number": N}.
  *           On it the child speaks the control protocol exactly as mcpctl
  *           does: status, auth.login, auth.logout, events.subscribe, and
- *           connect (the MCP-over-HTTP sessions: the end then belongs to the
- *           server's worker). The child may hold at most
+ *           connect (the MCP-over-HTTP sessions and GET .../tools: the end
+ *           then belongs to the server's worker). The child may hold at most
  *           API_CONTROL_CONNS_MAX (64) of them at once (not counting those
  *           handed to a worker); past that the request gets an error (kind
  *           "unavailable") and no descriptor.

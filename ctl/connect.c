@@ -8,7 +8,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -151,36 +150,17 @@ static int connect_hand_over(const char *server, int sock)
 
 int cmd_connect(struct ctl *c, int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "bridge", no_argument, NULL, 'b' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
 	_cleanup_(closep) int sock = -1;
 	_cleanup_(evbuffer_freep) struct evbuffer *early = NULL;
 	struct rpc_msg reply = { 0 };
 	struct json_object *params;
 	bool bridge = false, hand_over;
 	const char *server;
-	int o, r;
+	int r;
 
-	optind = 0;
-	opterr = 0;
-	while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		switch (o) {
-		case 'b':
-			bridge = true;
-			break;
-		case 'h':
-			ctl_usage(stdout);
-			return CTL_EXIT_OK;
-		default:
-			return ctl_option_error("connect", o, argc, argv);
-		}
-	}
-	if (argc - optind != 1)
-		return ctl_usage_error("connect takes one server name");
-	server = argv[optind];
+	r = ctl_parse_name_opts("connect", argc, argv, "bridge", &bridge, &server);
+	if (r)
+		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
 	hand_over = !bridge && stdio_can_hand_over();
 	r = ctl_find_socket(c);
 	if (r) {

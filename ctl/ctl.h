@@ -16,6 +16,8 @@
  *   events.c   events: follow the keeper's event stream
  *   connect.c  connect: hand stdin and stdout to a worker, or bridge them
  *              (bridge.c)
+ *   tools.c    tools: list what an upstream offers through its worker
+ *              (common/toollist.c speaks the MCP)
  *
  * mcpctl never holds a token. One context struct (struct ctl) is passed
  * explicitly.
@@ -92,9 +94,11 @@ _noreturn_ void ctl_out_of_memory(void);
 int ctl_parse_timeout(const char *s, double *out);
 int ctl_option_error(const char *cmd, int o, int argc, char **argv);
 int ctl_parse_query_opts(const char *cmd, int argc, char **argv, bool *json, const char **server);
+int ctl_parse_name_opts(const char *cmd, int argc, char **argv, const char *flag, bool *flag_set, const char **name);
 
 /* keeper.c */
 int64_t ctl_now_ms(void);
+int ctl_remaining_ms(const struct ctl *c);
 bool ctl_path_missing(const char *path);
 int ctl_find_socket(struct ctl *c);
 int ctl_unreachable(const struct ctl *c, int err);
@@ -155,3 +159,4 @@ int cmd_connect(struct ctl *c, int argc, char **argv);
 int cmd_reload(struct ctl *c, int argc, char **argv);
 /* manage.c: `servers VERB ...`, argv[0] the verb. */
 int servers_manage(struct ctl *c, int argc, char **argv);
+int cmd_tools(struct ctl *c, int argc, char **argv);

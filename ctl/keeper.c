@@ -44,7 +44,7 @@ int64_t ctl_now_ms(void)
 }
 
 /* What is left of --timeout, for one wait: -1 means no limit. */
-static int ctl_remaining_ms(const struct ctl *c)
+int ctl_remaining_ms(const struct ctl *c)
 {
 	int64_t left;
 

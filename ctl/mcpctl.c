@@ -25,6 +25,7 @@
 
 #include "ctl.h"
 #include "log.h"
+#include "toollist.h"
 #include "util.h"
 
 void ctl_usage(FILE *f)
@@ -67,6 +68,9 @@ void ctl_usage(FILE *f)
 		"                      worker and waits; --bridge (and any other stdin or\n"
 		"                      stdout) relays them instead, and answers requests\n"
 		"                      in flight should the worker die\n"
+		"  tools [--json] NAME the tools NAME's upstream offers (name, description,\n"
+		"                      arguments; '?' marks an optional one), asked through\n"
+		"                      its worker; without --timeout it waits up to %d s\n"
 		"\n"
 		"  --json prints the keeper's reply as JSON instead of a table;\n"
 		"  -s is short for --server.\n"
@@ -92,7 +96,7 @@ void ctl_usage(FILE *f)
 		"  8  the socket is served by a process this user does not trust\n"
 		"\n"
 		"See mcpctl(1) for how the socket is found.\n",
-		CTL_DEFAULT_TIMEOUT_SEC);
+		TOOLLIST_TIMEOUT_S, CTL_DEFAULT_TIMEOUT_SEC);
 }
 
 int ctl_usage_error(const char *fmt, ...)
@@ -163,6 +167,38 @@ int ctl_parse_query_opts(const char *cmd, int argc, char **argv, bool *json, con
 	return 0;
 }
 
+/* The options of a command on one server NAME (connect, tools): one flag
+ * (--bridge, --json), --help and the name. Returns 0, CTL_HELP_SHOWN, or
+ * an exit code after saying why. */
+int ctl_parse_name_opts(const char *cmd, int argc, char **argv, const char *flag, bool *flag_set, const char **name)
+{
+	const struct option opts[] = {
+		{ flag, no_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int o;
+
+	optind = 0;
+	opterr = 0;
+	while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (o) {
+		case 'f':
+			*flag_set = true;
+			break;
+		case 'h':
+			ctl_usage(stdout);
+			return CTL_HELP_SHOWN;
+		default:
+			return ctl_option_error(cmd, o, argc, argv);
+		}
+	}
+	if (argc - optind != 1)
+		return ctl_usage_error("%s takes one server name", cmd);
+	*name = argv[optind];
+	return 0;
+}
+
 int ctl_parse_timeout(const char *s, double *out)
 {
 	char *end;
@@ -193,6 +229,7 @@ static const struct {
 	{ "events", cmd_events },
 	{ "connect", cmd_connect },
 	{ "reload", cmd_reload },
+	{ "tools", cmd_tools },
 };
 
 int main(int argc, char **argv)

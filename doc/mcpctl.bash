@@ -146,7 +146,7 @@ _mcpctl()
             COMPREPLY=($(compgen -W '--socket --config --system --timeout
                 -V --version -h --help' -- "$cur"))
         else
-            COMPREPLY=($(compgen -W 'status servers auth events connect reload help' \
+            COMPREPLY=($(compgen -W 'status servers auth events connect reload tools help' \
                 -- "$cur"))
         fi
         return 0
@@ -236,14 +236,17 @@ _mcpctl()
     auth/login) opts='-s --server --all --no-browser --timeout' ;;
     auth/logout) opts='-s --server --all' ;;
     auth/status) opts='-s --server --json' ;;
-    connect/)
-        # --bridge, then one server name, nothing after it.
+    connect/ | tools/)
+        # The flag (connect --bridge, tools --json), then one server name,
+        # nothing after it.
+        local flag=--bridge
+        [[ $command == tools ]] && flag=--json
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W '--bridge' -- "$cur"))
+            COMPREPLY=($(compgen -W "$flag" -- "$cur"))
             return 0
         fi
         local skip=0
-        [[ ${words[ci + 1]} == --bridge ]] && skip=1
+        [[ ${words[ci + 1]} == "$flag" ]] && skip=1
         if ((cword == ci + 1 + skip)); then
             local names
             names=$(_mcpctl_server_names "$cmd" "${globals[@]}")

@@ -130,7 +130,7 @@ expect_words_exact()
 # Commands and global options.
 expect_exact "mcpctl au" "auth"
 expect_exact "mcpctl s" "servers status"
-expect_has "mcpctl " status servers auth events connect help
+expect_has "mcpctl " status servers auth events connect tools help
 expect_has "mcpctl --" --socket --config --system --timeout --version --help
 expect_has "mcpctl -" -V -h
 expect_exact "mcpctl --sy" "--system"
@@ -206,6 +206,11 @@ expect_exact "$fake connect github " ""
 expect_exact "$fake connect --b" "--bridge"
 expect_exact "$fake connect --bridge " "files_1 github gitlab.internal"
 expect_exact "$fake connect --bridge github " ""
+expect_exact "$fake tools " "files_1 github gitlab.internal"
+expect_exact "$fake tools github " ""
+expect_exact "$fake tools --j" "--json"
+expect_exact "$fake tools --json " "files_1 github gitlab.internal"
+expect_exact "$fake tools --json github " ""
 expect_exact "$fake auth login --server gitl" "gitlab.internal"
 expect_exact "$fake auth logout -s f" "files_1"
 expect_exact "$fake servers remove git" "github gitlab.internal"

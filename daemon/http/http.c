@@ -569,6 +569,7 @@ static void http_free(struct http *h)
 	mcp_free_all(h);
 	events_free_all(h);
 	api_free_all(h);
+	tools_free_all(h);
 	kcall_free_all(h);
 	while (!LIST_EMPTY(&h->waits)) {
 		struct kwait *w = LIST_FIRST(&h->waits);
@@ -610,6 +611,7 @@ int main(int argc, char **argv)
 	LIST_INIT(&h.stash);
 	LIST_INIT(&h.calls);
 	LIST_INIT(&h.api_calls);
+	LIST_INIT(&h.tools_calls);
 	LIST_INIT(&h.sse);
 	LIST_INIT(&h.sessions);
 	LIST_INIT(&h.conns);

@@ -3,7 +3,7 @@
  * process (main, the hello, fd 3 and fd 4: the control connections it
  * borrows from the keeper); control.c is one exchange on such a connection;
  * server.c is the HTTP front door (checks, routes, replies, held requests);
- * api.c is the REST API; static.c the web UI's files; events.c GET /events
+ * api.c is the REST API (tools.c its tools listing); static.c the web UI's files; events.c GET /events
  * and the event subscription behind it; mcp.c MCP over HTTP at /mcp/NAME.
  */
 #pragma once
@@ -127,6 +127,7 @@ struct conn;
 struct mcp_session;
 struct sse_client;
 struct api_call;
+struct tools_call;
 struct kfd;
 
 struct http {
@@ -163,6 +164,8 @@ struct http {
 	size_t n_stash;
 	LIST_HEAD(, kcall) calls;
 	LIST_HEAD(, api_call) api_calls;
+	LIST_HEAD(, tools_call) tools_calls;
+	size_t n_tools_calls;
 
 	/* Events: one subscription, many SSE clients. */
 	struct kcall *sub_call;
@@ -216,6 +219,10 @@ enum api_what manage_what(enum api_what what, int cmd);
 /* The keeper's params for a change (servers.add, .update, .remove) from the
  * request: 0 with *params, or 1 when the request was answered (a bad body). */
 int manage_params(struct evhttp_request *req, enum api_what what, const char *server, struct json_object **params);
+
+/* -- tools.c: GET /api/v1/servers/NAME/tools, through NAME's worker -- */
+void tools_handle(struct http *h, struct evhttp_request *req, const char *server);
+void tools_free_all(struct http *h);
 
 /* -- static.c: the web UI's files -- */
 

@@ -50,6 +50,7 @@ enum route_id {
 	ROUTE_API,
 	ROUTE_EVENTS,
 	ROUTE_MCP,
+	ROUTE_TOOLS,
 };
 
 struct route {
@@ -441,6 +442,10 @@ static void route_parse(const char *path, struct route *r)
 		r->api = API_LOGOUT;
 		r->methods = EVHTTP_REQ_POST;
 		r->allow = "POST";
+	} else if (strcmp(p, "/tools") == 0) {
+		r->id = ROUTE_TOOLS;
+		r->methods = EVHTTP_REQ_GET;
+		r->allow = "GET";
 	}
 }
 
@@ -514,6 +519,12 @@ void http_request_cb(struct evhttp_request *req, void *arg)
 		break;
 	case ROUTE_EVENTS:
 		events_handle(h, req);
+		break;
+	case ROUTE_TOOLS:
+		if (route_name(&r, name, sizeof(name)) < 0)
+			http_send_error(req, 404, KIND_NOT_FOUND, "no server by that name");
+		else
+			tools_handle(h, req, name);
 		break;
 	case ROUTE_MCP:
 		if (route_name(&r, name, sizeof(name)) < 0)

@@ -38,6 +38,11 @@ const BUILD_ROOT = process.env.MCPKEEPER_BUILD_ROOT || path.join(SOURCE_ROOT, 'b
 const KEEPERD = path.join(BUILD_ROOT, 'daemon', 'mcpkeeperd');
 const HTTP_BIN = path.join(BUILD_ROOT, 'daemon', 'http', 'mcpkeeper-http');
 const PEER_BIN = path.join(BUILD_ROOT, 'tests', 'peer', 'mcpkeeper-test-peer');
+const STDIO_BIN = path.join(BUILD_ROOT, 'tests', 'stdio-mcp', 'mcpkeeper-test-stdio-server');
+// A hostile upstream's tool (the "evil" server): markup and escapes that must show as text.
+const EVIL_DESC = 'Owns the page <img src=x onerror="window.__owned=1"><script>window.__owned=2</script>\x1b[31m';
+const EVIL_TOOL = { name: '<b>evil</b>', description: EVIL_DESC,
+                    inputSchema: { type: 'object', properties: { '<i>q</i>': { type: 'string' } }, required: [] } };
 const CHROMIUM = process.env.MCPKEEPER_CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.MCPKEEPER_ARTIFACTS_DIR || path.join(BUILD_ROOT, 'meson-logs', 'browser');
 const SKIP = 77;
@@ -290,7 +295,7 @@ async function main() {
                 'scripts/test runs npm ci)');
     return SKIP;
   }
-  for (const bin of [KEEPERD, HTTP_BIN, PEER_BIN]) {
+  for (const bin of [KEEPERD, HTTP_BIN, PEER_BIN, STDIO_BIN]) {
     if (!fs.existsSync(bin)) {
       console.log(`not ok 1 - ${bin} is not built (MCPKEEPER_BUILD_ROOT=${BUILD_ROOT})`);
       return 1;
@@ -337,7 +342,8 @@ async function main() {
       listen: '127.0.0.1:0',
       refresh: { threshold: THRESHOLD },
       // "off": a disabled server, whose Login the keeper refuses (a REST error).
-      mcpServers: { demo: { url: `${peer.url}/mcp` }, off: { url: `${peer.url}/mcp`, enabled: false } },
+      mcpServers: { demo: { url: `${peer.url}/mcp` }, off: { url: `${peer.url}/mcp`, enabled: false },
+                    evil: { command: STDIO_BIN, args: ['--extra-tool', JSON.stringify(EVIL_TOOL)] } },
     };
     const configPath = path.join(tmp, 'config.json');
     fs.writeFileSync(configPath, JSON.stringify(config, null, 2));
@@ -413,6 +419,23 @@ async function main() {
     await screenshot(page, 'not-logged-in');
     ok('card "demo": badge "Not logged in", a Login button, the event stream live, the key gone from the URL');
 
+    /* 1b. Tools before the login: the card says what to run. */
+    const toolsBtn = card.locator('[data-action="tools"]');
+    const toolList = card.locator('[data-role="tool-list"]');
+    {
+      await toolsBtn.click();
+      const err = card.locator('[data-role="tools-error"]');
+      await err.waitFor({ state: 'visible', timeout: STEP_MS });
+      const text = ((await err.textContent()) || '').trim();
+      if (!text.includes('mcpctl auth login --server demo'))
+        fail(`Tools before the login does not name the login command: ${JSON.stringify(text)}`);
+      if (await toolList.count())
+        fail('a tool list on a server that is not logged in');
+      if (await page.locator('section.card[data-server="off"] [data-role="tools"]').count())
+        fail('the disabled server\'s card offers Tools');
+      ok(`Tools before the login: ${JSON.stringify(text)}`);
+    }
+
     /* 2. Login: a new tab with the authorization URL; the peer approves, the
      * oauth child's callback says so; the page turns Authenticated. */
     const login = async (label) => {
@@ -445,6 +468,48 @@ async function main() {
     noSecrets();
     await screenshot(page, 'authenticated');
     ok('Login opened the authorization URL in a new tab, the callback page reported success, badge "Authenticated" with Logout');
+
+    /* 2b. What the upstream offers: the count and the list on click, and a
+     * hostile upstream's markup shown as text. */
+    {
+      await toolsBtn.click();
+      await toolList.waitFor({ state: 'visible', timeout: STEP_MS });
+      const count = ((await card.locator('[data-role="tool-count"]').textContent()) || '').trim();
+      if (count !== '3 tools')
+        fail(`the tool count says ${JSON.stringify(count)}, not "3 tools"`);
+      const names = await toolList.locator('li[data-tool]').evaluateAll((ls) => ls.map((l) => l.getAttribute('data-tool')));
+      if (JSON.stringify(names) !== JSON.stringify(['echo', 'add', 'slow']))
+        fail(`the tool list holds ${JSON.stringify(names)}`);
+      const args = ((await toolList.locator('li[data-tool="add"] .tool-args').textContent()) || '').trim();
+      if (args !== 'a: number, b: number')
+        fail(`the arguments of add read ${JSON.stringify(args)}`);
+      if (await card.locator('[data-role="tools-error"]').count())
+        fail('the earlier tools error is still shown');
+      await screenshot(page, 'tools');
+      await toolsBtn.click();
+      await toolList.waitFor({ state: 'detached', timeout: STEP_MS });
+      if (((await card.locator('[data-role="tool-count"]').textContent()) || '').trim() !== '3 tools')
+        fail('hiding the list dropped the count');
+
+      const evil = page.locator('section.card[data-server="evil"]');
+      await evil.locator('[data-action="tools"]').click();
+      const item = evil.locator('[data-role="tool-list"] li[data-tool="<b>evil</b>"]');
+      await item.waitFor({ state: 'visible', timeout: STEP_MS });
+      const desc = await item.locator('.tool-desc').textContent();
+      if (desc !== EVIL_DESC)
+        fail(`the hostile description is not shown as text: ${JSON.stringify(desc)}`);
+      if (((await item.locator('.tool-name').textContent()) || '') !== '<b>evil</b>')
+        fail('the hostile tool name is not shown as text');
+      if (((await item.locator('.tool-args').textContent()) || '') !== '<i>q</i>?: string')
+        fail('the hostile argument name is not shown as text');
+      const injected = await evil.locator('img, script, b, i').count();
+      const owned = await page.evaluate(() => window.__owned);
+      if (injected || owned !== undefined)
+        fail(`the upstream's markup became elements (${injected}) or ran (${owned})`);
+      noSecrets();
+      await screenshot(page, 'tools-hostile');
+      ok('Tools: "3 tools" and the list on click, hidden on the second; a hostile upstream\'s markup shown as text');
+    }
 
     /* 3. A proactive refresh moves the expiry: the page follows the event. */
     {

@@ -32,6 +32,23 @@
  * --crash-after, 1 when stdout fails, a message is too large (the stream
  * cannot be resynced) or stdin fails, 2 for bad usage.
  *
+ * --extra-tool JSON (up to 8 times): that JSON value, as given, is one more
+ * entry of the first tools/list page (a test offers hostile names and
+ * descriptions, or entries that are no tools).
+ *
+ * --tool-pages N: tools/list is N pages: the first as above with nextCursor
+ * "1", page K (cursor "K") holds one tool "page-K" and, while K + 1 < N,
+ * nextCursor "K+1". A huge N is a list that never ends.
+ *
+ * --tools-reply JSON: tools/list answers with that JSON value as its result,
+ * whatever the cursor (a nextCursor too long, tools that are no list...).
+ *
+ * --list-delay MS: each tools/list is answered after MS milliseconds
+ * (0..600000), nothing else read meanwhile.
+ *
+ * --pings N: before each tools/list answer, N ping requests to the client
+ * (ids "stdio-mcp-ping-K"); their answers are accepted silently.
+ *
  * --crash-after N: the N+1th request (a message with an id and a method) makes
  * the process exit 3 without answering it, so that the client has exactly
  * that request in flight when the server dies. N = 0 dies at the first
@@ -118,7 +135,31 @@ static struct json_object *tool_def(const char *name, const char *description, c
 	return t;
 }
 
-static struct json_object *tools_list(void)
+#define EXTRA_TOOLS_MAX 8
+
+static struct json_object *extra_tools[EXTRA_TOOLS_MAX];
+static size_t n_extra_tools;
+static long long tool_pages = 1;
+static struct json_object *tools_reply;
+static long long pings, list_delay_ms;
+
+/* Page K > 0 of --tool-pages. */
+static struct json_object *tools_page(long long k)
+{
+	struct json_object *r = json_object_new_object(), *list = json_object_new_array();
+	char name[32], next[32];
+
+	snprintf(name, sizeof(name), "page-%lld", k);
+	json_object_array_add(list, tool_def(name, "A tool on a later page.", "{\"type\":\"object\"}"));
+	json_object_object_add(r, "tools", list);
+	if (k + 1 < tool_pages) {
+		snprintf(next, sizeof(next), "%lld", k + 1);
+		json_object_object_add(r, "nextCursor", json_object_new_string(next));
+	}
+	return r;
+}
+
+static struct json_object *tools_list(struct json_object *params)
 {
 	static const struct {
 		const char *name, *description, *schema;
@@ -141,9 +182,23 @@ static struct json_object *tools_list(void)
 	};
 	struct json_object *r = json_object_new_object(), *list = json_object_new_array();
 
+	struct json_object *cursor;
+	long long k;
+
+	if (params && json_object_object_get_ex(params, "cursor", &cursor) &&
+	    json_object_is_type(cursor, json_type_string) && (k = atoll(json_object_get_string(cursor))) > 0 &&
+	    k < tool_pages) {
+		json_object_put(r);
+		json_object_put(list);
+		return tools_page(k);
+	}
 	for (size_t i = 0; i < ARRAY_SIZE(tools); i++)
 		json_object_array_add(list, tool_def(tools[i].name, tools[i].description, tools[i].schema));
+	for (size_t i = 0; i < n_extra_tools; i++)
+		json_object_array_add(list, json_object_get(extra_tools[i]));
 	json_object_object_add(r, "tools", list);
+	if (tool_pages > 1)
+		json_object_object_add(r, "nextCursor", json_object_new_string("1"));
 	return r;
 }
 
@@ -364,8 +419,25 @@ static struct json_object *handle_request(const struct rpc_msg *m)
 		return initialize(m->id, m->params);
 	if (strcmp(m->method, "ping") == 0)
 		return rpc_result(m->id, NULL);
-	if (strcmp(m->method, "tools/list") == 0)
-		return rpc_result(m->id, tools_list());
+	if (strcmp(m->method, "tools/list") == 0) {
+		struct timespec ts = { .tv_sec = (time_t)(list_delay_ms / 1000),
+				       .tv_nsec = (long)(list_delay_ms % 1000) * 1000000L };
+
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+		for (long long k = 0; k < pings; k++) {
+			char id[48];
+			struct json_object *ping;
+
+			snprintf(id, sizeof(id), "stdio-mcp-ping-%lld", k);
+			ping = rpc_request("ping", NULL, 0);
+			json_object_object_add(ping, "id", json_object_new_string(id));
+			send_msg(ping);
+		}
+		if (tools_reply)
+			return rpc_result(m->id, json_object_get(tools_reply));
+		return rpc_result(m->id, tools_list(m->params));
+	}
 	if (strcmp(m->method, "tools/call") == 0)
 		return tools_call(m->id, m->params);
 	return rpc_error(m->id, RPC_METHOD_NOT_FOUND, NULL, "method not found");
@@ -373,16 +445,26 @@ static struct json_object *handle_request(const struct rpc_msg *m)
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: " SERVER_NAME " [--crash-after N]\n"
+	fprintf(out, "usage: " SERVER_NAME " [--crash-after N] [--extra-tool JSON]... [--tool-pages N]\n"
 		     "  an MCP server on stdin/stdout (newline-delimited JSON-RPC) for tests\n"
-		     "  --crash-after N   exit 3, unanswered, at the request after the first N\n");
+		     "  --crash-after N   exit 3, unanswered, at the request after the first N\n"
+		     "  --extra-tool JSON one more entry of tools/list, as given (up to 8)\n"
+		     "  --tool-pages N    tools/list is N pages long\n"
+		     "  --tools-reply JSON  tools/list answers with this result\n"
+		     "  --pings N         N ping requests before each tools/list answer\n"
+		     "  --list-delay MS   answer each tools/list after MS milliseconds\n");
 }
 
 int main(int argc, char **argv)
 {
-	enum { OPT_CRASH = 256, OPT_HELP, OPT_VERSION };
+	enum { OPT_CRASH = 256, OPT_HELP, OPT_VERSION, OPT_EXTRA_TOOL, OPT_TOOL_PAGES, OPT_TOOLS_REPLY, OPT_PINGS, OPT_LIST_DELAY };
 	static const struct option longopts[] = {
 		{ "crash-after", required_argument, NULL, OPT_CRASH },
+		{ "extra-tool", required_argument, NULL, OPT_EXTRA_TOOL },
+		{ "tool-pages", required_argument, NULL, OPT_TOOL_PAGES },
+		{ "tools-reply", required_argument, NULL, OPT_TOOLS_REPLY },
+		{ "pings", required_argument, NULL, OPT_PINGS },
+		{ "list-delay", required_argument, NULL, OPT_LIST_DELAY },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
@@ -399,6 +481,45 @@ int main(int argc, char **argv)
 			crash_after = strtoll(optarg, &end, 10);
 			if (errno || end == optarg || *end || crash_after < 0) {
 				fprintf(stderr, LOGGER ": --crash-after: expected a count >= 0, got \"%s\"\n", optarg);
+				return 2;
+			}
+			break;
+		case OPT_EXTRA_TOOL:
+			if (n_extra_tools == EXTRA_TOOLS_MAX ||
+			    !(extra_tools[n_extra_tools++] = json_tokener_parse(optarg))) {
+				fprintf(stderr, LOGGER ": --extra-tool: at most %d, each a JSON value\n", EXTRA_TOOLS_MAX);
+				return 2;
+			}
+			break;
+		case OPT_TOOL_PAGES:
+			errno = 0;
+			tool_pages = strtoll(optarg, &end, 10);
+			if (errno || end == optarg || *end || tool_pages < 1) {
+				fprintf(stderr, LOGGER ": --tool-pages: expected a count >= 1, got \"%s\"\n", optarg);
+				return 2;
+			}
+			break;
+		case OPT_TOOLS_REPLY:
+			tools_reply = json_tokener_parse(optarg);
+			if (!tools_reply) {
+				fprintf(stderr, LOGGER ": --tools-reply: expected a JSON value\n");
+				return 2;
+			}
+			break;
+		case OPT_LIST_DELAY:
+			errno = 0;
+			list_delay_ms = strtoll(optarg, &end, 10);
+			if (errno || end == optarg || *end || list_delay_ms < 0 || list_delay_ms > SLOW_MAX_MS) {
+				fprintf(stderr, LOGGER ": --list-delay: expected milliseconds in 0..600000, got \"%s\"\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case OPT_PINGS:
+			errno = 0;
+			pings = strtoll(optarg, &end, 10);
+			if (errno || end == optarg || *end || pings < 0 || pings > 100000) {
+				fprintf(stderr, LOGGER ": --pings: expected a count in 0..100000, got \"%s\"\n", optarg);
 				return 2;
 			}
 			break;

@@ -54,6 +54,18 @@
  *     <button data-action="login">   present when the server uses OAuth and is
  *                                 not logged in, expired or in error
  *     <button data-action="logout">  present when authenticated
+ *     [data-role="tools"]         what the upstream offers (absent when the
+ *                                 server is disabled): <button data-action=
+ *                                 "tools"> ("Tools"; "Hide tools" while the
+ *                                 list shows) fetches GET .../tools on click;
+ *                                 then [data-role="tool-count"] ("3 tools",
+ *                                 kept when the list is hidden), the list
+ *                                 <ul data-role="tool-list"> of
+ *                                 <li data-tool="NAME"> with .tool-name,
+ *                                 .tool-desc and .tool-args ("text: string,
+ *                                 n?: integer": '?' marks an optional one),
+ *                                 or [data-role="tools-error"]. The
+ *                                 upstream's text goes in as text only.
  *
  *     <input data-role="enabled" type="checkbox">  the enable toggle (PATCH
  *                                 {"enabled": ...}); checked when enabled
@@ -559,7 +571,90 @@
     c.logoutBtn.setAttribute('data-action', 'logout');
     c.el.appendChild(c.actions);
     createManage(c);
+    createToolsBox(c);
     return c;
+  }
+
+  /* ---- tools: what the upstream offers, fetched on click ---- */
+
+  function createToolsBox(c) {
+    c.tools = el('div', 'card-tools');
+    c.tools.setAttribute('data-role', 'tools');
+    c.toolsBtn = el('button', 'btn btn-quiet', 'Tools');
+    c.toolsBtn.type = 'button';
+    c.toolsBtn.setAttribute('data-action', 'tools');
+    c.toolsBtn.setAttribute('aria-expanded', 'false');
+    c.toolCount = el('span', 'tool-count');
+    c.toolCount.setAttribute('data-role', 'tool-count');
+    c.toolList = el('ul', 'tool-list');
+    c.toolList.setAttribute('data-role', 'tool-list');
+    c.toolsError = el('p', 'msg msg-error');
+    c.toolsError.setAttribute('data-role', 'tools-error');
+    c.tools.appendChild(c.toolsBtn);
+    c.toolsOpen = false;
+    c.toolsBusy = false;
+  }
+
+  function argsText(args) {
+    if (!Array.isArray(args))
+      return '';
+    return args.map(function (a) {
+      var name = a && typeof a.name === 'string' ? a.name : '?';
+      var type = a && typeof a.type === 'string' ? a.type : 'any';
+      return name + (a && a.required === true ? '' : '?') + ': ' + type;
+    }).join(', ');
+  }
+
+  function fillTools(c, data) {
+    var tools = data && Array.isArray(data.tools) ? data.tools : [];
+    var count = tools.length === 1 ? '1 tool' : tools.length + ' tools';
+    if (data && typeof data.truncated === 'string')
+      count += ' (the listing stopped early: ' + data.truncated + ')';
+    c.toolCount.textContent = count;
+    c.toolList.textContent = '';
+    tools.forEach(function (t) {
+      var li = el('li', 'tool');
+      var name = t && typeof t.name === 'string' ? t.name : '';
+      var args = argsText(t && t.arguments);
+      li.setAttribute('data-tool', name);
+      li.appendChild(el('code', 'tool-name', name));
+      if (t && typeof t.description === 'string' && t.description)
+        li.appendChild(el('p', 'tool-desc', t.description));
+      if (args)
+        li.appendChild(el('p', 'tool-args', args));
+      c.toolList.appendChild(li);
+    });
+  }
+
+  function updateTools(c) {
+    place(c.el, c.tools, c.srv.enabled !== false);
+    place(c.tools, c.toolCount, !!c.toolCount.textContent);
+    place(c.tools, c.toolList, c.toolsOpen);
+    place(c.tools, c.toolsError, !!c.toolsError.textContent);
+    c.toolsBtn.disabled = c.toolsBusy;
+    c.toolsBtn.textContent = c.toolsBusy ? 'Loading tools…' : c.toolsOpen ? 'Hide tools' : 'Tools';
+    c.toolsBtn.setAttribute('aria-expanded', c.toolsOpen ? 'true' : 'false');
+  }
+
+  function doTools(c) {
+    if (c.toolsOpen) {
+      c.toolsOpen = false;
+      updateTools(c);
+      return;
+    }
+    c.toolsBusy = true;
+    c.toolsError.textContent = '';
+    updateTools(c);
+    api('GET', serverPath(c.name, 'tools')).then(function (data) {
+      fillTools(c, data);
+      c.toolsOpen = true;
+    }).catch(function (e) {
+      c.toolsError.textContent = 'Tools: ' + e.message;
+    }).then(function () {
+      c.toolsBusy = false;
+      if (state.cards.get(c.name) === c)
+        updateTools(c);
+    });
   }
 
   function updateCard(c, seq) {
@@ -614,6 +709,7 @@
     place(c.actions, c.loginBtn, canLogin, [c.logoutBtn]);
     place(c.actions, c.logoutBtn, canLogout);
     c.actions.hidden = !(canLogin || canLogout);
+    updateTools(c);
 
     updateManage(c, l);
     updateTimes(c, Date.now() / 1000);
@@ -1051,6 +1147,8 @@
       openConfirm(c);
     else if (action === 'remove')
       openRemove(c);
+    else if (action === 'tools')
+      doTools(c);
   }
 
   function init() {
