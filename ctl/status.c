@@ -61,13 +61,20 @@ static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t
 
 /* authenticated / expired / error / none; "logging in" while a login runs;
  * "needs login (scope ...)" when the upstream wants another grant (a larger
- * scope, or another authorization server); "-" for a server without OAuth. */
+ * scope, or another authorization server); "-" for a server without OAuth;
+ * "disabled" for a disabled server, with what it still stores. */
 static const char *auth_cell(struct json_object *srv, char *buf, size_t len)
 {
 	const char *st = field_str(srv, PARAM_KEY_OAUTH_STATUS);
 	struct json_object *lr = field_child(srv, PARAM_KEY_LOGIN_REQUIRED, json_type_object);
 	bool b;
 
+	if (field_bool(srv, PARAM_KEY_ENABLED, &b) && !b) {
+		if (!st || strcmp(st, "none") == 0)
+			return "disabled";
+		snprintf(buf, len, "disabled (token %s)", st);
+		return buf;
+	}
 	if (!st)
 		return "-";
 	if (field_bool(srv, PARAM_KEY_LOGIN_IN_PROGRESS, &b) && b)

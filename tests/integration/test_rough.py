@@ -6,6 +6,8 @@ the attack or mistake that showed it.
 - mcpctl's options: -c FILE like mcpkeeperd, an option given to the wrong
   command named by its name (not by the value getopt consumed with it), the
   standalone `auth logout --all` naming servers, not store keys.
+- A disabled server says "disabled" in status and auth status (JSON and
+  tables), not "idle none", whether or not it still stores a token.
 """
 
 import os
@@ -71,6 +73,32 @@ class TestCtlOptions(kl.KeeperTestCase):
         self.assertNotIn(okey, r.out + r.err)
         self.assertIn("deleted 2 stored tokens", r.out)
         self.assertEqual(k.store_tool("list").stdout.decode().strip(), "")
+
+
+class TestDisabled(kl.KeeperTestCase):
+    def test_disabled_everywhere(self):
+        url = "http://127.0.0.1:9/mcp"
+        k = self.make_keeper(servers={
+            "off": {"url": url, "enabled": False},
+            "offtok": {"url": url + "2", "enabled": False},
+            "on": {"url": url + "3"},
+        })
+        k.put_token("offtok", url + "2", "acc-1", "ref-1", 3600, "http://127.0.0.1:9/token")
+        k.start()
+        st = {s["name"]: s for s in k.status()["servers"]}
+        self.assertEqual(st["off"]["worker"]["state"], "disabled")
+        self.assertEqual(st["offtok"]["worker"]["state"], "disabled")
+        self.assertEqual(st["on"]["worker"]["state"], "idle")
+        for args in (("status",), ("auth", "status")):
+            r = ctl("-c", k.config_path, *args)
+            self.assertEqual(r.returncode, 0, r.out + r.err)
+            rows = {line.split()[0]: line for line in r.out.splitlines() if line.strip()}
+            self.assertNotRegex(rows["off"], r"\b(idle|none)\b", args)
+            self.assertRegex(rows["off"], r"\bdisabled\b", args)
+            self.assertIn("disabled (token authenticated)", rows["offtok"], args)
+            self.assertRegex(rows["on"], r"\bnone\b", args)
+        r = ctl("-c", k.config_path, "status")
+        self.assertRegex(r.out, r"(?m)^off\s+streamable-http\s+disabled\s+disabled\s")
 
 
 if __name__ == "__main__":

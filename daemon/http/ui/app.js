@@ -36,13 +36,14 @@
  *                                 TEXT / STATE: "Authenticated"/authenticated,
  *                                 "Token Expired"/expired, "Auth Error"/error,
  *                                 "Not logged in"/none, "No OAuth"/no-oauth,
- *                                 "Logging in…"/logging-in
+ *                                 "Logging in…"/logging-in, "Disabled"/disabled
  *     <span data-role="expires">  "expires in 4m 10s", "expired 3m ago",
  *                                 "no expiry given" (present only when relevant)
  *     <span data-role="next-refresh">  "next refresh in 3m 12s",
  *                                 "retrying in 4s (retry 2)", "refreshing…",
  *                                 "refresh failed", … (present only when relevant)
- *     [data-role="worker"]        worker state and client count
+ *     [data-role="worker"]        worker state and client count (absent when
+ *                                 the server is disabled)
  *     [data-role="waiting"]       "Waiting for the login in the other tab…" after
  *                                 Login, until an event says how it ended;
  *                                 holds a fallback link to the login page
@@ -51,9 +52,11 @@
  *                                 only when there is one)
  *     [data-role="note"]          informational note, e.g. a logout whose
  *                                 revocation at the provider failed
- *     <button data-action="login">   present when the server uses OAuth and is
- *                                 not logged in, expired or in error
- *     <button data-action="logout">  present when authenticated
+ *     <button data-action="login">   present when the server uses OAuth, is
+ *                                 enabled and is not logged in, expired or
+ *                                 in error
+ *     <button data-action="logout">  present whenever a token is stored
+ *                                 (authenticated, expired or in error)
  *
  *   <dialog data-role="confirm">  logout confirmation ("Log out of NAME? This
  *                                 deletes its token and revokes it at the
@@ -407,6 +410,8 @@
   }
 
   function badgeFor(s, l) {
+    if (s.enabled === false)
+      return ['Disabled', 'disabled'];
     if (!s.oauth)
       return ['No OAuth', 'no-oauth'];
     if (s.login_in_progress || l.pending)
@@ -433,7 +438,7 @@
 
   function workerText(s) {
     var w = s.worker;
-    if (!w || typeof w.state !== 'string')
+    if (!w || typeof w.state !== 'string' || w.state === 'disabled')
       return null;
     var parts = ['worker ' + w.state];
     if (isNum(w.clients))
@@ -589,9 +594,11 @@
     place(c.messages, c.note, !!l.note);
 
     var st = s.oauth_status;
-    var canLogin = !!s.oauth && (st === 'none' || st === 'expired' || st === 'error' || st == null ||
-                                 !!s.login_required);
-    var canLogout = !!s.oauth && st === 'authenticated';
+    /* A disabled server cannot log in (the keeper answers 503); a stored
+     * token, whatever its state, can always be logged out. */
+    var canLogin = !!s.oauth && !disabled &&
+                   (st === 'none' || st === 'expired' || st === 'error' || st == null || !!s.login_required);
+    var canLogout = !!s.oauth && typeof st === 'string' && st !== 'none';
     c.loginBtn.disabled = l.busy;
     c.logoutBtn.disabled = l.busy;
     place(c.actions, c.loginBtn, canLogin, [c.logoutBtn]);
