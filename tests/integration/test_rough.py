@@ -8,11 +8,18 @@ the attack or mistake that showed it.
   standalone `auth logout --all` naming servers, not store keys.
 - A disabled server says "disabled" in status and auth status (JSON and
   tables), not "idle none", whether or not it still stores a token.
+- The proxy variables reach the worker: an upstream whose name only the
+  proxy knows (mcp.rough.test) is reached through a recording proxy on
+  127.0.0.1, which forwards to the test peer.
 """
 
+import http.client
+import http.server
 import os
 import subprocess
 import sys
+import threading
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keeperlib as kl  # noqa: E402
@@ -99,6 +106,120 @@ class TestDisabled(kl.KeeperTestCase):
             self.assertRegex(rows["on"], r"\bnone\b", args)
         r = ctl("-c", k.config_path, "status")
         self.assertRegex(r.out, r"(?m)^off\s+streamable-http\s+disabled\s+disabled\s")
+
+
+class RecordingProxy(http.server.ThreadingHTTPServer):
+    """An HTTP forward proxy on 127.0.0.1 that records each request's
+    absolute URL and sends it on to one upstream (the peer), whatever host
+    the URL names: mcp.rough.test resolves nowhere else."""
+    daemon_threads = True
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.seen = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.server_address[1]
+
+    def stop(self):
+        self.shutdown()
+        self.server_close()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    HOP = {"connection", "proxy-connection", "keep-alive", "transfer-encoding", "te", "trailer",
+           "upgrade", "proxy-authorization"}
+
+    def log_message(self, *a):
+        pass
+
+    def _forward(self):
+        u = urllib.parse.urlsplit(self.path)
+        with self.server.lock:
+            self.server.seen.append((self.command, self.path, self.headers.get("User-Agent", "")))
+        if not u.scheme or not u.hostname:
+            self.send_error(400, "not a proxy request")
+            return
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in self.HOP}
+        up = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=30)
+        try:
+            up.request(self.command, (u.path or "/") + ("?" + u.query if u.query else ""), body, headers)
+            resp = up.getresponse()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in self.HOP:
+                    self.send_header(k, v)
+            if resp.getheader("Content-Length") is None:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            while True:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        finally:
+            up.close()
+
+    do_GET = do_POST = do_DELETE = _forward
+
+
+class TestProxy(kl.KeeperTestCase):
+    def test_worker_goes_through_the_proxy(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_workers import Client, text_of  # noqa: E402
+        peer = self.start_peer(lifetime=3600)
+        proxy = RecordingProxy(int(urllib.parse.urlsplit(peer.url).port))
+        self.addCleanup(proxy.stop)
+        url = "http://mcp.rough.test:%d/mcp" % urllib.parse.urlsplit(peer.url).port
+        cid = peer.register()
+        access, refresh = peer.login(cid)
+        env = {"http_proxy": proxy.url, "HTTP_PROXY": proxy.url, "https_proxy": proxy.url, "NO_PROXY": ""}
+        k = self.make_keeper(servers={"gh": {"url": url, "oauth": {"client_id": cid}, "allow_insecure_http": True}}, env=env)
+        k.put_token("gh", url, access, refresh, 3600, peer.token_endpoint)
+        k.start()
+        self.k = k
+        c = Client(k, "gh")
+        self.addCleanup(lambda: c.close() if c.proc.poll() is None else None)
+        c.initialize()
+        r = c.echo("through the proxy")
+        self.assertEqual(text_of(r), "through the proxy", r)
+        with proxy.lock:
+            seen = list(proxy.seen)
+        self.assertTrue([m for m, u, ua in seen if m == "POST" and u == url], seen)
+
+    def test_oauth_child_goes_through_the_proxy(self):
+        peer = self.start_peer(lifetime=3600)
+        port = urllib.parse.urlsplit(peer.url).port
+        proxy = RecordingProxy(port)
+        self.addCleanup(proxy.stop)
+        url = "http://mcp.rough.test:%d/mcp" % port
+        env = {"http_proxy": proxy.url, "NO_PROXY": "example.org,.other.test"}
+        k = self.make_keeper(servers={"gh": {"url": url, "allow_insecure_http": True},
+                                      "local": {"url": peer.mcp_url}}, env=env)
+        k.start()
+        for name in ("gh", "local"):
+            ctl("-c", k.config_path, "--timeout", "20", "auth", "login", "-s", name, "--no-browser",
+                "--timeout", "3")
+        with proxy.lock:
+            seen = list(proxy.seen)
+        discovery = [(m, u) for m, u, ua in seen if ua.startswith("mcpkeeper/")]
+        # The oauth child's probe of the server (no worker runs: no token).
+        self.assertIn(("POST", url), discovery, seen)
+        # Loopback never goes through a proxy: the proxy saw nothing of "local".
+        self.assertFalse([u for m, u in discovery if "127.0.0.1" in u], seen)
+        # The peer's challenge names its metadata at 127.0.0.1: for a server
+        # whose address is public, the policy still refuses it.
+        self.assertIn("refusing to connect to 127.0.0.1 (loopback)", k.log())
 
 
 if __name__ == "__main__":
