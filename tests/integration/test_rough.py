@@ -8,6 +8,10 @@ the attack or mistake that showed it.
   standalone `auth logout --all` naming servers, not store keys.
 - A disabled server says "disabled" in status and auth status (JSON and
   tables), not "idle none", whether or not it still stores a token.
+- A status of more servers than fit in one message (4 000 here) is paged:
+  the control method by offset and limit with total and next_offset,
+  mcpctl status fetching every page, the REST list by ?offset=&limit=, and
+  one server found by name beyond the first page.
 - The proxy variables reach the worker: an upstream whose name only the
   proxy knows (mcp.rough.test) is reached through a recording proxy on
   127.0.0.1, which forwards to the test peer.
@@ -15,7 +19,9 @@ the attack or mistake that showed it.
 
 import http.client
 import http.server
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -106,6 +112,88 @@ class TestDisabled(kl.KeeperTestCase):
             self.assertRegex(rows["on"], r"\bnone\b", args)
         r = ctl("-c", k.config_path, "status")
         self.assertRegex(r.out, r"(?m)^off\s+streamable-http\s+disabled\s+disabled\s")
+
+
+def web_ui(k):
+    st = kl.wait_until(lambda: (lambda s: s if s.get("web_ui") else None)(k.rpc("status", {"limit": 1})),
+                       30, 0.1, "the http child to listen (status web_ui)")
+    m = re.fullmatch(r"(http://127\.0\.0\.1:\d+)/#key=([A-Za-z0-9_\-]+)", st["web_ui"])
+    return m.group(1), m.group(2)
+
+
+class TestStatusPages(kl.KeeperTestCase):
+    N = 4000
+
+    def test_status_pages(self):
+        servers = {"srv-%04d" % i: {"command": "/bin/cat", "args": ["--a-long-argument-%04d" % i]}
+                   for i in range(self.N)}
+        k = self.make_keeper(servers=servers)
+        k.start(timeout=60)
+        # Page by page over the control socket: every server once, in order.
+        names, offset, pages = [], 0, 0
+        while offset is not None:
+            res = k.rpc("status", {"offset": offset}, timeout=30)
+            self.assertEqual(res["total"], self.N)
+            self.assertEqual(res["offset"], offset)
+            self.assertEqual("orphaned_tokens" in res, offset == 0)
+            self.assertLessEqual(len(json.dumps(res, separators=(",", ":"))), 1024 * 1024)
+            names += [s["name"] for s in res["servers"]]
+            self.assertTrue(res["servers"])
+            offset, pages = res["next_offset"], pages + 1
+        self.assertGreater(pages, 1)
+        self.assertEqual(names, sorted(servers))
+        res = k.rpc("status", {"offset": 10, "limit": 3})
+        self.assertEqual([s["name"] for s in res["servers"]], ["srv-0010", "srv-0011", "srv-0012"])
+        self.assertEqual(res["next_offset"], 13)
+        res = k.rpc("status", {"offset": self.N - 2, "limit": 5})
+        self.assertEqual(len(res["servers"]), 2)
+        self.assertIsNone(res["next_offset"])
+        res = k.rpc("status", {"server": "srv-3999"})
+        self.assertEqual([s["name"] for s in res["servers"]], ["srv-3999"])
+        for bad in ({"offset": -1}, {"limit": 0}, {"offset": "x"}):
+            with self.assertRaises(kl.RpcError) as e:
+                k.rpc("status", bad)
+            self.assertEqual(e.exception.kind, "invalid_params", bad)
+        with self.assertRaises(kl.RpcError) as e:
+            k.rpc("status", {"server": "nosuch"})
+        self.assertEqual(e.exception.kind, "not_found")
+
+        # mcpctl status: every page, one table.
+        r = ctl("-c", k.config_path, "status", timeout=120)
+        self.assertEqual(r.returncode, 0, r.err)
+        self.assertTrue("%d servers" % self.N in r.out, r.out[:300])
+        rows = [line.split()[0] for line in r.out.splitlines() if line.startswith("srv-")]
+        self.assertTrue(rows == sorted(servers), "%d rows" % len(rows))
+        r = ctl("-c", k.config_path, "status", "--json", timeout=120)
+        self.assertEqual(r.returncode, 0, r.err)
+        doc = json.loads(r.out)
+        self.assertEqual(len(doc["servers"]), self.N)
+        self.assertNotIn("next_offset", doc)
+        r = ctl("-c", k.config_path, "status", "--json", "-s", "srv-3999")
+        self.assertEqual(r.returncode, 0, r.err)
+        self.assertEqual(json.loads(r.out)["name"], "srv-3999")
+
+        # REST: ?offset=&limit=, and one server beyond the first page.
+        base, key = web_ui(k)
+        hdr = {"X-API-Key": key}
+        r = kl.http("GET", base + "/api/v1/servers?offset=3998&limit=5", headers=hdr)
+        self.assertEqual(r.status, 200, r.body)
+        body = r.json()
+        self.assertEqual([s["name"] for s in body["data"]][:3], ["srv-3998", "srv-3999"])
+        self.assertEqual((body["total"], body["offset"], body["next_offset"]), (self.N, 3998, None))
+        r = kl.http("GET", base + "/api/v1/servers", headers=hdr, timeout=60)
+        self.assertEqual(r.status, 200, r.body[:200])
+        body = r.json()
+        self.assertEqual(body["total"], self.N)
+        self.assertLess(len(body["data"]), self.N)
+        self.assertEqual(body["next_offset"], len(body["data"]))
+        r = kl.http("GET", base + "/api/v1/servers/srv-3999", headers=hdr)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["data"]["name"], "srv-3999")
+        for q in ("limit=0", "offset=-1", "offset=x", "limit=1&limit=2", "offset=99999999999"):
+            r = kl.http("GET", base + "/api/v1/servers?" + q, headers=hdr)
+            self.assertEqual(r.status, 400, q)
+            self.assertEqual(r.json()["kind"], "invalid_request", q)
 
 
 class RecordingProxy(http.server.ThreadingHTTPServer):

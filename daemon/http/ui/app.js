@@ -246,7 +246,8 @@
   ApiError.prototype = Object.create(Error.prototype);
   ApiError.prototype.constructor = ApiError;
 
-  function api(method, path) {
+  /* The answer's data, or with whole the whole body (paging fields too). */
+  function api(method, path, whole) {
     var key = state.key;
     return fetch(path, {
       method: method,
@@ -269,7 +270,7 @@
           throw new ApiError(401, 'unauthorized', 'The API key was not accepted.');
         }
         if (res.ok && body && body.success === true)
-          return body.data;
+          return whole ? body : body.data;
         /* Errors are {"success": false, "error": MESSAGE, "kind": KIND}. */
         var given = body && typeof body.error === 'string' && body.error ? body.error : null;
         var msg = given || 'HTTP ' + res.status + (res.statusText ? ' ' + res.statusText : '');
@@ -281,6 +282,24 @@
       throw new ApiError(0, 'network', 'The mcpkeeper daemon cannot be reached' +
                          (e && e.message ? ' (' + e.message + ')' : '') + '.');
     });
+  }
+
+  /* Every page of the server list: the keeper pages a long one
+   * (next_offset is null on the last page). */
+  function listServers() {
+    var all = [];
+    function page(offset, n) {
+      return api('GET', '/api/v1/servers?offset=' + offset, true).then(function (body) {
+        if (!Array.isArray(body.data))
+          throw new ApiError(0, 'protocol', 'the server list is not an array');
+        all = all.concat(body.data);
+        var next = body.next_offset;
+        if (typeof next === 'number' && next > offset && n < 100000)
+          return page(next, n + 1);
+        return all;
+      });
+    }
+    return page(0, 0);
   }
 
   function serverPath(name, action) {
@@ -299,7 +318,7 @@
     state.loading = true;
     state.reloadAgain = false;
     var seq = ++state.fetchSeq;
-    api('GET', '/api/v1/servers').then(function (data) {
+    listServers().then(function (data) {
       if (state.stopped)
         return;
       if (!Array.isArray(data))
