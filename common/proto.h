@@ -248,6 +248,7 @@
 #define CHILD_FD_CHANNEL 3	/* the JSON-RPC channel to the keeper */
 #define CHILD_FD_DESCRIPTORS 4	/* workers and the http child: descriptors */
 #define CHILD_FD_JAIL 5		/* stdio workers: their sandbox (common/jail-view.h) */
+#define CHILD_FD_LISTEN 5	/* the http child: the HTTP listening socket (common/listen.h) */
 #define METHOD_HELLO "hello"
 #define METHOD_CLIENT_CLOSED "client.closed"
 #define METHOD_TOKEN_UPDATE "token.update"

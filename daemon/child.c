@@ -679,6 +679,8 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, i
 	if (jail >= 0)
 		jail = fcntl(jail, F_DUPFD, 10);
 	bin = fcntl(bin, F_DUPFD_CLOEXEC, 10);
+	/* jail is the stdio worker's sandbox or the http child's listener:
+	 * both go to fd 5 (CHILD_FD_JAIL, CHILD_FD_LISTEN). */
 	if (fd < 0 || bin < 0 || dup2(fd, CHILD_FD_CHANNEL) < 0 ||
 	    (desc >= 0 && dup2(desc, CHILD_FD_DESCRIPTORS) < 0) || (jail >= 0 && (desc < 0 || dup2(jail, CHILD_FD_JAIL) < 0)))
 		_exit(127);
@@ -763,6 +765,21 @@ int child_start(struct child *c)
 				log_error("%s child: the sandbox description: %s", c->label, strerror(-jail_fd));
 				return jail_fd;
 			}
+		}
+	}
+	if (c->ops && c->ops->listen_fd) {
+		char why[256];
+		int fd = c->ops->listen_fd(c, c->ctx, why, sizeof(why));
+
+		/* fd 5 is the jail's for a worker, the listener's for the http child. */
+		if (fd < 0 || jail_fd >= 0 || (jail_fd = fcntl(fd, F_DUPFD_CLOEXEC, 10)) < 0) {
+			if (fd >= 0)
+				snprintf(why, sizeof(why), "cannot pass the listening socket: %s",
+					 jail_fd >= 0 ? "fd 5 is taken" : strerror(errno));
+			fd_close(jail_fd);
+			log_error("%s child: not started: %s", c->label, why);
+			snprintf(c->last_exit, sizeof(c->last_exit), "not started: %s", why);
+			return fd < 0 ? fd : -EBADF;
 		}
 	}
 	r = sock_pair(0, sv);

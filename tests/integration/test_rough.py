@@ -12,16 +12,24 @@ the attack or mistake that showed it.
   the control method by offset and limit with total and next_offset,
   mcpctl status fetching every page, the REST list by ?offset=&limit=, and
   one server found by name beyond the first page.
+- The HTTP address survives: the keeper binds the listening socket once and
+  hands it to every http child, so with "listen": "127.0.0.1:0" neither a
+  killed http child nor a reload that restarts it moves the web UI; a reload
+  that changes "listen" binds the new address.
 - The proxy variables reach the worker: an upstream whose name only the
   proxy knows (mcp.rough.test) is reached through a recording proxy on
   127.0.0.1, which forwards to the test peer.
 """
 
 import http.client
+import pwd
+import shutil
 import http.server
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -194,6 +202,109 @@ class TestStatusPages(kl.KeeperTestCase):
             r = kl.http("GET", base + "/api/v1/servers?" + q, headers=hdr)
             self.assertEqual(r.status, 400, q)
             self.assertEqual(r.json()["kind"], "invalid_request", q)
+
+
+class TestHttpAddress(kl.KeeperTestCase):
+    def http_state(self, k, old_pid=None):
+        """(pid, base URL, key) once an http child other than old_pid listens."""
+        def up():
+            st = k.rpc("status", {"limit": 1})
+            pid = st["http"]["pid"]
+            return st if pid and pid != old_pid and st.get("web_ui") and \
+                st["http"]["state"] == "running" else None
+        st = kl.wait_until(up, 30, 0.1, "an http child (not pid %s) to listen" % old_pid)
+        m = re.fullmatch(r"(http://127\.0\.0\.1:\d+)/#key=([A-Za-z0-9_\-]+)", st["web_ui"])
+        self.assertTrue(m, st["web_ui"])
+        return st["http"]["pid"], m.group(1), m.group(2)
+
+    def assert_serves(self, base, key):
+        r = kl.http("GET", base + "/api/v1/servers", headers={"X-API-Key": key})
+        self.assertEqual(r.status, 200, r.body)
+
+    def test_address_survives_restarts_and_reloads(self):
+        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}})
+        k.start()
+        pid, base, key = self.http_state(k)
+        self.assert_serves(base, key)
+
+        # The http child dies: the keeper restarts it on the same address.
+        os.kill(pid, signal.SIGKILL)
+        pid2, base2, _ = self.http_state(k, pid)
+        self.assertEqual(base2, base)
+        self.assert_serves(base, key)
+
+        # A reload that restarts the http child (its settings changed) and
+        # keeps "listen": the same address.
+        k.extra_config = {"http": {"max_connections": 33}}
+        k.write_config()
+        k.signal(signal.SIGHUP)
+        pid3, base3, _ = self.http_state(k, pid2)
+        self.assertEqual(base3, base)
+        self.assert_serves(base, key)
+
+        # A reload that changes "listen": the new address, the old one closed.
+        free = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+        free.close()
+        k.extra_config = {"http": {"max_connections": 33}, "listen": "127.0.0.1:%d" % port}
+        k.write_config()
+        k.signal(signal.SIGHUP)
+        pid4, base4, _ = self.http_state(k, pid3)
+        self.assertEqual(base4, "http://127.0.0.1:%d" % port)
+        self.assert_serves(base4, key)
+        with self.assertRaises(OSError):
+            kl.http("GET", base + "/api/v1/servers", headers={"X-API-Key": key}, timeout=5)
+
+        # A taken address: the reload keeps the old one, and says why.
+        taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        k.extra_config = {"http": {"max_connections": 34}, "listen": "127.0.0.1:%d" % taken.getsockname()[1]}
+        k.write_config()
+        k.signal(signal.SIGHUP)
+        pid5, base5, _ = self.http_state(k, pid4)
+        self.assertEqual(base5, base4)
+        self.assert_serves(base4, key)
+        self.assertIn("cannot listen on 127.0.0.1:%d" % taken.getsockname()[1], k.log())
+
+    def test_socket_from_systemd(self):
+        """systemd's socket named "http" (a second socket of the unit) is the
+        HTTP API's, whatever "listen" says, and survives a child restart."""
+        act = shutil.which("systemd-socket-activate")
+        if not act:
+            self.skipTest("systemd-socket-activate is not installed")
+        k = self.make_keeper(servers={"files": {"command": "/bin/cat"}},
+                             extra_config={"users": dict.fromkeys(("oauth", "http", "worker"),
+                                                              pwd.getpwuid(os.geteuid()).pw_name)})
+        os.makedirs(k.runtime_dir, mode=0o700, exist_ok=True)
+        free = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+        free.close()
+        argv = [act, "-l", k.socket_path, "-l", "127.0.0.1:%d" % port, "--fdname=control:http"]
+        for name, val in sorted(os.environ.items()):
+            if name.endswith("SAN_OPTIONS"):
+                argv += ["-E", "%s=%s" % (name, val)]
+        argv += [kl.KEEPERD, "--config", k.config_path]
+        logf = open(k.log_path, "ab")
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=kl.child_env())
+        logf.close()
+        kl._register(proc)
+        self.addCleanup(kl.stop_process, proc)
+        kl.wait_until(lambda: os.path.exists(k.socket_path) or proc.poll() is not None, 30, 0.05,
+                      "systemd-socket-activate to listen")
+        self.assertIsNone(proc.poll(), kl.tail(k.log()))
+        k.rpc("status", {"limit": 1}, timeout=60)
+        pid, base, key = self.http_state(k)
+        self.assertEqual(base, "http://127.0.0.1:%d" % port)
+        self.assertIn("HTTP socket from systemd: 127.0.0.1:%d" % port, k.log())
+        self.assert_serves(base, key)
+        os.kill(pid, signal.SIGKILL)
+        _, base2, _ = self.http_state(k, pid)
+        self.assertEqual(base2, base)
+        self.assert_serves(base, key)
 
 
 class RecordingProxy(http.server.ThreadingHTTPServer):
