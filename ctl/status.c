@@ -273,8 +273,8 @@ static int servers_print(struct json_object *result)
 
 /*
  * The keeper's status with every page of its servers (one server with
- * only): the first page's result, the others' servers appended, without
- * next_offset. 0 with *out (the caller puts it), or an exit code after
+ * only): the first page's result, the others' servers appended, and
+ * next_offset null. 0 with *out (the caller puts it), or an exit code after
  * saying why.
  */
 static int status_fetch(struct ctl *c, const char *only, struct json_object **out)
@@ -329,7 +329,8 @@ static int status_fetch(struct ctl *c, const char *only, struct json_object **ou
 		json_object_put(all);
 		return r;
 	}
-	json_object_object_del(all, PARAM_KEY_NEXT_OFFSET);
+	/* Every page is in: as the last page says it. */
+	json_object_object_add(all, PARAM_KEY_NEXT_OFFSET, NULL);
 	*out = all;
 	return 0;
 }

@@ -452,9 +452,10 @@ class TestStatus(LoginCase):
         r = self.ctl("status", "--json")
         self.assertEqual(r.returncode, 0, r.err)
         st = json.loads(r.out)
-        # Every page in one document: no next_offset (issue 16).
+        # Every page in one document, next_offset null (issue 16).
         self.assertEqual(set(st), {"version", "pid", "mode", "config", "servers", "orphaned_tokens", "http",
-                                   "web_ui", "total", "offset"})
+                                   "web_ui", "total", "offset", "next_offset"})
+        self.assertIsNone(st["next_offset"])
         self.assertEqual(set(st["http"]), {"state", "pid", "url"})
         demo = [s for s in st["servers"] if s["name"] == "demo"][0]
         self.assertEqual(set(demo), self.SERVER_KEYS)

@@ -176,7 +176,7 @@ class TestStatusPages(kl.KeeperTestCase):
         self.assertEqual(r.returncode, 0, r.err)
         doc = json.loads(r.out)
         self.assertEqual(len(doc["servers"]), self.N)
-        self.assertNotIn("next_offset", doc)
+        self.assertIsNone(doc["next_offset"])
         r = ctl("-c", k.config_path, "status", "--json", "-s", "srv-3999")
         self.assertEqual(r.returncode, 0, r.err)
         self.assertEqual(json.loads(r.out)["name"], "srv-3999")
