@@ -778,6 +778,11 @@ int child_start(struct child *c)
 					 jail_fd >= 0 ? "fd 5 is taken" : strerror(errno));
 			fd_close(jail_fd);
 			log_error("%s child: not started: %s", c->label, why);
+			/* As if it had failed to listen itself: retried with backoff
+			 * (a port in use may be freed). */
+			c->state = CHILD_STARTING;
+			c->started_ms = keeper_now_ms();	/* the backoff grows */
+			child_lost(c, "could not listen");
 			snprintf(c->last_exit, sizeof(c->last_exit), "not started: %s", why);
 			return fd < 0 ? fd : -EBADF;
 		}

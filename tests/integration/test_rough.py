@@ -269,6 +269,25 @@ class TestHttpAddress(kl.KeeperTestCase):
         self.assert_serves(base4, key)
         self.assertIn("cannot listen on 127.0.0.1:%d" % taken.getsockname()[1], k.log())
 
+    def test_port_in_use_at_start_is_retried(self):
+        taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        try:
+            k = self.make_keeper(servers={"files": {"command": "/bin/cat"}},
+                                 extra_config={"listen": "127.0.0.1:%d" % port})
+            k.start()
+            kl.wait_until(lambda: "cannot listen on 127.0.0.1:%d" % port in k.log(), 30, 0.1,
+                          "the keeper to say the port is taken")
+            self.assertIsNone(k.rpc("status", {"limit": 1})["web_ui"])
+        finally:
+            taken.close()
+        # Freed: a retry (with backoff) listens there.
+        _, base, key = self.http_state(k)
+        self.assertEqual(base, "http://127.0.0.1:%d" % port)
+        self.assert_serves(base, key)
+
     def test_socket_from_systemd(self):
         """systemd's socket named "http" (a second socket of the unit) is the
         HTTP API's, whatever "listen" says, and survives a child restart."""
