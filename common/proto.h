@@ -35,6 +35,15 @@
  *   its request, and refuses a keeper that answers another version (or
  *   knows no hello: older than the version check).
  */
+/*
+ * status {"server"?, "offset"?, "limit"?}: the keeper and one page of its
+ * servers, {"version", "pid", "mode", "config", "servers": [...], "total",
+ * "offset", "next_offset": where the next page starts, null on the last,
+ * "orphaned_tokens": [...] (on the first page only), "http", "web_ui"}.
+ * A page holds at most limit servers and never more than fit in
+ * PROTO_MAX_MESSAGE; with "server", that server alone (error not_found when
+ * neither it nor an orphaned token of that name exists).
+ */
 #define METHOD_STATUS "status"
 #define METHOD_SERVERS_LIST "servers.list"
 #define METHOD_AUTH_LOGIN "auth.login"
@@ -273,6 +282,7 @@
 #define CHILD_FD_CHANNEL 3	/* the JSON-RPC channel to the keeper */
 #define CHILD_FD_DESCRIPTORS 4	/* workers and the http child: descriptors */
 #define CHILD_FD_JAIL 5		/* stdio workers: their sandbox (common/jail-view.h) */
+#define CHILD_FD_LISTEN 5	/* the http child: the HTTP listening socket (common/listen.h) */
 #define METHOD_HELLO "hello"
 #define METHOD_CLIENT_CLOSED "client.closed"
 #define METHOD_TOKEN_UPDATE "token.update"
@@ -373,6 +383,10 @@
 #define PARAM_KEY_ORPHANED "orphaned"
 #define PARAM_KEY_MESSAGE "message"
 #define PARAM_KEY_SERVERS "servers"
+#define PARAM_KEY_OFFSET "offset"
+#define PARAM_KEY_LIMIT "limit"
+#define PARAM_KEY_TOTAL "total"
+#define PARAM_KEY_NEXT_OFFSET "next_offset"
 #define PARAM_KEY_SUBSCRIBED "subscribed"
 #define PARAM_KEY_KEEPER "keeper"
 #define PARAM_KEY_ORPHANED_TOKENS "orphaned_tokens"

@@ -160,12 +160,12 @@ static int parse_auth_opts(const char *cmd, int argc, char **argv, bool login, s
 		{ 0 },
 	};
 	double t;
-	int o;
+	int o, li = -1;
 
 	*a = (struct auth_opts){ .timeout = 120 };
 	optind = 0;
 	opterr = 0;
-	while ((o = getopt_long(argc, argv, "+:hs:", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "+:hs:", opts, &li)) != -1) {
 		switch (o) {
 		case 's':
 			a->server = optarg;
@@ -176,7 +176,7 @@ static int parse_auth_opts(const char *cmd, int argc, char **argv, bool login, s
 		case 'n':
 		case 't':
 			if (!login)
-				return ctl_usage_error("%s: unknown option '%s'", cmd, argv[optind - 1]);
+				return ctl_option_misplaced(cmd, opts, li, o);
 			if (o == 'n') {
 				a->no_browser = true;
 				break;
@@ -192,6 +192,7 @@ static int parse_auth_opts(const char *cmd, int argc, char **argv, bool login, s
 		default:
 			return ctl_option_error(cmd, o, argc, argv);
 		}
+		li = -1;
 	}
 	if (optind < argc)
 		return ctl_option_error(cmd, 0, argc, argv);
@@ -269,19 +270,41 @@ static void logout_print(struct json_object *o)
 
 struct standalone {
 	struct store *store;
+	const struct config *cfg;
 	int deleted, failed;
 };
+
+/* The server a token key belongs to, by name (the key is the name plus a
+ * hash of the URL): true if the config still has that server at that URL,
+ * false for an orphan, whose name is the key's name part. */
+static bool standalone_key_name(const struct config *cfg, const char *key, char *name, size_t len)
+{
+	const char *hash = strrchr(key, '#');
+	char skey[STORE_SERVER_KEY_MAX];
+
+	snprintf(name, len, "%.*s", (int)(hash ? (size_t)(hash - key) : strlen(key)), key);
+	for (size_t i = 0; i < cfg->n_servers; i++) {
+		const struct config_server *cs = &cfg->servers[i];
+
+		if (strcmp(cs->name, name) == 0 &&
+		    store_server_key(cs->name, cs->url, skey, sizeof(skey)) == 0 && strcmp(skey, key) == 0)
+			return true;
+	}
+	return false;
+}
 
 static int standalone_delete_all(const char *key, const struct secret *plain, int status, void *ctx)
 {
 	struct standalone *st = ctx;
+	char name[STORE_SERVER_KEY_MAX];
+	bool configured = standalone_key_name(st->cfg, key, name, sizeof(name));
 	int r = store_delete(st->store, STORE_TOKENS, key);
 
 	if (r < 0) {
-		fprintf(stderr, "mcpctl: deleting %s failed: %s\n", key, store_strerror(r));
+		fprintf(stderr, "mcpctl: deleting the token of %s failed: %s\n", name, store_strerror(r));
 		st->failed++;
 	} else if (r == 0) {
-		printf("deleted the stored token %s\n", key);
+		printf("%s: deleted the stored token%s\n", name, configured ? "" : " (orphaned)");
 		st->deleted++;
 	}
 	return 0;
@@ -344,6 +367,7 @@ static int logout_standalone(struct ctl *c, const struct auth_opts *a)
 	}
 	secret_free(key);
 	st.store = store;
+	st.cfg = cfg;
 	if (a->all) {
 		r = store_list_keys(store, STORE_TOKENS, standalone_delete_all, &st);
 		if (r < 0) {

@@ -93,6 +93,8 @@ _noreturn_ void ctl_out_of_memory(void);
 /* SEC from 0 to CTL_MAX_TIMEOUT_SEC: 0 or -EINVAL. */
 int ctl_parse_timeout(const char *s, double *out);
 int ctl_option_error(const char *cmd, int o, int argc, char **argv);
+struct option;
+int ctl_option_misplaced(const char *cmd, const struct option *opts, int longindex, int o);
 int ctl_parse_query_opts(const char *cmd, int argc, char **argv, bool *json, const char **server);
 int ctl_parse_name_opts(const char *cmd, int argc, char **argv, const char *flag, bool *flag_set, const char **name);
 

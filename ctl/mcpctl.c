@@ -77,7 +77,7 @@ void ctl_usage(FILE *f)
 		"\n"
 		"Options (before the command):\n"
 		"  --socket PATH       the keeper's control socket\n"
-		"  --config FILE       find the socket through this config file's runtime_dir\n"
+		"  -c, --config FILE   find the socket through this config file's runtime_dir\n"
 		"                      (default: $MCPKEEPER_CONFIG, then the mode's config.json)\n"
 		"  --system            talk to the system keeper (/etc/mcpkeeper, /run/mcpkeeper)\n"
 		"  --timeout SEC       give up after SEC seconds (default %d; 0: wait forever)\n"
@@ -117,17 +117,44 @@ _noreturn_ void ctl_out_of_memory(void)
 	exit(CTL_EXIT_KEEPER_ERROR);
 }
 
+/* mcpctl's own options, which go before the command. */
+static bool global_option(const char *arg)
+{
+	static const char *const names[] = { "--socket", "--config", "--system", "--timeout" };
+	size_t n = strcspn(arg, "=");
+
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		if (strlen(names[i]) == n && strncmp(arg, names[i], n) == 0)
+			return true;
+	return false;
+}
+
 /* getopt's complaint (o is ':' or '?'), or with o 0 an argument left over,
- * as a usage error naming the command. */
+ * as a usage error naming the command and the option, never its value. */
 int ctl_option_error(const char *cmd, int o, int argc, char **argv)
 {
+	const char *arg = argv[optind - 1];
+
 	if (o == 0)
 		return ctl_usage_error("%s: unexpected argument '%s'", cmd, argv[optind]);
 	if (o == ':')
-		return ctl_usage_error("%s: option '%s' needs an argument", cmd, argv[optind - 1]);
-	if (optopt)
-		return ctl_usage_error("%s: unknown option '-%c'", cmd, optopt);
-	return ctl_usage_error("%s: unknown option '%s'", cmd, argv[optind - 1]);
+		return ctl_usage_error("%s: option '%s' needs an argument", cmd, arg);
+	if (optopt && optopt != '?')
+		return ctl_usage_error("%s: unknown option '-%c'%s", cmd, optopt,
+				       optopt == 'c' ? " (an option of mcpctl itself: give it before the command)" : "");
+	if (global_option(arg))
+		return ctl_usage_error("%s: '%.*s' is an option of mcpctl itself: give it before the command",
+				       cmd, (int)strcspn(arg, "="), arg);
+	return ctl_usage_error("%s: unknown option '%.*s'", cmd, (int)strcspn(arg, "="), arg);
+}
+
+/* An option getopt_long knows but this command does not take: named as
+ * the user spelled it (its value may already be consumed). */
+int ctl_option_misplaced(const char *cmd, const struct option *opts, int longindex, int o)
+{
+	if (longindex >= 0)
+		return ctl_usage_error("%s: option '--%s' does not apply here", cmd, opts[longindex].name);
+	return ctl_usage_error("%s: option '-%c' does not apply here", cmd, o);
 }
 
 /* The options of the read-only commands: --json, --help and, where a
@@ -141,18 +168,18 @@ int ctl_parse_query_opts(const char *cmd, int argc, char **argv, bool *json, con
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	int o;
+	int o, li = -1;
 
 	optind = 0;	/* glibc: start over on the command's own arguments */
 	opterr = 0;
-	while ((o = getopt_long(argc, argv, "+:hs:", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "+:hs:", opts, &li)) != -1) {
 		switch (o) {
 		case 'j':
 			*json = true;
 			break;
 		case 's':
 			if (!server)
-				return ctl_usage_error("%s: unknown option '%s'", cmd, argv[optind - 1]);
+				return ctl_option_misplaced(cmd, opts, li, o);
 			*server = optarg;
 			break;
 		case 'h':
@@ -161,6 +188,7 @@ int ctl_parse_query_opts(const char *cmd, int argc, char **argv, bool *json, con
 		default:
 			return ctl_option_error(cmd, o, argc, argv);
 		}
+		li = -1;
 	}
 	if (optind < argc)
 		return ctl_option_error(cmd, 0, argc, argv);
@@ -234,10 +262,10 @@ static const struct {
 
 int main(int argc, char **argv)
 {
-	enum { OPT_SOCKET = 256, OPT_CONFIG, OPT_SYSTEM, OPT_TIMEOUT };
+	enum { OPT_SOCKET = 256, OPT_SYSTEM, OPT_TIMEOUT };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, OPT_SOCKET },
-		{ "config", required_argument, NULL, OPT_CONFIG },
+		{ "config", required_argument, NULL, 'c' },
 		{ "system", no_argument, NULL, OPT_SYSTEM },
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "version", no_argument, NULL, 'V' },
@@ -253,12 +281,12 @@ int main(int argc, char **argv)
 	log_set_level(LOG_LEVEL_ERROR);
 
 	opterr = 0;
-	while ((o = getopt_long(argc, argv, "+:hV", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "+:hVc:", opts, NULL)) != -1) {
 		switch (o) {
 		case OPT_SOCKET:
 			c.opt_socket = optarg;
 			break;
-		case OPT_CONFIG:
+		case 'c':
 			c.opt_config = optarg;
 			break;
 		case OPT_SYSTEM:

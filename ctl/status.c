@@ -3,6 +3,7 @@
  * tables, or as the keeper's JSON. The server table is shared with auth
  * status, which shows its OAuth columns only.
  */
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -61,13 +62,20 @@ static void refresh_cell(struct json_object *srv, int64_t now, char *buf, size_t
 
 /* authenticated / expired / error / none; "logging in" while a login runs;
  * "needs login (scope ...)" when the upstream wants another grant (a larger
- * scope, or another authorization server); "-" for a server without OAuth. */
+ * scope, or another authorization server); "-" for a server without OAuth;
+ * "disabled" for a disabled server, with what it still stores. */
 static const char *auth_cell(struct json_object *srv, char *buf, size_t len)
 {
 	const char *st = field_str(srv, PARAM_KEY_OAUTH_STATUS);
 	struct json_object *lr = field_child(srv, PARAM_KEY_LOGIN_REQUIRED, json_type_object);
 	bool b;
 
+	if (field_bool(srv, PARAM_KEY_ENABLED, &b) && !b) {
+		if (!st || strcmp(st, "none") == 0)
+			return "disabled";
+		snprintf(buf, len, "disabled (token %s)", st);
+		return buf;
+	}
 	if (!st)
 		return "-";
 	if (field_bool(srv, PARAM_KEY_LOGIN_IN_PROGRESS, &b) && b)
@@ -260,38 +268,101 @@ static int servers_print(struct json_object *result)
 	return 0;
 }
 
+/* More pages than this is a keeper that does not move on. */
+#define STATUS_MAX_PAGES 100000
+
+/*
+ * The keeper's status with every page of its servers (one server with
+ * only): the first page's result, the others' servers appended, and
+ * next_offset null. 0 with *out (the caller puts it), or an exit code after
+ * saying why.
+ */
+static int status_fetch(struct ctl *c, const char *only, struct json_object **out)
+{
+	struct json_object *all = NULL, *servers = NULL;
+	int64_t offset = 0, next;
+	int r;
+
+	*out = NULL;
+	r = ctl_find_socket(c);
+	if (r)
+		return r;
+	signal(SIGPIPE, SIG_IGN);
+	for (size_t page = 0;; page++) {
+		struct rpc_msg reply = { 0 };
+		struct json_object *params = json_object_new_object(), *got;
+		bool more;
+
+		if (only)
+			json_object_object_add(params, PARAM_KEY_SERVER, json_object_new_string(only));
+		else
+			json_object_object_add(params, PARAM_KEY_OFFSET, json_object_new_int64(offset));
+		r = ctl_exchange(c, METHOD_STATUS, params, &reply, NULL, NULL);
+		if (!r && !json_object_is_type(reply.result, json_type_object))
+			r = output_malformed(METHOD_STATUS, "the result is not an object");
+		if (!r)
+			r = output_servers(reply.result, METHOD_STATUS, &got);
+		if (r) {
+			rpc_msg_clear(&reply);
+			break;
+		}
+		if (!all) {
+			all = json_object_get(reply.result);
+			servers = got;
+		} else {
+			for (size_t i = 0; i < json_object_array_length(got); i++)
+				json_object_array_add(servers, json_object_get(json_object_array_get_idx(got, i)));
+		}
+		/* null or absent (a keeper that does not page): the last page */
+		more = !only && field_int(reply.result, PARAM_KEY_NEXT_OFFSET, &next);
+		rpc_msg_clear(&reply);
+		if (!more)
+			break;
+		if (next <= offset || page >= STATUS_MAX_PAGES) {
+			r = output_malformed(METHOD_STATUS, "its next_offset does not move on");
+			break;
+		}
+		offset = next;
+	}
+	signal(SIGPIPE, SIG_DFL);
+	if (r) {
+		json_object_put(all);
+		return r;
+	}
+	/* Every page is in: as the last page says it. */
+	json_object_object_add(all, PARAM_KEY_NEXT_OFFSET, NULL);
+	*out = all;
+	return 0;
+}
+
 int cmd_status(struct ctl *c, int argc, char **argv)
 {
+	struct json_object *result = NULL, *servers;
 	const char *only = NULL;
 	bool json = false;
 	int r = ctl_parse_query_opts(argv[0], argc, argv, &json, &only);
 
 	if (r)
 		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
+	r = status_fetch(c, only, &result);
+	if (r)
+		return r;
 	if (json && only) {
-		/* The JSON of one server: filtered here, the keeper's shape kept. */
-		struct rpc_msg reply = { 0 };
-		struct json_object *servers, *one = NULL;
-
-		r = ctl_find_socket(c);
-		if (!r)
-			r = ctl_exchange(c, METHOD_STATUS, NULL, &reply, NULL, NULL);
-		if (r)
-			return r;
-		r = output_servers(reply.result, METHOD_STATUS, &servers);
-		for (size_t i = 0; !r && i < json_object_array_length(servers); i++)
-			if (strcmp(field_str(json_object_array_get_idx(servers, i), PARAM_KEY_NAME), only) == 0)
-				one = json_object_array_get_idx(servers, i);
-		if (!r && !one) {
-			fprintf(stderr, "mcpctl: no server named \"%s\"\n", only);
+		/* The JSON of one server, the keeper's shape kept. */
+		r = output_servers(result, METHOD_STATUS, &servers);
+		if (!r && json_object_array_length(servers) == 0) {
+			fprintf(stderr, "mcpctl: no server named \"%s\" (an orphaned token only)\n", only);
 			r = CTL_EXIT_NOT_FOUND;
 		} else if (!r) {
-			output_json(one);
+			output_json(json_object_array_get_idx(servers, 0));
 		}
-		rpc_msg_clear(&reply);
-		return r;
+	} else if (json) {
+		output_json(result);
+	} else {
+		r = status_print(result, only);
 	}
-	return ctl_query(c, METHOD_STATUS, NULL, json, only, status_print);
+	json_object_put(result);
+	return r;
 }
 
 static int servers_print_only(struct json_object *result, const char *only)

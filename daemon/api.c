@@ -10,6 +10,11 @@
  * child asks exactly what mcpctl asks, and an MCP-over-HTTP session is
  * handed to a worker by the same `connect` that mcpctl uses.
  *
+ * The listening socket is the keeper's: bound once (or taken from systemd,
+ * the socket named "http") and handed to every http child it starts, so a
+ * restart of the child or a reload keeps the address, a port 0 picked by
+ * the kernel included. Only a reload that changes "listen" binds anew.
+ *
  * The API key is generated at the first start and kept sealed in the store
  * (the clients database, key "api-key"), so it survives restarts; mcpctl
  * status shows the web UI's address with the key in the URL fragment.
@@ -29,6 +34,7 @@
 #include "config.h"
 #include "frame.h"
 #include "keeper.h"
+#include "listen.h"
 #include "log.h"
 #include "params.h"
 #include "paths.h"
@@ -95,11 +101,70 @@ static int ui_dir_find(char **dir)
 	return 0;
 }
 
+/* The socket every http child gets: systemd's, or bound here for the
+ * config's listen, again only when that changes. A new address that
+ * cannot be bound leaves the old one in use. 0, or a negative errno value. */
+static int api_listen(struct keeper *k)
+{
+	char host[64];
+	int port, bound, fd;
+
+	if (k->http_fd >= 0 && (!k->http_listen_conf || strcmp(k->http_listen_conf, k->cfg->listen) == 0))
+		return 0;
+	if (listen_parse(k->cfg->listen, host, sizeof(host), &port) < 0)
+		return -EINVAL;
+	fd = listen_open(host, port, &bound);
+	if (fd < 0 && k->http_fd >= 0) {
+		log_error("cannot listen on %s: %s; the HTTP API stays on %s", k->cfg->listen, strerror(-fd),
+			  k->http_listen);
+		free(k->http_listen_conf);
+		k->http_listen_conf = xstrdup(k->cfg->listen);	/* said once */
+		return 0;
+	}
+	if (fd < 0)
+		return fd;
+	fd_close(k->http_fd);
+	k->http_fd = fd;
+	free(k->http_listen_conf);
+	k->http_listen_conf = xstrdup(k->cfg->listen);
+	listen_format(host, bound, k->http_listen, sizeof(k->http_listen));
+	return 0;
+}
+
+int api_adopt_socket(struct keeper *k, int fd)
+{
+	char host[64];
+	int port, r = listen_describe(fd, host, sizeof(host), &port);
+
+	if (r < 0) {
+		log_error("socket activation: the socket named \"http\" is not a listening TCP socket on "
+			  "127.0.0.1 or ::1 (%s); binding the configured listen address instead", strerror(-r));
+		close(fd);
+		return r;
+	}
+	k->http_fd = fd;
+	listen_format(host, port, k->http_listen, sizeof(k->http_listen));
+	log_info("HTTP socket from systemd: %s (the configured listen is not used)", k->http_listen);
+	return 0;
+}
+
+static int api_listen_fd(struct child *c, void *ctx, char *why, size_t len)
+{
+	struct keeper *k = ctx;
+	int r = api_listen(k);
+
+	if (r < 0) {
+		snprintf(why, len, "cannot listen on %s: %s", k->cfg->listen, strerror(-r));
+		return r;
+	}
+	return k->http_fd;
+}
+
 static void api_hello(struct child *c, void *ctx, struct json_object *params)
 {
 	struct keeper *k = ctx;
 
-	json_object_object_add(params, PARAM_KEY_LISTEN, json_object_new_string(k->cfg->listen));
+	json_object_object_add(params, PARAM_KEY_LISTEN, json_object_new_string(k->http_listen));
 	json_object_object_add(params, PARAM_KEY_API_KEY,
 			       json_object_new_string_len((const char *)k->api_key->data, (int)k->api_key->len));
 	json_object_object_add(params, PARAM_KEY_UI_DIR, json_object_new_string(k->ui_dir));
@@ -122,7 +187,7 @@ static void api_hello_result(struct child *c, void *ctx, struct json_object *res
 		k->http_port = 0;
 		return;
 	}
-	log_info("HTTP API and web UI on %s (port %d)", k->cfg->listen, k->http_port);
+	log_info("HTTP API and web UI on %s", k->http_listen);
 }
 
 static void api_lost(struct child *c, void *ctx)
@@ -193,6 +258,7 @@ static const struct child_ops api_ops = {
 	.lost = api_lost,
 	.message = api_message,
 	.desc_channel = true,
+	.listen_fd = api_listen_fd,
 };
 
 int api_start(struct keeper *k)
@@ -227,6 +293,9 @@ void api_stop(struct keeper *k)
 {
 	k->http = child_free(k->http);
 	k->http_port = 0;
+	k->http_fd = fd_close(k->http_fd);
+	free(k->http_listen_conf);
+	k->http_listen_conf = NULL;
 	k->api_key = secret_free(k->api_key);
 	free(k->ui_dir);
 	k->ui_dir = NULL;
@@ -240,6 +309,9 @@ void api_config_changed(struct keeper *k, const struct config *old)
 	    old->http.max_connections == k->cfg->http.max_connections &&
 	    old->http.header_timeout_sec == k->cfg->http.header_timeout_sec)
 		return;
+	if (strcmp(old->listen, k->cfg->listen) != 0 && !k->http_listen_conf && k->http_fd >= 0)
+		log_warn("listen changed to %s, but the HTTP socket is systemd's: it stays %s", k->cfg->listen,
+			 k->http_listen);
 	log_info("HTTP API settings changed; restarting the http child");
 	child_stop(k->http);
 	k->http_port = 0;
@@ -250,11 +322,7 @@ void api_config_changed(struct keeper *k, const struct config *old)
 /* "127.0.0.1:PORT" or "[::1]:PORT" with the bound port. */
 static void api_authority(const struct keeper *k, char *buf, size_t len)
 {
-	const char *listen = k->cfg->listen;
-	const char *colon = strrchr(listen, ':');
-	int n = colon ? (int)(colon - listen) : (int)strlen(listen);
-
-	snprintf(buf, len, "%.*s:%d", n, listen, k->http_port);
+	snprintf(buf, len, "%s", k->http_listen);
 }
 
 struct json_object *api_status_json(const struct keeper *k)

@@ -630,12 +630,38 @@ static int switch_user(struct child *c)
 	return 0;
 }
 
+/* In the forked child: the variables of names that are set, as NAME=VALUE
+ * from envp[n] on; returns the new count. */
+static size_t env_keep(const char *const *names, char **envp, size_t n)
+{
+	for (size_t i = 0; names[i]; i++) {
+		const char *v = getenv(names[i]);
+		size_t len;
+		char *e;
+
+		if (!v)
+			continue;
+		len = strlen(names[i]) + strlen(v) + 2;
+		e = malloc(len);
+		if (!e)
+			_exit(127);
+		snprintf(e, len, "%s=%s", names[i], v);
+		envp[n++] = e;
+	}
+	return n;
+}
+
 /* In the forked child, before exec: nothing of the keeper may leak. */
 static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, int bin)
 {
 	static const char *const keep[] = { "PATH", "LANG", "LC_ALL", "TZ", "JOURNAL_STREAM",
 					    "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME", "USER", NULL };
-	char *envp[ARRAY_SIZE(keep) + 1];
+	/* What libcurl reads to go through a proxy: for the children that
+	 * make HTTP requests (mcpkeeperd(8), ENVIRONMENT). */
+	static const char *const proxy[] = { "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY",
+					     "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY", NULL };
+	bool http_role = strcmp(c->role, ROLE_OAUTH) == 0 || strcmp(c->role, ROLE_WORKER) == 0;
+	char *envp[ARRAY_SIZE(keep) + ARRAY_SIZE(proxy) + 1];
 	size_t n = 0;
 	sigset_t all;
 	int devnull, first_free;
@@ -653,6 +679,8 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, i
 	if (jail >= 0)
 		jail = fcntl(jail, F_DUPFD, 10);
 	bin = fcntl(bin, F_DUPFD_CLOEXEC, 10);
+	/* jail is the stdio worker's sandbox or the http child's listener:
+	 * both go to fd 5 (CHILD_FD_JAIL, CHILD_FD_LISTEN). */
 	if (fd < 0 || bin < 0 || dup2(fd, CHILD_FD_CHANNEL) < 0 ||
 	    (desc >= 0 && dup2(desc, CHILD_FD_DESCRIPTORS) < 0) || (jail >= 0 && (desc < 0 || dup2(jail, CHILD_FD_JAIL) < 0)))
 		_exit(127);
@@ -689,19 +717,9 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, i
 		_exit(127);
 	}
 
-	for (size_t i = 0; keep[i]; i++) {
-		const char *v = getenv(keep[i]);
-
-		if (v) {
-			size_t len = strlen(keep[i]) + strlen(v) + 2;
-			char *e = malloc(len);
-
-			if (!e)
-				_exit(127);
-			snprintf(e, len, "%s=%s", keep[i], v);
-			envp[n++] = e;
-		}
-	}
+	n = env_keep(keep, envp, n);
+	if (http_role)
+		n = env_keep(proxy, envp, n);
 	envp[n] = NULL;
 	execveat(bin, c->binary->name, (char *[]){ c->binary->path, NULL }, envp, 0);
 	/* A script (a test's wrapper) is handed to its interpreter as
@@ -747,6 +765,26 @@ int child_start(struct child *c)
 				log_error("%s child: the sandbox description: %s", c->label, strerror(-jail_fd));
 				return jail_fd;
 			}
+		}
+	}
+	if (c->ops && c->ops->listen_fd) {
+		char why[256];
+		int fd = c->ops->listen_fd(c, c->ctx, why, sizeof(why));
+
+		/* fd 5 is the jail's for a worker, the listener's for the http child. */
+		if (fd < 0 || jail_fd >= 0 || (jail_fd = fcntl(fd, F_DUPFD_CLOEXEC, 10)) < 0) {
+			if (fd >= 0)
+				snprintf(why, sizeof(why), "cannot pass the listening socket: %s",
+					 jail_fd >= 0 ? "fd 5 is taken" : strerror(errno));
+			fd_close(jail_fd);
+			log_error("%s child: not started: %s", c->label, why);
+			/* As if it had failed to listen itself: retried with backoff
+			 * (a port in use may be freed). */
+			c->state = CHILD_STARTING;
+			c->started_ms = keeper_now_ms();	/* the backoff grows */
+			child_lost(c, "could not listen");
+			snprintf(c->last_exit, sizeof(c->last_exit), "not started: %s", why);
+			return fd < 0 ? fd : -EBADF;
 		}
 	}
 	r = sock_pair(0, sv);

@@ -188,16 +188,20 @@ struct json_object *control_server_json(const struct server *s, bool full)
 
 /* ---- methods ---- */
 
-/* Tokens whose server left the config: names only, nothing unsealed. */
-static struct json_object *orphans_json(const struct keeper *k)
+/* Tokens whose server left the config: names only, nothing unsealed;
+ * only those of that name when only is set. */
+static struct json_object *orphans_named_json(const struct keeper *k, const char *only)
 {
 	struct json_object *arr = json_object_new_array();
 
 	for (size_t i = 0; i < k->n_orphans; i++) {
-		struct json_object *o = json_object_new_object();
+		struct json_object *o;
 		char name[STORE_SERVER_KEY_MAX + 1];
 
 		keeper_orphan_name(k->orphans[i], name, sizeof(name));
+		if (only && strcmp(name, only) != 0)
+			continue;
+		o = json_object_new_object();
 		json_object_object_add(o, PARAM_KEY_NAME, json_object_new_string(name));
 		json_object_object_add(o, PARAM_KEY_KEY, json_object_new_string(k->orphans[i]));
 		json_object_object_add(o, PARAM_KEY_OAUTH_STATUS, json_object_new_string("orphaned"));
@@ -206,22 +210,9 @@ static struct json_object *orphans_json(const struct keeper *k)
 	return arr;
 }
 
-static void do_status(struct conn *c, struct json_object *id)
+static struct json_object *orphans_json(const struct keeper *k)
 {
-	struct keeper *k = c->ctl->k;
-	struct json_object *res = json_object_new_object(), *arr = json_object_new_array();
-
-	json_object_object_add(res, PARAM_KEY_VERSION, json_object_new_string(MCPKEEPER_VERSION));
-	json_object_object_add(res, PARAM_KEY_PID, json_object_new_int((int)getpid()));
-	json_object_object_add(res, PARAM_KEY_MODE, json_object_new_string(k->system_mode ? "system" : "user"));
-	json_object_object_add(res, PARAM_KEY_CONFIG, json_object_new_string(k->config_path));
-	for (size_t i = 0; i < k->n_servers; i++)
-		json_object_array_add(arr, control_server_json(k->servers[i], true));
-	json_object_object_add(res, PARAM_KEY_SERVERS, arr);
-	json_object_object_add(res, PARAM_KEY_ORPHANED_TOKENS, orphans_json(k));
-	json_object_object_add(res, PARAM_KEY_HTTP, api_status_json(k));
-	json_object_object_add(res, PARAM_KEY_WEB_UI, api_web_ui_url(k));
-	reply_result(c, id, res);
+	return orphans_named_json(k, NULL);
 }
 
 static void do_servers_list(struct conn *c, struct json_object *id)
@@ -279,6 +270,93 @@ static int find_server(struct conn *c, struct json_object *id, const char *name,
 		return CONTROL_ANSWERED;
 	}
 	return 0;
+}
+
+/*
+ * status {server?, offset?, limit?}: one page of the servers, from offset,
+ * at most limit of them and never more than fit in one message with the
+ * rest of the reply; "total" and "next_offset" (null on the last page) say
+ * what is left. The orphaned tokens come with the first page. With server,
+ * that server alone (and an orphan of that name).
+ */
+struct status_params {
+	const char *server;
+	int64_t offset, limit;
+};
+
+static const struct param_spec status_spec[] = {
+	PARAM_STRING(struct status_params, server, PARAM_KEY_SERVER, PARAM_NONEMPTY),
+	PARAM_INT(struct status_params, offset, PARAM_KEY_OFFSET, 0, 0, INT32_MAX),
+	PARAM_INT(struct status_params, limit, PARAM_KEY_LIMIT, 0, 1, INT32_MAX),
+};
+
+/* What servers and orphans of one status page may take: the envelope
+ * (version, the config path, the http child's state) fits in the rest. */
+#define STATUS_PAGE_BUDGET ((size_t)PROTO_MAX_MESSAGE - 64 * 1024)
+
+static size_t json_size(struct json_object *o)
+{
+	size_t len = 0;
+
+	json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+	return len + 1;
+}
+
+static void do_status(struct conn *c, struct json_object *id, struct json_object *params)
+{
+	struct keeper *k = c->ctl->k;
+	struct status_params p = { .limit = INT32_MAX };
+	struct json_object *res, *arr, *orphans = NULL;
+	struct server *one = NULL;
+	size_t i = 0, total = k->n_servers, used = 0;
+
+	if (check_params(c, id, METHOD_STATUS, params, status_spec, ARRAY_SIZE(status_spec), &p))
+		return;
+	if (p.server) {
+		one = keeper_find_server(k, p.server);
+		orphans = orphans_named_json(k, p.server);
+		if (!one && json_object_array_length(orphans) == 0) {
+			json_object_put(orphans);
+			reply_error(c, id, RPC_APP_ERROR, KIND_NOT_FOUND, "no server named \"%.64s\"", p.server);
+			return;
+		}
+		total = one ? 1 : 0;
+	} else if (p.offset == 0) {
+		orphans = orphans_json(k);
+		used = json_size(orphans);
+	}
+	res = json_object_new_object();
+	arr = json_object_new_array();
+	json_object_object_add(res, PARAM_KEY_VERSION, json_object_new_string(MCPKEEPER_VERSION));
+	json_object_object_add(res, PARAM_KEY_PID, json_object_new_int((int)getpid()));
+	json_object_object_add(res, PARAM_KEY_MODE, json_object_new_string(k->system_mode ? "system" : "user"));
+	json_object_object_add(res, PARAM_KEY_CONFIG, json_object_new_string(k->config_path));
+	if (one) {
+		json_object_array_add(arr, control_server_json(one, true));
+		i = 1;
+	} else if (!p.server) {
+		for (i = (size_t)p.offset; i < total && (int64_t)(i - (size_t)p.offset) < p.limit; i++) {
+			struct json_object *o = control_server_json(k->servers[i], true);
+			size_t len = json_size(o);
+
+			/* One server always goes: one alone fits (config limits). */
+			if (i > (size_t)p.offset && used + len > STATUS_PAGE_BUDGET) {
+				json_object_put(o);
+				break;
+			}
+			used += len;
+			json_object_array_add(arr, o);
+		}
+	}
+	json_object_object_add(res, PARAM_KEY_SERVERS, arr);
+	json_object_object_add(res, PARAM_KEY_TOTAL, json_object_new_int64((int64_t)total));
+	json_object_object_add(res, PARAM_KEY_OFFSET, json_object_new_int64(p.server ? 0 : p.offset));
+	json_object_object_add(res, PARAM_KEY_NEXT_OFFSET, i < total ? json_object_new_int64((int64_t)i) : NULL);
+	if (orphans)
+		json_object_object_add(res, PARAM_KEY_ORPHANED_TOKENS, orphans);
+	json_object_object_add(res, PARAM_KEY_HTTP, api_status_json(k));
+	json_object_object_add(res, PARAM_KEY_WEB_UI, api_web_ui_url(k));
+	reply_result(c, id, res);
 }
 
 /* Login and logout change what the keeper holds: the config may forbid it. */
@@ -782,7 +860,7 @@ static void dispatch(struct conn *c, struct rpc_msg *m)
 	if (strcmp(method, METHOD_HELLO) == 0)
 		do_hello(c, m->id, m->params);
 	else if (strcmp(method, METHOD_STATUS) == 0)
-		do_status(c, m->id);
+		do_status(c, m->id, m->params);
 	else if (strcmp(method, METHOD_SERVERS_LIST) == 0)
 		do_servers_list(c, m->id);
 	else if (strcmp(method, METHOD_AUTH_STATUS) == 0)

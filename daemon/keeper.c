@@ -541,7 +541,8 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
 		store_checkpoint(k->store);
 }
 
-/* The control socket: systemd's (LISTEN_FDS, name "control") or our own. */
+/* The control socket: systemd's (LISTEN_FDS, name "control") or our own;
+ * systemd's socket named "http" goes to the HTTP API (api.c). */
 static int control_socket(struct keeper *k, int *fd)
 {
 	char **names = NULL, path[4096];
@@ -551,9 +552,12 @@ static int control_socket(struct keeper *k, int *fd)
 	if (n < 0)
 		log_warn("socket activation: %s", strerror(-n));
 	for (int i = 0; i < n; i++) {
-		bool take = *fd < 0 && (n == 1 || (names && strcmp(names[i], "control") == 0));
+		bool http = names && strcmp(names[i], "http") == 0;
+		bool take = !http && *fd < 0 && (n == 1 || (names && strcmp(names[i], "control") == 0));
 
-		if (take)
+		if (http && k->http_fd < 0)
+			api_adopt_socket(k, SD_LISTEN_FDS_START + i);
+		else if (take)
 			*fd = SD_LISTEN_FDS_START + i;
 		else
 			close(SD_LISTEN_FDS_START + i);
@@ -697,7 +701,7 @@ static void sandbox_root(struct keeper *k)
 
 int keeper_run(const char *config_path, bool system_mode)
 {
-	struct keeper k = { .system_mode = system_mode };
+	struct keeper k = { .system_mode = system_mode, .http_fd = -1 };
 	struct config *cfg = NULL;
 	char err[1024];
 	int lfd = -1, r;

@@ -118,6 +118,9 @@ struct keeper {
 	struct child *http;		/* api.c: REST API, events, web UI */
 	struct secret *api_key;
 	int http_port;			/* as the http child bound it; 0: not listening */
+	int http_fd;			/* api.c: the listening socket every http child gets; -1 */
+	char http_listen[64];		/* its address, "127.0.0.1:PORT" with the bound port */
+	char *http_listen_conf;		/* the config's listen it was bound for; NULL: systemd's */
 	uint64_t http_next_number;	/* control.connect: numbers the passed sockets */
 	bool http_cap_warned;		/* control.connect: the cap was reached and said so */
 	char *ui_dir;
@@ -302,6 +305,10 @@ int api_start(struct keeper *k);
 void api_stop(struct keeper *k);
 /* After a reload: restarts the child when its settings changed. */
 void api_config_changed(struct keeper *k, const struct config *old);
+/* Socket activation: systemd's socket named "http" becomes the listening
+ * socket, whatever the config's listen says (0), or is closed when it is
+ * not a loopback TCP listener (a negative errno value, logged). */
+int api_adopt_socket(struct keeper *k, int fd);
 /* {"state", "pid", "url"} for status; "web_ui" adds the key fragment. */
 struct json_object *api_status_json(const struct keeper *k);
 struct json_object *api_web_ui_url(const struct keeper *k);
@@ -364,6 +371,10 @@ struct child_ops {
 	 * negative errno value with why: it must not start. */
 	int (*jail)(struct child *c, void *ctx, struct jail **out, char *why, size_t len);
 	bool desc_channel;	/* fd 4: SOCK_SEQPACKET for client descriptors */
+	/* A socket the keeper keeps, handed to every start on fd
+	 * CHILD_FD_LISTEN (a duplicate): >= 0, or a negative errno value with
+	 * why it must not start. */
+	int (*listen_fd)(struct child *c, void *ctx, char *why, size_t len);
 };
 
 /*

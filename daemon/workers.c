@@ -519,8 +519,11 @@ struct json_object *workers_status_json(const struct server *s)
 
 	const char *state = s->worker ? child_state_name(s->worker) : "idle";
 
-	/* A stopped worker is simply not running: idle until the next client. */
-	if (strcmp(state, "stopped") == 0)
+	/* A stopped worker is simply not running: idle until the next client;
+	 * a disabled server's never starts, which idle would hide. */
+	if (!s->conf->enabled)
+		state = "disabled";
+	else if (strcmp(state, "stopped") == 0)
 		state = "idle";
 	json_object_object_add(w, PARAM_KEY_STATE, json_object_new_string(state));
 	json_object_object_add(w, PARAM_KEY_PID, running ? json_object_new_int((int)child_pid(s->worker)) : NULL);

@@ -100,7 +100,7 @@ _mcpctl()
     for ((i = 1; i < cword; i++)); do
         w=${words[i]}
         case $w in
-        --socket | --config | --timeout)
+        --socket | --config | -c | --timeout)
             if ((i + 1 < cword)); then
                 globals+=("$w" "$(_mcpctl_dequote "${words[i + 1]}")")
             fi
@@ -132,7 +132,7 @@ _mcpctl()
         local opt=$prev
         [[ -n $eqopt ]] && opt=$eqopt
         case $opt in
-        --config | --socket)
+        --config | -c | --socket)
             _mcpctl_files "$cur" "$eqprefix"
             return 0
             ;;
@@ -143,7 +143,7 @@ _mcpctl()
         # "--OPT=" of an option that takes no value: nothing to offer.
         [[ -n $eqopt ]] && return 0
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W '--socket --config --system --timeout
+            COMPREPLY=($(compgen -W '--socket -c --config --system --timeout
                 -V --version -h --help' -- "$cur"))
         else
             COMPREPLY=($(compgen -W 'status servers auth events connect reload tools help' \

@@ -41,6 +41,7 @@
 #include <json-c/json.h>
 
 #include "frame.h"
+#include "listen.h"
 #include "proto.h"
 #include "sock.h"
 #include "timefmt.h"
@@ -596,14 +597,22 @@ static int locked_int(const int *v)
 
 /* RLIMIT_NOFILE for the next child (0: inherit). */
 static rlim_t next_nofile;
+/* The next child gets no listening socket on fd 5. */
+static bool next_no_listener;
 
 static void child_start(struct child *c, bool with_fds)
 {
-	int sv[2], dv[2], logfd;
+	int sv[2], dv[2], logfd, lfd = -1, bound;
 	static int serial;
 	rlim_t nofile = next_nofile;
 
 	memset(c, 0, sizeof(*c));
+	/* As the keeper does: the listening socket is bound by the parent. */
+	if (with_fds && !next_no_listener) {
+		lfd = listen_open("127.0.0.1", 0, &bound);
+		CHECK(lfd >= 0);
+	}
+	next_no_listener = false;
 	snprintf(c->log, sizeof(c->log), "%s/child-%d.log", tmpdir, ++serial);
 	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
 	CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, dv) == 0);
@@ -614,6 +623,7 @@ static void child_start(struct child *c, bool with_fds)
 	if (c->pid == 0) {
 		int devnull = open("/dev/null", O_RDONLY);
 		int a = fcntl(sv[1], F_DUPFD_CLOEXEC, 10), b = fcntl(dv[1], F_DUPFD_CLOEXEC, 10);
+		int l = lfd >= 0 ? fcntl(lfd, F_DUPFD_CLOEXEC, 10) : -1;
 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (nofile) {
@@ -626,6 +636,8 @@ static void child_start(struct child *c, bool with_fds)
 		if (with_fds) {
 			dup2(a, 3); /* dup2 clears close-on-exec */
 			dup2(b, 4);
+			if (l >= 0)
+				dup2(l, CHILD_FD_LISTEN);
 		} else {
 			close(3);
 			close(4);
@@ -636,6 +648,7 @@ static void child_start(struct child *c, bool with_fds)
 	close(sv[1]);
 	close(dv[1]);
 	close(logfd);
+	fd_close(lfd);
 	c->fd3 = sv[0];
 	c->fd4 = dv[0];
 	c->in = evbuffer_new();
@@ -1158,7 +1171,8 @@ static void test_bind_in_use(int port)
 	char listen[64], addr[64];
 	const char *msg;
 
-	TEST("a port in use: the hello is answered with an error (unavailable), exit 1");
+	/* The keeper binds; the child only checks what fd 5 is. */
+	TEST("a hello naming another port than fd 5's: an error (unavailable), exit 1");
 	snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
 	child_start(&c, true);
 	child_hello(&c, hello_params(listen, KEY, true), &m);
@@ -1169,7 +1183,20 @@ static void test_bind_in_use(int port)
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
 	printf("# %s\n", msg);
 	CHECK(strstr(msg, addr));
-	CHECK(strstr(msg, strerror(EADDRINUSE)));
+	CHECK(strstr(msg, strerror(EADDRNOTAVAIL)));
+	rpc_msg_clear(&m);
+	CHECK_EQ(child_wait(&c), 1);
+	evbuffer_free(c.in);
+	evbuffer_free(c.out);
+
+	TEST("no listening socket on fd 5: an error (unavailable), exit 1");
+	next_no_listener = true;
+	child_start(&c, true);
+	child_hello(&c, hello_params("127.0.0.1:0", KEY, true), &m);
+	CHECK_EQ(m.type, RPC_ERROR);
+	CHECK(strcmp(rpc_error_kind(&m), KIND_UNAVAILABLE) == 0);
+	printf("# %s\n", rpc_error_message(&m));
+	CHECK(strstr(rpc_error_message(&m), "fd 5 is not the listening socket"));
 	rpc_msg_clear(&m);
 	CHECK_EQ(child_wait(&c), 1);
 	evbuffer_free(c.in);

@@ -3,7 +3,9 @@
 #  - systemd-sysusers and systemd-tmpfiles accept our sysusers.d / tmpfiles.d
 #    files there (and create the users, so the root looks like a real system),
 #  - `systemd-analyze verify` is clean (no output at all) on the installed
-#    service and socket, with ExecStart= pointing at the installed keeper,
+#    service and both sockets (control, and the optional http one, whose
+#    name, service and loopback address are checked), with ExecStart=
+#    pointing at the installed keeper,
 #  - `systemd-analyze security --offline=true` rates the service at 1.7 or less.
 #
 # Usage: test-systemd.sh [SOURCE_ROOT BUILD_ROOT]
@@ -63,6 +65,7 @@ find_installed() { # SUFFIX -> absolute path inside $dest
 }
 service=$(find_installed /mcpkeeper.service)
 socket=$(find_installed /mcpkeeper.socket)
+http_socket=$(find_installed /mcpkeeper-http.socket)
 sysusers=$(find_installed /sysusers.d/mcpkeeper.conf)
 tmpfiles=$(find_installed /tmpfiles.d/mcpkeeper.conf)
 keeper=$(find_installed /mcpkeeperd)
@@ -72,6 +75,14 @@ exec_start=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$service")
 [ "$dest$exec_start" = "$keeper" ] ||
 	fail "ExecStart=$exec_start, but the keeper is installed at ${keeper#"$dest"}"
 grep -q '@[a-z]*@' "$service" && fail "unsubstituted @variable@ in $service"
+
+# The HTTP socket: named "http" for the keeper (api.c), on loopback, for
+# the keeper's service.
+grep -qx 'FileDescriptorName=http' "$http_socket" || fail "$http_socket: FileDescriptorName= is not http"
+grep -qx 'Service=mcpkeeper.service' "$http_socket" || fail "$http_socket: Service= is not mcpkeeper.service"
+grep -qE '^ListenStream=(127\.0\.0\.1|\[::1\]):[0-9]+$' "$http_socket" ||
+	fail "$http_socket: ListenStream= is not a loopback address"
+grep -qx 'FileDescriptorName=control' "$socket" || fail "$socket: FileDescriptorName= is not control"
 
 # --- the rest of a system ----------------------------------------------------
 # verify builds a start transaction inside the root: it needs systemd's own units
@@ -120,8 +131,8 @@ check_dir /run/mcpkeeper 750 mcpkeeper mcpkeeper
 # Must print nothing at all: every warning counts.
 out=$tmp/verify
 rc=0
-echo "+ systemd-analyze verify --root=$dest --man=no --generators=no ${service#"$dest"} ${socket#"$dest"}"
-systemd-analyze verify --root="$dest" --man=no --generators=no "$service" "$socket" >"$out" 2>&1 || rc=$?
+echo "+ systemd-analyze verify --root=$dest --man=no --generators=no ${service#"$dest"} ${socket#"$dest"} ${http_socket#"$dest"}"
+systemd-analyze verify --root="$dest" --man=no --generators=no "$service" "$socket" "$http_socket" >"$out" 2>&1 || rc=$?
 if [ -s "$out" ] || [ "$rc" -ne 0 ]; then
 	sed 's/^/  | /' "$out"
 	fail "systemd-analyze verify is not clean (exit status $rc)"

@@ -1,7 +1,9 @@
 /*
  * The REST API: GET /api/v1/servers, GET /api/v1/servers/NAME and POST
  * /api/v1/servers/NAME/login and .../logout; POST /api/v1/servers, PATCH and
- * DELETE /api/v1/servers/NAME with their params from manage.c. Each request is one exchange
+ * DELETE /api/v1/servers/NAME with their params from manage.c. GET
+ * /api/v1/servers is one page of the keeper's status (?offset=N&limit=M;
+ * "total", "offset" and "next_offset" beside "data"). Each request is one exchange
  * with the keeper on a control connection (status, auth.login with "wait":
  * false, auth.logout), exactly as mcpctl would make it, and its answer is
  * the keeper's result in {"success": true, "data": ...} or the keeper's
@@ -14,13 +16,16 @@
  * a 500 and a log line, never passed on.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <json-c/json.h>
+#include <sodium.h>
 
 #include "frame.h"
 #include "http.h"
@@ -93,12 +98,19 @@ static const char *api_method(enum api_what what)
 	return METHOD_STATUS;
 }
 
-static void send_data(struct evhttp_request *req, int status, struct json_object *data)
+/* The paging fields of a status result, next to "data" (GET /api/v1/servers). */
+static const char *const page_fields[] = { PARAM_KEY_TOTAL, PARAM_KEY_OFFSET, PARAM_KEY_NEXT_OFFSET };
+
+static void send_data(struct evhttp_request *req, int status, struct json_object *data, struct json_object *page)
 {
-	struct json_object *o = json_object_new_object();
+	struct json_object *o = json_object_new_object(), *v;
 
 	json_object_object_add(o, "success", json_object_new_boolean(1));
 	json_object_object_add(o, "data", data);
+	for (size_t i = 0; page && i < ARRAY_SIZE(page_fields); i++)
+		if (json_object_object_get_ex(page, page_fields[i], &v) &&
+		    (!v || json_object_is_type(v, json_type_int)))
+			json_object_object_add(o, page_fields[i], json_object_get(v));
 	http_send_json(req, status, o, NULL);
 }
 
@@ -213,7 +225,7 @@ static void api_done(void *arg, struct rpc_msg *reply, const struct kfail *fail)
 	} else if (r == API_NOT_LISTED) {
 		http_send_error(req, 404, KIND_NOT_FOUND, "no server named \"%s\"", a->server);
 	} else {
-		send_data(req, a->what == API_CREATE ? 201 : 200, data);
+		send_data(req, a->what == API_CREATE ? 201 : 200, data, a->what == API_SERVERS ? reply->result : NULL);
 	}
 	api_free(a);
 }
@@ -226,6 +238,11 @@ static void api_start(struct http *h, struct evhttp_request *req, enum api_what 
 	a->what = what;
 	if (server)
 		snprintf(a->server, sizeof(a->server), "%s", server);
+	/* One server: asked for by name, wherever its page would be. */
+	if (what == API_SERVER) {
+		params = json_object_new_object();
+		json_object_object_add(params, PARAM_KEY_SERVER, json_object_new_string(server));
+	}
 	if (what == API_LOGIN || what == API_LOGOUT) {
 		params = json_object_new_object();
 		json_object_object_add(params, PARAM_KEY_SERVER, json_object_new_string(server));
@@ -291,6 +308,68 @@ void api_handle(struct http *h, struct evhttp_request *req, enum api_what what, 
 		}
 	}
 	api_start(h, req, what, server, params);
+}
+
+/* A whole number from lo to INT32_MAX: 0 and *out, or -EINVAL. */
+static int page_number(const char *s, int64_t lo, int64_t *out)
+{
+	int64_t v = 0;
+
+	if (!*s || strlen(s) > 10)
+		return -EINVAL;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -EINVAL;
+		v = v * 10 + (*s - '0');
+	}
+	if (v < lo || v > INT32_MAX)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+void api_page_parse(struct evhttp_request *req, struct api_page *pg)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	struct evkeyvalq q;
+	struct evkeyval *kv;
+
+	*pg = (struct api_page){ -1, -1, "" };
+	if (!query || !*query)
+		return;
+	TAILQ_INIT(&q);
+	if (evhttp_parse_query_str(query, &q) < 0) {
+		snprintf(pg->error, sizeof(pg->error), "the query string cannot be parsed");
+		return;
+	}
+	TAILQ_FOREACH(kv, &q, next) {
+		bool offset = strcmp(kv->key, PARAM_KEY_OFFSET) == 0;
+
+		if (!offset && strcmp(kv->key, PARAM_KEY_LIMIT) != 0)
+			continue;	/* apikey among others: not ours to read */
+		if ((offset ? pg->offset : pg->limit) >= 0)
+			snprintf(pg->error, sizeof(pg->error), "%s: given twice", kv->key);
+		else if (page_number(kv->value, offset ? 0 : 1, offset ? &pg->offset : &pg->limit) < 0)
+			snprintf(pg->error, sizeof(pg->error), "%s: a whole number from %d to %d", kv->key,
+				 offset ? 0 : 1, INT32_MAX);
+		if (pg->error[0])
+			break;
+	}
+	TAILQ_FOREACH(kv, &q, next)
+		sodium_memzero(kv->value, strlen(kv->value));	/* may hold the API key */
+	evhttp_clear_headers(&q);
+}
+
+void api_list(struct http *h, struct evhttp_request *req, const struct api_page *pg)
+{
+	struct json_object *params = json_object_new_object();
+
+	if (pg->offset >= 0)
+		json_object_object_add(params, PARAM_KEY_OFFSET, json_object_new_int64(pg->offset));
+	if (pg->limit >= 0)
+		json_object_object_add(params, PARAM_KEY_LIMIT, json_object_new_int64(pg->limit));
+	api_start(h, req, API_SERVERS, NULL, params);
 }
 
 void api_free_all(struct http *h)

@@ -6,9 +6,11 @@
  *
  * Started by mcpkeeperd (fork+exec) with fd 3 its JSON-RPC channel to the
  * keeper and fd 4 a SOCK_SEQPACKET socket that carries descriptors
- * (common/proto.h, "http child"). The hello gives the listen address, the
- * API key, the UI directory and whether management (login, logout) is
- * allowed; the child binds, restricts itself and answers with the port.
+ * (common/proto.h, "http child"), and fd 5 the listening socket, which the
+ * keeper bound once so that its address outlives this child. The hello
+ * gives the listen address, the API key, the UI directory and whether
+ * management (login, logout) is allowed; the child checks the socket
+ * against the address, restricts itself and answers with the port.
  * For everything it needs from the keeper it asks for a control connection
  * (control.connect on fd 3; the descriptor arrives on fd 4 under the number
  * of the reply) and speaks the control protocol on it exactly as mcpctl
@@ -39,6 +41,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -58,6 +61,7 @@
 #include <sodium.h>
 
 #include "frame.h"
+#include "listen.h"
 #include "entry.h"
 #include "http.h"
 #include "log.h"
@@ -310,76 +314,6 @@ static void accept_error_cb(struct evconnlistener *listener, void *arg)
 		fatal("out of memory");
 }
 
-/* "127.0.0.1:PORT" or "[::1]:PORT"; loopback only. */
-static int parse_listen(const char *listen, char *host, size_t host_len, int *port)
-{
-	const char *colon;
-	char *end;
-	long p;
-
-	if (strncmp(listen, "127.0.0.1:", 10) == 0) {
-		snprintf(host, host_len, "127.0.0.1");
-		colon = listen + 9;
-	} else if (strncmp(listen, "[::1]:", 6) == 0) {
-		snprintf(host, host_len, "::1");
-		colon = listen + 5;
-	} else {
-		return -EINVAL;
-	}
-	if (colon[1] < '0' || colon[1] > '9')
-		return -EINVAL;
-	errno = 0;
-	p = strtol(colon + 1, &end, 10);
-	if (errno || *end || p < 0 || p > 65535)
-		return -EINVAL;
-	*port = (int)p;
-	return 0;
-}
-
-/* Binds and listens; returns the socket, or a negative errno value. */
-static int listen_socket(const char *host, int port, int *bound)
-{
-	union {
-		struct sockaddr sa;
-		struct sockaddr_in in;
-		struct sockaddr_in6 in6;
-	} a;
-	socklen_t alen;
-	int fd, one = 1, r;
-	bool v6 = strchr(host, ':') != NULL;
-
-	memset(&a, 0, sizeof(a));
-	if (v6) {
-		a.in6.sin6_family = AF_INET6;
-		a.in6.sin6_port = htons((uint16_t)port);
-		inet_pton(AF_INET6, host, &a.in6.sin6_addr);
-		alen = sizeof(a.in6);
-	} else {
-		a.in.sin_family = AF_INET;
-		a.in.sin_port = htons((uint16_t)port);
-		inet_pton(AF_INET, host, &a.in.sin_addr);
-		alen = sizeof(a.in);
-	}
-	fd = socket(a.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	/* SO_REUSEADDR lets a restart bind over TIME_WAIT; a live listener
-	 * on the port still gives EADDRINUSE. */
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    (v6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
-	    bind(fd, &a.sa, alen) < 0 || listen(fd, 128) < 0)
-		goto fail;
-	alen = sizeof(a);
-	if (getsockname(fd, &a.sa, &alen) < 0)
-		goto fail;
-	*bound = ntohs(v6 ? a.in6.sin6_port : a.in.sin_port);
-	return fd;
-fail:
-	r = -errno;
-	fd_close(fd);
-	return r;
-}
-
 static const struct entry http_entry = {
 	.program = "mcpkeeper-http",
 	.role = ROLE_HTTP,
@@ -424,8 +358,8 @@ static void http_hello(struct http *h, struct rpc_msg *m)
 	struct http_hello_params p = { .management = true };
 	struct json_object *extra;
 	const char *bad;
-	char why[256];
-	int port = 0, fd;
+	char why[256], host[64];
+	int port = 0, fd, r;
 	struct evhttp_bound_socket *bound;
 	struct stat st;
 
@@ -434,7 +368,7 @@ static void http_hello(struct http *h, struct rpc_msg *m)
 	/* Types first (the table), then what each value must look like. */
 	bad = NULL;
 	if (params_parse(m->params, http_hello_spec, ARRAY_SIZE(http_hello_spec), &p, &bad) == 0) {
-		if (parse_listen(p.listen, h->listen_host, sizeof(h->listen_host), &port) < 0)
+		if (listen_parse(p.listen, h->listen_host, sizeof(h->listen_host), &port) < 0)
 			bad = PARAM_KEY_LISTEN;
 		else if (!api_key_ok(p.api_key))
 			bad = PARAM_KEY_API_KEY;
@@ -462,10 +396,16 @@ static void http_hello(struct http *h, struct rpc_msg *m)
 	if (stat(h->ui_dir, &st) < 0 || !S_ISDIR(st.st_mode))
 		log_warn("web UI directory %s is missing: the page will not load", h->ui_dir);
 
-	fd = listen_socket(h->listen_host, port, &h->port);
-	if (fd < 0) {
-		log_error("cannot listen on %s: %s", p.listen, strerror(-fd));
-		snprintf(why, sizeof(why), "cannot listen on %s: %s", p.listen, strerror(-fd));
+	/* The keeper's listening socket: bound once, so the address outlives
+	 * this child. It must be what the hello names. */
+	fd = CHILD_FD_LISTEN;
+	r = listen_describe(fd, host, sizeof(host), &h->port);
+	if (r == 0 && (strcmp(host, h->listen_host) != 0 || (port && port != h->port)))
+		r = -EADDRNOTAVAIL;
+	if (r < 0 || fd_set_nonblock(fd, 1) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+		snprintf(why, sizeof(why), "fd %d is not the listening socket of %s: %s", fd, p.listen,
+			 strerror(r < 0 ? -r : errno));
+		log_error("%s", why);
 		channel_send(&h->chan, rpc_error(m->id, RPC_APP_ERROR, KIND_UNAVAILABLE, why));
 		http_stop(h, 1);
 		return;

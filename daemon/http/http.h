@@ -211,6 +211,15 @@ enum api_what { API_SERVERS, API_SERVER, API_LOGIN, API_LOGOUT, API_CREATE, API_
 
 /* server is NULL for API_SERVERS. */
 void api_handle(struct http *h, struct evhttp_request *req, enum api_what what, const char *server);
+
+/* GET /api/v1/servers?offset=N&limit=M: a page of the keeper's status. */
+struct api_page {
+	int64_t offset, limit;	/* -1: not given */
+	char error[96];		/* why the query is refused, or "" */
+};
+/* Reads offset and limit from req's query (before it is wiped). */
+void api_page_parse(struct evhttp_request *req, struct api_page *pg);
+void api_list(struct http *h, struct evhttp_request *req, const struct api_page *pg);
 void api_free_all(struct http *h);
 /* -- manage.c: POST /api/v1/servers, PATCH and DELETE /api/v1/servers/NAME -- */
 /* The route's what for a method: API_SERVERS with POST is API_CREATE, API_SERVER

@@ -463,6 +463,7 @@ void http_request_cb(struct evhttp_request *req, void *arg)
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
 	char name[SERVER_NAME_MAX + 1];
+	struct api_page page = { -1, -1, "" };
 	struct route r;
 
 	conn_request_started(h, req);
@@ -480,6 +481,8 @@ void http_request_cb(struct evhttp_request *req, void *arg)
 		return;
 	}
 	route_parse(path, &r);
+	if (r.id == ROUTE_API && r.api == API_SERVERS)
+		api_page_parse(req, &page);
 	if (r.id == ROUTE_STATIC) {
 		if (cmd != EVHTTP_REQ_GET) {
 			evhttp_add_header(out, "Allow", r.allow);
@@ -506,7 +509,11 @@ void http_request_cb(struct evhttp_request *req, void *arg)
 	switch (r.id) {
 	case ROUTE_API:
 		r.api = manage_what(r.api, cmd);
-		if (r.api == API_SERVERS || r.api == API_CREATE) {
+		if (r.api == API_SERVERS && page.error[0]) {
+			http_send_error(req, 400, KIND_INVALID_REQUEST, "%s", page.error);
+		} else if (r.api == API_SERVERS) {
+			api_list(h, req, &page);
+		} else if (r.api == API_CREATE) {
 			api_handle(h, req, r.api, NULL);
 		} else if (route_name(&r, name, sizeof(name)) < 0) {
 			char clean[64];

@@ -9,7 +9,10 @@
  * Every connection a fetch opens is checked first (CURLOPT_OPENSOCKETFUNCTION)
  * against its server's address policy (common/proto.h): the address libcurl
  * is about to connect to, after resolution, not the host name. A refused
- * one never gets a socket; the fetch then fails with why.
+ * one never gets a socket; the fetch then fails with why. Through the
+ * environment's proxy (proxy.c) the connection is the proxy's, which the
+ * administrator chose, and the proxy resolves the name: the policy then
+ * judges the URL's host as written, as the keeper judges a server's URL.
  *
  * What it may touch: the network, through libcurl, and nothing else. It
  * never logs: request and response bodies may hold tokens and secrets.
@@ -264,7 +267,10 @@ static curl_socket_t fetch_open_socket(void *arg, curlsocktype purpose, struct c
 	int fd;
 
 	(void)purpose;
-	if (a->family == AF_INET)
+	if (f->proxied) {
+		c = f->host_class;
+		snprintf(text, sizeof(text), "the host of its URL");
+	} else if (a->family == AF_INET)
 		inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)&a->addr)->sin_addr, text, sizeof(text));
 	else if (a->family == AF_INET6)
 		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)&a->addr)->sin6_addr, text, sizeof(text));
@@ -295,6 +301,9 @@ struct fetch *fetch_new(struct oauth *o, const char *server, const char *purpose
 			fetch_done_fn done, void *arg)
 {
 	struct fetch *f = calloc(1, sizeof(*f));
+	const char *proxy, *host;
+	size_t host_len;
+	bool https;
 	CURL *e;
 
 	if (!f)
@@ -307,11 +316,17 @@ struct fetch *fetch_new(struct oauth *o, const char *server, const char *purpose
 	f->policy.next = NULL;
 	f->policy.server = NULL;
 	f->plain_http = strncasecmp(url, "http://", 7) == 0;
+	proxy = proxy_for_url(url);
+	if (proxy && addr_url_host(url, &host, &host_len, &https) == 0) {
+		f->proxied = true;
+		f->host_class = addr_class_host(host, host_len);
+	}
 	e = f->easy = curl_easy_init();
-	/* No proxy (the address checked must be the server's) and no reuse
-	 * (a connection one server's policy allowed is not another's). */
+	/* The proxy chosen here or none (libcurl must not pick another one),
+	 * and no reuse (a connection one server's policy allowed is not
+	 * another's). */
 	if (!e || curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROXY, f->proxied ? proxy : "") != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, fetch_open_socket) != CURLE_OK ||

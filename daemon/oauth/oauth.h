@@ -85,6 +85,9 @@ struct fetch {
 	const char *purpose;		/* "the token endpoint"...: for the refusal */
 	bool own_origin;		/* the server's own URL or its well-known metadata */
 	bool plain_http;
+	bool proxied;			/* through the environment's proxy: the policy
+					 * judges the URL's host as written (host_class) */
+	enum addr_class host_class;
 	char refused[320];		/* why a connection was refused, or "" */
 	struct curl_slist *headers;	/* wiped at free: may hold Basic credentials */
 	struct buf req;			/* request body */
@@ -100,7 +103,11 @@ struct fetch {
 	void *arg;
 };
 
-/* A GET of url with no redirects, no proxy and no connection reuse, the
+/* proxy.c: the environment's proxy for url, or NULL for none. */
+const char *proxy_for_url(const char *url);
+
+/* A GET of url with no redirects, through the environment's proxy when
+ * one applies (proxy.c), and no connection reuse, the
  * body capped and timeout_ms for the whole transfer, each connection checked
  * against server's address policy (what it is for names purpose in the
  * refusal). NULL when memory is short or url is refused by libcurl's option

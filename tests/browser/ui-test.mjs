@@ -341,9 +341,15 @@ async function main() {
       runtime_dir: runtimeDir,
       listen: '127.0.0.1:0',
       refresh: { threshold: THRESHOLD },
-      // "off": a disabled server, whose Login the keeper refuses (a REST error).
-      mcpServers: { demo: { url: `${peer.url}/mcp` }, off: { url: `${peer.url}/mcp`, enabled: false },
-                    evil: { command: STDIO_BIN, args: ['--extra-tool', JSON.stringify(EVIL_TOOL)] } },
+      // "off": a disabled server: badge "Disabled", no Login (the keeper
+      // would refuse it). "down": nothing listens at its URL, so its Login
+      // is a REST error. "evil": a stdio server whose tool is hostile text.
+      mcpServers: {
+        demo: { url: `${peer.url}/mcp` },
+        off: { url: `${peer.url}/mcp`, enabled: false },
+        down: { url: 'http://127.0.0.1:1/mcp' },
+        evil: { command: STDIO_BIN, args: ['--extra-tool', JSON.stringify(EVIL_TOOL)] },
+      },
     };
     const configPath = path.join(tmp, 'config.json');
     fs.writeFileSync(configPath, JSON.stringify(config, null, 2));
@@ -434,6 +440,22 @@ async function main() {
       if (await page.locator('section.card[data-server="off"] [data-role="tools"]').count())
         fail('the disabled server\'s card offers Tools');
       ok(`Tools before the login: ${JSON.stringify(text)}`);
+    }
+
+    /* A disabled server says so, and offers no Login the keeper would refuse. */
+    {
+      const off = page.locator('section.card[data-server="off"]');
+      await off.waitFor({ state: 'visible' });
+      const offBadge = ((await off.locator('[data-role="badge"]').textContent()) || '').trim();
+      if (offBadge !== 'Disabled')
+        fail(`the badge of a disabled server says ${JSON.stringify(offBadge)}, not "Disabled"`);
+      if (await off.locator('[data-action="login"]').count())
+        fail('a Login button on the card of a disabled server');
+      if (await off.locator('[data-action="logout"]').count())
+        fail('a Logout button on a disabled server that stores no token');
+      if (await visible(off.locator('[data-role="worker"]')))
+        fail('a worker state ("idle") on the card of a disabled server');
+      ok('card "off" (disabled): badge "Disabled", neither Login nor Logout, no worker state');
     }
 
     /* 2. Login: a new tab with the authorization URL; the peer approves, the
@@ -607,25 +629,44 @@ async function main() {
         (TOKEN_LIFETIME + 10) * 1000, 'oauth.refresh_failed on the control socket');
       await badgeIs('Token Expired', LIVE_MS);
       await loginBtn.waitFor({ state: 'visible', timeout: LIVE_MS });
-      if (await logoutBtn.count() && await logoutBtn.isVisible())
-        fail('a Logout button on an expired token');
+      // The expired token is still stored: it can be logged out.
+      if (!await visible(logoutBtn))
+        fail('no Logout button on an expired token that is still stored');
       const err = (await card.locator('[data-role="error"]').textContent().catch(() => null)) || '';
       if (!/invalid_grant/.test(err))
         fail(`the card does not show the refresh error: ${JSON.stringify(err)}`);
       noSecrets();
       await screenshot(page, 'token-expired');
-      ok(`invalid_grant at the refresh: badge "Token Expired", Login shown, error ${JSON.stringify(err.trim())}`);
+      ok(`invalid_grant at the refresh: badge "Token Expired", Login and Logout shown, error ${JSON.stringify(err.trim())}`);
+
+      // Logout of the expired token: the keeper deletes it.
+      const dialog = page.locator('[data-role="confirm"]');
+      const fromLogout = control.events.length;
+      await logoutBtn.click();
+      await dialog.locator('[data-action="confirm-logout"]').click();
+      await control.waitEvent('servers.changed', (d) => d.server === 'demo' && d.reason === 'oauth_logout', fromLogout,
+        30000, 'servers.changed oauth_logout of the expired token');
+      await badgeIs('Not logged in', LIVE_MS);
+      if ((await control.rpc('status')).servers.find((x) => x.name === 'demo').oauth_status !== 'none')
+        fail('the keeper still has the expired token after its logout');
+      ok('Logout of an expired token: the keeper deleted it, badge "Not logged in"');
 
       // A REST error ({"success": false, "error": MESSAGE, "kind": KIND}): the
       // card shows the keeper's message, error.error, as the quickstart's UI does.
-      const off = page.locator('section.card[data-server="off"]');
-      await off.locator('[data-action="login"]').click();
-      const offErr = off.locator('[data-role="error"]');
-      await offErr.waitFor({ state: 'visible', timeout: LIVE_MS });
-      const offText = ((await offErr.textContent()) || '').trim();
-      if (offText !== 'Login failed: server "off" is disabled in the configuration')
-        fail(`the card does not show the API's error message: ${JSON.stringify(offText)}`);
-      ok(`a refused login shows the API's error.error: ${JSON.stringify(offText)}`);
+      const down = page.locator('section.card[data-server="down"]');
+      await down.locator('[data-action="login"]').click();
+      const downErr = down.locator('[data-role="error"]');
+      await downErr.waitFor({ state: 'visible', timeout: LIVE_MS });
+      const downText = ((await downErr.textContent()) || '').trim();
+      const rest = await fetch(new URL('/api/v1/servers/down/login', webUi), {
+        method: 'POST', headers: { 'X-API-Key': apiKey },
+      });
+      const restBody = await rest.json();
+      if (rest.status < 400 || typeof restBody.error !== 'string' || !restBody.error ||
+          downText !== `Login failed: ${restBody.error}`)
+        fail(`the card does not show the API's error message: ${JSON.stringify(downText)} ` +
+             `(the API: ${rest.status} ${JSON.stringify(restBody)})`);
+      ok(`a refused login shows the API's error.error: ${JSON.stringify(downText)}`);
     }
 
     /* 6. Managing servers (issue 16 B): the "Add server" form, the enable

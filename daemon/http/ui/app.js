@@ -36,13 +36,14 @@
  *                                 TEXT / STATE: "Authenticated"/authenticated,
  *                                 "Token Expired"/expired, "Auth Error"/error,
  *                                 "Not logged in"/none, "No OAuth"/no-oauth,
- *                                 "Logging in…"/logging-in
+ *                                 "Logging in…"/logging-in, "Disabled"/disabled
  *     <span data-role="expires">  "expires in 4m 10s", "expired 3m ago",
  *                                 "no expiry given" (present only when relevant)
  *     <span data-role="next-refresh">  "next refresh in 3m 12s",
  *                                 "retrying in 4s (retry 2)", "refreshing…",
  *                                 "refresh failed", … (present only when relevant)
- *     [data-role="worker"]        worker state and client count
+ *     [data-role="worker"]        worker state and client count (absent when
+ *                                 the server is disabled)
  *     [data-role="waiting"]       "Waiting for the login in the other tab…" after
  *                                 Login, until an event says how it ended;
  *                                 holds a fallback link to the login page
@@ -51,9 +52,11 @@
  *                                 only when there is one)
  *     [data-role="note"]          informational note, e.g. a logout whose
  *                                 revocation at the provider failed
- *     <button data-action="login">   present when the server uses OAuth and is
- *                                 not logged in, expired or in error
- *     <button data-action="logout">  present when authenticated
+ *     <button data-action="login">   present when the server uses OAuth, is
+ *                                 enabled and is not logged in, expired or
+ *                                 in error
+ *     <button data-action="logout">  present whenever a token is stored
+ *                                 (authenticated, expired or in error)
  *     [data-role="tools"]         what the upstream offers (absent when the
  *                                 server is disabled): <button data-action=
  *                                 "tools"> ("Tools"; "Hide tools" while the
@@ -267,7 +270,9 @@
   ApiError.prototype = Object.create(Error.prototype);
   ApiError.prototype.constructor = ApiError;
 
-  function api(method, path, body) {
+  /* The answer's data, or with whole the whole body (paging fields too);
+   * body, when given, goes as JSON. */
+  function api(method, path, body, whole) {
     var key = state.key;
     var headers = { 'X-API-Key': key, 'Accept': 'application/json' };
     if (body !== undefined)
@@ -294,7 +299,7 @@
           throw new ApiError(401, 'unauthorized', 'The API key was not accepted.');
         }
         if (res.ok && body && body.success === true)
-          return body.data;
+          return whole ? body : body.data;
         /* Errors are {"success": false, "error": MESSAGE, "kind": KIND}. */
         var given = body && typeof body.error === 'string' && body.error ? body.error : null;
         var msg = given || 'HTTP ' + res.status + (res.statusText ? ' ' + res.statusText : '');
@@ -306,6 +311,24 @@
       throw new ApiError(0, 'network', 'The mcpkeeper daemon cannot be reached' +
                          (e && e.message ? ' (' + e.message + ')' : '') + '.');
     });
+  }
+
+  /* Every page of the server list: the keeper pages a long one
+   * (next_offset is null on the last page). */
+  function listServers() {
+    var all = [];
+    function page(offset, n) {
+      return api('GET', '/api/v1/servers?offset=' + offset, undefined, true).then(function (body) {
+        if (!Array.isArray(body.data))
+          throw new ApiError(0, 'protocol', 'the server list is not an array');
+        all = all.concat(body.data);
+        var next = body.next_offset;
+        if (typeof next === 'number' && next > offset && n < 100000)
+          return page(next, n + 1);
+        return all;
+      });
+    }
+    return page(0, 0);
   }
 
   function serverPath(name, action) {
@@ -324,7 +347,7 @@
     state.loading = true;
     state.reloadAgain = false;
     var seq = ++state.fetchSeq;
-    api('GET', '/api/v1/servers').then(function (data) {
+    listServers().then(function (data) {
       if (state.stopped)
         return;
       if (!Array.isArray(data))
@@ -435,6 +458,8 @@
   }
 
   function badgeFor(s, l) {
+    if (s.enabled === false)
+      return ['Disabled', 'disabled'];
     if (!s.oauth)
       return ['No OAuth', 'no-oauth'];
     if (s.login_in_progress || l.pending)
@@ -461,7 +486,7 @@
 
   function workerText(s) {
     var w = s.worker;
-    if (!w || typeof w.state !== 'string')
+    if (!w || typeof w.state !== 'string' || w.state === 'disabled')
       return null;
     var parts = ['worker ' + w.state];
     if (isNum(w.clients))
@@ -701,9 +726,11 @@
     place(c.messages, c.note, !!l.note);
 
     var st = s.oauth_status;
-    var canLogin = !!s.oauth && (st === 'none' || st === 'expired' || st === 'error' || st == null ||
-                                 !!s.login_required);
-    var canLogout = !!s.oauth && st === 'authenticated';
+    /* A disabled server cannot log in (the keeper answers 503); a stored
+     * token, whatever its state, can always be logged out. */
+    var canLogin = !!s.oauth && !disabled &&
+                   (st === 'none' || st === 'expired' || st === 'error' || st == null || !!s.login_required);
+    var canLogout = !!s.oauth && typeof st === 'string' && st !== 'none';
     c.loginBtn.disabled = l.busy;
     c.logoutBtn.disabled = l.busy;
     place(c.actions, c.loginBtn, canLogin, [c.logoutBtn]);
