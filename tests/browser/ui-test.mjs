@@ -738,8 +738,14 @@ async function main() {
       await screenshot(page, 'server-removed');
       ok('Remove asks first; Cancel keeps the server, Remove takes it out of the keeper and the file');
 
-      // "demo" still has its (expired) token: removing it leaves the token
-      // orphaned, and the page says so.
+      // "demo" holds no token since the logout of the expired one: log in
+      // again, then removing it leaves the token orphaned, and the page
+      // says so.
+      // (the refusals queued for the invalid_grant step go first)
+      const reset = await fetch(`${peer.url}/test/reset`, { method: 'POST' });
+      if (reset.status !== 200)
+        fail(`the peer's /test/reset answered ${reset.status}`);
+      await login('login-before-remove');
       await card.locator('[data-action="remove"]').click();
       await dialog.waitFor({ state: 'visible' });
       await dialog.locator('[data-action="confirm-remove"]').click();
