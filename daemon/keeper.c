@@ -42,6 +42,7 @@
 #include "sock.h"
 #include "store.h"
 #include "timefmt.h"
+#include "token.h"
 #include "util.h"
 
 /* Clock checks and log checkpoints. */
@@ -185,6 +186,17 @@ static void server_free(struct keeper *k, struct server *s)
 	free(s->key);
 	free(s->name);
 	free(s);
+}
+
+bool server_token_read(struct keeper *k, const struct server *s, struct token *t)
+{
+	struct secret *plain = NULL;
+
+	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0) {
+		secret_free(plain);
+		return false;
+	}
+	return token_decode(plain, t) == 0;
 }
 
 void keeper_orphan_name(const char *key, char *buf, size_t len)

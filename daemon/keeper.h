@@ -151,6 +151,10 @@ int64_t keeper_now_ms(void);
 
 /* Sets (fmt non-NULL) or clears a server's last error. */
 void server_set_error(struct server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+struct token;
+/* The token record stored for s, decoded into *t (token_clear() it): true,
+ * or false when there is none or it cannot be read. */
+bool server_token_read(struct keeper *k, const struct server *s, struct token *t);
 
 /* Tokens whose server left the config: kept, shown as orphaned, deleted
  * only by a logout. */

@@ -288,18 +288,6 @@ static void on_discover(struct keeper *k, void *ctx, struct json_object *result,
 	login_step(f);
 }
 
-/* The token stored for the server, whole, or NULL (the caller clears it). */
-static bool stored_token(struct keeper *k, struct server *s, struct token *t)
-{
-	struct secret *plain = NULL;
-
-	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0) {
-		secret_free(plain);
-		return false;
-	}
-	return token_decode(plain, t) == 0;
-}
-
 /* Keeps a client record for this login (copied into a secret it owns). */
 static int client_take(struct flow *f, const struct oauth_client *c)
 {
@@ -489,7 +477,7 @@ static void login_step(struct flow *f)
 			struct token old = { 0 };
 			const char *now = meta_str(f, PARAM_KEY_ISSUER);
 
-			if (stored_token(k, f->s, &old) && old.issuer && now && strcmp(old.issuer, now) != 0) {
+			if (server_token_read(k, f->s, &old) && old.issuer && now && strcmp(old.issuer, now) != 0) {
 				json_object_put(p);
 				login_fail(f, KIND_LOGIN_FAILED, LOGIN_R_REGISTRATION,
 					   "the authorization server of \"%s\" changed from %s to %s, and the configured "
@@ -594,7 +582,7 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 		login_fail(f, KIND_INTERNAL, LOGIN_R_EXCHANGE, "%s", why);
 		return;
 	}
-	had_old = stored_token(k, s, &old);
+	had_old = server_token_read(k, s, &old);
 	scope = login_scope(f);
 	t.access_token = tr.access_token;
 	t.token_type = tr.token_type ? tr.token_type : "Bearer";

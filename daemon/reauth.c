@@ -36,8 +36,6 @@
 #include "log.h"
 #include "params.h"
 #include "proto.h"
-#include "secret.h"
-#include "store.h"
 #include "token.h"
 #include "util.h"
 
@@ -249,7 +247,6 @@ static void on_issuer(struct keeper *k, void *ctx, struct json_object *result, s
 	struct server *s = ctx;
 	struct reauth *r = reauth_of(s);
 	struct issuer_result ir = { 0 };
-	struct secret *plain = NULL;
 	struct token t = { 0 };
 	const char *bad;
 	char what[700];
@@ -266,12 +263,7 @@ static void on_issuer(struct keeper *k, void *ctx, struct json_object *result, s
 		workers_token_rejected(k, s);
 		return;
 	}
-	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0) {
-		secret_free(plain);
-		workers_token_rejected(k, s);
-		return;
-	}
-	if (token_decode(plain, &t) < 0) {
+	if (!server_token_read(k, s, &t)) {
 		workers_token_rejected(k, s);
 		return;
 	}

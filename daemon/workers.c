@@ -213,7 +213,6 @@ void workers_token_rejected(struct keeper *k, struct server *s)
 static int on_token_invalid(struct keeper *k, struct server *s, struct rpc_msg *m)
 {
 	struct token_invalid_params p = { 0 };
-	struct secret *plain = NULL;
 	struct token_waiter *w;
 	struct token t = { 0 };
 	const char *bad;
@@ -225,9 +224,7 @@ static int on_token_invalid(struct keeper *k, struct server *s, struct rpc_msg *
 		return -EPROTO;
 	if (p.scope && !oauth_scope_valid(p.scope))
 		return -EPROTO;
-	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0) {
-		secret_free(plain);
-	} else if (token_decode(plain, &t) == 0) {
+	if (server_token_read(k, s, &t)) {
 		size_t n = strlen(t.access_token);
 
 		current = n == strlen(p.access_token) &&

@@ -2445,6 +2445,18 @@ static void canned_paths(const char *record, char *out, size_t len)
 	fclose(f);
 }
 
+/* The requests a canned server recorded, as they came (at most len - 1 bytes). */
+static void canned_read(const char *record, char *out, size_t len)
+{
+	FILE *f = fopen(record, "r");
+	size_t got;
+
+	CHECK(f);
+	got = fread(out, 1, len - 1, f);
+	out[got] = '\0';
+	fclose(f);
+}
+
 /* Discovery against canned answers: what the peer never sends. */
 static void test_discover_canned(struct child *c)
 {
@@ -2493,14 +2505,9 @@ static void test_discover_canned(struct child *c)
 	      0);
 	{
 		/* The probe: initialize, both Accept types, the static header. */
-		FILE *f = fopen(record, "r");
 		char rec[8192];
-		size_t got;
 
-		CHECK(f);
-		got = fread(rec, 1, sizeof(rec) - 1, f);
-		rec[got] = '\0';
-		fclose(f);
+		canned_read(record, rec, sizeof(rec));
 		CHECK(strcasestr(rec, "\r\nAccept: application/json, text/event-stream\r\n"));
 		CHECK(strcasestr(rec, "\r\nX-Test-Static: static header value\r\n"));
 		CHECK(strstr(rec, "\"method\":\"initialize\""));
@@ -2576,14 +2583,9 @@ static void test_discover_canned(struct child *c)
 	canned_paths(record, paths, sizeof(paths));
 	CHECK(strcmp(paths, "POST /mcp, POST /mcp, GET /meta/prm, GET /.well-known/oauth-authorization-server") == 0);
 	{
-		FILE *f = fopen(record, "r");
 		char rec[8192];
-		size_t got;
 
-		CHECK(f);
-		got = fread(rec, 1, sizeof(rec) - 1, f);
-		rec[got] = '\0';
-		fclose(f);
+		canned_read(record, rec, sizeof(rec));
 		CHECK(strstr(rec, "\"method\":\"tools/list\""));
 		CHECK(strcasestr(rec, "\r\nMcp-Session-Id: sess-42\r\n"));
 		CHECK(strcasestr(rec, "\r\nMCP-Protocol-Version: 2025-11-25\r\n"));

@@ -34,18 +34,6 @@
 /* The longest Mcp-Session-Id the second probe carries back. */
 #define DISCOVER_SESSION_MAX 256
 
-/* Visible ASCII, 1 .. max bytes: a header value we may send back. */
-static bool header_value_visible(const char *v, size_t max)
-{
-	size_t n = strlen(v);
-
-	if (n == 0 || n > max)
-		return false;
-	for (; *v; v++)
-		if ((unsigned char)*v <= 0x20 || (unsigned char)*v > 0x7e)
-			return false;
-	return true;
-}
 /* What a check that may end the step returns when it did: the keeper has
  * its error and the step is freed. */
 #define DISCOVER_ENDED 1
@@ -507,7 +495,7 @@ static void discover_probed(struct fetch *f, void *arg)
 		char *sid = NULL;
 
 		if (curl_easy_header(f->easy, "Mcp-Session-Id", 0, CURLH_HEADER, -1, &h) == CURLHE_OK &&
-		    header_value_visible(h->value, DISCOVER_SESSION_MAX))
+		    login_visible_ascii(h->value, DISCOVER_SESSION_MAX))
 			sid = xstrdup(h->value);
 		fetch_free(f);
 		log_info("oauth: %s: %s answered initialize with HTTP %ld; probing with tools/list", s->server, s->mcp_url,
