@@ -20,10 +20,12 @@
  * It prints no token bytes: check-token compares inside the tool.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -157,14 +159,24 @@ static int hold(const char *dir, const char *key)
 	DBT k = { 0 }, v = { 0 };
 	int ret;
 
+	char lock[4096];
+	int fd;
+
+	/* As store.h says of store_shm_key(); the lock goes when we die. */
+	snprintf(lock, sizeof(lock), "%s/store.lock", dir);
+	fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0 || flock(fd, LOCK_SH) < 0)
+		fatal("hold: %s: %s", lock, strerror(errno));
 	ret = db_env_create(&env, 0);
 	/* Should this open run recovery, the regions it creates must match the store's. */
 	if (!ret)
 		ret = env->set_thread_count(env, 256);
 	if (!ret)
+		ret = env->set_shm_key(env, store_shm_key(dir));
+	if (!ret)
 		ret = env->open(env, dir,
 				DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK | DB_INIT_MPOOL | DB_RECOVER |
-					DB_REGISTER,
+					DB_REGISTER | DB_SYSTEM_MEM,
 				0600);
 	if (!ret)
 		ret = db_create(&db, env, 0);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -143,14 +144,25 @@ static struct counted count(struct store *s, enum store_db db)
 struct raw {
 	DB_ENV *env;
 	DB *db;
+	int lock_fd;
+	const char *dir;
 };
 
+/* As store.h says of store_shm_key(): the store's regions and lock. */
 static void raw_open(struct raw *r, const char *dir, const char *file)
 {
+	char lock[4096];
+
+	r->dir = dir;
+	snprintf(lock, sizeof(lock), "%s/store.lock", dir);
+	r->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	CHECK(r->lock_fd >= 0 && flock(r->lock_fd, LOCK_SH) == 0);
 	CHECK_EQ(db_env_create(&r->env, 0), 0);
+	CHECK_EQ(r->env->set_shm_key(r->env, store_shm_key(dir)), 0);
+	CHECK_EQ(r->env->set_thread_count(r->env, 256), 0);
 	CHECK_EQ(r->env->open(r->env, dir,
 			      DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK | DB_INIT_MPOOL | DB_RECOVER |
-				      DB_REGISTER,
+				      DB_REGISTER | DB_SYSTEM_MEM,
 			      0600),
 		 0);
 	CHECK_EQ(db_create(&r->db, r->env, 0), 0);
@@ -161,6 +173,12 @@ static void raw_close(struct raw *r)
 {
 	r->db->close(r->db, 0);
 	r->env->close(r->env, 0);
+	r->env = NULL;
+	if (flock(r->lock_fd, LOCK_EX | LOCK_NB) == 0 && db_env_create(&r->env, 0) == 0) {
+		CHECK_EQ(r->env->set_shm_key(r->env, store_shm_key(r->dir)), 0);
+		CHECK_EQ(r->env->remove(r->env, r->dir, DB_FORCE), 0);
+	}
+	close(r->lock_fd);
 }
 
 static void raw_get(struct raw *r, const char *key, unsigned char **val, size_t *len)

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,8 +50,24 @@
  * and hangs; DB_REGISTER's recovery rebuilds the regions instead. failchk runs
  * later, when a lock conflict suggests a dead holder.
  */
-#define ENV_OPEN_FLAGS \
-	(DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK | DB_INIT_MPOOL | DB_RECOVER | DB_REGISTER)
+#define ENV_OPEN_FLAGS                                                                                           \
+	(DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK | DB_INIT_MPOOL | DB_RECOVER | DB_REGISTER |      \
+	 DB_SYSTEM_MEM)
+
+/*
+ * The environment's regions live in System V shared memory (DB_SYSTEM_MEM),
+ * not in files of the state directory: a memory-mapped region file on a full
+ * filesystem kills its process with SIGBUS where a write would have said
+ * ENOSPC. Every opener of one state directory derives the same base key from
+ * the directory's device and inode (Berkeley DB uses the base and the next few
+ * keys, one per region); __db.001 then only records the segment ids. Keys are
+ * spaced SHM_KEY_STRIDE apart over about 2^26 slots, so two live state
+ * directories share a slot with odds of about one in 67 million per pair.
+ */
+#define SHM_KEY_BASE 0x10000L
+#define SHM_KEY_STRIDE 32L
+#define SHM_KEY_SLOTS ((0x7fff0000L - SHM_KEY_BASE) / SHM_KEY_STRIDE)
+#define STORE_LOCK_FILE "store.lock"
 
 static const char *const db_files[STORE_DB_COUNT] = {
 	[STORE_TOKENS] = "tokens.db",
@@ -71,6 +88,8 @@ struct store {
 	DB *db[STORE_DB_COUNT];
 	DB *meta;
 	unsigned reopens;
+	long shm_key;
+	int lock_fd;	/* store.lock, held shared while open (see store_lock()) */
 };
 
 const char *store_db_name(enum store_db db)
@@ -461,6 +480,7 @@ static int env_open(struct store *s, char *err, size_t errlen)
 	env->set_lk_detect(env, DB_LOCK_DEFAULT);
 	env->set_thread_count(env, 256);
 	env->set_isalive(env, is_alive);
+	env->set_shm_key(env, s->shm_key);
 	/* Records are small and read once per refresh; the keeper's resident
 	 * memory with 100 000 of them is the budget this cache counts against. */
 	env->set_cachesize(env, 0, 4 * 1024 * 1024, 1);
@@ -655,6 +675,74 @@ static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 	return s->meta->put(s->meta, txn, &sk, &sv, 0);
 }
 
+/* ---- shared memory ---- */
+
+static long shm_key_for(const struct stat *st)
+{
+	static const char ctx[] = "mcpkeeper store shm key v1";
+	unsigned char in[sizeof(ctx) + 2 * sizeof(uint64_t)], h[8];
+	uint64_t dev = st->st_dev, ino = st->st_ino;
+	uint32_t v;
+
+	memcpy(in, ctx, sizeof(ctx));
+	memcpy(in + sizeof(ctx), &dev, sizeof(dev));
+	memcpy(in + sizeof(ctx) + sizeof(dev), &ino, sizeof(ino));
+	crypto_generichash(h, sizeof(h), in, sizeof(in), NULL, 0);
+	memcpy(&v, h, sizeof(v));
+	return SHM_KEY_BASE + (long)(v % SHM_KEY_SLOTS) * SHM_KEY_STRIDE;
+}
+
+long store_shm_key(const char *dir)
+{
+	struct stat st;
+
+	return stat(dir, &st) < 0 ? -errno : shm_key_for(&st);
+}
+
+/*
+ * Every opener holds store.lock shared (flock) while its environment is open;
+ * the last one out, the one that gets it exclusive at close, removes the
+ * shared memory segments, so that closed stores leave none behind. An opener
+ * waits while a closer removes them. The kernel drops the lock of a process
+ * that dies, whose segments the next opener's recovery replaces (same keys).
+ */
+static int store_lock(struct store *s, char *err, size_t errlen)
+{
+	char path[4096];
+	struct stat st;
+
+	if (snprintf(path, sizeof(path), "%s/" STORE_LOCK_FILE, s->dir) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_SH) < 0 || stat(s->dir, &st) < 0) {
+		int e = errno;
+
+		errf(err, errlen, "store %s: %s: %s", s->dir, path, strerror(e));
+		return -e;
+	}
+	s->shm_key = shm_key_for(&st);
+	return 0;
+}
+
+/* After env_close(): the last process out removes the segments. */
+static void store_unlock(struct store *s)
+{
+	DB_ENV *env;
+	int ret;
+
+	if (s->lock_fd < 0)
+		return;
+	if (flock(s->lock_fd, LOCK_EX | LOCK_NB) == 0 && db_env_create(&env, 0) == 0) {
+		env->set_errcall(env, db_errcall);
+		env->set_shm_key(env, s->shm_key);
+		ret = env->remove(env, s->dir, DB_FORCE);
+		if (ret)
+			log_warn("store %s: removing its shared memory: %s", s->dir, db_strerror(ret));
+	}
+	close(s->lock_fd);
+	s->lock_fd = -1;
+}
+
 /* ---- ownership ---- */
 
 /* A root opener of another user's state directory becomes that user. */
@@ -711,13 +799,16 @@ int store_open(const char *dir, const struct secret *key, struct store **out, ch
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
+	s->lock_fd = -1;
 	s->dir = strdup(dir);
 	s->key = secret_from(key->data, key->len);
 	if (!s->dir || !s->key) {
 		store_close(s);
 		return -ENOMEM;
 	}
-	r = env_open(s, err, errlen);
+	r = store_lock(s, err, errlen);
+	if (r == 0)
+		r = env_open(s, err, errlen);
 	if (r < 0) {
 		store_close(s);
 		return r;
@@ -761,6 +852,7 @@ struct store *store_close(struct store *s)
 	if (s->env)
 		s->env->txn_checkpoint(s->env, 0, 0, 0);
 	env_close(s);
+	store_unlock(s);
 	secret_free(s->key);
 	free(s->dir);
 	free(s);

@@ -121,6 +121,14 @@ int store_list_keys(struct store *s, enum store_db db, store_list_fn fn, void *c
  * longer needs. Also done at close. */
 int store_checkpoint(struct store *s);
 
+/*
+ * The base System V shared memory key of dir's environment regions, derived
+ * from its device and inode (store.c), or a negative errno value. For tests
+ * that open the environment with raw Berkeley DB: they add DB_SYSTEM_MEM,
+ * set_shm_key() this and hold store.lock shared (flock) while open.
+ */
+long store_shm_key(const char *dir);
+
 /* How many times this handle reopened its environment after recovery. */
 unsigned store_reopen_count(const struct store *s);
 
