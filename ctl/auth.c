@@ -239,11 +239,15 @@ static void logout_print(struct json_object *o)
 	_cleanup_(freep) char *name = text_clean(field_str(o, PARAM_KEY_SERVER) ? field_str(o, PARAM_KEY_SERVER) : "?");
 	const char *why;
 	bool b, had = true, orphan = false;
+	struct json_object *failed = field_child(o, PARAM_KEY_ERROR, json_type_object);
 
 	field_bool(o, PARAM_KEY_HAD_TOKEN, &had);
 	field_bool(o, PARAM_KEY_ORPHANED, &orphan);
-	if (field_child(o, PARAM_KEY_ERROR, json_type_object)) {
-		fprintf(stderr, "mcpctl: %s: logout failed: the token store failed\n", name);
+	if (failed) {
+		const char *m = field_str(failed, PARAM_KEY_MESSAGE);
+		_cleanup_(freep) char *msg = text_clean(m ? m : "the token store failed");
+
+		fprintf(stderr, "mcpctl: %s: logout failed: %s\n", name, msg);
 		return;
 	}
 	printf("%s: %s%s\n", name, had ? "logged out" : "logged out (there was no token)",

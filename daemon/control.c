@@ -512,14 +512,15 @@ static void do_auth_login(struct conn *c, struct json_object *id, struct json_ob
 static void logout_done_one(void *ctx, struct json_object *result, struct json_object *error)
 {
 	struct conn *c = ctx;
-	struct json_object *o = json_object_array_get_idx(result, 0), *v;
+	struct json_object *o = json_object_array_get_idx(result, 0), *v, *e, *m = NULL;
 
 	if (!o) {
 		reply_error(c, c->flow_id, RPC_APP_ERROR, KIND_NOT_FOUND, "no token to log out");
-	} else if (json_object_object_get_ex(o, PARAM_KEY_ERROR, NULL)) {
+	} else if (json_object_object_get_ex(o, PARAM_KEY_ERROR, &e)) {
 		json_object_object_get_ex(o, PARAM_KEY_SERVER, &v);
-		reply_error(c, c->flow_id, RPC_APP_ERROR, KIND_UNAVAILABLE, "logout of \"%s\" failed: the token store failed",
-			    json_object_get_string(v));
+		json_object_object_get_ex(e, PARAM_KEY_MESSAGE, &m);
+		reply_error(c, c->flow_id, RPC_APP_ERROR, KIND_UNAVAILABLE, "logout of \"%s\" failed: %s",
+			    json_object_get_string(v), m ? json_object_get_string(m) : "the token store failed");
 	} else {
 		reply_result(c, c->flow_id, json_object_get(o));
 	}

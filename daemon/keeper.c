@@ -181,6 +181,7 @@ static void server_free(struct keeper *k, struct server *s)
 	login_forget(k, s, "the server left the configuration");
 	workers_forget(k, s);
 	refresh_forget(k, s);
+	refresh_unstored_drop(s);
 	reauth_free(k, s);
 	free(s->last_error);
 	free(s->key);
@@ -192,6 +193,11 @@ bool server_token_read(struct keeper *k, const struct server *s, struct token *t
 {
 	struct secret *plain = NULL;
 
+	/* A refreshed token the store could not take yet is the current one. */
+	if (s->unstored) {
+		plain = secret_from(s->unstored->data, s->unstored->len);
+		return plain && token_decode(plain, t) == 0;
+	}
 	if (store_get(k->store, STORE_TOKENS, s->key, &plain) != 0) {
 		secret_free(plain);
 		return false;

@@ -68,6 +68,9 @@ struct server {
 	int64_t last_request_ms;
 	int64_t request_id;			/* outstanding oauth.refresh */
 	struct secret *request_plain;		/* the record the refresh started from */
+	struct secret *unstored;		/* refresh.c: a refreshed record the store refused */
+	struct secret *unstored_base;		/* ... and the stored record it replaces */
+	int unstored_tries;
 	char *last_error;			/* NULL: none; server_set_error() */
 
 	struct flow *login;			/* login.c: the login running, if any */
@@ -278,6 +281,10 @@ int refresh_reserve(struct keeper *k, size_t n);
 void refresh_pause(struct keeper *k, struct server *s);
 /* Drops a server from every queue and cancels what is in flight. */
 void refresh_forget(struct keeper *k, struct server *s);
+/* A refreshed record the state directory could not take (full, I/O
+ * error) is kept in memory and its commit retried (refresh.c); drop: a login
+ * or logout replaced it, or the server left. */
+void refresh_unstored_drop(struct server *s);
 /* Re-arms every timer from wall-clock due times (clock jump, resume). */
 void refresh_rearm_all(struct keeper *k);
 /* Logout: delete the exact record, cancel, emit (the caller tells the

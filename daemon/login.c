@@ -608,8 +608,10 @@ static void on_authorize(struct keeper *k, void *ctx, struct json_object *result
 		return;
 	}
 
-	/* The new token replaces whatever a refresh in flight would bring. */
+	/* The new token replaces whatever a refresh in flight would bring, and
+	 * a refreshed token the store had refused. */
 	refresh_forget(k, s);
+	refresh_unstored_drop(s);
 	s->retry_count = 0;
 	s->failed_reported = false;
 	server_set_error(s, NULL);

@@ -131,7 +131,11 @@ static void logout_target(struct flow *f, struct server *s, const char *key, con
 		json_object_object_add(o, PARAM_KEY_ORPHANED, json_object_new_boolean(1));
 	json_object_array_add(f->results, o);
 
-	if (store_get(k->store, STORE_TOKENS, key, &plain) == 0)
+	/* A configured server's current token may be one the store has not
+	 * taken yet (refresh.c: unstored). */
+	if (s)
+		have = server_token_read(k, s, &t);
+	else if (store_get(k->store, STORE_TOKENS, key, &plain) == 0)
 		have = token_decode(plain, &t) == 0;
 	else
 		secret_free(plain);
@@ -166,8 +170,10 @@ static void logout_target(struct flow *f, struct server *s, const char *key, con
 		}
 	}
 	if (r < 0) {
-		json_object_object_add(o, PARAM_KEY_ERROR,
-				       flow_error_json(KIND_UNAVAILABLE, "store", "the token store failed"));
+		char why[200];
+
+		snprintf(why, sizeof(why), "deleting the token failed: %s", store_strerror(r));
+		json_object_object_add(o, PARAM_KEY_ERROR, flow_error_json(KIND_UNAVAILABLE, "store", why));
 		token_clear(&t);
 		return;
 	}

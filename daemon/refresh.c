@@ -23,6 +23,15 @@
  * happened meanwhile is never overwritten, and a rotated refresh token is
  * durable before anything else learns of the new access token.
  *
+ * Unless the state directory refuses the write (full, I/O error, read-only):
+ * then the refreshed record is kept in memory (server.unstored), used as the
+ * current token (the provider may have rotated the refresh token: the new
+ * one is the only one that works, so it must not be dropped), and its commit
+ * retried with backoff (1 s doubling to 30 s) until it goes through; the
+ * stored record stays the old one, whole. No refresh starts from a record
+ * that is not stored. A crash meanwhile loses the new token as any crash
+ * before a commit would.
+ *
  * Only schedule metadata lives here; a record is unsealed for the duration of
  * one refresh.
  */
@@ -115,6 +124,7 @@ const char *refresh_state_name(enum refresh_state st)
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg);
+static void unstored_retry(struct keeper *k, struct server *s);
 
 /* The ready queue's order: earliest expiry first. */
 static int64_t deadline(const struct server *s)
@@ -401,6 +411,10 @@ static void server_due(struct keeper *k, struct server *s)
 	}
 	if (s->login_active)
 		return; /* the login's end reschedules */
+	if (s->unstored) {
+		unstored_retry(k, s);
+		return;
+	}
 	if (s->rstate == REFRESH_SCHEDULED || s->rstate == REFRESH_RETRYING) {
 		enqueue(k, s);
 		return;
@@ -442,6 +456,10 @@ int refresh_now(struct keeper *k, struct server *s, char *why, size_t len)
 	}
 	if (!s->conf->enabled) {
 		snprintf(why, len, "the server is disabled");
+		return REFRESH_NOT_NOW;
+	}
+	if (s->unstored) {
+		snprintf(why, len, "%s", s->last_error ? s->last_error : "the last refreshed token is not stored yet");
 		return REFRESH_NOT_NOW;
 	}
 	disarm(s);
@@ -565,6 +583,87 @@ static void apply_token(struct server *s, const struct token *t)
 		s->status = OAUTH_AUTHENTICATED;
 }
 
+/* ---- a refreshed record the store refused ---- */
+
+#define UNSTORED_RETRY_MAX_MS 30000
+
+void refresh_unstored_drop(struct server *s)
+{
+	s->unstored = secret_free(s->unstored);
+	s->unstored_base = secret_free(s->unstored_base);
+	s->unstored_tries = 0;
+}
+
+/* The next try at committing s->unstored: 1 s, doubling to 30 s. */
+static void unstored_arm(struct keeper *k, struct server *s)
+{
+	int64_t delay = FAST_RETRY_BASE_MS;
+
+	for (int i = 0; i < s->unstored_tries && delay < UNSTORED_RETRY_MAX_MS; i++)
+		delay *= 2;
+	if (delay > UNSTORED_RETRY_MAX_MS)
+		delay = UNSTORED_RETRY_MAX_MS;
+	s->unstored_tries++;
+	disarm(s);
+	s->rstate = REFRESH_RETRYING;
+	s->next_at_ms = keeper_now_ms() + delay;
+	arm_at(s, s->next_at_ms);
+}
+
+/*
+ * The store refused the refreshed record (status r < 0): keep it (taking
+ * plain) and the record it replaces, say why, retry. 0, or -ENOMEM when the
+ * copy of base cannot be made (then the caller fails the refresh as before).
+ */
+static int unstored_keep(struct keeper *k, struct server *s, const struct secret *base, struct secret *plain,
+			 int r)
+{
+	struct secret *b = s->unstored_base ? NULL : secret_from(base->data, base->len);
+
+	if (!s->unstored_base && !b)
+		return -ENOMEM;
+	if (b)
+		s->unstored_base = b;
+	secret_free(s->unstored);
+	s->unstored = plain;
+	s->unstored_tries = 0;
+	log_error("%s: storing the refreshed token failed: %s; it is kept in memory and stored when the state "
+		  "directory takes writes again",
+		  s->name, store_strerror(r));
+	server_set_error(s, "%s: the refreshed token is kept in memory until it can be stored", store_strerror(r));
+	unstored_arm(k, s);
+	return 0;
+}
+
+static void unstored_retry(struct keeper *k, struct server *s)
+{
+	int r = store_update(k->store, STORE_TOKENS, s->key, s->unstored_base, s->unstored);
+
+	if (r == STORE_E_CONFLICT) {
+		log_warn("%s: the token record changed while the refreshed token waited to be stored (login or "
+			 "logout); the refreshed token is dropped",
+			 s->name);
+		refresh_unstored_drop(s);
+		refresh_load(k, s);
+		workers_token_changed(k, s);
+		return;
+	}
+	if (r != 0) {
+		log_warn("%s: storing the refreshed token still fails (try %d): %s", s->name, s->unstored_tries,
+			 store_strerror(r));
+		server_set_error(s, "%s: the refreshed token is kept in memory until it can be stored",
+				 store_strerror(r));
+		unstored_arm(k, s);
+		return;
+	}
+	log_info("%s: the refreshed token is stored now (after %d tries)", s->name, s->unstored_tries);
+	refresh_unstored_drop(s);
+	s->retry_count = 0;
+	s->failed_reported = false;
+	server_set_error(s, NULL);
+	schedule(k, s);
+}
+
 static const struct param_spec token_result_spec[] = {
 	PARAM_STRING(struct token_result, access_token, PARAM_KEY_ACCESS_TOKEN, PARAM_REQUIRED),
 	PARAM_STRING(struct token_result, token_type, PARAM_KEY_TOKEN_TYPE, 0),
@@ -640,6 +739,13 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	r = token_encode(&t, &plain);
 	if (r == 0)
 		r = store_update(k->store, STORE_TOKENS, s->key, started, plain);
+	if (r < 0 && plain && unstored_keep(k, s, started, plain, r) == 0) {
+		apply_token(s, &t);
+		token_clear(&old);
+		workers_token_changed(k, s);
+		workers_refresh_done(k, s, NULL, NULL);
+		return;
+	}
 	secret_free(plain);
 	if (r == STORE_E_CONFLICT) {
 		token_clear(&old);
@@ -748,6 +854,11 @@ static void start_refresh(struct keeper *k, struct server *s)
 
 	/* Every way out without a request answers the workers waiting for
 	 * one (workers_refresh_done() does nothing when none waits). */
+	if (s->unstored) {
+		/* Its record is not stored: no refresh may start from the old one. */
+		workers_refresh_done(k, s, KIND_TRANSIENT, "the last refreshed token is not stored yet");
+		return;
+	}
 	if (s->login_active || !s->conf->enabled) {
 		/* login will reschedule; disabled servers wait */
 		if (s->login_active)
@@ -909,6 +1020,12 @@ void refresh_load(struct keeper *k, struct server *s)
 
 	if (!refresh_reset(k, s))
 		return;
+	if (s->unstored) {
+		/* The newest record is the one the store has not taken yet. */
+		refresh_take_record(k, s, s->unstored, 0);
+		unstored_arm(k, s);
+		return;
+	}
 	r = store_get(k->store, STORE_TOKENS, s->key, &plain);
 	refresh_take_record(k, s, r == 0 ? plain : NULL, r == 0 ? 0 : r);
 	secret_free(plain);
@@ -945,6 +1062,7 @@ int refresh_logout(struct keeper *k, struct server *s)
 		refresh_load(k, s);
 		return r;
 	}
+	refresh_unstored_drop(s);
 	s->status = OAUTH_NONE;
 	s->rstate = REFRESH_IDLE;
 	s->obtained_at_ms = s->expires_at_ms = 0;

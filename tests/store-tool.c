@@ -8,6 +8,7 @@
  *                                                token from two lines of stdin (kept off argv)
  *   store-tool DIR check-token NAME URL ACCESS   exit 0 when the access token matches
  *   store-tool DIR list                          key, status, expiry per record
+ *   store-tool DIR shm-key                       the environment's base System V shm key
  *   store-tool DIR delete KEY
  *   store-tool DIR putloop PREFIX                put PREFIX-0, PREFIX-1 ... forever,
  *                                                printing each index once committed
@@ -216,6 +217,14 @@ int main(int argc, char **argv)
 
 	if (strcmp(cmd, "hold") == 0 && argc == 4)
 		return hold(dir, argv[3]);
+	if (strcmp(cmd, "shm-key") == 0 && argc == 3) {
+		long k = store_shm_key(dir);
+
+		if (k < 0)
+			fatal("shm-key: %s: %s", dir, strerror((int)-k));
+		printf("0x%08lx\n", k);
+		return 0;
+	}
 
 	s = open_store(dir);
 	if (strcmp(cmd, "put-token") == 0 && (argc == 8 || argc == 9)) {

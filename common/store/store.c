@@ -112,6 +112,13 @@ const char *store_strerror(int status)
 		return "record changed concurrently";
 	case STORE_E_SCHEMA:
 		return "store written by a newer mcpkeeper";
+	case -ENOSPC:
+	case -EDQUOT:
+		return "the state directory's filesystem is full (no space left on device)";
+	case -EIO:
+		return "the state directory cannot be written (input/output error)";
+	case -EROFS:
+		return "the state directory cannot be written (read-only file system)";
 	default:
 		return status < 0 ? strerror(-status) : "unknown store outcome";
 	}
