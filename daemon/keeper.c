@@ -181,7 +181,7 @@ static void server_free(struct keeper *k, struct server *s)
 	login_forget(k, s, "the server left the configuration");
 	workers_forget(k, s);
 	refresh_forget(k, s);
-	refresh_unstored_drop(s);
+	refresh_unstored_last(k, s);
 	reauth_free(k, s);
 	free(s->last_error);
 	free(s->key);

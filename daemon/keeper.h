@@ -285,6 +285,9 @@ void refresh_forget(struct keeper *k, struct server *s);
  * error) is kept in memory and its commit retried (refresh.c); drop: a login
  * or logout replaced it, or the server left. */
 void refresh_unstored_drop(struct server *s);
+/* The server goes (stop, reload): one last try at storing such a record,
+ * then it is dropped, with an error in the log when it was not stored. */
+void refresh_unstored_last(struct keeper *k, struct server *s);
 /* Re-arms every timer from wall-clock due times (clock jump, resume). */
 void refresh_rearm_all(struct keeper *k);
 /* Logout: delete the exact record, cancel, emit (the caller tells the

@@ -635,6 +635,22 @@ static int unstored_keep(struct keeper *k, struct server *s, const struct secret
 	return 0;
 }
 
+void refresh_unstored_last(struct keeper *k, struct server *s)
+{
+	int r;
+
+	if (!s->unstored)
+		return;
+	r = store_update(k->store, STORE_TOKENS, s->key, s->unstored_base, s->unstored);
+	if (r == 0)
+		log_info("%s: the refreshed token is stored now", s->name);
+	else
+		log_error("%s: the refreshed token the state directory did not take is lost (%s); the stored one "
+			  "is older: if the provider rotated it, log in again",
+			  s->name, store_strerror(r));
+	refresh_unstored_drop(s);
+}
+
 static void unstored_retry(struct keeper *k, struct server *s)
 {
 	int r = store_update(k->store, STORE_TOKENS, s->key, s->unstored_base, s->unstored);

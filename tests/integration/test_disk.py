@@ -63,9 +63,10 @@ def fill(path):
 
 
 def shm_segments():
-    """The keys of the System V shared memory segments (ipcs -m)."""
+    """The System V shared memory segments (ipcs -m): key -> (owner, perms)."""
     out = subprocess.run(["ipcs", "-m"], capture_output=True, text=True, timeout=20).stdout
-    return {line.split()[0].lower() for line in out.splitlines() if line.startswith("0x")}
+    return {f[0].lower(): (f[2], f[3]) for f in (line.split() for line in out.splitlines())
+            if f and f[0].startswith("0x")}
 
 
 class DiskCase(LoginCase):
@@ -206,6 +207,7 @@ class TestFullDisk(DiskCase):
         key = k.store_tool("shm-key").stdout.decode().strip().lower()
         self.assertRegex(key, r"^0x[0-9a-f]{8}$")
         self.assertIn(key, shm_segments(), "the regions are in System V shared memory")
+        self.assertEqual(shm_segments()[key], ("root", "600"), "the keeper's user alone")
         self.assertFalse([f for f in os.listdir(k.data_dir) if re.match(r"__db\.0\d\d$", f) and
                           os.path.getsize(os.path.join(k.data_dir, f)) > 4096],
                          "no region file in the state directory")
