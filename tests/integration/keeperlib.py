@@ -813,6 +813,24 @@ def children_of(pid, name=None):
 # --------------------------------------------------------------------------
 # Test case base and runner
 
+def remove_store_segments(data_dir):
+    """The store's regions are System V shared memory (common/store/store.c):
+    a keeper that was killed or died at start leaves them behind (its
+    successor would replace them). With nothing running on data_dir any
+    more, remove those of its key that no process has attached."""
+    if not os.path.exists(os.path.join(data_dir, "store.lock")):
+        return
+    r = subprocess.run([STORE_TOOL, data_dir, "shm-key"], capture_output=True, text=True, timeout=20)
+    try:
+        base = int(r.stdout.strip(), 16)
+        out = subprocess.run(["ipcs", "-m"], capture_output=True, text=True, timeout=20).stdout
+    except (ValueError, OSError):
+        return
+    for f in (line.split() for line in out.splitlines()):
+        if len(f) >= 6 and f[0].startswith("0x") and base <= int(f[0], 16) < base + 32 and f[5] == "0":
+            subprocess.run(["ipcrm", "-m", f[1]], capture_output=True, timeout=20)
+
+
 class KeeperTestCase(unittest.TestCase):
     """A temporary directory per test; peers and keepers stopped at the end."""
 
@@ -829,6 +847,7 @@ class KeeperTestCase(unittest.TestCase):
                 k.stop()
             except Exception as e:  # keep cleaning up
                 print("cleanup: keeper: %r" % (e,), file=sys.stderr)
+            remove_store_segments(k.data_dir)
             if k.terminated_rc not in (None, 0):
                 problems.append("%s: mcpkeeperd exited with status %d on SIGTERM" %
                                 (os.path.basename(k.dir), k.terminated_rc))
