@@ -718,8 +718,10 @@ static int store_lock(struct store *s, char *err, size_t errlen)
 	char path[4096];
 	struct stat st;
 
-	if (snprintf(path, sizeof(path), "%s/" STORE_LOCK_FILE, s->dir) >= (int)sizeof(path))
+	if (snprintf(path, sizeof(path), "%s/" STORE_LOCK_FILE, s->dir) >= (int)sizeof(path)) {
+		errf(err, errlen, "store %s: path too long", s->dir);
 		return -ENAMETOOLONG;
+	}
 	s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_SH) < 0 || stat(s->dir, &st) < 0) {
 		int e = errno;

@@ -25,6 +25,11 @@
  * under a live store (DB_RUNRECOVERY), the store closes and reopens its
  * environment and retries the operation: callers never see it.
  *
+ * The environment's regions live in System V shared memory (DB_SYSTEM_MEM),
+ * not in memory-mapped files of the state directory, so a full filesystem or
+ * a failing disk gives the caller an error (-ENOSPC, -EIO, -EROFS: see
+ * store_strerror()), never SIGBUS.
+ *
  * Lookups and deletes use the exact key; there is no prefix matching.
  */
 #pragma once
