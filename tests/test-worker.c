@@ -1625,7 +1625,7 @@ int main(int argc, char **argv)
 	if (stdio_bin)
 		test_stdio();
 	else
-		printf("# no stdio server given: stdio transport not tested\n");
+		test_skip("stdio transport", "no stdio server given");
 	test_record_and_log();
 
 	evbuffer_free(record);
