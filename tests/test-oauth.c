@@ -2828,6 +2828,7 @@ int main(int argc, char **argv)
 	test_keeper_bugs();
 	test_close(&pa);
 	test_log_clean();
+	test_sanitizer_check(child_log);
 
 	curl_global_cleanup();
 	finished = true;

@@ -1630,6 +1630,7 @@ int main(int argc, char **argv)
 
 	evbuffer_free(record);
 	curl_global_cleanup();
+	test_sanitizer_check(worker_log);
 	finished = true;
 	printf("# all worker tests passed\n");
 	return 0;

@@ -138,3 +138,32 @@ static inline int test_needs_root(const char *name)
 	test_skip(name, "needs root");
 	return 1;
 }
+
+/*
+ * A sanitizer report in the log of a child the test started (its stderr)
+ * fails the test: the report goes to stderr, since the children's Landlock
+ * rules leave them no file to write it to. Call it before the test ends.
+ */
+static inline void test_sanitizer_check(const char *path)
+{
+	static const char *const markers[] = { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+					       "WARNING: ThreadSanitizer", "ERROR: MemorySanitizer" };
+	char line[4096];
+	int lines = 0;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		for (size_t i = 0; !lines && i < sizeof(markers) / sizeof(markers[0]); i++)
+			if (strstr(line, markers[i])) {
+				fprintf(stderr, "sanitizer report in %s:\n", path);
+				lines = 1;
+			}
+		if (lines && lines++ <= 40)
+			fputs(line, stderr);
+	}
+	fclose(f);
+	if (lines)
+		exit(1);
+}

@@ -275,4 +275,4 @@ class TestNoMechanism(SandboxCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    kl.main()
