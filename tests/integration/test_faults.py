@@ -22,6 +22,7 @@ import keeperlib as kl  # noqa: E402
 from keeperlib import EV_FAILED, EV_REFRESHED  # noqa: E402
 from test_keeper_a import OAuthKeeperCase, for_server  # noqa: E402
 from test_login import LoginCase  # noqa: E402
+from test_workers import Client, text_of  # noqa: E402
 
 FAST = {"max_retries": 3, "timeout": 2, "min_interval": 200}
 MAX_BODY = 1024 * 1024
@@ -77,15 +78,26 @@ class FaultCase(OAuthKeeperCase):
 class TestTokenEndpointFaults(FaultCase):
 
     def test_500_retried_old_token_kept(self):
-        # A living token (30 s), due after 1.5 s: the failures come while it lives.
-        self.start_with([("500", 2)], stored_lifetime=30, refresh={"threshold": 0.05})
+        # A living token (30 s), due after 1.5 s: three failures (1 s, 2 s
+        # and 4 s apart), and an MCP client served meanwhile with the old token.
+        self.start_with([("500", 3)], stored_lifetime=30, refresh={"threshold": 0.05})
         st = self.assert_transient("HTTP 500: server_error")
         self.assertEqual(st["oauth_status"], "authenticated", "the old token still lives: %r" % st)
         rc, out = self.k.check_token("gh", self.peer.mcp_url, self.tokens["gh"][0])
         self.assertEqual((rc, out.strip()), (0, "match"), "the old access token is kept while retrying")
-        self.assert_recovered(3)
+        c = Client(self.k, "gh")
+        try:
+            c.initialize()
+            self.assertEqual(text_of(c.echo("during the retries")), "during the retries")
+        finally:
+            c.close()
+        stats = self.peer.stats()
+        self.assertEqual(stats["refresh_grants"], 0, "no new token yet: the client got the old one: %r" % stats)
+        self.assertEqual(stats["unauthorized"], 0, stats)
+        self.assertGreater(stats["mcp_requests"], 0, stats)
+        self.assert_recovered(4)
         self.assertIn("gh: refresh failed (HTTP 500: server_error); retry 1 of 3 in 1 s", self.k.log())
-        self.assertEqual(self.sub.of_type(EV_FAILED), [], "two failures stay within the fast retries")
+        self.assertEqual(self.sub.of_type(EV_FAILED), [], "three failures stay within the fast retries")
 
     def test_429_retry_after_honoured(self):
         self.start_with([("429", 1)], peer_config={"retry_after": 3})
