@@ -461,7 +461,8 @@
  * "event: TYPE" with data {"payload": data, "timestamp": Unix seconds}.
  *   oauth.token_refreshed {server_name, obtained_at: when the keeper got the
  *     token response, expires_at, next_refresh_at: the refresh it scheduled
- *     (null when none), each with its *_unix}
+ *     (null when none), each with its *_unix, scope: the scope the token
+ *     was granted (null when unknown)}
  *   oauth.refresh_failed {server_name, error}
  *   servers.changed {reason, server, ...}
  */

@@ -180,6 +180,16 @@ class TestTokenEndpointFaults(FaultCase):
                       "upstream rejects it", self.k.log())
         self.sub.drain(2.0)
         self.assertEqual(self.peer.stats()["refresh_requests"], 1, "no proactive refresh without an expiry")
+        # Used until the upstream rejects it: that 401 brings a refresh.
+        c = Client(self.k, "gh")
+        try:
+            c.initialize()
+            kl.http("POST", self.peer.url + "/test/revoke-access-all", b"{}", {"Content-Type": "application/json"})
+            r = c.echo("after the revocation")
+            self.assertNotIn("error", r, r)
+        finally:
+            c.close()
+        self.assertEqual(self.peer.stats()["refresh_grants"], 2, "one refresh for the 401")
 
     def test_negative_expires_in(self):
         self.start_with(peer_config={"expires_in": -60}, refresh={"min_interval": 1500})
@@ -224,7 +234,7 @@ class TestTokenEndpointFaults(FaultCase):
         self.assertEqual(self.peer.stats()["refresh_requests"], 1, "no retry after invalid_grant")
 
 
-class TestInvalidClient(LoginCase):
+class TestLoginFaults(LoginCase):
 
     def test_invalid_client_registers_anew(self):
         self.setup_login(lifetime=4, refresh=dict(FAST))
@@ -244,6 +254,30 @@ class TestInvalidClient(LoginCase):
         r = self.ctl("auth", "login", "--server", "demo")
         self.assert_logged_in(r)
         self.assertEqual(self.peer.stats()["registrations"], 2, "the next login registered anew")
+
+    def test_code_exchange_faults(self):
+        # The login's code exchange meets the same answers: the login fails
+        # with what happened, stores nothing, and the next login works.
+        self.setup_login()
+        for mode, words in (("500", ["HTTP 500", "server_error"]),
+                            ("huge", ["response larger than %d bytes" % MAX_BODY]),
+                            ("wrong_types", ["HTTP 200: malformed token response"])):
+            self.peer.fail(mode, 1)
+            r = self.ctl("auth", "login", "--server", "demo")
+            self.assert_login_failed(r, *words)
+            self.assertEqual(self.stored_keys(), [], "nothing stored after %s" % mode)
+        self.peer.config(expires_in_json="")
+        r = self.ctl("auth", "login", "--server", "demo")
+        self.assert_logged_in(r)
+        st = self.k.server("demo")
+        self.assertIsNone(st["token_expires_at"], "no expires_in: no known expiry: %r" % st)
+        # expires_in as a numeric string is a number.
+        self.peer.config(expires_in_json='"120"')
+        r = self.ctl("auth", "login", "--server", "demo")
+        self.assert_logged_in(r)
+        st = self.k.server("demo")
+        self.assertIn(st["token_expires_at_unix"] - st["token_obtained_at_unix"], (119, 120, 121), st)
+        self.assertEqual(self.peer.stats()["code_requests"], 5)
 
 
 if __name__ == "__main__":
