@@ -446,6 +446,12 @@ int refresh_now(struct keeper *k, struct server *s, char *why, size_t len)
 		snprintf(why, len, "the server is disabled");
 		return REFRESH_NOT_NOW;
 	}
+	if (s->not_before_ms > now) {
+		/* The retry stays armed for that instant. */
+		snprintf(why, len, "the token endpoint asked for no request before %lld ms from now (Retry-After)",
+			 (long long)(s->not_before_ms - now));
+		return REFRESH_NOT_NOW;
+	}
 	disarm(s);
 	s->rstate = REFRESH_SCHEDULED;
 	end = floor_end(k, s, now);
@@ -561,6 +567,7 @@ static void refresh_failed_wait(struct keeper *k, struct server *s, bool termina
 	}
 	s->rstate = REFRESH_RETRYING;
 	s->next_at_ms = keeper_now_ms() + delay;
+	s->not_before_ms = asked[0] ? s->next_at_ms : 0;
 	arm_at(s, s->next_at_ms);
 	/* A worker waiting for this refresh answers its clients now; the retry
 	 * that succeeds brings it the token. */
@@ -683,6 +690,7 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	}
 	apply_token(s, &t);
 	token_clear(&old);
+	s->not_before_ms = 0;
 	s->retry_count = 0;
 	s->failed_reported = false;
 	server_set_error(s, NULL);
@@ -1036,6 +1044,7 @@ void refresh_forget(struct keeper *k, struct server *s)
 	}
 	disarm(s);
 	s->next_at_ms = 0;
+	s->not_before_ms = 0;
 }
 
 int refresh_logout(struct keeper *k, struct server *s)

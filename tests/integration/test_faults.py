@@ -12,6 +12,7 @@ refresh.max_retries 3: retries after 1 s, 2 s, 4 s), so the file runs in
 about a minute. Waits are bounded and generous; the only time compared is a
 lower bound (a retry that must not come before the provider's Retry-After).
 """
+import json
 import os
 import sys
 import time
@@ -112,11 +113,24 @@ class TestTokenEndpointFaults(FaultCase):
         self.start_with([("429", 1)], peer_config={"retry_after": 100000})
         st = self.status_when(lambda s: s["refresh"]["retry_count"] >= 1 and s["refresh"]["next_at_unix"],
                               what="the retry after the 429")
-        wait = st["refresh"]["next_at_unix"] - time.time()
+        next_at = st["refresh"]["next_at_unix"]
+        wait = next_at - time.time()
         self.assertTrue(3000 < wait <= 3601, "Retry-After 100000 s is capped at 1 hour: next try in %r s" % wait)
         self.assertIn("(the provider's Retry-After: 86400 s, capped at 1 hour)", self.k.log())
-        self.assertEqual(self.peer.stats()["refresh_requests"], 1)
         self.assertEqual(st["oauth_status"], "authenticated", st)
+        # A worker whose upstream rejects the token does not hurry the retry.
+        c = Client(self.k, "gh")
+        try:
+            c.initialize()
+            kl.http("POST", self.peer.url + "/test/revoke-access-all", b"{}", {"Content-Type": "application/json"})
+            r = c.echo("after the revocation")
+        finally:
+            c.close()
+        self.assertIn("error", r, r)
+        self.assertIn("Retry-After", json.dumps(r), r)
+        self.assertEqual(self.peer.stats()["refresh_requests"], 1, "no token request before the Retry-After")
+        st = self.k.server("gh")
+        self.assertEqual(st["refresh"]["next_at_unix"], next_at, "the retry stays where Retry-After put it")
 
     def test_429_without_retry_after_backoff(self):
         self.start_with([("429_bare", 1)])
