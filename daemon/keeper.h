@@ -66,6 +66,9 @@ struct server {
 	 * brought the token): none starts before refresh.min_interval has
 	 * passed since. 0: none since the keeper started. */
 	int64_t last_request_ms;
+	/* The provider's Retry-After: no token request before this instant,
+	 * whoever asks. 0: none. */
+	int64_t not_before_ms;
 	int64_t request_id;			/* outstanding oauth.refresh */
 	struct secret *request_plain;		/* the record the refresh started from */
 	char *last_error;			/* NULL: none; server_set_error() */
