@@ -71,6 +71,12 @@ void ctl_usage(FILE *f)
 		"  tools [--json] NAME the tools NAME's upstream offers (name, description,\n"
 		"                      arguments; '?' marks an optional one), asked through\n"
 		"                      its worker; without --timeout it waits up to %d s\n"
+		"  backup FILE         a hot copy of the store (sealed, without the master\n"
+		"                      key) into FILE, mode 0600; the keeper may run\n"
+		"  restore [--force] FILE\n"
+		"                      put a backup back into the state directory (the\n"
+		"                      master key must be there); refuses while a keeper\n"
+		"                      runs; --force replaces a store (kept beside it)\n"
 		"\n"
 		"  --json prints the keeper's reply as JSON instead of a table;\n"
 		"  -s is short for --server.\n"
@@ -94,6 +100,7 @@ void ctl_usage(FILE *f)
 		"  6  no such server\n"
 		"  7  the server does not use OAuth\n"
 		"  8  the socket is served by a process this user does not trust\n"
+		"  9  restore: a keeper is running, or a process has the store open\n"
 		"\n"
 		"See mcpctl(1) for how the socket is found.\n",
 		TOOLLIST_TIMEOUT_S, CTL_DEFAULT_TIMEOUT_SEC);
@@ -258,6 +265,8 @@ static const struct {
 	{ "connect", cmd_connect },
 	{ "reload", cmd_reload },
 	{ "tools", cmd_tools },
+	{ "backup", cmd_backup },
+	{ "restore", cmd_restore },
 };
 
 int main(int argc, char **argv)
