@@ -545,7 +545,7 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
 	/* The wall clock moved against the monotonic one: a jump or a resume. */
 	if (have_offset && llabs(now - offset) > CLOCK_JUMP_MS) {
 		log_info("wall clock moved by %+lld s; re-arming refresh timers", (long long)((now - offset) / 1000));
-		refresh_rearm_all(k);
+		refresh_clock_moved(k, now - offset);
 	}
 	offset = now;
 	have_offset = true;
