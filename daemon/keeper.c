@@ -787,6 +787,7 @@ int keeper_run(const char *config_path, bool system_mode)
 
 		k.maintenance = event_new(k.base, -1, EV_PERSIST, on_maintenance, &k);
 		event_add(k.maintenance, &tv);
+		on_maintenance(-1, 0, &k);	/* the clock's offset from the start: a jump before the first tick counts */
 	}
 	if (sd_watchdog_enabled(0, &k.watchdog_usec) > 0) {
 		struct timeval tv = { (time_t)(k.watchdog_usec / 2 / 1000000),
