@@ -10,8 +10,7 @@
  * becomes the state directory's owner when mcpctl runs as root; the parent
  * keeps the caller's identity, and so the file is the caller's, mode 0600,
  * written under a temporary name and renamed when complete. Records stay
- * sealed: mcpctl never unseals one here. The master key is not in the
- * backup (see mcpctl(1)).
+ * sealed in the file; the master key is not in it (see mcpctl(1)).
  *
  * restore refuses to run while a keeper serves the socket or any process
  * has the environment open (the DB_REGISTER registry's locks), checks the

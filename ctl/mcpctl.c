@@ -5,8 +5,10 @@
  * sends one JSON-RPC request through the framing module, waits for the reply
  * that carries the same id and prints it, as a table or as the keeper's own
  * JSON. Status replies carry metadata only, and mcpctl prints no field it
- * was not given. It never holds a token: the one time it opens the store
- * (auth logout while the keeper is not running) it only deletes records.
+ * was not given. It never holds a token: where it opens the store (auth
+ * logout while the keeper is not running, backup, restore) it deletes
+ * records or copies them sealed (restore opens each once, to check it, in
+ * memory it wipes, and prints nothing of it).
  *
  * This file holds the global options, the command table and usage; ctl.h
  * lists what the other files do. The exit codes are an interface that
