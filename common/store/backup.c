@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -110,6 +111,7 @@ struct backup_ctx {
 	off_t data;		/* the current entry's first data byte */
 	off_t end;		/* the current entry's end so far */
 	unsigned files;
+	long first_log;		/* the lowest log file number copied; 0: none */
 	int error;		/* first failure, a negative errno value */
 	char name[BACKUP_NAME_MAX + 1];
 };
@@ -132,6 +134,12 @@ static int cb_open(DB_ENV *env, const char *dbname, const char *target, void **h
 		return EINVAL;
 	}
 	memcpy(c->name, base, n + 1);
+	if (strncmp(base, "log.", 4) == 0) {
+		long num = strtol(base + 4, NULL, 10);
+
+		if (num > 0 && (c->first_log == 0 || num < c->first_log))
+			c->first_log = num;
+	}
 	put_be(head, n, 2);
 	memcpy(head + 2, base, n);
 	put_be(head + 2 + n, 0, 8);	/* the length, set at close */
@@ -200,12 +208,67 @@ static int hash_file(int fd, off_t len, unsigned char out[BACKUP_HASH_LEN])
 	return 0;
 }
 
+/* The lowest log file number in the environment now; 0: none or unknown. */
+static long first_log_now(DB_ENV *env)
+{
+	char **list = NULL;
+	long first = 0;
+
+	if (env->log_archive(env, &list, DB_ARCH_LOG) != 0 || !list)
+		return 0;
+	for (char **p = list; *p; p++) {
+		const char *base = strrchr(*p, '/') ? strrchr(*p, '/') + 1 : *p;
+		long num = strncmp(base, "log.", 4) == 0 ? strtol(base + 4, NULL, 10) : 0;
+
+		if (num > 0 && (first == 0 || num < first))
+			first = num;
+	}
+	free(list);
+	return first;
+}
+
+/*
+ * One attempt. The checkpoint first puts every change before it into the
+ * database files, so the copy needs every log file from the checkpoint's
+ * on; the keeper removes log files it no longer needs (DB_LOG_AUTO_REMOVE)
+ * at its own checkpoints, and Berkeley DB's hot backup does not hold that
+ * off: an attempt during which one went missing is -EAGAIN.
+ */
+static int backup_once(DB_ENV *env, struct backup_ctx *c, char *err, size_t errlen)
+{
+	long first;
+	int ret;
+
+	env->txn_checkpoint(env, 0, 0, DB_FORCE);
+	first = first_log_now(env);
+	env->app_private = c;
+	env->set_backup_callbacks(env, cb_open, cb_write, cb_close);
+	/* The target is only handed to cb_open; no directory is made. */
+	ret = env->backup(env, "backup", 0);
+	env->set_backup_callbacks(env, NULL, NULL, NULL);
+	env->app_private = NULL;
+	if (ret || c->error) {
+		store_errf(err, errlen, "hot backup of the store failed: %s",
+			   c->error ? strerror(-c->error) : db_strerror(ret));
+		return c->error ? c->error : (ret == ENOENT ? -EAGAIN : -EIO);
+	}
+	if (c->files == 0) {
+		store_errf(err, errlen, "hot backup of the store copied no file");
+		return -EIO;
+	}
+	if (first && (c->first_log == 0 || c->first_log > first)) {
+		store_errf(err, errlen, "log files were removed while they were copied");
+		return -EAGAIN;
+	}
+	return 0;
+}
+
 int store_backup(struct store *s, int fd, unsigned *files, unsigned long long *bytes, char *err, size_t errlen)
 {
 	DB_ENV *env = store_db_env(s);
 	struct backup_ctx c = { .fd = fd, .pos = BACKUP_HEAD_LEN };
 	unsigned char head[BACKUP_HEAD_LEN], tail[2 + BACKUP_HASH_LEN] = { 0 };
-	int ret, r;
+	int r;
 
 	if (!env) {
 		store_errf(err, errlen, "the store's environment is closed");
@@ -218,24 +281,20 @@ int store_backup(struct store *s, int fd, unsigned *files, unsigned long long *b
 		store_errf(err, errlen, "writing the backup: %s", strerror(-r));
 		return r;
 	}
-	/* A checkpoint first keeps the logs recovery must replay short. */
-	env->txn_checkpoint(env, 0, 0, DB_FORCE);
-	env->app_private = &c;
-	env->set_backup_callbacks(env, cb_open, cb_write, cb_close);
-	/* The target is only handed to cb_open; no directory is made. */
-	ret = env->backup(env, "backup", 0);
-	env->set_backup_callbacks(env, NULL, NULL, NULL);
-	env->app_private = NULL;
-	if (ret || c.error) {
-		r = c.error ? c.error : -EIO;
-		store_errf(err, errlen, "hot backup of the store failed: %s",
-		     c.error ? strerror(-c.error) : db_strerror(ret));
+	for (int attempt = 1;; attempt++) {
+		r = backup_once(env, &c, err, errlen);
+		if (r != -EAGAIN || attempt == 3)
+			break;
+		/* Start the entries over. */
+		c = (struct backup_ctx){ .fd = fd, .pos = BACKUP_HEAD_LEN };
+		if (ftruncate(fd, BACKUP_HEAD_LEN) < 0) {
+			r = -errno;
+			store_errf(err, errlen, "writing the backup: %s", strerror(-r));
+			break;
+		}
+	}
+	if (r < 0)
 		return r;
-	}
-	if (c.files == 0) {
-		store_errf(err, errlen, "hot backup of the store copied no file");
-		return -EIO;
-	}
 	r = pwrite_all(fd, tail, 2, c.pos);
 	if (r == 0)
 		r = hash_file(fd, c.pos + 2, tail + 2);
