@@ -8,8 +8,9 @@ token works.
      registry when the socket is elsewhere); a truncated or damaged file and
      a missing master key refused with nothing written; the restore into a
      fresh directory: every server authenticated, a tool call through each
-     worker, a refresh of each against the peer; restore over a store needs
-     --force and keeps the old one.
+     worker, a refresh of each against the peer; a backup of another master
+     key refused; restore over a store needs --force (here a cold backup) and
+     keeps the old one.
 """
 import glob
 import os
@@ -129,6 +130,27 @@ class TestBackup(keeperlib.KeeperTestCase):
         self.assertIn("missing", err)
         self.assertEqual(os.listdir(k3.data_dir), [])
 
+        rc, out, err = mcpctl(k3, "backup", os.path.join(self.tmp, "none.backup"))
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("no token store", err)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "none.backup")))
+
+        # Another store's master key: refused after the recovery, nothing written.
+        k4 = self.make_keeper(servers=servers, name="otherkey")
+        fd = os.open(os.path.join(k4.data_dir, "master.key"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(32))
+        os.close(fd)
+        rc, out, err = mcpctl(k4, "restore", backup)
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("wrong master key", err)
+        self.assertIn("another master key", err)
+        self.assert_untouched(k4, "another key")
+
+        # A cold backup (no keeper running), for the --force restore below.
+        cold = os.path.join(self.tmp, "cold.backup")
+        rc, out, err = mcpctl(k, "backup", cold)
+        self.assertEqual(rc, 0, out + err)
+
         # The restore.
         rc, out, err = mcpctl(k2, "restore", backup)
         self.assertEqual(rc, 0, out + err)
@@ -162,7 +184,7 @@ class TestBackup(keeperlib.KeeperTestCase):
         rc, out, err = mcpctl(k2, "restore", backup)
         self.assertEqual(rc, 1, out + err)
         self.assertIn("already holds a store", err)
-        rc, out, err = mcpctl(k2, "restore", "--force", backup)
+        rc, out, err = mcpctl(k2, "restore", "--force", cold)
         self.assertEqual(rc, 0, out + err)
         kept = glob.glob(k2.data_dir + ".replaced-*")
         self.assertEqual(len(kept), 1, out)
