@@ -283,6 +283,9 @@ void refresh_pause(struct keeper *k, struct server *s);
 void refresh_forget(struct keeper *k, struct server *s);
 /* Re-arms every timer from wall-clock due times (clock jump, resume). */
 void refresh_rearm_all(struct keeper *k);
+/* The wall clock jumped by delta_ms (not a resume's monotonic gap): moves
+ * the instants a jump must not move in real time, then re-arms. */
+void refresh_clock_moved(struct keeper *k, int64_t delta_ms);
 /* Logout: delete the exact record, cancel, emit (the caller tells the
  * worker: workers_token_cleared). 0, STORE_E_NOT_FOUND or -errno. */
 int refresh_logout(struct keeper *k, struct server *s);

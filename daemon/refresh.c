@@ -469,6 +469,55 @@ int refresh_now(struct keeper *k, struct server *s, char *why, size_t len)
 	return 0;
 }
 
+/*
+ * The wall clock moved by delta_ms against the monotonic one (keeper.c's
+ * maintenance tick sees it). Real time never goes back: after a backward
+ * jump every instant of every server (token times, due times, the floor)
+ * moves back with the clock, so each refresh keeps its real distance and
+ * none comes late. A forward jump is a resume (real time passed) or a
+ * clock set right: token instants stay, and what the jump made due is
+ * refreshed once; only the watchdog of a refresh in flight, a duration,
+ * moves with the clock, so the oauth child is not taken for hung.
+ */
+static void shift(int64_t *at, int64_t delta_ms)
+{
+	if (*at)
+		*at += delta_ms;
+}
+
+void refresh_clock_moved(struct keeper *k, int64_t delta_ms)
+{
+	struct refresh *r = k->refresh;
+
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+		bool armed = s->due_idx >= 0;
+
+		if (delta_ms > 0 && !s->in_flight)
+			continue;
+		/* Keys of both heaps change: take the server out and put it back. */
+		if (armed)
+			sheap_remove(&r->due, s);
+		if (delta_ms < 0) {
+			bool queued = s->heap_idx >= 0;
+
+			if (queued)
+				sheap_remove(&r->ready, s);
+			shift(&s->obtained_at_ms, delta_ms);
+			shift(&s->expires_at_ms, delta_ms);
+			shift(&s->last_request_ms, delta_ms);
+			shift(&s->next_at_ms, delta_ms);
+			if (queued)
+				sheap_put(&r->ready, s);
+		}
+		if (armed) {
+			s->due_at_ms += delta_ms;
+			sheap_put(&r->due, s);
+		}
+	}
+	refresh_rearm_all(k);
+}
+
 void refresh_rearm_all(struct keeper *k)
 {
 	/* Instants are wall-clock: only the delay to the first one changed. */
