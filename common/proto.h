@@ -22,6 +22,8 @@
  * a keeper bug.
  */
 #define PROTO_MAX_TOKEN (16 * 1024)
+/* The longest Retry-After (seconds) the oauth child passes on: a day. */
+#define PROTO_MAX_RETRY_AFTER 86400
 
 /*
  * Control socket methods (mcpctl and other local clients -> keeper).
@@ -151,7 +153,10 @@
  *                "oauth_error": "invalid_grant"... (when the provider said),
  *                "reason": LOGIN_R_TOKEN_TOO_LARGE (an access or refresh
  *                token longer than PROTO_MAX_TOKEN: kind transient),
- *                "http_status": N (when there was a response)}
+ *                "http_status": N (when there was a response),
+ *                "retry_after": seconds (a 429 or 5xx with Retry-After,
+ *                at most PROTO_MAX_RETRY_AFTER; the keeper waits at least
+ *                that long before its next try, within its own cap)}
  *
  * Login and logout (keeper -> oauth child). The keeper drives a login as
  * a sequence of requests, one step each, and keeps everything that must
@@ -423,6 +428,7 @@
 #define PARAM_KEY_SET "set"
 #define PARAM_KEY_PREVIOUS "previous"
 #define PARAM_KEY_SOURCE "source"
+#define PARAM_KEY_RETRY_AFTER "retry_after"
 
 /* Control connections the http child may hold at once (control.connect). */
 #define API_CONTROL_CONNS_MAX 64
@@ -455,7 +461,8 @@
  * "event: TYPE" with data {"payload": data, "timestamp": Unix seconds}.
  *   oauth.token_refreshed {server_name, obtained_at: when the keeper got the
  *     token response, expires_at, next_refresh_at: the refresh it scheduled
- *     (null when none), each with its *_unix}
+ *     (null when none), each with its *_unix, scope: the scope the token
+ *     was granted (null when unknown)}
  *   oauth.refresh_failed {server_name, error}
  *   servers.changed {reason, server, ...}
  */

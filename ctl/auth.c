@@ -320,23 +320,13 @@ static int logout_standalone(struct ctl *c, const struct auth_opts *a)
 	_cleanup_(store_closep) struct store *store = NULL;
 	struct secret *key = NULL;
 	struct standalone st = { 0 };
-	char conf_path[PATH_MAX], err[1024], path[PATH_MAX + 32];
-	const char *file = c->opt_config;
+	char file[PATH_MAX], err[1024], path[PATH_MAX + 32];
 	const char *creds = getenv("CREDENTIALS_DIRECTORY");
 	int r;
 
-	if (!file) {
-		if (paths_config_file(c->system_mode, conf_path, sizeof(conf_path)) < 0) {
-			fputs("mcpctl: the keeper is not running and no config file can be found; use --config\n", stderr);
-			return CTL_EXIT_UNREACHABLE;
-		}
-		file = conf_path;
-	}
-	r = config_load(file, c->system_mode, &cfg, err, sizeof(err));
-	if (r < 0) {
-		fprintf(stderr, "mcpctl: the keeper is not running, and the config cannot be read: %s\n", err);
-		return CTL_EXIT_USAGE;
-	}
+	r = ctl_config_standalone(c, "the keeper is not running, and", &cfg, file, sizeof(file));
+	if (r)
+		return r;
 	if (a->server) {
 		const struct config_server *cs = config_find_server(cfg, a->server);
 

@@ -18,6 +18,8 @@
  *              (bridge.c)
  *   tools.c    tools: list what an upstream offers through its worker
  *              (common/toollist.c speaks the MCP)
+ *   backup.c   backup and restore: a hot copy of the store in one file
+ *              (records stay sealed), and putting one back with no keeper
  *
  * mcpctl never holds a token. One context struct (struct ctl) is passed
  * explicitly.
@@ -49,6 +51,7 @@ enum {
 	CTL_EXIT_NOT_FOUND = 6,		/* no such server */
 	CTL_EXIT_NOT_OAUTH = 7,		/* the server does not use OAuth */
 	CTL_EXIT_UNTRUSTED = 8,		/* the socket is served by a uid we do not trust */
+	CTL_EXIT_KEEPER_RUNNING = 9,	/* restore: a keeper (or another process) has the store */
 };
 
 /* What an option parser returns, besides 0 and an exit code, when it
@@ -162,3 +165,12 @@ int cmd_reload(struct ctl *c, int argc, char **argv);
 /* manage.c: `servers VERB ...`, argv[0] the verb. */
 int servers_manage(struct ctl *c, int argc, char **argv);
 int cmd_tools(struct ctl *c, int argc, char **argv);
+/* backup.c: backup FILE, restore [--force] FILE */
+struct config;
+/* The config file for a command that works without the keeper: --config
+ * ($MCPKEEPER_CONFIG), else the mode's default, its name in path. why
+ * begins the messages. Returns 0, or an exit code after saying why
+ * (CTL_EXIT_UNREACHABLE: no config file can be found). */
+int ctl_config_standalone(struct ctl *c, const char *why, struct config **cfg, char *path, size_t len);
+int cmd_backup(struct ctl *c, int argc, char **argv);
+int cmd_restore(struct ctl *c, int argc, char **argv);

@@ -5,8 +5,10 @@
  * sends one JSON-RPC request through the framing module, waits for the reply
  * that carries the same id and prints it, as a table or as the keeper's own
  * JSON. Status replies carry metadata only, and mcpctl prints no field it
- * was not given. It never holds a token: the one time it opens the store
- * (auth logout while the keeper is not running) it only deletes records.
+ * was not given. It never holds a token: where it opens the store (auth
+ * logout while the keeper is not running, backup, restore) it deletes
+ * records or copies them sealed (restore opens each once, to check it, in
+ * memory it wipes, and prints nothing of it).
  *
  * This file holds the global options, the command table and usage; ctl.h
  * lists what the other files do. The exit codes are an interface that
@@ -71,6 +73,12 @@ void ctl_usage(FILE *f)
 		"  tools [--json] NAME the tools NAME's upstream offers (name, description,\n"
 		"                      arguments; '?' marks an optional one), asked through\n"
 		"                      its worker; without --timeout it waits up to %d s\n"
+		"  backup FILE         a hot copy of the store (sealed, without the master\n"
+		"                      key) into FILE, mode 0600; the keeper may run\n"
+		"  restore [--force] FILE\n"
+		"                      put a backup back into the state directory (the\n"
+		"                      master key must be there); refuses while a keeper\n"
+		"                      runs; --force replaces a store (kept beside it)\n"
 		"\n"
 		"  --json prints the keeper's reply as JSON instead of a table;\n"
 		"  -s is short for --server.\n"
@@ -94,6 +102,7 @@ void ctl_usage(FILE *f)
 		"  6  no such server\n"
 		"  7  the server does not use OAuth\n"
 		"  8  the socket is served by a process this user does not trust\n"
+		"  9  restore: a keeper is running, or a process has the store open\n"
 		"\n"
 		"See mcpctl(1) for how the socket is found.\n",
 		TOOLLIST_TIMEOUT_S, CTL_DEFAULT_TIMEOUT_SEC);
@@ -258,6 +267,8 @@ static const struct {
 	{ "connect", cmd_connect },
 	{ "reload", cmd_reload },
 	{ "tools", cmd_tools },
+	{ "backup", cmd_backup },
+	{ "restore", cmd_restore },
 };
 
 int main(int argc, char **argv)

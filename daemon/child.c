@@ -660,8 +660,12 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, i
 	 * make HTTP requests (mcpkeeperd(8), ENVIRONMENT). */
 	static const char *const proxy[] = { "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY",
 					     "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY", NULL };
+	/* A build-tree keeper's children keep the sanitizers' settings of
+	 * the test that started it (suppressions, halt_on_error). */
+	static const char *const sanitizer[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS",
+						 "ASAN_SYMBOLIZER_PATH", NULL };
 	bool http_role = strcmp(c->role, ROLE_OAUTH) == 0 || strcmp(c->role, ROLE_WORKER) == 0;
-	char *envp[ARRAY_SIZE(keep) + ARRAY_SIZE(proxy) + 1];
+	char *envp[ARRAY_SIZE(keep) + ARRAY_SIZE(proxy) + ARRAY_SIZE(sanitizer) + 1];
 	size_t n = 0;
 	sigset_t all;
 	int devnull, first_free;
@@ -720,6 +724,8 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, i
 	n = env_keep(keep, envp, n);
 	if (http_role)
 		n = env_keep(proxy, envp, n);
+	if (paths_dev_tree())
+		n = env_keep(sanitizer, envp, n);
 	envp[n] = NULL;
 	execveat(bin, c->binary->name, (char *[]){ c->binary->path, NULL }, envp, 0);
 	/* A script (a test's wrapper) is handed to its interpreter as

@@ -551,7 +551,7 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
 	/* The wall clock moved against the monotonic one: a jump or a resume. */
 	if (have_offset && llabs(now - offset) > CLOCK_JUMP_MS) {
 		log_info("wall clock moved by %+lld s; re-arming refresh timers", (long long)((now - offset) / 1000));
-		refresh_rearm_all(k);
+		refresh_clock_moved(k, now - offset);
 	}
 	offset = now;
 	have_offset = true;
@@ -793,6 +793,7 @@ int keeper_run(const char *config_path, bool system_mode)
 
 		k.maintenance = event_new(k.base, -1, EV_PERSIST, on_maintenance, &k);
 		event_add(k.maintenance, &tv);
+		on_maintenance(-1, 0, &k);	/* the clock's offset from the start: a jump before the first tick counts */
 	}
 	if (sd_watchdog_enabled(0, &k.watchdog_usec) > 0) {
 		struct timeval tv = { (time_t)(k.watchdog_usec / 2 / 1000000),

@@ -66,6 +66,9 @@ struct server {
 	 * brought the token): none starts before refresh.min_interval has
 	 * passed since. 0: none since the keeper started. */
 	int64_t last_request_ms;
+	/* The provider's Retry-After: no token request before this instant,
+	 * whoever asks. 0: none. */
+	int64_t not_before_ms;
 	int64_t request_id;			/* outstanding oauth.refresh */
 	struct secret *request_plain;		/* the record the refresh started from */
 	struct secret *unstored;		/* refresh.c: a refreshed record the store refused */
@@ -290,6 +293,9 @@ void refresh_unstored_drop(struct server *s);
 void refresh_unstored_last(struct keeper *k, struct server *s);
 /* Re-arms every timer from wall-clock due times (clock jump, resume). */
 void refresh_rearm_all(struct keeper *k);
+/* The wall clock jumped by delta_ms (not a resume's monotonic gap): moves
+ * the instants a jump must not move in real time, then re-arms. */
+void refresh_clock_moved(struct keeper *k, int64_t delta_ms);
 /* Logout: delete the exact record, cancel, emit (the caller tells the
  * worker: workers_token_cleared). 0, STORE_E_NOT_FOUND or -errno. */
 int refresh_logout(struct keeper *k, struct server *s);

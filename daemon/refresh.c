@@ -61,6 +61,8 @@
 #define FAST_RETRY_BASE_MS 1000
 #define SLOW_RETRY_MIN_MS 30000
 #define SLOW_RETRY_MAX_MS 300000
+/* The longest wait a provider's Retry-After imposes on a retry. */
+#define RETRY_AFTER_MAX_MS 3600000
 /* How long the keeper waits for the oauth child beyond the request timeout. */
 #define CHILD_GRACE_MS 15000
 
@@ -462,6 +464,12 @@ int refresh_now(struct keeper *k, struct server *s, char *why, size_t len)
 		snprintf(why, len, "%s", s->last_error ? s->last_error : "the last refreshed token is not stored yet");
 		return REFRESH_NOT_NOW;
 	}
+	if (s->not_before_ms > now) {
+		/* The retry stays armed for that instant. */
+		snprintf(why, len, "the token endpoint asked for no request before %lld ms from now (Retry-After)",
+			 (long long)(s->not_before_ms - now));
+		return REFRESH_NOT_NOW;
+	}
 	disarm(s);
 	s->rstate = REFRESH_SCHEDULED;
 	end = floor_end(k, s, now);
@@ -477,6 +485,55 @@ int refresh_now(struct keeper *k, struct server *s, char *why, size_t len)
 	s->next_at_ms = now;
 	enqueue(k, s);
 	return 0;
+}
+
+/*
+ * The wall clock moved by delta_ms against the monotonic one (keeper.c's
+ * maintenance tick sees it). Real time never goes back: after a backward
+ * jump every instant of every server (token times, due times, the floor)
+ * moves back with the clock, so each refresh keeps its real distance and
+ * none comes late. A forward jump is a resume (real time passed) or a
+ * clock set right: token instants stay, and what the jump made due is
+ * refreshed once; only the watchdog of a refresh in flight, a duration,
+ * moves with the clock, so the oauth child is not taken for hung.
+ */
+static void shift(int64_t *at, int64_t delta_ms)
+{
+	if (*at)
+		*at += delta_ms;
+}
+
+void refresh_clock_moved(struct keeper *k, int64_t delta_ms)
+{
+	struct refresh *r = k->refresh;
+
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+		bool armed = s->due_idx >= 0;
+
+		if (delta_ms > 0 && !s->in_flight)
+			continue;
+		/* Keys of both heaps change: take the server out and put it back. */
+		if (armed)
+			sheap_remove(&r->due, s);
+		if (delta_ms < 0) {
+			bool queued = s->heap_idx >= 0;
+
+			if (queued)
+				sheap_remove(&r->ready, s);
+			shift(&s->obtained_at_ms, delta_ms);
+			shift(&s->expires_at_ms, delta_ms);
+			shift(&s->last_request_ms, delta_ms);
+			shift(&s->next_at_ms, delta_ms);
+			if (queued)
+				sheap_put(&r->ready, s);
+		}
+		if (armed) {
+			s->due_at_ms += delta_ms;
+			sheap_put(&r->due, s);
+		}
+	}
+	refresh_rearm_all(k);
 }
 
 void refresh_rearm_all(struct keeper *k)
@@ -511,11 +568,26 @@ static struct secret *finish_request(struct keeper *k, struct server *s)
 	return plain;
 }
 
-static void refresh_failed(struct keeper *k, struct server *s, bool terminal, const char *error)
+/* wait_ms: what the provider's Retry-After asked for (0: nothing); the
+ * retry comes no sooner, up to RETRY_AFTER_MAX_MS. */
+/* The retry's delay: the backoff's, or the provider's Retry-After when that
+ * is longer (capped), which *asked then says for the log. */
+static int64_t retry_delay(int64_t backoff_ms, int64_t wait_ms, char *asked, size_t len)
+{
+	if (wait_ms <= backoff_ms)
+		return backoff_ms;
+	snprintf(asked, len, " (the provider's Retry-After: %lld s%s)", (long long)(wait_ms / 1000),
+		 wait_ms > RETRY_AFTER_MAX_MS ? ", capped at 1 hour" : "");
+	return wait_ms > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS : wait_ms;
+}
+
+static void refresh_failed_wait(struct keeper *k, struct server *s, bool terminal, const char *error,
+				int64_t wait_ms)
 {
 	struct json_object *d;
 	int64_t delay;
 	int max = k->cfg->refresh.max_retries;
+	char asked[80] = "";
 
 	server_set_error(s, "%s", error);
 	if (terminal) {
@@ -532,9 +604,10 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 
 	s->retry_count++;
 	if (s->retry_count <= max) {
-		delay = (int64_t)FAST_RETRY_BASE_MS << (s->retry_count - 1);
-		log_warn("%s: refresh failed (%s); retry %d of %d in %lld s", s->name, error, s->retry_count,
-			 max, (long long)(delay / 1000));
+		delay = retry_delay((int64_t)FAST_RETRY_BASE_MS << (s->retry_count - 1), wait_ms, asked,
+				    sizeof(asked));
+		log_warn("%s: refresh failed (%s); retry %d of %d in %lld s%s", s->name, error, s->retry_count,
+			 max, (long long)(delay / 1000), asked);
 	} else {
 		int slow = s->retry_count - max - 1;
 
@@ -545,25 +618,32 @@ static void refresh_failed(struct keeper *k, struct server *s, bool terminal, co
 			delay = SLOW_RETRY_MAX_MS;
 		/* +-10 % so that many servers failing together do not retry together. */
 		delay += (int64_t)randombytes_uniform((uint32_t)(delay / 5)) - delay / 10;
+		delay = retry_delay(delay, wait_ms, asked, sizeof(asked));
 		s->status = OAUTH_ERROR;
 		if (!s->failed_reported) {
 			s->failed_reported = true;
-			log_warn("%s: Proactive refresh failed after max retries (%d): %s; next try in %lld s", s->name,
-				 max, error, (long long)(delay / 1000));
+			log_warn("%s: Proactive refresh failed after max retries (%d): %s; next try in %lld s%s",
+				 s->name, max, error, (long long)(delay / 1000), asked);
 			d = event_data(s);
 			json_object_object_add(d, PARAM_KEY_ERROR, json_object_new_string(error));
 			events_emit(k, EVENT_REFRESH_FAILED, d);
 		} else {
-			log_warn("%s: refresh failed (%s) after %d attempts; next try in %lld s", s->name, error,
-				 s->retry_count, (long long)(delay / 1000));
+			log_warn("%s: refresh failed (%s) after %d attempts; next try in %lld s%s", s->name, error,
+				 s->retry_count, (long long)(delay / 1000), asked);
 		}
 	}
 	s->rstate = REFRESH_RETRYING;
 	s->next_at_ms = keeper_now_ms() + delay;
+	s->not_before_ms = asked[0] ? s->next_at_ms : 0;
 	arm_at(s, s->next_at_ms);
 	/* A worker waiting for this refresh answers its clients now; the retry
 	 * that succeeds brings it the token. */
 	workers_refresh_done(k, s, KIND_TRANSIENT, error);
+}
+
+static void refresh_failed(struct keeper *k, struct server *s, bool terminal, const char *error)
+{
+	refresh_failed_wait(k, s, terminal, error, 0);
 }
 
 static void apply_token(struct server *s, const struct token *t)
@@ -747,6 +827,9 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	/* No refresh_token in the response: keep the one we have (RFC 6749 6). */
 	if (tr.refresh_token)
 		t.refresh_token = tr.refresh_token;
+	if (tr.scope && (!old.scope || strcmp(tr.scope, old.scope) != 0))
+		log_info("%s: the token endpoint granted scope \"%s\" (was %s%s%s)", s->name, tr.scope,
+			 old.scope ? "\"" : "", old.scope ? old.scope : "none", old.scope ? "\"" : "");
 	if (tr.scope)
 		t.scope = tr.scope;
 	expires_in = tr.expires_in;
@@ -778,11 +861,16 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	}
 	apply_token(s, &t);
 	token_clear(&old);
+	s->not_before_ms = 0;
 	s->retry_count = 0;
 	s->failed_reported = false;
 	server_set_error(s, NULL);
-	log_info("%s: Proactive refresh succeeded: token refreshed, expires in %lld s", s->name,
-		 (long long)expires_in);
+	if (expires_in)
+		log_info("%s: Proactive refresh succeeded: token refreshed, expires in %lld s", s->name,
+			 (long long)expires_in);
+	else
+		log_info("%s: Proactive refresh succeeded: token refreshed, no expires_in given: used until the "
+			 "upstream rejects it", s->name);
 	schedule(k, s);
 	/* Committed above: only now may a worker use the new token. */
 	workers_token_changed(k, s);
@@ -794,6 +882,7 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 		time_json_add(d, PARAM_KEY_EXPIRES_AT, PARAM_KEY_EXPIRES_AT_UNIX, s->expires_at_ms);
 		time_json_add(d, PARAM_KEY_NEXT_REFRESH_AT, PARAM_KEY_NEXT_REFRESH_AT_UNIX,
 			      s->rstate == REFRESH_SCHEDULED ? s->next_at_ms : 0);
+		json_object_object_add(d, PARAM_KEY_SCOPE, t.scope ? json_object_new_string(t.scope) : NULL);
 		events_emit(k, EVENT_TOKEN_REFRESHED, d);
 	}
 }
@@ -821,6 +910,68 @@ static void mark_refused(struct keeper *k, struct server *s, const struct secret
 	token_clear(&t);
 }
 
+/* store_list()'s callback for client_rejected(): the keys of the stored
+ * registrations of one client_id at one issuer. */
+struct rejected_client {
+	const char *client_id, *issuer;
+	char **keys;
+	size_t n;
+};
+
+static int rejected_client_find(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct rejected_client *rc = ctx;
+	struct oauth_client c;
+	struct secret *copy;
+
+	/* Port records and the API key share the table: they do not decode. */
+	if (status != 0 || !plain || !(copy = secret_from(plain->data, plain->len)))
+		return 0;
+	if (client_decode(copy, &c) == 0 && strcmp(c.client_id, rc->client_id) == 0 &&
+	    (!c.issuer || !rc->issuer || strcmp(c.issuer, rc->issuer) == 0)) {
+		rc->keys = xrealloc(rc->keys, (rc->n + 1) * sizeof(*rc->keys));
+		rc->keys[rc->n++] = xstrdup(key);
+	}
+	client_clear(&c);
+	return 0;
+}
+
+/*
+ * The token endpoint answered invalid_client: the client the token was
+ * issued to is gone. A dynamically registered one (stored under its issuer)
+ * is dropped, so that the next login registers anew. Returns what status
+ * and the log say.
+ */
+static const char *client_rejected(struct keeper *k, struct server *s, const struct secret *started)
+{
+	struct rejected_client rc = { 0 };
+	struct token t;
+	int r;
+
+	if (token_view(started, &t) < 0 || !t.client_id)
+		return "the client was rejected (invalid_client): log in again";
+	rc.client_id = t.client_id;
+	rc.issuer = t.issuer;
+	r = store_list(k->store, STORE_CLIENTS, rejected_client_find, &rc);
+	if (r != 0)
+		log_warn("%s: listing the stored client registrations failed: %s", s->name, store_strerror(r));
+	for (size_t i = 0; i < rc.n; i++) {
+		r = store_delete(k->store, STORE_CLIENTS, rc.keys[i]);
+		if (r < 0)
+			log_warn("%s: dropping the rejected client registration failed: %s", s->name,
+				 store_strerror(r));
+		else
+			log_info("%s: the client registration at %s was rejected; dropped", s->name,
+				 t.issuer ? t.issuer : "the token endpoint");
+		free(rc.keys[i]);
+	}
+	free(rc.keys);
+	token_clear(&t);
+	if (s->conf->oauth.client_id && !rc.n)
+		return "the client was rejected (invalid_client): check oauth.client_id and oauth.client_secret";
+	return "the client registration was rejected: log in again to register anew";
+}
+
 static void on_reply(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
 {
 	struct server *s = ctx;
@@ -832,19 +983,30 @@ static void on_reply(struct keeper *k, void *ctx, struct json_object *result, st
 	if (result) {
 		refresh_succeeded(k, s, started, result);
 	} else {
-		struct json_object *data = NULL, *kind = NULL, *oerr = NULL, *msg = NULL;
+		struct json_object *data = NULL, *kind = NULL, *oerr = NULL, *msg = NULL, *after = NULL;
 		bool terminal;
 		const char *why;
+		int64_t wait_ms = 0;
 
 		json_object_object_get_ex(error, PARAM_KEY_DATA, &data);
 		json_object_object_get_ex(data, PARAM_KEY_KIND, &kind);
 		json_object_object_get_ex(data, PARAM_KEY_OAUTH_ERROR, &oerr);
 		json_object_object_get_ex(error, PARAM_KEY_MESSAGE, &msg);
+		if (json_object_object_get_ex(data, PARAM_KEY_RETRY_AFTER, &after) &&
+		    json_object_is_type(after, json_type_int) && json_object_get_int64(after) > 0 &&
+		    json_object_get_int64(after) <= PROTO_MAX_RETRY_AFTER)
+			wait_ms = json_object_get_int64(after) * 1000;
 		terminal = kind && strcmp(json_object_get_string(kind), KIND_TERMINAL) == 0;
-		why = oerr ? json_object_get_string(oerr) : msg ? json_object_get_string(msg) : "unknown error";
+		/* A refusal is named by its OAuth error; a transient failure by the
+		 * child's message, which has the HTTP status too ("HTTP 429: slow_down"). */
+		why = oerr && (terminal || !msg) ? json_object_get_string(oerr)
+		      : msg			   ? json_object_get_string(msg)
+						   : "unknown error";
+		if (terminal && oerr && strcmp(why, "invalid_client") == 0)
+			why = client_rejected(k, s, started);
 		if (terminal)
 			mark_refused(k, s, started);
-		refresh_failed(k, s, terminal, why);
+		refresh_failed_wait(k, s, terminal, why, wait_ms);
 	}
 	secret_free(started);
 	dispatch(k);
@@ -1064,6 +1226,7 @@ void refresh_forget(struct keeper *k, struct server *s)
 	}
 	disarm(s);
 	s->next_at_ms = 0;
+	s->not_before_ms = 0;
 }
 
 int refresh_logout(struct keeper *k, struct server *s)

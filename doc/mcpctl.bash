@@ -146,7 +146,8 @@ _mcpctl()
             COMPREPLY=($(compgen -W '--socket -c --config --system --timeout
                 -V --version -h --help' -- "$cur"))
         else
-            COMPREPLY=($(compgen -W 'status servers auth events connect reload tools help' \
+            COMPREPLY=($(compgen -W 'status servers auth events connect reload tools backup
+                restore help' \
                 -- "$cur"))
         fi
         return 0
@@ -253,6 +254,19 @@ _mcpctl()
             local IFS=$'\n'
             COMPREPLY=($(compgen -W "$names" -- "$cur"))
         fi
+        return 0
+        ;;
+    backup/ | restore/)
+        # restore --force, then one FILE.
+        if [[ $cur == -* ]]; then
+            [[ $command == restore ]] && COMPREPLY=($(compgen -W '--force' -- "$cur"))
+            return 0
+        fi
+        local nfiles=0
+        for ((i = ci + 1; i < cword; i++)); do
+            [[ ${words[i]} != -* ]] && ((nfiles++))
+        done
+        ((nfiles == 0)) && _mcpctl_files "$cur" ''
         return 0
         ;;
     *) return 0 ;;

@@ -19,14 +19,7 @@
 #include "config.h"
 #include "log.h"
 #include "paths.h"
-
-#define CHECK(expr)                                                                        \
-	do {                                                                               \
-		if (!(expr)) {                                                             \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #expr); \
-			exit(1);                                                           \
-		}                                                                          \
-	} while (0)
+#include "test.h"
 
 #define CHECK_STREQ(a, b)                                                                  \
 	do {                                                                               \
@@ -37,8 +30,6 @@
 			exit(1);                                                           \
 		}                                                                          \
 	} while (0)
-
-#define TEST(name) printf("test: %s\n", name), fflush(stdout)
 
 static char tmpdir[] = "/tmp/test-config-XXXXXX";
 static bool tmpdir_made;
@@ -1502,10 +1493,8 @@ static void test_private_dir(void)
 	CHECK_STREQ(err, want);
 
 	TEST("paths_ensure_private_dir refuses another user's directory");
-	if (geteuid() != 0) {
-		printf("  skipped: needs root to chown\n");
+	if (test_needs_root(NULL))
 		return;
-	}
 	p = tmp_path("theirs");
 	CHECK(mkdir(p, 0700) == 0 && chown(p, 65534, 65534) == 0);
 	CHECK(paths_ensure_private_dir(p, err, sizeof(err)) == -EPERM);

@@ -2129,6 +2129,12 @@ int main(int argc, char **argv)
 
 	TEST("closing fd 3 ends each child with 0");
 	stop_children();
+	for (int i = 1; i <= 16; i++) {
+		char path[256];
+
+		snprintf(path, sizeof(path), "%s/child-%d.log", tmpdir, i);
+		test_sanitizer_check(path);
+	}
 	finished = true;
 	printf("# all http child tests passed\n");
 	return 0;

@@ -2809,8 +2809,7 @@ int main(int argc, char **argv)
 	peer_start(&pc, (const char *const[]){ "--token-lifetime", "600", NULL });
 	login_knobs = peer_has_login_knobs(&pc);
 	if (!login_knobs)
-		printf("# the test peer lacks the login knobs (POST /test/config s256, iss, ...): "
-		       "knob cases NOT RUN\n");
+		test_skip("login knobs", "the test peer lacks them (POST /test/config s256, iss, ...)");
 	child_ready(&c);
 	test_listen(&c);
 	test_discover(&c, &pc);
@@ -2829,6 +2828,7 @@ int main(int argc, char **argv)
 	test_keeper_bugs();
 	test_close(&pa);
 	test_log_clean();
+	test_sanitizer_check(child_log);
 
 	curl_global_cleanup();
 	finished = true;

@@ -943,8 +943,7 @@ static void test_root_switches_to_owner(void)
 	int status;
 
 	TEST("root opening another user's state directory becomes that user");
-	if (geteuid() != 0) {
-		printf("# SKIP: not root\n");
+	if (test_needs_root(NULL)) {
 		secret_free(key);
 		return;
 	}

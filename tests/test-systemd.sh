@@ -10,7 +10,7 @@
 #
 # Usage: test-systemd.sh [SOURCE_ROOT BUILD_ROOT]
 # (or MCPKEEPER_SOURCE_ROOT / MCPKEEPER_BUILD_ROOT). Exit 77 (skip) only when
-# systemd-analyze is missing.
+# systemd-analyze is missing, and then 1 with $CI set.
 set -euo pipefail
 
 src=${1:-${MCPKEEPER_SOURCE_ROOT:-}}
@@ -22,6 +22,11 @@ if [ -z "$src" ] || [ -z "$build" ]; then
 	exit 2
 fi
 if ! command -v systemd-analyze >/dev/null; then
+	# scripts/install-deps installs it; CI must run this test.
+	if [ -n "${CI:-}" ]; then
+		echo "FAIL: systemd-analyze not installed (Debian package systemd), and CI is set" >&2
+		exit 1
+	fi
 	echo "SKIP: systemd-analyze not installed (Debian package systemd)"
 	exit 77
 fi

@@ -1625,11 +1625,12 @@ int main(int argc, char **argv)
 	if (stdio_bin)
 		test_stdio();
 	else
-		printf("# no stdio server given: stdio transport not tested\n");
+		test_skip("stdio transport", "no stdio server given");
 	test_record_and_log();
 
 	evbuffer_free(record);
 	curl_global_cleanup();
+	test_sanitizer_check(worker_log);
 	finished = true;
 	printf("# all worker tests passed\n");
 	return 0;

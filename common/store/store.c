@@ -1,7 +1,7 @@
 /*
- * See store.h. Everything Berkeley DB is behind this file; nothing else in
- * mcpkeeper includes db.h (a test tool does, to die inside a
- * transaction on purpose). The store sees only sealed bytes on disk and
+ * See store.h. Everything Berkeley DB is behind this file and backup.c
+ * (hot backup and catastrophic recovery); nothing else in mcpkeeper
+ * includes db.h (a test tool does, to die inside a transaction on purpose). The store sees only sealed bytes on disk and
  * hands out unsealed records in secret buffers.
  */
 #include <dirent.h>
@@ -25,6 +25,7 @@
 #include "paths.h"
 #include "proto.h"
 #include "secret.h"
+#include "store-private.h"
 #include "store.h"
 #include "util.h"
 
@@ -124,8 +125,8 @@ const char *store_strerror(int status)
 	}
 }
 
-static void errf(char *err, size_t len, const char *fmt, ...) _printf_(3, 4);
-static void errf(char *err, size_t len, const char *fmt, ...)
+#define errf store_errf
+void store_errf(char *err, size_t len, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -871,6 +872,17 @@ struct store *store_close(struct store *s)
 void store_closep(struct store **s)
 {
 	*s = store_close(*s);
+}
+
+/* backup.c copies the environment with Berkeley DB's own hot backup. */
+DB_ENV *store_db_env(struct store *s)
+{
+	return s->env;
+}
+
+int store_become_owner(const char *dir, char *err, size_t errlen)
+{
+	return switch_to_owner(dir, err, errlen);
 }
 
 unsigned store_reopen_count(const struct store *s)

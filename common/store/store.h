@@ -155,3 +155,48 @@ int store_server_key(const char *name, const char *url, char *buf, size_t len);
  * ("port:", server key, NULL). Returns 0 or -ENAMETOOLONG.
  */
 int store_derived_key(const char *prefix, const char *a, const char *b, char *buf, size_t len);
+
+/* ---- backup and restore (backup.c) ----
+ *
+ * A backup is one file: "MCPKBAK\0", a 4-byte big-endian format version (1),
+ * then entries (2-byte big-endian name length, the name, 8-byte big-endian
+ * length, the bytes), an entry with an empty name as the end, and a 32-byte
+ * BLAKE2b hash (crypto_generichash) of everything before it. The entries are
+ * the store's database files and log files as Berkeley DB's hot backup
+ * (DB_ENV->backup) copies them from a live environment: databases first, then
+ * every log, so that catastrophic recovery on the copy makes it consistent.
+ * Records stay sealed; the master key is not in it.
+ */
+
+/*
+ * Writes a hot backup of the open store to fd (an empty regular file,
+ * written with pwrite from offset 0; the caller syncs and names it). A
+ * keeper may be running on the same store. Returns 0 and the number of
+ * files and bytes, or a negative errno value with a message in err.
+ */
+int store_backup(struct store *s, int fd, unsigned *files, unsigned long long *bytes, char *err, size_t errlen);
+
+/*
+ * Checks a backup read from fd (format, sizes, names, the hash) and with dir
+ * non-NULL writes its files into dir (an existing, empty directory), each
+ * with mode 0600. Nothing is written unless the whole file checks out.
+ * Returns 0, STORE_E_CORRUPT (the message in err says what is wrong), or a
+ * negative errno value.
+ */
+int store_backup_extract(int fd, const char *dir, char *err, size_t errlen);
+
+/* Catastrophic recovery (DB_RECOVER_FATAL) of the environment in dir, which
+ * no process may have open; then its region files are removed. Returns 0 or
+ * a negative errno value with a message in err. */
+int store_recover_fatal(const char *dir, char *err, size_t errlen);
+
+/*
+ * Whether a live process has the environment in dir open: Berkeley DB's
+ * DB_REGISTER registry (__db.register) holds a lock per open process.
+ * Returns 0 (none), 1 with *pid, or a negative errno value.
+ */
+int store_in_use(const char *dir, pid_t *pid);
+
+/* What store_open does to a root opener: becomes the owner of dir when dir
+ * belongs to another user (for the whole process). 0 or a negative errno. */
+int store_become_owner(const char *dir, char *err, size_t errlen);

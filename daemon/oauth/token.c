@@ -53,7 +53,9 @@ struct token_verdict {
 	const char *oauth_error;
 	const char *description;	/* the provider's error_description, raw */
 	bool answered;			/* there was an HTTP answer */
+	bool expires_in_unusable;	/* an expires_in that is no number: ignored */
 	long http_status;
+	long retry_after;		/* seconds the provider asked us to wait, or 0 */
 	char message[CURL_ERROR_SIZE + 64];
 };
 
@@ -114,7 +116,7 @@ static const char *token_too_large(struct json_object *body, size_t *len)
 
 /* The keeper's result for a 2xx token response (RFC 6749 5.1), or NULL when
  * it is malformed. The token strings are shared with body. */
-static struct json_object *token_result(struct json_object *body, long http_status)
+static struct json_object *token_result(struct json_object *body, long http_status, bool *expires_in_unusable)
 {
 	struct json_object *v, *result;
 	int64_t expires_in;
@@ -129,8 +131,14 @@ static struct json_object *token_result(struct json_object *body, long http_stat
 		json_object_object_add(result, PARAM_KEY_TOKEN_TYPE, json_object_get(v));
 	else
 		json_object_object_add(result, PARAM_KEY_TOKEN_TYPE, json_object_new_string("Bearer"));
-	if (json_object_object_get_ex(body, "expires_in", &v) && expires_in_of(v, &expires_in) == 0)
-		json_object_object_add(result, PARAM_KEY_EXPIRES_IN, json_object_new_int64(expires_in));
+	/* One that is no number is left out, as if absent: the tokens are good,
+	 * and a rotated refresh token must not be lost over it. */
+	if (json_object_object_get_ex(body, "expires_in", &v) && v) {
+		if (expires_in_of(v, &expires_in) == 0)
+			json_object_object_add(result, PARAM_KEY_EXPIRES_IN, json_object_new_int64(expires_in));
+		else
+			*expires_in_unusable = true;
+	}
 	if (json_object_object_get_ex(body, "refresh_token", &v) && vschar_string(v, false))
 		json_object_object_add(result, PARAM_KEY_REFRESH_TOKEN, json_object_get(v));
 	if (json_object_object_get_ex(body, "scope", &v) && vschar_string(v, true))
@@ -174,7 +182,7 @@ static void token_verdict(const struct fetch *f, struct token_verdict *v)
 			 "HTTP %ld: the %s is %zu bytes long, more than the %d bytes mcpkeeper accepts", status, big,
 			 big_len, PROTO_MAX_TOKEN);
 	} else if (status >= 200 && status < 300) {
-		v->result = token_result(v->body, status);
+		v->result = token_result(v->body, status, &v->expires_in_unusable);
 		if (!v->result) {
 			/* Status and length only: the body may hold tokens. */
 			v->kind = KIND_TRANSIENT;
@@ -182,7 +190,13 @@ static void token_verdict(const struct fetch *f, struct token_verdict *v)
 				 status, f->body.len);
 		}
 	} else if (status == 429 || status >= 500) {
+		curl_off_t wait = 0;
+
 		v->kind = KIND_TRANSIENT;
+		/* Retry-After (seconds or an HTTP date, RFC 9110 10.2.3): the
+		 * keeper waits at least that long, within its cap. */
+		if (curl_easy_getinfo(f->easy, CURLINFO_RETRY_AFTER, &wait) == CURLE_OK && wait > 0)
+			v->retry_after = wait > PROTO_MAX_RETRY_AFTER ? PROTO_MAX_RETRY_AFTER : (long)wait;
 		snprintf(v->message, sizeof(v->message), "HTTP %ld%s%s", status, v->oauth_error ? ": " : "",
 			 v->oauth_error ? v->oauth_error : "");
 	} else if (status >= 400 && v->oauth_error) {
@@ -232,7 +246,7 @@ static void refresh_freep(struct refresh **r)
 }
 
 static void refresh_reply_error(struct refresh *r, const char *kind, const char *reason, const char *oauth_error,
-				long http_status, const char *message)
+				long http_status, long retry_after, const char *message)
 {
 	struct json_object *msg, *err, *data;
 
@@ -247,6 +261,8 @@ static void refresh_reply_error(struct refresh *r, const char *kind, const char 
 			json_object_object_add(data, PARAM_KEY_REASON, json_object_new_string(reason));
 		if (http_status > 0)
 			json_object_object_add(data, PARAM_KEY_HTTP_STATUS, json_object_new_int((int)http_status));
+		if (retry_after > 0)
+			json_object_object_add(data, PARAM_KEY_RETRY_AFTER, json_object_new_int64(retry_after));
 	}
 	oauth_send(r->o, msg);
 	json_object_put(msg);
@@ -266,7 +282,7 @@ static void refresh_reply_tokens(struct refresh *r, struct token_verdict *v)
 	/* The reply shares the token strings with v->body, which the caller wipes. */
 	json_object_put(msg);
 	if (ret == FRAME_E_TOO_LARGE) {
-		refresh_reply_error(r, KIND_TRANSIENT, NULL, NULL, v->http_status, "token response too large");
+		refresh_reply_error(r, KIND_TRANSIENT, NULL, NULL, v->http_status, 0, "token response too large");
 		return;
 	}
 	if (ret) {
@@ -285,10 +301,12 @@ static void refresh_done(struct fetch *f, void *arg)
 	struct token_verdict v;
 
 	token_verdict(f, &v);
+	if (v.expires_in_unusable)
+		log_warn("oauth: %s: the token response's expires_in is not a number; taken as absent", r->server);
 	if (v.result)
 		refresh_reply_tokens(r, &v);
 	else
-		refresh_reply_error(r, v.kind, v.reason, v.oauth_error, v.http_status, v.message);
+		refresh_reply_error(r, v.kind, v.reason, v.oauth_error, v.http_status, v.retry_after, v.message);
 	token_verdict_clear(&v);
 	refresh_free(r);
 }
@@ -357,6 +375,8 @@ static void token_exchange_done(struct fetch *f, void *arg)
 	l->fetch = NULL;
 	token_verdict(f, &v);
 	fetch_free(f);
+	if (v.expires_in_unusable)
+		log_warn("oauth: %s: the token response's expires_in is not a number; taken as absent", l->server);
 	if (!v.result) {
 		char message[MESSAGE_MAX];
 		const char *reason = v.reason ? v.reason : v.answered ? LOGIN_R_EXCHANGE : LOGIN_R_NETWORK;

@@ -39,6 +39,14 @@ cleanup() {
 	local status=$?
 	stop "$keeper_pid"
 	stop "$peer_pid"
+	# A sanitizer report from the keeper or any of its children (their
+	# stderr is the keeper's log) fails the test.
+	local san='ERROR: (Address|Leak|Memory)Sanitizer|runtime error:|WARNING: ThreadSanitizer'
+	if grep -qE "$san" "$tmp/keeper.log" 2>/dev/null; then
+		echo "FAIL: sanitizer report in the keeper log:" >&2
+		grep -m1 -A40 -E "$san" "$tmp/keeper.log" >&2
+		status=1
+	fi
 	if [ "$status" -ne 0 ]; then
 		echo "--- keeper log (last 40 lines)" >&2
 		tail -n 40 "$tmp/keeper.log" >&2 2>/dev/null || true
@@ -46,6 +54,7 @@ cleanup() {
 		tail -n 10 "$tmp/peer.log" >&2 2>/dev/null || true
 	fi
 	rm -rf "$tmp"
+	exit "$status"
 }
 trap cleanup EXIT
 

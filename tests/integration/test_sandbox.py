@@ -85,9 +85,14 @@ class SandboxCase(unittest.TestCase):
         self.k = None
 
     def tearDown(self):
+        report = None
         if self.k:
             self.k.stop()
+            # The keeper's, its children's or the hostile server's (through its worker).
+            report = kl.sanitizer_report(self.k.log())
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if report:
+            raise AssertionError("sanitizer report in the keeper log:\n%s" % report)
 
     def keeper(self, sandbox=None, knob=None, before_start=None):
         kdir = os.path.join(self.tmp, "keeper")
@@ -275,4 +280,4 @@ class TestNoMechanism(SandboxCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    kl.main()

@@ -36,8 +36,7 @@ NOBODY_GID = 65534
 
 
 def needs_root(case):
-    if os.geteuid() != 0:
-        case.skipTest("needs root (another uid)")
+    kl.needs_root(case, "needs root (another uid)")
 
 
 def mcpctl(*args, env=None, timeout=60):

@@ -38,8 +38,15 @@
  *                     202, and a request's response arrives on the stream as
  *                     an "event: message"
  *   GET  /.well-known/oauth-protected-resource/sse   RFC 9728 for /sse
- *   POST /test/fail   {"mode": "500"|"429"|"hang"|"malformed"|"invalid_grant",
- *                      "count": N} queues failures for the next token requests
+ *   POST /test/fail   {"mode": "500"|"429"|"hang"|"malformed"|"invalid_grant"
+ *                      |"429_bare"|"trickle"|"huge"|"wrong_types"
+ *                      |"invalid_client", "count": N} queues failures for
+ *                     the next token requests: "429" carries Retry-After
+ *                     (retry_after), "429_bare" none; "trickle" a 200 whose
+ *                     body ("{" then 16 spaces every 100 ms) never ends;
+ *                     "huge" a 200 of 10 MiB; "wrong_types" a 200 whose
+ *                     access_token and refresh_token are numbers and
+ *                     expires_in an object; "invalid_client" a 401
  *   GET  /test/stats  counters; POST /test/reset zeroes them, drops queued
  *                     failures and forgets recorded responses and /test/last
  *                     (it leaves the configuration alone)
@@ -97,6 +104,13 @@
  *                     only those of the requested scopes (what the token
  *                     response says); none left: it redirects with
  *                     invalid_scope and issues no code
+ *       retry_after (1)  the Retry-After (seconds) of injected 429s
+ *       expires_in_json (null)  a JSON text: token responses carry it as
+ *                     expires_in ("\"3600\"", "{}" ...); "": no expires_in
+ *       omit_refresh_token (false)  refresh answers carry no refresh_token
+ *                     and rotate nothing: the presented one stays valid
+ *       refresh_scope (null)  a scope string: refresh answers grant and say
+ *                     it (a provider that changes the scope on refresh)
  *       issuer_bound (false)  true: the authorization servers are apart.
  *                     Every issuer that was in effect (issuer_path values,
  *                     the first 16) keeps its metadata document and its
@@ -362,6 +376,11 @@ enum fail_mode {
 	FAIL_HANG,
 	FAIL_MALFORMED,
 	FAIL_INVALID_GRANT,
+	FAIL_429_BARE,
+	FAIL_TRICKLE,
+	FAIL_HUGE,
+	FAIL_WRONG_TYPES,
+	FAIL_INVALID_CLIENT,
 };
 
 static const char *const fail_names[] = {
@@ -370,6 +389,11 @@ static const char *const fail_names[] = {
 	[FAIL_HANG] = "hang",
 	[FAIL_MALFORMED] = "malformed",
 	[FAIL_INVALID_GRANT] = "invalid_grant",
+	[FAIL_429_BARE] = "429_bare",
+	[FAIL_TRICKLE] = "trickle",
+	[FAIL_HUGE] = "huge",
+	[FAIL_WRONG_TYPES] = "wrong_types",
+	[FAIL_INVALID_CLIENT] = "invalid_client",
 };
 
 struct failure {
@@ -385,6 +409,7 @@ enum pending_kind {
 	PENDING_HANG,
 	PENDING_SLOW,
 	PENDING_EVENT,		/* slow over HTTP+SSE: an event for a session's stream */
+	PENDING_TRICKLE,	/* an injected trickle: a 200 whose body never ends */
 };
 
 struct pending {
@@ -528,6 +553,12 @@ struct peer_options {
 	int64_t expires_in;
 	long access_token_bytes, refresh_token_bytes;	/* 0: TOKEN_CHARS - 1 */
 	int reject_mcp;
+	long retry_after;		/* the Retry-After of injected 429s */
+	int has_expires_in_json;	/* expires_in_json: "" leaves expires_in out */
+	char expires_in_json[KNOB_MAX + 1];
+	int omit_refresh_token;
+	int has_refresh_scope;
+	char refresh_scope[KNOB_MAX + 1];
 };
 
 struct peer {
@@ -1987,6 +2018,16 @@ static struct rtoken *rtoken_new(struct peer *p, struct family *fam)
  * refresh token being exchanged (NULL for a new login): with rotation on it
  * is retired in favour of a new one.
  */
+/* expires_in_json: the value of expires_in as that JSON text, or none. */
+static void expires_in_override(const struct peer *p, struct json_object *o)
+{
+	if (!p->opt.has_expires_in_json)
+		return;
+	json_object_object_del(o, "expires_in");
+	if (p->opt.expires_in_json[0])
+		json_object_object_add(o, "expires_in", json_tokener_parse(p->opt.expires_in_json));
+}
+
 static void tokens_issue(struct peer *p, struct evhttp_request *req, struct family *fam, struct rtoken *base,
 			 const char *scope)
 {
@@ -1994,12 +2035,15 @@ static void tokens_issue(struct peer *p, struct evhttp_request *req, struct fami
 	struct json_object *o = json_object_new_object();
 	int64_t now = now_ms();
 
+	if (base && p->opt.has_refresh_scope)
+		scope = p->opt.refresh_scope;
 	at->fam = fam;
 	at->scope = xstrdup(scope ? scope : fam->scope);
 	at->expires_ms = now + p->opt.token_lifetime * 1000;
 	table_put(&p->atokens, at->token, at);
 
-	if (!base || p->opt.rotate) {
+	/* A refresh answer without a refresh token must leave the old one usable. */
+	if (!base || (p->opt.rotate && !p->opt.omit_refresh_token)) {
 		struct rtoken *rt = rtoken_new(p, fam);
 
 		if (base) {
@@ -2013,7 +2057,9 @@ static void tokens_issue(struct peer *p, struct evhttp_request *req, struct fami
 	json_object_object_add(o, "token_type", json_object_new_string("Bearer"));
 	json_object_object_add(o, "expires_in", json_object_new_int64(p->opt.has_expires_in ? p->opt.expires_in
 										      : p->opt.token_lifetime));
-	json_object_object_add(o, "refresh_token", json_object_new_string(fam->current->token));
+	expires_in_override(p, o);
+	if (!base || !p->opt.omit_refresh_token)
+		json_object_object_add(o, "refresh_token", json_object_new_string(fam->current->token));
 	json_object_object_add(o, "scope", json_object_new_string(scope ? scope : fam->scope));
 	add_header(req, "Cache-Control", "no-store");
 	add_header(req, "Pragma", "no-cache");
@@ -2177,6 +2223,44 @@ static struct pending *pending_add(struct peer *p, struct evhttp_request *req, e
 	return pd;
 }
 
+/* huge: a 200 whose body (a JSON object with one long string) is 10 MiB. */
+#define HUGE_BODY_BYTES (10 * 1024 * 1024)
+
+static void reply_huge(struct evhttp_request *req)
+{
+	static const char head[] = "{\"access_token\": \"", tail[] = "\"}";
+	char *body = xmalloc(HUGE_BODY_BYTES);
+
+	memset(body, 'a', HUGE_BODY_BYTES);
+	memcpy(body, head, sizeof(head) - 1);
+	memcpy(body + HUGE_BODY_BYTES - (sizeof(tail) - 1), tail, sizeof(tail) - 1);
+	reply_raw(req, 200, "application/json", body, HUGE_BODY_BYTES);
+	free(body);
+}
+
+/* trickle: a 200 that sends TRICKLE_BYTES of JSON whitespace every
+ * TRICKLE_MS after its first "{" and never ends, until the client goes
+ * (trickle_closed) or the peer stops (pending_fire at shutdown). */
+#define TRICKLE_MS 100
+#define TRICKLE_BYTES 16
+
+static void trickle_closed(struct evhttp_connection *evcon, void *arg);
+
+static void trickle_start(struct peer *p, struct evhttp_request *req)
+{
+	struct pending *pd = pending_add(p, req, PENDING_TRICKLE, TRICKLE_MS);
+	struct evbuffer *b = evbuffer_new();
+
+	if (!b)
+		fatal("out of memory");
+	add_header(req, "Content-Type", "application/json");
+	evhttp_send_reply_start(req, 200, NULL);
+	evbuffer_add(b, "{", 1);
+	evhttp_send_reply_chunk(req, b);
+	evbuffer_free(b);
+	evhttp_connection_set_closecb(evhttp_request_get_connection(req), trickle_closed, pd);
+}
+
 /* Answers with an injected failure. Returns 1 when the request is held. */
 static int failure_apply(struct peer *p, struct evhttp_request *req, enum fail_mode mode)
 {
@@ -2188,10 +2272,14 @@ static int failure_apply(struct peer *p, struct evhttp_request *req, enum fail_m
 	case FAIL_500:
 		oauth_error(p, req, 500, "server_error", "injected failure");
 		break;
-	case FAIL_429:
-		add_header(req, "Retry-After", "1");
+	case FAIL_429: {
+		char seconds[24];
+
+		snprintf(seconds, sizeof(seconds), "%ld", p->opt.retry_after);
+		add_header(req, "Retry-After", seconds);
 		oauth_error(p, req, 429, "slow_down", "injected failure");
 		break;
+	}
 	case FAIL_MALFORMED:
 		record_outcome(p, 200, "malformed", "injected failure: a 200 whose body is not JSON");
 		reply_raw(req, 200, "application/json", malformed, sizeof(malformed) - 1);
@@ -2204,6 +2292,28 @@ static int failure_apply(struct peer *p, struct evhttp_request *req, enum fail_m
 		record_outcome(p, 503, "temporarily_unavailable", "injected hang");
 		pending_add(p, req, PENDING_HANG, p->opt.hang_seconds * 1000);
 		return 1;
+	case FAIL_429_BARE:
+		oauth_error(p, req, 429, "slow_down", "injected failure without Retry-After");
+		break;
+	case FAIL_TRICKLE:
+		record_outcome(p, 200, "trickle", "injected failure: a 200 whose body never ends");
+		trickle_start(p, req);
+		return 1;
+	case FAIL_HUGE:
+		record_outcome(p, 200, "huge", "injected failure: a 200 with a 10 MiB body");
+		reply_huge(req);
+		break;
+	case FAIL_WRONG_TYPES: {
+		static const char wrong[] = "{\"access_token\": 12345, \"token_type\": \"Bearer\", "
+					    "\"expires_in\": {\"seconds\": 60}, \"refresh_token\": 678}";
+
+		record_outcome(p, 200, "wrong_types", "injected failure: a 200 with fields of the wrong types");
+		reply_raw(req, 200, "application/json", wrong, sizeof(wrong) - 1);
+		break;
+	}
+	case FAIL_INVALID_CLIENT:
+		oauth_error(p, req, 401, "invalid_client", "injected failure: client unknown");
+		break;
 	}
 	return 0;
 }
@@ -3057,6 +3167,44 @@ out:
 
 /* ---- pending replies -------------------------------------------------- */
 
+static void pending_unlink(struct pending *pd)
+{
+	struct peer *p = pd->peer;
+
+	if (pd->prev)
+		pd->prev->next = pd->next;
+	else
+		p->pending = pd->next;
+	if (pd->next)
+		pd->next->prev = pd->prev;
+	event_free(pd->timer);
+	free(pd);
+}
+
+/* A trickle's timer (what: EV_TIMEOUT): more whitespace, and 1 (it goes
+ * on). At shutdown (what 0): the end of the reply, and 0. */
+static int trickle_more(struct pending *pd, short what)
+{
+	static const char spaces[TRICKLE_BYTES + 1] = "                ";
+	struct timeval tv = { .tv_usec = TRICKLE_MS * 1000 };
+	struct evbuffer *b;
+
+	if (!(what & EV_TIMEOUT)) {
+		evhttp_connection_set_closecb(evhttp_request_get_connection(pd->req), NULL, NULL);
+		evhttp_send_reply_end(pd->req);
+		token_done(pd->peer);
+		return 0;
+	}
+	b = evbuffer_new();
+	if (!b)
+		fatal("out of memory");
+	evbuffer_add(b, spaces, TRICKLE_BYTES);
+	evhttp_send_reply_chunk(pd->req, b);
+	evbuffer_free(b);
+	evtimer_add(pd->timer, &tv);
+	return 1;
+}
+
 static void pending_fire(evutil_socket_t fd, short what, void *arg)
 {
 	struct pending *pd = arg;
@@ -3066,6 +3214,10 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
 	case PENDING_HANG:
 		oauth_error(p, pd->req, 503, "temporarily_unavailable", "injected hang");
 		token_done(p);
+		break;
+	case PENDING_TRICKLE:
+		if (trickle_more(pd, what))
+			return;
 		break;
 	case PENDING_SLOW:
 		if (pd->sse)
@@ -3085,14 +3237,20 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
 		break;
 	}
 	}
-	if (pd->prev)
-		pd->prev->next = pd->next;
-	else
-		p->pending = pd->next;
-	if (pd->next)
-		pd->next->prev = pd->prev;
-	event_free(pd->timer);
-	free(pd);
+	pending_unlink(pd);
+}
+
+/* A trickle's client went away: libevent frees the request with the
+ * connection unless the connection let go of it (as in stream_closed). */
+static void trickle_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct pending *pd = arg;
+
+	(void)evcon;
+	if (!evhttp_request_get_connection(pd->req))
+		evhttp_send_reply_end(pd->req);
+	token_done(pd->peer);
+	pending_unlink(pd);
 }
 
 /* ---- /test ------------------------------------------------------------ */
@@ -3167,6 +3325,12 @@ static struct json_object *config_json(const struct peer *p)
 	json_object_object_add(o, "tool_scope", string_or_null(l->tool_scope));
 	json_object_object_add(o, "grantable_scopes", json_object_get(l->grantable_scopes));
 	json_object_object_add(o, "issuer_bound", json_object_new_boolean(l->issuer_bound));
+	json_object_object_add(o, "retry_after", json_object_new_int64(p->opt.retry_after));
+	json_object_object_add(o, "expires_in_json",
+			       string_or_null(p->opt.has_expires_in_json ? p->opt.expires_in_json : NULL));
+	json_object_object_add(o, "omit_refresh_token", json_object_new_boolean(p->opt.omit_refresh_token));
+	json_object_object_add(o, "refresh_scope",
+			       string_or_null(p->opt.has_refresh_scope ? p->opt.refresh_scope : NULL));
 	return o;
 }
 
@@ -3211,6 +3375,41 @@ static int json_expires_in(struct json_object *o, struct peer_options *opt)
 	opt->has_expires_in = 1;
 	opt->expires_in = json_object_get_int64(v);
 	return 0;
+}
+
+/* A string knob kept in a fixed buffer of peer_options (null: none). */
+static int json_opt_text(struct json_object *o, const char *key, int (*valid)(const char *), int *has,
+			 char *out)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(o, key, &v))
+		return 0;
+	if (!v) {
+		*has = 0;
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) > KNOB_MAX ||
+	    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v) ||
+	    !valid(json_object_get_string(v)))
+		return -EINVAL;
+	*has = 1;
+	snprintf(out, KNOB_MAX + 1, "%s", json_object_get_string(v));
+	return 0;
+}
+
+/* expires_in_json: "" (leave expires_in out) or one JSON value. */
+static int valid_json_value(const char *s)
+{
+	struct json_object *v;
+
+	if (!*s)
+		return 1;
+	v = json_tokener_parse(s);
+	if (!v)
+		return 0;
+	json_object_put(v);
+	return 1;
 }
 
 /* A token length knob: 0 (the usual) or TOKEN_BYTES_MIN .. TOKEN_BYTES_MAX. */
@@ -3452,7 +3651,8 @@ static void test_fail(struct peer *p, struct evhttp_request *req, struct json_ob
 		if (json_object_object_get_ex(body, "mode", &v) && streq(json_object_get_string(v), fail_names[mode]))
 			break;
 	if (mode == ARRAY_SIZE(fail_names) || json_long(body, "count", 1, 1000000, &count) < 0) {
-		reply_text(req, 400, "need mode (500, 429, hang, malformed, invalid_grant) and count 1..1000000\n");
+		reply_text(req, 400, "need mode (500, 429, hang, malformed, invalid_grant, 429_bare, trickle, huge, "
+				     "wrong_types, invalid_client) and count 1..1000000\n");
 		return;
 	}
 	f = xcalloc(1, sizeof(*f));
@@ -3495,6 +3695,15 @@ static void test_config(struct peer *p, struct evhttp_request *req, struct json_
 		bad = "refresh_token_bytes";
 	else if (json_flag(body, "reject_mcp", &o.reject_mcp) < 0)
 		bad = "reject_mcp";
+	else if (json_long(body, "retry_after", 0, LIMIT_SECONDS, &o.retry_after) < 0)
+		bad = "retry_after";
+	else if (json_opt_text(body, "expires_in_json", valid_json_value, &o.has_expires_in_json,
+			       o.expires_in_json) < 0)
+		bad = "expires_in_json";
+	else if (json_flag(body, "omit_refresh_token", &o.omit_refresh_token) < 0)
+		bad = "omit_refresh_token";
+	else if (json_opt_text(body, "refresh_scope", valid_scope, &o.has_refresh_scope, o.refresh_scope) < 0)
+		bad = "refresh_scope";
 	else
 		bad = login_config_parse(&l, body);
 	/* Every issuer keeps its place (issuer_bound serves its endpoints). */
@@ -3859,7 +4068,7 @@ static void options_parse(struct peer_options *o, int argc, char **argv)
 	};
 	int c;
 
-	*o = (struct peer_options){ .token_lifetime = 3600, .hang_seconds = 60, .rotate = 1 };
+	*o = (struct peer_options){ .token_lifetime = 3600, .hang_seconds = 60, .rotate = 1, .retry_after = 1 };
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (c) {
 		case OPT_PORT:

@@ -1,0 +1,18 @@
+/*
+ * What store.c shares with backup.c and nothing else: the environment
+ * handle of an open store. Not for the store's users (they include store.h).
+ */
+#pragma once
+
+#include <stddef.h>
+
+#include <db.h>
+
+#include "util.h"
+
+struct store;
+
+DB_ENV *store_db_env(struct store *s);
+
+/* Formats a message into err (len bytes; nothing when err is NULL). */
+void store_errf(char *err, size_t len, const char *fmt, ...) _printf_(3, 4);
