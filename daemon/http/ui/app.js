@@ -452,6 +452,8 @@
       return until(at, now) > 0 ? 'next refresh in ' + fmtDuration(until(at, now), 2) : 'next refresh due now';
     case 'failed':
       return n > 0 ? 'refresh failed after ' + n + (n === 1 ? ' retry' : ' retries') : 'refresh failed';
+    case 'interrupted':
+      return 'refresh interrupted by a crash: log in again';
     default:
       return s.oauth_status === 'authenticated' ? 'not scheduled' : null;
     }
