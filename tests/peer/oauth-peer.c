@@ -168,7 +168,9 @@
  * - Rotation: every successful refresh issues a new refresh token and retires
  *   the presented one. Presenting a retired one is reuse: invalid_grant, and
  *   the whole family (every access and refresh token from that login) is
- *   revoked. With --grace N, the refresh token retired most recently is
+ *   revoked, and counted in /test/stats as reused_refresh_tokens (refresh
+ *   tokens presented twice). That is strict rotation, the default (--grace
+ *   0): a refresh token works exactly once. With --grace N, the refresh token retired most recently is
  *   accepted once within N seconds of its retirement; that exchange is treated
  *   as a refresh of the family's current token: a fresh access token and a
  *   fresh refresh token, the current one being retired in turn. The keeper
