@@ -94,7 +94,8 @@
 
 (function () {
   var KEY_STORAGE = 'mcpkeeper.apikey';
-  var SERVER_EVENTS = ['oauth.token_refreshed', 'oauth.refresh_failed', 'oauth.login_required', 'servers.changed'];
+  var SERVER_EVENTS = ['oauth.token_refreshed', 'oauth.refresh_failed', 'oauth.refresh_interrupted', 'oauth.login_required',
+    'servers.changed'];
   var POLL_MS = 30000;
   var RECONNECT_MIN_MS = 1000;
   var RECONNECT_MAX_MS = 30000;
