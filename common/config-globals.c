@@ -58,7 +58,7 @@ void config_globals_init(struct config *c)
 static int refresh_parse(struct parser *p, struct json_object *root)
 {
 	static const char *const known[] = {
-		"threshold", "max_retries", "timeout", "max_in_flight", "min_interval", NULL,
+		"threshold", "max_retries", "timeout", "max_in_flight", "min_interval", "retry_after_crash", NULL,
 	};
 	struct config_refresh *rf = &p->c->refresh;
 	struct json_object *obj, *v;
@@ -89,8 +89,11 @@ static int refresh_parse(struct parser *p, struct json_object *root)
 	r = config_get_int(p, obj, "refresh", "max_in_flight", 1, 4096, &rf->max_in_flight);
 	if (r < 0)
 		return r;
-	return config_get_int(p, obj, "refresh", "min_interval", MIN_INTERVAL_MIN_MS, MIN_INTERVAL_MAX_MS,
-			      &rf->min_interval_ms);
+	r = config_get_int(p, obj, "refresh", "min_interval", MIN_INTERVAL_MIN_MS, MIN_INTERVAL_MAX_MS,
+			   &rf->min_interval_ms);
+	if (r < 0)
+		return r;
+	return config_get_bool(p, obj, "refresh", "retry_after_crash", &rf->retry_after_crash);
 }
 
 /*

@@ -91,6 +91,8 @@ struct config_refresh {
 	int max_in_flight;	/* global cap on concurrent refreshes; default 16 */
 	int min_interval_ms;	/* floor between two token requests of one server,
 				 * 100 ms .. 1 h; default 2000 */
+	bool retry_after_crash;	/* a refresh interrupted by a crash presents its
+				 * refresh token once more; default false */
 };
 
 /* System mode: the user each kind of child runs as, one uid per role so that

@@ -474,6 +474,14 @@
 #define EVENT_LOGIN_REQUIRED "oauth.login_required"
 #define REAUTH_R_SCOPE "insufficient_scope"
 #define REAUTH_R_ISSUER "authorization_server_changed"
+/* {"server_name", "oauth_status"}: the keeper died with that refresh in flight, so the
+ * provider may have rotated a refresh token it never stored; it does not
+ * present the old one again (unless refresh.retry_after_crash): login
+ * needed. Sent when the keeper finds the interrupted refresh at start
+ * (oauth_status "authenticated" while the access token lives) and again
+ * when that access token expires (oauth_status "expired"). */
+#define EVENT_REFRESH_INTERRUPTED "oauth.refresh_interrupted"
+#define REFRESH_INTERRUPTED_MESSAGE "refresh interrupted by a crash: log in again"
 
 /* JSON-RPC 2.0 error codes. */
 #define RPC_PARSE_ERROR -32700

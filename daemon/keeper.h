@@ -39,6 +39,7 @@ enum refresh_state {
 	REFRESH_REFRESHING,
 	REFRESH_RETRYING,
 	REFRESH_FAILED,		/* terminal: login needed */
+	REFRESH_INTERRUPTED,	/* a refresh was in flight when the keeper died: login needed */
 };
 
 /* Runtime state of one configured server. Schedule metadata only: token
@@ -56,6 +57,7 @@ struct server {
 	int retry_count;			/* failed attempts since the last success */
 	bool has_refresh;
 	bool refused;				/* provider refused the refresh token: login needed */
+	bool interrupted;			/* its record holds a refresh intent from before a crash */
 	bool failed_reported;			/* oauth.refresh_failed sent for this run */
 	bool in_flight;
 	int64_t next_at_ms;			/* wall-clock due time; 0: none */

@@ -23,6 +23,17 @@
  * happened meanwhile is never overwritten, and a rotated refresh token is
  * durable before anything else learns of the new access token.
  *
+ * The refresh intent: before a refresh token goes out, the record gets an
+ * intent (token.h: intent_at_ms) in a transaction of its own; every answer
+ * writes the record without it (the new token, the refusal, or for a
+ * transient failure the same record). A record that still holds one when
+ * the keeper starts was in flight when it died: the provider may have
+ * rotated the refresh token and the new one never reached the store.
+ * Presenting the old one again could make the provider revoke the whole
+ * grant, so the server turns `interrupted` (login needed; the access token
+ * serves while it lives), unless refresh.retry_after_crash says to try the
+ * old token once.
+ *
  * Unless the state directory refuses the write (full, I/O error, read-only):
  * then the refreshed record is kept in memory (server.unstored), used as the
  * current token (the provider may have rotated the refresh token: the new
@@ -121,6 +132,8 @@ const char *refresh_state_name(enum refresh_state st)
 		return "retrying";
 	case REFRESH_FAILED:
 		return "failed";
+	case REFRESH_INTERRUPTED:
+		return "interrupted";
 	}
 	return "?";
 }
@@ -324,6 +337,8 @@ static void disarm(struct server *s)
 }
 
 static void dispatch(struct keeper *k);
+static void interrupted_emit(struct keeper *k, const struct server *s);
+static void settle_record(struct keeper *k, struct server *s, const struct secret *started, bool refused);
 
 /*
  * The instant a token is due for its refresh: obtained_at + threshold x
@@ -355,6 +370,13 @@ static void schedule(struct keeper *k, struct server *s)
 	if (s->refused) {
 		/* The provider refused the refresh token earlier: login needed. */
 		s->rstate = REFRESH_FAILED;
+		return;
+	}
+	if (s->interrupted) {
+		/* The old refresh token is not presented again: watch expiry. */
+		s->rstate = REFRESH_INTERRUPTED;
+		if (s->expires_at_ms && s->status == OAUTH_AUTHENTICATED)
+			arm_at(s, s->expires_at_ms);
 		return;
 	}
 	if (!s->has_refresh || s->expires_at_ms == 0) {
@@ -422,8 +444,13 @@ static void server_due(struct keeper *k, struct server *s)
 		return;
 	}
 	if (s->status == OAUTH_AUTHENTICATED && s->expires_at_ms && s->expires_at_ms <= keeper_now_ms()) {
-		log_info("%s: access token expired and there is no refresh token: login needed", s->name);
 		s->status = OAUTH_EXPIRED;
+		if (s->interrupted) {
+			log_warn("%s: access token expired; %s", s->name, REFRESH_INTERRUPTED_MESSAGE);
+			interrupted_emit(k, s);
+			return;
+		}
+		log_info("%s: access token expired and there is no refresh token: login needed", s->name);
 	}
 }
 
@@ -452,6 +479,10 @@ int refresh_now(struct keeper *k, struct server *s, char *why, size_t len)
 
 	if (s->in_flight || s->heap_idx >= 0)
 		return 0; /* single flight: the waiters get its outcome */
+	if (s->interrupted) {
+		snprintf(why, len, "%s", REFRESH_INTERRUPTED_MESSAGE);
+		return REFRESH_NOT_NOW;
+	}
 	if (s->login_active) {
 		snprintf(why, len, "a login is under way");
 		return REFRESH_NOT_NOW;
@@ -652,13 +683,14 @@ static void apply_token(struct server *s, const struct token *t)
 	s->expires_at_ms = t->expires_at_ms;
 	s->has_refresh = t->refresh_token != NULL && !t->refused_at;
 	s->refused = t->refused_at != 0;
+	s->interrupted = t->intent_at_ms != 0 && !s->k->cfg->refresh.retry_after_crash;
 	if (s->refused) {
 		s->status = OAUTH_EXPIRED;
 		server_set_error(s, "invalid_grant");
 		return;
 	}
 	if (t->expires_at_ms && t->expires_at_ms <= keeper_now_ms())
-		s->status = t->refresh_token ? OAUTH_AUTHENTICATED : OAUTH_EXPIRED;
+		s->status = t->refresh_token && !s->interrupted ? OAUTH_AUTHENTICATED : OAUTH_EXPIRED;
 	else
 		s->status = OAUTH_AUTHENTICATED;
 }
@@ -816,11 +848,13 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	}
 	if (refresh_result_parse(result, s->name, &tr, why, sizeof(why)) < 0) {
 		token_clear(&old);
+		settle_record(k, s, started, false);
 		refresh_failed(k, s, false, why);
 		return;
 	}
 	t = old;
 	t.plain = NULL;
+	t.intent_at_ms = 0;	/* this commit ends the intent */
 	t.access_token = tr.access_token;
 	if (tr.token_type)
 		t.token_type = tr.token_type;
@@ -887,11 +921,21 @@ static void refresh_succeeded(struct keeper *k, struct server *s, const struct s
 	}
 }
 
+static void interrupted_emit(struct keeper *k, const struct server *s)
+{
+	struct json_object *d = event_data(s);
+
+	json_object_object_add(d, PARAM_KEY_OAUTH_STATUS, json_object_new_string(oauth_status_name(s->status)));
+	events_emit(k, EVENT_REFRESH_INTERRUPTED, d);
+}
+
 /*
- * Remembers in the record that the provider refused its refresh token, so a
- * restarted keeper does not present the dead token again: login needed.
+ * Writes the record the refresh started from back without its intent, the
+ * request having been answered without a new token; with refused, it also
+ * remembers that the provider refused the refresh token, so a restarted
+ * keeper does not present the dead token again: login needed.
  */
-static void mark_refused(struct keeper *k, struct server *s, const struct secret *started)
+static void settle_record(struct keeper *k, struct server *s, const struct secret *started, bool refused)
 {
 	struct secret *plain = NULL;
 	struct token t;
@@ -899,13 +943,15 @@ static void mark_refused(struct keeper *k, struct server *s, const struct secret
 
 	if (token_view(started, &t) < 0)
 		return;
-	t.refused_at = keeper_now();
+	if (refused)
+		t.refused_at = keeper_now();
+	t.intent_at_ms = 0;
 	r = token_encode(&t, &plain);
 	if (r == 0)
 		r = store_update(k->store, STORE_TOKENS, s->key, started, plain);
 	if (r != 0 && r != STORE_E_CONFLICT)
-		log_warn("%s: could not record that the refresh token was refused: %s", s->name,
-			 store_strerror(r));
+		log_warn("%s: could not record %s: %s", s->name,
+			 refused ? "that the refresh token was refused" : "the end of the refresh", store_strerror(r));
 	secret_free(plain);
 	token_clear(&t);
 }
@@ -1004,8 +1050,7 @@ static void on_reply(struct keeper *k, void *ctx, struct json_object *result, st
 						   : "unknown error";
 		if (terminal && oerr && strcmp(why, "invalid_client") == 0)
 			why = client_rejected(k, s, started);
-		if (terminal)
-			mark_refused(k, s, started);
+		settle_record(k, s, started, terminal);
 		refresh_failed_wait(k, s, terminal, why, wait_ms);
 	}
 	secret_free(started);
@@ -1024,7 +1069,7 @@ static void add_str(struct json_object *o, const char *key, const char *val)
 static void start_refresh(struct keeper *k, struct server *s)
 {
 	const struct config_oauth *co = &s->conf->oauth;
-	struct secret *plain = NULL;
+	struct secret *plain = NULL, *intent = NULL;
 	struct json_object *params;
 	struct token t;
 	const char *client_id, *client_secret, *method;
@@ -1103,16 +1148,42 @@ static void start_refresh(struct keeper *k, struct server *s)
 	flow_add_policy(params, s->conf, NULL);
 	json_object_object_add(params, PARAM_KEY_TIMEOUT_MS,
 			       json_object_new_int64((int64_t)k->cfg->refresh.timeout_sec * 1000));
+
+	/* The intent is durable before the refresh token leaves. */
+	t.intent_at_ms = keeper_now_ms();
+	r = token_encode(&t, &intent);
+	if (r == 0)
+		r = store_update(k->store, STORE_TOKENS, s->key, plain, intent);
 	token_clear(&t);
+	secret_free(plain);
+	plain = NULL;
+	if (r != 0) {
+		rpc_wipe_put(params);
+		secret_free(intent);
+		if (r == STORE_E_CONFLICT) {
+			/* A login or logout came first: its record decides. */
+			refresh_load(k, s);
+			workers_refresh_done(k, s, KIND_BUSY, "the token record changed");
+			return;
+		}
+		char why[200];
+
+		snprintf(why, sizeof(why), "storing the refresh intent failed: %s", store_strerror(r));
+		log_error("%s: %s", s->name, why);
+		refresh_failed(k, s, false, why);
+		return;
+	}
 
 	r = child_request(k->oauth, METHOD_OAUTH_REFRESH, params, on_reply, s, &s->request_id);
 	if (r < 0) {
-		secret_free(plain);
+		/* Nothing went out: the record goes back without the intent. */
+		settle_record(k, s, intent, false);
+		secret_free(intent);
 		/* The child went away between dispatch and now: wait for it. */
 		sheap_put(&k->refresh->ready, s);
 		return;
 	}
-	s->request_plain = plain;
+	s->request_plain = intent;
 	s->in_flight = true;
 	s->last_request_ms = keeper_now_ms();
 	s->rstate = REFRESH_REFRESHING;
@@ -1169,11 +1240,32 @@ bool refresh_reset(struct keeper *k, struct server *s)
 	return true;
 }
 
+/* A record holds an intent: the keeper died with its refresh in flight. */
+static void intent_found(struct keeper *k, struct server *s, int64_t intent_at_ms, bool known)
+{
+	char at[TIME_TEXT_MAX];
+
+	if (!s->interrupted) {
+		log_warn("%s: a refresh sent at %s was interrupted by a crash; presenting its refresh token once "
+			 "more (refresh.retry_after_crash)", s->name, time_text(intent_at_ms, at));
+		return;
+	}
+	server_set_error(s, "%s", REFRESH_INTERRUPTED_MESSAGE);
+	if (known)
+		return;
+	log_warn("%s: %s (the refresh sent at %s got no stored answer; the provider may have rotated its "
+		 "refresh token, which is not presented again)", s->name, REFRESH_INTERRUPTED_MESSAGE,
+		 time_text(intent_at_ms, at));
+	interrupted_emit(k, s);
+}
+
 void refresh_take_record(struct keeper *k, struct server *s, const struct secret *plain, int status)
 {
 	struct token t;
+	bool was_interrupted = s->interrupted;
 
 	if (!plain && status == STORE_E_NOT_FOUND) {
+		s->interrupted = false;
 		schedule(k, s);
 		return;
 	}
@@ -1187,7 +1279,9 @@ void refresh_take_record(struct keeper *k, struct server *s, const struct secret
 	}
 	apply_token(s, &t);
 	schedule(k, s);
-	if (s->expires_at_ms && s->expires_at_ms <= keeper_now_ms() && s->has_refresh)
+	if (t.intent_at_ms)
+		intent_found(k, s, t.intent_at_ms, was_interrupted);
+	else if (s->expires_at_ms && s->expires_at_ms <= keeper_now_ms() && s->has_refresh)
 		log_info("%s: token expired while the keeper was away; refreshing now", s->name);
 }
 
@@ -1247,6 +1341,7 @@ int refresh_logout(struct keeper *k, struct server *s)
 	s->obtained_at_ms = s->expires_at_ms = 0;
 	s->has_refresh = false;
 	s->refused = false;
+	s->interrupted = false;
 	s->retry_count = 0;
 	s->failed_reported = false;
 	server_set_error(s, NULL);

@@ -7,7 +7,8 @@
  *                                                ACCESS "-": read the access and the refresh
  *                                                token from two lines of stdin (kept off argv)
  *   store-tool DIR check-token NAME URL ACCESS   exit 0 when the access token matches
- *   store-tool DIR list                          key, status, expiry per record
+ *   store-tool DIR list                          key, status, expiry, whether a refresh
+ *                                                token and a refresh intent are there
  *   store-tool DIR shm-key                       the environment's base System V shm key
  *   store-tool DIR delete KEY
  *   store-tool DIR putloop PREFIX                put PREFIX-0, PREFIX-1 ... forever,
@@ -92,8 +93,8 @@ static int list_one(const char *key, const struct secret *plain, int status, voi
 		printf("%s undecodable\n", key);
 		return 0;
 	}
-	printf("%s ok expires_at=%lld refresh=%s\n", key, (long long)t.expires_at,
-	       t.refresh_token ? "yes" : "no");
+	printf("%s ok expires_at=%lld refresh=%s intent=%s\n", key, (long long)t.expires_at,
+	       t.refresh_token ? "yes" : "no", t.intent_at_ms ? "yes" : "no");
 	token_clear(&t);
 	return 0;
 }

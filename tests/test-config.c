@@ -603,6 +603,16 @@ static void test_refresh_ranges(void)
 	c = parse_ok("{\"refresh\": {\"min_interval\": 3600000}}");
 	CHECK(c->refresh.min_interval_ms == 3600000);
 	config_free(c);
+
+	TEST("refresh.retry_after_crash: a boolean, false by default");
+	c = parse_ok("{}");
+	CHECK(!c->refresh.retry_after_crash);
+	config_free(c);
+	c = parse_ok("{\"refresh\": {\"retry_after_crash\": true}}");
+	CHECK(c->refresh.retry_after_crash);
+	config_free(c);
+	parse_fails("{\"refresh\": {\"retry_after_crash\": 1}}",
+		    "config.json: refresh.retry_after_crash: must be a boolean");
 }
 
 static void test_http_limits(void)

@@ -373,6 +373,14 @@ static void test_token_times(void)
 	CHECK_EQ(token_decode(plain, &got), 0);
 	CHECK_EQ(got.obtained_at_ms, 1796661601999LL);
 	CHECK_EQ(got.expires_at_ms, 0);
+	CHECK_EQ(got.intent_at_ms, 0);
+	token_clear(&got);
+
+	TEST("token record: the refresh intent survives encoding");
+	t.intent_at_ms = 1796661602345LL;
+	CHECK_EQ(token_encode(&t, &plain), 0);
+	CHECK_EQ(token_decode(plain, &got), 0);
+	CHECK_EQ(got.intent_at_ms, 1796661602345LL);
 	token_clear(&got);
 }
 

@@ -38,6 +38,7 @@ static const struct field token_fields[] = {
 	{ 66, FIELD_INT, offsetof(struct token, refused_at) },
 	{ 67, FIELD_INT, offsetof(struct token, obtained_at_ms) },
 	{ 68, FIELD_INT, offsetof(struct token, expires_at_ms) },
+	{ 69, FIELD_INT, offsetof(struct token, intent_at_ms) },
 };
 
 static const struct field client_fields[] = {

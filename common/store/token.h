@@ -40,6 +40,15 @@ struct token {
 	int64_t expires_at_ms;
 	int64_t refused_at;		/* the provider refused the refresh token
 					 * (invalid_grant): login needed; 0: no */
+	/* The refresh intent: when (unix ms) the keeper sent this record's
+	 * refresh token to the token endpoint, written in a transaction of its
+	 * own before the request goes out; 0: no refresh in flight. The
+	 * answer's record carries none, so its commit removes the intent in
+	 * the same transaction; a login's record has none either, and a logout
+	 * deletes the record. A record found with one at start was in flight
+	 * when the keeper died: the provider may have rotated the refresh
+	 * token and we never learnt the new one (daemon/refresh.c). */
+	int64_t intent_at_ms;
 	struct secret *plain;		/* owns the strings after token_decode() */
 };
 

@@ -61,6 +61,17 @@ class LoginCase(kl.KeeperTestCase):
         with open(self.browser_log) as f:
             return [json.loads(line) for line in f if line.strip()]
 
+    def browser_records_at_least(self, n, timeout=10):
+        """The opener's records once there are n of them (or what there is
+        after timeout): the opener writes its record after the callback page
+        came back, which may be after the login itself completed."""
+        deadline = time.monotonic() + timeout
+        rec = self.browser_records()
+        while len(rec) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+            rec = self.browser_records()
+        return rec
+
     def last(self):
         return self.peer._json("GET", "/test/last")
 

@@ -65,6 +65,10 @@
  *                     usual 43 characters), base64url characters
  *       reject_mcp (false)  /mcp, /sse and /messages answer every request
  *                     401, whatever token it carries
+ *       refresh_delay_ms (0)  a successful refresh rotates at arrival, as
+ *                     always, and its answer is held this long (0 .. 600000)
+ *                     before it goes out: a client killed meanwhile never
+ *                     learns the new refresh token
  *       s256 (true)   false: code_challenge_methods_supported is ["plain"]
  *                     (/authorize still requires S256)
  *       iss (true)    false: no authorization_response_iss_parameter_supported
@@ -178,7 +182,9 @@
  * - Rotation: every successful refresh issues a new refresh token and retires
  *   the presented one. Presenting a retired one is reuse: invalid_grant, and
  *   the whole family (every access and refresh token from that login) is
- *   revoked. With --grace N, the refresh token retired most recently is
+ *   revoked, and counted in /test/stats as reused_refresh_tokens (refresh
+ *   tokens presented twice). That is strict rotation, the default (--grace
+ *   0): a refresh token works exactly once. With --grace N, the refresh token retired most recently is
  *   accepted once within N seconds of its retirement; that exchange is treated
  *   as a refresh of the family's current token: a fresh access token and a
  *   fresh refresh token, the current one being retired in turn. The keeper
@@ -410,6 +416,7 @@ enum pending_kind {
 	PENDING_SLOW,
 	PENDING_EVENT,		/* slow over HTTP+SSE: an event for a session's stream */
 	PENDING_TRICKLE,	/* an injected trickle: a 200 whose body never ends */
+	PENDING_TOKEN,		/* a refresh's answer held for refresh_delay_ms */
 };
 
 struct pending {
@@ -419,7 +426,8 @@ struct pending {
 	struct event *timer;
 	enum pending_kind kind;
 	int sse;			/* slow: the SSE stream has been started */
-	struct json_object *reply;	/* slow, event: the JSON-RPC response to send */
+	struct json_object *reply;	/* slow, event: the JSON-RPC response to send;
+					 * token: the token response */
 	char *session;			/* event: the HTTP+SSE session (req is NULL) */
 };
 
@@ -559,6 +567,7 @@ struct peer_options {
 	int omit_refresh_token;
 	int has_refresh_scope;
 	char refresh_scope[KNOB_MAX + 1];
+	long refresh_delay_ms;
 };
 
 struct peer {
@@ -2013,11 +2022,6 @@ static struct rtoken *rtoken_new(struct peer *p, struct family *fam)
 	return rt;
 }
 
-/*
- * Issues an access token for fam and answers the token request. base is the
- * refresh token being exchanged (NULL for a new login): with rotation on it
- * is retired in favour of a new one.
- */
 /* expires_in_json: the value of expires_in as that JSON text, or none. */
 static void expires_in_override(const struct peer *p, struct json_object *o)
 {
@@ -2028,8 +2032,17 @@ static void expires_in_override(const struct peer *p, struct json_object *o)
 		json_object_object_add(o, "expires_in", json_tokener_parse(p->opt.expires_in_json));
 }
 
-static void tokens_issue(struct peer *p, struct evhttp_request *req, struct family *fam, struct rtoken *base,
-			 const char *scope)
+static struct pending *pending_add(struct peer *p, struct evhttp_request *req, enum pending_kind kind,
+				   long delay_ms);
+
+/*
+ * Issues an access token for fam and answers the token request. base is the
+ * refresh token being exchanged (NULL for a new login): with rotation on it
+ * is retired in favour of a new one. Returns 1 when the answer is held
+ * (refresh_delay_ms), 0 once sent.
+ */
+static int tokens_issue(struct peer *p, struct evhttp_request *req, struct family *fam, struct rtoken *base,
+			const char *scope)
 {
 	struct atoken *at = token_new(sizeof(*at), offsetof(struct atoken, token), p->opt.access_token_bytes);
 	struct json_object *o = json_object_new_object();
@@ -2064,7 +2077,12 @@ static void tokens_issue(struct peer *p, struct evhttp_request *req, struct fami
 	add_header(req, "Cache-Control", "no-store");
 	add_header(req, "Pragma", "no-cache");
 	record_outcome(p, 200, NULL, NULL);
+	if (base && p->opt.refresh_delay_ms > 0) {
+		pending_add(p, req, PENDING_TOKEN, p->opt.refresh_delay_ms)->reply = o;
+		return 1;
+	}
 	reply_json(req, 200, o);
+	return 0;
 }
 
 static void grant_code(struct peer *p, struct evhttp_request *req, const struct evkeyvalq *form,
@@ -2122,12 +2140,13 @@ static void grant_code(struct peer *p, struct evhttp_request *req, const struct 
 	fam->next = p->families;
 	p->families = fam;
 	p->stats.token_grants++;
-	tokens_issue(p, req, fam, NULL, NULL);
+	(void)tokens_issue(p, req, fam, NULL, NULL);
 out:
 	code_free(code);
 }
 
-static void grant_refresh(struct peer *p, struct evhttp_request *req, const struct evkeyvalq *form,
+/* Returns 1 when the answer is held (refresh_delay_ms), 0 once sent. */
+static int grant_refresh(struct peer *p, struct evhttp_request *req, const struct evkeyvalq *form,
 			  const struct client *c)
 {
 	struct rtoken *rt = table_get(&p->rtokens, form_get(form, "refresh_token"));
@@ -2136,19 +2155,19 @@ static void grant_refresh(struct peer *p, struct evhttp_request *req, const stru
 
 	if (!form_get(form, "refresh_token")) {
 		oauth_error(p, req, 400, "invalid_request", "refresh_token is required");
-		return;
+		return 0;
 	}
 	fam = rt ? rt->fam : NULL;
 	if (!rt || fam->revoked || !streq(fam->client_id, c->id)) {
 		oauth_error(p, req, 400, "invalid_grant",
 			    "refresh token unknown, revoked, or issued to another client");
-		return;
+		return 0;
 	}
 	if (resource_check(p, req, form_get(form, "resource"), fam->resource) < 0)
-		return;
+		return 0;
 	if (scope && !scope_subset(scope, fam->scope)) {
 		oauth_error(p, req, 400, "invalid_scope", "scope exceeds what was granted");
-		return;
+		return 0;
 	}
 	if (rt->successor) {
 		int64_t age = now_ms() - rt->rotated_ms;
@@ -2164,11 +2183,11 @@ static void grant_refresh(struct peer *p, struct evhttp_request *req, const stru
 			fam->revoked = 1;
 			log_info("refresh token reuse: token family revoked");
 			oauth_error(p, req, 400, "invalid_grant", "refresh token reused");
-			return;
+			return 0;
 		}
 	}
 	p->stats.refresh_grants++;
-	tokens_issue(p, req, fam, rt, scope);
+	return tokens_issue(p, req, fam, rt, scope);
 }
 
 /* ---- /token: failure injection -------------------------------------- */
@@ -2392,7 +2411,7 @@ static int token_process(struct peer *p, struct evhttp_request *req)
 	if (streq(grant, "authorization_code"))
 		grant_code(p, req, &form, c);
 	else
-		grant_refresh(p, req, &form, c);
+		held = grant_refresh(p, req, &form, c);
 out:
 	evhttp_clear_headers(&form);
 	return held;
@@ -3225,6 +3244,10 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
 		else
 			mcp_send(pd->req, pd->reply, NULL, 0);
 		break;
+	case PENDING_TOKEN:
+		reply_json(pd->req, 200, pd->reply);
+		token_done(p);
+		break;
 	case PENDING_EVENT: {
 		/* The session may have ended meanwhile: then nobody waits. */
 		struct stream *s = stream_find(p, pd->session, 1);
@@ -3308,6 +3331,7 @@ static struct json_object *config_json(const struct peer *p)
 	json_object_object_add(o, "access_token_bytes", json_object_new_int64(p->opt.access_token_bytes));
 	json_object_object_add(o, "refresh_token_bytes", json_object_new_int64(p->opt.refresh_token_bytes));
 	json_object_object_add(o, "reject_mcp", json_object_new_boolean(p->opt.reject_mcp));
+	json_object_object_add(o, "refresh_delay_ms", json_object_new_int64(p->opt.refresh_delay_ms));
 	json_object_object_add(o, "s256", json_object_new_boolean(l->s256));
 	json_object_object_add(o, "iss", json_object_new_boolean(l->iss));
 	json_object_object_add(o, "wrong_iss", json_object_new_boolean(l->wrong_iss));
@@ -3704,6 +3728,8 @@ static void test_config(struct peer *p, struct evhttp_request *req, struct json_
 		bad = "omit_refresh_token";
 	else if (json_opt_text(body, "refresh_scope", valid_scope, &o.has_refresh_scope, o.refresh_scope) < 0)
 		bad = "refresh_scope";
+	else if (json_long(body, "refresh_delay_ms", 0, 600000, &o.refresh_delay_ms) < 0)
+		bad = "refresh_delay_ms";
 	else
 		bad = login_config_parse(&l, body);
 	/* Every issuer keeps its place (issuer_bound serves its endpoints). */

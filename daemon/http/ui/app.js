@@ -94,7 +94,8 @@
 
 (function () {
   var KEY_STORAGE = 'mcpkeeper.apikey';
-  var SERVER_EVENTS = ['oauth.token_refreshed', 'oauth.refresh_failed', 'oauth.login_required', 'servers.changed'];
+  var SERVER_EVENTS = ['oauth.token_refreshed', 'oauth.refresh_failed', 'oauth.refresh_interrupted', 'oauth.login_required',
+    'servers.changed'];
   var POLL_MS = 30000;
   var RECONNECT_MIN_MS = 1000;
   var RECONNECT_MAX_MS = 30000;
@@ -452,6 +453,8 @@
       return until(at, now) > 0 ? 'next refresh in ' + fmtDuration(until(at, now), 2) : 'next refresh due now';
     case 'failed':
       return n > 0 ? 'refresh failed after ' + n + (n === 1 ? ' retry' : ' retries') : 'refresh failed';
+    case 'interrupted':
+      return 'refresh interrupted by a crash: log in again';
     default:
       return s.oauth_status === 'authenticated' ? 'not scheduled' : null;
     }
