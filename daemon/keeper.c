@@ -49,6 +49,7 @@
 #define MAINTENANCE_SEC 2
 #define CLOCK_JUMP_MS 1500
 #define CHECKPOINT_EVERY 150 /* maintenance ticks: 5 min */
+#define DRAIN_MAX_SEC 10 /* a stop waits this long at most for refreshes in flight */
 
 int64_t keeper_now(void)
 {
@@ -511,18 +512,47 @@ int keeper_reload(struct keeper *k, char *err, size_t errlen)
 	return 0;
 }
 
+static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct keeper *k = arg;
+
+	log_warn("stopping with refreshes still in flight: their servers will need a login");
+	event_base_loopexit(k->base, NULL);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct keeper *k = arg;
 
 	switch (sig) {
 	case SIGTERM:
-	case SIGINT:
+	case SIGINT: {
+		/* A refresh in flight gets its answer committed first: a keeper
+		 * that left it would find its intent at the next start and could
+		 * not present the refresh token again. A second signal, or
+		 * DRAIN_MAX_SEC, ends the wait. */
+		struct timeval tv = { k->cfg->refresh.timeout_sec < DRAIN_MAX_SEC ? k->cfg->refresh.timeout_sec + 1
+										  : DRAIN_MAX_SEC, 0 };
+		int n;
+
+		if (k->stopping) {
+			log_info("stopping now (signal %d)", (int)sig);
+			event_base_loopexit(k->base, NULL);
+			break;
+		}
 		log_info("stopping (signal %d)", (int)sig);
-		k->stopping = true;
 		sd_notify(0, "STOPPING=1");
-		event_base_loopexit(k->base, NULL);
+		n = refresh_drain(k);
+		if (n > 0) {
+			log_info("waiting up to %ld s for %d refresh(es) in flight", (long)tv.tv_sec, n);
+			k->drain = evtimer_new(k->base, on_drain_deadline, k);
+			if (k->drain)
+				evtimer_add(k->drain, &tv);
+			else
+				event_base_loopexit(k->base, NULL);
+		}
 		break;
+	}
 	case SIGHUP: {
 		char err[1024];
 
@@ -825,6 +855,8 @@ int keeper_run(const char *config_path, bool system_mode)
 	k.master_key = secret_free(k.master_key);
 	if (k.watchdog)
 		event_free(k.watchdog);
+	if (k.drain)
+		event_free(k.drain);
 	event_free(k.maintenance);
 	event_free(k.sig_term);
 	event_free(k.sig_int);

@@ -142,6 +142,7 @@ struct keeper {
 
 	struct event *sig_term, *sig_int, *sig_hup, *sig_chld;
 	struct event *watchdog, *maintenance;
+	struct event *drain;		/* the deadline of a stop's wait for refreshes */
 	uint64_t watchdog_usec;
 	bool stopping;
 };
@@ -286,6 +287,10 @@ int refresh_reserve(struct keeper *k, size_t n);
 void refresh_pause(struct keeper *k, struct server *s);
 /* Drops a server from every queue and cancels what is in flight. */
 void refresh_forget(struct keeper *k, struct server *s);
+/* The keeper is stopping: no refresh starts any more; the event loop ends
+ * once those in flight have their answers committed (or at the deadline the
+ * caller sets). Returns how many were in flight. */
+int refresh_drain(struct keeper *k);
 /* A refreshed record the state directory could not take (full, I/O
  * error) is kept in memory and its commit retried (refresh.c); drop: a login
  * or logout replaced it, or the server left. */

@@ -1197,6 +1197,12 @@ static void dispatch(struct keeper *k)
 {
 	struct refresh *r = k->refresh;
 
+	if (k->stopping) {
+		/* A stop waits for the answers in flight (refresh_drain()). */
+		if (r->in_flight == 0)
+			event_base_loopexit(k->base, NULL);
+		return;
+	}
 	while (r->in_flight < k->cfg->refresh.max_in_flight && child_ready(k->oauth)) {
 		struct server *s = heap_pop(r);
 
@@ -1321,6 +1327,15 @@ void refresh_forget(struct keeper *k, struct server *s)
 	disarm(s);
 	s->next_at_ms = 0;
 	s->not_before_ms = 0;
+}
+
+int refresh_drain(struct keeper *k)
+{
+	int n = k->refresh->in_flight;
+
+	k->stopping = true;
+	dispatch(k);
+	return n;
 }
 
 int refresh_logout(struct keeper *k, struct server *s)

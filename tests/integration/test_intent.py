@@ -15,6 +15,9 @@ exactly the crash window the intent marks.
 - b: refresh.retry_after_crash: the old refresh token is presented exactly
   once more (in strict rotation the peer calls that reuse: invalid_grant).
 - c: killed with no refresh in flight: no intent, refreshing goes on.
+- d: stopped (SIGTERM) with a refresh in flight: the keeper waits for the
+  answer and commits it before it exits, so the next start is not
+  interrupted and the new refresh token works.
 """
 import os
 import subprocess
@@ -149,6 +152,24 @@ class IntentCase(kl.KeeperTestCase):
         sub.wait_for(kl.EV_REFRESHED, lambda d: d.get("server_name") == "demo", 20)
         self.assertNotIn(MESSAGE, k.log())
         self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
+
+    def test_d_stop_waits_for_the_answer(self):
+        k = self.setup_keeper()
+        self.peer.config(refresh_delay_ms=3000)
+        kl.wait_until(lambda: self.peer.stats()["refresh_grants"] == 1, 30, 0.05,
+                      "the peer to rotate the refresh token")
+        self.assertEqual(k.stop(), 0)
+        self.assertIn("waiting up to", k.log())
+        self.assertFalse(self.intent(), "the stop committed the refresh's answer")
+        self.peer.config(refresh_delay_ms=0)
+        k.start()
+        sub = k.subscribe()
+        s = k.server("demo")
+        self.assertEqual(s["refresh"]["state"], "scheduled", s)
+        sub.wait_for(kl.EV_REFRESHED, lambda d: d.get("server_name") == "demo", 20)
+        stats = self.peer.stats()
+        self.assertEqual(stats["reused_refresh_tokens"], 0, stats)
+        self.assertEqual(stats["refresh_grants"], 2, stats)
 
 
 if __name__ == "__main__":
