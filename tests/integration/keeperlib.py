@@ -84,8 +84,10 @@ def valgrind_argv():
 
 
 def valgrind_save(log_path):
+    if not VALGRIND_DIR:
+        return
     lines = [l for l in read_text(log_path).splitlines(True) if l.startswith("==")]
-    if VALGRIND_DIR and lines:
+    if lines:
         fd, _ = tempfile.mkstemp(prefix="vg-", suffix=".log", dir=VALGRIND_DIR)
         with os.fdopen(fd, "w") as f:
             f.writelines(lines)
