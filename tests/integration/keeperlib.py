@@ -64,6 +64,34 @@ EV_CHANGED = "servers.changed"
 
 KEEP_TMP = bool(os.environ.get("KEEP_TMP"))
 
+# Slow runs (valgrind, tests/reliability/part-valgrind): every bounded wait of
+# this library lasts $MCPKEEPER_TEST_SLOW times as long.
+SLOW = float(os.environ.get("MCPKEEPER_TEST_SLOW") or 1)
+# $MCPKEEPER_TEST_VALGRIND=DIR: the keeper and every child it execs (but not
+# the test's own programs) run under memcheck. Its reports go to stderr, the
+# keeper's log, which every child shares (--log-file would leave each forked
+# child's log file open at a low descriptor across its exec, valgrind 3.19);
+# at the end of a test the ==PID== lines are copied to DIR.
+VALGRIND_DIR = os.environ.get("MCPKEEPER_TEST_VALGRIND")
+
+
+def valgrind_argv():
+    skip = ["/usr/*", "/bin/*", "/sbin/*", "/tmp/*", os.path.join(BUILD_ROOT, "tests", "*")]
+    return ["valgrind", "--tool=memcheck", "--trace-children=yes", "--trace-children-skip=" + ",".join(skip),
+            "--leak-check=full", "--show-leak-kinds=definite", "--errors-for-leak-kinds=definite",
+            "--num-callers=30", "--suppressions=" + os.path.join(SOURCE_ROOT, "tests", "valgrind.supp"),
+            "--log-fd=2"]
+
+
+def valgrind_save(log_path):
+    if not VALGRIND_DIR:
+        return
+    lines = [l for l in read_text(log_path).splitlines(True) if l.startswith("==")]
+    if lines:
+        fd, _ = tempfile.mkstemp(prefix="vg-", suffix=".log", dir=VALGRIND_DIR)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(lines)
+
 # Every process the harness started and has not reaped yet: killed at exit
 # whatever happens, so a failing test never leaves a keeper behind.
 _live = {}
@@ -102,6 +130,7 @@ def child_env(extra=None):
 
 def stop_process(proc, timeout=20.0, sig=signal.SIGTERM):
     """SIGTERM (or sig), wait up to timeout, then SIGKILL. Returns the exit status."""
+    timeout *= SLOW
     if proc.poll() is None:
         try:
             os.kill(proc.pid, sig)
@@ -125,6 +154,7 @@ class WaitTimeout(AssertionError):
 
 def wait_until(fn, timeout, interval=0.1, what=None):
     """Calls fn until it returns something true and returns that; fails after timeout s."""
+    timeout *= SLOW
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:
@@ -227,7 +257,7 @@ def http(method, url, body=None, headers=None, timeout=15.0):
     """One HTTP request without proxies or redirects; HTTP errors are results."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with _opener.open(req, timeout=timeout) as r:
+        with _opener.open(req, timeout=timeout * SLOW) as r:
             return HttpResult(r.status, r.headers, r.read())
     except urllib.error.HTTPError as e:
         try:
@@ -439,6 +469,7 @@ class LineConn:
 
     def read_line(self, timeout=10.0):
         """The next line (bytes, without newline), or None at EOF. Fails after timeout."""
+        timeout *= SLOW
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
             if self.eof:
@@ -523,6 +554,7 @@ class Subscription:
 
     def next(self, timeout=10.0):
         """The next event's params {type, data, timestamp}; fails after timeout."""
+        timeout *= SLOW
         deadline = time.monotonic() + timeout
         while not self._pending:
             left = deadline - time.monotonic()
@@ -536,6 +568,7 @@ class Subscription:
 
     def wait_for(self, type, pred=None, timeout=10.0):
         """The next event of type whose data satisfies pred; others are skipped (kept in .events)."""
+        timeout *= SLOW
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -633,6 +666,8 @@ class Keeper:
         """command: what runs before --config (default: the build's keeper)."""
         self._log_file = open(self.log_path, "ab")
         argv = list(command or [KEEPERD]) + ["--config", self.config_path] + list(args or [])
+        if VALGRIND_DIR and not command:
+            argv = valgrind_argv() + argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
                                      stderr=self._log_file, env=child_env(self.env))
         _register(self.proc)
@@ -851,6 +886,7 @@ class KeeperTestCase(unittest.TestCase):
             if k.terminated_rc not in (None, 0):
                 problems.append("%s: mcpkeeperd exited with status %d on SIGTERM" %
                                 (os.path.basename(k.dir), k.terminated_rc))
+            valgrind_save(k.log_path)
             report = sanitizer_report(k.log())
             if report:
                 problems.append("%s: sanitizer report in the keeper log:\n%s" % (os.path.basename(k.dir), report))
