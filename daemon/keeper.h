@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "childmsg.h"
 #include "store.h"
 
 struct event;
@@ -306,22 +307,6 @@ void refresh_clock_moved(struct keeper *k, int64_t delta_ms);
 /* Logout: delete the exact record, cancel, emit (the caller tells the
  * worker: workers_token_cleared). 0, STORE_E_NOT_FOUND or -errno. */
 int refresh_logout(struct keeper *k, struct server *s);
-/* The token response of oauth.refresh and oauth.authorize (proto.h); the
- * strings are borrowed from the result. An expires_in outside
- * TOKEN_EXPIRES_IN_MIN .. TOKEN_EXPIRES_IN_MAX is clamped into it, with a
- * warning naming server, so that now + expires_in cannot overflow. 0, or
- * -EINVAL with why saying which field is wrong. */
-#define TOKEN_EXPIRES_IN_MIN 1
-#define TOKEN_EXPIRES_IN_MAX (365 * 24 * 3600)
-struct token_result {
-	const char *access_token;
-	const char *token_type;		/* NULL: not given */
-	const char *refresh_token;	/* NULL: not given */
-	const char *scope;		/* NULL: not given */
-	int64_t expires_in;		/* 0: not given, else within the bounds above */
-};
-int refresh_result_parse(struct json_object *result, const char *server, struct token_result *tr, char *why,
-			 size_t len);
 /* How the oauth child's life reaches the engine (ctx: the keeper). */
 extern const struct child_ops refresh_oauth_ops;
 const char *oauth_status_name(enum oauth_status st);

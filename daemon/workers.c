@@ -181,16 +181,7 @@ static void reply_waiters(struct keeper *k, struct server *s, const char *kind, 
  * insufficient_scope (scope): reauth.c decides on a new login. A token that
  * is no longer current gets the current one at once.
  */
-struct token_invalid_params {
-	const char *access_token, *scope;
-	bool scope_union;
-};
-
-static const struct param_spec token_invalid_spec[] = {
-	PARAM_STRING(struct token_invalid_params, access_token, PARAM_KEY_ACCESS_TOKEN, PARAM_REQUIRED),
-	PARAM_STRING(struct token_invalid_params, scope, PARAM_KEY_SCOPE, PARAM_NONEMPTY),
-	PARAM_BOOL(struct token_invalid_params, scope_union, PARAM_KEY_SCOPE_UNION, 0),
-};
+/* (struct token_invalid_params and its table: childmsg.c) */
 
 void workers_token_rejected(struct keeper *k, struct server *s)
 {
@@ -215,14 +206,10 @@ static int on_token_invalid(struct keeper *k, struct server *s, struct rpc_msg *
 	struct token_invalid_params p = { 0 };
 	struct token_waiter *w;
 	struct token t = { 0 };
-	const char *bad;
 	bool current = false, has_issuer = false;
 	char *granted = NULL;
 
-	if (m->type != RPC_REQUEST ||
-	    params_parse(m->params, token_invalid_spec, ARRAY_SIZE(token_invalid_spec), &p, &bad) < 0)
-		return -EPROTO;
-	if (p.scope && !oauth_scope_valid(p.scope))
+	if (m->type != RPC_REQUEST || token_invalid_parse(m->params, &p) < 0)
 		return -EPROTO;
 	if (server_token_read(k, s, &t)) {
 		size_t n = strlen(t.access_token);

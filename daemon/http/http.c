@@ -353,6 +353,26 @@ static bool api_key_ok(const char *key)
 	return true;
 }
 
+/* The evhttp server with our limits (tests/fuzz/fuzz-httpreq.c builds it
+ * the same way). */
+static void http_server_new(struct http *h, int max_conns, int header_timeout_ms)
+{
+	h->evh = evhttp_new(h->base);
+	if (!h->evh)
+		fatal("out of memory");
+	evhttp_set_max_headers_size(h->evh, HTTP_MAX_HEADERS);
+	evhttp_set_max_body_size(h->evh, HTTP_MAX_BODY);
+	evhttp_set_timeout(h->evh, HTTP_CONN_TIMEOUT_S);
+	/* Read what is left of a refused body, so the client sees the 413. */
+	evhttp_set_flags(h->evh, EVHTTP_SERVER_LINGERING_CLOSE);
+	/* Every method reaches us, so a wrong one gets 405 and Allow. */
+	evhttp_set_allowed_methods(h->evh, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+						   EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+						   EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+	evhttp_set_gencb(h->evh, http_request_cb, h);
+	conn_setup(h, max_conns, header_timeout_ms);
+}
+
 static void http_hello(struct http *h, struct rpc_msg *m)
 {
 	struct http_hello_params p = { .management = true };
@@ -416,20 +436,7 @@ static void http_hello(struct http *h, struct rpc_msg *m)
 		snprintf(h->hosts[0], sizeof(h->hosts[0]), "%s:%d", h->listen_host, h->port);
 	snprintf(h->hosts[1], sizeof(h->hosts[1]), "localhost:%d", h->port);
 
-	h->evh = evhttp_new(h->base);
-	if (!h->evh)
-		fatal("out of memory");
-	evhttp_set_max_headers_size(h->evh, HTTP_MAX_HEADERS);
-	evhttp_set_max_body_size(h->evh, HTTP_MAX_BODY);
-	evhttp_set_timeout(h->evh, HTTP_CONN_TIMEOUT_S);
-	/* Read what is left of a refused body, so the client sees the 413. */
-	evhttp_set_flags(h->evh, EVHTTP_SERVER_LINGERING_CLOSE);
-	/* Every method reaches us, so a wrong one gets 405 and Allow. */
-	evhttp_set_allowed_methods(h->evh, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
-						   EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
-						   EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
-	evhttp_set_gencb(h->evh, http_request_cb, h);
-	conn_setup(h, (int)p.max_connections, (int)p.header_timeout_ms);
+	http_server_new(h, (int)p.max_connections, (int)p.header_timeout_ms);
 	bound = evhttp_accept_socket_with_handle(h->evh, fd);
 	if (!bound) {
 		fd_close(fd);

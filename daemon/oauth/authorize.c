@@ -182,11 +182,13 @@ static void authorize_redirect(struct login *l, struct evhttp_request *req, cons
 
 	TAILQ_INIT(&q);
 	state = query && evhttp_parse_query_str(query, &q) == 0 ? query_get(&q, "state", &n_state) : NULL;
+	/* q has what we need: the request's copies go now, before any answer,
+	 * which may free the request (libevent frees one without a connection
+	 * at once). */
+	request_wipe_query(req);
 	if (!state || n_state != 1 || strlen(state) != strlen(l->state) ||
 	    sodium_memcmp(state, l->state, strlen(l->state)) != 0) {
-		/* Wiped before the answer, which may free the request. */
 		query_wipe(&q);
-		request_wipe_query(req);
 		authorize_not_this_login(l, req);
 		return;
 	}
@@ -239,7 +241,6 @@ static void authorize_redirect(struct login *l, struct evhttp_request *req, cons
 	token_exchange(l, code);
 out:
 	query_wipe(&q);
-	request_wipe_query(req);
 }
 
 static void authorize_http_cb(struct evhttp_request *req, void *arg)

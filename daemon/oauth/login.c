@@ -189,10 +189,14 @@ int url_check(const char *url, CURLU **out, char *why, size_t len)
 {
 	CURLU *u = url_parse(url);
 	char *scheme = NULL, *host = NULL, *user = NULL, *fragment = NULL;
+	char shown[DESCRIPTION_MAX + 1];
 	int r = -EINVAL;
 
+	/* The URL goes back to the keeper in why: printable ASCII only (a
+	 * metadata document's bytes need not even be UTF-8). */
+	sanitise_text(url, shown, sizeof(shown), DESCRIPTION_MAX);
 	if (!u) {
-		snprintf(why, len, "%.200s is not an http(s) URL", url);
+		snprintf(why, len, "%s is not an http(s) URL", shown);
 		return -EINVAL;
 	}
 	scheme = url_part(u, CURLUPART_SCHEME, 0);
@@ -200,11 +204,11 @@ int url_check(const char *url, CURLU **out, char *why, size_t len)
 	user = url_part(u, CURLUPART_USER, 0);
 	fragment = url_part(u, CURLUPART_FRAGMENT, 0);
 	if (!scheme || !host)
-		snprintf(why, len, "%.200s is not an http(s) URL", url);
+		snprintf(why, len, "%s is not an http(s) URL", shown);
 	else if (strcmp(scheme, "https") != 0 && !loopback_host(host))
-		snprintf(why, len, "%.200s is not https (plain http is allowed only to a loopback host)", url);
+		snprintf(why, len, "%s is not https (plain http is allowed only to a loopback host)", shown);
 	else if (user || fragment)
-		snprintf(why, len, "%.200s carries user information or a fragment", url);
+		snprintf(why, len, "%s carries user information or a fragment", shown);
 	else
 		r = 0;
 	free(scheme);
