@@ -189,6 +189,10 @@ int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn
 int login_url(struct keeper *k, struct json_object *params);
 /* Ends the server's login, if one runs (server removed, logout). */
 void login_forget(struct keeper *k, struct server *s, const char *why);
+/* The token endpoint refused the client a refresh token was issued to
+ * (invalid_client): drops its stored registration, so that the next login
+ * registers anew. Returns what status and the log say. */
+const char *login_client_rejected(struct keeper *k, struct server *s, const struct secret *started);
 /* Logout of one server, or of every OAuth server (all), and of orphaned
  * tokens (every one with all, else those named orphan_name). The result is
  * an array of per-server objects. */

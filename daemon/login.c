@@ -724,3 +724,65 @@ void login_abandon(struct flow *f, const char *why)
 {
 	login_fail(f, KIND_UNAVAILABLE, LOGIN_R_CANCELLED, "%s", why);
 }
+
+/* store_list()'s callback for login_client_rejected(): the keys of the stored
+ * registrations of one client_id at one issuer. */
+struct rejected_client {
+	const char *client_id, *issuer;
+	char **keys;
+	size_t n;
+};
+
+static int rejected_client_find(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct rejected_client *rc = ctx;
+	struct oauth_client c;
+	struct secret *copy;
+
+	/* Port records and the API key share the table: they do not decode. */
+	if (status != 0 || !plain || !(copy = secret_from(plain->data, plain->len)))
+		return 0;
+	if (client_decode(copy, &c) == 0 && strcmp(c.client_id, rc->client_id) == 0 &&
+	    (!c.issuer || !rc->issuer || strcmp(c.issuer, rc->issuer) == 0)) {
+		rc->keys = xrealloc(rc->keys, (rc->n + 1) * sizeof(*rc->keys));
+		rc->keys[rc->n++] = xstrdup(key);
+	}
+	client_clear(&c);
+	return 0;
+}
+
+/*
+ * The token endpoint answered invalid_client: the client the token was
+ * issued to is gone. A dynamically registered one (stored under its issuer)
+ * is dropped, so that the next login registers anew. Returns what status
+ * and the log say.
+ */
+const char *login_client_rejected(struct keeper *k, struct server *s, const struct secret *started)
+{
+	struct rejected_client rc = { 0 };
+	struct token t;
+	int r;
+
+	if (token_view(started, &t) < 0 || !t.client_id)
+		return "the client was rejected (invalid_client): log in again";
+	rc.client_id = t.client_id;
+	rc.issuer = t.issuer;
+	r = store_list(k->store, STORE_CLIENTS, rejected_client_find, &rc);
+	if (r != 0)
+		log_warn("%s: listing the stored client registrations failed: %s", s->name, store_strerror(r));
+	for (size_t i = 0; i < rc.n; i++) {
+		r = store_delete(k->store, STORE_CLIENTS, rc.keys[i]);
+		if (r < 0)
+			log_warn("%s: dropping the rejected client registration failed: %s", s->name,
+				 store_strerror(r));
+		else
+			log_info("%s: the client registration at %s was rejected; dropped", s->name,
+				 t.issuer ? t.issuer : "the token endpoint");
+		free(rc.keys[i]);
+	}
+	free(rc.keys);
+	token_clear(&t);
+	if (s->conf->oauth.client_id && !rc.n)
+		return "the client was rejected (invalid_client): check oauth.client_id and oauth.client_secret";
+	return "the client registration was rejected: log in again to register anew";
+}

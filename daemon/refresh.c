@@ -64,6 +64,7 @@
 #include "params.h"
 #include "proto.h"
 #include "secret.h"
+#include "sheap.h"
 #include "store.h"
 #include "timefmt.h"
 #include "token.h"
@@ -85,15 +86,6 @@
  * per server; this costs one index.
  */
 #define TIMER_BATCH 256		/* servers handled per timer callback at most */
-
-/* A min-heap of servers; each keeps its position in the field at pos_off
- * (-1: not in it), so it can leave from anywhere. */
-struct sheap {
-	struct server **v;
-	size_t n, cap;
-	int64_t (*key)(const struct server *s);
-	size_t pos_off;
-};
 
 struct refresh {
 	struct keeper *k;
@@ -180,65 +172,7 @@ struct refresh *refresh_free(struct refresh *r)
 	return NULL;
 }
 
-/* ---- the two heaps ---- */
-
-static ssize_t *sheap_pos(const struct sheap *h, struct server *s)
-{
-	return (ssize_t *)((char *)s + h->pos_off);
-}
-
-static void sheap_swap(struct sheap *h, size_t a, size_t b)
-{
-	struct server *t = h->v[a];
-
-	h->v[a] = h->v[b];
-	h->v[b] = t;
-	*sheap_pos(h, h->v[a]) = (ssize_t)a;
-	*sheap_pos(h, h->v[b]) = (ssize_t)b;
-}
-
-static void sheap_up(struct sheap *h, size_t i)
-{
-	while (i > 0 && h->key(h->v[(i - 1) / 2]) > h->key(h->v[i])) {
-		sheap_swap(h, i, (i - 1) / 2);
-		i = (i - 1) / 2;
-	}
-}
-
-static void sheap_down(struct sheap *h, size_t i)
-{
-	for (;;) {
-		size_t l = 2 * i + 1, m = i;
-
-		if (l < h->n && h->key(h->v[l]) < h->key(h->v[m]))
-			m = l;
-		if (l + 1 < h->n && h->key(h->v[l + 1]) < h->key(h->v[m]))
-			m = l + 1;
-		if (m == i)
-			return;
-		sheap_swap(h, i, m);
-		i = m;
-	}
-}
-
-/* Adds s, or moves it to where its key now says when it is in already. */
-static void sheap_put(struct sheap *h, struct server *s)
-{
-	ssize_t pos = *sheap_pos(h, s);
-
-	if (pos >= 0) {
-		sheap_down(h, (size_t)pos);
-		sheap_up(h, (size_t)*sheap_pos(h, s));
-		return;
-	}
-	if (h->n == h->cap) {
-		h->cap = h->cap ? h->cap * 2 : 64;
-		h->v = xrealloc(h->v, h->cap * sizeof(*h->v));
-	}
-	h->v[h->n] = s;
-	*sheap_pos(h, s) = (ssize_t)h->n++;
-	sheap_up(h, h->n - 1);
-}
+/* ---- the two heaps (sheap.c) ---- */
 
 /* Room for n servers in each queue (checked: a reload that cannot have it
  * is refused before it changes anything). 0 or -ENOMEM. */
@@ -259,28 +193,6 @@ int refresh_reserve(struct keeper *k, size_t n)
 		h->cap = n;
 	}
 	return 0;
-}
-
-static void sheap_remove(struct sheap *h, struct server *s)
-{
-	ssize_t pos = *sheap_pos(h, s);
-	size_t i;
-
-	if (pos < 0)
-		return;
-	i = (size_t)pos;
-	*sheap_pos(h, s) = -1;
-	if (i != --h->n) {
-		h->v[i] = h->v[h->n];
-		*sheap_pos(h, h->v[i]) = (ssize_t)i;
-		sheap_down(h, i);
-		sheap_up(h, (size_t)*sheap_pos(h, h->v[i]));
-	}
-}
-
-static struct server *sheap_top(const struct sheap *h)
-{
-	return h->n ? h->v[0] : NULL;
 }
 
 static struct server *heap_pop(struct refresh *r)
@@ -917,68 +829,6 @@ static void settle_record(struct keeper *k, struct server *s, const struct secre
 	token_clear(&t);
 }
 
-/* store_list()'s callback for client_rejected(): the keys of the stored
- * registrations of one client_id at one issuer. */
-struct rejected_client {
-	const char *client_id, *issuer;
-	char **keys;
-	size_t n;
-};
-
-static int rejected_client_find(const char *key, const struct secret *plain, int status, void *ctx)
-{
-	struct rejected_client *rc = ctx;
-	struct oauth_client c;
-	struct secret *copy;
-
-	/* Port records and the API key share the table: they do not decode. */
-	if (status != 0 || !plain || !(copy = secret_from(plain->data, plain->len)))
-		return 0;
-	if (client_decode(copy, &c) == 0 && strcmp(c.client_id, rc->client_id) == 0 &&
-	    (!c.issuer || !rc->issuer || strcmp(c.issuer, rc->issuer) == 0)) {
-		rc->keys = xrealloc(rc->keys, (rc->n + 1) * sizeof(*rc->keys));
-		rc->keys[rc->n++] = xstrdup(key);
-	}
-	client_clear(&c);
-	return 0;
-}
-
-/*
- * The token endpoint answered invalid_client: the client the token was
- * issued to is gone. A dynamically registered one (stored under its issuer)
- * is dropped, so that the next login registers anew. Returns what status
- * and the log say.
- */
-static const char *client_rejected(struct keeper *k, struct server *s, const struct secret *started)
-{
-	struct rejected_client rc = { 0 };
-	struct token t;
-	int r;
-
-	if (token_view(started, &t) < 0 || !t.client_id)
-		return "the client was rejected (invalid_client): log in again";
-	rc.client_id = t.client_id;
-	rc.issuer = t.issuer;
-	r = store_list(k->store, STORE_CLIENTS, rejected_client_find, &rc);
-	if (r != 0)
-		log_warn("%s: listing the stored client registrations failed: %s", s->name, store_strerror(r));
-	for (size_t i = 0; i < rc.n; i++) {
-		r = store_delete(k->store, STORE_CLIENTS, rc.keys[i]);
-		if (r < 0)
-			log_warn("%s: dropping the rejected client registration failed: %s", s->name,
-				 store_strerror(r));
-		else
-			log_info("%s: the client registration at %s was rejected; dropped", s->name,
-				 t.issuer ? t.issuer : "the token endpoint");
-		free(rc.keys[i]);
-	}
-	free(rc.keys);
-	token_clear(&t);
-	if (s->conf->oauth.client_id && !rc.n)
-		return "the client was rejected (invalid_client): check oauth.client_id and oauth.client_secret";
-	return "the client registration was rejected: log in again to register anew";
-}
-
 static void on_reply(struct keeper *k, void *ctx, struct json_object *result, struct json_object *error)
 {
 	struct server *s = ctx;
@@ -1010,7 +860,7 @@ static void on_reply(struct keeper *k, void *ctx, struct json_object *result, st
 		      : msg			   ? json_object_get_string(msg)
 						   : "unknown error";
 		if (terminal && oerr && strcmp(why, "invalid_client") == 0)
-			why = client_rejected(k, s, started);
+			why = login_client_rejected(k, s, started);
 		settle_record(k, s, started, terminal);
 		refresh_failed_wait(k, s, terminal, why, wait_ms);
 	}

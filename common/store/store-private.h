@@ -16,3 +16,7 @@ DB_ENV *store_db_env(struct store *s);
 
 /* Formats a message into err (len bytes; nothing when err is NULL). */
 void store_errf(char *err, size_t len, const char *fmt, ...) _printf_(3, 4);
+
+/* Creates dir (0700) when missing and checks it is private (masterkey.c,
+ * store.c). 0 or a negative errno, with err set. */
+int store_ensure_dir(const char *dir, char *err, size_t errlen);
