@@ -836,6 +836,7 @@ int keeper_run(const char *config_path, bool system_mode)
 	log_info("mcpkeeperd %s ready: %zu server(s), %s mode", MCPKEEPER_VERSION, k.n_servers,
 		 system_mode ? "system" : "user");
 
+	k.running = true;
 	event_base_dispatch(k.base);
 
 	k.stopping = true;

@@ -145,6 +145,7 @@ struct keeper {
 	struct event *watchdog, *maintenance;
 	struct event *drain;		/* the deadline of a stop's wait for refreshes */
 	uint64_t watchdog_usec;
+	bool running;			/* past the start: its event loop runs */
 	bool stopping;
 };
 

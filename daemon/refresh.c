@@ -468,6 +468,7 @@ void refresh_clock_moved(struct keeper *k, int64_t delta_ms)
 			shift(&s->expires_at_ms, delta_ms);
 			shift(&s->last_request_ms, delta_ms);
 			shift(&s->next_at_ms, delta_ms);
+			shift(&s->not_before_ms, delta_ms);
 			if (queued)
 				sheap_put(&r->ready, s);
 		}
@@ -511,8 +512,6 @@ static struct secret *finish_request(struct keeper *k, struct server *s)
 	return plain;
 }
 
-/* wait_ms: what the provider's Retry-After asked for (0: nothing); the
- * retry comes no sooner, up to RETRY_AFTER_MAX_MS. */
 /* The retry's delay: the backoff's, or the provider's Retry-After when that
  * is longer (capped), which *asked then says for the log. */
 static int64_t retry_delay(int64_t backoff_ms, int64_t wait_ms, char *asked, size_t len)
@@ -577,7 +576,11 @@ static void refresh_failed_wait(struct keeper *k, struct server *s, bool termina
 	}
 	s->rstate = REFRESH_RETRYING;
 	s->next_at_ms = keeper_now_ms() + delay;
-	s->not_before_ms = asked[0] ? s->next_at_ms : 0;
+	/* wait_ms: what the provider's Retry-After asked for (0: nothing). No
+	 * token request goes out before it ends (up to RETRY_AFTER_MAX_MS), not
+	 * even a worker's, also when the backoff's retry comes later anyway. */
+	s->not_before_ms = wait_ms > 0 ? keeper_now_ms() + (wait_ms > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS : wait_ms)
+				       : 0;
 	arm_at(s, s->next_at_ms);
 	/* A worker waiting for this refresh answers its clients now; the retry
 	 * that succeeds brings it the token. */
@@ -823,8 +826,10 @@ static void settle_record(struct keeper *k, struct server *s, const struct secre
 	if (r == 0)
 		r = store_update(k->store, STORE_TOKENS, s->key, started, plain);
 	if (r != 0 && r != STORE_E_CONFLICT)
-		log_warn("%s: could not record %s: %s", s->name,
-			 refused ? "that the refresh token was refused" : "the end of the refresh", store_strerror(r));
+		log_warn("%s: could not record %s: %s (the record keeps its refresh intent: a keeper that died "
+			 "before the next refresh is stored would take this server for interrupted)",
+			 s->name, refused ? "that the refresh token was refused" : "the end of the refresh",
+			 store_strerror(r));
 	secret_free(plain);
 	token_clear(&t);
 }
@@ -1062,17 +1067,22 @@ static void intent_found(struct keeper *k, struct server *s, int64_t intent_at_m
 {
 	char at[TIME_TEXT_MAX];
 
+	/* At start the keeper died with the refresh in flight; later (a reload
+	 * that brought the server back, changed or enabled) it may also have been
+	 * this keeper cancelling it when the server changed. */
+	const char *how = k->running ? " (the keeper died, or a reload cancelled it, while it was in flight)" : "";
+
 	if (!s->interrupted) {
-		log_warn("%s: a refresh sent at %s was interrupted by a crash; presenting its refresh token once "
-			 "more (refresh.retry_after_crash)", s->name, time_text(intent_at_ms, at));
+		log_warn("%s: a refresh sent at %s was interrupted by a crash%s; presenting its refresh token once "
+			 "more (refresh.retry_after_crash)", s->name, time_text(intent_at_ms, at), how);
 		return;
 	}
 	server_set_error(s, "%s", REFRESH_INTERRUPTED_MESSAGE);
 	if (known)
 		return;
-	log_warn("%s: %s (the refresh sent at %s got no stored answer; the provider may have rotated its "
+	log_warn("%s: %s (the refresh sent at %s got no stored answer%s; the provider may have rotated its "
 		 "refresh token, which is not presented again)", s->name, REFRESH_INTERRUPTED_MESSAGE,
-		 time_text(intent_at_ms, at));
+		 time_text(intent_at_ms, at), how);
 	interrupted_emit(k, s);
 }
 
@@ -1131,6 +1141,9 @@ void refresh_forget(struct keeper *k, struct server *s)
 {
 	sheap_remove(&k->refresh->ready, s);
 	if (s->in_flight) {
+		if (!k->stopping)
+			log_warn("%s: its refresh in flight is cancelled (the server changed or left); if the provider "
+				 "rotated the refresh token meanwhile, the server will need a login", s->name);
 		child_cancel(k->oauth, s->request_id);
 		secret_free(finish_request(k, s));
 		dispatch(k);

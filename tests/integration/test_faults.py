@@ -132,6 +132,25 @@ class TestTokenEndpointFaults(FaultCase):
         st = self.k.server("gh")
         self.assertEqual(st["refresh"]["next_at_unix"], next_at, "the retry stays where Retry-After put it")
 
+    def test_429_retry_after_shorter_than_backoff(self):
+        # In the slow phase (no fast retries) the backoff (30 s) outlasts a
+        # Retry-After of 20 s: the retry comes with the backoff, and until the
+        # Retry-After ends no token request goes out, not even a worker's.
+        self.start_with([("429", 1)], peer_config={"retry_after": 20}, refresh={"max_retries": 0})
+        st = self.status_when(lambda s: s["refresh"]["retry_count"] >= 1 and s["refresh"]["next_at_unix"],
+                              what="the retry after the 429")
+        self.assertGreater(st["refresh"]["next_at_unix"] - time.time(), 20, st)
+        c = Client(self.k, "gh")
+        try:
+            c.initialize()
+            kl.http("POST", self.peer.url + "/test/revoke-access-all", b"{}", {"Content-Type": "application/json"})
+            r = c.echo("after the revocation")
+        finally:
+            c.close()
+        self.assertIn("error", r, r)
+        self.assertIn("Retry-After", json.dumps(r), r)
+        self.assertEqual(self.peer.stats()["refresh_requests"], 1, "no token request before the Retry-After ends")
+
     def test_429_without_retry_after_backoff(self):
         self.start_with([("429_bare", 1)])
         self.assert_recovered(2)
