@@ -868,7 +868,7 @@ class TestEvents(HttpCase):
         for stream in (by_header, by_query):
             env = stream.wait_for(EV_REFRESHED, lambda p: p.get("server_name") == "demo", 30)
             self.assertEqual(set(env["payload"]), {"server_name", "obtained_at", "obtained_at_unix", "expires_at",
-                                                   "expires_at_unix", "next_refresh_at", "next_refresh_at_unix"})
+                                                   "expires_at_unix", "next_refresh_at", "next_refresh_at_unix", "scope"})
             for key in ("obtained_at", "expires_at", "next_refresh_at"):
                 kl.assert_time_text(self, env["payload"][key], env["payload"][key + "_unix"])
             self.check_sse_matches(env, EV_REFRESHED)
