@@ -4,6 +4,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <db.h>
@@ -20,3 +21,6 @@ void store_errf(char *err, size_t len, const char *fmt, ...) _printf_(3, 4);
 /* Creates dir (0700) when missing and checks it is private (masterkey.c,
  * store.c). 0 or a negative errno, with err set. */
 int store_ensure_dir(const char *dir, char *err, size_t errlen);
+
+/* Whether name is one of the store's database files (store.c). */
+bool store_file_is_db(const char *name);

@@ -92,6 +92,14 @@ struct store {
 	int lock_fd;	/* store.lock, held shared while open (see store_lock()) */
 };
 
+bool store_file_is_db(const char *name)
+{
+	for (int i = 0; i < STORE_DB_COUNT; i++)
+		if (strcmp(name, db_files[i]) == 0)
+			return true;
+	return strcmp(name, "meta.db") == 0;
+}
+
 const char *store_db_name(enum store_db db)
 {
 	return db < STORE_DB_COUNT ? db_names[db] : "?";
