@@ -124,7 +124,7 @@ const char *store_strerror(int status)
 	case -EDQUOT:
 		return "the state directory's filesystem is full (no space left on device)";
 	case -EIO:
-		return "the state directory cannot be written (input/output error)";
+		return "the state directory failed with an I/O error (input/output error)";
 	case -EROFS:
 		return "the state directory cannot be written (read-only file system)";
 	default:
