@@ -54,19 +54,6 @@
 	(DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK | DB_INIT_MPOOL | DB_RECOVER | DB_REGISTER |      \
 	 DB_SYSTEM_MEM)
 
-/*
- * The environment's regions live in System V shared memory (DB_SYSTEM_MEM),
- * not in files of the state directory: a memory-mapped region file on a full
- * filesystem kills its process with SIGBUS where a write would have said
- * ENOSPC. Every opener of one state directory derives the same base key from
- * the directory's device and inode (Berkeley DB uses the base and the next few
- * keys, one per region); __db.001 then only records the segment ids. Keys are
- * spaced SHM_KEY_STRIDE apart over about 2^26 slots, so two live state
- * directories share a slot with odds of about one in 67 million per pair.
- */
-#define SHM_KEY_BASE 0x10000L
-#define SHM_KEY_STRIDE 32L
-#define SHM_KEY_SLOTS ((0x7fff0000L - SHM_KEY_BASE) / SHM_KEY_STRIDE)
 #define STORE_LOCK_FILE "store.lock"
 
 static const char *const db_files[STORE_DB_COUNT] = {
@@ -348,6 +335,8 @@ static int env_open(struct store *s, char *err, size_t errlen)
 	return 0;
 fail:
 	errf(err, errlen, "store %s: %s", s->dir, db_strerror(ret));
+	if (ret == EAGAIN || ret == EEXIST)
+		store_shm_explain(s->dir, s->shm_key, err, errlen);
 	env_close(s);
 	return db_to_errno(ret);
 }
@@ -524,28 +513,6 @@ static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 
 /* ---- shared memory ---- */
 
-static long shm_key_for(const struct stat *st)
-{
-	static const char ctx[] = "mcpkeeper store shm key v1";
-	unsigned char in[sizeof(ctx) + 2 * sizeof(uint64_t)], h[8];
-	uint64_t dev = st->st_dev, ino = st->st_ino;
-	uint32_t v;
-
-	memcpy(in, ctx, sizeof(ctx));
-	memcpy(in + sizeof(ctx), &dev, sizeof(dev));
-	memcpy(in + sizeof(ctx) + sizeof(dev), &ino, sizeof(ino));
-	crypto_generichash(h, sizeof(h), in, sizeof(in), NULL, 0);
-	memcpy(&v, h, sizeof(v));
-	return SHM_KEY_BASE + (long)(v % SHM_KEY_SLOTS) * SHM_KEY_STRIDE;
-}
-
-long store_shm_key(const char *dir)
-{
-	struct stat st;
-
-	return stat(dir, &st) < 0 ? -errno : shm_key_for(&st);
-}
-
 /*
  * Every opener holds store.lock shared (flock) while its environment is open;
  * the last one out, the one that gets it exclusive at close, removes the
@@ -556,20 +523,26 @@ long store_shm_key(const char *dir)
 static int store_lock(struct store *s, char *err, size_t errlen)
 {
 	char path[4096];
-	struct stat st;
 
 	if (snprintf(path, sizeof(path), "%s/" STORE_LOCK_FILE, s->dir) >= (int)sizeof(path)) {
 		errf(err, errlen, "store %s: path too long", s->dir);
 		return -ENAMETOOLONG;
 	}
 	s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_SH) < 0 || stat(s->dir, &st) < 0) {
+	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_SH) < 0) {
 		int e = errno;
 
 		errf(err, errlen, "store %s: %s: %s", s->dir, path, strerror(e));
 		return -e;
 	}
-	s->shm_key = shm_key_for(&st);
+	s->shm_key = store_shm_key(s->dir);
+	if (s->shm_key < 0) {
+		errf(err, errlen, "store %s: its shared memory key (store.shmkey): %s", s->dir,
+		     strerror((int)-s->shm_key));
+		close(s->lock_fd);
+		s->lock_fd = -1;
+		return (int)s->shm_key;
+	}
 	return 0;
 }
 
