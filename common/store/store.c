@@ -55,6 +55,8 @@
 	 DB_SYSTEM_MEM)
 
 #define STORE_LOCK_FILE "store.lock"
+/* Replacements of the state directory an opener sits out (store_lock()). */
+#define STORE_LOCK_TRIES 20
 
 static const char *const db_files[STORE_DB_COUNT] = {
 	[STORE_TOKENS] = "tokens.db",
@@ -523,27 +525,48 @@ static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 static int store_lock(struct store *s, char *err, size_t errlen)
 {
 	char path[4096];
+	struct stat st;
 
 	if (snprintf(path, sizeof(path), "%s/" STORE_LOCK_FILE, s->dir) >= (int)sizeof(path)) {
 		errf(err, errlen, "store %s: path too long", s->dir);
 		return -ENAMETOOLONG;
 	}
-	s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_SH) < 0) {
-		int e = errno;
+	/* mcpctl restore renames another directory in while holding the old
+	 * one's lock exclusive: a lock taken on a file that is no longer the
+	 * one at path belongs to a directory gone, so try again. */
+	for (int tries = 0; tries < STORE_LOCK_TRIES; tries++) {
+		struct stat fst;
+		bool gone = false;
 
-		errf(err, errlen, "store %s: %s: %s", s->dir, path, strerror(e));
-		return -e;
-	}
-	s->shm_key = store_shm_key(s->dir);
-	if (s->shm_key < 0) {
-		errf(err, errlen, "store %s: its shared memory key (store.shmkey): %s", s->dir,
-		     strerror((int)-s->shm_key));
+		s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_SH) < 0 || fstat(s->lock_fd, &fst) < 0 ||
+		    (stat(path, &st) < 0 && !(gone = errno == ENOENT))) {
+			int e = errno;
+
+			errf(err, errlen, "store %s: %s: %s", s->dir, path, strerror(e));
+			if (s->lock_fd >= 0)
+				close(s->lock_fd);
+			s->lock_fd = -1;
+			return -e;
+		}
+		if (!gone && st.st_dev == fst.st_dev && st.st_ino == fst.st_ino) {
+			long key = store_shm_key(s->dir);
+
+			if (key < 0) {
+				errf(err, errlen, "store %s: its shared memory key (store.shmkey): %s", s->dir,
+				     strerror((int)-key));
+				close(s->lock_fd);
+				s->lock_fd = -1;
+				return (int)key;
+			}
+			s->shm_key = key;
+			return 0;
+		}
 		close(s->lock_fd);
 		s->lock_fd = -1;
-		return (int)s->shm_key;
 	}
-	return 0;
+	errf(err, errlen, "store %s: the state directory keeps being replaced under us", s->dir);
+	return -EAGAIN;
 }
 
 /* After env_close(): the last process out removes the segments. */

@@ -221,6 +221,48 @@ class TestBackup(keeperlib.KeeperTestCase):
         self.assertEqual(k2.stop(), 0, "keeper exit status")
 
 
+    def test_b_restore_locked(self):
+        """A process holding store.lock shared (a keeper, its socket elsewhere) stops a restore."""
+        k = self.make_keeper(servers={}, name="locked")
+        k.start()
+        self.assertEqual(k.stop(), 0, "keeper exit status")
+        backup = os.path.join(self.tmp, "locked.backup")
+        rc, out, err = mcpctl(k, "backup", backup)
+        self.assertEqual(rc, 0, out + err)
+        before = sorted(os.listdir(k.data_dir))
+        self.assertIn("store.lock", before)
+        self.assertIn("store.shmkey", before)
+        key_before = open(os.path.join(k.data_dir, "store.shmkey")).read()
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(k.data_dir, "store.shmkey")).st_mode), 0o600)
+        # No socket answers and no process is in __db.register: only the lock shows it.
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "fcntl.flock(fd, fcntl.LOCK_SH)\n"
+             "print('held', flush=True)\n"
+             "sys.stdin.read()\n",
+             os.path.join(k.data_dir, "store.lock")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            self.assertEqual(holder.stdout.readline(), b"held\n")
+            rc, out, err = mcpctl(k, "restore", "--force", backup)
+            self.assertEqual(rc, EXIT_KEEPER_RUNNING, out + err)
+            self.assertIn("a keeper or another mcpctl has the store in %s open" % k.data_dir, err)
+            self.assertEqual(sorted(os.listdir(k.data_dir)), before)
+            self.assertEqual(glob.glob(k.data_dir + ".*"), [])
+        finally:
+            holder.stdin.close()
+            self.assertEqual(holder.wait(10), 0)
+        # Released: the restore goes through, with a state directory of its own shm key.
+        rc, out, err = mcpctl(k, "restore", "--force", backup)
+        self.assertEqual(rc, 0, out + err)
+        self.assertEqual(len(glob.glob(k.data_dir + ".replaced-*")), 1)
+        key_after = open(os.path.join(k.data_dir, "store.shmkey")).read()
+        self.assertNotEqual(key_after, key_before, "the restored directory reuses the old one's shm key")
+        k.start()
+        self.assertEqual(k.stop(), 0, "keeper exit status")
+
 
 def parse_backup(data):
     """The (name, bytes) entries of a backup file (store.h: its format)."""
