@@ -582,7 +582,7 @@ static int restore_locked(struct ctl *c, const struct state_paths *pp, const cha
 fail:
 	dir_lock_drop(&new_lock, tmp, true);
 	remove_flat(tmp);
-	return r ? r : CTL_EXIT_KEEPER_ERROR;
+	return r > 0 ? r : CTL_EXIT_KEEPER_ERROR;	/* r may be a negative errno value */
 }
 
 int cmd_restore(struct ctl *c, int argc, char **argv)
