@@ -12,8 +12,11 @@
  * written under a temporary name and renamed when complete. Records stay
  * sealed in the file; the master key is not in it (see mcpctl(1)).
  *
- * restore refuses to run while a keeper serves the socket or any process
- * has the environment open (the DB_REGISTER registry's locks), checks the
+ * restore holds the state directory's store.lock exclusive from before its
+ * checks until after the swap (every opener holds it shared, store.c), so
+ * no keeper can start on the directory it replaces; it refuses to run while
+ * a keeper serves the socket or any process has the environment open (the
+ * lock, and the DB_REGISTER registry's locks), checks the
  * whole archive, builds the new state directory beside the old one
  * (extracted files, the master key, catastrophic recovery, the key check
  * and every record unsealed, in a forked child as the owner) and only then
@@ -27,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -435,23 +439,86 @@ static int swap_in(const char *tmp, const char *data_dir, bool had_store)
 	return 0;
 }
 
-int cmd_restore(struct ctl *c, int argc, char **argv)
+/* store.lock of a state directory, held exclusive by restore. */
+struct dir_lock {
+	int fd;
+	bool made_file, made_dir;
+	char path[PATH_MAX + 32];
+};
+
+/* Opens dir/store.lock (made 0600 and given to dir's owner when missing)
+ * and locks it exclusive without waiting. CTL_EXIT_KEEPER_RUNNING, with no
+ * message, when another process holds it. */
+static int dir_lock_take(struct dir_lock *l, const char *dir, bool make_dir)
+{
+	struct stat st;
+
+	if (make_dir && mkdir(dir, 0700) == 0)
+		l->made_dir = true;
+	else if (make_dir && errno != EEXIST) {
+		fprintf(stderr, "mcpctl: cannot make the state directory %s: %m\n", dir);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	if (snprintf(l->path, sizeof(l->path), "%s/store.lock", dir) >= (int)sizeof(l->path))
+		return ctl_usage_error("data_dir: path too long");
+	for (int i = 0; i < 2 && l->fd < 0; i++) {
+		l->fd = open(l->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+		if (l->fd >= 0 || errno != ENOENT)
+			break;
+		l->fd = open(l->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+		l->made_file = l->fd >= 0;
+		if (l->fd < 0 && errno != EEXIST)
+			break;
+	}
+	if (l->fd < 0) {
+		fprintf(stderr, "mcpctl: cannot open %s: %m\n", l->path);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	if (flock(l->fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+
+		close(l->fd);
+		l->fd = -1;
+		l->made_file = false;	/* another process holds it: not ours to remove */
+		if (e == EWOULDBLOCK)
+			return CTL_EXIT_KEEPER_RUNNING;
+		fprintf(stderr, "mcpctl: cannot lock %s: %s\n", l->path, strerror(e));
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	if (l->made_file && geteuid() == 0 && stat(dir, &st) == 0 && st.st_uid != 0 &&
+	    fchown(l->fd, st.st_uid, st.st_gid) < 0) {
+		fprintf(stderr, "mcpctl: giving %s to uid %u: %m\n", l->path, (unsigned)st.st_uid);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	return 0;
+}
+
+/* Unlocks; unless the restore went through, removes what taking it made
+ * (an opener waiting on the removed file sees that and takes the new one). */
+static void dir_lock_drop(struct dir_lock *l, const char *dir, bool restored)
+{
+	if (l->fd >= 0 && !restored && l->made_file)
+		unlink(l->path);
+	if (l->fd >= 0)
+		close(l->fd);
+	if (!restored && l->made_dir)
+		rmdir(dir);
+	l->fd = -1;
+}
+
+/* With the state directory's lock held: the checks, the new directory, the
+ * swap. */
+static int restore_locked(struct ctl *c, const struct state_paths *pp, const char *file, bool force)
 {
 	_cleanup_(closep) int fd = -1;
-	struct state_paths p;
+	struct dir_lock new_lock = { .fd = -1 };
+	const struct state_paths p = *pp;
 	struct check_job j = { 0 };
 	struct stat st;
 	char tmp[PATH_MAX + 32], err[1024];
-	bool force = false, had_store;
-	const char *file;
+	bool had_store;
 	int r;
 
-	r = parse_file_opts("restore", argc, argv, &force, &file);
-	if (r)
-		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
-	r = state_paths_find(c, &p);
-	if (r)
-		return r;
 	r = refuse_if_live(c, &p);
 	if (r)
 		return r;
@@ -499,12 +566,47 @@ int cmd_restore(struct ctl *c, int argc, char **argv)
 	r = in_child(restore_child, &j);
 	if (r)
 		goto fail;
+	/* An opener that finds the new directory before this returns waits
+	 * for it to be complete where it is. */
+	r = dir_lock_take(&new_lock, tmp, false);
+	if (r == CTL_EXIT_KEEPER_RUNNING)
+		fprintf(stderr, "mcpctl: another process has the new state directory %s open\n", tmp);
+	if (r)
+		goto fail;
 	r = swap_in(tmp, p.data_dir, had_store);
 	if (r)
 		goto fail;
+	dir_lock_drop(&new_lock, tmp, true);
 	printf("restored %s into %s\n", file, p.data_dir);
 	return CTL_EXIT_OK;
 fail:
+	dir_lock_drop(&new_lock, tmp, true);
 	remove_flat(tmp);
-	return r ? r : CTL_EXIT_KEEPER_ERROR;
+	return r > 0 ? r : CTL_EXIT_KEEPER_ERROR;	/* r may be a negative errno value */
+}
+
+int cmd_restore(struct ctl *c, int argc, char **argv)
+{
+	struct dir_lock lock = { .fd = -1 };
+	struct state_paths p;
+	bool force = false;
+	const char *file;
+	int r;
+
+	r = parse_file_opts("restore", argc, argv, &force, &file);
+	if (r)
+		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
+	r = state_paths_find(c, &p);
+	if (r)
+		return r;
+	/* Held until the new directory is in place: no keeper starts on the
+	 * old one meanwhile (store.c's openers hold it shared). */
+	r = dir_lock_take(&lock, p.data_dir, true);
+	if (r == CTL_EXIT_KEEPER_RUNNING && refuse_if_live(c, &p) != CTL_EXIT_KEEPER_RUNNING)
+		fprintf(stderr, "mcpctl: a keeper or another mcpctl has the store in %s open (%s is locked): "
+			"stop it before restoring\n", p.data_dir, lock.path);
+	if (r == 0)
+		r = restore_locked(c, &p, file, force);
+	dir_lock_drop(&lock, p.data_dir, r == CTL_EXIT_OK);
+	return r;
 }

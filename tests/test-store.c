@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -940,6 +942,14 @@ static void test_peer_dies_inside(void)
 	secret_free(key);
 }
 
+/* A state directory of uid 65534 that a process of that uid can reach. */
+static void make_nobodys(const char *dir)
+{
+	CHECK(mkdir(dir, 0700) == 0);
+	CHECK(chown(dir, 65534, 65534) == 0);
+	CHECK(chmod(root, 0755) == 0);
+}
+
 static void test_root_switches_to_owner(void)
 {
 	const char *dir = subdir("owned");
@@ -955,9 +965,7 @@ static void test_root_switches_to_owner(void)
 		secret_free(key);
 		return;
 	}
-	CHECK(mkdir(dir, 0700) == 0);
-	CHECK(chown(dir, 65534, 65534) == 0);
-	CHECK(chmod(root, 0755) == 0);
+	make_nobodys(dir);
 	pid = fork();
 	if (pid == 0) {
 		struct store *s = open_ok(dir, key);
@@ -986,6 +994,135 @@ static void test_root_switches_to_owner(void)
 	secret_free(key);
 }
 
+/* The key store.c derived from the directory's device and inode before the
+ * key moved into store.shmkey: anyone could compute it and squat on it. */
+static long old_shm_key(const char *dir)
+{
+	static const char ctx[] = "mcpkeeper store shm key v1";
+	unsigned char in[sizeof(ctx) + 2 * sizeof(uint64_t)], h[8];
+	struct stat st;
+	uint64_t dev, ino;
+	uint32_t v;
+
+	CHECK_EQ(stat(dir, &st), 0);
+	dev = st.st_dev;
+	ino = st.st_ino;
+	memcpy(in, ctx, sizeof(ctx));
+	memcpy(in + sizeof(ctx), &dev, sizeof(dev));
+	memcpy(in + sizeof(ctx) + sizeof(dev), &ino, sizeof(ino));
+	crypto_generichash(h, sizeof(h), in, sizeof(in), NULL, 0);
+	memcpy(&v, h, sizeof(v));
+	return 0x10000L + (long)(v % ((0x7fff0000L - 0x10000L) / 32L)) * 32L;
+}
+
+static void test_shm_key_file(void)
+{
+	char *a = subdir("shm-a"), *b = subdir("shm-b"), path[600];
+	struct stat st;
+	long ka, kb;
+	int fd;
+
+	TEST("each state directory keeps its own random shm key in a 0600 file");
+	CHECK_EQ(mkdir(a, 0700), 0);
+	CHECK_EQ(mkdir(b, 0700), 0);
+	ka = store_shm_key(a);
+	kb = store_shm_key(b);
+	CHECK(ka > 0 && kb > 0);
+	CHECK(ka != kb);
+	CHECK(ka != old_shm_key(a));
+	CHECK_EQ(store_shm_key(a), ka);
+	snprintf(path, sizeof(path), "%s/store.shmkey", a);
+	CHECK_EQ(lstat(path, &st), 0);
+	CHECK(S_ISREG(st.st_mode));
+	CHECK_EQ(st.st_mode & 07777, 0600);
+
+	/* A damaged key file is an error, not a silent new key. */
+	snprintf(path, sizeof(path), "%s/store.shmkey", b);
+	CHECK_EQ(unlink(path), 0);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	CHECK(fd >= 0);
+	CHECK_EQ(write(fd, "junk\n", 5), 5);
+	close(fd);
+	CHECK_EQ(store_shm_key(b), -EINVAL);
+}
+
+/* A segment at key made by uid 65533 (someone else), 0600: its id. */
+static int squat(long key)
+{
+	int pfd[2], id = -1, status;
+	pid_t pid;
+
+	CHECK_EQ(pipe(pfd), 0);
+	pid = fork();
+	if (pid == 0) {
+		close(pfd[0]);
+		if (setgid(65533) < 0 || setuid(65533) < 0)
+			_exit(2);
+		id = shmget((key_t)key, 4096, IPC_CREAT | IPC_EXCL | 0600);
+		_exit(write(pfd[1], &id, sizeof(id)) == sizeof(id) ? 0 : 3);
+	}
+	close(pfd[1]);
+	CHECK_EQ(read(pfd[0], &id, sizeof(id)), (ssize_t)sizeof(id));
+	close(pfd[0]);
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	CHECK(id >= 0);
+	return id;
+}
+
+/* In a child (which becomes the owner of dir): opens the store; with
+ * squatted set, expects the refusal that names the squatter. */
+static void open_as_owner(const char *dir, const struct secret *key, bool squatted)
+{
+	pid_t pid;
+	int status;
+
+	pid = fork();
+	if (pid == 0) {
+		struct store *s = NULL;
+		char err[512] = "";
+
+		if (!squatted) {
+			s = open_ok(dir, key);
+			put_token(s, "one", "access-1", "refresh-1");
+			check_access(s, "one", "access-1");
+			store_close(s);
+			_exit(0);
+		}
+		CHECK(store_open(dir, key, &s, err, sizeof(err)) != 0);
+		fprintf(stderr, "squatted key: %s\n", err);
+		CHECK(strstr(err, "owned by uid 65533 (another user)") != NULL);
+		CHECK(strstr(err, "ipcrm -M 0x") != NULL);
+		_exit(0);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_shm_key_squatted(void)
+{
+	const char *dir = subdir("shm-owned");
+	struct secret *key;
+	int id;
+
+	TEST("another user's segment at the store's shm key");
+	if (test_needs_root(NULL))
+		return;
+	key = random_key();
+	make_nobodys(dir);
+	/* At the key the device and inode gave: the store opens all the same. */
+	id = squat(old_shm_key(dir));
+	open_as_owner(dir, key, false);
+	CHECK_EQ(shmctl(id, IPC_RMID, NULL), 0);
+	/* At the key in store.shmkey (someone who learnt it): a clear refusal. */
+	id = squat(store_shm_key(dir));
+	open_as_owner(dir, key, true);
+	CHECK_EQ(shmctl(id, IPC_RMID, NULL), 0);
+	open_as_owner(dir, key, false);
+	CHECK(chmod(root, 0700) == 0);
+	secret_free(key);
+}
+
 int main(int argc, char **argv)
 {
 	log_init("test-store");
@@ -1009,6 +1146,8 @@ int main(int argc, char **argv)
 	test_peer_dies_inside();
 	test_kill_writer_loop();
 	test_root_switches_to_owner();
+	test_shm_key_file();
+	test_shm_key_squatted();
 
 	rm_rf(root);
 	printf("all store tests passed\n");

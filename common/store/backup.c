@@ -88,19 +88,23 @@ static int pread_all(int fd, void *data, size_t len, off_t off)
 	return 0;
 }
 
-/* A file name the store may hold: no directory, no region file. */
+/* A file name the store holds: one of its databases or a log file
+ * ("log." and 10 digits). Nothing else goes into or comes out of a backup. */
 static bool name_ok(const char *name, size_t len)
 {
-	if (len == 0 || len > BACKUP_NAME_MAX || name[0] == '.' || strncmp(name, "__db", 4) == 0)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		char c = name[i];
+	char buf[BACKUP_NAME_MAX + 1];
 
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-		      c == '_' || c == '-'))
-			return false;
+	if (len == 0 || len > BACKUP_NAME_MAX || memchr(name, '\0', len))
+		return false;
+	if (len == 14 && memcmp(name, "log.", 4) == 0) {
+		for (size_t i = 4; i < len; i++)
+			if (name[i] < '0' || name[i] > '9')
+				return false;
+		return true;
 	}
-	return true;
+	memcpy(buf, name, len);
+	buf[len] = '\0';
+	return store_file_is_db(buf);
 }
 
 /* ---- writing ---- */

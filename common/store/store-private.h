@@ -4,6 +4,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <db.h>
@@ -20,3 +21,25 @@ void store_errf(char *err, size_t len, const char *fmt, ...) _printf_(3, 4);
 /* Creates dir (0700) when missing and checks it is private (masterkey.c,
  * store.c). 0 or a negative errno, with err set. */
 int store_ensure_dir(const char *dir, char *err, size_t errlen);
+
+/*
+ * The environment's regions live in System V shared memory (DB_SYSTEM_MEM),
+ * not in files of the state directory: a memory-mapped region file on a full
+ * filesystem kills its process with SIGBUS where a write would have said
+ * ENOSPC. Every opener of one state directory reads the same base key from
+ * its store.shmkey (shmkey.c: a random slot, made by the first opener;
+ * Berkeley DB uses the base and the next few keys, one per region);
+ * __db.001 then only records the segment ids. Keys are spaced SHM_KEY_STRIDE
+ * apart over about 2^26 slots, so two state directories share a slot with
+ * odds of about one in 67 million per pair.
+ */
+#define SHM_KEY_BASE 0x10000L
+#define SHM_KEY_STRIDE 32L
+#define SHM_KEY_SLOTS ((0x7fff0000L - SHM_KEY_BASE) / SHM_KEY_STRIDE)
+
+/* After an environment open failed because a region's segment exists:
+ * names the segment's owner and how to remove it in err (shmkey.c). */
+void store_shm_explain(const char *dir, long base, char *err, size_t errlen);
+
+/* Whether name is one of the store's database files (store.c). */
+bool store_file_is_db(const char *name);

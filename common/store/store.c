@@ -54,20 +54,9 @@
 	(DB_CREATE | DB_INIT_TXN | DB_INIT_LOG | DB_INIT_LOCK | DB_INIT_MPOOL | DB_RECOVER | DB_REGISTER |      \
 	 DB_SYSTEM_MEM)
 
-/*
- * The environment's regions live in System V shared memory (DB_SYSTEM_MEM),
- * not in files of the state directory: a memory-mapped region file on a full
- * filesystem kills its process with SIGBUS where a write would have said
- * ENOSPC. Every opener of one state directory derives the same base key from
- * the directory's device and inode (Berkeley DB uses the base and the next few
- * keys, one per region); __db.001 then only records the segment ids. Keys are
- * spaced SHM_KEY_STRIDE apart over about 2^26 slots, so two live state
- * directories share a slot with odds of about one in 67 million per pair.
- */
-#define SHM_KEY_BASE 0x10000L
-#define SHM_KEY_STRIDE 32L
-#define SHM_KEY_SLOTS ((0x7fff0000L - SHM_KEY_BASE) / SHM_KEY_STRIDE)
 #define STORE_LOCK_FILE "store.lock"
+/* Replacements of the state directory an opener sits out (store_lock()). */
+#define STORE_LOCK_TRIES 20
 
 static const char *const db_files[STORE_DB_COUNT] = {
 	[STORE_TOKENS] = "tokens.db",
@@ -91,6 +80,14 @@ struct store {
 	long shm_key;
 	int lock_fd;	/* store.lock, held shared while open (see store_lock()) */
 };
+
+bool store_file_is_db(const char *name)
+{
+	for (int i = 0; i < STORE_DB_COUNT; i++)
+		if (strcmp(name, db_files[i]) == 0)
+			return true;
+	return strcmp(name, "meta.db") == 0;
+}
 
 const char *store_db_name(enum store_db db)
 {
@@ -116,7 +113,7 @@ const char *store_strerror(int status)
 	case -EDQUOT:
 		return "the state directory's filesystem is full (no space left on device)";
 	case -EIO:
-		return "the state directory cannot be written (input/output error)";
+		return "the state directory failed with an I/O error (input/output error)";
 	case -EROFS:
 		return "the state directory cannot be written (read-only file system)";
 	default:
@@ -340,6 +337,8 @@ static int env_open(struct store *s, char *err, size_t errlen)
 	return 0;
 fail:
 	errf(err, errlen, "store %s: %s", s->dir, db_strerror(ret));
+	if (ret == EAGAIN || ret == EEXIST)
+		store_shm_explain(s->dir, s->shm_key, err, errlen);
 	env_close(s);
 	return db_to_errno(ret);
 }
@@ -516,28 +515,6 @@ static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 
 /* ---- shared memory ---- */
 
-static long shm_key_for(const struct stat *st)
-{
-	static const char ctx[] = "mcpkeeper store shm key v1";
-	unsigned char in[sizeof(ctx) + 2 * sizeof(uint64_t)], h[8];
-	uint64_t dev = st->st_dev, ino = st->st_ino;
-	uint32_t v;
-
-	memcpy(in, ctx, sizeof(ctx));
-	memcpy(in + sizeof(ctx), &dev, sizeof(dev));
-	memcpy(in + sizeof(ctx) + sizeof(dev), &ino, sizeof(ino));
-	crypto_generichash(h, sizeof(h), in, sizeof(in), NULL, 0);
-	memcpy(&v, h, sizeof(v));
-	return SHM_KEY_BASE + (long)(v % SHM_KEY_SLOTS) * SHM_KEY_STRIDE;
-}
-
-long store_shm_key(const char *dir)
-{
-	struct stat st;
-
-	return stat(dir, &st) < 0 ? -errno : shm_key_for(&st);
-}
-
 /*
  * Every opener holds store.lock shared (flock) while its environment is open;
  * the last one out, the one that gets it exclusive at close, removes the
@@ -554,15 +531,42 @@ static int store_lock(struct store *s, char *err, size_t errlen)
 		errf(err, errlen, "store %s: path too long", s->dir);
 		return -ENAMETOOLONG;
 	}
-	s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_SH) < 0 || stat(s->dir, &st) < 0) {
-		int e = errno;
+	/* mcpctl restore renames another directory in while holding the old
+	 * one's lock exclusive: a lock taken on a file that is no longer the
+	 * one at path belongs to a directory gone, so try again. */
+	for (int tries = 0; tries < STORE_LOCK_TRIES; tries++) {
+		struct stat fst;
+		bool gone = false;
 
-		errf(err, errlen, "store %s: %s: %s", s->dir, path, strerror(e));
-		return -e;
+		s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_SH) < 0 || fstat(s->lock_fd, &fst) < 0 ||
+		    (stat(path, &st) < 0 && !(gone = errno == ENOENT))) {
+			int e = errno;
+
+			errf(err, errlen, "store %s: %s: %s", s->dir, path, strerror(e));
+			if (s->lock_fd >= 0)
+				close(s->lock_fd);
+			s->lock_fd = -1;
+			return -e;
+		}
+		if (!gone && st.st_dev == fst.st_dev && st.st_ino == fst.st_ino) {
+			long key = store_shm_key(s->dir);
+
+			if (key < 0) {
+				errf(err, errlen, "store %s: its shared memory key (store.shmkey): %s", s->dir,
+				     strerror((int)-key));
+				close(s->lock_fd);
+				s->lock_fd = -1;
+				return (int)key;
+			}
+			s->shm_key = key;
+			return 0;
+		}
+		close(s->lock_fd);
+		s->lock_fd = -1;
 	}
-	s->shm_key = shm_key_for(&st);
-	return 0;
+	errf(err, errlen, "store %s: the state directory keeps being replaced under us", s->dir);
+	return -EAGAIN;
 }
 
 /* After env_close(): the last process out removes the segments. */

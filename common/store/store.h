@@ -127,8 +127,9 @@ int store_list_keys(struct store *s, enum store_db db, store_list_fn fn, void *c
 int store_checkpoint(struct store *s);
 
 /*
- * The base System V shared memory key of dir's environment regions, derived
- * from its device and inode (store.c), or a negative errno value. For tests
+ * The base System V shared memory key of dir's environment regions, a
+ * random slot kept in dir/store.shmkey (made on first use, shmkey.c), or a
+ * negative errno value. For tests
  * that open the environment with raw Berkeley DB: they add DB_SYSTEM_MEM,
  * set_shm_key() this and hold store.lock shared (flock) while open.
  */

@@ -13,6 +13,7 @@ token works.
      keeps the old one.
 """
 import glob
+import hashlib
 import os
 import shutil
 import stat
@@ -122,6 +123,31 @@ class TestBackup(keeperlib.KeeperTestCase):
             self.assertIn("nothing was restored", err, what)
             self.assert_untouched(k2, what)
 
+        # Well-formed archives (the hash is no MAC: anyone can recompute it)
+        # carrying a file no store has: refused, nothing written.
+        entries = parse_backup(data)
+        self.assertTrue(entries and all(n.endswith(".db") or n.startswith("log.") for n, _ in entries))
+        with open(bad, "wb") as f:
+            f.write(make_backup(entries))
+        rc, out, err = mcpctl(k2, "restore", "--force", bad)
+        self.assertEqual(rc, 0, "the rebuilt archive itself restores: " + out + err)
+        shutil.rmtree(k2.data_dir)
+        for g in glob.glob(k2.data_dir + ".*"):
+            shutil.rmtree(g)
+        os.mkdir(k2.data_dir, 0o700)
+        shutil.copyfile(os.path.join(k.data_dir, "master.key"), os.path.join(k2.data_dir, "master.key"))
+        os.chmod(os.path.join(k2.data_dir, "master.key"), 0o600)
+        for name in ("master.key", "../x", "store.shmkey", "store.lock", "__db.001", "x.db", "log.1",
+                     "log.00000000001", "log.000000000a", "tokens.db/x"):
+            with open(bad, "wb") as f:
+                f.write(make_backup(entries + [(name, b"planted")]))
+            rc, out, err = mcpctl(k2, "restore", bad)
+            self.assertEqual(rc, 1, name + ": " + out + err)
+            self.assertIn("is not a usable backup", err, name)
+            self.assertIn("a name no store file has", err, name)
+            self.assert_untouched(k2, name)
+            self.assertFalse(os.path.exists(os.path.join(self.tmp, "x")), name)
+
         # No master key: refused, nothing written.
         k3 = self.make_keeper(servers=servers, name="nokey")
         rc, out, err = mcpctl(k3, "restore", backup)
@@ -193,6 +219,73 @@ class TestBackup(keeperlib.KeeperTestCase):
         for n in names:
             self.assertEqual(k2.server(n)["oauth_status"], "authenticated", n)
         self.assertEqual(k2.stop(), 0, "keeper exit status")
+
+
+    def test_b_restore_locked(self):
+        """A process holding store.lock shared (a keeper, its socket elsewhere) stops a restore."""
+        k = self.make_keeper(servers={}, name="locked")
+        k.start()
+        self.assertEqual(k.stop(), 0, "keeper exit status")
+        backup = os.path.join(self.tmp, "locked.backup")
+        rc, out, err = mcpctl(k, "backup", backup)
+        self.assertEqual(rc, 0, out + err)
+        before = sorted(os.listdir(k.data_dir))
+        self.assertIn("store.lock", before)
+        self.assertIn("store.shmkey", before)
+        key_before = open(os.path.join(k.data_dir, "store.shmkey")).read()
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(k.data_dir, "store.shmkey")).st_mode), 0o600)
+        # No socket answers and no process is in __db.register: only the lock shows it.
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "fcntl.flock(fd, fcntl.LOCK_SH)\n"
+             "print('held', flush=True)\n"
+             "sys.stdin.read()\n",
+             os.path.join(k.data_dir, "store.lock")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            self.assertEqual(holder.stdout.readline(), b"held\n")
+            rc, out, err = mcpctl(k, "restore", "--force", backup)
+            self.assertEqual(rc, EXIT_KEEPER_RUNNING, out + err)
+            self.assertIn("a keeper or another mcpctl has the store in %s open" % k.data_dir, err)
+            self.assertEqual(sorted(os.listdir(k.data_dir)), before)
+            self.assertEqual(glob.glob(k.data_dir + ".*"), [])
+        finally:
+            holder.stdin.close()
+            self.assertEqual(holder.wait(10), 0)
+        # Released: the restore goes through, with a state directory of its own shm key.
+        rc, out, err = mcpctl(k, "restore", "--force", backup)
+        self.assertEqual(rc, 0, out + err)
+        self.assertEqual(len(glob.glob(k.data_dir + ".replaced-*")), 1)
+        key_after = open(os.path.join(k.data_dir, "store.shmkey")).read()
+        self.assertNotEqual(key_after, key_before, "the restored directory reuses the old one's shm key")
+        k.start()
+        self.assertEqual(k.stop(), 0, "keeper exit status")
+
+
+def parse_backup(data):
+    """The (name, bytes) entries of a backup file (store.h: its format)."""
+    assert data[:8] == b"MCPKBAK\0"
+    at, entries = 12, []
+    while True:
+        n = int.from_bytes(data[at:at + 2], "big")
+        at += 2
+        if n == 0:
+            return entries
+        name = data[at:at + n].decode()
+        size = int.from_bytes(data[at + n:at + n + 8], "big")
+        at += n + 8
+        entries.append((name, data[at:at + size]))
+        at += size
+
+
+def make_backup(entries):
+    out = bytearray(b"MCPKBAK\0" + (1).to_bytes(4, "big"))
+    for name, content in entries:
+        out += len(name).to_bytes(2, "big") + name.encode() + len(content).to_bytes(8, "big") + content
+    out += b"\0\0"
+    return bytes(out + hashlib.blake2b(bytes(out), digest_size=32).digest())
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from test_login import LoginCase  # noqa: E402
 SHIM = os.path.join(kl.BUILD_ROOT, "tests", "libeio-shim.so")
 TMPFS_KB = 16384        # the state directory's filesystem: room for two 4 MB log files
 FULL_TEXT = "the state directory's filesystem is full"
-EIO_TEXT = "the state directory cannot be written (input/output error)"
+EIO_TEXT = "the state directory failed with an I/O error (input/output error)"
 EROFS_TEXT = "the state directory cannot be written (read-only file system)"
 STORED_TEXT = "the refreshed token is stored now"
 QUIET_LIFETIME = 8      # tokens refreshed at 80 %: nothing goes out for seconds after a round
