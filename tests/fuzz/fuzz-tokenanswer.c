@@ -27,7 +27,18 @@ static void fail(const char *what)
 	fuzz_fail("fuzz-tokenanswer", what);
 }
 
-/* The body's token strings must not show up in the message. */
+/* Whether the body's field key is a string that contains s. */
+static bool field_holds(struct json_object *body, const char *key, const char *s)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(body, key, &v) && json_object_is_type(v, json_type_string) &&
+	       strstr(json_object_get_string(v), s);
+}
+
+/* The body's token strings must not show up in the message, unless the
+ * provider itself put them into the fields the message quotes (its error
+ * and error_description, shown by design). */
 static void check_secret_absent(struct json_object *body, const char *key, const char *message)
 {
 	struct json_object *v;
@@ -37,7 +48,8 @@ static void check_secret_absent(struct json_object *body, const char *key, const
 		return;
 	s = json_object_get_string(v);
 	/* A token as short as an error word could appear by coincidence. */
-	if (strlen(s) >= 12 && strstr(message, s))
+	if (strlen(s) >= 12 && strstr(message, s) && !field_holds(body, "error", s) &&
+	    !field_holds(body, "error_description", s))
 		fail("the message holds a token from the body");
 }
 
