@@ -68,6 +68,17 @@ class FaultCase(OAuthKeeperCase):
         self.assertIsNone(st["refresh"]["last_error"], st)
         self.assert_log_clean()
 
+    def echo_after_revocation(self):
+        """A call through the worker after the peer revoked every access
+        token: the upstream answers 401, so the worker asks for a refresh."""
+        c = Client(self.k, "gh")
+        try:
+            c.initialize()
+            kl.http("POST", self.peer.url + "/test/revoke-access-all", b"{}", {"Content-Type": "application/json"})
+            return c.echo("after the revocation")
+        finally:
+            c.close()
+
     def assert_transient(self, error_part):
         """The first attempt failed transiently with error_part in last_error."""
         st = self.status_when(lambda s: s["refresh"]["retry_count"] >= 1, what="the first failure")
@@ -119,13 +130,7 @@ class TestTokenEndpointFaults(FaultCase):
         self.assertIn("(the provider's Retry-After: 86400 s, capped at 1 hour)", self.k.log())
         self.assertEqual(st["oauth_status"], "authenticated", st)
         # A worker whose upstream rejects the token does not hurry the retry.
-        c = Client(self.k, "gh")
-        try:
-            c.initialize()
-            kl.http("POST", self.peer.url + "/test/revoke-access-all", b"{}", {"Content-Type": "application/json"})
-            r = c.echo("after the revocation")
-        finally:
-            c.close()
+        r = self.echo_after_revocation()
         self.assertIn("error", r, r)
         self.assertIn("Retry-After", json.dumps(r), r)
         self.assertEqual(self.peer.stats()["refresh_requests"], 1, "no token request before the Retry-After")
@@ -140,13 +145,7 @@ class TestTokenEndpointFaults(FaultCase):
         st = self.status_when(lambda s: s["refresh"]["retry_count"] >= 1 and s["refresh"]["next_at_unix"],
                               what="the retry after the 429")
         self.assertGreater(st["refresh"]["next_at_unix"] - time.time(), 20, st)
-        c = Client(self.k, "gh")
-        try:
-            c.initialize()
-            kl.http("POST", self.peer.url + "/test/revoke-access-all", b"{}", {"Content-Type": "application/json"})
-            r = c.echo("after the revocation")
-        finally:
-            c.close()
+        r = self.echo_after_revocation()
         self.assertIn("error", r, r)
         self.assertIn("Retry-After", json.dumps(r), r)
         self.assertEqual(self.peer.stats()["refresh_requests"], 1, "no token request before the Retry-After ends")
