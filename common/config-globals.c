@@ -49,6 +49,7 @@ void config_globals_init(struct config *c)
 		.max_in_flight = DEFAULT_MAX_IN_FLIGHT,
 		.min_interval_ms = DEFAULT_MIN_INTERVAL_MS,
 	};
+	config_replication_init(&c->replication);
 	c->http = (struct config_http){
 		.max_connections = DEFAULT_HTTP_MAX_CONNECTIONS,
 		.header_timeout_sec = DEFAULT_HTTP_HEADER_TIMEOUT,
@@ -231,7 +232,7 @@ int config_globals_parse(struct parser *p, struct json_object *root)
 	static const char *const known[] = {
 		"data_dir", "runtime_dir", "listen", "group", "users", "worker_user", "idle_timeout",
 		"max_connections_per_uid", "request_timeout",
-		"refresh", "http", "login", "disable_management", "mcpServers", NULL,
+		"refresh", "http", "login", "replication", "disable_management", "mcpServers", NULL,
 	};
 	struct config *c = p->c;
 	int r;
@@ -275,6 +276,9 @@ int config_globals_parse(struct parser *p, struct json_object *root)
 	if (r < 0)
 		return r;
 	r = login_parse(p, root);
+	if (r < 0)
+		return r;
+	r = config_replication_parse(p, root);
 	if (r < 0)
 		return r;
 	/* The servers were converted as they were read; here is their turn to fail. */

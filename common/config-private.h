@@ -14,6 +14,7 @@
  *   config-validate.c  what a URL, a listen address, a server name and a
  *                      header name may be (no JSON, no parser state)
  *   config-globals.c   the top-level settings and their defaults
+ *   config-replication.c  "replication": the group this keeper is a site of
  *
  * Errors follow STYLE.md 10: 0, or a negative errno value with the message
  * already written by config_fail(); CONFIG_NAME_DUPLICATE is the one named
@@ -155,5 +156,8 @@ bool config_header_name_valid(const char *s);
 
 /* The defaults of the numeric settings, before the file is read. */
 void config_globals_init(struct config *c);
+/* config-replication.c */
+void config_replication_init(struct config_replication *rc);
+int config_replication_parse(struct parser *p, struct json_object *root);
 /* The top-level settings in root (the file's object but mcpServers). */
 int config_globals_parse(struct parser *p, struct json_object *root);

@@ -123,6 +123,26 @@ struct config_login {
 	bool browser_on_migration;
 };
 
+/* One site of a replication group: a host (name or address) and a port. */
+struct config_site {
+	char *host;
+	int port;
+};
+
+/* "replication" (common/config-replication.c, mcpkeeper-config(5)). */
+struct config_replication {
+	bool enabled;		/* the object is present */
+	struct config_site local;	/* "listen" */
+	struct config_site *peers;	/* every other site; 2 or more, total odd */
+	size_t n_peers;
+	int priority;		/* election priority, 0 (never master) .. 1000000; 100 */
+	bool create;		/* this site creates the group at its first start */
+	int lease_timeout_ms;	/* master lease; default 5000 */
+	int heartbeat_ms;	/* master's heartbeat; clients call an election
+				 * after 3 missed; default 1000 */
+	int ack_timeout_ms;	/* a commit waits this long for a quorum; 2000 */
+};
+
 struct config {
 	char *path;		/* the file this was loaded from */
 	bool system_mode;
@@ -138,6 +158,7 @@ struct config {
 	struct config_refresh refresh;
 	struct config_http http;
 	struct config_login login;
+	struct config_replication replication;
 	struct config_server *servers;
 	size_t n_servers;
 	struct config_mem *mem;	/* holds every string and array above but servers */
@@ -175,3 +196,7 @@ void config_freep(struct config **c);
 const struct config_server *config_find_server(const struct config *c, const char *name);
 
 const char *config_protocol_name(enum config_protocol p);
+
+/* "HOST:PORT" or "[IPV6]:PORT", not a wildcard: NULL and host, port, or
+ * what is wrong with s. */
+const char *config_site_parse(const char *s, char *host, size_t hostlen, int *port);

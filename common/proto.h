@@ -396,6 +396,26 @@
 #define PARAM_KEY_KEEPER "keeper"
 #define PARAM_KEY_ORPHANED_TOKENS "orphaned_tokens"
 #define PARAM_KEY_WEB_UI "web_ui"
+/* replication.status and status's "replication" (daemon/group.c) */
+#define METHOD_REPLICATION_STATUS "replication.status"
+#define PARAM_KEY_REPLICATION "replication"
+#define PARAM_KEY_PREVIOUS_ROLE "previous_role"
+#define PARAM_KEY_MASTER "master"
+#define PARAM_KEY_GENERATION "generation"
+#define PARAM_KEY_SITE "site"
+#define PARAM_KEY_SITES "sites"
+#define PARAM_KEY_READY "ready"
+#define PARAM_KEY_CAUGHT_UP "caught_up"
+#define PARAM_KEY_ELECTIONS "elections"
+#define PARAM_KEY_MASTER_CHANGES "master_changes"
+#define PARAM_KEY_LOG_POSITION "log_position"
+#define PARAM_KEY_LOG_QUEUED "log_queued"
+#define PARAM_KEY_QUORUM_MISSED "quorum_missed"
+#define PARAM_KEY_CONNECTED "connected"
+#define PARAM_KEY_MAJORITY "majority"
+#define PARAM_KEY_LEASE "lease"
+#define PARAM_KEY_LEASE_TIMEOUT_MS "lease_timeout_ms"
+#define KIND_NOT_MASTER "not_master"
 #define PARAM_KEY_MODE "mode"
 #define PARAM_KEY_HTTP "http"
 #define PARAM_KEY_STATE "state"
@@ -482,6 +502,10 @@
  * when that access token expires (oauth_status "expired"). */
 #define EVENT_REFRESH_INTERRUPTED "oauth.refresh_interrupted"
 #define REFRESH_INTERRUPTED_MESSAGE "refresh interrupted by a crash: log in again"
+/* {"role": "master" | "replica" | "none", "previous_role", "master":
+ * "HOST:PORT" or null, "generation"}: this site's place in its replication
+ * group changed (daemon/group.c). */
+#define EVENT_REPLICATION_MASTER_CHANGED "replication.master_changed"
 
 /* JSON-RPC 2.0 error codes. */
 #define RPC_PARSE_ERROR -32700

@@ -174,3 +174,5 @@ struct config;
 int ctl_config_standalone(struct ctl *c, const char *why, struct config **cfg, char *path, size_t len);
 int cmd_backup(struct ctl *c, int argc, char **argv);
 int cmd_restore(struct ctl *c, int argc, char **argv);
+/* replication.c */
+int cmd_replication(struct ctl *c, int argc, char **argv);

@@ -79,6 +79,9 @@ void ctl_usage(FILE *f)
 		"                      put a backup back into the state directory (the\n"
 		"                      master key must be there); refuses while a keeper\n"
 		"                      runs; --force replaces a store (kept beside it)\n"
+		"  replication status [--json]\n"
+		"                      this keeper's replication group: its role, the\n"
+		"                      master, the other sites, the lease and the log\n"
 		"\n"
 		"  --json prints the keeper's reply as JSON instead of a table;\n"
 		"  -s is short for --server.\n"
@@ -269,6 +272,7 @@ static const struct {
 	{ "tools", cmd_tools },
 	{ "backup", cmd_backup },
 	{ "restore", cmd_restore },
+	{ "replication", cmd_replication },
 };
 
 int main(int argc, char **argv)

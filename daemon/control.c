@@ -35,6 +35,7 @@
 #include "params.h"
 #include "proto.h"
 #include "sock.h"
+#include "store.h"
 #include "timefmt.h"
 #include "util.h"
 
@@ -356,7 +357,35 @@ static void do_status(struct conn *c, struct json_object *id, struct json_object
 		json_object_object_add(res, PARAM_KEY_ORPHANED_TOKENS, orphans);
 	json_object_object_add(res, PARAM_KEY_HTTP, api_status_json(k));
 	json_object_object_add(res, PARAM_KEY_WEB_UI, api_web_ui_url(k));
+	if (store_is_group(k->store))
+		json_object_object_add(res, PARAM_KEY_REPLICATION, group_status_json(k));
 	reply_result(c, id, res);
+}
+
+static void do_replication_status(struct conn *c, struct json_object *id)
+{
+	struct json_object *o = group_status_json(c->ctl->k);
+
+	if (!o) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE,
+			    "this keeper is not a site of a replication group (no \"replication\" in its config)");
+		return;
+	}
+	reply_result(c, id, o);
+}
+
+/* In a replication group, changes happen on the master only. */
+static int check_master(struct conn *c, struct json_object *id)
+{
+	char master[320];
+
+	if (keeper_is_master(c->ctl->k))
+		return 0;
+	group_master_text(c->ctl->k, master, sizeof(master));
+	reply_error(c, id, RPC_APP_ERROR, KIND_NOT_MASTER,
+		    "this keeper is a replica of its replication group: logins, logouts and server changes run on "
+		    "the master (master: %s)", master);
+	return CONTROL_ANSWERED;
 }
 
 /* Login and logout change what the keeper holds: the config may forbid it. */
@@ -479,7 +508,7 @@ static void do_auth_login(struct conn *c, struct json_object *id, struct json_ob
 	struct server *s;
 	int r;
 
-	if (check_management(c, id) ||
+	if (check_management(c, id) || check_master(c, id) ||
 	    check_params(c, id, METHOD_AUTH_LOGIN, params, auth_login_spec, ARRAY_SIZE(auth_login_spec), &p) ||
 	    find_server(c, id, p.server, true, &s))
 		return;
@@ -569,7 +598,7 @@ static void do_auth_logout(struct conn *c, struct json_object *id, struct json_o
 	const char *orphan = NULL;
 	struct server *s = NULL;
 
-	if (check_management(c, id) ||
+	if (check_management(c, id) || check_master(c, id) ||
 	    check_params(c, id, METHOD_AUTH_LOGOUT, params, auth_logout_spec, ARRAY_SIZE(auth_logout_spec), &p))
 		return;
 	/* A name that left the config may still have a token: that one goes too. */
@@ -816,7 +845,7 @@ static void do_servers_change(struct conn *c, struct json_object *id, const char
 		r = check_params(c, id, method, params, servers_remove_spec, ARRAY_SIZE(servers_remove_spec), &p);
 	else
 		r = check_params(c, id, method, params, servers_update_spec, ARRAY_SIZE(servers_update_spec), &p);
-	if (r)
+	if (r || check_master(c, id))
 		return;
 	ch.server = p.server;
 	ch.fields = p.config ? p.config : p.set;
@@ -879,6 +908,8 @@ static void dispatch(struct conn *c, struct rpc_msg *m)
 		do_servers_change(c, m->id, method, m->params);
 	else if (strcmp(method, METHOD_RELOAD) == 0)
 		do_reload(c, m->id);
+	else if (strcmp(method, METHOD_REPLICATION_STATUS) == 0)
+		do_replication_status(c, m->id);
 	else
 		reply_error(c, m->id, RPC_METHOD_NOT_FOUND, KIND_UNKNOWN_METHOD, "unknown method \"%.64s\"", method);
 }

@@ -403,6 +403,37 @@ static void load_tokens(struct keeper *k, size_t pending)
 		log_info("token %s belongs to no configured server: kept, shown as orphaned", k->orphans[i]);
 }
 
+void keeper_reload_tokens(struct keeper *k, const char *why)
+{
+	size_t pending = 0;
+
+	log_info("reading every token record again: %s", why);
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+
+		if (s->in_flight || s->login_active)
+			continue;	/* their answer or login settles them */
+		refresh_pause(k, s);
+		s->load_pending = refresh_reset(k, s);
+		pending += s->load_pending;
+	}
+	load_tokens(k, pending);
+}
+
+void keeper_group_demoted(struct keeper *k)
+{
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+
+		if (s->unstored) {
+			log_warn("%s: a refreshed token this site could not store is dropped: the new master's "
+				 "record decides", s->name);
+			refresh_unstored_drop(s);
+		}
+		refresh_pause(k, s);
+	}
+}
+
 /*
  * Applies cfg (taking it) at the start and at every reload, in this order:
  *
@@ -749,7 +780,7 @@ static void sandbox_root(struct keeper *k)
 
 int keeper_run(const char *config_path, bool system_mode)
 {
-	struct keeper k = { .system_mode = system_mode, .http_fd = -1 };
+	struct keeper k = { .system_mode = system_mode, .http_fd = -1, .group_fd = -1 };
 	struct config *cfg = NULL;
 	char err[1024];
 	int lfd = -1, r;
@@ -777,7 +808,10 @@ int keeper_run(const char *config_path, bool system_mode)
 		drop_root(cfg->data_dir);
 	if (store_load_master_key(cfg->data_dir, &k.master_key, err, sizeof(err)) < 0)
 		fatal("%s", err);
-	r = store_open(cfg->data_dir, k.master_key, &k.store, err, sizeof(err));
+	if (cfg->replication.enabled)
+		r = group_open_store(&k, err, sizeof(err));
+	else
+		r = store_open(cfg->data_dir, k.master_key, &k.store, err, sizeof(err));
 	if (r)
 		fatal("%s", err);
 
@@ -853,6 +887,7 @@ int keeper_run(const char *config_path, bool system_mode)
 	k.refresh = refresh_free(k.refresh);
 	k.events = events_free(k.events);
 	k.store = store_close(k.store);
+	group_close(&k);
 	k.master_key = secret_free(k.master_key);
 	if (k.watchdog)
 		event_free(k.watchdog);

@@ -147,10 +147,33 @@ struct keeper {
 	uint64_t watchdog_usec;
 	bool running;			/* past the start: its event loop runs */
 	bool stopping;
+
+	/* group.c: a site of a replication group ("replication" in the config) */
+	int group_fd;			/* the store's eventfd; -1 on a single host */
+	struct event *group_ev;
+	int group_role;			/* enum store_role last seen */
 };
 
 /* keeper.c */
 int keeper_run(const char *config_path, bool system_mode);
+/* Every server's record read again (a site that became master, or whose
+ * store became readable); why goes to the log. */
+void keeper_reload_tokens(struct keeper *k, const char *why);
+/* This site stopped being its group's master: refreshes in flight and
+ * tokens it could not store are forgotten (the new master decides). */
+void keeper_group_demoted(struct keeper *k);
+
+/* group.c */
+/* Whether this keeper may refresh, log in, log out and change servers:
+ * always on a single host; on a group site, when it is the master. */
+bool keeper_is_master(struct keeper *k);
+/* Opens k->store as a site of the configured group. 0 or an error with err. */
+int group_open_store(struct keeper *k, char *err, size_t errlen);
+void group_close(struct keeper *k);
+/* status's "replication" object; NULL on a single host. */
+struct json_object *group_status_json(struct keeper *k);
+/* Who the master is, for messages: "this site, H:P", "H:P" or "none (...)". */
+void group_master_text(struct keeper *k, char *buf, size_t len);
 struct server *keeper_find_server(struct keeper *k, const char *name);
 int64_t keeper_now(void);	/* wall clock, unix seconds */
 /* Applies cfg (taken either way) as a reload does: 0, or -errno with the

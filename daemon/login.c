@@ -649,6 +649,8 @@ int login_start(struct keeper *k, struct server *s, int timeout_sec, flow_url_fn
 
 	if (s->login)
 		return -EBUSY;
+	if (!keeper_is_master(k))
+		return -EROFS;	/* a replica of a replication group: the master logs in */
 	if (timeout_sec <= 0)
 		timeout_sec = LOGIN_DEFAULT_TIMEOUT_SEC;
 	if (timeout_sec > LOGIN_MAX_TIMEOUT_SEC)

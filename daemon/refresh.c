@@ -882,6 +882,26 @@ static void add_str(struct json_object *o, const char *key, const char *val)
 }
 
 /* Starts one refresh, or settles why it cannot run. */
+/*
+ * In a replication group, the intent just committed (with a majority's
+ * acknowledgement) is read back: on the master, Berkeley DB checks its lease
+ * for the read, so a master that lost its lease (paused, cut off: another
+ * may be master by now) learns it here (STORE_E_NOT_MASTER) and does not
+ * send. Leases cannot cover a pause between this read and the send; the
+ * acknowledged intent is what keeps a new master from presenting the same
+ * refresh token.
+ */
+static int intent_confirm(struct keeper *k, struct server *s, const struct secret *intent)
+{
+	struct secret *now = NULL;
+	int r = store_get(k->store, STORE_TOKENS, s->key, &now);
+
+	if (r == 0 && !secret_equal(now, intent))
+		r = STORE_E_CONFLICT;
+	secret_free(now);
+	return r;
+}
+
 static void start_refresh(struct keeper *k, struct server *s)
 {
 	const struct config_oauth *co = &s->conf->oauth;
@@ -973,6 +993,14 @@ static void start_refresh(struct keeper *k, struct server *s)
 	token_clear(&t);
 	secret_free(plain);
 	plain = NULL;
+	if (r == STORE_E_NO_QUORUM) {
+		/* Committed here but not acknowledged by a majority: the refresh
+		 * does not go out, and the intent goes again (it may have reached
+		 * no replica). */
+		settle_record(k, s, intent, false);
+	} else if (r == 0 && store_is_group(k->store)) {
+		r = intent_confirm(k, s, intent);
+	}
 	if (r != 0) {
 		rpc_wipe_put(params);
 		secret_free(intent);
@@ -1019,6 +1047,10 @@ static void dispatch(struct keeper *k)
 			event_base_loopexit(k->base, NULL);
 		return;
 	}
+	/* In a replication group only the master refreshes: the servers due
+	 * wait in the ready heap until this site is master (group.c). */
+	if (!keeper_is_master(k))
+		return;
 	while (r->in_flight < k->cfg->refresh.max_in_flight && child_ready(k->oauth)) {
 		struct server *s = heap_pop(r);
 

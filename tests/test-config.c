@@ -647,6 +647,63 @@ static void test_http_limits(void)
 	config_free(c);
 }
 
+static void test_replication(void)
+{
+	struct config *c;
+
+#define REP(body) "{\"replication\": {" body "}}"
+#define PEERS "\"peers\": [\"10.0.0.2:7000\", \"[fd00::3]:7000\"]"
+	TEST("replication: sites, defaults, the rules a group needs");
+	c = parse_ok("{}");
+	CHECK(!c->replication.enabled);
+	config_free(c);
+	c = parse_ok(REP("\"listen\": \"10.0.0.1:7000\", " PEERS));
+	CHECK(c->replication.enabled);
+	CHECK(strcmp(c->replication.local.host, "10.0.0.1") == 0 && c->replication.local.port == 7000);
+	CHECK(c->replication.n_peers == 2);
+	CHECK(strcmp(c->replication.peers[1].host, "fd00::3") == 0 && c->replication.peers[1].port == 7000);
+	CHECK(c->replication.priority == 100 && !c->replication.create);
+	CHECK(c->replication.lease_timeout_ms == 5000 && c->replication.heartbeat_ms == 1000);
+	CHECK(c->replication.ack_timeout_ms == 2000);
+	config_free(c);
+	c = parse_ok(REP("\"listen\": \"keeper-a.example:7000\", " PEERS ", \"priority\": 0, \"create\": true, "
+			 "\"lease_timeout\": 2000, \"heartbeat\": 1000, \"ack_timeout\": 500"));
+	CHECK(strcmp(c->replication.local.host, "keeper-a.example") == 0);
+	CHECK(c->replication.priority == 0 && c->replication.create);
+	CHECK(c->replication.lease_timeout_ms == 2000 && c->replication.ack_timeout_ms == 500);
+	config_free(c);
+	parse_fails(REP(PEERS), "config.json: replication.listen: is required (this site's HOST:PORT)");
+	parse_fails(REP("\"listen\": \"10.0.0.1:7000\""),
+		    "config.json: replication.peers: is required: an array of the other sites' HOST:PORT");
+	parse_fails(REP("\"listen\": \"10.0.0.1:7000\", \"peers\": [\"10.0.0.2:7000\"]"),
+		    "config.json: replication.peers: names 1 other site(s): a group has 3 or more sites, an odd "
+		    "number (at most 32), so that a majority can always be told apart");
+	parse_fails(REP("\"listen\": \"10.0.0.1:7000\", \"peers\": [\"10.0.0.2:7000\", \"10.0.0.3:7000\", "
+			"\"10.0.0.4:7000\"]"),
+		    "config.json: replication.peers: names 3 other site(s): a group has 3 or more sites, an odd "
+		    "number (at most 32), so that a majority can always be told apart");
+	parse_fails(REP("\"listen\": \"0.0.0.0:7000\", " PEERS),
+		    "config.json: replication.listen: is a wildcard address: name the one address to bind and reach");
+	parse_fails(REP("\"listen\": \"[::]:7000\", " PEERS),
+		    "config.json: replication.listen: is a wildcard address: name the one address to bind and reach");
+	parse_fails(REP("\"listen\": \"10.0.0.1\", " PEERS), "config.json: replication.listen: must be HOST:PORT");
+	parse_fails(REP("\"listen\": \"10.0.0.1:0\", " PEERS),
+		    "config.json: replication.listen: has a port outside 1..65535");
+	parse_fails(REP("\"listen\": \"a b:70\", " PEERS),
+		    "config.json: replication.listen: has a host that is neither an address nor a host name");
+	parse_fails(REP("\"listen\": \"10.0.0.1:7000\", \"peers\": [\"10.0.0.2:7000\", \"10.0.0.2:7000\"]"),
+		    "config.json: replication.peers[1]: names a site twice");
+	parse_fails(REP("\"listen\": \"10.0.0.1:7000\", \"peers\": [\"10.0.0.1:7000\", \"10.0.0.2:7000\"]"),
+		    "config.json: replication.peers[0]: is this site's own listen address");
+	parse_fails(REP("\"listen\": \"10.0.0.1:7000\", " PEERS ", \"lease_timeout\": 1000, \"heartbeat\": 600"),
+		    "config.json: replication.heartbeat: must be at most half of replication.lease_timeout (1000 ms)");
+	parse_fails(REP("\"listen\": \"10.0.0.1:7000\", " PEERS ", \"priority\": -1"),
+		    "config.json: replication.priority: must be an integer between 0 and 1000000");
+	parse_fails("{\"replication\": true}", "config.json: replication: must be an object");
+#undef PEERS
+#undef REP
+}
+
 static void test_login(void)
 {
 	struct config *c;
@@ -1680,6 +1737,7 @@ int main(void)
 	test_defaults();
 	test_unknown_fields();
 	test_users();
+	test_replication();
 	test_reader_strings();
 	test_reader_whitespace();
 	test_reader_truncated();

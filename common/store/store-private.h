@@ -43,3 +43,20 @@ void store_shm_explain(const char *dir, long base, char *err, size_t errlen);
 
 /* Whether name is one of the store's database files (store.c). */
 bool store_file_is_db(const char *name);
+
+/* group.c: the replication side of a store (store.h, store_open_group()). */
+struct store_group;
+struct store_group_rt;
+struct store_group_state;
+struct store_group_rt *store_group_rt_new(const struct store_group *conf);
+void store_group_rt_free(struct store_group_rt *g);
+int store_group_configure(DB_ENV *env, struct store_group_rt *g, char *err, size_t errlen);
+int store_group_start(DB_ENV *env, char *err, size_t errlen);
+int store_group_role(struct store_group_rt *g);
+bool store_group_startup_done(struct store_group_rt *g);
+unsigned long store_group_perm_failed(struct store_group_rt *g);
+int store_group_lease_ms(struct store_group_rt *g);
+/* Whether this site reaches a majority of the group (itself included). */
+bool store_group_majority(DB_ENV *env, struct store_group_rt *g);
+unsigned store_group_take_events(struct store_group_rt *g);
+int store_group_read_state(DB_ENV *env, struct store_group_rt *g, struct store_group_state *st);

@@ -79,6 +79,14 @@ struct store {
 	unsigned reopens;
 	long shm_key;
 	int lock_fd;	/* store.lock, held shared while open (see store_lock()) */
+	/* A site of a replication group (group.c); NULL on a single host. */
+	struct store_group_rt *grp;
+	bool ready;		/* the databases are open (always, on a single host) */
+	bool key_checked;	/* a group site's key passed the group's key check */
+	/* A master whose lease Berkeley DB found expired (paused, cut off):
+	 * until then it acts as no master, without asking Berkeley DB again
+	 * (each ask may block for up to a lease), unless an event says more. */
+	uint64_t lease_lost_until;	/* monotonic usec; 0: not lost */
 };
 
 bool store_file_is_db(const char *name)
@@ -109,6 +117,14 @@ const char *store_strerror(int status)
 		return "record changed concurrently";
 	case STORE_E_SCHEMA:
 		return "store written by a newer mcpkeeper";
+	case STORE_E_NOT_MASTER:
+		return "this site is a replica: only the group's master writes";
+	case STORE_E_GROUP:
+		return "the state directory belongs to a replication group";
+	case STORE_E_NO_QUORUM:
+		return "written here, but a majority of the replication group did not acknowledge it in time";
+	case -EAGAIN:
+		return "the store is not readable on this site yet (no master, or still catching up)";
 	case -ENOSPC:
 	case -EDQUOT:
 		return "the state directory's filesystem is full (no space left on device)";
@@ -253,7 +269,13 @@ static int unseal(const struct store *s, enum store_db db, const char *key, cons
 
 static void db_errcall(const DB_ENV *env, const char *prefix, const char *msg)
 {
-	/* Berkeley DB's messages name files and states, never record contents. */
+	/* Berkeley DB's messages name files and states, never record contents.
+	 * A group's replication scans the state directory for databases and
+	 * says so of every other file (master.key, store.lock, ...): noise. */
+	if (strstr(msg, "fop_read_meta") && strstr(msg, "unexpected file type or format")) {
+		log_debug("store: %s", msg);
+		return;
+	}
 	log_warn("store: %s", msg);
 }
 
@@ -264,11 +286,12 @@ static void db_msgcall(const DB_ENV *env, const char *msg)
 
 static int is_alive(DB_ENV *env, pid_t pid, db_threadid_t tid, u_int32_t flags)
 {
-	/* Our processes are single-threaded: the process is the thread. */
+	/* Our processes use the store from one thread (a group site's repmgr
+	 * threads live and die with their process): the process decides. */
 	return kill(pid, 0) == 0 || errno == EPERM;
 }
 
-static void env_close(struct store *s)
+static void dbs_close(struct store *s)
 {
 	for (int i = 0; i < STORE_DB_COUNT; i++) {
 		if (s->db[i])
@@ -278,6 +301,12 @@ static void env_close(struct store *s)
 	if (s->meta)
 		s->meta->close(s->meta, 0);
 	s->meta = NULL;
+	s->ready = false;
+}
+
+static void env_close(struct store *s)
+{
+	dbs_close(s);
 	if (s->env)
 		s->env->close(s->env, 0);
 	s->env = NULL;
@@ -288,10 +317,20 @@ static int open_db(struct store *s, DB **out, const char *file)
 	DB *db;
 	int ret;
 
+	u_int32_t flags = DB_AUTO_COMMIT;
+
+	/* In a group only the master creates; a replica opens what the
+	 * master's log made (ENOENT until then). */
+	if (!s->grp)
+		flags |= DB_CREATE;
+	else if (store_group_role(s->grp) == STORE_ROLE_MASTER)
+		flags |= DB_CREATE | DB_THREAD;
+	else
+		flags |= DB_THREAD;
 	ret = db_create(&db, s->env, 0);
 	if (ret)
 		return ret;
-	ret = db->open(db, NULL, file, NULL, DB_BTREE, DB_CREATE | DB_AUTO_COMMIT, 0600);
+	ret = db->open(db, NULL, file, NULL, DB_BTREE, flags, 0600);
 	if (ret) {
 		db->close(db, 0);
 		return ret;
@@ -300,8 +339,26 @@ static int open_db(struct store *s, DB **out, const char *file)
 	return 0;
 }
 
+/* The databases, once the environment is open (again after a group's
+ * rollback killed the handles). */
+static int dbs_open(struct store *s)
+{
+	int ret = 0;
+
+	for (int i = 0; ret == 0 && i < STORE_DB_COUNT; i++)
+		ret = open_db(s, &s->db[i], db_files[i]);
+	if (ret == 0)
+		ret = open_db(s, &s->meta, "meta.db");
+	if (ret)
+		dbs_close(s);
+	else
+		s->ready = true;
+	return ret;
+}
+
 static int env_open(struct store *s, char *err, size_t errlen)
 {
+	u_int32_t flags = ENV_OPEN_FLAGS;
 	DB_ENV *env;
 	int ret;
 
@@ -322,16 +379,31 @@ static int env_open(struct store *s, char *err, size_t errlen)
 	env->set_cachesize(env, 0, 4 * 1024 * 1024, 1);
 	env->set_lg_max(env, 4 * 1024 * 1024);
 	env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1);
+	if (s->grp) {
+		flags |= DB_INIT_REP | DB_THREAD;
+		ret = store_group_configure(env, s->grp, err, errlen);
+		if (ret) {
+			env_close(s);
+			return db_to_errno(ret);
+		}
+	}
 
-	ret = env->open(env, s->dir, ENV_OPEN_FLAGS, 0600);
+	ret = env->open(env, s->dir, flags, 0600);
 	if (ret)
 		goto fail;
-	for (int i = 0; i < STORE_DB_COUNT; i++) {
-		ret = open_db(s, &s->db[i], db_files[i]);
-		if (ret)
-			goto fail;
+	if (s->grp) {
+		ret = store_group_start(env, err, errlen);
+		if (ret) {
+			env_close(s);
+			return db_to_errno(ret);
+		}
+		/* A replica's databases open when the master's log has made them:
+		 * store_group_events() tries again at every event. */
+		if (dbs_open(s) != 0)
+			s->ready = false;
+		return 0;
 	}
-	ret = open_db(s, &s->meta, "meta.db");
+	ret = dbs_open(s);
 	if (ret)
 		goto fail;
 	return 0;
@@ -368,6 +440,16 @@ static uint64_t now_usec(void)
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+/* A group site that is master and has not found its lease expired lately. */
+static bool acting_master(struct store *s)
+{
+	if (store_group_role(s->grp) != STORE_ROLE_MASTER)
+		return false;
+	if (s->lease_lost_until && now_usec() >= s->lease_lost_until)
+		s->lease_lost_until = 0;	/* ask Berkeley DB again */
+	return s->lease_lost_until == 0;
+}
+
 /*
  * Runs op in a transaction. op returns a Berkeley DB code (0, DB_*, or a
  * positive errno value) and may set *outcome to a STORE_E_* value: the
@@ -400,6 +482,11 @@ static int store_txn(struct store *s, txn_op op, void *arg, u_int32_t txn_flags)
 			if (r < 0)
 				return r;
 		}
+		if (!s->ready && (!s->grp || dbs_open(s) != 0))
+			return -EAGAIN;
+		/* A master that lost its lease: every read would wait on it. */
+		if (s->grp && store_group_role(s->grp) == STORE_ROLE_MASTER && !acting_master(s))
+			return STORE_E_NOT_MASTER;
 		ret = s->env->txn_begin(s->env, NULL, &txn, txn_flags | DB_TXN_NOWAIT);
 		if (ret == 0) {
 			ret = op(s, txn, arg, &outcome);
@@ -423,7 +510,21 @@ static int store_txn(struct store *s, txn_op op, void *arg, u_int32_t txn_flags)
 		case DB_RUNRECOVERY:
 			env_close(s);
 			continue;
+		case DB_REP_HANDLE_DEAD:
+			/* A group's new master rolled back what these handles saw. */
+			dbs_close(s);
+			continue;
+		case DB_REP_LOCKOUT:
+		case DB_REP_UNAVAIL:
+			return -EAGAIN;
+		case DB_REP_LEASE_EXPIRED:
+			log_warn("store %s: this master's lease has expired (paused, or cut off from the group's "
+				 "majority): it acts as no master for now", s->dir);
+			s->lease_lost_until = now_usec() + (uint64_t)store_group_lease_ms(s->grp) * 1000;
+			return STORE_E_NOT_MASTER;
 		default:
+			if (s->grp && store_group_role(s->grp) != STORE_ROLE_MASTER && (ret == EACCES || ret == EINVAL))
+				return STORE_E_NOT_MASTER;
 			log_warn("store %s: %s", s->dir, db_strerror(ret));
 			return db_to_errno(ret);
 		}
@@ -441,6 +542,7 @@ static int store_txn(struct store *s, txn_op op, void *arg, u_int32_t txn_flags)
 
 struct key_check_arg {
 	const unsigned char *kcv;
+	bool readonly;		/* a group's replica: no check value yet is STORE_E_NOT_FOUND */
 };
 
 static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
@@ -482,6 +584,10 @@ static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 	}
 	if (ret != DB_NOTFOUND)
 		return ret;
+	if (arg->readonly) {
+		*outcome = STORE_E_NOT_FOUND;
+		return 0;
+	}
 
 	/* No key check value: only a store with no records may get one now. */
 	for (int i = 0; i < STORE_DB_COUNT; i++) {
@@ -490,9 +596,12 @@ static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 		ret = s->db[i]->cursor(s->db[i], txn, &cur, 0);
 		if (ret)
 			return ret;
-		cv.flags = DB_DBT_PARTIAL;
+		ck.flags = DB_DBT_MALLOC;
+		cv.flags = DB_DBT_PARTIAL | DB_DBT_USERMEM;
 		ret = cur->get(cur, &ck, &cv, DB_FIRST);
 		cur->close(cur);
+		if (ret == 0)
+			free(ck.data);
 		if (ret == 0) {
 			*outcome = STORE_E_CORRUPT;
 			return 0;
@@ -619,10 +728,40 @@ static int switch_to_owner(const char *dir, char *err, size_t errlen)
 
 /* ---- open / close ---- */
 
-int store_open(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen)
+/* The master key against the store's key check value (written by the first
+ * opener of an empty store). readonly: a group's replica, which cannot
+ * write it: STORE_E_NOT_FOUND until the master's has arrived. */
+static int key_check(struct store *s, bool readonly, char *err, size_t errlen)
 {
-	struct key_check_arg kc;
+	struct key_check_arg kc = { .readonly = readonly };
 	unsigned char kcv[crypto_generichash_BYTES];
+	int r;
+
+	crypto_generichash(kcv, sizeof(kcv), (const unsigned char *)KEY_CHECK_CONTEXT,
+			   strlen(KEY_CHECK_CONTEXT), s->key->data, s->key->len);
+	kc.kcv = kcv;
+	r = store_txn(s, key_check_op, &kc, 0);
+	if (r == STORE_E_WRONG_KEY)
+		errf(err, errlen, "store %s: wrong master key%s", s->dir,
+		     s->grp ? ": it does not open the group's records (import the group's key: mcpctl key import)"
+			    : "");
+	else if (r == STORE_E_SCHEMA)
+		errf(err, errlen, "store %s: written by a newer mcpkeeper (schema above %d)", s->dir,
+		     SCHEMA_VERSION);
+	else if (r == STORE_E_CORRUPT)
+		errf(err, errlen, "store %s: holds records but no key check value", s->dir);
+	else if (r < 0)
+		errf(err, errlen, "store %s: %s", s->dir, store_strerror(r));
+	if (r == 0)
+		s->key_checked = true;
+	return r;
+}
+
+/* What store_open() and store_open_group() share: up to an open
+ * environment (of a group site when g is not NULL). */
+static int store_new(const char *dir, const struct secret *key, const struct store_group *g, struct store **out,
+		     char *err, size_t errlen)
+{
 	struct store *s;
 	int r;
 
@@ -640,14 +779,15 @@ int store_open(const char *dir, const struct secret *key, struct store **out, ch
 	r = store_ensure_dir(dir, err, errlen);
 	if (r < 0)
 		return r;
-
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
 	s->lock_fd = -1;
 	s->dir = strdup(dir);
 	s->key = secret_from(key->data, key->len);
-	if (!s->dir || !s->key) {
+	if (g)
+		s->grp = store_group_rt_new(g);
+	if (!s->dir || !s->key || (g && !s->grp)) {
 		store_close(s);
 		return -ENOMEM;
 	}
@@ -658,26 +798,156 @@ int store_open(const char *dir, const struct secret *key, struct store **out, ch
 		store_close(s);
 		return r;
 	}
+	*out = s;
+	return 0;
+}
 
-	crypto_generichash(kcv, sizeof(kcv), (const unsigned char *)KEY_CHECK_CONTEXT,
-			   strlen(KEY_CHECK_CONTEXT), s->key->data, s->key->len);
-	kc.kcv = kcv;
-	r = store_txn(s, key_check_op, &kc, 0);
+int store_open(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen)
+{
+	struct store *s;
+	int r;
+
+	if (store_dir_is_group(dir)) {
+		errf(err, errlen,
+		     "store %s: belongs to a replication group; only its keeper opens it (run mcpctl with the keeper up)",
+		     dir);
+		return STORE_E_GROUP;
+	}
+	r = store_new(dir, key, NULL, &s, err, errlen);
+	if (r < 0)
+		return r;
+	r = key_check(s, false, err, errlen);
 	if (r) {
-		if (r == STORE_E_WRONG_KEY)
-			errf(err, errlen, "store %s: wrong master key", dir);
-		else if (r == STORE_E_SCHEMA)
-			errf(err, errlen, "store %s: written by a newer mcpkeeper (schema above %d)", dir,
-			     SCHEMA_VERSION);
-		else if (r == STORE_E_CORRUPT)
-			errf(err, errlen, "store %s: holds records but no key check value", dir);
-		else
-			errf(err, errlen, "store %s: %s", dir, strerror(-r));
 		store_close(s);
 		return r;
 	}
 	*out = s;
 	return 0;
+}
+
+/* Whether dir holds a store of its own (any of its database files). */
+static bool has_databases(const char *dir)
+{
+	for (int i = 0; i <= STORE_DB_COUNT; i++) {
+		char path[4096];
+		struct stat st;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, i < STORE_DB_COUNT ? db_files[i] : "meta.db");
+		if (stat(path, &st) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* A group site whose databases just opened: the key against the group's. */
+static int group_check_key(struct store *s, char *err, size_t errlen)
+{
+	bool replica = store_group_role(s->grp) != STORE_ROLE_MASTER;
+	int r = key_check(s, replica, err, errlen);
+
+	return r == STORE_E_NOT_FOUND ? 0 : r;	/* the master has not written it yet */
+}
+
+int store_open_group(const char *dir, const struct secret *key, const struct store_group *g, int wait_ms,
+		     struct store **out, char *err, size_t errlen)
+{
+	struct store *s;
+	int r;
+
+	if (!store_dir_is_group(dir) && !g->create && has_databases(dir)) {
+		errf(err, errlen,
+		     "store %s: holds a store of its own and no group: a site joins a group with an empty state "
+		     "directory (joining replaces its records with the group's); move them away, or make this "
+		     "the site that creates the group (replication.create)", dir);
+		return STORE_E_CORRUPT;
+	}
+	r = store_new(dir, key, g, &s, err, errlen);
+	if (r < 0)
+		return r;
+	for (int waited = 0; waited < wait_ms; waited += 50) {
+		int role = store_group_role(s->grp);
+
+		if (role == STORE_ROLE_MASTER || (role == STORE_ROLE_REPLICA && store_group_startup_done(s->grp)))
+			break;
+		usleep(50 * 1000);
+	}
+	if (!s->ready)
+		dbs_open(s);
+	if (s->ready) {
+		r = group_check_key(s, err, errlen);
+		if (r) {
+			store_close(s);
+			return r;
+		}
+	}
+	*out = s;
+	return 0;
+}
+
+bool store_is_group(const struct store *s)
+{
+	return s->grp != NULL;
+}
+
+enum store_role store_role(struct store *s)
+{
+	int role;
+
+	if (!s->grp)
+		return STORE_ROLE_MASTER;
+	role = store_group_role(s->grp);
+	if (role == STORE_ROLE_MASTER && !acting_master(s))
+		return STORE_ROLE_UNKNOWN;
+	return (enum store_role)role;
+}
+
+const char *store_role_name(enum store_role r)
+{
+	switch (r) {
+	case STORE_ROLE_MASTER:
+		return "master";
+	case STORE_ROLE_REPLICA:
+		return "replica";
+	default:
+		return "none";
+	}
+}
+
+unsigned store_group_events(struct store *s, int *fatal)
+{
+	unsigned ev;
+
+	*fatal = 0;
+	if (!s->grp)
+		return 0;
+	ev = store_group_take_events(s->grp);
+	if (ev & (STORE_GROUP_EV_MASTER | STORE_GROUP_EV_CLIENT | STORE_GROUP_EV_NEWMASTER))
+		s->lease_lost_until = 0;	/* the group has spoken: ask again */
+	if (!s->env)
+		return ev;
+	if (!s->ready && dbs_open(s) == 0)
+		ev |= STORE_GROUP_EV_READY;
+	if (s->ready && !s->key_checked) {
+		char err[512];
+		int r = group_check_key(s, err, sizeof(err));
+
+		if (r == STORE_E_WRONG_KEY || r == STORE_E_SCHEMA) {
+			log_error("%s", err);
+			*fatal = r;
+		}
+	}
+	return ev;
+}
+
+int store_group_state(struct store *s, struct store_group_state *st)
+{
+	int ret;
+
+	if (!s->grp || !s->env)
+		return -EINVAL;
+	ret = store_group_read_state(s->env, s->grp, st);
+	st->ready = s->ready;
+	return ret ? db_to_errno(ret) : 0;
 }
 
 int store_checkpoint(struct store *s)
@@ -686,6 +956,8 @@ int store_checkpoint(struct store *s)
 
 	if (!s->env)
 		return -EIO;
+	if (s->grp && !acting_master(s))
+		return 0;	/* a replica checkpoints when the master's log says so */
 	ret = s->env->txn_checkpoint(s->env, 0, 0, 0);
 	return db_to_errno(ret);
 }
@@ -694,10 +966,11 @@ struct store *store_close(struct store *s)
 {
 	if (!s)
 		return NULL;
-	if (s->env)
+	if (s->env && (!s->grp || store_group_role(s->grp) == STORE_ROLE_MASTER))
 		s->env->txn_checkpoint(s->env, 0, 0, 0);
 	env_close(s);
 	store_unlock(s);
+	store_group_rt_free(s->grp);
 	secret_free(s->key);
 	free(s->dir);
 	free(s);
@@ -832,6 +1105,34 @@ static int put_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 	return s->db[a->db]->put(s->db[a->db], txn, &k, &v, 0);
 }
 
+/*
+ * A transaction that writes. In a group: only on the master, and a commit
+ * that did not gather a quorum's acknowledgements within the ack timeout
+ * (DB_EVENT_REP_PERM_FAILED, raised in this thread while it commits) counts
+ * as failed: repmgr's commit itself returns success without them.
+ */
+static int write_txn(struct store *s, txn_op op, void *arg)
+{
+	unsigned long perm_failed = 0;
+	int r;
+
+	if (s->grp) {
+		/* A master cut off from the majority: its lease may run out in
+		 * the middle of the commit, which Berkeley DB answers with a
+		 * panic of the environment. */
+		if (!acting_master(s) || !store_group_majority(s->env, s->grp))
+			return STORE_E_NOT_MASTER;
+		perm_failed = store_group_perm_failed(s->grp);
+	}
+	r = store_txn(s, op, arg, 0);
+	if (r == 0 && s->grp && store_group_perm_failed(s->grp) != perm_failed)
+		return STORE_E_NO_QUORUM;
+	/* Checkpoint once enough log has accumulated; old log files then go. */
+	if (r == 0 && s->env)
+		s->env->txn_checkpoint(s->env, 1024, 0, 0);
+	return r;
+}
+
 static int write_record(struct store *s, enum store_db db, const char *key, const struct secret *expected,
 			const struct secret *plain, int cas)
 {
@@ -846,11 +1147,8 @@ static int write_record(struct store *s, enum store_db db, const char *key, cons
 	if (r)
 		return r;
 	a.sealed = sealed;
-	r = store_txn(s, put_op, &a, 0);
+	r = write_txn(s, put_op, &a);
 	free(sealed);
-	/* Checkpoint once enough log has accumulated; old log files then go. */
-	if (r == 0 && s->env)
-		s->env->txn_checkpoint(s->env, 1024, 0, 0);
 	return r;
 }
 
@@ -894,10 +1192,7 @@ int store_delete(struct store *s, enum store_db db, const char *key)
 	r = check_key(db, key);
 	if (r)
 		return r;
-	r = store_txn(s, delete_op, &a, 0);
-	if (r == 0 && s->env)
-		s->env->txn_checkpoint(s->env, 1024, 0, 0);
-	return r;
+	return write_txn(s, delete_op, &a);
 }
 
 /* ---- listing ---- */

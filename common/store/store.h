@@ -55,6 +55,9 @@ enum {
 	STORE_E_WRONG_KEY,	/* the master key does not match this store */
 	STORE_E_CONFLICT,	/* compare-and-swap: the record changed */
 	STORE_E_SCHEMA,		/* written by a newer mcpkeeper */
+	STORE_E_NOT_MASTER,	/* a write on a replica of a group (group.c) */
+	STORE_E_GROUP,		/* store_open() of a group site's directory */
+	STORE_E_NO_QUORUM,	/* committed here, not acknowledged by a majority in time */
 };
 
 #define STORE_KEY_LEN 32	/* master key length (crypto_aead_xchacha20poly1305_ietf_KEYBYTES) */
@@ -156,6 +159,120 @@ int store_server_key(const char *name, const char *url, char *buf, size_t len);
  * ("port:", server key, NULL). Returns 0 or -ENAMETOOLONG.
  */
 int store_derived_key(const char *prefix, const char *a, const char *b, char *buf, size_t len);
+
+/* ---- replication groups (group.c) ----
+ *
+ * A site of a Berkeley DB replication group (issue 18): the same store, its
+ * environment opened with DB_INIT_REP | DB_THREAD and the replication
+ * manager started. Only the master writes: a write elsewhere returns
+ * STORE_E_NOT_MASTER. repmgr's own threads run inside the opening process;
+ * they only write notify_fd (an eventfd the opener's loop reads: then call
+ * store_group_events()). A directory that belongs to a group is refused by
+ * store_open() with STORE_E_GROUP: only its keeper opens it.
+ */
+
+struct store_site {
+	const char *host;
+	int port;
+};
+
+struct store_group {
+	struct store_site local;
+	const struct store_site *peers;
+	size_t n_peers;
+	int priority;		/* 0: never master */
+	bool create;		/* DB_GROUP_CREATOR at the first start */
+	int lease_timeout_ms;
+	int heartbeat_ms;	/* the master sends; replicas call an election after 3 missed */
+	int ack_timeout_ms;
+	int notify_fd;		/* eventfd (EFD_NONBLOCK) the event callback writes */
+};
+
+/* Clocks of the sites may run apart by this much (DB_ENV->rep_set_clockskew). */
+#define STORE_GROUP_CLOCK_SKEW_PCT 1
+#define STORE_GROUP_SITES_MAX 32
+
+enum store_role {
+	STORE_ROLE_UNKNOWN,	/* no master known yet: an election, or no majority */
+	STORE_ROLE_MASTER,
+	STORE_ROLE_REPLICA,
+};
+
+/* Event bits store_group_events() returns. */
+enum {
+	STORE_GROUP_EV_MASTER = 1u << 0,	/* this site became master */
+	STORE_GROUP_EV_CLIENT = 1u << 1,	/* this site became a replica */
+	STORE_GROUP_EV_NEWMASTER = 1u << 2,	/* a (new) master is known */
+	STORE_GROUP_EV_STARTUPDONE = 1u << 3,	/* this replica caught up */
+	STORE_GROUP_EV_PERM_FAILED = 1u << 4,	/* a commit missed its quorum */
+	STORE_GROUP_EV_DUPMASTER = 1u << 5,
+	STORE_GROUP_EV_ELECTION_FAILED = 1u << 6,
+	STORE_GROUP_EV_CONNECTION = 1u << 7,	/* a link came up or went down */
+	STORE_GROUP_EV_JOIN_FAILURE = 1u << 8,
+	STORE_GROUP_EV_REMOVED = 1u << 9,	/* this site was removed from the group */
+	STORE_GROUP_EV_MEMBERSHIP = 1u << 10,	/* a site joined or left */
+	STORE_GROUP_EV_PANIC = 1u << 11,	/* the environment needs recovery */
+	STORE_GROUP_EV_OTHER = 1u << 12,
+	STORE_GROUP_EV_READY = 1u << 13,	/* the store's databases just opened */
+};
+
+struct store_group_site {
+	char host[256];
+	int port;
+	int eid;
+	bool connected;
+	bool master;
+};
+
+struct store_group_state {
+	enum store_role role;
+	bool ready;			/* databases open: records readable here */
+	bool startup_done;		/* a replica that has caught up with its master */
+	int self_eid, master_eid;
+	char master_host[256];		/* empty: no master known */
+	int master_port;
+	unsigned generation;
+	unsigned long long elections, elections_won, master_changes;
+	unsigned next_lsn_file, next_lsn_offset;
+	unsigned long long log_queued;
+	unsigned long long lease_checks_missed;
+	unsigned long perm_failed;	/* commits that missed their quorum */
+	struct store_group_site sites[STORE_GROUP_SITES_MAX];	/* the others */
+	size_t n_sites;
+};
+
+/*
+ * Opens dir as a site of the group g (strings copied) and starts the
+ * replication manager. Waits up to wait_ms for this site to become master,
+ * or a replica with its databases readable; after that it returns anyway
+ * with the store not ready (reads return -EAGAIN until an event makes it
+ * ready). Refuses (STORE_E_CORRUPT, with err) a directory that holds a store
+ * of its own but no group unless g->create: a joining site starts empty,
+ * since joining replaces its records with the group's. STORE_E_WRONG_KEY
+ * when the key does not open the group's records.
+ */
+int store_open_group(const char *dir, const struct secret *key, const struct store_group *g, int wait_ms,
+		     struct store **out, char *err, size_t errlen);
+
+/* Whether dir holds a site of a replication group. */
+bool store_dir_is_group(const char *dir);
+bool store_is_group(const struct store *s);
+
+/*
+ * After notify_fd became readable: the STORE_GROUP_EV_* bits since the last
+ * call. Opens the databases when this site can now read them (then
+ * STORE_GROUP_EV_READY is among the bits), and checks the master key
+ * against the group's records once they are there (STORE_E_WRONG_KEY in
+ * *fatal then: the caller must stop).
+ */
+unsigned store_group_events(struct store *s, int *fatal);
+
+/* Role, master, sites and counters of this site, now. 0 or -errno. */
+int store_group_state(struct store *s, struct store_group_state *st);
+/* MASTER on a single host; in a group, UNKNOWN also for a master that
+ * found its lease expired, until the lease timeout passed or an event came. */
+enum store_role store_role(struct store *s);
+const char *store_role_name(enum store_role r);
 
 /* ---- backup and restore (backup.c) ----
  *

@@ -1,0 +1,260 @@
+/*
+ * The keeper as a site of a replication group (config "replication",
+ * issue 18): opening the store as a group site, following its role, and
+ * what it says about the group.
+ *
+ * Berkeley DB's replication manager runs threads of its own inside the
+ * keeper; its event callback only writes an eventfd (common/store/group.c).
+ * Everything here runs on the keeper's libevent loop, woken by that eventfd.
+ *
+ * Only the master refreshes, logs in, logs out and changes servers: a
+ * replica's refresh dispatch stays idle (refresh.c asks keeper_is_master())
+ * and the control socket refuses the others naming the master. A site that
+ * becomes master reads every record again: what the old master left with an
+ * intent is interrupted (the rule of a crash on one host), and a site that
+ * stops being master forgets tokens it could not store.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "keeper.h"
+#include "log.h"
+#include "proto.h"
+#include "store.h"
+#include "util.h"
+
+/* How long the start waits for this site to find its place in the group
+ * before it runs anyway (and then says "no master" in status). */
+#define GROUP_START_WAIT_MS 15000
+
+bool keeper_is_master(struct keeper *k)
+{
+	return !k->store || store_role(k->store) == STORE_ROLE_MASTER;
+}
+
+static void site_text(const struct store_group_state *st, char *buf, size_t len)
+{
+	if (st->master_host[0])
+		snprintf(buf, len, "%s:%d", st->master_host, st->master_port);
+	else
+		snprintf(buf, len, "none");
+}
+
+void group_master_text(struct keeper *k, char *buf, size_t len)
+{
+	struct store_group_state st;
+
+	if (!k->store || !store_is_group(k->store) || store_group_state(k->store, &st) < 0) {
+		snprintf(buf, len, "unknown");
+		return;
+	}
+	if (st.role == STORE_ROLE_MASTER)
+		snprintf(buf, len, "this site, %s:%d", k->cfg->replication.local.host, k->cfg->replication.local.port);
+	else if (st.master_host[0])
+		snprintf(buf, len, "%s:%d", st.master_host, st.master_port);
+	else
+		snprintf(buf, len, "none (an election is under way, or a majority of the group is unreachable)");
+}
+
+static void role_changed(struct keeper *k, enum store_role was, enum store_role now, const struct store_group_state *st)
+{
+	char master[300];
+	struct json_object *data;
+
+	site_text(st, master, sizeof(master));
+	if (now == STORE_ROLE_MASTER)
+		log_info("replication: this site (%s:%d) is the master now (generation %u, %llu election(s) won)",
+			 k->cfg->replication.local.host, k->cfg->replication.local.port, st->generation,
+			 st->elections_won);
+	else if (now == STORE_ROLE_REPLICA)
+		log_info("replication: this site is a replica; the master is %s (generation %u)", master,
+			 st->generation);
+	else
+		log_warn("replication: no master known (an election, or a majority of the group unreachable): "
+			 "refreshes, logins and logouts wait");
+	data = json_object_new_object();
+	json_object_object_add(data, PARAM_KEY_ROLE, json_object_new_string(store_role_name(now)));
+	json_object_object_add(data, PARAM_KEY_PREVIOUS_ROLE, json_object_new_string(store_role_name(was)));
+	json_object_object_add(data, PARAM_KEY_MASTER, st->master_host[0] ? json_object_new_string(master) : NULL);
+	json_object_object_add(data, PARAM_KEY_GENERATION, json_object_new_int64(st->generation));
+	events_emit(k, EVENT_REPLICATION_MASTER_CHANGED, data);
+
+	if (was == STORE_ROLE_MASTER && now != STORE_ROLE_MASTER)
+		keeper_group_demoted(k);
+	if (now == STORE_ROLE_MASTER)
+		keeper_reload_tokens(k, "this site became master");
+}
+
+static void on_group_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct keeper *k = arg;
+	struct store_group_state st;
+	enum store_role now;
+	int refused = 0;
+	unsigned ev;
+
+	(void)fd;
+	(void)what;
+	ev = store_group_events(k->store, &refused);
+	if (refused)
+		fatal("replication: %s: this site cannot take part in the group with its master key "
+		      "(see the message above; mcpctl key import installs the group's key)", store_strerror(refused));
+	if (ev & STORE_GROUP_EV_PANIC)
+		fatal("replication: Berkeley DB reports the environment needs recovery; restart the keeper");
+	if (ev & STORE_GROUP_EV_REMOVED)
+		log_warn("replication: this site was removed from the group");
+	if (ev & STORE_GROUP_EV_JOIN_FAILURE)
+		log_error("replication: joining the group failed (the group's log no longer holds what this site "
+			  "needs): move this site's state directory away and start it empty");
+	if (ev & STORE_GROUP_EV_DUPMASTER)
+		log_warn("replication: two masters met; Berkeley DB holds an election");
+	if (ev & STORE_GROUP_EV_ELECTION_FAILED)
+		log_info("replication: an election failed (no majority yet); retrying");
+	if (ev & STORE_GROUP_EV_PERM_FAILED)
+		log_warn("replication: a commit was not acknowledged by a majority in time");
+	if (store_group_state(k->store, &st) < 0)
+		return;
+	now = st.role;
+	if ((int)now != k->group_role) {
+		enum store_role was = (enum store_role)k->group_role;
+
+		k->group_role = now;
+		role_changed(k, was, now, &st);
+	} else if ((ev & STORE_GROUP_EV_NEWMASTER) && now == STORE_ROLE_REPLICA) {
+		char master[300];
+
+		site_text(&st, master, sizeof(master));
+		log_info("replication: the master is %s", master);
+	}
+	if (ev & STORE_GROUP_EV_READY) {
+		log_info("replication: this site's copy of the store is readable");
+		keeper_reload_tokens(k, "the store became readable");
+	}
+}
+
+int group_open_store(struct keeper *k, char *err, size_t errlen)
+{
+	const struct config_replication *rc = &k->cfg->replication;
+	struct store_site peers[32];
+	struct store_group g = {
+		.local = { rc->local.host, rc->local.port },
+		.peers = peers,
+		.n_peers = rc->n_peers,
+		.priority = rc->priority,
+		.create = rc->create,
+		.lease_timeout_ms = rc->lease_timeout_ms,
+		.heartbeat_ms = rc->heartbeat_ms,
+		.ack_timeout_ms = rc->ack_timeout_ms,
+	};
+	struct store_group_state st;
+	int r;
+
+	if (rc->n_peers > ARRAY_SIZE(peers)) {
+		snprintf(err, errlen, "replication.peers: too many sites");
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < rc->n_peers; i++)
+		peers[i] = (struct store_site){ rc->peers[i].host, rc->peers[i].port };
+	k->group_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (k->group_fd < 0) {
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		return -errno;
+	}
+	g.notify_fd = k->group_fd;
+	log_info("replication: site %s:%d%s, %zu peer(s), priority %d; joining the group", rc->local.host,
+		 rc->local.port, rc->create ? " (creates the group)" : "", rc->n_peers, rc->priority);
+	r = store_open_group(k->cfg->data_dir, k->master_key, &g, GROUP_START_WAIT_MS, &k->store, err, errlen);
+	if (r != 0)
+		return r;
+	k->group_ev = event_new(k->base, k->group_fd, EV_READ | EV_PERSIST, on_group_event, k);
+	if (!k->group_ev || event_add(k->group_ev, NULL) < 0) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	if (store_group_state(k->store, &st) == 0) {
+		char master[300];
+
+		k->group_role = st.role;
+		site_text(&st, master, sizeof(master));
+		log_info("replication: started as %s; master %s; %s", store_role_name(st.role), master,
+			 st.ready ? "the store is readable" : "the store is not readable yet");
+	}
+	return 0;
+}
+
+void group_close(struct keeper *k)
+{
+	if (k->group_ev)
+		event_free(k->group_ev);
+	k->group_ev = NULL;
+	if (k->group_fd >= 0)
+		close(k->group_fd);
+	k->group_fd = -1;
+}
+
+struct json_object *group_status_json(struct keeper *k)
+{
+	const struct config_replication *rc = &k->cfg->replication;
+	struct store_group_state st;
+	struct json_object *o, *sites;
+	char buf[300];
+	size_t connected = 0, total;
+
+	if (!k->store || !store_is_group(k->store))
+		return NULL;
+	o = json_object_new_object();
+	snprintf(buf, sizeof(buf), "%s:%d", rc->local.host, rc->local.port);
+	json_object_object_add(o, PARAM_KEY_SITE, json_object_new_string(buf));
+	if (store_group_state(k->store, &st) < 0) {
+		json_object_object_add(o, PARAM_KEY_ROLE, json_object_new_string("unknown"));
+		return o;
+	}
+	json_object_object_add(o, PARAM_KEY_ROLE, json_object_new_string(store_role_name(st.role)));
+	if (st.role == STORE_ROLE_MASTER)
+		json_object_object_add(o, PARAM_KEY_MASTER, json_object_new_string(buf));
+	else if (st.master_host[0]) {
+		site_text(&st, buf, sizeof(buf));
+		json_object_object_add(o, PARAM_KEY_MASTER, json_object_new_string(buf));
+	} else {
+		json_object_object_add(o, PARAM_KEY_MASTER, NULL);
+	}
+	json_object_object_add(o, PARAM_KEY_READY, json_object_new_boolean(st.ready));
+	json_object_object_add(o, PARAM_KEY_CAUGHT_UP,
+			       json_object_new_boolean(st.role == STORE_ROLE_MASTER || st.startup_done));
+	json_object_object_add(o, PARAM_KEY_GENERATION, json_object_new_int64(st.generation));
+	json_object_object_add(o, PARAM_KEY_ELECTIONS, json_object_new_int64((int64_t)st.elections));
+	json_object_object_add(o, PARAM_KEY_MASTER_CHANGES, json_object_new_int64((int64_t)st.master_changes));
+	snprintf(buf, sizeof(buf), "%u/%u", st.next_lsn_file, st.next_lsn_offset);
+	json_object_object_add(o, PARAM_KEY_LOG_POSITION, json_object_new_string(buf));
+	json_object_object_add(o, PARAM_KEY_LOG_QUEUED, json_object_new_int64((int64_t)st.log_queued));
+	json_object_object_add(o, PARAM_KEY_QUORUM_MISSED, json_object_new_int64((int64_t)st.perm_failed));
+	sites = json_object_new_array();
+	for (size_t i = 0; i < st.n_sites; i++) {
+		struct json_object *s = json_object_new_object();
+
+		snprintf(buf, sizeof(buf), "%s:%d", st.sites[i].host, st.sites[i].port);
+		json_object_object_add(s, PARAM_KEY_SITE, json_object_new_string(buf));
+		json_object_object_add(s, PARAM_KEY_CONNECTED, json_object_new_boolean(st.sites[i].connected));
+		json_object_object_add(s, PARAM_KEY_ROLE,
+				       json_object_new_string(st.sites[i].master ? "master" : "replica"));
+		json_object_array_add(sites, s);
+		connected += st.sites[i].connected;
+	}
+	json_object_object_add(o, PARAM_KEY_SITES, sites);
+	/* Leases: the master holds its lease while a majority (itself
+	 * included) answers; a site cut off from the majority cannot act. */
+	total = rc->n_peers + 1;
+	json_object_object_add(o, PARAM_KEY_MAJORITY, json_object_new_boolean((connected + 1) * 2 > total));
+	json_object_object_add(o, PARAM_KEY_LEASE_TIMEOUT_MS, json_object_new_int(rc->lease_timeout_ms));
+	json_object_object_add(o, PARAM_KEY_LEASE,
+			       json_object_new_string(st.role != STORE_ROLE_MASTER ? "none"
+						      : (connected + 1) * 2 > total ? "held"
+										: "lost"));
+	return o;
+}
