@@ -5,6 +5,20 @@
  * other message; requests matched to replies by id; restart with backoff
  * when a child dies (0.1 s doubling to 30 s, reset after 60 s of health).
  *
+ * Between fork and exec: the keeper runs threads it does not control
+ * (Berkeley DB's replication manager), and in the forked copy of a threaded
+ * process a lock that another thread held at the fork is never released.
+ * So the forked child makes async-signal-safe calls only: no malloc or
+ * free (nor strdup, asprintf, snprintf, which allocate or take the locale),
+ * no stdio, no log line, no getenv, setenv, strerror or localtime, no NSS
+ * (getpwnam), no glibc setres*id (it signals the other threads), no exit()
+ * (atexit handlers): raw system calls, and _exit(). Everything it needs is
+ * prepared here before the fork (plan_child(): the environment as pointers
+ * into environ, argv, descriptors, the role's ids resolved at start and
+ * reload; the sandbox as a memfd) and carried out by daemon/spawn.c. A step
+ * that fails comes back as a fixed-size record on a close-on-exec pipe and
+ * is logged here (log_spawn_failure()). tests/forkcheck-shim.c checks it.
+ *
  * Trust: a child is a sibling. A malformed message from it is a bug: it is
  * logged and the child is killed, and the restart logic brings it back.
  */
