@@ -163,8 +163,8 @@ class TestChildren(ForkCheckMixin, WorkerCase):
         daemon = str(pwd.getpwnam("daemon").pw_uid)
         kids = {}
         for name in ("mcpkeeper-oauth", "mcpkeeper-http"):
-            kl.wait_until(lambda: kids.setdefault(name, kl.children_of(self.k.proc.pid, name)), 20, 0.1,
-                          "the %s child" % name)
+            kids[name] = kl.wait_until(lambda: kl.children_of(self.k.proc.pid, name), 20, 0.1,
+                                       "the %s child" % name)
         # The worker's pid 1 is in its own pid namespace: the keeper's child
         # is the process that waits for it (mcpkeeper-jail).
         kids["worker"] = [kl.wait_until(lambda: (self.k.server("files")["worker"] or {}).get("pid"), 20, 0.1,
