@@ -59,6 +59,9 @@ int fd_set_cloexec(int fd, int on);
  * processes that hold secrets call it first. 0 or a negative errno value. */
 int proc_no_core_dumps(void);
 int fd_set_nonblock(int fd, int on);
+/* Every signal's default disposition and an empty mask, as a fresh process
+ * expects them; async-signal-safe, for a forked child before its exec. */
+void proc_signals_default(void);
 
 /* The longest scope list the keeper and the workers pass on. */
 #define OAUTH_SCOPE_MAX 2048

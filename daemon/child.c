@@ -5,20 +5,32 @@
  * other message; requests matched to replies by id; restart with backoff
  * when a child dies (0.1 s doubling to 30 s, reset after 60 s of health).
  *
+ * Between fork and exec: the keeper runs threads it does not control
+ * (Berkeley DB's replication manager), and in the forked copy of a threaded
+ * process a lock that another thread held at the fork is never released.
+ * So the forked child makes async-signal-safe calls only: no malloc or
+ * free (nor strdup, asprintf, snprintf, which allocate or take the locale),
+ * no stdio, no log line, no getenv, setenv, strerror or localtime, no NSS
+ * (getpwnam), no glibc setres*id (it signals the other threads), no exit()
+ * (atexit handlers): raw system calls, and _exit(). Everything it needs is
+ * prepared here before the fork (plan_child(): the environment as pointers
+ * into environ, argv, descriptors, the role's ids resolved at start and
+ * reload; the sandbox as a memfd) and carried out by daemon/spawn.c. A step
+ * that fails comes back as a fixed-size record on a close-on-exec pipe and
+ * is logged here (log_spawn_failure()). tests/forkcheck-shim.c checks it.
+ *
  * Trust: a child is a sibling. A malformed message from it is a bug: it is
  * logged and the child is killed, and the restart logic brings it back.
  */
 #include <errno.h>
 #include <stdint.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <limits.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -37,6 +49,7 @@
 #include "paths.h"
 #include "proto.h"
 #include "sock.h"
+#include "spawn.h"
 #include "util.h"
 
 #define RESTART_MIN_MS 100
@@ -563,96 +576,14 @@ static void child_lost(struct child *c, const char *why)
 	}
 }
 
-/* Whether this process's ids are exactly u's: real, effective and saved
- * uid and gid, and no supplementary group but u's own. */
-static bool ids_are(const struct child_user *u, char *why, size_t len)
-{
-	uid_t ru, eu, su;
-	gid_t rg, eg, sg, groups[2];
-	int n;
-
-	if (getresuid(&ru, &eu, &su) < 0 || getresgid(&rg, &eg, &sg) < 0) {
-		snprintf(why, len, "cannot read its ids: %s", strerror(errno));
-		return false;
-	}
-	if (ru != u->uid || eu != u->uid || su != u->uid || rg != u->gid || eg != u->gid || sg != u->gid) {
-		snprintf(why, len, "its uids are %u/%u/%u and gids %u/%u/%u (real/effective/saved)", (unsigned)ru,
-			 (unsigned)eu, (unsigned)su, (unsigned)rg, (unsigned)eg, (unsigned)sg);
-		return false;
-	}
-	n = getgroups(ARRAY_SIZE(groups), groups);
-	if (n < 0 && errno == EINVAL)
-		n = (int)ARRAY_SIZE(groups) + 1; /* more than fit: too many anyway */
-	if (n < 0) {
-		snprintf(why, len, "cannot read its groups: %s", strerror(errno));
-		return false;
-	}
-	if (n > 1 || (n == 1 && groups[0] != u->gid)) {
-		snprintf(why, len, "it keeps supplementary groups (%d)", n);
-		return false;
-	}
-	return true;
-}
-
 /*
- * System mode, in the forked child: become the role's user (ids looked up
- * by the keeper: NSS is not for a forked child) with no supplementary
- * group, then check that the switch is complete before anything runs under
- * it. 0, or -EPERM with the reason logged. A keeper that already has those
- * ids (its users are its own) changes nothing. In user mode every child
- * keeps the keeper's user.
+ * The child's start, prepared before the fork (spawn.h: the forked child
+ * only carries it out): its descriptors, its binary, a cleaned environment
+ * and in system mode the role's user (ids looked up by the keeper: NSS is
+ * not for a forked child). In user mode every child keeps the keeper's user.
+ * 0, or -EPERM with the reason logged.
  */
-static int switch_user(struct child *c)
-{
-	const struct child_user *u;
-	const char *name = "?";
-	char why[160];
-
-	if (!c->k->system_mode)
-		return 0;
-	u = role_user(c->k, c->role, &name);
-	if (!u) {
-		log_error("%s child: no user is configured for role %s", c->label, c->role);
-		return -EPERM;
-	}
-	if (!ids_are(u, why, sizeof(why)) &&
-	    (setgroups(0, NULL) < 0 || setresgid(u->gid, u->gid, u->gid) < 0 ||
-	     setresuid(u->uid, u->uid, u->uid) < 0)) {
-		log_error("%s child: cannot switch to user %s (uid %u, gid %u): %m", c->label, name,
-			  (unsigned)u->uid, (unsigned)u->gid);
-		return -EPERM;
-	}
-	if (!ids_are(u, why, sizeof(why))) {
-		log_error("%s child: the switch to user %s (uid %u, gid %u) is incomplete: %s; not starting it",
-			  c->label, name, (unsigned)u->uid, (unsigned)u->gid, why);
-		return -EPERM;
-	}
-	return 0;
-}
-
-/* In the forked child: the variables of names that are set, as NAME=VALUE
- * from envp[n] on; returns the new count. */
-static size_t env_keep(const char *const *names, char **envp, size_t n)
-{
-	for (size_t i = 0; names[i]; i++) {
-		const char *v = getenv(names[i]);
-		size_t len;
-		char *e;
-
-		if (!v)
-			continue;
-		len = strlen(names[i]) + strlen(v) + 2;
-		e = malloc(len);
-		if (!e)
-			_exit(127);
-		snprintf(e, len, "%s=%s", names[i], v);
-		envp[n++] = e;
-	}
-	return n;
-}
-
-/* In the forked child, before exec: nothing of the keeper may leak. */
-static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, int bin)
+static int plan_child(struct child *c, struct spawn_plan *p, const char **user)
 {
 	static const char *const keep[] = { "PATH", "LANG", "LC_ALL", "TZ", "JOURNAL_STREAM",
 					    "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME", "USER", NULL };
@@ -664,89 +595,84 @@ static _noreturn_ void exec_child(struct child *c, int fd, int desc, int jail, i
 	 * the test that started it (suppressions, halt_on_error). */
 	static const char *const sanitizer[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS",
 						 "ASAN_SYMBOLIZER_PATH", NULL };
-	bool http_role = strcmp(c->role, ROLE_OAUTH) == 0 || strcmp(c->role, ROLE_WORKER) == 0;
-	char *envp[ARRAY_SIZE(keep) + ARRAY_SIZE(proxy) + ARRAY_SIZE(sanitizer) + 1];
-	size_t n = 0;
-	sigset_t all;
-	int devnull, first_free;
 
-	/* Signal dispositions and mask as a fresh process expects them. */
-	sigemptyset(&all);
-	sigprocmask(SIG_SETMASK, &all, NULL);
-	for (int sig = 1; sig < NSIG; sig++)
-		signal(sig, SIG_DFL);
-
-	/* Move every end out of the way of 3, 4 and 5 first, then into place. */
-	fd = fcntl(fd, F_DUPFD, 10);
-	if (desc >= 0)
-		desc = fcntl(desc, F_DUPFD, 10);
-	if (jail >= 0)
-		jail = fcntl(jail, F_DUPFD, 10);
-	bin = fcntl(bin, F_DUPFD_CLOEXEC, 10);
-	/* jail is the stdio worker's sandbox or the http child's listener:
-	 * both go to fd 5 (CHILD_FD_JAIL, CHILD_FD_LISTEN). */
-	if (fd < 0 || bin < 0 || dup2(fd, CHILD_FD_CHANNEL) < 0 ||
-	    (desc >= 0 && dup2(desc, CHILD_FD_DESCRIPTORS) < 0) || (jail >= 0 && (desc < 0 || dup2(jail, CHILD_FD_JAIL) < 0)))
-		_exit(127);
-	/* The binary's directory, opened by the keeper, goes right above the
-	 * channels; it closes at exec (O_CLOEXEC). */
-	first_free = CHILD_FD_JAIL + 1; /* 5 stays free without a sandbox: a script's interpreter inherits this one */
-	if (dup3(bin, first_free, O_CLOEXEC) < 0)
-		_exit(127);
-	bin = first_free++;
-	fd_set_nonblock(CHILD_FD_CHANNEL, 0);
-	devnull = open("/dev/null", O_RDONLY);
-	if (devnull >= 0 && devnull != STDIN_FILENO) {
-		dup2(devnull, STDIN_FILENO);
-		close(devnull);
-	}
-	/* Everything above the channels closes: the store, the control socket,
-	 * other children's channels. */
-	if (close_range((unsigned)first_free, ~0U, 0) < 0) {
-		for (int i = first_free; i < 65536; i++)
-			close(i);
-	}
-
-	/* System mode: each role has its own user, which cannot read the state
-	 * directory nor another role's memory. */
-	if (switch_user(c) < 0)
-		_exit(127);
-	/*
-	 * The unit gives the keeper CAP_SETUID/CAP_SETGID as ambient capabilities.
-	 * A switch between two non-root uids keeps ambient capabilities across
-	 * execve, which would let a child switch back to the keeper's user.
-	 */
-	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
-		log_error("%s child: cannot drop ambient capabilities: %m", c->label);
-		_exit(127);
-	}
-
-	n = env_keep(keep, envp, n);
-	if (http_role)
-		n = env_keep(proxy, envp, n);
+	p->dir_fd = c->binary->dir_fd;
+	p->name = c->binary->name;
+	p->argv[0] = c->binary->path;
+	p->argv[1] = NULL;
+	spawn_env_keep(p, keep);
+	if (strcmp(c->role, ROLE_OAUTH) == 0 || strcmp(c->role, ROLE_WORKER) == 0)
+		spawn_env_keep(p, proxy);
 	if (paths_dev_tree())
-		n = env_keep(sanitizer, envp, n);
-	envp[n] = NULL;
-	execveat(bin, c->binary->name, (char *[]){ c->binary->path, NULL }, envp, 0);
-	/* A script (a test's wrapper) is handed to its interpreter as
-	 * /dev/fd/N/NAME, which a close-on-exec N makes unreachable: only then
-	 * the directory's descriptor stays open across the exec. */
-	if (errno == ENOENT && fcntl(bin, F_SETFD, 0) == 0)
-		execveat(bin, c->binary->name, (char *[]){ c->binary->path, NULL }, envp, 0);
+		spawn_env_keep(p, sanitizer);
+	*user = NULL;
 	if (c->k->system_mode) {
-		const char *name = "?";
+		const struct child_user *u = role_user(c->k, c->role, user);
 
-		role_user(c->k, c->role, &name);
-		log_error("%s child: cannot run %s as user %s: %m", c->label, c->binary->path, name);
-	} else {
-		log_error("%s child: cannot run %s: %m", c->label, c->binary->path);
+		if (!u) {
+			log_error("%s child: no user is configured for role %s", c->label, c->role);
+			return -EPERM;
+		}
+		p->switch_user = true;
+		p->uid = u->uid;
+		p->gid = u->gid;
 	}
-	_exit(127);
+	return 0;
+}
+
+/* Whether the ids a child reported are the plan's (then its groups are not). */
+static bool ids_match(const struct spawn_plan *p, const struct spawn_report *rep)
+{
+	for (int i = 0; i < 3; i++)
+		if (rep->uids[i] != (uint32_t)p->uid || rep->gids[i] != (uint32_t)p->gid)
+			return false;
+	return true;
+}
+
+/* What the forked child said went wrong before its exec (it exits 127,
+ * and child_reap() restarts it as for any exit). */
+static void log_spawn_failure(const struct child *c, const struct spawn_plan *p, const struct spawn_report *rep,
+			      const char *user)
+{
+	const char *step = spawn_step_name(rep->step);
+
+	switch (rep->step) {
+	case SPAWN_STEP_EXEC:
+		if (user)
+			log_error("%s child: cannot run %s as user %s: %s: %s", c->label, c->binary->path, user, step,
+				  strerror(rep->err));
+		else
+			log_error("%s child: cannot run %s: %s: %s", c->label, c->binary->path, step, strerror(rep->err));
+		break;
+	case SPAWN_STEP_SETGROUPS:
+	case SPAWN_STEP_SETRESGID:
+	case SPAWN_STEP_SETRESUID:
+		log_error("%s child: cannot switch to user %s (uid %u, gid %u): %s: %s", c->label, user ? user : "?",
+			  (unsigned)p->uid, (unsigned)p->gid, step, strerror(rep->err));
+		break;
+	case SPAWN_STEP_IDS:
+		if (ids_match(p, rep))
+			log_error("%s child: the switch to user %s (uid %u, gid %u) is incomplete: it keeps "
+				  "supplementary groups (%d); not starting it", c->label, user ? user : "?",
+				  (unsigned)p->uid, (unsigned)p->gid, (int)rep->groups);
+		else
+			log_error("%s child: the switch to user %s (uid %u, gid %u) is incomplete: its uids are "
+				  "%u/%u/%u and gids %u/%u/%u (real/effective/saved); not starting it", c->label,
+				  user ? user : "?", (unsigned)p->uid, (unsigned)p->gid, rep->uids[0], rep->uids[1],
+				  rep->uids[2], rep->gids[0], rep->gids[1], rep->gids[2]);
+		break;
+	default:
+		log_error("%s child: not started: %s: %s", c->label, step, strerror(rep->err));
+		break;
+	}
 }
 
 int child_start(struct child *c)
 {
 	struct json_object *params, *hello;
+	struct spawn_plan plan = { .channel = -1 };
+	struct spawn_report rep;
+	const char *user = NULL;
 	int sv[2], dv[2] = { -1, -1 }, jail_fd = -1, r;
 	pid_t pid;
 
@@ -808,19 +734,23 @@ int child_start(struct child *c)
 		log_error("%s child: socketpair: %s", c->label, strerror(-r));
 		return r;
 	}
-	pid = fork();
+	plan.channel = sv[1];
+	plan.descriptors = dv[1];
+	plan.fd5 = jail_fd;
+	r = plan_child(c, &plan, &user);
+	pid = r < 0 ? r : spawn_run(&plan, &rep);
 	if (pid < 0) {
-		r = -errno;
 		close(sv[0]);
 		close(sv[1]);
 		fd_close(dv[0]);
 		fd_close(dv[1]);
 		fd_close(jail_fd);
-		log_error("%s child: fork: %s", c->label, strerror(-r));
-		return r;
+		if (r == 0)
+			log_error("%s child: fork: %s", c->label, strerror(-pid));
+		return pid;
 	}
-	if (pid == 0)
-		exec_child(c, sv[1], dv[1], jail_fd, c->binary->dir_fd);
+	if (rep.step != SPAWN_STEP_NONE)
+		log_spawn_failure(c, &plan, &rep, user);
 	close(sv[1]);
 	fd_close(dv[1]);
 	fd_close(jail_fd);

@@ -9,7 +9,6 @@
  */
 #include <dirent.h>
 #include <errno.h>
-#include <grp.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdio.h>
@@ -25,6 +24,7 @@
 #include "keeper.h"
 #include "log.h"
 #include "paths.h"
+#include "spawn.h"
 #include "util.h"
 
 /* Bounds on what one server's view may hold. */
@@ -256,7 +256,8 @@ static int grant_command(struct builder *b, const struct config_server *cs)
 }
 
 /* Can the workers' user create a user namespace here? Asked once, in a
- * child that becomes that user first (system mode). */
+ * child that becomes that user first (system mode). The child makes system
+ * calls only (spawn.h: the keeper runs threads). */
 static bool namespaces_available(const struct keeper *k)
 {
 	static int known = -1;
@@ -269,10 +270,9 @@ static bool namespaces_available(const struct keeper *k)
 	if (pid < 0)
 		return false;
 	if (pid == 0) {
-		const struct child_user *u = &k->users.worker;
+		struct spawn_report rep;
 
-		if (k->system_mode && (setgroups(0, NULL) < 0 || setresgid(u->gid, u->gid, u->gid) < 0 ||
-				       setresuid(u->uid, u->uid, u->uid) < 0))
+		if (k->system_mode && spawn_become(k->users.worker.uid, k->users.worker.gid, &rep) != SPAWN_STEP_NONE)
 			_exit(2);
 		_exit(unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID) == 0 ? 0 : 1);
 	}
