@@ -79,6 +79,13 @@ void ctl_usage(FILE *f)
 		"                      put a backup back into the state directory (the\n"
 		"                      master key must be there); refuses while a keeper\n"
 		"                      runs; --force replaces a store (kept beside it)\n"
+		"  key export [--plain | --passphrase-file F] FILE\n"
+		"                      the master key into FILE (mode 0600), sealed with a\n"
+		"                      passphrase, or --plain in clear for systemd-creds\n"
+		"  key import [--force] [--passphrase-file F] FILE\n"
+		"                      install an exported key as the state directory's\n"
+		"                      master.key (no keeper running; it must open the store)\n"
+		"  key rotate          re-seal every record with a new master key (no keeper)\n"
 		"\n"
 		"  --json prints the keeper's reply as JSON instead of a table;\n"
 		"  -s is short for --server.\n"
@@ -102,7 +109,8 @@ void ctl_usage(FILE *f)
 		"  6  no such server\n"
 		"  7  the server does not use OAuth\n"
 		"  8  the socket is served by a process this user does not trust\n"
-		"  9  restore: a keeper is running, or a process has the store open\n"
+		"  9  restore, key import, key rotate: a keeper is running, or a process has\n"
+		"     the store open\n"
 		"\n"
 		"See mcpctl(1) for how the socket is found.\n",
 		TOOLLIST_TIMEOUT_S, CTL_DEFAULT_TIMEOUT_SEC);
@@ -269,6 +277,7 @@ static const struct {
 	{ "tools", cmd_tools },
 	{ "backup", cmd_backup },
 	{ "restore", cmd_restore },
+	{ "key", cmd_key },
 };
 
 int main(int argc, char **argv)

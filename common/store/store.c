@@ -79,6 +79,7 @@ struct store {
 	unsigned reopens;
 	long shm_key;
 	int lock_fd;	/* store.lock, held shared while open (see store_lock()) */
+	u_int32_t max_locks;	/* 0: Berkeley DB's default (store_open_locks()) */
 };
 
 bool store_file_is_db(const char *name)
@@ -109,6 +110,8 @@ const char *store_strerror(int status)
 		return "record changed concurrently";
 	case STORE_E_SCHEMA:
 		return "store written by a newer mcpkeeper";
+	case STORE_E_IN_USE:
+		return "another process has the store open";
 	case -ENOSPC:
 	case -EDQUOT:
 		return "the state directory's filesystem is full (no space left on device)";
@@ -320,6 +323,10 @@ static int env_open(struct store *s, char *err, size_t errlen)
 	/* Records are small and read once per refresh; the keeper's resident
 	 * memory with 100 000 of them is the budget this cache counts against. */
 	env->set_cachesize(env, 0, 4 * 1024 * 1024, 1);
+	if (s->max_locks) {
+		env->set_lk_max_locks(env, s->max_locks);
+		env->set_lk_max_objects(env, s->max_locks);
+	}
 	env->set_lg_max(env, 4 * 1024 * 1024);
 	env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1);
 
@@ -619,7 +626,8 @@ static int switch_to_owner(const char *dir, char *err, size_t errlen)
 
 /* ---- open / close ---- */
 
-int store_open(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen)
+int store_open_locks(const char *dir, const struct secret *key, u_int32_t max_locks, struct store **out, char *err,
+		     size_t errlen)
 {
 	struct key_check_arg kc;
 	unsigned char kcv[crypto_generichash_BYTES];
@@ -645,6 +653,7 @@ int store_open(const char *dir, const struct secret *key, struct store **out, ch
 	if (!s)
 		return -ENOMEM;
 	s->lock_fd = -1;
+	s->max_locks = max_locks;
 	s->dir = strdup(dir);
 	s->key = secret_from(key->data, key->len);
 	if (!s->dir || !s->key) {
@@ -659,8 +668,7 @@ int store_open(const char *dir, const struct secret *key, struct store **out, ch
 		return r;
 	}
 
-	crypto_generichash(kcv, sizeof(kcv), (const unsigned char *)KEY_CHECK_CONTEXT,
-			   strlen(KEY_CHECK_CONTEXT), s->key->data, s->key->len);
+	store_key_check_value(s->key, kcv);
 	kc.kcv = kcv;
 	r = store_txn(s, key_check_op, &kc, 0);
 	if (r) {
@@ -713,6 +721,53 @@ void store_closep(struct store **s)
 DB_ENV *store_db_env(struct store *s)
 {
 	return s->env;
+}
+
+/* rotate.c's access (store-private.h). */
+int store_run_txn(struct store *s, store_txn_fn op, void *arg)
+{
+	return store_txn(s, op, arg, 0);
+}
+
+DB *store_db_handle(struct store *s, int db)
+{
+	return db == STORE_DB_COUNT ? s->meta : s->db[db];
+}
+
+const char *store_dir(const struct store *s)
+{
+	return s->dir;
+}
+
+int store_seal_record(const struct store *s, int db, const char *key, const struct secret *plain,
+		      unsigned char **out, size_t *out_len)
+{
+	return seal(s, (enum store_db)db, key, plain, out, out_len);
+}
+
+int store_unseal_record(const struct store *s, int db, const char *key, const unsigned char *sealed, size_t len,
+			struct secret **plain)
+{
+	return unseal(s, (enum store_db)db, key, sealed, len, plain);
+}
+
+struct secret *store_swap_key(struct store *s, struct secret *key)
+{
+	struct secret *old = s->key;
+
+	s->key = key;
+	return old;
+}
+
+void store_key_check_value(const struct secret *key, unsigned char *out)
+{
+	crypto_generichash(out, crypto_generichash_BYTES, (const unsigned char *)KEY_CHECK_CONTEXT,
+			   strlen(KEY_CHECK_CONTEXT), key->data, key->len);
+}
+
+int store_open(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen)
+{
+	return store_open_locks(dir, key, 0, out, err, errlen);
 }
 
 int store_become_owner(const char *dir, char *err, size_t errlen)
