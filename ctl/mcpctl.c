@@ -6,9 +6,10 @@
  * that carries the same id and prints it, as a table or as the keeper's own
  * JSON. Status replies carry metadata only, and mcpctl prints no field it
  * was not given. It never holds a token: where it opens the store (auth
- * logout while the keeper is not running, backup, restore) it deletes
- * records or copies them sealed (restore opens each once, to check it, in
- * memory it wipes, and prints nothing of it).
+ * logout while the keeper is not running, backup, restore, key) it deletes
+ * records or copies them sealed (restore opens each once, to check it, and
+ * key rotate to seal it again, in memory it wipes, and prints nothing of
+ * it).
  *
  * This file holds the global options, the command table and usage; ctl.h
  * lists what the other files do. The exit codes are an interface that

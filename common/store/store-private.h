@@ -1,6 +1,7 @@
 /*
- * What store.c shares with backup.c and nothing else: the environment
- * handle of an open store. Not for the store's users (they include store.h).
+ * What store.c shares with backup.c (the environment handle of an open
+ * store), rotate.c (transactions, sealing, the key) and masterkey.c, and
+ * nothing else. Not for the store's users (they include store.h).
  */
 #pragma once
 
