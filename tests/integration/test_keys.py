@@ -70,12 +70,10 @@ class TestKeys(keeperlib.KeeperTestCase):
         return peer, servers, tokens, k
 
     def assert_tokens_work(self, k, peer):
-        """Every server authenticated, and each refreshes against the peer."""
+        """Each server refreshes against the peer (whatever its access token's age), and is authenticated."""
         grants = peer.stats()["refresh_grants"]  # before the start: a refresh may come at once
         k.start()
         sub = k.subscribe()
-        for n in NAMES:
-            self.assertEqual(k.server(n)["oauth_status"], "authenticated", n)
         refreshed = set()
         while refreshed != set(NAMES):
             ev = sub.wait_for(EV_REFRESHED, lambda d: d.get("server_name") in set(NAMES) - refreshed, 30)
