@@ -15,6 +15,7 @@ group shares the master key).
   d. rotate killed (SIGKILL) with master.key.new written and the transaction
      not committed, and after the commit before the rename: the store opens
      with every record, with the old key and the new one respectively.
+  e. a rotation of 20 000 records (the lock table sized for it).
 """
 import os
 import re
@@ -22,6 +23,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -315,6 +317,26 @@ class TestKeys(keeperlib.KeeperTestCase):
             else:
                 self.assertIn("removed %s, left by a key rotation that did not commit" % new_path, k.log())
             log("%s: the keeper %s master.key.new" % (point, "adopted" if adopted else "removed"))
+
+    def test_e_rotate_many(self):
+        """20 000 records in the one transaction: more page locks than Berkeley DB's default table holds."""
+        k = self.make_keeper(servers={}, name="many")
+        n, now = 20000, int(time.time())
+        rows = os.path.join(k.dir, "many.tsv")
+        with open(rows, "w") as f:
+            for i in range(n):
+                f.write("s%d\thttp://127.0.0.1:9/%d\tA%d%s\tR%d%s\t%d\t%d\t-\n" %
+                        (i, i, i, "a" * 300, i, "r" * 300, now, now + 3600))
+        self.assertEqual(k.store_tool("put-many", rows, timeout=600).stdout.decode().split()[-1], str(n))
+        old = key_of(k)
+        rc, out, err = mcpctl(k, "key", "rotate", timeout=600)
+        self.assertEqual(rc, 0, out + err)
+        self.assertIn("re-sealed %d records" % n, out)
+        self.assertNotEqual(key_of(k), old)
+        self.assertEqual(len(k.store_tool("list").stdout.decode().splitlines()), n)
+        for i in (0, n // 2, n - 1):
+            rc, text = k.check_token("s%d" % i, "http://127.0.0.1:9/%d" % i, "A%d%s" % (i, "a" * 300))
+            self.assertEqual(rc, 0, text)
 
 
 if __name__ == "__main__":
