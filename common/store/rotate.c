@@ -273,6 +273,9 @@ int store_rotate(struct store *s, const struct secret *new_key, unsigned long *r
 		else if (r == STORE_E_CORRUPT)
 			errf(err, errlen, "store %s: the record %s in %s does not open with the current key", dir,
 			     a.bad_key, store_db_name((enum store_db)a.bad_db));
+		else if (r == -ENOMEM)
+			errf(err, errlen, "store %s: the rotation's one transaction ran out of locks or memory; "
+			     "nothing changed", dir);
 		else if (!err || !err[0])
 			errf(err, errlen, "store %s: %s", dir, store_strerror(r));
 		return r;
