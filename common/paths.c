@@ -324,6 +324,24 @@ static const char *dev_tree_dir(const char *name)
 	return NULL;
 }
 
+bool paths_in_build_tree(void)
+{
+#if DEV_PATHS
+	static int known = -1;
+
+	if (known < 0) {
+		char self[PATH_MAX], root[PATH_MAX];
+		size_t n;
+
+		known = realpath("/proc/self/exe", self) && realpath(BUILD_ROOT, root) && (n = strlen(root)) > 1 &&
+			strncmp(self, root, n) == 0 && self[n] == '/';
+	}
+	return known;
+#else
+	return false;
+#endif
+}
+
 int paths_child_binary(const char *name, char *buf, size_t len)
 {
 	if (paths_dev_tree()) {

@@ -64,5 +64,8 @@ int paths_check_runtime_dir(const char *dir, bool system_mode, uid_t keeper_user
  * keeper (child_start() opens it before any uid switch).
  */
 bool paths_dev_tree(void);
+/* Whether this program is one of the build tree's (any of them, under
+ * BUILD_ROOT; always false with -Ddev_paths=false): mcpctl's test knobs. */
+bool paths_in_build_tree(void);
 int paths_child_binary(const char *name, char *buf, size_t len);
 int paths_ui_dir(char *buf, size_t len);

@@ -54,6 +54,8 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
+/* Writes all of data (retrying short writes and EINTR): 0 or a negative errno value. */
+int fd_write_all(int fd, const void *data, size_t len);
 int fd_set_cloexec(int fd, int on);
 /* No core file and not dumpable (no ptrace, no /proc/PID/mem for peers):
  * processes that hold secrets call it first. 0 or a negative errno value. */

@@ -45,14 +45,6 @@
 #include "sock.h"
 #include "store.h"
 
-/* The state directory and the master key's file, from the config file as
- * the keeper would read it. */
-struct state_paths {
-	char data_dir[PATH_MAX];
-	char key[PATH_MAX];
-	bool key_in_state;	/* master.key in the state directory, not a credential */
-};
-
 int ctl_config_standalone(struct ctl *c, const char *why, struct config **cfg, char *path, size_t len)
 {
 	char err[1024];
@@ -75,7 +67,7 @@ int ctl_config_standalone(struct ctl *c, const char *why, struct config **cfg, c
 	return 0;
 }
 
-static int state_paths_find(struct ctl *c, struct state_paths *p)
+int ctl_state_paths(struct ctl *c, struct state_paths *p)
 {
 	_cleanup_(config_freep) struct config *cfg = NULL;
 	char conf_path[PATH_MAX];
@@ -98,9 +90,7 @@ static int state_paths_find(struct ctl *c, struct state_paths *p)
 	return 0;
 }
 
-/* Runs fn in a child (which may become the store's owner for good) and
- * returns its exit code. */
-static int in_child(int (*fn)(void *arg), void *arg)
+int ctl_in_child(int (*fn)(void *arg), void *arg)
 {
 	int status;
 	pid_t pid;
@@ -191,18 +181,47 @@ static int backup_child(void *arg)
 	return CTL_EXIT_OK;
 }
 
+int ctl_write_file(const char *file, bool replace, int *fd, int (*fn)(void *arg), void *arg)
+{
+	char tmp[PATH_MAX + 32];
+	int r;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", file, (int)getpid()) >= (int)sizeof(tmp))
+		return ctl_usage_error("%s: path too long", file);
+	*fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (*fd < 0) {
+		fprintf(stderr, "mcpctl: cannot create %s: %m\n", tmp);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	r = ctl_in_child(fn, arg);
+	if (r == 0 && fsync(*fd) < 0) {
+		fprintf(stderr, "mcpctl: writing %s: %m\n", tmp);
+		r = CTL_EXIT_KEEPER_ERROR;
+	}
+	close(*fd);
+	*fd = -1;
+	/* link() fails on an existing file where rename() would replace it. */
+	if (r == 0 && (replace ? rename(tmp, file) : link(tmp, file)) < 0) {
+		fprintf(stderr, "mcpctl: cannot %s %s to %s: %m\n", replace ? "rename" : "link", tmp, file);
+		r = CTL_EXIT_KEEPER_ERROR;
+	}
+	if (r || !replace)
+		unlink(tmp);
+	return r;
+}
+
 int cmd_backup(struct ctl *c, int argc, char **argv)
 {
 	struct state_paths p;
 	struct backup_job j;
-	char tmp[PATH_MAX + 32], path[PATH_MAX + 32];
+	char path[PATH_MAX + 32];
 	const char *file;
 	int r;
 
 	r = parse_file_opts("backup", argc, argv, NULL, &file);
 	if (r)
 		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
-	r = state_paths_find(c, &p);
+	r = ctl_state_paths(c, &p);
 	if (r)
 		return r;
 	snprintf(path, sizeof(path), "%s/tokens.db", p.data_dir);
@@ -214,36 +233,17 @@ int cmd_backup(struct ctl *c, int argc, char **argv)
 		fprintf(stderr, "mcpctl: the master key %s is missing\n", p.key);
 		return CTL_EXIT_KEEPER_ERROR;
 	}
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", file, (int)getpid()) >= (int)sizeof(tmp))
-		return ctl_usage_error("backup: FILE: path too long");
 	j.p = &p;
-	j.fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (j.fd < 0) {
-		fprintf(stderr, "mcpctl: cannot create %s: %m\n", tmp);
-		return CTL_EXIT_KEEPER_ERROR;
-	}
-	r = in_child(backup_child, &j);
-	if (r == 0 && fsync(j.fd) < 0) {
-		fprintf(stderr, "mcpctl: writing %s: %m\n", tmp);
-		r = CTL_EXIT_KEEPER_ERROR;
-	}
-	close(j.fd);
-	if (r == 0 && rename(tmp, file) < 0) {
-		fprintf(stderr, "mcpctl: cannot rename %s to %s: %m\n", tmp, file);
-		r = CTL_EXIT_KEEPER_ERROR;
-	}
-	if (r) {
-		unlink(tmp);
+	r = ctl_write_file(file, true, &j.fd, backup_child, &j);
+	if (r)
 		return r;
-	}
 	printf("wrote %s (mode 0600); it holds no master key: keep a copy of %s apart from it\n", file, p.key);
 	return CTL_EXIT_OK;
 }
 
 /* ---- restore ---- */
 
-/* Whether a keeper answers on the socket or a process has the store open. */
-static int refuse_if_live(struct ctl *c, const struct state_paths *p)
+int ctl_refuse_if_live(struct ctl *c, const struct state_paths *p, const char *doing)
 {
 	pid_t pid = 0;
 	int fd = -1, r;
@@ -255,20 +255,20 @@ static int refuse_if_live(struct ctl *c, const struct state_paths *p)
 		r = sock_connect_unix(c->socket_path, 0, &fd);
 		if (r == 0) {
 			close(fd);
-			fprintf(stderr, "mcpctl: a keeper is running (it answers on %s): stop it before restoring\n",
-				c->socket_path);
+			fprintf(stderr, "mcpctl: a keeper is running (it answers on %s): stop it before %s\n",
+				c->socket_path, doing);
 			return CTL_EXIT_KEEPER_RUNNING;
 		}
 		if (r != -ENOENT && r != -ECONNREFUSED) {
 			fprintf(stderr, "mcpctl: cannot tell whether a keeper is running on %s (%s): "
-				"stop it before restoring\n", c->socket_path, strerror(-r));
+				"stop it before %s\n", c->socket_path, strerror(-r), doing);
 			return CTL_EXIT_KEEPER_RUNNING;
 		}
 	}
 	r = store_in_use(p->data_dir, &pid);
 	if (r == 1) {
-		fprintf(stderr, "mcpctl: process %d has the store in %s open: stop it before restoring\n", (int)pid,
-			p->data_dir);
+		fprintf(stderr, "mcpctl: process %d has the store in %s open: stop it before %s\n", (int)pid,
+			p->data_dir, doing);
 		return CTL_EXIT_KEEPER_RUNNING;
 	}
 	if (r < 0) {
@@ -519,7 +519,7 @@ static int restore_locked(struct ctl *c, const struct state_paths *pp, const cha
 	bool had_store;
 	int r;
 
-	r = refuse_if_live(c, &p);
+	r = ctl_refuse_if_live(c, &p, "restoring");
 	if (r)
 		return r;
 	fd = open(file, O_RDONLY | O_CLOEXEC);
@@ -563,7 +563,7 @@ static int restore_locked(struct ctl *c, const struct state_paths *pp, const cha
 		goto fail;
 	}
 	j.dir = tmp;
-	r = in_child(restore_child, &j);
+	r = ctl_in_child(restore_child, &j);
 	if (r)
 		goto fail;
 	/* An opener that finds the new directory before this returns waits
@@ -596,13 +596,13 @@ int cmd_restore(struct ctl *c, int argc, char **argv)
 	r = parse_file_opts("restore", argc, argv, &force, &file);
 	if (r)
 		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
-	r = state_paths_find(c, &p);
+	r = ctl_state_paths(c, &p);
 	if (r)
 		return r;
 	/* Held until the new directory is in place: no keeper starts on the
 	 * old one meanwhile (store.c's openers hold it shared). */
 	r = dir_lock_take(&lock, p.data_dir, true);
-	if (r == CTL_EXIT_KEEPER_RUNNING && refuse_if_live(c, &p) != CTL_EXIT_KEEPER_RUNNING)
+	if (r == CTL_EXIT_KEEPER_RUNNING && ctl_refuse_if_live(c, &p, "restoring") != CTL_EXIT_KEEPER_RUNNING)
 		fprintf(stderr, "mcpctl: a keeper or another mcpctl has the store in %s open (%s is locked): "
 			"stop it before restoring\n", p.data_dir, lock.path);
 	if (r == 0)

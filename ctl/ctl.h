@@ -20,6 +20,8 @@
  *              (common/toollist.c speaks the MCP)
  *   backup.c   backup and restore: a hot copy of the store in one file
  *              (records stay sealed), and putting one back with no keeper
+ *   key.c      key export, import and rotate: the master key sealed with a
+ *              passphrase (or for systemd-creds), installed, replaced
  *
  * mcpctl never holds a token. One context struct (struct ctl) is passed
  * explicitly.
@@ -51,7 +53,7 @@ enum {
 	CTL_EXIT_NOT_FOUND = 6,		/* no such server */
 	CTL_EXIT_NOT_OAUTH = 7,		/* the server does not use OAuth */
 	CTL_EXIT_UNTRUSTED = 8,		/* the socket is served by a uid we do not trust */
-	CTL_EXIT_KEEPER_RUNNING = 9,	/* restore: a keeper (or another process) has the store */
+	CTL_EXIT_KEEPER_RUNNING = 9,	/* restore, key import|rotate: a keeper (or another process) has the store */
 };
 
 /* What an option parser returns, besides 0 and an exit code, when it
@@ -172,7 +174,28 @@ struct config;
  * begins the messages. Returns 0, or an exit code after saying why
  * (CTL_EXIT_UNREACHABLE: no config file can be found). */
 int ctl_config_standalone(struct ctl *c, const char *why, struct config **cfg, char *path, size_t len);
+/* The state directory and the master key's file, from the config file as
+ * the keeper would read it (ctl_state_paths: 0 or an exit code). */
+struct state_paths {
+	char data_dir[PATH_MAX];
+	char key[PATH_MAX];
+	bool key_in_state;	/* master.key in the state directory, not a credential */
+};
+int ctl_state_paths(struct ctl *c, struct state_paths *p);
+/* CTL_EXIT_KEEPER_RUNNING after saying so when a keeper answers on the
+ * socket or a process has the store open ("stop it before DOING"), else 0. */
+int ctl_refuse_if_live(struct ctl *c, const struct state_paths *p, const char *doing);
+/* Runs fn in a child (which may become the store's owner for good) and
+ * returns its exit code. */
+int ctl_in_child(int (*fn)(void *arg), void *arg);
+/* Writes file as the caller: fn runs in ctl_in_child() with *fd a new
+ * temporary file beside it (mode 0600), which is synced and renamed over
+ * file (replace) or linked to it (an existing file stays). fn's exit code,
+ * or an exit code after saying why. */
+int ctl_write_file(const char *file, bool replace, int *fd, int (*fn)(void *arg), void *arg);
 int cmd_backup(struct ctl *c, int argc, char **argv);
 int cmd_restore(struct ctl *c, int argc, char **argv);
 /* replication.c */
 int cmd_replication(struct ctl *c, int argc, char **argv);
+/* key.c: key export|import|rotate */
+int cmd_key(struct ctl *c, int argc, char **argv);

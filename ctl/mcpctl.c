@@ -6,9 +6,10 @@
  * that carries the same id and prints it, as a table or as the keeper's own
  * JSON. Status replies carry metadata only, and mcpctl prints no field it
  * was not given. It never holds a token: where it opens the store (auth
- * logout while the keeper is not running, backup, restore) it deletes
- * records or copies them sealed (restore opens each once, to check it, in
- * memory it wipes, and prints nothing of it).
+ * logout while the keeper is not running, backup, restore, key) it deletes
+ * records or copies them sealed (restore opens each once, to check it, and
+ * key rotate to seal it again, in memory it wipes, and prints nothing of
+ * it).
  *
  * This file holds the global options, the command table and usage; ctl.h
  * lists what the other files do. The exit codes are an interface that
@@ -82,6 +83,13 @@ void ctl_usage(FILE *f)
 		"  replication status [--json]\n"
 		"                      this keeper's replication group: its role, the\n"
 		"                      master, the other sites, the lease and the log\n"
+		"  key export [--plain | --passphrase-file F] FILE\n"
+		"                      the master key into FILE (mode 0600), sealed with a\n"
+		"                      passphrase, or --plain in clear for systemd-creds\n"
+		"  key import [--force] [--passphrase-file F] FILE\n"
+		"                      install an exported key as the state directory's\n"
+		"                      master.key (no keeper running; it must open the store)\n"
+		"  key rotate          re-seal every record with a new master key (no keeper)\n"
 		"\n"
 		"  --json prints the keeper's reply as JSON instead of a table;\n"
 		"  -s is short for --server.\n"
@@ -105,7 +113,8 @@ void ctl_usage(FILE *f)
 		"  6  no such server\n"
 		"  7  the server does not use OAuth\n"
 		"  8  the socket is served by a process this user does not trust\n"
-		"  9  restore: a keeper is running, or a process has the store open\n"
+		"  9  restore, key import, key rotate: a keeper is running, or a process has\n"
+		"     the store open\n"
 		"\n"
 		"See mcpctl(1) for how the socket is found.\n",
 		TOOLLIST_TIMEOUT_S, CTL_DEFAULT_TIMEOUT_SEC);
@@ -273,6 +282,7 @@ static const struct {
 	{ "backup", cmd_backup },
 	{ "restore", cmd_restore },
 	{ "replication", cmd_replication },
+	{ "key", cmd_key },
 };
 
 int main(int argc, char **argv)

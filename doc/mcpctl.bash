@@ -147,7 +147,7 @@ _mcpctl()
                 -V --version -h --help' -- "$cur"))
         else
             COMPREPLY=($(compgen -W 'status servers auth events connect reload tools backup
-                restore help' \
+                restore key help' \
                 -- "$cur"))
         fi
         return 0
@@ -158,6 +158,14 @@ _mcpctl()
     if [[ $command == auth ]]; then
         if ((cword == ci + 1)); then
             COMPREPLY=($(compgen -W 'login logout status' -- "$cur"))
+            return 0
+        fi
+        sub=${words[ci + 1]}
+        first=$((ci + 2))
+    fi
+    if [[ $command == key ]]; then
+        if ((cword == ci + 1)); then
+            COMPREPLY=($(compgen -W 'export import rotate' -- "$cur"))
             return 0
         fi
         sub=${words[ci + 1]}
@@ -265,6 +273,25 @@ _mcpctl()
         local nfiles=0
         for ((i = ci + 1; i < cword; i++)); do
             [[ ${words[i]} != -* ]] && ((nfiles++))
+        done
+        ((nfiles == 0)) && _mcpctl_files "$cur" ''
+        return 0
+        ;;
+    key/export | key/import)
+        # Its flags, a file after --passphrase-file, then one FILE.
+        if [[ $prev == --passphrase-file ]]; then
+            _mcpctl_files "$cur" ''
+            return 0
+        fi
+        if [[ $cur == -* ]]; then
+            local flags='--passphrase-file --plain'
+            [[ $sub == import ]] && flags='--passphrase-file --force'
+            COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+            return 0
+        fi
+        local nfiles=0
+        for ((i = ci + 2; i < cword; i++)); do
+            [[ ${words[i]} != -* && ${words[i - 1]} != --passphrase-file ]] && ((nfiles++))
         done
         ((nfiles == 0)) && _mcpctl_files "$cur" ''
         return 0

@@ -95,23 +95,6 @@ static int read_key_file(const char *path, int check_mode, struct secret **out, 
 	return 0;
 }
 
-static int write_all(int fd, const void *data, size_t len)
-{
-	const unsigned char *p = data;
-
-	while (len) {
-		ssize_t w = write(fd, p, len);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* The state directory holds the master key and the database: ours alone. */
 int store_ensure_dir(const char *dir, char *err, size_t errlen)
 {
@@ -146,7 +129,7 @@ static int create_key_file(const char *path, char *err, size_t errlen)
 		errf(err, errlen, "master key %s: %s", tmp, strerror(-r));
 		return r;
 	}
-	r = write_all(fd, key->data, STORE_KEY_LEN);
+	r = fd_write_all(fd, key->data, STORE_KEY_LEN);
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	close(fd);
@@ -177,6 +160,8 @@ int store_load_master_key(const char *data_dir, struct secret **key, char *err, 
 	if (snprintf(path, sizeof(path), "%s/master.key", data_dir) >= (int)sizeof(path))
 		return -ENAMETOOLONG;
 	r = read_key_file(path, 1, key, err, errlen);
+	if (r == 0)
+		return store_key_settle(data_dir, key, err, errlen);
 	if (r != -ENOENT)
 		return r;
 	r = store_ensure_dir(data_dir, err, errlen);
@@ -187,4 +172,9 @@ int store_load_master_key(const char *data_dir, struct secret **key, char *err, 
 		return r;
 	log_info("created a new master key in %s", path);
 	return read_key_file(path, 1, key, err, errlen);
+}
+
+int store_read_key_file(const char *path, int check_mode, struct secret **out, char *err, size_t errlen)
+{
+	return read_key_file(path, check_mode, out, err, errlen);
 }

@@ -1,6 +1,7 @@
 /*
- * What store.c shares with backup.c and nothing else: the environment
- * handle of an open store. Not for the store's users (they include store.h).
+ * What store.c shares with backup.c (the environment handle of an open
+ * store), rotate.c (transactions, sealing, the key) and masterkey.c, and
+ * nothing else. Not for the store's users (they include store.h).
  */
 #pragma once
 
@@ -11,6 +12,7 @@
 
 #include "util.h"
 
+struct secret;
 struct store;
 
 DB_ENV *store_db_env(struct store *s);
@@ -60,3 +62,40 @@ int store_group_lease_ms(struct store_group_rt *g);
 bool store_group_majority(DB_ENV *env, struct store_group_rt *g);
 unsigned store_group_take_events(struct store_group_rt *g);
 int store_group_read_state(DB_ENV *env, struct store_group_rt *g, struct store_group_state *st);
+
+/* ---- what rotate.c needs of store.c and masterkey.c ---- */
+
+/*
+ * store_open() with a lock table for max_locks locks and locked objects (0:
+ * Berkeley DB's default), for a transaction that writes every record. Only
+ * the opener that creates the environment's regions sizes them.
+ */
+int store_open_locks(const char *dir, const struct secret *key, u_int32_t max_locks, struct store **out, char *err,
+		     size_t errlen);
+
+/* A transaction as store.c runs them (retried on lock conflicts, after
+ * recovery): op returns a Berkeley DB code and may set *outcome. */
+typedef int (*store_txn_fn)(struct store *s, DB_TXN *txn, void *arg, int *outcome);
+int store_run_txn(struct store *s, store_txn_fn op, void *arg);
+
+/* The handle of database db (an enum store_db), or of meta for STORE_DB_COUNT. */
+DB *store_db_handle(struct store *s, int db);
+const char *store_dir(const struct store *s);
+
+/* Sealing and unsealing with the store's current key (store.c's own). */
+int store_seal_record(const struct store *s, int db, const char *key, const struct secret *plain,
+		      unsigned char **out, size_t *out_len);
+int store_unseal_record(const struct store *s, int db, const char *key, const unsigned char *sealed, size_t len,
+			struct secret **plain);
+/* Makes key the store's key; returns the one it had (the caller owns it). */
+struct secret *store_swap_key(struct store *s, struct secret *key);
+/* meta's "key-check" value of key: crypto_generichash_BYTES bytes. */
+void store_key_check_value(const struct secret *key, unsigned char *out);
+
+/* A key file (masterkey.c's reader): 32 bytes raw or 64 hex digits; with
+ * check_mode, refused when group or others may read it. */
+int store_read_key_file(const char *path, int check_mode, struct secret **out, char *err, size_t errlen);
+
+/* After reading <data_dir>/master.key into *key: settles a key rotation
+ * that was interrupted (rotate.c). */
+int store_key_settle(const char *data_dir, struct secret **key, char *err, size_t errlen);

@@ -87,6 +87,7 @@ struct store {
 	 * until then it acts as no master, without asking Berkeley DB again
 	 * (each ask may block for up to a lease), unless an event says more. */
 	uint64_t lease_lost_until;	/* monotonic usec; 0: not lost */
+	u_int32_t max_locks;	/* 0: Berkeley DB's default (store_open_locks()) */
 };
 
 bool store_file_is_db(const char *name)
@@ -125,6 +126,8 @@ const char *store_strerror(int status)
 		return "written here, but a majority of the replication group did not acknowledge it in time";
 	case -EAGAIN:
 		return "the store is not readable on this site yet (no master, or still catching up)";
+	case STORE_E_IN_USE:
+		return "another process has the store open";
 	case -ENOSPC:
 	case -EDQUOT:
 		return "the state directory's filesystem is full (no space left on device)";
@@ -377,6 +380,10 @@ static int env_open(struct store *s, char *err, size_t errlen)
 	/* Records are small and read once per refresh; the keeper's resident
 	 * memory with 100 000 of them is the budget this cache counts against. */
 	env->set_cachesize(env, 0, 4 * 1024 * 1024, 1);
+	if (s->max_locks) {
+		env->set_lk_max_locks(env, s->max_locks);
+		env->set_lk_max_objects(env, s->max_locks);
+	}
 	env->set_lg_max(env, 4 * 1024 * 1024);
 	env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1);
 	if (s->grp) {
@@ -737,8 +744,7 @@ static int key_check(struct store *s, bool readonly, char *err, size_t errlen)
 	unsigned char kcv[crypto_generichash_BYTES];
 	int r;
 
-	crypto_generichash(kcv, sizeof(kcv), (const unsigned char *)KEY_CHECK_CONTEXT,
-			   strlen(KEY_CHECK_CONTEXT), s->key->data, s->key->len);
+	store_key_check_value(s->key, kcv);
 	kc.kcv = kcv;
 	r = store_txn(s, key_check_op, &kc, 0);
 	if (r == STORE_E_WRONG_KEY)
@@ -759,8 +765,8 @@ static int key_check(struct store *s, bool readonly, char *err, size_t errlen)
 
 /* What store_open() and store_open_group() share: up to an open
  * environment (of a group site when g is not NULL). */
-static int store_new(const char *dir, const struct secret *key, const struct store_group *g, struct store **out,
-		     char *err, size_t errlen)
+static int store_new(const char *dir, const struct secret *key, const struct store_group *g, u_int32_t max_locks,
+		     struct store **out, char *err, size_t errlen)
 {
 	struct store *s;
 	int r;
@@ -783,6 +789,7 @@ static int store_new(const char *dir, const struct secret *key, const struct sto
 	if (!s)
 		return -ENOMEM;
 	s->lock_fd = -1;
+	s->max_locks = max_locks;
 	s->dir = strdup(dir);
 	s->key = secret_from(key->data, key->len);
 	if (g)
@@ -802,7 +809,8 @@ static int store_new(const char *dir, const struct secret *key, const struct sto
 	return 0;
 }
 
-int store_open(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen)
+int store_open_locks(const char *dir, const struct secret *key, u_int32_t max_locks, struct store **out, char *err,
+		     size_t errlen)
 {
 	struct store *s;
 	int r;
@@ -813,7 +821,7 @@ int store_open(const char *dir, const struct secret *key, struct store **out, ch
 		     dir);
 		return STORE_E_GROUP;
 	}
-	r = store_new(dir, key, NULL, &s, err, errlen);
+	r = store_new(dir, key, NULL, max_locks, &s, err, errlen);
 	if (r < 0)
 		return r;
 	r = key_check(s, false, err, errlen);
@@ -861,7 +869,7 @@ int store_open_group(const char *dir, const struct secret *key, const struct sto
 		     "the site that creates the group (replication.create)", dir);
 		return STORE_E_CORRUPT;
 	}
-	r = store_new(dir, key, g, &s, err, errlen);
+	r = store_new(dir, key, g, 0, &s, err, errlen);
 	if (r < 0)
 		return r;
 	for (int waited = 0; waited < wait_ms; waited += 50) {
@@ -986,6 +994,53 @@ void store_closep(struct store **s)
 DB_ENV *store_db_env(struct store *s)
 {
 	return s->env;
+}
+
+/* rotate.c's access (store-private.h). */
+int store_run_txn(struct store *s, store_txn_fn op, void *arg)
+{
+	return store_txn(s, op, arg, 0);
+}
+
+DB *store_db_handle(struct store *s, int db)
+{
+	return db == STORE_DB_COUNT ? s->meta : s->db[db];
+}
+
+const char *store_dir(const struct store *s)
+{
+	return s->dir;
+}
+
+int store_seal_record(const struct store *s, int db, const char *key, const struct secret *plain,
+		      unsigned char **out, size_t *out_len)
+{
+	return seal(s, (enum store_db)db, key, plain, out, out_len);
+}
+
+int store_unseal_record(const struct store *s, int db, const char *key, const unsigned char *sealed, size_t len,
+			struct secret **plain)
+{
+	return unseal(s, (enum store_db)db, key, sealed, len, plain);
+}
+
+struct secret *store_swap_key(struct store *s, struct secret *key)
+{
+	struct secret *old = s->key;
+
+	s->key = key;
+	return old;
+}
+
+void store_key_check_value(const struct secret *key, unsigned char *out)
+{
+	crypto_generichash(out, crypto_generichash_BYTES, (const unsigned char *)KEY_CHECK_CONTEXT,
+			   strlen(KEY_CHECK_CONTEXT), key->data, key->len);
+}
+
+int store_open(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen)
+{
+	return store_open_locks(dir, key, 0, out, err, errlen);
 }
 
 int store_become_owner(const char *dir, char *err, size_t errlen)

@@ -58,6 +58,7 @@ enum {
 	STORE_E_NOT_MASTER,	/* a write on a replica of a group (group.c) */
 	STORE_E_GROUP,		/* store_open() of a group site's directory */
 	STORE_E_NO_QUORUM,	/* committed here, not acknowledged by a majority in time */
+	STORE_E_IN_USE,		/* key rotation: another process has the store open */
 };
 
 #define STORE_KEY_LEN 32	/* master key length (crypto_aead_xchacha20poly1305_ietf_KEYBYTES) */
@@ -318,3 +319,37 @@ int store_in_use(const char *dir, pid_t *pid);
 /* What store_open does to a root opener: becomes the owner of dir when dir
  * belongs to another user (for the whole process). 0 or a negative errno. */
 int store_become_owner(const char *dir, char *err, size_t errlen);
+
+/* ---- the master key's rotation and installation (rotate.c) ----
+ *
+ * A rotation re-seals every record of tokens, clients and servers with a new
+ * key and writes the new key's check value into meta, all in one
+ * transaction, which first locks meta's key check (an opener's key check
+ * then waits for the outcome) and refuses when any other process has the
+ * environment open. The new key is written to <dir>/master.key.new and
+ * synced before the transaction commits, and renamed over master.key after.
+ * store_load_master_key() settles a rotation interrupted in between: when
+ * master.key.new is there, the key of the two that passes the store's key
+ * check stays as master.key and the other file goes (logged).
+ */
+#define STORE_KEY_FILE "master.key"
+#define STORE_KEY_NEW_FILE "master.key.new"
+
+/*
+ * Rotates s (opened with its current key from <dir>/master.key, best with
+ * store_open_for_rotation()) to new_key:
+ * afterwards s works with new_key and master.key holds it. Returns 0 and
+ * the number of records re-sealed; STORE_E_IN_USE (err names the process),
+ * STORE_E_CORRUPT (a record does not open with the current key: err names
+ * it; nothing changed), or a negative errno value, each with a message.
+ */
+/* store_open() for store_rotate(): a lock table big enough for its one
+ * transaction (sized from the database files). */
+int store_open_for_rotation(const char *dir, const struct secret *key, struct store **out, char *err, size_t errlen);
+
+int store_rotate(struct store *s, const struct secret *new_key, unsigned long *records, char *err, size_t errlen);
+
+/* Writes key (STORE_KEY_LEN bytes) as <dir>/master.key, mode 0600: a
+ * temporary file synced, renamed over it, the directory synced. 0 or a
+ * negative errno value with a message in err. */
+int store_install_key(const char *dir, const struct secret *key, char *err, size_t errlen);
