@@ -416,6 +416,10 @@
 #define PARAM_KEY_LEASE "lease"
 #define PARAM_KEY_LEASE_TIMEOUT_MS "lease_timeout_ms"
 #define KIND_NOT_MASTER "not_master"
+/* status: a group site's server entry against the master's: "same",
+ * "differs" or "unknown" (the master published none) */
+#define PARAM_KEY_GROUP_CONFIG "group_config"
+#define PARAM_KEY_SERVERS_DIFFERING "servers_differing"
 #define PARAM_KEY_MODE "mode"
 #define PARAM_KEY_HTTP "http"
 #define PARAM_KEY_STATE "state"

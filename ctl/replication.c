@@ -29,7 +29,7 @@ static const char *text(struct json_object *o, const char *key, const char *none
 static int print_status(struct json_object *r, const char *only)
 {
 	struct json_object *sites;
-	int64_t gen = 0, elections = 0, changes = 0, queued = 0, missed = 0, lease_ms = 0;
+	int64_t gen = 0, elections = 0, changes = 0, queued = 0, missed = 0, lease_ms = 0, differing = 0;
 	const char *role = text(r, PARAM_KEY_ROLE, "unknown"), *lease = text(r, PARAM_KEY_LEASE, "none");
 	char *site = text_clean(text(r, PARAM_KEY_SITE, "?")), *master = text_clean(text(r, PARAM_KEY_MASTER, ""));
 
@@ -49,6 +49,9 @@ static int print_status(struct json_object *r, const char *only)
 	       yes(r, PARAM_KEY_MAJORITY) ? "reachable" : "NOT reachable: no refreshes, logins or logouts");
 	printf("elections   %lld; master changes %lld; generation %lld; commits short of a quorum %lld\n",
 	       (long long)elections, (long long)changes, (long long)gen, (long long)missed);
+	if (field_int(r, PARAM_KEY_SERVERS_DIFFERING, &differing) && differing)
+		printf("servers     %lld defined otherwise than on the master (see status: group_config)\n",
+		       (long long)differing);
 	if (json_object_object_get_ex(r, PARAM_KEY_SITES, &sites) && json_object_is_type(sites, json_type_array)) {
 		printf("other sites\n");
 		for (size_t i = 0; i < json_object_array_length(sites); i++) {

@@ -60,7 +60,7 @@ static int api_key_load(struct keeper *k)
 		return 0;
 	}
 	secret_free(plain);
-	if (r != 0 && r != STORE_E_NOT_FOUND)
+	if (r != 0 && r != STORE_E_NOT_FOUND && !(r == -EAGAIN && store_is_group(k->store)))
 		log_warn("the stored API key is unusable (%s); generating a new one", store_strerror(r));
 	randombytes_buf(raw, sizeof(raw));
 	sodium_bin2base64(text, sizeof(text), raw, sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
@@ -70,6 +70,14 @@ static int api_key_load(struct keeper *k)
 	if (!plain)
 		return -ENOMEM;
 	r = store_put(k->store, STORE_CLIENTS, API_KEY_RECORD, plain);
+	if (r != 0 && store_is_group(k->store)) {
+		/* A replica, or a site with no master yet: the key of this run
+		 * only (the master's stored one is read at the next start). */
+		log_warn("the HTTP API key cannot be stored here now (%s); using one for this run only",
+			 store_strerror(r));
+		k->api_key = plain;
+		return 0;
+	}
 	if (r != 0) {
 		secret_free(plain);
 		log_error("storing the API key failed: %s", store_strerror(r));

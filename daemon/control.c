@@ -165,6 +165,10 @@ struct json_object *control_server_json(const struct server *s, bool full)
 		json_object_object_add(o, PARAM_KEY_OAUTH, json_object_new_boolean(cs->oauth_enabled));
 		/* Where it comes from: the file, or system mode's runtime overlay. */
 		json_object_object_add(o, PARAM_KEY_SOURCE, json_object_new_string(servers_source(s->k, s->name)));
+		/* A replication group site: this entry against the master's. */
+		if (store_is_group(s->k->store))
+			json_object_object_add(o, PARAM_KEY_GROUP_CONFIG,
+					       json_object_new_string(group_config_name(s->group_config)));
 	}
 	json_object_object_add(o, PARAM_KEY_OAUTH_STATUS,
 			       cs->oauth_enabled ? json_object_new_string(oauth_status_name(s->status)) : NULL);

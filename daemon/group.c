@@ -15,6 +15,7 @@
  * stops being master forgets tokens it could not store.
  */
 #include <errno.h>
+#include <sodium.h>
 #include <event2/event.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -26,12 +27,20 @@
 #include "keeper.h"
 #include "log.h"
 #include "proto.h"
+#include "secret.h"
 #include "store.h"
 #include "util.h"
 
 /* How long the start waits for this site to find its place in the group
  * before it runs anyway (and then says "no master" in status). */
 #define GROUP_START_WAIT_MS 15000
+/* How often a replica reads the group's change sequence: the bound on how
+ * late its workers get a token the master refreshed (plus replication's
+ * own delay). */
+#define GROUP_POLL_MS 200
+/* How often (in polls: 30 s) a replica compares its server definitions
+ * with the master's (group_config_check()). */
+#define GROUP_CONFIG_EVERY 150
 
 bool keeper_is_master(struct keeper *k)
 {
@@ -89,6 +98,44 @@ static void role_changed(struct keeper *k, enum store_role was, enum store_role 
 		keeper_group_demoted(k);
 	if (now == STORE_ROLE_MASTER)
 		keeper_reload_tokens(k, "this site became master");
+	group_config_check(k);
+}
+
+/* store_changes()'s callback: a token record changed at the master. */
+static int token_changed(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	struct keeper *k = ctx;
+	struct server *s;
+
+	(void)plain;
+	(void)status;
+	if (keeper_is_master(k))
+		return 0;	/* its own commit: already applied */
+	if (!key) {
+		keeper_reload_tokens(k, "the group's change log moved past what this replica read");
+		return 0;
+	}
+	s = keeper_server_of_key(k, key);
+	if (!s || s->in_flight || s->login_active)
+		return 0;
+	refresh_load(k, s);
+	workers_token_changed(k, s);
+	log_debug("%s: token record changed at the master; read it again", s->name);
+	return 0;
+}
+
+static void on_group_poll(evutil_socket_t fd, short what, void *arg)
+{
+	struct keeper *k = arg;
+	int r;
+
+	(void)fd;
+	(void)what;
+	r = store_changes(k->store, &k->group_seq, token_changed, k);
+	if (r < 0 && r != -EAGAIN)
+		log_debug("replication: reading the change sequence: %s", store_strerror(r));
+	if (++k->group_polls % GROUP_CONFIG_EVERY == 0)
+		group_config_check(k);
 }
 
 static void on_group_event(evutil_socket_t fd, short what, void *arg)
@@ -105,8 +152,19 @@ static void on_group_event(evutil_socket_t fd, short what, void *arg)
 	if (refused)
 		fatal("replication: %s: this site cannot take part in the group with its master key "
 		      "(see the message above; mcpctl key import installs the group's key)", store_strerror(refused));
-	if (ev & STORE_GROUP_EV_PANIC)
-		fatal("replication: Berkeley DB reports the environment needs recovery; restart the keeper");
+	if (ev & STORE_GROUP_EV_PANIC) {
+		/* Typically a master whose lease ran out while it committed (its
+		 * majority went away): Berkeley DB cannot undo the commit record
+		 * and stops the environment. Recovery reopens it; an answer that
+		 * was not stored stays in memory (refresh.c) and the intent rule
+		 * covers the rest. */
+		log_error("replication: Berkeley DB stopped the environment (a commit lost its master lease?); "
+			  "recovering it");
+		if (store_group_recover(k->store) < 0)
+			fatal("replication: recovering the environment failed; restart the keeper");
+		/* k->group_role stays: should another site be master now, the
+		 * role change drops what this one could not store. */
+	}
 	if (ev & STORE_GROUP_EV_REMOVED)
 		log_warn("replication: this site was removed from the group");
 	if (ev & STORE_GROUP_EV_JOIN_FAILURE)
@@ -136,6 +194,125 @@ static void on_group_event(evutil_socket_t fd, short what, void *arg)
 		log_info("replication: this site's copy of the store is readable");
 		keeper_reload_tokens(k, "the store became readable");
 	}
+}
+
+/* ---- server definitions: each site's file against the master's ----
+ *
+ * The master stores a digest of each server's effective entry (the file
+ * with system mode's overlay) in "clients" under "srvdigest:NAME", sealed
+ * like every record; a replica compares its own entries with them and says
+ * so in status (group_config) and the log. A replica checks after every
+ * configuration it applies, when its role changes, and every
+ * GROUP_CONFIG_EVERY polls.
+ */
+#define DIGEST_PREFIX "srvdigest:"
+
+static void dig_str(crypto_generichash_state *h, char tag, const char *v)
+{
+	unsigned char t[2] = { (unsigned char)tag, v ? 1 : 0 };
+
+	crypto_generichash_update(h, t, sizeof(t));
+	if (v)
+		crypto_generichash_update(h, (const unsigned char *)v, strlen(v) + 1);
+}
+
+static void dig_int(crypto_generichash_state *h, char tag, long long v)
+{
+	char buf[32];
+
+	snprintf(buf, sizeof(buf), "%lld", v);
+	dig_str(h, tag, buf);
+}
+
+static void server_digest(const struct config_server *cs, unsigned char out[32])
+{
+	const struct config_oauth *o = &cs->oauth;
+	crypto_generichash_state h;
+
+	crypto_generichash_init(&h, NULL, 0, 32);
+	dig_str(&h, 'n', cs->name);
+	dig_int(&h, 'p', cs->protocol);
+	dig_str(&h, 'u', cs->url);
+	dig_str(&h, 'c', cs->command);
+	for (size_t i = 0; i < cs->n_args; i++)
+		dig_str(&h, 'a', cs->args[i]);
+	for (size_t i = 0; i < cs->n_env; i++) {
+		dig_str(&h, 'e', cs->env[i].key);
+		dig_str(&h, 'E', cs->env[i].value);
+	}
+	for (size_t i = 0; i < cs->n_headers; i++) {
+		dig_str(&h, 'h', cs->headers[i].key);
+		dig_str(&h, 'H', cs->headers[i].value);
+	}
+	dig_int(&h, 'f', (cs->enabled ? 1 : 0) | (cs->eager ? 2 : 0) | (cs->oauth_enabled ? 4 : 0) |
+				 (cs->allow_insecure_http ? 8 : 0) | (cs->sandbox ? 16 : 0) |
+				 (o->allow_private_endpoints ? 32 : 0));
+	dig_str(&h, 'i', o->client_id);
+	dig_str(&h, 's', o->client_secret);
+	for (size_t i = 0; i < o->n_scopes; i++)
+		dig_str(&h, 'S', o->scopes[i]);
+	dig_int(&h, 'r', o->redirect_port);
+	dig_str(&h, 'R', o->resource);
+	for (size_t i = 0; i < cs->n_sandbox_read; i++)
+		dig_str(&h, 'x', cs->sandbox_read[i]);
+	for (size_t i = 0; i < cs->n_sandbox_write; i++)
+		dig_str(&h, 'w', cs->sandbox_write[i]);
+	crypto_generichash_final(&h, out, 32);
+}
+
+const char *group_config_name(int state)
+{
+	return state == GROUP_CONFIG_SAME ? "same" : state == GROUP_CONFIG_DIFFERS ? "differs" : "unknown";
+}
+
+void group_config_check(struct keeper *k)
+{
+	bool master;
+	size_t differ = 0;
+
+	if (!k->store || !store_is_group(k->store))
+		return;
+	master = keeper_is_master(k);
+	for (size_t i = 0; i < k->n_servers; i++) {
+		struct server *s = k->servers[i];
+		char key[STORE_SERVER_KEY_MAX + 1];
+		unsigned char mine[32];
+		struct secret *theirs = NULL;
+		int r, was = s->group_config;
+
+		if (snprintf(key, sizeof(key), DIGEST_PREFIX "%s", s->name) >= (int)sizeof(key))
+			continue;
+		server_digest(s->conf, mine);
+		r = store_get(k->store, STORE_CLIENTS, key, &theirs);
+		if (master) {
+			if (r != 0 || !secret_equal_bytes(theirs, mine, sizeof(mine))) {
+				struct secret *d = secret_from(mine, sizeof(mine));
+
+				if (d && store_put(k->store, STORE_CLIENTS, key, d) != 0)
+					log_debug("%s: publishing its definition to the group failed", s->name);
+				secret_free(d);
+			}
+			s->group_config = GROUP_CONFIG_SAME;
+		} else if (r == 0) {
+			s->group_config = secret_equal_bytes(theirs, mine, sizeof(mine)) ? GROUP_CONFIG_SAME
+											      : GROUP_CONFIG_DIFFERS;
+		} else {
+			s->group_config = GROUP_CONFIG_UNKNOWN;
+		}
+		secret_free(theirs);
+		if (s->group_config == GROUP_CONFIG_DIFFERS) {
+			differ++;
+			if (was != GROUP_CONFIG_DIFFERS)
+				log_warn("%s: this site's definition of the server differs from the master's (compare "
+					 "the config files of the sites)", s->name);
+		}
+	}
+	k->group_differing = differ;
+}
+
+static int skip_change(const char *key, const struct secret *plain, int status, void *ctx)
+{
+	return 0;
 }
 
 int group_open_store(struct keeper *k, char *err, size_t errlen)
@@ -173,10 +350,14 @@ int group_open_store(struct keeper *k, char *err, size_t errlen)
 	if (r != 0)
 		return r;
 	k->group_ev = event_new(k->base, k->group_fd, EV_READ | EV_PERSIST, on_group_event, k);
-	if (!k->group_ev || event_add(k->group_ev, NULL) < 0) {
+	k->group_poll = event_new(k->base, -1, EV_PERSIST, on_group_poll, k);
+	if (!k->group_ev || event_add(k->group_ev, NULL) < 0 || !k->group_poll ||
+	    event_add(k->group_poll, &(struct timeval){ 0, GROUP_POLL_MS * 1000 }) < 0) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
+	/* What the start reads is current up to here. */
+	store_changes(k->store, &k->group_seq, skip_change, NULL);
 	if (store_group_state(k->store, &st) == 0) {
 		char master[300];
 
@@ -193,6 +374,9 @@ void group_close(struct keeper *k)
 	if (k->group_ev)
 		event_free(k->group_ev);
 	k->group_ev = NULL;
+	if (k->group_poll)
+		event_free(k->group_poll);
+	k->group_poll = NULL;
 	if (k->group_fd >= 0)
 		close(k->group_fd);
 	k->group_fd = -1;
@@ -247,6 +431,7 @@ struct json_object *group_status_json(struct keeper *k)
 		connected += st.sites[i].connected;
 	}
 	json_object_object_add(o, PARAM_KEY_SITES, sites);
+	json_object_object_add(o, PARAM_KEY_SERVERS_DIFFERING, json_object_new_int64((int64_t)k->group_differing));
 	/* Leases: the master holds its lease while a majority (itself
 	 * included) answers; a site cut off from the majority cannot act. */
 	total = rc->n_peers + 1;

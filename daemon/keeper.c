@@ -302,6 +302,11 @@ static struct server *server_of_key(struct server *const *servers, const uint32_
 	return i >= 0 && strcmp(servers[i]->key, key) == 0 ? servers[i] : NULL;
 }
 
+struct server *keeper_server_of_key(struct keeper *k, const char *key)
+{
+	return server_of_key(k->servers, k->index, k->index_mask, key);
+}
+
 static int find_orphan(const char *key, const struct secret *plain, int status, void *ctx)
 {
 	struct build *b = ctx;
@@ -418,6 +423,9 @@ void keeper_reload_tokens(struct keeper *k, const char *why)
 		pending += s->load_pending;
 	}
 	load_tokens(k, pending);
+	/* Running workers get what the store holds now. */
+	for (size_t i = 0; i < k->n_servers; i++)
+		workers_token_changed(k, k->servers[i]);
 }
 
 void keeper_group_demoted(struct keeper *k)
@@ -501,6 +509,7 @@ int keeper_apply_config(struct keeper *k, struct config *cfg)
 	free(old_index);
 	k->cfg = cfg;
 	load_tokens(k, b.pending);
+	group_config_check(k);
 	api_config_changed(k, old);
 	config_free(old);
 	workers_start_eager(k);

@@ -59,6 +59,7 @@ struct server {
 	bool has_refresh;
 	bool refused;				/* provider refused the refresh token: login needed */
 	bool interrupted;			/* its record holds a refresh intent from before a crash */
+	signed char group_config;		/* group.c: GROUP_CONFIG_*, this site's entry against the master's */
 	bool failed_reported;			/* oauth.refresh_failed sent for this run */
 	bool in_flight;
 	int64_t next_at_ms;			/* wall-clock due time; 0: none */
@@ -152,6 +153,10 @@ struct keeper {
 	int group_fd;			/* the store's eventfd; -1 on a single host */
 	struct event *group_ev;
 	int group_role;			/* enum store_role last seen */
+	struct event *group_poll;	/* a replica's watch of the change sequence */
+	uint64_t group_seq;		/* the change sequence read last */
+	unsigned group_polls;
+	size_t group_differing;		/* servers whose entry differs from the master's */
 };
 
 /* keeper.c */
@@ -162,6 +167,8 @@ void keeper_reload_tokens(struct keeper *k, const char *why);
 /* This site stopped being its group's master: refreshes in flight and
  * tokens it could not store are forgotten (the new master decides). */
 void keeper_group_demoted(struct keeper *k);
+/* The configured server whose token record key is key, or NULL. */
+struct server *keeper_server_of_key(struct keeper *k, const char *key);
 
 /* group.c */
 /* Whether this keeper may refresh, log in, log out and change servers:
@@ -172,6 +179,13 @@ int group_open_store(struct keeper *k, char *err, size_t errlen);
 void group_close(struct keeper *k);
 /* status's "replication" object; NULL on a single host. */
 struct json_object *group_status_json(struct keeper *k);
+/* server.group_config: this site's config entry of a server against the
+ * one the master published (group.c). */
+enum { GROUP_CONFIG_UNKNOWN, GROUP_CONFIG_SAME, GROUP_CONFIG_DIFFERS };
+/* After a configuration was applied: the master publishes a digest of each
+ * server's entry, a replica compares its own with them. */
+void group_config_check(struct keeper *k);
+const char *group_config_name(int state);
 /* Who the master is, for messages: "this site, H:P", "H:P" or "none (...)". */
 void group_master_text(struct keeper *k, char *buf, size_t len);
 struct server *keeper_find_server(struct keeper *k, const char *name);

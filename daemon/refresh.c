@@ -883,6 +883,22 @@ static void add_str(struct json_object *o, const char *key, const char *val)
 
 /* Starts one refresh, or settles why it cannot run. */
 /*
+ * The store answered -EAGAIN: a group site whose master is bringing a
+ * joining site up to date holds operations back for a few seconds
+ * (DB_REP_CONF_NOWAIT makes that an error instead of a wait). The refresh
+ * keeps its state and comes back shortly, without counting as a retry.
+ */
+#define STORE_BUSY_RETRY_MS 500
+
+static void store_busy(struct keeper *k, struct server *s)
+{
+	log_debug("%s: the store is busy (replication); refreshing in %d ms", s->name, STORE_BUSY_RETRY_MS);
+	s->next_at_ms = keeper_now_ms() + STORE_BUSY_RETRY_MS;
+	arm_at(s, s->next_at_ms);
+	workers_refresh_done(k, s, KIND_BUSY, "the store is busy (replication): try again shortly");
+}
+
+/*
  * In a replication group, the intent just committed (with a majority's
  * acknowledgement) is read back: on the master, Berkeley DB checks its lease
  * for the read, so a master that lost its lease (paused, cut off: another
@@ -928,6 +944,10 @@ static void start_refresh(struct keeper *k, struct server *s)
 	}
 
 	r = store_get(k->store, STORE_TOKENS, s->key, &plain);
+	if (r == -EAGAIN) {
+		store_busy(k, s);
+		return;
+	}
 	if (r == STORE_E_NOT_FOUND) {
 		s->status = OAUTH_NONE;
 		s->rstate = REFRESH_IDLE;
@@ -1004,6 +1024,11 @@ static void start_refresh(struct keeper *k, struct server *s)
 	if (r != 0) {
 		rpc_wipe_put(params);
 		secret_free(intent);
+		if (r == -EAGAIN) {
+			/* Nothing was written, nothing went out. */
+			store_busy(k, s);
+			return;
+		}
 		if (r == STORE_E_CONFLICT) {
 			/* A login or logout came first: its record decides. */
 			refresh_load(k, s);

@@ -187,6 +187,17 @@ void workers_token_rejected(struct keeper *k, struct server *s)
 {
 	char why[256];
 
+	if (!keeper_is_master(k)) {
+		char master[320], msg[512];
+
+		/* A replica refreshes nothing: the master's new token reaches
+		 * this worker through the change sequence (group.c). */
+		group_master_text(k, master, sizeof(master));
+		snprintf(msg, sizeof(msg), "the upstream rejected the token; this keeper is a replica and the "
+			 "master (%s) refreshes it: try again shortly", master);
+		reply_waiters(k, s, KIND_BUSY, msg);
+		return;
+	}
 	if (s->refused || !s->has_refresh) {
 		reply_waiters(k, s, KIND_UNAVAILABLE, "the token was rejected and cannot be refreshed: log in again");
 		return;

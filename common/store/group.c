@@ -209,6 +209,12 @@ int store_group_configure(DB_ENV *env, struct store_group_rt *g, char *err, size
 		ret = env->rep_set_priority(env, (u_int32_t)c->priority);
 	if (ret == 0)
 		ret = env->rep_set_config(env, DB_REP_CONF_LEASE, 1);
+	/* While the master brings a joining site up to date, Berkeley DB
+	 * holds every other operation back (seconds): on the keeper's loop
+	 * that must be an error at once (DB_REP_LOCKOUT: -EAGAIN), retried
+	 * later, not a wait. */
+	if (ret == 0)
+		ret = env->rep_set_config(env, DB_REP_CONF_NOWAIT, 1);
 	if (ret == 0)
 		ret = env->rep_set_timeout(env, DB_REP_LEASE_TIMEOUT, (db_timeout_t)c->lease_timeout_ms * 1000);
 	/* Clocks may run apart by up to 1 % (STORE_GROUP_CLOCK_SKEW_PCT). */
@@ -235,6 +241,12 @@ int store_group_configure(DB_ENV *env, struct store_group_rt *g, char *err, size
 fail:
 	store_errf(err, errlen, "replication settings: %s", db_strerror(ret));
 	return ret;
+}
+
+void store_group_reset(struct store_group_rt *g)
+{
+	atomic_store(&g->role, STORE_ROLE_UNKNOWN);
+	atomic_store(&g->startup_done, 0);
 }
 
 /* After DB_ENV->open: listen, connect, hold an election. */
@@ -317,6 +329,10 @@ int store_group_read_state(DB_ENV *env, struct store_group_rt *g, struct store_g
 		   : rs->st_status == DB_REP_CLIENT ? STORE_ROLE_REPLICA
 						    : STORE_ROLE_UNKNOWN;
 	st->master_eid = (int)rs->st_master;
+	/* A client with no master (an election, no majority) is no replica
+	 * of anything yet. */
+	if (st->role == STORE_ROLE_REPLICA && rs->st_master == DB_EID_INVALID)
+		st->role = STORE_ROLE_UNKNOWN;
 	st->self_eid = (int)rs->st_env_id;
 	st->startup_done = rs->st_startup_complete != 0;
 	st->generation = rs->st_gen;

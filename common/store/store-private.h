@@ -54,6 +54,8 @@ struct store_group_rt *store_group_rt_new(const struct store_group *conf);
 void store_group_rt_free(struct store_group_rt *g);
 int store_group_configure(DB_ENV *env, struct store_group_rt *g, char *err, size_t errlen);
 int store_group_start(DB_ENV *env, char *err, size_t errlen);
+/* A fresh environment: no role known until its events say. */
+void store_group_reset(struct store_group_rt *g);
 int store_group_role(struct store_group_rt *g);
 bool store_group_startup_done(struct store_group_rt *g);
 unsigned long store_group_perm_failed(struct store_group_rt *g);

@@ -388,6 +388,7 @@ static int env_open(struct store *s, char *err, size_t errlen)
 	env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1);
 	if (s->grp) {
 		flags |= DB_INIT_REP | DB_THREAD;
+		store_group_reset(s->grp);
 		ret = store_group_configure(env, s->grp, err, errlen);
 		if (ret) {
 			env_close(s);
@@ -947,6 +948,16 @@ unsigned store_group_events(struct store *s, int *fatal)
 	return ev;
 }
 
+int store_group_recover(struct store *s)
+{
+	if (!s->grp)
+		return -EINVAL;
+	env_close(s);
+	s->key_checked = false;
+	s->lease_lost_until = 0;
+	return env_reopen(s);
+}
+
 int store_group_state(struct store *s, struct store_group_state *st)
 {
 	int ret;
@@ -1113,6 +1124,8 @@ int store_get(struct store *s, enum store_db db, const char *key, struct secret 
 	return r;
 }
 
+static int change_bump(struct store *s, DB_TXN *txn, const char *key);
+
 struct put_arg {
 	enum store_db db;
 	const char *key;
@@ -1157,7 +1170,10 @@ static int put_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 	}
 	v.data = (void *)a->sealed;
 	v.size = (u_int32_t)a->len;
-	return s->db[a->db]->put(s->db[a->db], txn, &k, &v, 0);
+	ret = s->db[a->db]->put(s->db[a->db], txn, &k, &v, 0);
+	if (ret == 0 && s->grp && a->db == STORE_TOKENS)
+		ret = change_bump(s, txn, a->key);
+	return ret;
 }
 
 /*
@@ -1185,6 +1201,159 @@ static int write_txn(struct store *s, txn_op op, void *arg)
 	/* Checkpoint once enough log has accumulated; old log files then go. */
 	if (r == 0 && s->env)
 		s->env->txn_checkpoint(s->env, 1024, 0, 0);
+	return r;
+}
+
+/* ---- the change sequence of a group's token records ----
+ *
+ * Berkeley DB tells a replica nothing per record, so every commit of a
+ * token record on a group's master also bumps "change-seq" in meta (an
+ * 8-byte big-endian counter) and writes "chg:<seq, 16 hex digits>" -> the
+ * record's key, in the same transaction; the last CHANGE_KEEP entries are
+ * kept. A replica polls the counter (store_changes()) and reads the keys
+ * that changed since the value it saw last.
+ */
+#define CHANGE_SEQ_KEY "change-seq"
+#define CHANGE_PREFIX "chg:"
+#define CHANGE_KEEP 4096
+
+static void change_key(uint64_t seq, char buf[24])
+{
+	snprintf(buf, 24, CHANGE_PREFIX "%016llx", (unsigned long long)seq);
+}
+
+static int change_seq_get(struct store *s, DB_TXN *txn, u_int32_t flags, uint64_t *seq)
+{
+	unsigned char be[8];
+	DBT k = { .data = CHANGE_SEQ_KEY, .size = sizeof(CHANGE_SEQ_KEY) - 1 };
+	DBT v = { .data = be, .ulen = sizeof(be), .flags = DB_DBT_USERMEM };
+	int ret = s->meta->get(s->meta, txn, &k, &v, flags);
+
+	*seq = 0;
+	if (ret == DB_NOTFOUND)
+		return 0;
+	if (ret)
+		return ret;
+	if (v.size != sizeof(be))
+		return EINVAL;
+	for (int i = 0; i < 8; i++)
+		*seq = *seq << 8 | be[i];
+	return 0;
+}
+
+static int change_bump(struct store *s, DB_TXN *txn, const char *key)
+{
+	unsigned char be[8];
+	char ck[24];
+	DBT k = { .data = CHANGE_SEQ_KEY, .size = sizeof(CHANGE_SEQ_KEY) - 1 }, v = { 0 };
+	uint64_t seq;
+	int ret = change_seq_get(s, txn, DB_RMW, &seq);
+
+	if (ret)
+		return ret;
+	seq++;
+	for (int i = 0; i < 8; i++)
+		be[i] = (unsigned char)(seq >> (56 - 8 * i));
+	v.data = be;
+	v.size = sizeof(be);
+	ret = s->meta->put(s->meta, txn, &k, &v, 0);
+	if (ret)
+		return ret;
+	change_key(seq, ck);
+	k.data = ck;
+	k.size = (u_int32_t)strlen(ck);
+	v.data = (void *)key;
+	v.size = (u_int32_t)strlen(key);
+	ret = s->meta->put(s->meta, txn, &k, &v, 0);
+	if (ret || seq <= CHANGE_KEEP)
+		return ret;
+	change_key(seq - CHANGE_KEEP, ck);
+	k.size = (u_int32_t)strlen(ck);
+	ret = s->meta->del(s->meta, txn, &k, 0);
+	return ret == DB_NOTFOUND ? 0 : ret;
+}
+
+struct changes_arg {
+	uint64_t after, now;
+	bool gap;			/* entries after "after" were pruned */
+	char (*keys)[STORE_SERVER_KEY_MAX + 1];
+	size_t n, cap;
+};
+
+static int changes_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
+{
+	struct changes_arg *a = varg;
+	char ck[24], kbuf[32], vbuf[STORE_SERVER_KEY_MAX + 1];
+	DBT k = { .data = kbuf, .ulen = sizeof(kbuf), .flags = DB_DBT_USERMEM };
+	DBT v = { .data = vbuf, .ulen = sizeof(vbuf) - 1, .flags = DB_DBT_USERMEM };
+	uint64_t expect;
+	DBC *cur;
+	int ret = change_seq_get(s, txn, 0, &a->now);
+
+	a->n = 0;
+	a->gap = false;
+	if (ret || a->now <= a->after)
+		return ret;
+	ret = s->meta->cursor(s->meta, txn, &cur, 0);
+	if (ret)
+		return ret;
+	change_key(a->after + 1, ck);
+	memcpy(kbuf, ck, strlen(ck));
+	k.size = (u_int32_t)strlen(ck);
+	expect = a->after + 1;
+	for (u_int32_t how = DB_SET_RANGE; (ret = cur->get(cur, &k, &v, how)) == 0; how = DB_NEXT) {
+		char name[24];
+
+		if (k.size != strlen(ck) || memcmp(kbuf, CHANGE_PREFIX, strlen(CHANGE_PREFIX)) != 0)
+			break;
+		change_key(expect, name);
+		if (memcmp(kbuf, name, k.size) != 0) {
+			a->gap = true;	/* pruned (or out of order): read everything */
+			break;
+		}
+		if (a->n == a->cap) {
+			size_t cap = a->cap ? a->cap * 2 : 64;
+			void *nk = realloc(a->keys, cap * sizeof(*a->keys));
+
+			if (!nk) {
+				ret = ENOMEM;
+				break;
+			}
+			a->keys = nk;
+			a->cap = cap;
+		}
+		vbuf[v.size] = '\0';
+		memcpy(a->keys[a->n++], vbuf, v.size + 1);
+		if (expect++ == a->now)
+			break;
+	}
+	cur->close(cur);
+	if (ret == DB_NOTFOUND)
+		ret = 0;
+	if (ret == 0 && expect <= a->now && !a->gap)
+		a->gap = true;	/* entries missing up to the counter */
+	(void)outcome;
+	return ret;
+}
+
+int store_changes(struct store *s, uint64_t *seq, store_list_fn fn, void *ctx)
+{
+	struct changes_arg a = { .after = *seq };
+	int r;
+
+	if (!s->grp)
+		return -EINVAL;
+	r = store_txn(s, changes_op, &a, DB_READ_COMMITTED);
+	if (r == 0 && a.now != *seq) {
+		if (a.gap || a.now < *seq)
+			r = fn(NULL, NULL, 0, ctx);
+		else
+			for (size_t i = 0; r == 0 && i < a.n; i++)
+				r = fn(a.keys[i], NULL, 0, ctx);
+		if (r == 0)
+			*seq = a.now;
+	}
+	free(a.keys);
 	return r;
 }
 
@@ -1236,6 +1405,8 @@ static int delete_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 		*outcome = STORE_E_NOT_FOUND;
 		return 0;
 	}
+	if (ret == 0 && s->grp && a->db == STORE_TOKENS)
+		ret = change_bump(s, txn, a->key);
 	return ret;
 }
 

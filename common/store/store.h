@@ -36,6 +36,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct secret;
@@ -267,6 +268,24 @@ bool store_is_group(const struct store *s);
  * *fatal then: the caller must stop).
  */
 unsigned store_group_events(struct store *s, int *fatal);
+
+/*
+ * A group's change sequence: every commit of a token record on the master
+ * bumps it, in the same transaction, and names the record's key. Calls fn
+ * (plain NULL, status 0) with each key changed after *seq, in order, and
+ * sets *seq to the current value; fn gets key NULL once instead when the
+ * changes since *seq are no longer all kept (then read everything). A
+ * replica polls this to learn of new tokens. 0, fn's non-zero, or -errno.
+ */
+int store_changes(struct store *s, uint64_t *seq, store_list_fn fn, void *ctx);
+
+/*
+ * After Berkeley DB panicked the environment (STORE_GROUP_EV_PANIC: for
+ * instance a master whose lease ran out in the middle of a commit, which
+ * Berkeley DB cannot undo): closes it and opens it again with recovery, and
+ * starts replication again. 0 or -errno.
+ */
+int store_group_recover(struct store *s);
 
 /* Role, master, sites and counters of this site, now. 0 or -errno. */
 int store_group_state(struct store *s, struct store_group_state *st);

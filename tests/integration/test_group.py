@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keeperlib as kl  # noqa: E402
+import test_workers  # noqa: E402  (its MCP client at `mcpctl connect`)
 from test_keeper_b import by_name, put_many  # noqa: E402
 
 LIFETIME = 12           # s; threshold 0.5: each server refreshes every 6 s
@@ -133,6 +134,17 @@ class GroupCase(kl.KeeperTestCase):
         self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
         for k in ks[1:]:
             self.assertNotIn("refreshed", k.log())
+        # A site whose file defines a server otherwise than the master's says so.
+        self.assertEqual({s["group_config"] for s in ks[2].status()["servers"]}, {"same"})
+        ks[2].servers["s01"] = dict(ks[2].servers["s01"], headers={"X-Site": "2"})
+        ks[2].write_config()
+        ks[2].rpc("reload")
+        st = by_name(ks[2].status())
+        self.assertEqual(st["s01"]["group_config"], "differs", st["s01"])
+        self.assertEqual(st["s00"]["group_config"], "same", st["s00"])
+        self.assertEqual(self.group(ks[2])["servers_differing"], 1)
+        self.assertIn("s01: this site's definition of the server differs from the master's", ks[2].log())
+        self.assertEqual(self.group(ks[1])["servers_differing"], 0)
         # Without its keeper, a site's directory is not opened by mcpctl.
         self.assertEqual(ks[2].stop(), 0)
         for args in (["auth", "logout", "-s", "s00"], ["backup", os.path.join(self.tmp, "b.bak")]):
@@ -228,6 +240,72 @@ class GroupCase(kl.KeeperTestCase):
         other.start(wait=False)
         self.assertNotEqual(other.proc.wait(timeout=60), 0)
         self.assertIn("holds a store of its own", other.log())
+
+    def test_e_replicas_serve_fresh_tokens(self):
+        """Clients of `mcpctl connect` on the replicas keep working while the
+        master refreshes: tokens live 8 s, so without the change sequence a
+        replica's worker would hold an expired one after 8 s."""
+        ks = self.setup_group(servers=2, lifetime=8)
+        master = self.wait_roles(ks)
+        replicas = [k for k in ks if k is not master]
+        clients = [test_workers.Client(k, "s00") for k in replicas]
+        try:
+            for c in clients:
+                c.initialize()
+            errors, calls = [], 0
+            deadline = time.monotonic() + 3 * 8 + 2
+            while time.monotonic() < deadline:
+                for i, c in enumerate(clients):
+                    calls += 1
+                    r = c.echo("call %d" % calls)
+                    if "result" not in r or r["result"].get("isError"):
+                        errors.append((i, r))
+                time.sleep(0.5)
+        finally:
+            for c in clients:
+                c.close()
+        self.assertEqual(errors, [], "%d of %d calls failed" % (len(errors), calls))
+        self.assertGreaterEqual(self.peer.stats()["refresh_grants"], 8)
+        # The replicas show the master's current token, not the one they read at start.
+        want = by_name(master.status())["s00"]["token_expires_at"]
+        for k in replicas:
+            kl.wait_until(lambda: by_name(k.status())["s00"]["token_expires_at"] == want, 10, 0.1,
+                          "the replica to show the master's token")
+
+    def test_f_no_majority_no_refresh(self):
+        """A master cut off from its majority stops refreshing (its tokens
+        live on); a site that starts alone runs and says there is no master;
+        with the majority back, refreshing resumes."""
+        ks = self.setup_group(servers=3, lifetime=10)
+        master = self.wait_roles(ks)
+        others = [k for k in ks if k is not master]
+        for k in others:
+            self.assertEqual(k.stop(), 0)
+        kl.wait_until(lambda: not self.group(master)["majority"], 30, 0.2, "the master to see no majority")
+        time.sleep(1)
+        grants = self.peer.stats()["refresh_grants"]
+        time.sleep(10)     # every token due at least once meanwhile
+        self.assertEqual(self.peer.stats()["refresh_grants"], grants, "a master without a majority refreshed")
+        st = self.group(master)
+        self.assertFalse(st["majority"], st)
+        with self.assertRaises(kl.RpcError) as cm:
+            master.rpc("auth.logout", {"server": "s00"})
+        self.assertEqual(cm.exception.kind, NOT_MASTER, cm.exception)
+        # The master restarted alone: it runs, with no master in the group.
+        self.assertEqual(master.stop(), 0)
+        master.start(timeout=60)
+        st = self.group(master)
+        self.assertEqual(st["role"], "none", st)
+        self.assertIsNone(st["master"], st)
+        r = subprocess.run([kl.MCPCTL, "--socket", master.socket_path, "replication", "status"],
+                           capture_output=True, timeout=30, env=kl.child_env())
+        self.assertIn("NOT reachable", r.stdout.decode())
+        # The majority back: a master again, and refreshes go on without reuse.
+        others[0].start(timeout=60)
+        new = self.wait_roles([master, others[0]], 60)
+        sub = new.subscribe()
+        sub.wait_for(kl.EV_REFRESHED, None, 30)
+        self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
 
 
 if __name__ == "__main__":
