@@ -532,6 +532,12 @@ static int restore_locked(struct ctl *c, const struct state_paths *pp, const cha
 		fprintf(stderr, "mcpctl: %s is not a usable backup: %s; nothing was restored\n", file, err);
 		return CTL_EXIT_KEEPER_ERROR;
 	}
+	if (store_dir_is_group(p.data_dir)) {
+		fprintf(stderr, "mcpctl: %s belongs to a replication group: a site gets its records from the group "
+			"(start it with an empty state directory); to restore a whole group, move this directory "
+			"away, restore here, and start this site with replication.create\n", p.data_dir);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
 	had_store = holds_store(p.data_dir);
 	if (had_store && !force) {
 		fprintf(stderr, "mcpctl: %s already holds a store: restore --force replaces it "

@@ -274,8 +274,10 @@ static void db_errcall(const DB_ENV *env, const char *prefix, const char *msg)
 {
 	/* Berkeley DB's messages name files and states, never record contents.
 	 * A group's replication scans the state directory for databases and
-	 * says so of every other file (master.key, store.lock, ...): noise. */
-	if (strstr(msg, "fop_read_meta") && strstr(msg, "unexpected file type or format")) {
+	 * says so of every other file (master.key, store.lock, ...), and each
+	 * operation refused during a lockout is said too: noise. */
+	if ((strstr(msg, "fop_read_meta") && strstr(msg, "unexpected file type or format")) ||
+	    strstr(msg, "BDB3509")) {	/* "Operation locked out": DB_REP_CONF_NOWAIT's -EAGAIN */
 		log_debug("store: %s", msg);
 		return;
 	}

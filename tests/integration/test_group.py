@@ -154,6 +154,20 @@ class GroupCase(kl.KeeperTestCase):
             self.assertNotEqual(r.returncode, 0, out)
             self.assertIn("belongs to a replication group", out)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "b.bak")))
+        # Nor does restore replace a group site's directory, even with --force.
+        bak = os.path.join(self.tmp, "m.bak")
+        r = subprocess.run([kl.MCPCTL, "--socket", ks[0].socket_path, "backup", bak],
+                           capture_output=True, timeout=60, env=kl.child_env())
+        self.assertNotEqual(r.returncode, 0, "backup of a group site while its keeper runs")
+        single = self.make_keeper(servers={}, name="single")
+        single.put_token("x", self.peer.mcp_url, "a", "r", 60, self.peer.token_endpoint)
+        r = subprocess.run([kl.MCPCTL, "--config", single.config_path, "backup", bak],
+                           capture_output=True, timeout=60, env=kl.child_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = subprocess.run([kl.MCPCTL, "--config", ks[2].config_path, "restore", "--force", bak],
+                           capture_output=True, timeout=60, env=kl.child_env())
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("belongs to a replication group", r.stderr.decode())
 
     def test_b_master_killed_new_master_takes_over(self):
         ks = self.setup_group()
@@ -303,6 +317,38 @@ class GroupCase(kl.KeeperTestCase):
         # The majority back: a master again, and refreshes go on without reuse.
         others[0].start(timeout=60)
         new = self.wait_roles([master, others[0]], 60)
+        sub = new.subscribe()
+        sub.wait_for(kl.EV_REFRESHED, None, 30)
+        self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
+
+    def test_g_unacknowledged_intent_sends_nothing(self):
+        """Replicas paused (their connections stay open, so the master still
+        counts them): the master's intent commits gather no acknowledgement
+        (DB_EVENT_REP_PERM_FAILED) and its lease runs out (inside a commit
+        Berkeley DB waits for it, then panics: the keeper recovers); no
+        refresh token leaves meanwhile. Resumed, the group goes on without
+        reuse."""
+        ks = self.setup_group(servers=3, lifetime=6)
+        master = self.wait_roles(ks)
+        others = [k for k in ks if k is not master]
+        for k in others:
+            k.signal(signal.SIGSTOP)
+        try:
+            time.sleep(0.5)
+            grants = self.peer.stats()["refresh_grants"]
+            time.sleep(8)      # every token due at least once meanwhile
+            self.assertEqual(self.peer.stats()["refresh_grants"], grants,
+                             "a refresh went out with no replica acknowledging its intent")
+        finally:
+            for k in others:
+                k.signal(signal.SIGCONT)
+        # What the master met: a commit without its acknowledgements, an
+        # expired lease, or (the lease running out inside a commit) Berkeley
+        # DB's panic and the keeper's recovery.
+        log = master.log()
+        self.assertTrue(any(m in log for m in ("not acknowledged by a majority", "lease has expired",
+                                               "recovering it")), kl.tail(log))
+        new = self.wait_roles(ks, 60)
         sub = new.subscribe()
         sub.wait_for(kl.EV_REFRESHED, None, 30)
         self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
