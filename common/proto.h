@@ -398,6 +398,10 @@
 #define PARAM_KEY_WEB_UI "web_ui"
 /* replication.status and status's "replication" (daemon/group.c) */
 #define METHOD_REPLICATION_STATUS "replication.status"
+/* key.rotate {} -> {"records"}: a group's master re-seals every record with
+ * the next key every site installed (master.key.next); see daemon/group.c. */
+#define METHOD_KEY_ROTATE "key.rotate"
+#define PARAM_KEY_RECORDS "records"
 #define PARAM_KEY_REPLICATION "replication"
 #define PARAM_KEY_PREVIOUS_ROLE "previous_role"
 #define PARAM_KEY_MASTER "master"

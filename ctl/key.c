@@ -32,8 +32,10 @@
 #include <sodium.h>
 
 #include "ctl.h"
+#include "frame.h"
 #include "keyfile.h"
 #include "paths.h"
+#include "proto.h"
 #include "secret.h"
 #include "store.h"
 
@@ -45,11 +47,11 @@
 
 struct key_opts {
 	const char *pass_file;
-	bool plain, force;
+	bool plain, force, next;
 	const char *file;
 };
 
-enum { OPT_PLAIN = 'p', OPT_FORCE = 'f', OPT_PASS_FILE = 'P' };
+enum { OPT_PLAIN = 'p', OPT_FORCE = 'f', OPT_PASS_FILE = 'P', OPT_NEXT = 'n' };
 
 /* A subcommand's options (allowed: the letters it takes; files: 0 or 1)
  * and the state directory's paths. 0, CTL_HELP_SHOWN or an exit code. */
@@ -60,6 +62,7 @@ static int key_start(struct ctl *c, const char *cmd, int argc, char **argv, cons
 		{ "plain", no_argument, NULL, OPT_PLAIN },
 		{ "force", no_argument, NULL, OPT_FORCE },
 		{ "passphrase-file", required_argument, NULL, OPT_PASS_FILE },
+		{ "next", no_argument, NULL, OPT_NEXT },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -72,7 +75,7 @@ static int key_start(struct ctl *c, const char *cmd, int argc, char **argv, cons
 			ctl_usage(stdout);
 			return CTL_HELP_SHOWN;
 		}
-		if (o != OPT_PLAIN && o != OPT_FORCE && o != OPT_PASS_FILE)
+		if (o != OPT_PLAIN && o != OPT_FORCE && o != OPT_PASS_FILE && o != OPT_NEXT)
 			return ctl_option_error(cmd, o, argc, argv);
 		if (!strchr(allowed, o))
 			return ctl_option_misplaced(cmd, opts, li, o);
@@ -80,6 +83,8 @@ static int key_start(struct ctl *c, const char *cmd, int argc, char **argv, cons
 			ko->plain = true;
 		else if (o == OPT_FORCE)
 			ko->force = true;
+		else if (o == OPT_NEXT)
+			ko->next = true;
 		else
 			ko->pass_file = optarg;
 		li = -1;
@@ -466,6 +471,43 @@ static int import_child(void *arg)
 	return CTL_EXIT_OK;
 }
 
+/* key import --next: a group site's next key, beside the current one; the
+ * keeper may run (it loads the file within 30 s, or at mcpctl reload). */
+static int import_next_child(void *arg)
+{
+	struct key_job *j = arg;
+	char err[1024];
+
+	if (store_install_key_as(j->p->data_dir, STORE_KEY_NEXT_FILE, j->key, err, sizeof(err)) < 0) {
+		fprintf(stderr, "mcpctl: %s\n", err);
+		return CTL_EXIT_KEEPER_ERROR;
+	}
+	printf("installed the key from %s as %s/%s: the keeper loads it within 30 s (or at mcpctl reload); once "
+	       "every site has it, mcpctl key rotate on the master moves the group to it\n", j->ko->file,
+	       j->p->data_dir, STORE_KEY_NEXT_FILE);
+	return CTL_EXIT_OK;
+}
+
+static int import_next(struct key_opts *ko, struct state_paths *p)
+{
+	_cleanup_(secret_freep) struct secret *key = NULL;
+	struct key_job j = { .p = p, .ko = ko };
+	int r;
+
+	if (ko->force)
+		return ctl_usage_error("key import --next replaces nothing: drop --force");
+	if (!store_dir_is_group(p->data_dir)) {
+		fprintf(stderr, "mcpctl: --next is for the sites of a replication group; %s is none (a single host: "
+			"stop the keeper and run mcpctl key rotate)\n", p->data_dir);
+		return CTL_EXIT_USAGE;
+	}
+	r = read_key_file(ko, &key);
+	if (r)
+		return r;
+	j.key = key;
+	return ctl_in_child(import_next_child, &j);
+}
+
 static const char creds_note[] =
 	"the master key comes from systemd's credentials ($CREDENTIALS_DIRECTORY): change it there "
 	"(see mcpctl(1), KEYS)";
@@ -478,9 +520,11 @@ static int key_import(struct ctl *c, int argc, char **argv)
 	struct key_job j = { .p = &p, .ko = &ko };
 	int r;
 
-	r = key_start(c, "key import", argc, argv, "fP", 1, &ko, &p);
+	r = key_start(c, "key import", argc, argv, "fPn", 1, &ko, &p);
 	if (r)
 		return r == CTL_HELP_SHOWN ? CTL_EXIT_OK : r;
+	if (ko.next)
+		return import_next(&ko, &p);
 	if (!p.key_in_state) {
 		fprintf(stderr, "mcpctl: key import writes no key: %s\n", creds_note);
 		return CTL_EXIT_USAGE;
@@ -532,6 +576,29 @@ static int rotate_child(void *arg)
 	return CTL_EXIT_OK;
 }
 
+/* A group's key: its master's keeper re-seals (key.rotate). */
+static int rotate_group(struct ctl *c)
+{
+	struct rpc_msg reply = { 0 };
+	int64_t n = 0;
+	int r;
+
+	r = ctl_find_socket(c);
+	if (r) {
+		fprintf(stderr, "mcpctl: a replication group's key is rotated by its master's keeper: it must run\n");
+		return r;
+	}
+	r = ctl_exchange(c, METHOD_KEY_ROTATE, NULL, &reply, NULL, NULL);
+	if (r)
+		return r;
+	field_int(reply.result, PARAM_KEY_RECORDS, &n);
+	printf("re-sealed %lld record%s with the group's next master key; every site that has it as %s switches "
+	       "to it (a site without it stops reading the records: install it there)\n", (long long)n,
+	       n == 1 ? "" : "s", STORE_KEY_NEXT_FILE);
+	rpc_msg_clear(&reply);
+	return CTL_EXIT_OK;
+}
+
 static int key_rotate(struct ctl *c, int argc, char **argv)
 {
 	struct key_opts ko = { 0 };
@@ -548,6 +615,8 @@ static int key_rotate(struct ctl *c, int argc, char **argv)
 			"the new key\n", creds_note);
 		return CTL_EXIT_USAGE;
 	}
+	if (store_dir_is_group(p.data_dir))
+		return rotate_group(c);
 	snprintf(path, sizeof(path), "%s/tokens.db", p.data_dir);
 	if (ctl_path_missing(path)) {
 		fprintf(stderr, "mcpctl: no token store in %s: nothing to rotate\n", p.data_dir);

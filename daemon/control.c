@@ -401,6 +401,31 @@ static int check_management(struct conn *c, struct json_object *id)
 	return CONTROL_ANSWERED;
 }
 
+static void do_key_rotate(struct conn *c, struct json_object *id)
+{
+	struct keeper *k = c->ctl->k;
+	struct json_object *res;
+	unsigned long n = 0;
+	char err[512];
+
+	if (check_management(c, id) || check_master(c, id))
+		return;
+	if (!store_is_group(k->store)) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE,
+			    "key.rotate is for a replication group's master; on a single host stop the keeper and run "
+			    "mcpctl key rotate");
+		return;
+	}
+	log_info("control: key.rotate by pid %d uid %u", (int)c->pid, (unsigned)c->uid);
+	if (group_key_rotate(k, &n, err, sizeof(err)) < 0) {
+		reply_error(c, id, RPC_APP_ERROR, KIND_UNAVAILABLE, "%s", err);
+		return;
+	}
+	res = json_object_new_object();
+	json_object_object_add(res, PARAM_KEY_RECORDS, json_object_new_int64((int64_t)n));
+	reply_result(c, id, res);
+}
+
 /* auth.status {server?}: every OAuth server (and the orphans), or one. */
 struct auth_status_params {
 	const char *server;
@@ -914,6 +939,8 @@ static void dispatch(struct conn *c, struct rpc_msg *m)
 		do_reload(c, m->id);
 	else if (strcmp(method, METHOD_REPLICATION_STATUS) == 0)
 		do_replication_status(c, m->id);
+	else if (strcmp(method, METHOD_KEY_ROTATE) == 0)
+		do_key_rotate(c, m->id);
 	else
 		reply_error(c, m->id, RPC_METHOD_NOT_FOUND, KIND_UNKNOWN_METHOD, "unknown method \"%.64s\"", method);
 }

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -101,6 +102,8 @@ static void role_changed(struct keeper *k, enum store_role was, enum store_role 
 	group_config_check(k);
 }
 
+static void key_promoted(struct keeper *k);
+
 /* store_changes()'s callback: a token record changed at the master. */
 static int token_changed(const char *key, const struct secret *plain, int status, void *ctx)
 {
@@ -131,6 +134,15 @@ static void on_group_poll(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (store_has_next_key(k->store)) {
+		r = store_key_promote(k->store);
+		if (r == STORE_E_WRONG_KEY && !k->group_key_warned) {
+			log_error("replication: the group's records are sealed with a key this site has neither as "
+				  "%s nor as %s: install the group's key", STORE_KEY_FILE, STORE_KEY_NEXT_FILE);
+			k->group_key_warned = true;
+		}
+		key_promoted(k);
+	}
 	r = store_changes(k->store, &k->group_seq, token_changed, k);
 	if (r < 0 && r != -EAGAIN)
 		log_debug("replication: reading the change sequence: %s", store_strerror(r));
@@ -272,6 +284,7 @@ void group_config_check(struct keeper *k)
 
 	if (!k->store || !store_is_group(k->store))
 		return;
+	group_next_key_load(k);
 	master = keeper_is_master(k);
 	for (size_t i = 0; i < k->n_servers; i++) {
 		struct server *s = k->servers[i];
@@ -310,6 +323,103 @@ void group_config_check(struct keeper *k)
 	k->group_differing = differ;
 }
 
+/* ---- the group's master key rotation ---- */
+
+static void sync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+}
+
+static int next_key_path(struct keeper *k, const char *name, char *buf, size_t len)
+{
+	return snprintf(buf, len, "%s/%s", k->cfg->data_dir, name) < (int)len ? 0 : -ENAMETOOLONG;
+}
+
+/* master.key.next into *key when it is there; 0 (none), 1, or -errno. */
+static int next_key_read(struct keeper *k, struct secret **key)
+{
+	char path[4096], err[512];
+	int r;
+
+	if (next_key_path(k, STORE_KEY_NEXT_FILE, path, sizeof(path)) < 0 || access(path, F_OK) < 0)
+		return 0;
+	r = store_read_key_file(path, 1, key, err, sizeof(err));
+	if (r < 0) {
+		log_error("replication: %s", err);
+		return r;
+	}
+	return 1;
+}
+
+void group_next_key_load(struct keeper *k)
+{
+	struct secret *key = NULL;
+	int r;
+
+	if (!k->store || !store_is_group(k->store) || store_has_next_key(k->store))
+		return;
+	if (next_key_read(k, &key) == 1) {
+		r = store_set_next_key(k->store, key);
+		if (r == 0)
+			log_info("replication: the next master key (%s) is loaded: records sealed with it open, and "
+				 "the master's key.rotate moves the group to it", STORE_KEY_NEXT_FILE);
+		else if (r == -EEXIST)
+			log_info("replication: %s holds the current key already", STORE_KEY_NEXT_FILE);
+	}
+	secret_free(key);
+}
+
+/* After the next key became the key (here or at the master): the file too. */
+static void key_promoted(struct keeper *k)
+{
+	char from[4096], to[4096];
+
+	if (!store_key_promoted(k->store))
+		return;
+	if (getenv("CREDENTIALS_DIRECTORY")) {
+		log_error("replication: the group now uses the key of %s; this keeper takes its key from systemd "
+			  "credentials: update the credential (mcpctl key export --plain, systemd-creds encrypt)",
+			  STORE_KEY_NEXT_FILE);
+		return;
+	}
+	if (next_key_path(k, STORE_KEY_NEXT_FILE, from, sizeof(from)) < 0 ||
+	    next_key_path(k, STORE_KEY_FILE, to, sizeof(to)) < 0 || rename(from, to) < 0) {
+		log_error("replication: the group now uses the next master key, but %s could not replace %s: %s",
+			  STORE_KEY_NEXT_FILE, STORE_KEY_FILE, strerror(errno));
+		return;
+	}
+	sync_dir(k->cfg->data_dir);
+	log_info("replication: the group's master key was rotated; this site uses the new one (%s)", STORE_KEY_FILE);
+}
+
+int group_key_rotate(struct keeper *k, unsigned long *records, char *err, size_t errlen)
+{
+	int r;
+
+	group_next_key_load(k);
+	if (!store_has_next_key(k->store)) {
+		snprintf(err, errlen, "no next master key here: install it on every site first (mcpctl key import "
+			 "--next FILE), then run this again");
+		return -ENOENT;
+	}
+	r = store_group_rotate(k->store, records);
+	key_promoted(k);
+	if (r == STORE_E_NO_QUORUM) {
+		log_warn("replication: the key rotation committed here but no majority acknowledged it in time");
+		return 0;
+	}
+	if (r != 0)
+		snprintf(err, errlen, "the rotation failed: %s; nothing changed", store_strerror(r));
+	else
+		log_info("replication: re-sealed %lu record(s) with the next master key", *records);
+	return r == 0 ? 0 : r < 0 ? r : -EIO;
+}
+
 static int skip_change(const char *key, const struct secret *plain, int status, void *ctx)
 {
 	return 0;
@@ -330,6 +440,7 @@ int group_open_store(struct keeper *k, char *err, size_t errlen)
 		.ack_timeout_ms = rc->ack_timeout_ms,
 	};
 	struct store_group_state st;
+	struct secret *next = NULL;
 	int r;
 
 	if (rc->n_peers > ARRAY_SIZE(peers)) {
@@ -344,11 +455,15 @@ int group_open_store(struct keeper *k, char *err, size_t errlen)
 		return -errno;
 	}
 	g.notify_fd = k->group_fd;
+	if (next_key_read(k, &next) == 1)
+		g.next_key = next;
 	log_info("replication: site %s:%d%s, %zu peer(s), priority %d; joining the group", rc->local.host,
 		 rc->local.port, rc->create ? " (creates the group)" : "", rc->n_peers, rc->priority);
 	r = store_open_group(k->cfg->data_dir, k->master_key, &g, GROUP_START_WAIT_MS, &k->store, err, errlen);
+	secret_free(next);
 	if (r != 0)
 		return r;
+	key_promoted(k);
 	k->group_ev = event_new(k->base, k->group_fd, EV_READ | EV_PERSIST, on_group_event, k);
 	k->group_poll = event_new(k->base, -1, EV_PERSIST, on_group_poll, k);
 	if (!k->group_ev || event_add(k->group_ev, NULL) < 0 || !k->group_poll ||

@@ -157,6 +157,7 @@ struct keeper {
 	uint64_t group_seq;		/* the change sequence read last */
 	unsigned group_polls;
 	size_t group_differing;		/* servers whose entry differs from the master's */
+	bool group_key_warned;		/* said that the group moved to a key this site lacks */
 };
 
 /* keeper.c */
@@ -186,6 +187,10 @@ enum { GROUP_CONFIG_UNKNOWN, GROUP_CONFIG_SAME, GROUP_CONFIG_DIFFERS };
  * server's entry, a replica compares its own with them. */
 void group_config_check(struct keeper *k);
 const char *group_config_name(int state);
+/* master.key.next, when present, handed to the store (once). */
+void group_next_key_load(struct keeper *k);
+/* key.rotate on the master: 0 with *records, or -errno with err. */
+int group_key_rotate(struct keeper *k, unsigned long *records, char *err, size_t errlen);
 /* Who the master is, for messages: "this site, H:P", "H:P" or "none (...)". */
 void group_master_text(struct keeper *k, char *buf, size_t len);
 struct server *keeper_find_server(struct keeper *k, const char *name);

@@ -87,15 +87,20 @@ static int write_key_file(const char *dir, const char *name, const struct secret
 
 int store_install_key(const char *dir, const struct secret *key, char *err, size_t errlen)
 {
+	return store_install_key_as(dir, STORE_KEY_FILE, key, err, errlen);
+}
+
+int store_install_key_as(const char *dir, const char *file, const struct secret *key, char *err, size_t errlen)
+{
 	char name[64], from[4096], to[4096];
 	int r;
 
-	snprintf(name, sizeof(name), STORE_KEY_FILE ".tmp.%d", (int)getpid());
+	snprintf(name, sizeof(name), "%s.tmp.%d", file, (int)getpid());
 	r = write_key_file(dir, name, key, err, errlen);
 	if (r < 0)
 		return r;
 	snprintf(from, sizeof(from), "%s/%s", dir, name);
-	snprintf(to, sizeof(to), "%s/" STORE_KEY_FILE, dir);
+	snprintf(to, sizeof(to), "%s/%s", dir, file);
 	if (rename(from, to) < 0 || (r = sync_dir(dir)) < 0) {
 		r = r ? r : -errno;
 		errf(err, errlen, "installing the master key %s: %s", to, store_strerror(r));
@@ -199,11 +204,40 @@ static int reseal_db(struct store *s, DB_TXN *txn, int db, struct rotate_arg *a,
 	return ret == DB_NOTFOUND ? 0 : ret;
 }
 
+/* Every record re-sealed with a->new_key and the key check moved to it. */
+static int reseal_all(struct store *s, DB_TXN *txn, struct rotate_arg *a, int *outcome)
+{
+	DB *meta = store_db_handle(s, STORE_DB_COUNT);
+	unsigned char kcv[crypto_generichash_BYTES];
+	DBT k = { .data = "key-check", .size = 9 }, v = { .data = kcv, .size = sizeof(kcv) };
+	int ret;
+
+	for (int db = 0; db < STORE_DB_COUNT && *outcome == 0; db++) {
+		ret = reseal_db(s, txn, db, a, outcome);
+		if (ret)
+			return ret;
+	}
+	if (*outcome)
+		return 0;
+	store_key_check_value(a->new_key, kcv);
+	return meta->put(meta, txn, &k, &v, 0);
+}
+
+int store_reseal_op(struct store *s, DB_TXN *txn, const struct secret *new_key, unsigned long *records,
+		    int *outcome)
+{
+	struct rotate_arg a = { .new_key = new_key };
+	int ret = reseal_all(s, txn, &a, outcome);
+
+	*records = a.records;
+	return ret;
+}
+
 static int rotate_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 {
 	struct rotate_arg *a = varg;
 	DB *meta = store_db_handle(s, STORE_DB_COUNT);
-	unsigned char kcv[crypto_generichash_BYTES], cur_kcv[64];
+	unsigned char cur_kcv[64];
 	DBT k = { .data = "key-check", .size = 9 };
 	DBT v = { .data = cur_kcv, .ulen = sizeof(cur_kcv), .flags = DB_DBT_USERMEM };
 	int ret, r;
@@ -222,17 +256,8 @@ static int rotate_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 		*outcome = STORE_E_IN_USE;
 		return 0;
 	}
-	for (int db = 0; db < STORE_DB_COUNT && *outcome == 0; db++) {
-		ret = reseal_db(s, txn, db, a, outcome);
-		if (ret)
-			return ret;
-	}
-	if (*outcome)
-		return 0;
-	store_key_check_value(a->new_key, kcv);
-	v = (DBT){ .data = kcv, .size = sizeof(kcv) };
-	ret = meta->put(meta, txn, &k, &v, 0);
-	if (ret)
+	ret = reseal_all(s, txn, a, outcome);
+	if (ret || *outcome)
 		return ret;
 	/* The new key on disk before the records that need it commit. */
 	r = write_key_file(store_dir(s), STORE_KEY_NEW_FILE, a->new_key, a->err, a->errlen);

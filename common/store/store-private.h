@@ -94,9 +94,12 @@ struct secret *store_swap_key(struct store *s, struct secret *key);
 /* meta's "key-check" value of key: crypto_generichash_BYTES bytes. */
 void store_key_check_value(const struct secret *key, unsigned char *out);
 
-/* A key file (masterkey.c's reader): 32 bytes raw or 64 hex digits; with
- * check_mode, refused when group or others may read it. */
-int store_read_key_file(const char *path, int check_mode, struct secret **out, char *err, size_t errlen);
+
+/* In transaction txn: every record of tokens, clients and servers re-sealed
+ * with new_key, and the key check moved to it (rotate.c). A Berkeley DB
+ * code; *outcome STORE_E_CORRUPT for a record that does not open. */
+int store_reseal_op(struct store *s, DB_TXN *txn, const struct secret *new_key, unsigned long *records,
+		    int *outcome);
 
 /* After reading <data_dir>/master.key into *key: settles a key rotation
  * that was interrupted (rotate.c). */

@@ -88,6 +88,11 @@ struct store {
 	 * (each ask may block for up to a lease), unless an event says more. */
 	uint64_t lease_lost_until;	/* monotonic usec; 0: not lost */
 	u_int32_t max_locks;	/* 0: Berkeley DB's default (store_open_locks()) */
+	/* A group site's next master key (master.key.next): records sealed
+	 * with it open too, and once the group's key check names it, it
+	 * becomes the key (store_group_rotate(), store_key_promote()). */
+	struct secret *next_key;
+	bool key_promoted;	/* the next key became the key: store_key_promoted() */
 };
 
 bool store_file_is_db(const char *name)
@@ -239,7 +244,11 @@ static int unseal_into(const struct store *s, enum store_db db, const char *key,
 		return STORE_E_CORRUPT;
 	if (crypto_aead_xchacha20poly1305_ietf_decrypt(out, &mlen, NULL, sealed + 1 + SEAL_NONCE,
 						       len - 1 - SEAL_NONCE, ad, adlen, sealed + 1,
-						       s->key->data) != 0) {
+						       s->key->data) != 0 &&
+	    (!s->next_key ||
+	     crypto_aead_xchacha20poly1305_ietf_decrypt(out, &mlen, NULL, sealed + 1 + SEAL_NONCE,
+							len - 1 - SEAL_NONCE, ad, adlen, sealed + 1,
+							s->next_key->data) != 0)) {
 		sodium_memzero(out, cap);
 		return STORE_E_CORRUPT;
 	}
@@ -552,6 +561,8 @@ static int store_txn(struct store *s, txn_op op, void *arg, u_int32_t txn_flags)
 
 struct key_check_arg {
 	const unsigned char *kcv;
+	const unsigned char *next_kcv;	/* NULL: no next key */
+	bool next_matched;		/* the store's check names the next key */
 	bool readonly;		/* a group's replica: no check value yet is STORE_E_NOT_FOUND */
 };
 
@@ -588,8 +599,13 @@ static int key_check_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
 	v.flags = DB_DBT_USERMEM;
 	ret = s->meta->get(s->meta, txn, &k, &v, DB_RMW);
 	if (ret == 0) {
-		if (v.size != sizeof(stored) || sodium_memcmp(stored, arg->kcv, sizeof(stored)) != 0)
-			*outcome = STORE_E_WRONG_KEY;
+		if (v.size != sizeof(stored) || sodium_memcmp(stored, arg->kcv, sizeof(stored)) != 0) {
+			if (arg->next_kcv && v.size == sizeof(stored) &&
+			    sodium_memcmp(stored, arg->next_kcv, sizeof(stored)) == 0)
+				arg->next_matched = true;
+			else
+				*outcome = STORE_E_WRONG_KEY;
+		}
 		return 0;
 	}
 	if (ret != DB_NOTFOUND)
@@ -744,11 +760,15 @@ static int switch_to_owner(const char *dir, char *err, size_t errlen)
 static int key_check(struct store *s, bool readonly, char *err, size_t errlen)
 {
 	struct key_check_arg kc = { .readonly = readonly };
-	unsigned char kcv[crypto_generichash_BYTES];
+	unsigned char kcv[crypto_generichash_BYTES], next_kcv[crypto_generichash_BYTES];
 	int r;
 
 	store_key_check_value(s->key, kcv);
 	kc.kcv = kcv;
+	if (s->next_key) {
+		store_key_check_value(s->next_key, next_kcv);
+		kc.next_kcv = next_kcv;
+	}
 	r = store_txn(s, key_check_op, &kc, 0);
 	if (r == STORE_E_WRONG_KEY)
 		errf(err, errlen, "store %s: wrong master key%s", s->dir,
@@ -763,6 +783,13 @@ static int key_check(struct store *s, bool readonly, char *err, size_t errlen)
 		errf(err, errlen, "store %s: %s", s->dir, store_strerror(r));
 	if (r == 0)
 		s->key_checked = true;
+	if (r == 0 && kc.next_matched) {
+		/* The group rotated to the next key while this site was away. */
+		secret_free(s->key);
+		s->key = s->next_key;
+		s->next_key = NULL;
+		s->key_promoted = true;
+	}
 	return r;
 }
 
@@ -875,6 +902,10 @@ int store_open_group(const char *dir, const struct secret *key, const struct sto
 	r = store_new(dir, key, g, 0, &s, err, errlen);
 	if (r < 0)
 		return r;
+	if (g->next_key && store_set_next_key(s, g->next_key) == -ENOMEM) {
+		store_close(s);
+		return -ENOMEM;
+	}
 	for (int waited = 0; waited < wait_ms; waited += 50) {
 		int role = store_group_role(s->grp);
 
@@ -950,6 +981,81 @@ unsigned store_group_events(struct store *s, int *fatal)
 	return ev;
 }
 
+int store_set_next_key(struct store *s, const struct secret *key)
+{
+	struct secret *copy;
+
+	if (key->len != STORE_KEY_LEN)
+		return -EINVAL;
+	if (secret_equal(key, s->key))
+		return -EEXIST;
+	copy = secret_from(key->data, key->len);
+	if (!copy)
+		return -ENOMEM;
+	secret_free(s->next_key);
+	s->next_key = copy;
+	return 0;
+}
+
+bool store_has_next_key(const struct store *s)
+{
+	return s->next_key != NULL;
+}
+
+static int write_txn(struct store *s, txn_op op, void *arg);
+
+struct group_rotate_arg {
+	unsigned long records;
+};
+
+static int group_rotate_op(struct store *s, DB_TXN *txn, void *varg, int *outcome)
+{
+	struct group_rotate_arg *a = varg;
+
+	return store_reseal_op(s, txn, s->next_key, &a->records, outcome);
+}
+
+int store_group_rotate(struct store *s, unsigned long *records)
+{
+	struct group_rotate_arg a = { 0 };
+	int r;
+
+	if (!s->grp || !s->next_key)
+		return -EINVAL;
+	r = write_txn(s, group_rotate_op, &a);
+	if (r == 0 || r == STORE_E_NO_QUORUM) {
+		/* Committed here either way: the records need the new key now. */
+		secret_free(s->key);
+		s->key = s->next_key;
+		s->next_key = NULL;
+		s->key_promoted = true;
+	}
+	*records = a.records;
+	return r;
+}
+
+int store_key_promote(struct store *s)
+{
+	int r;
+
+	if (!s->next_key || !s->ready)
+		return 0;
+	r = key_check(s, true, NULL, 0);
+	if (r < 0 || r == STORE_E_NOT_FOUND)
+		return r < 0 ? r : 0;
+	if (r == STORE_E_WRONG_KEY)
+		return r;
+	return 0;
+}
+
+bool store_key_promoted(struct store *s)
+{
+	bool p = s->key_promoted;
+
+	s->key_promoted = false;
+	return p;
+}
+
 int store_group_recover(struct store *s)
 {
 	if (!s->grp)
@@ -992,6 +1098,7 @@ struct store *store_close(struct store *s)
 	env_close(s);
 	store_unlock(s);
 	store_group_rt_free(s->grp);
+	secret_free(s->next_key);
 	secret_free(s->key);
 	free(s->dir);
 	free(s);

@@ -188,6 +188,7 @@ struct store_group {
 	int heartbeat_ms;	/* the master sends; replicas call an election after 3 missed */
 	int ack_timeout_ms;
 	int notify_fd;		/* eventfd (EFD_NONBLOCK) the event callback writes */
+	const struct secret *next_key;	/* master.key.next, or NULL (store_set_next_key()) */
 };
 
 /* Clocks of the sites may run apart by this much (DB_ENV->rep_set_clockskew). */
@@ -287,6 +288,31 @@ int store_changes(struct store *s, uint64_t *seq, store_list_fn fn, void *ctx);
  */
 int store_group_recover(struct store *s);
 
+/*
+ * A group's key rotation (issue 18). Every site installs the next key
+ * (<data_dir>/master.key.next, mcpctl key import --next) and its keeper
+ * hands it to the store: records sealed with it open as well as those
+ * sealed with the key. store_group_rotate() (the master) re-seals every
+ * record with the next key and moves the key check to it in one
+ * transaction acknowledged by a majority; each replica's store_key_promote()
+ * then finds the key check naming its next key, which becomes its key.
+ * store_key_promoted() tells (once) that the next key became the key: the
+ * caller renames master.key.next to master.key. A site that starts with the
+ * old key and the next one present promotes at its key check.
+ */
+/* A key file (masterkey.c's reader): 32 bytes raw or 64 hex digits; with
+ * check_mode, refused when group or others may read it. */
+int store_read_key_file(const char *path, int check_mode, struct secret **out, char *err, size_t errlen);
+int store_set_next_key(struct store *s, const struct secret *key);	/* 0, -EEXIST (it is the key) */
+bool store_has_next_key(const struct store *s);
+/* 0 (records re-sealed), STORE_E_NOT_MASTER, STORE_E_NO_QUORUM (committed
+ * here, the key swapped anyway), STORE_E_CORRUPT, or -errno. */
+int store_group_rotate(struct store *s, unsigned long *records);
+/* 0 (promoted or not yet), STORE_E_WRONG_KEY (the group moved to a key this
+ * site does not have), or -errno. */
+int store_key_promote(struct store *s);
+bool store_key_promoted(struct store *s);
+
 /* Role, master, sites and counters of this site, now. 0 or -errno. */
 int store_group_state(struct store *s, struct store_group_state *st);
 /* MASTER on a single host; in a group, UNKNOWN also for a master that
@@ -353,6 +379,8 @@ int store_become_owner(const char *dir, char *err, size_t errlen);
  */
 #define STORE_KEY_FILE "master.key"
 #define STORE_KEY_NEW_FILE "master.key.new"
+/* A group site's next master key, until the group rotates to it. */
+#define STORE_KEY_NEXT_FILE "master.key.next"
 
 /*
  * Rotates s (opened with its current key from <dir>/master.key, best with
@@ -372,3 +400,5 @@ int store_rotate(struct store *s, const struct secret *new_key, unsigned long *r
  * temporary file synced, renamed over it, the directory synced. 0 or a
  * negative errno value with a message in err. */
 int store_install_key(const char *dir, const struct secret *key, char *err, size_t errlen);
+/* The same under another name in dir (STORE_KEY_NEXT_FILE). */
+int store_install_key_as(const char *dir, const char *file, const struct secret *key, char *err, size_t errlen);

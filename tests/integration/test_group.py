@@ -353,6 +353,55 @@ class GroupCase(kl.KeeperTestCase):
         sub.wait_for(kl.EV_REFRESHED, None, 30)
         self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
 
+    def mcpctl(self, k, *args, socket=True):
+        where = ["--socket", k.socket_path] if socket else ["--config", k.config_path]
+        r = subprocess.run([kl.MCPCTL] + where + list(args), capture_output=True, timeout=60, env=kl.child_env())
+        return r.returncode, (r.stdout + r.stderr).decode()
+
+    def test_h_group_key_rotation(self):
+        """The group's key rotated in place: the next key on every site, the
+        master re-seals, every site switches; the old key opens nothing."""
+        ks = self.setup_group(servers=3, lifetime=20)
+        master = self.wait_roles(ks)
+        replica = [k for k in ks if k is not master][0]
+        rc, out = self.mcpctl(master, "key", "rotate", socket=False)
+        self.assertNotEqual(rc, 0)
+        self.assertIn("no next master key", out)
+        rc, out = self.mcpctl(replica, "key", "rotate", socket=False)
+        self.assertNotEqual(rc, 0)
+        self.assertIn("replica", out)
+        old = open(os.path.join(master.data_dir, "master.key"), "rb").read()
+        new = os.urandom(32)
+        path = os.path.join(self.tmp, "next.key")
+        with open(path, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(new.hex() + "\n")
+        for k in ks:
+            rc, out = self.mcpctl(k, "key", "import", "--next", path, socket=False)
+            self.assertEqual(rc, 0, out)
+            rc, out = self.mcpctl(k, "reload")
+            self.assertEqual(rc, 0, out)
+        rc, out = self.mcpctl(master, "key", "rotate", socket=False)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("re-sealed", out)
+        for k in ks:
+            key_file = os.path.join(k.data_dir, "master.key")
+            kl.wait_until(lambda: open(key_file, "rb").read() in (new, new.hex().encode() + b"\n") and
+                          not os.path.exists(key_file + ".next"), 20, 0.2, "the site to switch keys")
+            self.assertTrue(all(s["oauth_status"] == "authenticated" for s in k.status()["servers"]), k.dir)
+        # Refreshing goes on with the new key, and the replicas read what it seals.
+        sub = master.subscribe()
+        sub.wait_for(kl.EV_REFRESHED, None, 30)
+        want = by_name(master.status())
+        kl.wait_until(lambda: all(by_name(replica.status())[n]["token_expires_at"] == want[n]["token_expires_at"]
+                                  for n in self.names), 15, 0.2, "the replica to read the new records")
+        # A replica restarted with the new key joins again.
+        self.assertEqual(replica.stop(), 0)
+        replica.start(timeout=60)
+        self.wait_roles(ks, 60)
+        self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
+        self.assertNotEqual(old, new)
+
 
 if __name__ == "__main__":
     kl.main()
