@@ -146,6 +146,36 @@ class TestChildren(ForkCheckMixin, WorkerCase):
         self.assertGreaterEqual(self.fc.count("exec"), 4, self.fc.lines())
         self.assertEqual(self.k.stop(), 0)
 
+    def test_d_with_replication_threads(self):
+        """A site of a replication group (the creating one, alone): Berkeley
+        DB's replication threads run inside the keeper while it forks its
+        children; still no unsafe call before any exec."""
+        import socket
+        ports = []
+        for _ in range(3):
+            with socket.socket() as sk:
+                sk.bind(("127.0.0.1", 0))
+                ports.append(sk.getsockname()[1])
+        rep = {"listen": "127.0.0.1:%d" % ports[0], "peers": ["127.0.0.1:%d" % p for p in ports[1:]],
+               "create": True}
+        self.peer = self.start_peer(lifetime=3600)
+        cid = self.peer.register()
+        self.k = self.make_keeper(servers={"gh": self.peer.server_conf(cid)}, extra_config={"replication": rep},
+                                  env=self.fc.env())
+        access, refresh = self.peer.login(cid)
+        self.k.put_token("gh", self.peer.mcp_url, access, refresh, 3600, self.peer.token_endpoint)
+        self.k.start()
+        self.k.wait_http()
+        self.assertEqual(self.k.rpc("replication.status")["role"], "master")
+        threads = len(os.listdir("/proc/%d/task" % self.k.proc.pid))
+        self.assertGreater(threads, 1, "the replication manager's threads run in the keeper")
+        c = self.client("gh")
+        c.initialize()
+        self.assertEqual(text_of(c.echo("with threads")), "with threads")
+        self.assertEqual(c.close(), 0)
+        self.assert_safe_forks(3, "replication group site")
+        self.assertEqual(self.k.stop(), 0)
+
     def test_b_system_mode(self):
         """Root with --system: each child switches to its role's user
         between fork and exec (daemon for all three here)."""
