@@ -1161,6 +1161,11 @@ void refresh_take_record(struct keeper *k, struct server *s, const struct secret
 		s->rstate = REFRESH_FAILED;
 		return;
 	}
+	/* A replica of a replication group: an intent in the record is the
+	 * master's refresh under way, not a crash; a site that becomes master
+	 * reads every record again and then takes it for one. */
+	if (t.intent_at_ms && !keeper_is_master(k))
+		t.intent_at_ms = 0;
 	apply_token(s, &t);
 	schedule(k, s);
 	if (t.intent_at_ms)

@@ -279,6 +279,11 @@ class GroupCase(kl.KeeperTestCase):
             for c in clients:
                 c.close()
         self.assertEqual(errors, [], "%d of %d calls failed" % (len(errors), calls))
+        # The master's intents reached the replicas as changes: its refreshes
+        # under way, not crashes.
+        for k in replicas:
+            self.assertNotIn("interrupted by a crash", k.log(), k.dir)
+            self.assertFalse(any(s["refresh"]["state"] == "interrupted" for s in k.status()["servers"]))
         self.assertGreaterEqual(self.peer.stats()["refresh_grants"], 8)
         # The replicas show the master's current token, not the one they read at start.
         want = by_name(master.status())["s00"]["token_expires_at"]
