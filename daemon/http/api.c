@@ -111,6 +111,9 @@ static void send_data(struct evhttp_request *req, int status, struct json_object
 		if (json_object_object_get_ex(page, page_fields[i], &v) &&
 		    (!v || json_object_is_type(v, json_type_int)))
 			json_object_object_add(o, page_fields[i], json_object_get(v));
+	/* A site of a replication group: its role, the master, its position. */
+	if (page && json_object_object_get_ex(page, PARAM_KEY_REPLICATION, &v) && json_object_is_type(v, json_type_object))
+		json_object_object_add(o, PARAM_KEY_REPLICATION, json_object_get(v));
 	http_send_json(req, status, o, NULL);
 }
 

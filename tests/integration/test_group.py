@@ -134,6 +134,16 @@ class GroupCase(kl.KeeperTestCase):
         self.assertEqual(self.peer.stats()["reused_refresh_tokens"], 0)
         for k in ks[1:]:
             self.assertNotIn("refreshed", k.log())
+        # The REST API of a replica names the master too.
+        import re
+        web = kl.wait_until(lambda: ks[1].status().get("web_ui"), 30, 0.2, "the replica's http child")
+        m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/#key=([A-Za-z0-9_\-]+)", web)
+        self.assertTrue(m, web)
+        r = kl.http("GET", "http://127.0.0.1:%s/api/v1/servers" % m.group(1), None,
+                    {"X-API-Key": m.group(2), "Host": "127.0.0.1:%s" % m.group(1)})
+        self.assertEqual(r.status, 200, r.body[:300])
+        rep = r.json()["replication"]
+        self.assertEqual((rep["role"], rep["master"]), ("replica", self.sites[0]), rep)
         # A site whose file defines a server otherwise than the master's says so.
         self.assertEqual({s["group_config"] for s in ks[2].status()["servers"]}, {"same"})
         ks[2].servers["s01"] = dict(ks[2].servers["s01"], headers={"X-Site": "2"})
