@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -325,35 +324,15 @@ void group_config_check(struct keeper *k)
 
 /* ---- the group's master key rotation ---- */
 
-static void sync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-	if (fd >= 0) {
-		fsync(fd);
-		close(fd);
-	}
-}
-
-static int next_key_path(struct keeper *k, const char *name, char *buf, size_t len)
-{
-	return snprintf(buf, len, "%s/%s", k->cfg->data_dir, name) < (int)len ? 0 : -ENAMETOOLONG;
-}
-
 /* master.key.next into *key when it is there; 0 (none), 1, or -errno. */
 static int next_key_read(struct keeper *k, struct secret **key)
 {
-	char path[4096], err[512];
-	int r;
+	char err[512];
+	int r = store_next_key_read(k->cfg->data_dir, key, err, sizeof(err));
 
-	if (next_key_path(k, STORE_KEY_NEXT_FILE, path, sizeof(path)) < 0 || access(path, F_OK) < 0)
-		return 0;
-	r = store_read_key_file(path, 1, key, err, sizeof(err));
-	if (r < 0) {
+	if (r < 0)
 		log_error("replication: %s", err);
-		return r;
-	}
-	return 1;
+	return r;
 }
 
 void group_next_key_load(struct keeper *k)
@@ -377,7 +356,7 @@ void group_next_key_load(struct keeper *k)
 /* After the next key became the key (here or at the master): the file too. */
 static void key_promoted(struct keeper *k)
 {
-	char from[4096], to[4096];
+	char err[600];
 
 	if (!store_key_promoted(k->store))
 		return;
@@ -387,13 +366,10 @@ static void key_promoted(struct keeper *k)
 			  STORE_KEY_NEXT_FILE);
 		return;
 	}
-	if (next_key_path(k, STORE_KEY_NEXT_FILE, from, sizeof(from)) < 0 ||
-	    next_key_path(k, STORE_KEY_FILE, to, sizeof(to)) < 0 || rename(from, to) < 0) {
-		log_error("replication: the group now uses the next master key, but %s could not replace %s: %s",
-			  STORE_KEY_NEXT_FILE, STORE_KEY_FILE, strerror(errno));
+	if (store_next_key_adopt(k->cfg->data_dir, err, sizeof(err)) < 0) {
+		log_error("replication: the group now uses the next master key, but %s", err);
 		return;
 	}
-	sync_dir(k->cfg->data_dir);
 	log_info("replication: the group's master key was rotated; this site uses the new one (%s)", STORE_KEY_FILE);
 }
 

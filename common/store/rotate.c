@@ -381,3 +381,36 @@ int store_key_settle(const char *data_dir, struct secret **key, char *err, size_
 	*key = TAKE_PTR(fresh);
 	return 0;
 }
+
+/* ---- a group site's next key (master.key.next) ---- */
+
+int store_next_key_read(const char *dir, struct secret **key, char *err, size_t errlen)
+{
+	char path[4096];
+	int r;
+
+	if (snprintf(path, sizeof(path), "%s/" STORE_KEY_NEXT_FILE, dir) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	if (access(path, F_OK) < 0)
+		return 0;
+	r = store_read_key_file(path, 1, key, err, errlen);
+	return r < 0 ? r : 1;
+}
+
+int store_next_key_adopt(const char *dir, char *err, size_t errlen)
+{
+	char from[4096], to[4096];
+	int r;
+
+	if (snprintf(from, sizeof(from), "%s/" STORE_KEY_NEXT_FILE, dir) >= (int)sizeof(from) ||
+	    snprintf(to, sizeof(to), "%s/" STORE_KEY_FILE, dir) >= (int)sizeof(to)) {
+		errf(err, errlen, "store %s: path too long", dir);
+		return -ENAMETOOLONG;
+	}
+	if (rename(from, to) < 0 || (r = sync_dir(dir)) < 0) {
+		r = -errno;
+		errf(err, errlen, "%s could not replace %s: %s", from, to, strerror(-r));
+		return r;
+	}
+	return 0;
+}

@@ -1041,11 +1041,7 @@ int store_key_promote(struct store *s)
 	if (!s->next_key || !s->ready)
 		return 0;
 	r = key_check(s, true, NULL, 0);
-	if (r < 0 || r == STORE_E_NOT_FOUND)
-		return r < 0 ? r : 0;
-	if (r == STORE_E_WRONG_KEY)
-		return r;
-	return 0;
+	return r < 0 || r == STORE_E_WRONG_KEY ? r : 0;
 }
 
 bool store_key_promoted(struct store *s)

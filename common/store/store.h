@@ -303,6 +303,11 @@ int store_group_recover(struct store *s);
 /* A key file (masterkey.c's reader): 32 bytes raw or 64 hex digits; with
  * check_mode, refused when group or others may read it. */
 int store_read_key_file(const char *path, int check_mode, struct secret **out, char *err, size_t errlen);
+/* dir's master.key.next into *key: 0 (there is none), 1, or -errno with err. */
+int store_next_key_read(const char *dir, struct secret **key, char *err, size_t errlen);
+/* master.key.next renamed over master.key, the directory synced (after the
+ * group moved to the next key). 0 or -errno with err. */
+int store_next_key_adopt(const char *dir, char *err, size_t errlen);
 int store_set_next_key(struct store *s, const struct secret *key);	/* 0, -EEXIST (it is the key) */
 bool store_has_next_key(const struct store *s);
 /* 0 (records re-sealed), STORE_E_NOT_MASTER, STORE_E_NO_QUORUM (committed
