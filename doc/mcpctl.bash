@@ -285,7 +285,7 @@ _mcpctl()
         fi
         if [[ $cur == -* ]]; then
             local flags='--passphrase-file --plain'
-            [[ $sub == import ]] && flags='--passphrase-file --force'
+            [[ $sub == import ]] && flags='--passphrase-file --force --next'
             COMPREPLY=($(compgen -W "$flags" -- "$cur"))
             return 0
         fi

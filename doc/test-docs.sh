@@ -222,7 +222,7 @@ expect_exact "mcpctl restore $tmp/store.backup " ""
 expect_has "mcpctl " key
 expect_exact "mcpctl key " "export import rotate"
 expect_exact "mcpctl key export --p" "--passphrase-file --plain"
-expect_exact "mcpctl key import --" "--force --passphrase-file"
+expect_exact "mcpctl key import --" "--force --next --passphrase-file"
 expect_exact "mcpctl key export --passphrase-file $tmp/store.b" "$tmp/store.backup"
 expect_exact "mcpctl key import --passphrase-file $tmp/store.backup $tmp/store.b" "$tmp/store.backup"
 expect_exact "mcpctl key import $tmp/store.backup " ""
